@@ -1,0 +1,84 @@
+# Lattice developer entry points. `make test` is what CI runs (.ci/run).
+#
+#   make test          setup, normal build + tests, ASan/UBSan build + tests, format check
+#   make build         configure and build build/ (RelWithDebInfo)
+#   make demo          setup, build, then scripts/demo.sh
+#   make bench         build, then run build/bench/lattice-bench if it exists
+#   make format        apply clang-format to every C/C++ file in the repo
+#   make format-check  fail if any C/C++ file is not clang-formatted
+#   make clean         remove build/ and build-asan/
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+BUILD_DIR ?= build
+ASAN_DIR  ?= build-asan
+JOBS      ?= 2
+
+# The sanitizer tree is Debug (asserts on) at -O1: fast enough to build and
+# run, still readable stack traces.
+ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+                    -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"
+
+export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
+
+.PHONY: all test build build-asan test-build test-asan demo bench format format-check setup clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+# cmake runs on every build, not only the first: a module folder that gained
+# its CMakeLists.txt since the last configure is only picked up that way
+# (ninja cannot see it). An existing tree keeps its generator and cache.
+build:
+	@if [[ -f $(BUILD_DIR)/CMakeCache.txt ]]; then \
+	  cmake -S . -B $(BUILD_DIR); \
+	else \
+	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo; \
+	fi
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+build-asan:
+	@if [[ -f $(ASAN_DIR)/CMakeCache.txt ]]; then \
+	  cmake -S . -B $(ASAN_DIR) -DLATTICE_SANITIZE=ON; \
+	else \
+	  cmake -S . -B $(ASAN_DIR) -G Ninja $(ASAN_CMAKE_FLAGS); \
+	fi
+	cmake --build $(ASAN_DIR) -j $(JOBS)
+
+test-build: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+
+test-asan: build-asan
+	ctest --test-dir $(ASAN_DIR) --output-on-failure -j $(JOBS)
+
+# Sequential on purpose: the two trees would fight over 2 cores.
+test:
+	$(MAKE) --no-print-directory setup
+	$(MAKE) --no-print-directory test-build
+	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory format-check
+
+demo: setup
+	$(MAKE) --no-print-directory build
+	bash scripts/demo.sh
+
+bench: build
+	@if [[ -x $(BUILD_DIR)/bench/lattice-bench ]]; then \
+	  $(BUILD_DIR)/bench/lattice-bench; \
+	else \
+	  echo "bench: $(BUILD_DIR)/bench/lattice-bench not built (no bench/CMakeLists.txt yet?)"; \
+	fi
+
+format:
+	git ls-files -co --exclude-standard -z -- '*.hpp' '*.cpp' '*.h' '*.c' \
+	  | xargs -0 -r clang-format -i
+
+format-check:
+	bash scripts/format-check.sh
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

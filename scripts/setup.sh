@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Lattice needs to build and test.
+#
+# Idempotent: a package is installed only when dpkg says it is missing, and
+# `apt-get update` runs only if something has to be installed. On a machine that
+# already has everything this is a fast no-op. Targets Debian 12 (bookworm).
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+if [[ "$(id -u)" -ne 0 ]]; then
+  SUDO="sudo"
+fi
+
+# Everything except libmsgpack-cxx-dev, which needs the Boost shim below.
+PACKAGES=(
+  build-essential g++ cmake ninja-build
+  clang clang-14 libclang-rt-14-dev clang-format
+  libsqlite3-dev sqlite3
+  libboost1.81-dev
+  libssl-dev openssl
+  doctest-dev
+  python3
+)
+
+is_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+apt_updated=0
+apt_install() {
+  if [[ "${apt_updated}" -eq 0 ]]; then
+    ${SUDO} apt-get update -q
+    apt_updated=1
+  fi
+  ${SUDO} apt-get install -y -q "$@"
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  is_installed "${pkg}" || missing+=("${pkg}")
+done
+if [[ "${#missing[@]}" -gt 0 ]]; then
+  echo "setup: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+
+# libmsgpack-cxx-dev (header-only) Depends on the unversioned `libboost-dev`.
+# On Debian 12 that package means Boost 1.74 (libboost1.74-dev), which
+# Conflicts with the libboost1.81-dev we build against, so apt would either
+# refuse or swap our Boost out. msgpack only needs *some* Boost headers, so we
+# install a tiny local package that Provides libboost-dev and Depends on
+# libboost1.81-dev; with it installed, apt sees libmsgpack-cxx-dev's dependency
+# as satisfied and leaves Boost 1.81 alone.
+if ! is_installed libmsgpack-cxx-dev; then
+  if ! is_installed lattice-boost-dev-provider; then
+    echo "setup: installing lattice-boost-dev-provider (Boost 1.81 shim for libmsgpack-cxx-dev)"
+    shim_dir="$(mktemp -d)"
+    trap 'rm -rf "${shim_dir}"' EXIT
+    mkdir -p "${shim_dir}/pkg/DEBIAN"
+    cat >"${shim_dir}/pkg/DEBIAN/control" <<'EOF'
+Package: lattice-boost-dev-provider
+Version: 1.81
+Section: libdevel
+Priority: optional
+Architecture: all
+Maintainer: Lattice developers <dev@lattice.invalid>
+Depends: libboost1.81-dev
+Provides: libboost-dev
+Description: lets libmsgpack-cxx-dev use Boost 1.81
+ libmsgpack-cxx-dev depends on libboost-dev, which on Debian 12 pulls
+ Boost 1.74 and conflicts with libboost1.81-dev. This empty package
+ provides libboost-dev on top of libboost1.81-dev instead.
+EOF
+    dpkg-deb --root-owner-group --build "${shim_dir}/pkg" \
+      "${shim_dir}/lattice-boost-dev-provider_1.81_all.deb" >/dev/null
+    # libboost1.81-dev was installed above, so the shim's dependency holds.
+    ${SUDO} dpkg -i "${shim_dir}/lattice-boost-dev-provider_1.81_all.deb"
+  fi
+  echo "setup: installing libmsgpack-cxx-dev"
+  apt_install libmsgpack-cxx-dev
+fi
+
+echo "setup: all packages present"
