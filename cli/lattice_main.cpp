@@ -1,0 +1,164 @@
+// The `lattice` command-line tool: a replica's SQL shell and changeset exchange by files.
+// Its contract (commands, output, exit status) is in README.md and docs/cli.md.
+
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lattice/lattice.hpp"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage:
+  lattice exec DB SQL                          run SQL; print result rows tab-separated
+  lattice changes DB [--since VVFILE] --out FILE
+                                               write the changes a holder of VVFILE lacks
+  lattice apply DB FILE                        merge a changeset file; print how many applied
+  lattice vv DB                                print the replica's version vector as JSON
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string format_value(const lattice::Value& value) {
+  switch (value.index()) {
+    case 0:
+      return "";
+    case 1:
+      return std::to_string(std::get<std::int64_t>(value));
+    case 2: {
+      char buffer[32];
+      auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, std::get<double>(value));
+      return std::string(buffer, end);
+    }
+    case 3:
+      return std::get<std::string>(value);
+    default: {
+      static const char* digits = "0123456789ABCDEF";
+      std::string out = "X'";
+      for (unsigned char c : std::get<lattice::crdt::Blob>(value).bytes) {
+        out += digits[c >> 4];
+        out += digits[c & 15];
+      }
+      return out + "'";
+    }
+  }
+}
+
+std::string read_file(const std::string& path, std::size_t limit) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw lattice::Error(lattice::ErrorCode::kIo, "cannot read '" + path + "'");
+  std::string bytes;
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    bytes.append(buffer, static_cast<std::size_t>(in.gcount()));
+    if (bytes.size() > limit)
+      throw lattice::Error(lattice::ErrorCode::kTooLarge,
+                           "'" + path + "' is larger than " + std::to_string(limit) + " bytes");
+  }
+  return bytes;
+}
+
+// Writes through a temporary file and a rename, so a reader never sees half a file.
+void write_file(const std::string& path, const std::string& bytes) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) throw lattice::Error(lattice::ErrorCode::kIo, "cannot write '" + temporary + "'");
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0)
+    throw lattice::Error(lattice::ErrorCode::kIo,
+                         "cannot rename '" + temporary + "' to '" + path + "'");
+}
+
+int run(const std::vector<std::string>& args) {
+  if (args.empty()) throw UsageError("missing command");
+  const std::string& command = args[0];
+  auto need = [&](std::size_t count) {
+    if (args.size() < count) throw UsageError("'" + command + "' needs more arguments");
+  };
+
+  if (command == "exec") {
+    need(3);
+    if (args.size() > 3) throw UsageError("'exec' takes DB and one SQL argument");
+    auto replica = lattice::Replica::open(args[1]);
+    replica->exec(args[2], [](const auto&, const std::vector<lattice::Value>& row) {
+      std::string line;
+      for (std::size_t i = 0; i < row.size(); ++i) {
+        if (i) line += '\t';
+        line += format_value(row[i]);
+      }
+      line += '\n';
+      std::fwrite(line.data(), 1, line.size(), stdout);
+    });
+    return 0;
+  }
+  if (command == "changes") {
+    need(2);
+    std::string since_file, out_file;
+    for (std::size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--since" && i + 1 < args.size())
+        since_file = args[++i];
+      else if (args[i] == "--out" && i + 1 < args.size())
+        out_file = args[++i];
+      else
+        throw UsageError("unexpected argument '" + args[i] + "' to 'changes'");
+    }
+    if (out_file.empty()) throw UsageError("'changes' needs --out FILE");
+    lattice::VersionVector since;
+    if (!since_file.empty())
+      since = lattice::VersionVector::from_json(read_file(since_file, 1 << 20));
+    auto replica = lattice::Replica::open(args[1]);
+    const lattice::Changeset changeset = replica->changes_since(since);
+    write_file(out_file, lattice::encode(changeset));
+    std::printf("wrote %zu changes to %s\n", changeset.change_count(), out_file.c_str());
+    return 0;
+  }
+  if (command == "apply") {
+    need(3);
+    if (args.size() > 3) throw UsageError("'apply' takes DB and FILE");
+    const std::string bytes = read_file(args[2], lattice::crdt::DecodeLimits{}.max_bytes);
+    const lattice::Changeset changeset = lattice::decode(bytes);
+    auto replica = lattice::Replica::open(args[1]);
+    const lattice::ApplyResult result = replica->apply(changeset);
+    std::printf("applied %zu of %zu changes\n", result.applied, result.received);
+    return 0;
+  }
+  if (command == "vv") {
+    need(2);
+    if (args.size() > 2) throw UsageError("'vv' takes DB only");
+    auto replica = lattice::Replica::open(args[1]);
+    std::printf("%s\n", replica->version_vector().to_json().c_str());
+    return 0;
+  }
+  if (command == "help" || command == "--help" || command == "-h") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  throw UsageError("unknown command '" + command + "'");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    return run(args);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "lattice: %s\n%s", e.what(), kUsage);
+    return 2;
+  } catch (const lattice::Error& e) {
+    std::fprintf(stderr, "lattice: %s: %s\n", lattice::error_code_name(e.code()), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lattice: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,386 @@
+#include "storage/replica.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <random>
+
+#include "crdt/error.hpp"
+#include "storage/detail/replica_impl.hpp"
+#include "storage/primary_key.hpp"
+
+namespace lattice::storage {
+
+namespace {
+
+constexpr std::int64_t kFormatVersion = 1;
+
+// The metadata every replica carries, whatever it replicates. docs/architecture.md describes it.
+constexpr const char* kMetadataSchema = R"sql(
+CREATE TABLE IF NOT EXISTS lattice_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_local(
+  id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hlc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lattice_sites(
+  idx INTEGER PRIMARY KEY, site_id BLOB NOT NULL UNIQUE, seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS lattice_tables(
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS lattice_columns(
+  table_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+  key_position INTEGER NOT NULL, PRIMARY KEY (table_id, id)) WITHOUT ROWID;
+)sql";
+
+Replica::Impl& impl_of(sqlite3_context* ctx) {
+  return *static_cast<Replica::Impl*>(sqlite3_user_data(ctx));
+}
+
+void fn_capture_enabled(sqlite3_context* ctx, int, sqlite3_value**) {
+  sqlite3_result_int(ctx, impl_of(ctx).capture_enabled ? 1 : 0);
+}
+
+void fn_seq(sqlite3_context* ctx, int, sqlite3_value**) {
+  auto& impl = impl_of(ctx);
+  try {
+    impl.ensure_transaction_clock();
+    sqlite3_result_int64(ctx, static_cast<sqlite3_int64>(impl.txn_seq));
+  } catch (const std::exception& e) {
+    sqlite3_result_error(ctx, e.what(), -1);
+  }
+}
+
+void fn_hlc(sqlite3_context* ctx, int, sqlite3_value**) {
+  auto& impl = impl_of(ctx);
+  try {
+    impl.ensure_transaction_clock();
+    sqlite3_result_int64(ctx, static_cast<sqlite3_int64>(impl.txn_hlc.value));
+  } catch (const std::exception& e) {
+    sqlite3_result_error(ctx, e.what(), -1);
+  }
+}
+
+void fn_pk(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  std::vector<crdt::Value> values;
+  values.reserve(argc);
+  for (int i = 0; i < argc; ++i) values.push_back(value_from_sqlite(argv[i]));
+  const std::string packed = pack_primary_key(values);
+  sqlite3_result_blob64(ctx, packed.data(), packed.size(), SQLITE_TRANSIENT);
+}
+
+void fn_replicate(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  auto& impl = impl_of(ctx);
+  if (sqlite3_value_type(argv[0]) != SQLITE_TEXT) {
+    sqlite3_result_error(ctx, "lattice_replicate: the first argument must be a table name", -1);
+    return;
+  }
+  std::string table(reinterpret_cast<const char*>(sqlite3_value_text(argv[0])));
+  std::string spec = "{}";
+  if (argc > 1 && sqlite3_value_type(argv[1]) != SQLITE_NULL)
+    spec = reinterpret_cast<const char*>(sqlite3_value_text(argv[1]));
+  try {
+    impl.replicate(table, spec);
+    sqlite3_result_int(ctx, 1);
+  } catch (const std::exception& e) {
+    sqlite3_result_error(ctx, e.what(), -1);
+  }
+}
+
+int on_commit(void* data) {
+  static_cast<Replica::Impl*>(data)->txn_seq = 0;
+  return 0;
+}
+
+void on_rollback(void* data) {
+  auto* impl = static_cast<Replica::Impl*>(data);
+  impl->txn_seq = 0;
+  impl->pending_events.clear();
+}
+
+// Records local writes to replicated tables for the change listeners.
+void on_preupdate(void* data, sqlite3* db, int op, const char* db_name, const char* table,
+                  sqlite3_int64, sqlite3_int64) {
+  auto* impl = static_cast<Replica::Impl*>(data);
+  if (impl->listeners.empty() || !impl->capture_enabled || std::string_view(db_name) != "main")
+    return;
+  TableInfo* info = impl->table_by_name(table);
+  if (!info) return;
+  ChangeEvent event;
+  event.origin = ChangeEvent::Origin::kLocal;
+  event.table = info->name;
+  event.deleted = op == SQLITE_DELETE;
+  auto read = [&](bool new_values, int position) {
+    sqlite3_value* v = nullptr;
+    (new_values ? sqlite3_preupdate_new : sqlite3_preupdate_old)(db, position, &v);
+    return v ? value_from_sqlite(v) : crdt::Value{};
+  };
+  for (std::size_t i = 0; i < info->key_count; ++i)
+    event.primary_key.push_back(read(op != SQLITE_DELETE, info->columns[i].table_position));
+  if (op != SQLITE_DELETE) {
+    for (const auto& column : info->columns) {
+      if (column.key_position) continue;
+      if (op == SQLITE_UPDATE &&
+          read(false, column.table_position) == read(true, column.table_position))
+        continue;
+      event.columns.push_back(column.name);
+    }
+  }
+  impl->pending_events.push_back(std::move(event));
+}
+
+}  // namespace
+
+std::string lower_case(std::string_view text) {
+  std::string out(text);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+const ColumnInfo* TableInfo::column(crdt::ColumnId column_id) const {
+  for (const auto& c : columns)
+    if (c.id == column_id) return &c;
+  return nullptr;
+}
+
+crdt::TableSchema TableInfo::schema() const {
+  crdt::TableSchema schema;
+  schema.id = id;
+  schema.name = name;
+  schema.primary_key_columns = static_cast<std::uint32_t>(key_count);
+  for (const auto& c : columns) schema.columns.push_back({c.id, c.name, c.kind});
+  return schema;
+}
+
+Replica::Impl::Impl(ReplicaOptions opts)
+    : options(std::move(opts)), clock(options.physical_clock, options.max_clock_drift_ms) {}
+
+Replica::Impl::~Impl() {
+  // Statements must be finalized before the connection closes.
+  tables.clear();
+  read_local = Statement();
+  insert_site = Statement();
+  if (db) sqlite3_close_v2(db);
+}
+
+void Replica::Impl::ensure_transaction_clock() {
+  if (txn_seq != 0) return;
+  read_local.reset();
+  if (!read_local.step()) throw Error(ErrorCode::kInternal, "lattice_local has no row");
+  const auto seq = static_cast<std::uint64_t>(read_local.column_int(0));
+  const crdt::Hlc persisted{static_cast<std::uint64_t>(read_local.column_int(1))};
+  read_local.reset();
+  // Another process may have written later than our in-memory clock knows.
+  clock.adopt(persisted);
+  txn_hlc = clock.now();
+  txn_seq = seq + 1;
+}
+
+void Replica::Impl::load_sites() {
+  sites.clear();
+  site_index.clear();
+  Statement select(db, "SELECT idx, site_id FROM lattice_sites ORDER BY idx");
+  while (select.step()) {
+    const auto idx = select.column_int(0);
+    const crdt::SiteId id = crdt::SiteId::from_bytes(select.column_blob(1));
+    if (static_cast<std::size_t>(idx) >= sites.size()) sites.resize(idx + 1);
+    sites[idx] = id;
+    site_index[id] = idx;
+  }
+}
+
+std::int64_t Replica::Impl::local_site_index(const crdt::SiteId& id) {
+  auto it = site_index.find(id);
+  if (it != site_index.end()) return it->second;
+  const auto idx = static_cast<std::int64_t>(sites.size());
+  insert_site.reset();
+  insert_site.bind(1, idx).bind_blob(2, id.as_bytes());
+  insert_site.run();
+  sites.push_back(id);
+  site_index[id] = idx;
+  return idx;
+}
+
+void Replica::Impl::refresh() {
+  Statement version(db, "PRAGMA schema_version");
+  version.step();
+  const auto schema_version = version.column_int(0);
+  if (schema_version != catalog_schema_version) {
+    load_catalog();
+    catalog_schema_version = schema_version;
+  }
+  load_sites();
+}
+
+TableInfo* Replica::Impl::table_by_name(std::string_view name) {
+  auto it = tables_by_name.find(lower_case(name));
+  return it == tables_by_name.end() ? nullptr : it->second;
+}
+
+crdt::VersionVector Replica::Impl::version_vector() {
+  crdt::VersionVector vv;
+  read_local.reset();
+  if (read_local.step()) vv.advance(site, static_cast<std::uint64_t>(read_local.column_int(0)));
+  read_local.reset();
+  Statement select(db, "SELECT site_id, seq FROM lattice_sites WHERE idx > 0 AND seq > 0");
+  while (select.step())
+    vv.advance(crdt::SiteId::from_bytes(select.column_blob(0)),
+               static_cast<std::uint64_t>(select.column_int(1)));
+  return vv;
+}
+
+void Replica::Impl::deliver_events() {
+  if (pending_events.empty() || !sqlite3_get_autocommit(db)) return;
+  std::vector<ChangeEvent> events;
+  events.swap(pending_events);
+  if (listeners.empty()) return;
+  // A listener may unsubscribe itself; iterate over a copy.
+  auto copy = listeners;
+  for (auto& [handle, listener] : copy) listener(events);
+}
+
+Replica::Replica(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Replica::~Replica() = default;
+
+std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = impl->db ? sqlite3_errmsg(impl->db) : sqlite3_errstr(rc);
+    throw Error(ErrorCode::kIo, "cannot open replica '" + path + "': " + message);
+  }
+  sqlite3* db = impl->db;
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, impl->options.busy_timeout_ms);
+  exec_sql(db, "PRAGMA journal_mode=WAL");
+  exec_sql(db, "PRAGMA synchronous=" + impl->options.synchronous);
+  // REPLACE and upserts must fire delete triggers for the rows they remove, or those deletes
+  // would go uncaptured.
+  exec_sql(db, "PRAGMA recursive_triggers=ON");
+
+  const int flags = SQLITE_UTF8;
+  void* data = impl.get();
+  sqlite3_create_function_v2(db, "lattice_capture_enabled", 0, flags, data, fn_capture_enabled,
+                             nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_seq", 0, flags, data, fn_seq, nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_hlc", 0, flags, data, fn_hlc, nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_pk", -1, flags | SQLITE_DETERMINISTIC, data, fn_pk,
+                             nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_replicate", 1, flags | SQLITE_DIRECTONLY, data,
+                             fn_replicate, nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_replicate", 2, flags | SQLITE_DIRECTONLY, data,
+                             fn_replicate, nullptr, nullptr, nullptr);
+  sqlite3_commit_hook(db, on_commit, data);
+  sqlite3_rollback_hook(db, on_rollback, data);
+  sqlite3_preupdate_hook(db, on_preupdate, data);
+
+  exec_sql(db, "BEGIN IMMEDIATE");
+  try {
+    exec_sql(db, kMetadataSchema);
+    Statement format(db, "SELECT value FROM lattice_meta WHERE key = 'format_version'");
+    if (format.step()) {
+      const auto found = format.column_int(0);
+      if (found > kFormatVersion)
+        throw Error(ErrorCode::kUnsupportedVersion,
+                    "replica '" + path + "' has metadata format " + std::to_string(found) +
+                        "; this build of Lattice reads format " + std::to_string(kFormatVersion));
+    } else {
+      exec_sql(db, "INSERT INTO lattice_meta VALUES ('format_version', " +
+                       std::to_string(kFormatVersion) + ")");
+    }
+    format = Statement();
+    Statement site(db, "SELECT site_id FROM lattice_sites WHERE idx = 0");
+    if (site.step()) {
+      impl->site = crdt::SiteId::from_bytes(site.column_blob(0));
+    } else {
+      std::random_device entropy;
+      std::mt19937_64 rng((static_cast<std::uint64_t>(entropy()) << 32) ^ entropy());
+      impl->site = crdt::SiteId::random(rng);
+      Statement insert(db, "INSERT INTO lattice_sites(idx, site_id, seq) VALUES (0, ?, 0)");
+      insert.bind_blob(1, impl->site.as_bytes()).run();
+      exec_sql(db, "INSERT INTO lattice_local VALUES (0, 0, 0)");
+    }
+    site = Statement();
+    exec_sql(db, "COMMIT");
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  impl->read_local = Statement(db, "SELECT seq, hlc FROM lattice_local WHERE id = 0");
+  impl->insert_site = Statement(db, "INSERT INTO lattice_sites(idx, site_id) VALUES (?, ?)");
+  impl->refresh();
+  return std::unique_ptr<Replica>(new Replica(std::move(impl)));
+}
+
+void Replica::exec(std::string_view sql, const RowCallback& on_row) {
+  sqlite3* db = impl_->db;
+  const char* cursor = sql.data();
+  const char* end = sql.data() + sql.size();
+  try {
+    while (cursor < end) {
+      sqlite3_stmt* raw = nullptr;
+      const char* tail = nullptr;
+      const int rc = sqlite3_prepare_v2(db, cursor, static_cast<int>(end - cursor), &raw, &tail);
+      if (rc != SQLITE_OK) throw_sqlite(db, rc, std::string_view(cursor, end - cursor));
+      cursor = tail;
+      if (!raw) continue;  // whitespace or a comment
+      std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
+      std::vector<std::string> names;
+      for (int i = 0; i < sqlite3_column_count(raw); ++i)
+        names.emplace_back(sqlite3_column_name(raw, i));
+      for (;;) {
+        const int step = sqlite3_step(raw);
+        if (step == SQLITE_DONE) break;
+        if (step != SQLITE_ROW) throw_sqlite(db, step, sqlite3_sql(raw));
+        if (!on_row) continue;
+        std::vector<crdt::Value> row;
+        row.reserve(names.size());
+        for (int i = 0; i < static_cast<int>(names.size()); ++i)
+          row.push_back(value_from_sqlite(sqlite3_column_value(raw, i)));
+        on_row(names, row);
+      }
+    }
+  } catch (...) {
+    impl_->deliver_events();
+    throw;
+  }
+  impl_->deliver_events();
+}
+
+QueryResult Replica::query(std::string_view sql, const std::vector<crdt::Value>& params) {
+  QueryResult result;
+  {
+    Statement stmt(impl_->db, sql);
+    for (std::size_t i = 0; i < params.size(); ++i) stmt.bind(static_cast<int>(i + 1), params[i]);
+    for (int i = 0; i < stmt.column_count(); ++i) result.columns.emplace_back(stmt.column_name(i));
+    while (stmt.step()) {
+      std::vector<crdt::Value> row;
+      for (int i = 0; i < stmt.column_count(); ++i) row.push_back(stmt.column(i));
+      result.rows.push_back(std::move(row));
+    }
+  }
+  impl_->deliver_events();
+  return result;
+}
+
+void Replica::replicate(std::string_view table, std::string_view column_types_json) {
+  impl_->replicate(table, column_types_json);
+}
+
+crdt::Changeset Replica::changes_since(const crdt::VersionVector& holder) {
+  return impl_->changes_since(holder);
+}
+
+ApplyResult Replica::apply(const crdt::Changeset& changeset) { return impl_->apply(changeset); }
+
+crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
+
+const crdt::SiteId& Replica::site_id() const { return impl_->site; }
+
+int Replica::subscribe(ChangeListener listener) {
+  const int handle = impl_->next_listener++;
+  impl_->listeners[handle] = std::move(listener);
+  return handle;
+}
+
+void Replica::unsubscribe(int handle) { impl_->listeners.erase(handle); }
+
+sqlite3* Replica::connection() const { return impl_->db; }
+
+}  // namespace lattice::storage

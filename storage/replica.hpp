@@ -1,0 +1,113 @@
+#pragma once
+// A local replica: one SQLite file whose replicated tables are written with plain SQL and
+// merged with other replicas' changes. docs/architecture.md explains the flow; the metadata
+// tables are described in storage/catalog.hpp.
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "crdt/changeset.hpp"
+#include "crdt/hlc.hpp"
+#include "crdt/site_id.hpp"
+#include "crdt/value.hpp"
+#include "crdt/version_vector.hpp"
+
+namespace lattice::storage {
+
+struct ReplicaOptions {
+  // The wall clock the hybrid logical clock reads. Injected by tests.
+  crdt::HybridClock::PhysicalClock physical_clock = crdt::HybridClock::system_clock_ms;
+  // How far in the future a remote timestamp may be before apply() refuses it.
+  std::uint64_t max_clock_drift_ms = crdt::HybridClock::kDefaultMaxDriftMs;
+  // PRAGMA synchronous: "FULL" survives power loss; "NORMAL" (WAL) survives process crashes.
+  std::string synchronous = "NORMAL";
+  // How long a statement waits for another connection's write lock.
+  int busy_timeout_ms = 5000;
+};
+
+// One row touched by a committed transaction, local or merged.
+struct ChangeEvent {
+  enum class Origin { kLocal, kMerged };
+  Origin origin = Origin::kLocal;
+  std::string table;
+  std::vector<crdt::Value> primary_key;
+  std::vector<std::string> columns;  // the columns written; empty for a delete
+  bool deleted = false;
+};
+
+// Called after a transaction commits, on the thread that committed it, with every row it touched.
+using ChangeListener = std::function<void(const std::vector<ChangeEvent>&)>;
+
+struct ApplyResult {
+  std::size_t received = 0;  // column changes in the changeset
+  std::size_t applied = 0;   // of those, the ones that won and changed this replica
+};
+
+// Rows of a query: column names, then each row's values.
+struct QueryResult {
+  std::vector<std::string> columns;
+  std::vector<std::vector<crdt::Value>> rows;
+};
+
+// A replica file. Not thread-safe: one thread at a time uses one Replica. Several processes
+// may open the same file; SQLite's locking serializes their writes.
+class Replica {
+ public:
+  // Opens (creating if missing) the replica at `path` (":memory:" for a private in-memory one).
+  // Creates the metadata tables and a site id on first open. Throws Error: kIo when the file
+  // cannot be opened, kUnsupportedVersion when it was written by a newer Lattice.
+  static std::unique_ptr<Replica> open(const std::string& path, ReplicaOptions options = {});
+
+  ~Replica();
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
+  // Runs one or more SQL statements (they may hold BEGIN and COMMIT). `on_row`, when given,
+  // receives every result row of every statement. Throws Error(kSql) naming the statement.
+  using RowCallback = std::function<void(const std::vector<std::string>& columns,
+                                         const std::vector<crdt::Value>& row)>;
+  void exec(std::string_view sql, const RowCallback& on_row = nullptr);
+  // Runs one statement with positional parameters and collects its rows.
+  QueryResult query(std::string_view sql, const std::vector<crdt::Value>& params = {});
+
+  // Makes `table` replicated; `column_types_json` maps column names to "lww" or "counter"
+  // (absent columns are "lww"). The same as SELECT lattice_replicate(...). Throws Error(kSchema)
+  // naming the table and the reason when it cannot be replicated.
+  void replicate(std::string_view table, std::string_view column_types_json = "{}");
+
+  // Every change that a holder of `holder` lacks, with since = `holder` and until = this
+  // replica's version vector. Costs in proportion to what the holder lacks.
+  crdt::Changeset changes_since(const crdt::VersionVector& holder);
+
+  // Merges `changeset` in one transaction. Idempotent; the order of changesets does not matter.
+  // Throws Error naming what was wrong (kUnknownTable, kUnknownColumn, kTypeMismatch,
+  // kClockDrift, kSql, kState when called inside an open transaction), and then the replica is
+  // exactly as it was.
+  ApplyResult apply(const crdt::Changeset& changeset);
+
+  // The changes this replica holds, per site.
+  crdt::VersionVector version_vector();
+  const crdt::SiteId& site_id() const;
+
+  // Registers `listener`; returns a handle for unsubscribe().
+  int subscribe(ChangeListener listener);
+  void unsubscribe(int handle);
+
+  // The raw connection, for callers that need SQLite directly. Owned by the Replica; the
+  // lattice SQL functions are registered on it.
+  sqlite3* connection() const;
+
+  struct Impl;
+
+ private:
+  explicit Replica(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lattice::storage

@@ -1,0 +1,73 @@
+#include "tests/storage/test_support.hpp"
+
+#include <cstdlib>
+#include <sstream>
+
+#include "storage/sqlite.hpp"
+
+namespace lattice::test {
+
+namespace {
+
+std::string typed(const crdt::Value& v) {
+  std::ostringstream out;
+  switch (v.index()) {
+    case 0:
+      out << "null";
+      break;
+    case 1:
+      out << "int:" << std::get<std::int64_t>(v);
+      break;
+    case 2:
+      out << "real:" << std::get<double>(v);
+      break;
+    case 3:
+      out << "text:" << std::get<std::string>(v);
+      break;
+    case 4:
+      out << "blob:" << std::get<crdt::Blob>(v).bytes.size();
+      break;
+  }
+  return out.str();
+}
+
+std::string dump_query(storage::Replica& replica, const std::string& sql) {
+  std::string out;
+  for (const auto& row : replica.query(sql).rows) {
+    for (const auto& v : row) out += typed(v) + "|";
+    out += "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<storage::Replica> open_todo_replica(const std::string& path,
+                                                    storage::ReplicaOptions options) {
+  auto replica = storage::Replica::open(path, std::move(options));
+  replica->exec(kTodoSchema);
+  return replica;
+}
+
+std::string dump_table(storage::Replica& replica, const std::string& table) {
+  return dump_query(replica, "SELECT * FROM " + storage::quote_identifier(table) + " ORDER BY 1");
+}
+
+std::string dump_everything(storage::Replica& replica) {
+  std::string out;
+  for (const auto& row :
+       replica.query("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").rows) {
+    const std::string name = std::get<std::string>(row[0]);
+    out += "== " + name + "\n" +
+           dump_query(replica,
+                      "SELECT * FROM " + storage::quote_identifier(name) + " ORDER BY 1, 2, 3");
+  }
+  return out;
+}
+
+std::uint64_t seed_from_env(std::uint64_t fallback) {
+  const char* text = std::getenv("LATTICE_SEED");
+  return text ? std::strtoull(text, nullptr, 10) : fallback;
+}
+
+}  // namespace lattice::test
