@@ -9,20 +9,20 @@ namespace lattice {
 // Stable numbers: the C API (issue "Embedding everywhere") reuses them as LATTICE_ERR_*.
 enum class ErrorCode : int {
   kOk = 0,
-  kInvalidArgument = 1,    // a caller passed something malformed (bad JSON, bad hex, bad flag)
-  kCorrupt = 2,            // bytes that do not decode: truncated, wrong type, hostile sizes
-  kUnsupportedVersion = 3, // a format or protocol version newer than this build speaks
-  kTooLarge = 4,           // over a documented size limit
-  kUnknownTable = 5,       // a change names a table this replica does not replicate
-  kUnknownColumn = 6,      // a change names a column this replica's table lacks
-  kTypeMismatch = 7,       // a value or column kind that does not fit the column
-  kClockDrift = 8,         // a remote timestamp too far in the future
-  kSql = 9,                // SQLite refused a statement (bad SQL, constraint, ...)
-  kIo = 10,                // the file system failed (full disk, permissions, ...)
-  kBusy = 11,              // the database is locked by another writer
-  kSchema = 12,            // a table cannot be replicated, or schemas disagree
-  kState = 13,             // a call made in the wrong state (closed handle, nested apply)
-  kInternal = 14,          // a bug in Lattice
+  kInvalidArgument = 1,     // a caller passed something malformed (bad JSON, bad hex, bad flag)
+  kCorrupt = 2,             // bytes that do not decode: truncated, wrong type, hostile sizes
+  kUnsupportedVersion = 3,  // a format or protocol version newer than this build speaks
+  kTooLarge = 4,            // over a documented size limit
+  kUnknownTable = 5,        // a change names a table this replica does not replicate
+  kUnknownColumn = 6,       // a change names a column this replica's table lacks
+  kTypeMismatch = 7,        // a value or column kind that does not fit the column
+  kClockDrift = 8,          // a remote timestamp too far in the future
+  kSql = 9,                 // SQLite refused a statement (bad SQL, constraint, ...)
+  kIo = 10,                 // the file system failed (full disk, permissions, ...)
+  kBusy = 11,               // the database is locked by another writer
+  kSchema = 12,             // a table cannot be replicated, or schemas disagree
+  kState = 13,              // a call made in the wrong state (closed handle, nested apply)
+  kInternal = 14,           // a bug in Lattice
 };
 
 // Returns a short, stable name for `code` ("corrupt", "clock_drift", ...).
