@@ -154,7 +154,10 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
   t_.select_row.bind_blob(1, pk);
   if (t_.select_row.step()) stored_row = entry_from(t_.select_row, 0);
   t_.select_row.reset();
-  Entry row = stored_row.value_or(Entry{});
+  // A column never written has the least version there is; it is stored like any other
+  // (cl 0, hlc 0, this site, seq 0), so it never counts as written by the row's version.
+  const Entry never_written{{0, crdt::Stamp{crdt::Hlc{}, impl_.sites.at(0)}}, 0, 0};
+  Entry row = stored_row.value_or(never_written);
 
   std::map<crdt::ColumnId, Entry> stored_cells;
   t_.select_cells.reset();
