@@ -1,5 +1,6 @@
 #include "tests/storage/test_support.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <sstream>
 
@@ -58,9 +59,16 @@ std::string dump_everything(storage::Replica& replica) {
   for (const auto& row :
        replica.query("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").rows) {
     const std::string name = std::get<std::string>(row[0]);
-    out += "== " + name + "\n" +
-           dump_query(replica,
-                      "SELECT * FROM " + storage::quote_identifier(name) + " ORDER BY 1, 2, 3");
+    // Rows sorted as text, so the dump does not depend on the table's physical order.
+    std::vector<std::string> lines;
+    std::string rows = dump_query(replica, "SELECT * FROM " + storage::quote_identifier(name));
+    for (std::size_t start = 0, end; start < rows.size(); start = end + 1) {
+      end = rows.find('\n', start);
+      lines.push_back(rows.substr(start, end - start));
+    }
+    std::sort(lines.begin(), lines.end());
+    out += "== " + name + "\n";
+    for (const auto& line : lines) out += line + "\n";
   }
   return out;
 }
