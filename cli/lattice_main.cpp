@@ -3,6 +3,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -34,7 +35,10 @@ std::string format_value(const lattice::Value& value) {
     case 2: {
       char buffer[32];
       auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, std::get<double>(value));
-      return std::string(buffer, end);
+      std::string text(buffer, end);
+      // A real stays recognisable as one: 2.0, not 2.
+      if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
+      return text;
     }
     case 3:
       return std::get<std::string>(value);
@@ -76,6 +80,28 @@ void write_file(const std::string& path, const std::string& bytes) {
   if (std::rename(temporary.c_str(), path.c_str()) != 0)
     throw lattice::Error(lattice::ErrorCode::kIo,
                          "cannot rename '" + temporary + "' to '" + path + "'");
+}
+
+// Opens an existing replica: only `exec` creates one.
+std::unique_ptr<lattice::Replica> open_existing(const std::string& path) {
+  if (!std::filesystem::exists(path))
+    throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + path + "'");
+  return lattice::Replica::open(path);
+}
+
+lattice::VersionVector read_version_vector(const std::string& path) {
+  try {
+    return lattice::VersionVector::from_json(read_file(path, 1 << 20));
+  } catch (const lattice::Error& e) {
+    throw lattice::Error(e.code(), "'" + path + "': " + e.what());
+  }
+}
+
+// One line, whatever the message holds.
+std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  return text;
 }
 
 int run(const std::vector<std::string>& args) {
@@ -126,7 +152,7 @@ int run(const std::vector<std::string>& args) {
     if (args.size() > 3) throw UsageError("'apply' takes DB and FILE");
     const std::string bytes = read_file(args[2], lattice::crdt::DecodeLimits{}.max_bytes);
     const lattice::Changeset changeset = lattice::decode(bytes);
-    auto replica = lattice::Replica::open(args[1]);
+    auto replica = open_existing(args[1]);
     const lattice::ApplyResult result = replica->apply(changeset);
     std::printf("applied %zu of %zu changes\n", result.applied, result.received);
     return 0;
@@ -134,7 +160,7 @@ int run(const std::vector<std::string>& args) {
   if (command == "vv") {
     need(2);
     if (args.size() > 2) throw UsageError("'vv' takes DB only");
-    auto replica = lattice::Replica::open(args[1]);
+    auto replica = open_existing(args[1]);
     std::printf("%s\n", replica->version_vector().to_json().c_str());
     return 0;
   }
@@ -152,13 +178,14 @@ int main(int argc, char** argv) {
   try {
     return run(args);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "lattice: %s\n%s", e.what(), kUsage);
+    std::fprintf(stderr, "lattice: usage: %s (run 'lattice help')\n", e.what());
     return 2;
   } catch (const lattice::Error& e) {
-    std::fprintf(stderr, "lattice: %s: %s\n", lattice::error_code_name(e.code()), e.what());
+    std::fprintf(stderr, "lattice: %s: %s\n", lattice::error_code_name(e.code()),
+                 one_line(e.what()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lattice: %s\n", e.what());
+    std::fprintf(stderr, "lattice: internal: %s\n", one_line(e.what()).c_str());
     return 1;
   }
 }

@@ -34,6 +34,10 @@ const char* error_code_name(ErrorCode code) noexcept {
       return "state";
     case ErrorCode::kInternal:
       return "internal";
+    case ErrorCode::kUnauthorized:
+      return "unauthorized";
+    case ErrorCode::kForbidden:
+      return "forbidden";
   }
   // A number from across the C ABI that this build does not know.
   return "unknown";

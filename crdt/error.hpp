@@ -23,6 +23,8 @@ enum class ErrorCode : int {
   kSchema = 12,             // a table cannot be replicated, or schemas disagree
   kState = 13,              // a call made in the wrong state (closed handle, nested apply)
   kInternal = 14,           // a bug in Lattice
+  kUnauthorized = 15,       // a missing, expired, badly signed or wrong-namespace token
+  kForbidden = 16,          // a valid token without the right for the call
 };
 
 // Returns a short, stable name for `code` ("corrupt", "clock_drift", ...).

@@ -77,9 +77,36 @@ void fn_replicate(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   try {
     impl.replicate(table, spec);
     sqlite3_result_int(ctx, 1);
+  } catch (const Error& e) {
+    impl.pending_error = e;
+    sqlite3_result_error(ctx, e.what(), -1);
   } catch (const std::exception& e) {
     sqlite3_result_error(ctx, e.what(), -1);
   }
+}
+
+// Refuses schema changes to replicated tables and to Lattice's own tables and triggers: they
+// would silently stop capture or break the metadata (schema evolution is future work).
+int on_authorize(void* data, int action, const char* a1, const char* a2, const char*, const char*) {
+  auto* impl = static_cast<Replica::Impl*>(data);
+  std::string_view target;
+  if (action == SQLITE_ALTER_TABLE && a2) target = a2;
+  if ((action == SQLITE_DROP_TABLE || action == SQLITE_DROP_TRIGGER) && a1) target = a1;
+  if (target.empty()) return SQLITE_OK;
+  const std::string name = lower_case(target);
+  if (name.rfind("lattice_", 0) == 0) {
+    impl->pending_error = Error(ErrorCode::kSchema, "'" + std::string(target) +
+                                                        "' belongs to Lattice and cannot be "
+                                                        "altered or dropped");
+    return SQLITE_DENY;
+  }
+  if (impl->table_by_name(name)) {
+    impl->pending_error = Error(
+        ErrorCode::kSchema, "table '" + std::string(target) +
+                                "' is replicated; altering or dropping it is not supported yet");
+    return SQLITE_DENY;
+  }
+  return SQLITE_OK;
 }
 
 int on_commit(void* data) {
@@ -269,6 +296,7 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
   sqlite3_commit_hook(db, on_commit, data);
   sqlite3_rollback_hook(db, on_rollback, data);
   sqlite3_preupdate_hook(db, on_preupdate, data);
+  sqlite3_set_authorizer(db, on_authorize, data);
 
   exec_sql(db, "BEGIN IMMEDIATE");
   try {
@@ -289,9 +317,12 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
     if (site.step()) {
       impl->site = crdt::SiteId::from_bytes(site.column_blob(0));
     } else {
-      std::random_device entropy;
-      std::mt19937_64 rng((static_cast<std::uint64_t>(entropy()) << 32) ^ entropy());
-      impl->site = crdt::SiteId::random(rng);
+      if (impl->options.new_site_id) {
+        impl->site = impl->options.new_site_id();
+      } else {
+        std::random_device entropy;
+        impl->site = crdt::SiteId::random(entropy);
+      }
       Statement insert(db, "INSERT INTO lattice_sites(idx, site_id, seq) VALUES (0, ?, 0)");
       insert.bind_blob(1, impl->site.as_bytes()).run();
       exec_sql(db, "INSERT INTO lattice_local VALUES (0, 0, 0)");
@@ -308,26 +339,72 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
   return std::unique_ptr<Replica>(new Replica(std::move(impl)));
 }
 
+namespace {
+
+// The statement that failed, on one line and short enough for an error message: a script's
+// error names its failing statement, not the rest of the script.
+std::string statement_excerpt(std::string_view sql) {
+  std::string out;
+  for (char c : sql) {
+    if (c == ';') break;
+    const bool space = std::isspace(static_cast<unsigned char>(c)) != 0;
+    if (space && (out.empty() || out.back() == ' ')) continue;
+    out += space ? ' ' : c;
+    if (out.size() >= 160) return out + "...";
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+// Runs `body`; when SQLite failed because of an error raised inside its call stack, throws
+// that error instead of SQLite's generic one. Events of a failed statement are dropped, since
+// its writes were rolled back.
+template <class Body>
+void Replica::Impl::run_statements(Body&& body) {
+  const std::size_t mark = pending_events.size();
+  try {
+    body();
+  } catch (const Error&) {
+    if (pending_events.size() > mark) pending_events.resize(mark);
+    deliver_events();
+    if (pending_error) {
+      Error error = std::move(*pending_error);
+      pending_error.reset();
+      throw error;
+    }
+    throw;
+  }
+  deliver_events();
+}
+
 void Replica::exec(std::string_view sql, const RowCallback& on_row) {
   sqlite3* db = impl_->db;
   const char* cursor = sql.data();
   const char* end = sql.data() + sql.size();
-  try {
-    while (cursor < end) {
-      sqlite3_stmt* raw = nullptr;
-      const char* tail = nullptr;
-      const int rc = sqlite3_prepare_v2(db, cursor, static_cast<int>(end - cursor), &raw, &tail);
-      if (rc != SQLITE_OK) throw_sqlite(db, rc, std::string_view(cursor, end - cursor));
-      cursor = tail;
-      if (!raw) continue;  // whitespace or a comment
-      std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
+  while (cursor < end) {
+    sqlite3_stmt* raw = nullptr;
+    const char* tail = nullptr;
+    impl_->pending_error.reset();
+    const int rc = sqlite3_prepare_v2(db, cursor, static_cast<int>(end - cursor), &raw, &tail);
+    if (rc != SQLITE_OK) {
+      if (impl_->pending_error) throw *impl_->pending_error;  // the authorizer's reason
+      throw_sqlite(db, rc, statement_excerpt(std::string_view(cursor, end - cursor)));
+    }
+    const std::string_view text(cursor, static_cast<std::size_t>(tail - cursor));
+    cursor = tail;
+    if (!raw) continue;  // whitespace or a comment
+    std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
+    impl_->pending_error.reset();
+    impl_->run_statements([&] {
       std::vector<std::string> names;
       for (int i = 0; i < sqlite3_column_count(raw); ++i)
         names.emplace_back(sqlite3_column_name(raw, i));
       for (;;) {
         const int step = sqlite3_step(raw);
         if (step == SQLITE_DONE) break;
-        if (step != SQLITE_ROW) throw_sqlite(db, step, sqlite3_sql(raw));
+        if (step != SQLITE_ROW) throw_sqlite(db, step, statement_excerpt(text));
         if (!on_row) continue;
         std::vector<crdt::Value> row;
         row.reserve(names.size());
@@ -335,17 +412,14 @@ void Replica::exec(std::string_view sql, const RowCallback& on_row) {
           row.push_back(value_from_sqlite(sqlite3_column_value(raw, i)));
         on_row(names, row);
       }
-    }
-  } catch (...) {
-    impl_->deliver_events();
-    throw;
+    });
   }
-  impl_->deliver_events();
 }
 
 QueryResult Replica::query(std::string_view sql, const std::vector<crdt::Value>& params) {
   QueryResult result;
-  {
+  impl_->pending_error.reset();
+  impl_->run_statements([&] {
     Statement stmt(impl_->db, sql);
     for (std::size_t i = 0; i < params.size(); ++i) stmt.bind(static_cast<int>(i + 1), params[i]);
     for (int i = 0; i < stmt.column_count(); ++i) result.columns.emplace_back(stmt.column_name(i));
@@ -354,8 +428,7 @@ QueryResult Replica::query(std::string_view sql, const std::vector<crdt::Value>&
       for (int i = 0; i < stmt.column_count(); ++i) row.push_back(stmt.column(i));
       result.rows.push_back(std::move(row));
     }
-  }
-  impl_->deliver_events();
+  });
   return result;
 }
 
@@ -372,6 +445,30 @@ ApplyResult Replica::apply(const crdt::Changeset& changeset) { return impl_->app
 crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
 
 const crdt::SiteId& Replica::site_id() const { return impl_->site; }
+
+std::string Replica::schema_description() {
+  impl_->refresh();
+  std::map<std::string, const TableInfo*> by_name;
+  for (const auto& [id, table] : impl_->tables) by_name[lower_case(table->name)] = table.get();
+  std::string out;
+  for (const auto& [name, table] : by_name) {
+    if (!out.empty()) out += ';';
+    out += name + '(';
+    for (std::size_t i = 0; i < table->columns.size(); ++i) {
+      const ColumnInfo& c = table->columns[i];
+      if (i) out += ',';
+      out += lower_case(c.name) + ' ' + (c.key_position ? "key" : crdt::column_kind_name(c.kind));
+    }
+    out += ')';
+  }
+  return out;
+}
+
+std::uint64_t Replica::local_changes_after(const crdt::VersionVector& peer) {
+  const std::uint64_t own = impl_->version_vector().get(impl_->site);
+  const std::uint64_t held = peer.get(impl_->site);
+  return own > held ? own - held : 0;
+}
 
 int Replica::subscribe(ChangeListener listener) {
   const int handle = impl_->next_listener++;

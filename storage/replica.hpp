@@ -1,7 +1,7 @@
 #pragma once
 // A local replica: one SQLite file whose replicated tables are written with plain SQL and
-// merged with other replicas' changes. docs/architecture.md explains the flow; the metadata
-// tables are described in storage/catalog.hpp.
+// merged with other replicas' changes. docs/architecture.md explains the flow and the
+// metadata tables; storage/detail/replica_impl.hpp is where they are defined.
 
 #include <sqlite3.h>
 
@@ -29,6 +29,9 @@ struct ReplicaOptions {
   std::string synchronous = "NORMAL";
   // How long a statement waits for another connection's write lock.
   int busy_timeout_ms = 5000;
+  // Makes the site id of a new replica file. Empty: 128 bits from std::random_device.
+  // Injected by simulations that must replay exactly.
+  std::function<crdt::SiteId()> new_site_id;
 };
 
 // One row touched by a committed transaction, local or merged.
@@ -94,6 +97,14 @@ class Replica {
   // The changes this replica holds, per site.
   crdt::VersionVector version_vector();
   const crdt::SiteId& site_id() const;
+
+  // The replicated schema in one canonical line, equal on two replicas exactly when their
+  // replicated tables, columns and column types agree, e.g.
+  // "todo(id key,title lww,votes counter);user(id key,name lww)". Tables by name.
+  std::string schema_description();
+
+  // The number of local transactions whose changes a peer holding `peer` lacks.
+  std::uint64_t local_changes_after(const crdt::VersionVector& peer);
 
   // Registers `listener`; returns a handle for unsubscribe().
   int subscribe(ChangeListener listener);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "crdt/changeset.hpp"
+#include "crdt/error.hpp"
 #include "crdt/hlc.hpp"
 #include "storage/replica.hpp"
 #include "storage/sqlite.hpp"
@@ -70,6 +71,10 @@ struct Replica::Impl {
   int next_listener = 1;
   std::vector<ChangeEvent> pending_events;
 
+  // An error raised inside SQLite's call stack (the authorizer, lattice_replicate) that SQLite
+  // can only report as a generic failure; exec() and query() throw this one instead.
+  std::optional<Error> pending_error;
+
   Statement read_local, insert_site;
 
   explicit Impl(ReplicaOptions opts);
@@ -94,6 +99,9 @@ struct Replica::Impl {
   ApplyResult apply(const crdt::Changeset& changeset);
 
   void deliver_events();
+
+  template <class Body>
+  void run_statements(Body&& body);
 };
 
 // Turns capture off for the lifetime of the guard: writes made by merges are not changes of

@@ -23,11 +23,12 @@ struct Simulation {
   std::size_t operations = 0;
 
   Simulation(std::uint64_t seed, std::size_t replica_count, int keys) : rng(seed), key_space(keys) {
-    for (std::size_t i = 0; i < replica_count; ++i)
-      replicas.push_back(test::open_todo_replica());
+    for (std::size_t i = 0; i < replica_count; ++i) replicas.push_back(test::open_todo_replica());
   }
 
-  std::size_t pick(std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); }
+  std::size_t pick(std::size_t n) {
+    return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng);
+  }
   bool chance(double p) { return std::bernoulli_distribution(p)(rng); }
   std::string key() { return "k" + std::to_string(pick(static_cast<std::size_t>(key_space))); }
   std::string title() { return "t" + std::to_string(pick(1000)); }
@@ -48,16 +49,16 @@ struct Simulation {
         break;
       case 4:
       case 5:
-        r.query("UPDATE todo SET votes = votes + ? WHERE id = ?",
-                {std::int64_t(pick(7)) - 3, k});
+        r.query("UPDATE todo SET votes = votes + ? WHERE id = ?", {std::int64_t(pick(7)) - 3, k});
         break;
       case 6:
         r.query("DELETE FROM todo WHERE id = ?", {k});
         break;
       case 7:
-        r.query("INSERT INTO todo(id, title) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "title = excluded.title, votes = votes + 1",
-                {k, title()});
+        r.query(
+            "INSERT INTO todo(id, title) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "title = excluded.title, votes = votes + 1",
+            {k, title()});
         break;
       case 8:
         // A transaction of several writes, sometimes with a savepoint rolled back.
@@ -125,8 +126,7 @@ struct Simulation {
     for (int round = 0; round < 3; ++round)
       for (std::size_t i = 0; i < replicas.size(); ++i)
         for (std::size_t j = 0; j < replicas.size(); ++j)
-          if (i != j)
-            replicas[j]->apply(replicas[i]->changes_since(replicas[j]->version_vector()));
+          if (i != j) replicas[j]->apply(replicas[i]->changes_since(replicas[j]->version_vector()));
   }
 };
 

@@ -320,3 +320,38 @@ TEST_CASE("a replica written by a newer format is refused on open") {
 
 }  // namespace
 }  // namespace lattice
+
+namespace lattice {
+namespace {
+
+TEST_CASE("a replicated table cannot be altered or dropped, nor can Lattice's own tables") {
+  auto a = test::open_todo_replica();
+  a->exec("INSERT INTO todo(id, title) VALUES ('x', 'milk')");
+  const std::string before = test::dump_everything(*a);
+  for (const char* sql : {"ALTER TABLE todo ADD COLUMN note TEXT", "ALTER TABLE todo RENAME TO t2",
+                          "ALTER TABLE todo RENAME COLUMN title TO name", "DROP TABLE todo"}) {
+    INFO(sql);
+    CHECK_THROWS_WITH_AS(a->exec(sql), doctest::Contains("table 'todo' is replicated"), Error);
+  }
+  CHECK_THROWS_WITH_AS(a->exec("DROP TABLE lattice_sites"), doctest::Contains("belongs to Lattice"),
+                       Error);
+  CHECK(test::dump_everything(*a) == before);
+  // Other tables stay the application's to change.
+  a->exec("CREATE TABLE scratch(a); ALTER TABLE scratch ADD COLUMN b; DROP TABLE scratch");
+}
+
+TEST_CASE("listeners hear nothing of a statement that failed inside a committed transaction") {
+  auto a = test::open_todo_replica();
+  std::vector<ChangeEvent> heard;
+  a->subscribe([&](const std::vector<ChangeEvent>& events) {
+    heard.insert(heard.end(), events.begin(), events.end());
+  });
+  a->exec("BEGIN; INSERT INTO todo(id) VALUES ('kept')");
+  CHECK_THROWS_AS(a->exec("INSERT INTO todo(id, votes) VALUES ('phantom', 'many')"), Error);
+  a->exec("COMMIT");
+  REQUIRE(heard.size() == 1);
+  CHECK(std::get<std::string>(heard[0].primary_key.at(0)) == "kept");
+}
+
+}  // namespace
+}  // namespace lattice

@@ -26,7 +26,9 @@ std::string typed(const crdt::Value& v) {
       out << "text:" << std::get<std::string>(v);
       break;
     case 4:
-      out << "blob:" << std::get<crdt::Blob>(v).bytes.size();
+      out << "blob:" << std::hex;
+      for (unsigned char c : std::get<crdt::Blob>(v).bytes) out << int(c) << '.';
+      out << std::dec;
       break;
   }
   return out.str();

@@ -1,0 +1,358 @@
+// The `lattice` tool's command-line contract (docs/cli.md): what each command prints on stdout,
+// its exit status, and exactly one line on stderr when it fails. Runs the real binary in a
+// fresh temporary directory.
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "crdt/changeset_codec.hpp"
+#include "crdt/error.hpp"
+#include "crdt/version_vector.hpp"
+
+#ifndef LATTICE_CLI_PATH
+#error "LATTICE_CLI_PATH must name the lattice executable"
+#endif
+
+namespace lattice {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kSchema =
+    "CREATE TABLE todo(id TEXT PRIMARY KEY, title TEXT, done INTEGER NOT NULL DEFAULT 0, "
+    "votes INTEGER NOT NULL DEFAULT 0);"
+    "SELECT lattice_replicate('todo', '{\"votes\":\"counter\"}');";
+
+std::string read_all(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_all(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    lines.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
+struct Result {
+  int status = -1;  // exit status, or -1 when the process did not exit normally
+  std::string out;
+  std::string err;
+};
+
+// A fresh directory per test case; the tool runs with it as its working directory.
+class Sandbox {
+ public:
+  Sandbox() {
+    std::string pattern = (fs::temp_directory_path() / "lattice-cli-XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    dir_ = pattern;
+  }
+  ~Sandbox() {
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Runs `lattice args...`, capturing stdout and stderr.
+  Result run(const std::vector<std::string>& args) {
+    const fs::path out_path = dir_ / ".stdout", err_path = dir_ / ".stderr";
+    std::vector<std::string> argv_storage = {LATTICE_CLI_PATH};
+    argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_storage) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (out < 0 || err < 0 || chdir(dir_.c_str()) != 0) _exit(126);
+      dup2(out, STDOUT_FILENO);
+      dup2(err, STDERR_FILENO);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    Result r;
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = read_all(out_path);
+    r.err = read_all(err_path);
+    REQUIRE_MESSAGE(r.status != 127, "cannot run " << std::string(LATTICE_CLI_PATH));
+    return r;
+  }
+
+  // Runs a command that must succeed with nothing on stderr; returns its stdout.
+  std::string ok(const std::vector<std::string>& args) {
+    const Result r = run(args);
+    INFO("lattice " << join(args) << "\nstderr: " << r.err);
+    CHECK(r.status == 0);
+    CHECK(r.err.empty());
+    return r.out;
+  }
+
+  // Runs a command that must fail with exactly one line on stderr; returns that line.
+  std::string fails(const std::vector<std::string>& args) {
+    const Result r = run(args);
+    INFO("lattice " << join(args) << "\nstdout: " << r.out << "\nstderr: " << r.err);
+    CHECK(r.status != 0);
+    CHECK(r.status != -1);
+    CHECK(lines_of(r.err).size() == 1);
+    CHECK((!r.err.empty() && r.err.back() == '\n'));
+    return r.err.substr(0, r.err.find('\n'));
+  }
+
+  static std::string join(const std::vector<std::string>& args) {
+    std::string out;
+    for (const auto& a : args) out += (out.empty() ? "" : " ") + a;
+    return out;
+  }
+
+ private:
+  fs::path dir_;
+};
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string todo_rows(Sandbox& box, const std::string& db) {
+  return box.ok({"exec", db, "SELECT id, title, done, votes FROM todo ORDER BY id"});
+}
+
+TEST_CASE("exec creates the replica file, runs a script and prints each row tab-separated") {
+  Sandbox box;
+  const std::string db = box.path("todo.db");
+  REQUIRE(!fs::exists(db));
+  const std::string out = box.ok(
+      {"exec", db,
+       std::string(kSchema) + "BEGIN;"
+                              "INSERT INTO todo(id, title, votes) VALUES ('a', 'buy milk', 2);"
+                              "INSERT INTO todo(id, title, done) VALUES ('b', NULL, 1);"
+                              "COMMIT;"
+                              "SELECT id, title, done, votes FROM todo ORDER BY id;"
+                              "SELECT 1.5, x'00ff', NULL, 'two words';"});
+  CHECK(fs::exists(db));
+  // lattice_replicate's result row first, then the two todo rows, then the literal row.
+  CHECK(out == "1\na\tbuy milk\t0\t2\nb\t\t1\t0\n1.5\tX'00FF'\t\ttwo words\n");
+  // The transaction was committed: another process sees it.
+  CHECK(todo_rows(box, db) == "a\tbuy milk\t0\t2\nb\t\t1\t0\n");
+  // Statements without rows print nothing.
+  CHECK(box.ok({"exec", db, "UPDATE todo SET votes = votes + 1"}).empty());
+}
+
+TEST_CASE("changes writes what a holder of --since lacks, and reports how many changes") {
+  Sandbox box;
+  const std::string db = box.path("a.db");
+  box.ok({"exec", db,
+          std::string(kSchema) +
+              "INSERT INTO todo(id, title) VALUES ('a', 'one'), ('b', 'two'), ('c', 'three')"});
+
+  const std::string all = box.path("all.cs");
+  const std::string out = box.ok({"changes", db, "--out", all});
+  const crdt::Changeset everything = crdt::decode_changeset(read_all(all));
+  CHECK(everything.rows.size() == 3);
+  CHECK(out == "wrote " + std::to_string(everything.change_count()) + " changes to " + all + "\n");
+  CHECK(!fs::exists(all + ".tmp"));
+
+  const std::string vv = box.path("a.vv");
+  write_all(vv, box.ok({"vv", db}));
+  const std::string none = box.path("none.cs");
+  CHECK(box.ok({"changes", db, "--since", vv, "--out", none}) ==
+        "wrote 0 changes to " + none + "\n");
+  CHECK(crdt::decode_changeset(read_all(none)).rows.empty());
+
+  box.ok({"exec", db, "UPDATE todo SET title = 'TWO' WHERE id = 'b'"});
+  const std::string delta = box.path("delta.cs");
+  // --out before --since works too.
+  const std::string delta_out = box.ok({"changes", db, "--out", delta, "--since", vv});
+  const crdt::Changeset update = crdt::decode_changeset(read_all(delta));
+  REQUIRE(update.rows.size() == 1);
+  CHECK(update.change_count() == 1);
+  CHECK(delta_out == "wrote 1 changes to " + delta + "\n");
+}
+
+TEST_CASE("apply prints how many changes it applied, and a second apply of the file applies none") {
+  Sandbox box;
+  const std::string a = box.path("a.db"), b = box.path("b.db"), file = box.path("a.cs");
+  box.ok({"exec", a,
+          std::string(kSchema) +
+              "INSERT INTO todo(id, title, votes) VALUES ('a', 'one', 3), ('b', 'two', 0);"
+              "DELETE FROM todo WHERE id = 'b';"});
+  box.ok({"exec", b, kSchema});
+  box.ok({"changes", a, "--out", file});
+  const std::size_t count = crdt::decode_changeset(read_all(file)).change_count();
+  REQUIRE(count > 0);
+  const std::string total = std::to_string(count);
+  CHECK(box.ok({"apply", b, file}) == "applied " + total + " of " + total + " changes\n");
+  CHECK(box.ok({"apply", b, file}) == "applied 0 of " + total + " changes\n");
+  CHECK(todo_rows(box, b) == "a\tone\t0\t3\n");
+}
+
+TEST_CASE("vv prints the version vector as one line of JSON and nothing else") {
+  Sandbox box;
+  const std::string db = box.path("a.db");
+  box.ok({"exec", db, kSchema});
+  CHECK(box.ok({"vv", db}) == "{}\n");
+
+  box.ok({"exec", db, "INSERT INTO todo(id, title) VALUES ('a', 'one')"});
+  const std::string first = box.ok({"vv", db});
+  REQUIRE(lines_of(first).size() == 1);
+  REQUIRE(first.back() == '\n');
+  const std::string json = first.substr(0, first.size() - 1);
+  const crdt::VersionVector after_one = crdt::VersionVector::from_json(json);
+  CHECK(after_one.entries().size() == 1);
+  CHECK(after_one.to_json() == json);
+
+  box.ok({"exec", db, "UPDATE todo SET title = 'uno'"});
+  const std::string second = box.ok({"vv", db});
+  const crdt::VersionVector after_two =
+      crdt::VersionVector::from_json(second.substr(0, second.size() - 1));
+  CHECK(after_two.compare(after_one) == crdt::VersionVector::Order::kAfter);
+}
+
+TEST_CASE("two replicas exchanging changeset files both ways converge") {
+  Sandbox box;
+  const std::string a = box.path("a.db"), b = box.path("b.db");
+  box.ok({"exec", a,
+          std::string(kSchema) +
+              "INSERT INTO todo(id, title, votes) VALUES ('a', 'first', 0), ('b', 'second', 1),"
+              " ('c', 'third', 0)"});
+  box.ok({"exec", b, kSchema});
+  box.ok({"changes", a, "--out", box.path("seed.cs")});
+  box.ok({"apply", b, box.path("seed.cs")});
+  REQUIRE(todo_rows(box, a) == todo_rows(box, b));
+
+  // Concurrent edits: both retitle 'a' and vote on 'b'; B deletes 'c' and adds 'd'; A edits
+  // 'c' (a concurrent update of a deleted row) and marks 'a' done.
+  box.ok({"exec", a,
+          "UPDATE todo SET title = 'first (A)', done = 1 WHERE id = 'a';"
+          "UPDATE todo SET votes = votes + 2 WHERE id = 'b';"
+          "UPDATE todo SET title = 'third (A)' WHERE id = 'c';"});
+  box.ok({"exec", b,
+          "BEGIN;"
+          "UPDATE todo SET title = 'first (B)' WHERE id = 'a';"
+          "UPDATE todo SET votes = votes + 3 WHERE id = 'b';"
+          "DELETE FROM todo WHERE id = 'c';"
+          "INSERT INTO todo(id, title) VALUES ('d', 'fourth');"
+          "COMMIT;"});
+
+  write_all(box.path("a.vv"), box.ok({"vv", a}));
+  write_all(box.path("b.vv"), box.ok({"vv", b}));
+  box.ok({"changes", a, "--since", box.path("b.vv"), "--out", box.path("a-to-b.cs")});
+  box.ok({"changes", b, "--since", box.path("a.vv"), "--out", box.path("b-to-a.cs")});
+  box.ok({"apply", b, box.path("a-to-b.cs")});
+  box.ok({"apply", a, box.path("b-to-a.cs")});
+
+  const std::string rows_a = todo_rows(box, a), rows_b = todo_rows(box, b);
+  CHECK(rows_a == rows_b);
+  const auto lines = lines_of(rows_a);
+  REQUIRE(lines.size() == 3);
+  CHECK((lines[0] == "a\tfirst (A)\t1\t0" || lines[0] == "a\tfirst (B)\t1\t0"));
+  CHECK(lines[1] == "b\tsecond\t0\t6");
+  CHECK(lines[2] == "d\tfourth\t0\t0");
+
+  const std::string vv_a = box.ok({"vv", a}), vv_b = box.ok({"vv", b});
+  CHECK(vv_a == vv_b);
+  CHECK(crdt::VersionVector::from_json(vv_a.substr(0, vv_a.size() - 1)).entries().size() == 2);
+  // Nothing is left to send either way.
+  write_all(box.path("b.vv"), vv_b);
+  CHECK(contains(box.ok({"changes", a, "--since", box.path("b.vv"), "--out", box.path("x.cs")}),
+                 "wrote 0 changes"));
+}
+
+TEST_CASE("a failing command exits non-zero with one line on stderr naming the problem") {
+  Sandbox box;
+  const std::string db = box.path("a.db");
+  box.ok({"exec", db, std::string(kSchema) + "INSERT INTO todo(id, title) VALUES ('a', 'one')"});
+  const std::string good = box.path("good.cs");
+  box.ok({"changes", db, "--out", good});
+
+  SUBCASE("bad SQL") {
+    const std::string line = box.fails({"exec", db, "SELEC 1"});
+    CHECK(line.rfind("lattice: sql: ", 0) == 0);
+    CHECK(contains(line, "syntax error"));
+    CHECK(contains(line, "SELEC 1"));
+    CHECK(todo_rows(box, db) == "a\tone\t0\t0\n");
+  }
+  SUBCASE("bad SQL in a script of several lines") {
+    const Result r =
+        box.run({"exec", db, "SELECT 1;\nUPDATE todo\n   SET nope = 1\n WHERE id = 'a'"});
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "no such column: nope"));
+    CHECK(lines_of(r.err).size() == 1);
+  }
+  SUBCASE("a changeset file that does not exist") {
+    const std::string missing = box.path("missing.cs");
+    const std::string line = box.fails({"apply", db, missing});
+    CHECK(line.rfind("lattice: io: ", 0) == 0);
+    CHECK(contains(line, missing));
+  }
+  SUBCASE("a changeset file that is not a changeset") {
+    write_all(box.path("junk.cs"), "this is not a changeset\n");
+    const std::string line = box.fails({"apply", db, box.path("junk.cs")});
+    CHECK(line.rfind("lattice: corrupt: ", 0) == 0);
+    CHECK(contains(line, "not a Lattice changeset"));
+  }
+  SUBCASE("a truncated changeset file") {
+    const std::string bytes = read_all(good);
+    write_all(box.path("cut.cs"), bytes.substr(0, bytes.size() / 2));
+    const std::string line = box.fails({"apply", db, box.path("cut.cs")});
+    CHECK(line.rfind("lattice: corrupt: ", 0) == 0);
+    CHECK(contains(line, "truncated at byte " + std::to_string(bytes.size() / 2)));
+  }
+  SUBCASE("a changeset of a table the replica does not have") {
+    const std::string other = box.path("other.db");
+    box.ok({"exec", other, "SELECT 1"});
+    const std::string line = box.fails({"apply", other, good});
+    CHECK(line.rfind("lattice: unknown_table: ", 0) == 0);
+    CHECK(contains(line, "'todo'"));
+  }
+  SUBCASE("a malformed version vector file") {
+    write_all(box.path("bad.vv"), "{\"not a site\": 1}\n");
+    const std::string line =
+        box.fails({"changes", db, "--since", box.path("bad.vv"), "--out", box.path("x.cs")});
+    CHECK(line.rfind("lattice: invalid_argument: ", 0) == 0);
+    CHECK(contains(line, "version vector"));
+    CHECK(!fs::exists(box.path("x.cs")));
+  }
+  SUBCASE("an unknown command") {
+    const Result r = box.run({"frobnicate", db});
+    CHECK(r.status == 2);
+    CHECK(r.out.empty());
+    const auto lines = lines_of(r.err);
+    REQUIRE(!lines.empty());
+    CHECK(lines.size() == 1);
+    CHECK(lines[0] == "lattice: usage: unknown command 'frobnicate' (run 'lattice help')");
+  }
+}
+
+}  // namespace
+}  // namespace lattice
