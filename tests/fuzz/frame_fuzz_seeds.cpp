@@ -1,0 +1,64 @@
+// Writes one encoded frame of each type, the seed corpus of frame_fuzz, into the folder named by
+// the first argument, and creates any further folders named (libFuzzer's working corpus).
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "transport/frame.hpp"
+
+using namespace lattice::transport;
+using lattice::crdt::SiteId;
+using lattice::crdt::VersionVector;
+
+namespace {
+
+SiteId site(std::uint8_t n) {
+  SiteId id;
+  for (auto& b : id.bytes) b = n++;
+  return id;
+}
+
+std::vector<Frame> seeds() {
+  VersionVector held;
+  held.advance(site(1), 3);
+  held.advance(site(40), std::numeric_limits<std::uint64_t>::max());
+  std::vector<Frame> out;
+  out.push_back(Hello{kProtocolVersion, site(7), "team/notes", "header.payload.signature", held,
+                      "sha256:0123abcd"});
+  out.push_back(Welcome{kProtocolVersion, held});
+  out.push_back(Changes{1, std::string("\x97\xaaLATTICE-CS\x01\x80\x80\x90\x90\x90", 18)});
+  out.push_back(Ack{1, held});
+  out.push_back(ErrorFrame{WireError::kSchemaMismatch, "table notes: column body is missing"});
+  out.push_back(Ping{0x1234});
+  out.push_back(Pong{0x1234});
+  out.push_back(Rekey{"another device presents this site id"});
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s SEED_DIR [EXTRA_DIR...]\n", argv[0]);
+    return 2;
+  }
+  for (int i = 1; i < argc; ++i) std::filesystem::create_directories(argv[i]);
+  const std::vector<Frame> all = seeds();
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const std::filesystem::path path =
+        std::filesystem::path(argv[1]) / ("seed-" + std::to_string(i) + ".frame");
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    const std::string bytes = encode_frame(all[i]);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s\n", path.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}

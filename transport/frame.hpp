@@ -1,0 +1,108 @@
+#pragma once
+// The frames of the sync protocol, as plain data, and their byte form (msgpack; specified in
+// docs/protocol.md). Pure: no sockets, no SQLite.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "crdt/site_id.hpp"
+#include "crdt/version_vector.hpp"
+
+namespace lattice::transport {
+
+// Protocol versions this build speaks. A hello with another version is refused with an error
+// frame that names these.
+constexpr std::uint32_t kProtocolVersion = 1;
+constexpr std::uint32_t kMinProtocolVersion = 1;
+
+// Codes of error frames. Stable numbers: clients switch on them.
+enum class WireError : std::uint32_t {
+  kProtocolVersion = 1,      // unsupported protocol version
+  kMalformed = 2,            // a frame that does not decode, or a frame out of order
+  kUnauthorized = 3,         // missing, expired, badly signed or wrong-namespace token
+  kForbidden = 4,            // the token lacks the right (e.g. a read-only token sending changes)
+  kSchemaMismatch = 5,       // the device's replicated tables differ from the namespace's
+  kBadChangeset = 6,         // a changeset that does not decode or does not apply
+  kFrameTooLarge = 7,        // over the frame size limit
+  kBatchTooLarge = 8,        // over the changes-per-batch limit
+  kRateLimited = 9,          // over the changes-per-second limit
+  kTooManyConnections = 10,  // over the connections-per-token limit
+  kSlowConsumer = 11,        // the outbound queue overflowed; reconnect to catch up
+  kShuttingDown = 12,        // the relay is stopping
+  kInternal = 13,            // a relay-side failure
+};
+
+// "unauthorized", "frame_too_large", ...
+const char* wire_error_name(WireError code);
+
+// Device -> relay, first frame of every connection.
+struct Hello {
+  std::uint32_t protocol_version = kProtocolVersion;
+  crdt::SiteId site;
+  std::string ns;  // namespace
+  std::string token;
+  crdt::VersionVector held;        // what the device holds
+  std::string schema_fingerprint;  // see storage's schema description
+  bool operator==(const Hello&) const = default;
+};
+
+// Relay -> device, the answer to an accepted hello.
+struct Welcome {
+  std::uint32_t protocol_version = kProtocolVersion;
+  crdt::VersionVector held;  // what the relay holds
+  bool operator==(const Welcome&) const = default;
+};
+
+// Either direction: an encoded changeset (crdt/changeset_codec.hpp). `batch` numbers a device's
+// batches so the relay can acknowledge them; the relay's batches carry 0.
+struct Changes {
+  std::uint64_t batch = 0;
+  std::string changeset;
+  bool operator==(const Changes&) const = default;
+};
+
+// Relay -> device: batch `batch` is merged and durable; `held` is the relay's vector after it.
+struct Ack {
+  std::uint64_t batch = 0;
+  crdt::VersionVector held;
+  bool operator==(const Ack&) const = default;
+};
+
+// Either direction. After sending one the sender closes the connection.
+struct ErrorFrame {
+  WireError code = WireError::kInternal;
+  std::string message;
+  bool operator==(const ErrorFrame&) const = default;
+};
+
+struct Ping {
+  std::uint64_t nonce = 0;
+  bool operator==(const Ping&) const = default;
+};
+
+struct Pong {
+  std::uint64_t nonce = 0;
+  bool operator==(const Pong&) const = default;
+};
+
+// Relay -> device: another device presents the same site id (a copied replica file); take a
+// new site id and send your unacknowledged changes again under it.
+struct Rekey {
+  std::string reason;
+  bool operator==(const Rekey&) const = default;
+};
+
+using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong, Rekey>;
+
+constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
+
+std::string encode_frame(const Frame& frame);
+
+// Decodes bytes from an untrusted peer. Throws lattice::Error naming what was wrong: kTooLarge
+// past `max_bytes`, kCorrupt for anything that does not decode as a frame. (Unknown protocol
+// versions decode; refusing them is the hub's job, so it can answer with an error frame.)
+Frame decode_frame(std::string_view bytes, std::size_t max_bytes = kDefaultMaxFrameBytes);
+
+}  // namespace lattice::transport
