@@ -1,0 +1,130 @@
+#include "engine/sync/sync_session.hpp"
+
+#include "crdt/changeset_codec.hpp"
+#include "crdt/error.hpp"
+
+namespace lattice::engine {
+
+const char* sync_state_name(SyncState state) {
+  switch (state) {
+    case SyncState::kOffline:
+      return "offline";
+    case SyncState::kConnecting:
+      return "connecting";
+    case SyncState::kSyncing:
+      return "syncing";
+    case SyncState::kLive:
+      return "live";
+  }
+  return "unknown";
+}
+
+SyncSession::SyncSession(storage::Replica& replica,
+                         std::shared_ptr<transport::Connection> connection, Options options,
+                         Events events)
+    : replica_(replica),
+      connection_(std::move(connection)),
+      options_(std::move(options)),
+      events_(std::move(events)) {
+  std::weak_ptr<bool> alive = alive_;
+  connection_->set_handlers(
+      transport::Connection::Handlers{[this, alive](std::string_view bytes) {
+                                        if (alive.lock()) on_frame(bytes);
+                                      },
+                                      [this, alive](const std::string& reason) {
+                                        if (!alive.lock()) return;
+                                        closed_ = true;
+                                        set_state(SyncState::kOffline);
+                                        if (events_.on_closed) events_.on_closed(reason);
+                                      }});
+}
+
+SyncSession::~SyncSession() {
+  alive_.reset();
+  if (!closed_) connection_->close("session ended");
+  connection_->set_handlers({});
+}
+
+void SyncSession::set_state(SyncState state) {
+  if (state == state_) return;
+  state_ = state;
+  if (events_.on_state) events_.on_state(state);
+}
+
+void SyncSession::send(const transport::Frame& frame) {
+  if (!closed_) connection_->send(transport::encode_frame(frame));
+}
+
+void SyncSession::start() {
+  set_state(SyncState::kConnecting);
+  transport::Hello hello;
+  hello.site = replica_.site_id();
+  hello.ns = options_.ns;
+  hello.token = options_.token;
+  hello.held = replica_.version_vector();
+  hello.schema_fingerprint = replica_.schema_description();
+  send(hello);
+}
+
+void SyncSession::close(const std::string& reason) {
+  if (!closed_) connection_->close(reason);
+}
+
+void SyncSession::push_local_changes() {
+  if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
+  crdt::VersionVector sent = relay_held_;
+  for (const auto& [batch, until] : in_flight_) sent.merge(until);
+  const crdt::Changeset changeset = replica_.changes_since(sent);
+  // A batch without rows still matters when it moves the relay's vector: writes that were
+  // superseded here before they went out leave nothing to send, but the relay must learn
+  // they are covered, or the two vectors never agree.
+  if (changeset.rows.empty() && sent.dominates(changeset.until)) return;
+  const std::uint64_t batch = next_batch_++;
+  in_flight_[batch] = changeset.until;
+  send(transport::Changes{batch, crdt::encode_changeset(changeset)});
+}
+
+bool SyncSession::in_sync() {
+  if (state_ != SyncState::kLive || !in_flight_.empty()) return false;
+  const crdt::VersionVector mine = replica_.version_vector();
+  return relay_held_.dominates(mine) && mine.dominates(relay_held_);
+}
+
+std::uint64_t SyncSession::pending() { return replica_.local_changes_after(relay_held_); }
+
+void SyncSession::on_frame(std::string_view bytes) {
+  transport::Frame frame;
+  try {
+    frame = transport::decode_frame(bytes);
+  } catch (const Error& e) {
+    send(transport::ErrorFrame{transport::WireError::kMalformed, e.what()});
+    return close(std::string("malformed frame from relay: ") + e.what());
+  }
+  if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
+    relay_held_ = welcome->held;
+    set_state(SyncState::kSyncing);
+    push_local_changes();
+  } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
+    try {
+      const crdt::Changeset changeset = crdt::decode_changeset(changes->changeset);
+      replica_.apply(changeset);
+      relay_held_.merge(changeset.until);
+    } catch (const Error& e) {
+      send(transport::ErrorFrame{transport::WireError::kBadChangeset, e.what()});
+      return close(std::string("bad changeset from relay: ") + e.what());
+    }
+    set_state(SyncState::kLive);
+  } else if (auto* ack = std::get_if<transport::Ack>(&frame)) {
+    relay_held_.merge(ack->held);
+    in_flight_.erase(ack->batch);
+    // Changes written while the batch was in flight go now.
+    push_local_changes();
+  } else if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
+    if (events_.on_error) events_.on_error(*error);
+    close(std::string("relay error: ") + error->message);
+  } else if (auto* ping = std::get_if<transport::Ping>(&frame)) {
+    send(transport::Pong{ping->nonce});
+  }
+}
+
+}  // namespace lattice::engine

@@ -1,0 +1,78 @@
+#pragma once
+// The device's side of one connection to a relay (docs/protocol.md): hello, catch-up, then
+// local changes out and other devices' changes in. Written against transport::Connection, so
+// the simulation tests drive it over loopback connections; SyncClient adds reconnection.
+//
+// Not thread-safe: every call and connection callback runs on one thread.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "crdt/version_vector.hpp"
+#include "storage/replica.hpp"
+#include "transport/connection.hpp"
+#include "transport/frame.hpp"
+
+namespace lattice::engine {
+
+enum class SyncState { kOffline, kConnecting, kSyncing, kLive };
+
+// "offline", "connecting", "syncing", "live".
+const char* sync_state_name(SyncState state);
+
+class SyncSession {
+ public:
+  struct Options {
+    std::string ns;
+    std::string token;
+    std::size_t max_batch_changes = 50'000;  // under the relay's limit (docs/protocol.md)
+  };
+  struct Events {
+    std::function<void(SyncState)> on_state;
+    // An error frame from the relay; the connection closes after it.
+    std::function<void(const transport::ErrorFrame&)> on_error;
+    // The connection closed (after an error or not). The session is done.
+    std::function<void(const std::string& reason)> on_closed;
+  };
+
+  SyncSession(storage::Replica& replica, std::shared_ptr<transport::Connection> connection,
+              Options options, Events events);
+  ~SyncSession();
+
+  // Sends the hello. Call once.
+  void start();
+  // Sends local changes the relay lacks, if connected. Call after local writes.
+  void push_local_changes();
+  // Closes the connection.
+  void close(const std::string& reason);
+
+  SyncState state() const { return state_; }
+  // True when the relay has acknowledged every local change and this replica holds everything
+  // the relay held when it last said so.
+  bool in_sync();
+  // Local transactions the relay has not acknowledged.
+  std::uint64_t pending();
+  // What the relay is known to hold.
+  const crdt::VersionVector& relay_held() const { return relay_held_; }
+
+ private:
+  void on_frame(std::string_view bytes);
+  void set_state(SyncState state);
+  void send(const transport::Frame& frame);
+
+  storage::Replica& replica_;
+  std::shared_ptr<transport::Connection> connection_;
+  Options options_;
+  Events events_;
+  SyncState state_ = SyncState::kOffline;
+  bool closed_ = false;
+  crdt::VersionVector relay_held_;
+  std::uint64_t next_batch_ = 1;
+  std::map<std::uint64_t, crdt::VersionVector> in_flight_;  // batch -> its `until`
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace lattice::engine

@@ -1,0 +1,332 @@
+#include "relay/hub.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "crdt/changeset_codec.hpp"
+#include "crdt/error.hpp"
+#include "transport/frame.hpp"
+
+namespace lattice::relay {
+
+namespace {
+
+using transport::WireError;
+
+bool valid_namespace(const std::string& ns) {
+  if (ns.empty() || ns.size() > 64) return false;
+  return std::all_of(ns.begin(), ns.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+}
+
+// The first table or column where two schema descriptions differ, for the error message.
+std::string first_difference(const std::string& relay, const std::string& device) {
+  auto split = [](const std::string& s) {
+    std::map<std::string, std::string> tables;
+    std::size_t start = 0;
+    while (start < s.size()) {
+      std::size_t end = s.find(';', start);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = s.substr(start, end - start);
+      const std::size_t paren = item.find('(');
+      tables[item.substr(0, paren)] = paren == std::string::npos ? "" : item.substr(paren);
+      start = end + 1;
+    }
+    return tables;
+  };
+  const auto mine = split(relay), theirs = split(device);
+  for (const auto& [table, columns] : mine) {
+    auto it = theirs.find(table);
+    if (it == theirs.end()) return "table '" + table + "' is missing on the device";
+    if (it->second != columns)
+      return "table '" + table + "' differs: relay has " + columns + ", device has " + it->second;
+  }
+  for (const auto& [table, columns] : theirs)
+    if (!mine.count(table)) return "table '" + table + "' is not replicated by this namespace";
+  return "schemas differ";
+}
+
+}  // namespace
+
+struct Namespace;
+
+struct Peer : std::enable_shared_from_this<Peer> {
+  enum class Phase { kAwaitingHello, kLive, kClosed };
+  std::shared_ptr<transport::Connection> connection;
+  std::string ns;
+  Namespace* space = nullptr;
+  Phase phase = Phase::kAwaitingHello;
+  Grant grant;
+  std::string token;
+  crdt::VersionVector known;  // what the device is known to hold
+  double budget = 0;          // rate limit: changes it may still send now
+  double budget_time = 0;
+};
+
+struct Namespace {
+  std::string name;
+  std::unique_ptr<storage::Replica> replica;
+  std::string schema;
+  std::set<std::shared_ptr<Peer>> peers;  // live ones
+};
+
+struct Hub::Impl {
+  HubOptions options;
+  HubCounters counters;
+  std::map<std::string, std::unique_ptr<Namespace>> spaces;
+  std::set<std::shared_ptr<Peer>> peers;  // every open connection
+  std::map<std::string, std::size_t> connections_per_token;
+  bool stopping = false;
+
+  Namespace& space(const std::string& ns);
+  void send(Peer& peer, const transport::Frame& frame);
+  void fail(Peer& peer, WireError code, const std::string& message);
+  void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
+  void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
+  void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
+  void on_close(const std::shared_ptr<Peer>& peer);
+  void send_changes(Peer& peer, const crdt::Changeset& changeset, const std::string& bytes);
+};
+
+Namespace& Hub::Impl::space(const std::string& ns) {
+  auto it = spaces.find(ns);
+  if (it != spaces.end()) return *it->second;
+  if (!valid_namespace(ns))
+    throw Error(ErrorCode::kInvalidArgument,
+                "namespace '" + ns + "' is not 1 to 64 letters, digits, '_' or '-'");
+  std::filesystem::create_directories(options.data_dir);
+  auto space = std::make_unique<Namespace>();
+  space->name = ns;
+  space->replica = storage::Replica::open(
+      (std::filesystem::path(options.data_dir) / (ns + ".db")).string(), options.replica_options);
+  if (space->replica->schema_description().empty() && !options.schema_sql.empty())
+    space->replica->exec(options.schema_sql);
+  space->schema = space->replica->schema_description();
+  return *spaces.emplace(ns, std::move(space)).first->second;
+}
+
+void Hub::Impl::send(Peer& peer, const transport::Frame& frame) {
+  if (peer.phase == Peer::Phase::kClosed) return;
+  std::string bytes = transport::encode_frame(frame);
+  counters.bytes_out += bytes.size();
+  peer.connection->send(std::move(bytes));
+}
+
+void Hub::Impl::fail(Peer& peer, WireError code, const std::string& message) {
+  if (peer.phase == Peer::Phase::kClosed) return;
+  ++counters.rejected[transport::wire_error_name(code)];
+  send(peer, transport::ErrorFrame{code, message});
+  peer.connection->close(std::string(transport::wire_error_name(code)) + ": " + message);
+  if (peer.space) peer.space->peers.erase(peer.shared_from_this());
+  peer.phase = Peer::Phase::kClosed;
+}
+
+void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
+                             const std::string& bytes) {
+  counters.changes_sent += changeset.change_count();
+  send(peer, transport::Changes{0, bytes});
+  peer.known.merge(changeset.until);
+}
+
+void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
+  if (peer->phase == Peer::Phase::kClosed) return;
+  counters.bytes_in += bytes.size();
+  if (bytes.size() > options.limits.max_frame_bytes)
+    return fail(*peer, WireError::kFrameTooLarge,
+                "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
+                    std::to_string(options.limits.max_frame_bytes));
+  transport::Frame frame;
+  try {
+    frame = transport::decode_frame(bytes, options.limits.max_frame_bytes);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  if (auto* hello = std::get_if<transport::Hello>(&frame)) {
+    if (peer->phase != Peer::Phase::kAwaitingHello)
+      return fail(*peer, WireError::kMalformed, "a second hello on one connection");
+    return on_hello(peer, *hello);
+  }
+  if (peer->phase != Peer::Phase::kLive)
+    return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
+  if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
+  if (auto* ping = std::get_if<transport::Ping>(&frame))
+    return send(*peer, transport::Pong{ping->nonce});
+  if (std::holds_alternative<transport::Pong>(frame)) return;
+  if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
+    peer->connection->close("device error: " + error->message);
+    return;
+  }
+  fail(*peer, WireError::kMalformed, "a device may not send this frame type");
+}
+
+void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
+  using transport::kMinProtocolVersion;
+  using transport::kProtocolVersion;
+  if (hello.protocol_version < kMinProtocolVersion || hello.protocol_version > kProtocolVersion)
+    return fail(*peer, WireError::kProtocolVersion,
+                "protocol version " + std::to_string(hello.protocol_version) +
+                    " is not supported; this relay speaks versions " +
+                    std::to_string(kMinProtocolVersion) + " to " +
+                    std::to_string(kProtocolVersion));
+  if (hello.ns != peer->ns)
+    return fail(
+        *peer, WireError::kMalformed,
+        "hello names namespace '" + hello.ns + "' but the connection is for '" + peer->ns + "'");
+  try {
+    peer->grant = options.authenticate(hello.token);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kUnauthorized, e.what());
+  }
+  if (peer->grant.ns != peer->ns)
+    return fail(*peer, WireError::kUnauthorized,
+                "token is for namespace '" + peer->grant.ns + "', not '" + peer->ns + "'");
+  if (!(peer->grant.rights & kGrantRead))
+    return fail(*peer, WireError::kForbidden, "token lacks the read right");
+  if (++connections_per_token[hello.token] > options.limits.max_connections_per_token) {
+    peer->token = hello.token;
+    return fail(*peer, WireError::kTooManyConnections,
+                "more than " + std::to_string(options.limits.max_connections_per_token) +
+                    " connections with one token");
+  }
+  peer->token = hello.token;
+
+  Namespace* space = nullptr;
+  try {
+    space = &this->space(peer->ns);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  if (hello.schema_fingerprint != space->schema)
+    return fail(*peer, WireError::kSchemaMismatch,
+                "the device's replicated schema differs from namespace '" + peer->ns +
+                    "': " + first_difference(space->schema, hello.schema_fingerprint));
+
+  peer->space = space;
+  peer->phase = Peer::Phase::kLive;
+  peer->known = hello.held;
+  peer->budget = static_cast<double>(options.limits.max_batch_changes);
+  peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
+  space->peers.insert(peer);
+  send(*peer, transport::Welcome{transport::kProtocolVersion, space->replica->version_vector()});
+  // What the device lacks, always sent (empty or not) so the device knows it has caught up.
+  const crdt::Changeset catch_up = space->replica->changes_since(hello.held);
+  send_changes(*peer, catch_up, crdt::encode_changeset(catch_up));
+}
+
+void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes) {
+  if (!(peer->grant.rights & kGrantWrite))
+    return fail(*peer, WireError::kForbidden,
+                "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
+  crdt::Changeset changeset;
+  try {
+    crdt::DecodeLimits limits;
+    limits.max_bytes = options.limits.max_frame_bytes;
+    changeset = crdt::decode_changeset(changes.changeset, limits);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kBadChangeset, e.what());
+  }
+  const std::size_t count = changeset.change_count();
+  if (count > options.limits.max_batch_changes)
+    return fail(*peer, WireError::kBatchTooLarge,
+                "batch of " + std::to_string(count) + " changes is over the limit of " +
+                    std::to_string(options.limits.max_batch_changes));
+  if (options.now_seconds) {
+    const double now = options.now_seconds();
+    peer->budget =
+        std::min(static_cast<double>(options.limits.max_batch_changes),
+                 peer->budget + (now - peer->budget_time) * options.limits.max_changes_per_second);
+    peer->budget_time = now;
+    if (static_cast<double>(count) > peer->budget)
+      return fail(*peer, WireError::kRateLimited,
+                  "more than " + std::to_string(options.limits.max_changes_per_second) +
+                      " changes per second");
+    peer->budget -= static_cast<double>(count);
+  }
+
+  Namespace& space = *peer->space;
+  const crdt::VersionVector before = space.replica->version_vector();
+  storage::ApplyResult result;
+  try {
+    result = space.replica->apply(changeset);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kBadChangeset, e.what());
+  }
+  counters.changes_merged += result.applied;
+  const crdt::VersionVector after = space.replica->version_vector();
+  peer->known.merge(changeset.until);
+  send(*peer, transport::Ack{changes.batch, after});
+  if (result.applied == 0 && after == before) return;
+
+  // The same delta serves every device that held everything the relay held before this merge;
+  // a device still catching up gets its own.
+  const crdt::Changeset delta = space.replica->changes_since(before);
+  const std::string delta_bytes = crdt::encode_changeset(delta);
+  for (const auto& other :
+       std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
+    if (other == peer || other->phase != Peer::Phase::kLive) continue;
+    // Rows or not: a device must also learn when the relay's vector moves.
+    if (other->known.dominates(before)) {
+      if (!delta.rows.empty() || !other->known.dominates(delta.until))
+        send_changes(*other, delta, delta_bytes);
+    } else {
+      const crdt::Changeset own = space.replica->changes_since(other->known);
+      if (!own.rows.empty() || !other->known.dominates(own.until))
+        send_changes(*other, own, crdt::encode_changeset(own));
+    }
+  }
+}
+
+void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
+  if (!peers.count(peer)) return;
+  if (peer->space) peer->space->peers.erase(peer);
+  if (!peer->token.empty()) {
+    auto it = connections_per_token.find(peer->token);
+    if (it != connections_per_token.end() && --it->second == 0) connections_per_token.erase(it);
+  }
+  peer->phase = Peer::Phase::kClosed;
+  peers.erase(peer);
+}
+
+Hub::Hub(HubOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+}
+
+Hub::~Hub() { shutdown(); }
+
+void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::string& ns) {
+  auto peer = std::make_shared<Peer>();
+  peer->connection = std::move(connection);
+  peer->ns = ns;
+  impl_->peers.insert(peer);
+  ++impl_->counters.connections_accepted;
+  std::weak_ptr<Peer> weak = peer;
+  Impl* impl = impl_.get();
+  peer->connection->set_handlers(
+      transport::Connection::Handlers{[impl, weak](std::string_view bytes) {
+                                        if (auto p = weak.lock()) impl->on_frame(p, bytes);
+                                      },
+                                      [impl, weak](const std::string&) {
+                                        if (auto p = weak.lock()) impl->on_close(p);
+                                      }});
+  if (impl_->stopping) impl_->fail(*peer, WireError::kShuttingDown, "the relay is stopping");
+}
+
+void Hub::shutdown() {
+  impl_->stopping = true;
+  for (const auto& peer :
+       std::vector<std::shared_ptr<Peer>>(impl_->peers.begin(), impl_->peers.end())) {
+    impl_->fail(*peer, WireError::kShuttingDown, "the relay is stopping");
+    impl_->on_close(peer);
+    peer->connection->set_handlers({});  // the hub may be gone when the close completes
+  }
+}
+
+storage::Replica& Hub::replica(const std::string& ns) { return *impl_->space(ns).replica; }
+
+std::size_t Hub::connection_count() const { return impl_->peers.size(); }
+std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }
+const HubCounters& Hub::counters() const { return impl_->counters; }
+
+}  // namespace lattice::relay

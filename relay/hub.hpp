@@ -1,0 +1,85 @@
+#pragma once
+// The relay's hub: namespaces, each a replica file merged with the same storage code as the
+// devices, and the protocol conversation with every connected device (docs/protocol.md).
+// It sees connections only through transport::Connection, so the deterministic simulation
+// runs it over loopback connections and lattice-relay over WebSocket/TLS.
+//
+// Not thread-safe: every call, and every connection callback, runs on one thread.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "storage/replica.hpp"
+#include "transport/connection.hpp"
+
+namespace lattice::relay {
+
+// What a valid token grants. Rights bits are those of relay/token.hpp: read 1, write 2, admin 4.
+struct Grant {
+  std::string subject;
+  std::string ns;
+  unsigned rights = 0;
+};
+constexpr unsigned kGrantRead = 1, kGrantWrite = 2, kGrantAdmin = 4;
+
+// Checks a bearer token. Throws Error(kUnauthorized) naming why it is not valid.
+using Authenticator = std::function<Grant(std::string_view token)>;
+
+struct HubLimits {
+  std::size_t max_frame_bytes = 16u << 20;
+  std::size_t max_batch_changes = 100'000;
+  double max_changes_per_second = 200'000;  // per connection, averaged over a burst of a batch
+  std::size_t max_connections_per_token = 64;
+};
+
+struct HubOptions {
+  std::string data_dir;    // one replica file per namespace: <data_dir>/<namespace>.db
+  std::string schema_sql;  // run once on a namespace's new replica to create its tables
+  HubLimits limits;
+  Authenticator authenticate;
+  std::function<double()> now_seconds;  // for rate limits; injected by tests
+  storage::ReplicaOptions replica_options;
+};
+
+struct HubCounters {
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t changes_merged = 0;  // column changes that won at the relay
+  std::uint64_t changes_sent = 0;    // column changes sent to devices
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::map<std::string, std::uint64_t> rejected;  // by wire error name
+};
+
+class Hub {
+ public:
+  explicit Hub(HubOptions options);
+  ~Hub();
+  Hub(const Hub&) = delete;
+  Hub& operator=(const Hub&) = delete;
+
+  // Takes over a new connection that asked for namespace `ns` (the URL path). The hub keeps it
+  // until it closes.
+  void accept(std::shared_ptr<transport::Connection> connection, const std::string& ns);
+
+  // Sends every device a shutting_down error and closes its connection.
+  void shutdown();
+
+  // The relay's replica of `ns`, created (with the schema) on first use. Throws Error
+  // (kInvalidArgument) for a namespace name other than 1 to 64 of [A-Za-z0-9_-].
+  storage::Replica& replica(const std::string& ns);
+
+  std::size_t connection_count() const;
+  std::size_t namespace_count() const;
+  const HubCounters& counters() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lattice::relay
