@@ -13,6 +13,7 @@ SHELL := /bin/bash
 
 BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
+FUZZ_DIR  ?= build-fuzz
 JOBS      ?= 2
 
 # The sanitizer tree is Debug (asserts on) at -O1: fast enough to build and
@@ -23,7 +24,7 @@ ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
 export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
 
-.PHONY: all test build build-asan test-build test-asan demo bench format format-check setup clean
+.PHONY: all test build build-asan test-build test-asan test-fuzz demo bench format format-check setup clean
 
 all: build
 
@@ -60,7 +61,19 @@ test:
 	$(MAKE) --no-print-directory setup
 	$(MAKE) --no-print-directory test-build
 	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-fuzz
 	$(MAKE) --no-print-directory format-check
+
+# The decoders of untrusted bytes under libFuzzer (clang), briefly: the fuzz tree instruments
+# every target, so only the fuzz executables are built in it.
+FUZZ_TARGETS := changeset_fuzz changeset_fuzz_seeds frame_fuzz frame_fuzz_seeds
+test-fuzz:
+	@if [[ ! -f $(FUZZ_DIR)/CMakeCache.txt ]]; then \
+	  cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLATTICE_FUZZ=ON; \
+	fi
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target $(FUZZ_TARGETS)
+	ctest --test-dir $(FUZZ_DIR) --output-on-failure -L fuzz
 
 demo: setup
 	$(MAKE) --no-print-directory build
@@ -81,4 +94,4 @@ format-check:
 	bash scripts/format-check.sh
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR)
