@@ -198,26 +198,28 @@ std::string trigger_sql(const TableInfo& t) {
   return sql;
 }
 
+// Rowid tables with a UNIQUE key rather than WITHOUT ROWID: a captured write then appends to
+// the table and to the (site, seq) index (whose entries end in the rowid, not the packed key),
+// so only the key's own index takes a write at a random place.
 std::string metadata_tables_sql(const TableInfo& t) {
   const std::string rows = t.rows_table(), cells = t.cells_table(), counters = t.counters_table();
   return "CREATE TABLE " + rows +
-         "(pk BLOB PRIMARY KEY, cl INTEGER NOT NULL, hlc INTEGER NOT NULL, site INTEGER NOT NULL,"
-         " seq INTEGER NOT NULL) WITHOUT ROWID;\n"
+         "(pk BLOB NOT NULL UNIQUE, cl INTEGER NOT NULL, hlc INTEGER NOT NULL,"
+         " site INTEGER NOT NULL, seq INTEGER NOT NULL);\n"
          "CREATE INDEX " +
          rows + "_by_seq ON " + rows +
          "(site, seq);\n"
          "CREATE TABLE " +
          cells +
          "(pk BLOB NOT NULL, col INTEGER NOT NULL, cl INTEGER NOT NULL, hlc INTEGER NOT NULL,"
-         " site INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (pk, col)) WITHOUT ROWID;\n"
+         " site INTEGER NOT NULL, seq INTEGER NOT NULL, UNIQUE (pk, col));\n"
          "CREATE INDEX " +
          cells + "_by_seq ON " + cells +
          "(site, seq);\n"
          "CREATE TABLE " +
          counters +
          "(pk BLOB NOT NULL, col INTEGER NOT NULL, site INTEGER NOT NULL, cl INTEGER NOT NULL,"
-         " seq INTEGER NOT NULL, total INTEGER NOT NULL, PRIMARY KEY (pk, col, site))"
-         " WITHOUT ROWID;\n"
+         " seq INTEGER NOT NULL, total INTEGER NOT NULL, UNIQUE (pk, col, site));\n"
          "CREATE INDEX " +
          counters + "_by_seq ON " + counters + "(site, seq);\n";
 }
@@ -286,6 +288,9 @@ void Replica::Impl::load_catalog() {
     }
     info->key_count = static_cast<std::size_t>(std::count_if(
         info->columns.begin(), info->columns.end(), [](const auto& c) { return c.key_position; }));
+    info->has_counters =
+        std::any_of(info->columns.begin(), info->columns.end(),
+                    [](const auto& c) { return c.kind == crdt::ColumnKind::kCounter; });
     tables_by_name[lower_case(info->name)] = info.get();
     tables[info->id] = std::move(info);
   }

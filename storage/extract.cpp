@@ -140,7 +140,7 @@ void Extractor::extract(TableInfo& t) {
 
       counter_meta.reset();
       counter_meta.bind_blob(1, pk).bind(2, cl);
-      while (counter_meta.step()) {
+      while (t.has_counters && counter_meta.step()) {
         if (!lacks(counter_meta.column_int(1), counter_meta.column_int(3))) continue;
         change.counters.push_back(crdt::CounterChange{
             static_cast<crdt::ColumnId>(counter_meta.column_int(0)),

@@ -170,7 +170,7 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
   std::map<std::pair<crdt::ColumnId, std::int64_t>, Part> parts;
   t_.select_counters.reset();
   t_.select_counters.bind_blob(1, pk);
-  while (t_.select_counters.step()) {
+  while (t_.has_counters && t_.select_counters.step()) {
     auto& s = t_.select_counters;
     parts[{static_cast<crdt::ColumnId>(s.column_int(0)), s.column_int(1)}] =
         Part{{static_cast<std::uint64_t>(s.column_int(2)),
@@ -309,7 +309,7 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
     t_.delete_user_row.run();
     event.deleted = true;
   }
-  if (alive || was_alive) events.push_back(std::move(event));
+  if ((alive || was_alive) && !impl_.listeners.empty()) events.push_back(std::move(event));
   return applied;
 }
 

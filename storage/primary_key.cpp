@@ -1,5 +1,7 @@
 #include "storage/primary_key.hpp"
 
+#include <cstdint>
+#include <cstring>
 #include <msgpack.hpp>
 
 #include "crdt/error.hpp"
@@ -8,27 +10,87 @@ namespace lattice::storage {
 
 namespace {
 
-void pack_value(msgpack::packer<msgpack::sbuffer>& packer, const crdt::Value& value) {
+// A canonical msgpack writer: every value has exactly one encoding (the shortest), so equal
+// keys pack to equal bytes. (msgpack-cxx's packer would also write 1.0 as the integer 1.)
+void put_be(std::string& out, std::uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out += static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+void put_int(std::string& out, std::int64_t v) {
+  if (v >= 0 && v <= 127) {
+    out += static_cast<char>(v);
+  } else if (v < 0 && v >= -32) {
+    out += static_cast<char>(0xe0 | (v + 32));
+  } else if (v >= 0) {
+    const auto u = static_cast<std::uint64_t>(v);
+    if (u <= 0xff)
+      out += '\xcc', put_be(out, u, 1);
+    else if (u <= 0xffff)
+      out += '\xcd', put_be(out, u, 2);
+    else if (u <= 0xffffffffu)
+      out += '\xce', put_be(out, u, 4);
+    else
+      out += '\xcf', put_be(out, u, 8);
+  } else {
+    const auto u = static_cast<std::uint64_t>(v);
+    if (v >= INT8_MIN)
+      out += '\xd0', put_be(out, u, 1);
+    else if (v >= INT16_MIN)
+      out += '\xd1', put_be(out, u, 2);
+    else if (v >= INT32_MIN)
+      out += '\xd2', put_be(out, u, 4);
+    else
+      out += '\xd3', put_be(out, u, 8);
+  }
+}
+
+void put_double(std::string& out, double v) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  out += '\xcb';
+  put_be(out, bits, 8);
+}
+
+void put_bytes(std::string& out, const void* data, std::size_t size, bool text) {
+  if (text && size < 32)
+    out += static_cast<char>(0xa0 | size);
+  else if (size <= 0xff)
+    out += text ? '\xd9' : '\xc4', put_be(out, size, 1);
+  else if (size <= 0xffff)
+    out += text ? '\xda' : '\xc5', put_be(out, size, 2);
+  else
+    out += text ? '\xdb' : '\xc6', put_be(out, size, 4);
+  out.append(static_cast<const char*>(data), size);
+}
+
+void put_array_header(std::string& out, std::size_t n) {
+  if (n < 16)
+    out += static_cast<char>(0x90 | n);
+  else if (n <= 0xffff)
+    out += '\xdc', put_be(out, n, 2);
+  else
+    out += '\xdd', put_be(out, n, 4);
+}
+
+void pack_value(std::string& out, const crdt::Value& value) {
   switch (value.index()) {
     case 0:
-      packer.pack_nil();
+      out += '\xc0';
       break;
     case 1:
-      packer.pack_int64(std::get<std::int64_t>(value));
+      put_int(out, std::get<std::int64_t>(value));
       break;
     case 2:
-      packer.pack_double(std::get<double>(value));
+      put_double(out, std::get<double>(value));
       break;
     case 3: {
       const auto& s = std::get<std::string>(value);
-      packer.pack_str(static_cast<std::uint32_t>(s.size()));
-      packer.pack_str_body(s.data(), static_cast<std::uint32_t>(s.size()));
+      put_bytes(out, s.data(), s.size(), true);
       break;
     }
     case 4: {
       const auto& b = std::get<crdt::Blob>(value).bytes;
-      packer.pack_bin(static_cast<std::uint32_t>(b.size()));
-      packer.pack_bin_body(b.data(), static_cast<std::uint32_t>(b.size()));
+      put_bytes(out, b.data(), b.size(), false);
       break;
     }
   }
@@ -59,11 +121,39 @@ crdt::Value unpack_value(const msgpack::object& o) {
 }  // namespace
 
 std::string pack_primary_key(const std::vector<crdt::Value>& values) {
-  msgpack::sbuffer buffer(32);
-  msgpack::packer<msgpack::sbuffer> packer(buffer);
-  packer.pack_array(static_cast<std::uint32_t>(values.size()));
-  for (const auto& v : values) pack_value(packer, v);
-  return std::string(buffer.data(), buffer.size());
+  std::string out;
+  put_array_header(out, values.size());
+  for (const auto& v : values) pack_value(out, v);
+  return out;
+}
+
+void pack_primary_key_values(int argc, sqlite3_value** argv, std::string& out) {
+  out.clear();
+  put_array_header(out, static_cast<std::size_t>(argc));
+  for (int i = 0; i < argc; ++i) {
+    sqlite3_value* v = argv[i];
+    switch (sqlite3_value_type(v)) {
+      case SQLITE_INTEGER:
+        put_int(out, sqlite3_value_int64(v));
+        break;
+      case SQLITE_FLOAT:
+        put_double(out, sqlite3_value_double(v));
+        break;
+      case SQLITE_TEXT: {
+        const unsigned char* text = sqlite3_value_text(v);
+        put_bytes(out, text, static_cast<std::size_t>(sqlite3_value_bytes(v)), true);
+        break;
+      }
+      case SQLITE_BLOB: {
+        const void* blob = sqlite3_value_blob(v);
+        put_bytes(out, blob, static_cast<std::size_t>(sqlite3_value_bytes(v)), false);
+        break;
+      }
+      default:
+        out += '\xc0';
+        break;
+    }
+  }
 }
 
 std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t expected_columns) {

@@ -3,6 +3,8 @@
 // on the wire. The packing is a msgpack array of the key's values, one per key column in key
 // order (docs/changeset-format.md), so equal keys pack to equal bytes on every replica.
 
+#include <sqlite3.h>
+
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +14,9 @@
 namespace lattice::storage {
 
 std::string pack_primary_key(const std::vector<crdt::Value>& values);
+
+// The same packing, straight from SQL function arguments, into `out` (replaced).
+void pack_primary_key_values(int argc, sqlite3_value** argv, std::string& out);
 
 // Unpacks bytes made by pack_primary_key. Throws Error(kCorrupt) naming the problem when the
 // bytes are not such a key or hold `expected_columns` values of another count.

@@ -57,10 +57,9 @@ void fn_hlc(sqlite3_context* ctx, int, sqlite3_value**) {
 }
 
 void fn_pk(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
-  std::vector<crdt::Value> values;
-  values.reserve(argc);
-  for (int i = 0; i < argc; ++i) values.push_back(value_from_sqlite(argv[i]));
-  const std::string packed = pack_primary_key(values);
+  // On the path of every captured write: pack straight from the arguments.
+  thread_local std::string packed;
+  pack_primary_key_values(argc, argv, packed);
   sqlite3_result_blob64(ctx, packed.data(), packed.size(), SQLITE_TRANSIENT);
 }
 
@@ -267,7 +266,8 @@ Replica::~Replica() = default;
 std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
   const int rc =
-      sqlite3_open_v2(path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+      sqlite3_open_v2(path.c_str(), &impl->db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = impl->db ? sqlite3_errmsg(impl->db) : sqlite3_errstr(rc);
     throw Error(ErrorCode::kIo, "cannot open replica '" + path + "': " + message);

@@ -96,10 +96,7 @@ void Statement::run() {
   reset();
 }
 
-void Statement::reset() {
-  sqlite3_reset(stmt_);
-  sqlite3_clear_bindings(stmt_);
-}
+void Statement::reset() { sqlite3_reset(stmt_); }
 
 crdt::Value Statement::column(int index) const {
   return value_from_sqlite(sqlite3_column_value(stmt_, index));

@@ -42,7 +42,7 @@ class Statement {
   bool step();
   // Steps until done, then resets. For statements that return no rows.
   void run();
-  // Resets and clears bindings, keeping the statement prepared.
+  // Resets, keeping the statement prepared and its bindings (callers rebind every parameter).
   void reset();
 
   int column_count() const { return sqlite3_column_count(stmt_); }

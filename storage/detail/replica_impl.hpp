@@ -36,6 +36,7 @@ struct TableInfo {
   std::string name;
   std::vector<ColumnInfo> columns;  // key columns first, in key order
   std::size_t key_count = 0;
+  bool has_counters = false;  // any counter column: else the counters table is never read
 
   std::string rows_table() const { return "lattice_rows_" + std::to_string(id); }
   std::string cells_table() const { return "lattice_cells_" + std::to_string(id); }

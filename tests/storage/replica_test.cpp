@@ -355,3 +355,21 @@ TEST_CASE("listeners hear nothing of a statement that failed inside a committed 
 
 }  // namespace
 }  // namespace lattice
+
+namespace lattice {
+namespace {
+
+TEST_CASE("key and cell values keep their SQLite type across replicas, 1.0 stays a real") {
+  auto a = Replica::open(":memory:"), b = Replica::open(":memory:");
+  for (auto* r : {a.get(), b.get()})
+    r->exec("CREATE TABLE loose(k PRIMARY KEY, v); SELECT lattice_replicate('loose')");
+  a->exec("INSERT INTO loose VALUES (1.0, 2.0), ('1', 1), (x'00ff', -129), (-5, 'x')");
+  sync(*a, *b);
+  const std::string types = "SELECT typeof(k) || ':' || typeof(v) FROM loose ORDER BY k";
+  CHECK(b->query(types).rows == a->query(types).rows);
+  CHECK(test::dump_table(*b, "loose") == test::dump_table(*a, "loose"));
+  CHECK(std::get<std::string>(cell(*b, "SELECT typeof(k) FROM loose WHERE v = 2.0")) == "real");
+}
+
+}  // namespace
+}  // namespace lattice
