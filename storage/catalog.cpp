@@ -288,9 +288,9 @@ void Replica::Impl::load_catalog() {
     }
     info->key_count = static_cast<std::size_t>(std::count_if(
         info->columns.begin(), info->columns.end(), [](const auto& c) { return c.key_position; }));
-    info->has_counters =
-        std::any_of(info->columns.begin(), info->columns.end(),
-                    [](const auto& c) { return c.kind == crdt::ColumnKind::kCounter; });
+    info->has_counters = std::any_of(info->columns.begin(), info->columns.end(), [](const auto& c) {
+      return c.kind == crdt::ColumnKind::kCounter;
+    });
     tables_by_name[lower_case(info->name)] = info.get();
     tables[info->id] = std::move(info);
   }
