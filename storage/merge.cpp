@@ -38,16 +38,21 @@ class RowMerger {
   std::size_t merge(const crdt::RowChange& change, std::vector<ChangeEvent>& events);
 
  private:
+  // HLC 0 marks "no stamp": a liveness placeholder or a never-written column (crdt/row.hpp).
+  // No real write has it, so it is stored and sent as such and read back as the empty stamp.
+  static crdt::Stamp stamp_of(crdt::Hlc hlc, const crdt::SiteId& site) {
+    return hlc.value == 0 ? crdt::Stamp{} : crdt::Stamp{hlc, site};
+  }
   Entry entry_of(const crdt::ChangeStamp& stamp) const {
-    return Entry{{stamp.causal_length, crdt::Stamp{stamp.hlc, changeset_.sites[stamp.site]}},
+    return Entry{{stamp.causal_length, stamp_of(stamp.hlc, changeset_.sites[stamp.site])},
                  site_map_[stamp.site],
                  stamp.seq};
   }
   Entry entry_from(const Statement& s, int first) const {
     const auto site = s.column_int(first + 2);
     return Entry{{static_cast<std::uint64_t>(s.column_int(first)),
-                  crdt::Stamp{crdt::Hlc{static_cast<std::uint64_t>(s.column_int(first + 1))},
-                              impl_.sites.at(static_cast<std::size_t>(site))}},
+                  stamp_of(crdt::Hlc{static_cast<std::uint64_t>(s.column_int(first + 1))},
+                           impl_.sites.at(static_cast<std::size_t>(site)))},
                  site,
                  static_cast<std::uint64_t>(s.column_int(first + 3))};
   }
@@ -155,8 +160,8 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
   if (t_.select_row.step()) stored_row = entry_from(t_.select_row, 0);
   t_.select_row.reset();
   // A column never written has the least version there is; it is stored like any other
-  // (cl 0, hlc 0, this site, seq 0), so it never counts as written by the row's version.
-  const Entry never_written{{0, crdt::Stamp{crdt::Hlc{}, impl_.sites.at(0)}}, 0, 0};
+  // (cl 0, no stamp, seq 0), so it never counts as written by the row's version.
+  const Entry never_written{{0, crdt::Stamp{}}, 0, 0};
   Entry row = stored_row.value_or(never_written);
 
   std::map<crdt::ColumnId, Entry> stored_cells;
@@ -222,15 +227,17 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
   }
   if (applied == 0 && !row_won) return 0;
 
-  // A write to a newer incarnation means the row lives in that incarnation.
+  // A write to a newer incarnation means the row lives in that incarnation: the liveness
+  // becomes a placeholder (k, no stamp) that the incarnation's insert replaces when it arrives
+  // (the rule of crdt::RowState::merge). It keeps the (site, seq) of the write that raised it,
+  // which is what changes_since compares with a peer's vector.
+  auto raise = [&](std::uint64_t causal_length, std::int64_t site, std::uint64_t seq) {
+    if (causal_length > row.version.causal_length)
+      row = Entry{{causal_length, crdt::Stamp{}}, site, seq};
+  };
   for (const auto& [column, entry] : cells)
-    if (entry.version.causal_length > row.version.causal_length) row = entry;
-  for (const auto& [id, part] : parts)
-    if (part.part.causal_length > row.version.causal_length)
-      row = Entry{{part.part.causal_length,
-                   crdt::Stamp{crdt::Hlc{}, impl_.sites.at(static_cast<std::size_t>(id.second))}},
-                  id.second,
-                  part.part.seq};
+    raise(entry.version.causal_length, entry.site, entry.seq);
+  for (const auto& [id, part] : parts) raise(part.part.causal_length, id.second, part.part.seq);
 
   // Write back the metadata: the row's version, and an override for every column whose version
   // is not the row's.
