@@ -44,6 +44,10 @@ struct ChangeEvent {
   bool deleted = false;
 };
 
+// Where two digests (Replica::digest) differ, one sentence per table, e.g.
+// "table todo: 12 rows here, 13 there, contents differ"; empty when they agree.
+std::vector<std::string> compare_digests(const std::string& here, const std::string& there);
+
 // Called after a transaction commits, on the thread that committed it, with every row it touched.
 using ChangeListener = std::function<void(const std::vector<ChangeEvent>&)>;
 
@@ -102,6 +106,11 @@ class Replica {
   // replicated tables, columns and column types agree, e.g.
   // "todo(id key,title lww,votes counter);user(id key,name lww)". Tables by name.
   std::string schema_description();
+
+  // A digest of the replicated state: one line per replicated table, by name,
+  // "<table> <row count> <SHA-256 of its rows in key order, hex>". Equal on two replicas
+  // exactly when their replicated tables hold the same rows (values and SQLite types).
+  std::string digest();
 
   // The number of local transactions whose changes a peer holding `peer` lacks.
   std::uint64_t local_changes_after(const crdt::VersionVector& peer);

@@ -57,6 +57,8 @@ constexpr Layout kLayouts[] = {
     {"ping", 2, {"type", "nonce"}, 0},
     {"pong", 2, {"type", "nonce"}, 0},
     {"rekey", 2, {"type", "reason"}, 0},
+    {"digest_request", 2, {"type", "nonce"}, 0},
+    {"digest", 3, {"type", "nonce", "summary"}, 0},
 };
 static_assert(std::size(kLayouts) == std::variant_size_v<Frame>);
 
@@ -151,6 +153,15 @@ struct Encoder {
   void operator()(const Rekey& f) {
     header(8);
     pack_str(pk, f.reason, "rekey.reason");
+  }
+  void operator()(const DigestRequest& f) {
+    header(9);
+    pk.pack_uint64(f.nonce);
+  }
+  void operator()(const Digest& f) {
+    header(10);
+    pk.pack_uint64(f.nonce);
+    pack_str(pk, f.summary, "digest.summary");
   }
 };
 
@@ -547,6 +558,10 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       return Pong{read_uint(f[1], at(1))};
     case 7:
       return Rekey{read_str(f[1], at(1))};
+    case 8:
+      return DigestRequest{read_uint(f[1], at(1))};
+    case 9:
+      return Digest{read_uint(f[1], at(1)), read_str(f[2], at(2))};
   }
   fail(ErrorCode::kInternal, "frame type index " + std::to_string(index) + " has no reader");
 }

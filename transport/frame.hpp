@@ -94,7 +94,22 @@ struct Rekey {
   bool operator==(const Rekey&) const = default;
 };
 
-using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong, Rekey>;
+// Device -> relay: asks for the digest of the namespace's replicated state.
+struct DigestRequest {
+  std::uint64_t nonce = 0;
+  bool operator==(const DigestRequest&) const = default;
+};
+
+// Relay -> device: the digest, in the form storage::format_digest writes (one line per table:
+// name, row count, SHA-256 of its rows).
+struct Digest {
+  std::uint64_t nonce = 0;
+  std::string summary;
+  bool operator==(const Digest&) const = default;
+};
+
+using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong, Rekey,
+                           DigestRequest, Digest>;
 
 constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
 

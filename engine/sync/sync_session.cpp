@@ -66,6 +66,12 @@ void SyncSession::start() {
   send(hello);
 }
 
+void SyncSession::request_digest(std::function<void(const std::string&)> on_digest) {
+  const std::uint64_t nonce = next_nonce_++;
+  digest_waiters_[nonce] = std::move(on_digest);
+  send(transport::DigestRequest{nonce});
+}
+
 void SyncSession::close(const std::string& reason) {
   if (!closed_) connection_->close(reason);
 }
@@ -124,6 +130,12 @@ void SyncSession::on_frame(std::string_view bytes) {
     close(std::string("relay error: ") + error->message);
   } else if (auto* ping = std::get_if<transport::Ping>(&frame)) {
     send(transport::Pong{ping->nonce});
+  } else if (auto* digest = std::get_if<transport::Digest>(&frame)) {
+    auto waiter = digest_waiters_.find(digest->nonce);
+    if (waiter == digest_waiters_.end()) return;
+    auto on_digest = std::move(waiter->second);
+    digest_waiters_.erase(waiter);
+    on_digest(digest->summary);
   }
 }
 

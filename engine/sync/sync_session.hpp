@@ -46,6 +46,10 @@ class SyncSession {
   void start();
   // Sends local changes the relay lacks, if connected. Call after local writes.
   void push_local_changes();
+  // Asks the relay for the digest of its replica of the namespace (storage::Replica::digest);
+  // `on_digest` receives it when it arrives. Only when connected.
+  void request_digest(std::function<void(const std::string& digest)> on_digest);
+
   // Closes the connection.
   void close(const std::string& reason);
 
@@ -72,6 +76,8 @@ class SyncSession {
   crdt::VersionVector relay_held_;
   std::uint64_t next_batch_ = 1;
   std::map<std::uint64_t, crdt::VersionVector> in_flight_;  // batch -> its `until`
+  std::uint64_t next_nonce_ = 1;
+  std::map<std::uint64_t, std::function<void(const std::string&)>> digest_waiters_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -37,6 +37,8 @@ std::vector<Frame> seeds() {
   out.push_back(Ping{0x1234});
   out.push_back(Pong{0x1234});
   out.push_back(Rekey{"another device presents this site id"});
+  out.push_back(DigestRequest{7});
+  out.push_back(Digest{7, "todo 2 9f86d081884c7d65"});
   return out;
 }
 

@@ -106,6 +106,15 @@ class World {
       REQUIRE(d.session);
       REQUIRE(d.session->in_sync());
     }
+    // The digests agree too, asked of the relay over the protocol.
+    const std::string relay_digest = relay.digest();
+    for (auto& d : devices_) {
+      std::string answer;
+      d.session->request_digest([&](const std::string& digest) { answer = digest; });
+      REQUIRE(net_.run_until_idle(100'000));
+      REQUIRE(answer == relay_digest);
+      REQUIRE(storage::compare_digests(d.replica->digest(), answer).empty());
+    }
   }
 
   std::size_t writes() const { return writes_; }

@@ -373,3 +373,32 @@ TEST_CASE("key and cell values keep their SQLite type across replicas, 1.0 stays
 
 }  // namespace
 }  // namespace lattice
+
+namespace lattice {
+namespace {
+
+TEST_CASE("digests agree exactly when replicated rows agree, and say where they differ") {
+  auto a = test::open_todo_replica(), b = test::open_todo_replica();
+  a->exec("INSERT INTO todo(id, title, votes) VALUES ('x', 'milk', 2), ('y', 'eggs', 0)");
+  sync(*a, *b);
+  CHECK(a->digest() == b->digest());
+  CHECK(storage::compare_digests(a->digest(), b->digest()).empty());
+
+  b->exec("UPDATE todo SET done = 1 WHERE id = 'y'");
+  auto differences = storage::compare_digests(a->digest(), b->digest());
+  REQUIRE(differences.size() == 1);
+  CHECK(differences[0] == "table todo: 2 rows here, 2 there, contents differ");
+
+  b->exec("INSERT INTO todo(id) VALUES ('z')");
+  differences = storage::compare_digests(a->digest(), b->digest());
+  REQUIRE(differences.size() == 1);
+  CHECK(differences[0] == "table todo: 2 rows here, 3 there, contents differ");
+  // Only the value's type differs: still a difference.
+  sync(*b, *a);
+  a->exec("UPDATE todo SET title = x'31' WHERE id = 'z'");  // the blob '1'
+  b->exec("UPDATE todo SET title = '1' WHERE id = 'z'");    // the text '1'
+  CHECK(a->digest() != b->digest());
+}
+
+}  // namespace
+}  // namespace lattice

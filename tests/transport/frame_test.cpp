@@ -127,6 +127,10 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Pong{0x1234567890ull});
   frames.push_back(Rekey{});
   frames.push_back(Rekey{"site id 0001... is also used by 127.0.0.1:52144"});
+  frames.push_back(DigestRequest{});
+  frames.push_back(DigestRequest{kMax64});
+  frames.push_back(Digest{});
+  frames.push_back(Digest{kMax64, "todo 3 0a1b\nuser 0 e3b0"});
   return frames;
 }
 
@@ -139,7 +143,9 @@ std::vector<Frame> one_of_each() {
           ErrorFrame{WireError::kUnauthorized, "token expired"},
           Ping{99},
           Pong{99},
-          Rekey{"duplicate site id"}};
+          Rekey{"duplicate site id"},
+          DigestRequest{4},
+          Digest{4, "todo 1 00ff"}};
 }
 
 }  // namespace
@@ -365,7 +371,7 @@ TEST_CASE("an unknown frame type is refused naming the number") {
   CHECK(e.code() == ErrorCode::kCorrupt);
   CHECK(std::string(e.what()) == "unknown frame type 42");
   CHECK(std::string(decode_error(std::string("\x91\x00", 2)).what()) == "unknown frame type 0");
-  CHECK(std::string(decode_error(std::string("\x91\x09", 2)).what()) == "unknown frame type 9");
+  CHECK(std::string(decode_error(std::string("\x91\x0b", 2)).what()) == "unknown frame type 11");
 }
 
 TEST_CASE("trailing bytes after the frame are refused") {
