@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "crdt/detail/msgpack_header.hpp"
 #include "crdt/error.hpp"
 
 // The layout is specified in docs/changeset-format.md; this file follows it field by field.
@@ -414,42 +415,13 @@ std::string describe_position(const std::vector<std::size_t>& path) {
   while (true) {
     if (pos >= n) truncated(0);
     const std::size_t start = pos;
-    const std::uint8_t t = static_cast<std::uint8_t>(b[pos++]);
-    auto be = [&](std::size_t k) -> std::uint64_t {
-      if (n - pos < k) truncated(pos + k);
-      std::uint64_t v = 0;
-      for (std::size_t i = 0; i < k; ++i) v = (v << 8) | static_cast<std::uint8_t>(b[pos++]);
-      return v;
-    };
-    std::uint64_t payload = 0;
-    std::uint64_t items = 0;
-    enum { kScalar, kStr, kBin, kExt, kArray, kMap } kind = kScalar;
-    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
-    } else if ((t & 0xe0) == 0xa0) {
-      kind = kStr, payload = t & 0x1f;
-    } else if ((t & 0xf0) == 0x90) {
-      kind = kArray, items = t & 0x0f;
-    } else if ((t & 0xf0) == 0x80) {
-      kind = kMap, items = t & 0x0f;
-    } else if (t == 0xc4 || t == 0xc5 || t == 0xc6) {
-      kind = kBin, payload = be(std::size_t{1} << (t - 0xc4));
-    } else if (t == 0xc7 || t == 0xc8 || t == 0xc9) {
-      kind = kExt, payload = be(std::size_t{1} << (t - 0xc7)) + 1;
-    } else if (t == 0xca) {
-      payload = 4;
-    } else if (t == 0xcb) {
-      payload = 8;
-    } else if (t >= 0xcc && t <= 0xd3) {
-      payload = std::size_t{1} << ((t - 0xcc) & 3);
-    } else if (t >= 0xd4 && t <= 0xd8) {
-      kind = kExt, payload = 1 + (std::size_t{1} << (t - 0xd4));
-    } else if (t >= 0xd9 && t <= 0xdb) {
-      kind = kStr, payload = be(std::size_t{1} << (t - 0xd9));
-    } else if (t == 0xdc || t == 0xdd) {
-      kind = kArray, items = be(t == 0xdc ? 2 : 4);
-    } else if (t == 0xde || t == 0xdf) {
-      kind = kMap, items = be(t == 0xde ? 2 : 4);
-    } else {
+    const std::uint8_t t = static_cast<std::uint8_t>(b[pos]);
+    const crdt::detail::MsgpackHeader header =
+        crdt::detail::read_msgpack_header(b, pos, [&](std::size_t needed) { truncated(needed); });
+    using enum crdt::detail::MsgpackHeader::Kind;
+    const auto kind = header.kind;
+    const std::uint64_t payload = header.payload, items = header.items;
+    if (kind == kInvalid) {
       fail(ErrorCode::kCorrupt, "changeset has the invalid msgpack byte 0x" +
                                     std::string(1, "0123456789abcdef"[t >> 4]) +
                                     std::string(1, "0123456789abcdef"[t & 15]) + " at byte " +
