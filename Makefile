@@ -18,7 +18,7 @@ JOBS      ?= 2
 
 # The sanitizer tree is Debug (asserts on) at -O1: fast enough to build and
 # run, still readable stack traces.
-ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DLATTICE_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug \
                     -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"
 
 export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
