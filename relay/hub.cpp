@@ -1,6 +1,7 @@
 #include "relay/hub.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <set>
 
@@ -153,6 +154,8 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
+  if (auto* request = std::get_if<transport::DigestRequest>(&frame))
+    return send(*peer, transport::Digest{request->nonce, peer->space->replica->digest()});
   if (std::holds_alternative<transport::Pong>(frame)) return;
   if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
     peer->connection->close("device error: " + error->message);
@@ -210,9 +213,14 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
   send(*peer, transport::Welcome{transport::kProtocolVersion, space->replica->version_vector()});
-  // What the device lacks, always sent (empty or not) so the device knows it has caught up.
-  const crdt::Changeset catch_up = space->replica->changes_since(hello.held);
-  send_changes(*peer, catch_up, crdt::encode_changeset(catch_up));
+  // What the device lacks, in frames of bounded size; the first always goes (empty or not) so
+  // the device knows when it has caught up.
+  const crdt::VersionVector held = space->replica->version_vector();
+  do {
+    const crdt::Changeset chunk =
+        space->replica->changes_since(peer->known, options.limits.max_outgoing_batch_changes);
+    send_changes(*peer, chunk, crdt::encode_changeset(chunk));
+  } while (!peer->known.dominates(held) && peer->phase == Peer::Phase::kLive);
 }
 
 void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes) {
@@ -248,11 +256,14 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   Namespace& space = *peer->space;
   const crdt::VersionVector before = space.replica->version_vector();
   storage::ApplyResult result;
+  const auto merge_start = std::chrono::steady_clock::now();
   try {
     result = space.replica->apply(changeset);
   } catch (const Error& e) {
     return fail(*peer, WireError::kBadChangeset, e.what());
   }
+  counters.merge_seconds.observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - merge_start).count());
   counters.changes_merged += result.applied;
   const crdt::VersionVector after = space.replica->version_vector();
   peer->known.merge(changeset.until);
@@ -287,6 +298,14 @@ void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
   }
   peer->phase = Peer::Phase::kClosed;
   peers.erase(peer);
+}
+
+void LatencyHistogram::observe(double seconds) {
+  std::size_t bucket = 0;
+  while (bucket < kBounds.size() && seconds > kBounds[bucket]) ++bucket;
+  ++counts[bucket];
+  ++count;
+  sum += seconds;
 }
 
 Hub::Hub(HubOptions options) : impl_(std::make_unique<Impl>()) {

@@ -6,6 +6,7 @@
 //
 // Not thread-safe: every call, and every connection callback, runs on one thread.
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -34,6 +35,8 @@ struct HubLimits {
   std::size_t max_batch_changes = 100'000;
   double max_changes_per_second = 200'000;  // per connection, averaged over a burst of a batch
   std::size_t max_connections_per_token = 64;
+  // Changes the relay sends a device in one frame; a larger catch-up goes in several.
+  std::size_t max_outgoing_batch_changes = 50'000;
 };
 
 struct HubOptions {
@@ -45,6 +48,17 @@ struct HubOptions {
   storage::ReplicaOptions replica_options;
 };
 
+// Durations of merges (Replica::apply on the relay, commit included), in seconds, for the
+// merge latency histogram of /metrics. Counts are per bucket, not cumulative.
+struct LatencyHistogram {
+  static constexpr std::array<double, 13> kBounds = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+  std::array<std::uint64_t, kBounds.size() + 1> counts{};  // the last one: over 5 s
+  std::uint64_t count = 0;
+  double sum = 0;
+  void observe(double seconds);
+};
+
 struct HubCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t changes_merged = 0;  // column changes that won at the relay
@@ -52,6 +66,7 @@ struct HubCounters {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name
+  LatencyHistogram merge_seconds;                 // every merge of a device's changes frame
 };
 
 class Hub {

@@ -3,6 +3,9 @@
 // the cost follows what the peer lacks, not the size of the database.
 
 #include <algorithm>
+#include <limits>
+#include <map>
+#include <set>
 
 #include "crdt/error.hpp"
 #include "storage/detail/replica_impl.hpp"
@@ -21,9 +24,25 @@ class Extractor {
     site_slots_.assign(impl.sites.size(), -1);
   }
 
+  // Every row of `t` with a write the holder lacks.
   void extract(TableInfo& t);
+  // The rows of `t` named by `keys` (packed primary keys), each with every part the holder
+  // lacks, unless already emitted. Returns the number of column changes added.
+  std::size_t emit(TableInfo& t, const std::vector<std::string>& keys);
+
+  // At most about `max_changes` of what the holder lacks, whole transactions in sequence order,
+  // site by site. Returns the vector the extracted changes cover: `full` for the sites it
+  // finished, the last whole transaction for the site it stopped in, the holder's elsewhere.
+  crdt::VersionVector extract_limited(std::size_t max_changes, const crdt::VersionVector& full);
 
  private:
+  // The statements that read one table's rows, prepared once per extraction.
+  struct Reader {
+    std::vector<const ColumnInfo*> lww;
+    Statement row_meta, cell_meta, counter_meta, values;
+  };
+  Reader& reader(TableInfo& t);
+
   bool lacks(std::int64_t site, std::int64_t seq) const {
     return static_cast<std::uint64_t>(seq) > thresholds_.at(static_cast<std::size_t>(site));
   }
@@ -47,6 +66,9 @@ class Extractor {
   crdt::Changeset& out_;
   std::vector<std::uint64_t> thresholds_;  // by local site index
   std::vector<std::int64_t> site_slots_;   // local site index -> index in out_.sites
+  std::map<crdt::TableId, Reader> readers_;
+  bool dedupe_ = false;  // rows may be named twice (extract_limited)
+  std::set<std::pair<crdt::TableId, std::string>> emitted_;
 };
 
 void Extractor::extract(TableInfo& t) {
@@ -73,28 +95,44 @@ void Extractor::extract(TableInfo& t) {
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   }
-  if (keys.empty()) return;
+  emit(t, keys);
+}
 
-  std::vector<const ColumnInfo*> lww;
+Extractor::Reader& Extractor::reader(TableInfo& t) {
+  auto found = readers_.find(t.id);
+  if (found != readers_.end()) return found->second;
+  sqlite3* db = impl_.db;
+  Reader r;
   std::string select_values = "SELECT ";
   for (const auto& c : t.columns) {
     if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
-    select_values += std::string(lww.empty() ? "" : ", ") + quote_identifier(c.name);
-    lww.push_back(&c);
+    select_values += std::string(r.lww.empty() ? "" : ", ") + quote_identifier(c.name);
+    r.lww.push_back(&c);
   }
-  if (lww.empty()) select_values += "1";
+  if (r.lww.empty()) select_values += "1";
   select_values += " FROM " + quote_identifier(t.name) + " WHERE ";
   for (std::size_t i = 0; i < t.key_count; ++i)
     select_values += std::string(i ? " AND " : "") + quote_identifier(t.columns[i].name) + " = ?";
+  r.row_meta = Statement(db, "SELECT cl, hlc, site, seq FROM " + t.rows_table() + " WHERE pk = ?");
+  r.cell_meta =
+      Statement(db, "SELECT col, cl, hlc, site, seq FROM " + t.cells_table() + " WHERE pk = ?");
+  r.counter_meta = Statement(db, "SELECT col, site, cl, seq, total FROM " + t.counters_table() +
+                                     " WHERE pk = ? AND cl = ?");
+  r.values = Statement(db, select_values);
+  return readers_.emplace(t.id, std::move(r)).first->second;
+}
 
-  Statement row_meta(db, "SELECT cl, hlc, site, seq FROM " + rows + " WHERE pk = ?");
-  Statement cell_meta(db, "SELECT col, cl, hlc, site, seq FROM " + cells + " WHERE pk = ?");
-  Statement counter_meta(
-      db, "SELECT col, site, cl, seq, total FROM " + counters + " WHERE pk = ? AND cl = ?");
-  Statement values(db, select_values);
+std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) {
+  Reader& r = reader(t);
+  const auto& lww = r.lww;
+  Statement& row_meta = r.row_meta;
+  Statement& cell_meta = r.cell_meta;
+  Statement& counter_meta = r.counter_meta;
+  Statement& values = r.values;
+  std::size_t added = 0;
 
-  bool schema_added = false;
   for (const std::string& pk : keys) {
+    if (dedupe_ && !emitted_.emplace(t.id, pk).second) continue;
     row_meta.reset();
     row_meta.bind_blob(1, pk);
     if (!row_meta.step()) continue;
@@ -152,17 +190,82 @@ void Extractor::extract(TableInfo& t) {
       counter_meta.reset();
     }
     if (!change.liveness && change.cells.empty() && change.counters.empty()) continue;
-    if (!schema_added) {
+    if (std::none_of(out_.tables.begin(), out_.tables.end(),
+                     [&](const crdt::TableSchema& schema) { return schema.id == t.id; }))
       out_.tables.push_back(t.schema());
-      schema_added = true;
-    }
+    added += change.change_count();
     out_.rows.push_back(std::move(change));
   }
+  return added;
+}
+
+crdt::VersionVector Extractor::extract_limited(std::size_t max_changes,
+                                               const crdt::VersionVector& full) {
+  dedupe_ = true;
+  crdt::VersionVector covered = holder_;
+  std::size_t budget = std::max<std::size_t>(max_changes, 1);
+  struct Entry {
+    std::uint64_t seq;
+    TableInfo* table;
+    std::string pk;
+  };
+  for (std::size_t site = 0; site < impl_.sites.size() && budget > 0; ++site) {
+    const crdt::SiteId& id = impl_.sites[site];
+    const std::uint64_t top = full.get(id);
+    std::uint64_t from = thresholds_[site];
+    while (from < top && budget > 0) {
+      // The next window of this site's writes from every metadata table, in sequence order. A
+      // table that filled its limit may hold more of its last transaction: cut before it.
+      std::vector<Entry> entries;
+      std::uint64_t cut = top;
+      auto gather = [&](const std::string& where, std::int64_t limit) {
+        for (auto& [table_id, table] : impl_.tables) {
+          for (const std::string& meta :
+               {table->rows_table(), table->cells_table(), table->counters_table()}) {
+            Statement select(impl_.db, "SELECT seq, pk FROM " + meta + " WHERE site = ? AND " +
+                                           where + " ORDER BY seq LIMIT ?");
+            select.bind(1, static_cast<std::int64_t>(site))
+                .bind(2, static_cast<std::int64_t>(from))
+                .bind(3, limit);
+            std::int64_t got = 0;
+            std::uint64_t last = 0;
+            while (select.step()) {
+              last = static_cast<std::uint64_t>(select.column_int(0));
+              entries.push_back({last, table.get(), std::string(select.column_blob(1))});
+              ++got;
+            }
+            if (got == limit) cut = std::min(cut, last - 1);
+          }
+        }
+      };
+      gather("seq > ?", static_cast<std::int64_t>(budget) + 1);
+      if (cut <= from) {
+        // One transaction alone is larger than the budget: it goes whole.
+        cut = std::min_element(entries.begin(), entries.end(), [](auto& a, auto& b) {
+                return a.seq < b.seq;
+              })->seq;
+        entries.clear();
+        from = cut - 1;
+        gather("seq = ? + 1", std::numeric_limits<std::int64_t>::max());
+      }
+      std::stable_sort(entries.begin(), entries.end(),
+                       [](const Entry& a, const Entry& b) { return a.seq < b.seq; });
+      for (const Entry& e : entries) {
+        if (e.seq > cut) break;
+        const std::size_t added = emit(*e.table, {e.pk});
+        budget -= std::min(budget, added);
+      }
+      covered.advance(id, cut);
+      from = cut;
+    }
+  }
+  return covered;
 }
 
 }  // namespace
 
-crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder) {
+crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder,
+                                             std::size_t max_changes) {
   refresh();
   crdt::Changeset out;
   out.since = holder;
@@ -172,7 +275,11 @@ crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder) 
   try {
     out.until = version_vector();
     Extractor extractor(*this, holder, out);
-    for (auto& [id, table] : tables) extractor.extract(*table);
+    if (max_changes == 0) {
+      for (auto& [id, table] : tables) extractor.extract(*table);
+    } else {
+      out.until = extractor.extract_limited(max_changes, out.until);
+    }
     if (own_transaction) exec_sql(db, "COMMIT");
   } catch (...) {
     if (own_transaction) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);

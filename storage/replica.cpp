@@ -437,7 +437,11 @@ void Replica::replicate(std::string_view table, std::string_view column_types_js
 }
 
 crdt::Changeset Replica::changes_since(const crdt::VersionVector& holder) {
-  return impl_->changes_since(holder);
+  return impl_->changes_since(holder, 0);
+}
+
+crdt::Changeset Replica::changes_since(const crdt::VersionVector& holder, std::size_t max_changes) {
+  return impl_->changes_since(holder, max_changes == 0 ? 1 : max_changes);
 }
 
 ApplyResult Replica::apply(const crdt::Changeset& changeset) { return impl_->apply(changeset); }

@@ -92,6 +92,11 @@ class Replica {
   // replica's version vector. Costs in proportion to what the holder lacks.
   crdt::Changeset changes_since(const crdt::VersionVector& holder);
 
+  // The same, cut after about `max_changes` column changes at a transaction boundary (a single
+  // larger transaction goes whole); `until` then covers only what was extracted, so calling
+  // again with `until` as the holder continues where this one stopped.
+  crdt::Changeset changes_since(const crdt::VersionVector& holder, std::size_t max_changes);
+
   // Merges `changeset` in one transaction. Idempotent; the order of changesets does not matter.
   // Throws Error naming what was wrong (kUnknownTable, kUnknownColumn, kTypeMismatch,
   // kClockDrift, kSql, kState when called inside an open transaction), and then the replica is

@@ -80,7 +80,7 @@ void SyncSession::push_local_changes() {
   if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
   crdt::VersionVector sent = relay_held_;
   for (const auto& [batch, until] : in_flight_) sent.merge(until);
-  const crdt::Changeset changeset = replica_.changes_since(sent);
+  const crdt::Changeset changeset = replica_.changes_since(sent, options_.max_batch_changes);
   // A batch without rows still matters when it moves the relay's vector: writes that were
   // superseded here before they went out leave nothing to send, but the relay must learn
   // they are covered, or the two vectors never agree.
@@ -88,6 +88,8 @@ void SyncSession::push_local_changes() {
   const std::uint64_t batch = next_batch_++;
   in_flight_[batch] = changeset.until;
   send(transport::Changes{batch, crdt::encode_changeset(changeset)});
+  // The rest of a large backlog follows as its acknowledgements come back (on_frame, Ack), so
+  // at most a few batches are in flight at once.
 }
 
 bool SyncSession::in_sync() {

@@ -96,7 +96,7 @@ struct Replica::Impl {
   crdt::VersionVector version_vector();
 
   void replicate(std::string_view table, std::string_view column_types_json);
-  crdt::Changeset changes_since(const crdt::VersionVector& holder);
+  crdt::Changeset changes_since(const crdt::VersionVector& holder, std::size_t max_changes);
   ApplyResult apply(const crdt::Changeset& changeset);
 
   void deliver_events();

@@ -137,6 +137,7 @@ class World {
     options.data_dir = dir_.string();
     options.schema_sql = test::kTodoSchema;
     options.replica_options = replica_options();
+    options.limits.max_outgoing_batch_changes = 25;
     options.authenticate = [](std::string_view token) {
       if (token != "device-token") throw Error(ErrorCode::kUnauthorized, "unknown token");
       return relay::Grant{"device", kNamespace, relay::kGrantRead | relay::kGrantWrite};
@@ -168,7 +169,8 @@ class World {
       });
     };
     d.session = std::make_unique<SyncSession>(
-        *d.replica, client, SyncSession::Options{kNamespace, "device-token"}, events);
+        // Small batches, so backlogs and catch-ups go in chunks.
+        *d.replica, client, SyncSession::Options{kNamespace, "device-token", 20}, events);
     d.session->start();
   }
 

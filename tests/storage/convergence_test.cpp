@@ -86,7 +86,11 @@ struct Simulation {
       since = replicas[to]->version_vector();
     else if (kind < 9)
       since = replicas[pick(replicas.size())]->version_vector();
-    in_flight.emplace_back(to, crdt::encode_changeset(replicas[from]->changes_since(since)));
+    // Sometimes only a chunk of it, cut at a transaction boundary.
+    const crdt::Changeset changeset = chance(0.3)
+                                          ? replicas[from]->changes_since(since, 1 + pick(40))
+                                          : replicas[from]->changes_since(since);
+    in_flight.emplace_back(to, crdt::encode_changeset(changeset));
   }
 
   void deliver_one() {

@@ -402,3 +402,34 @@ TEST_CASE("digests agree exactly when replicated rows agree, and say where they 
 
 }  // namespace
 }  // namespace lattice
+
+namespace lattice {
+namespace {
+
+TEST_CASE("a catch-up in small chunks ends where one whole changeset would") {
+  auto a = test::open_todo_replica(), b = test::open_todo_replica(),
+       c = test::open_todo_replica();
+  for (int i = 0; i < 60; ++i)
+    a->query("INSERT INTO todo(id, title, votes) VALUES (?, 't', ?)",
+             {"k" + std::to_string(i), std::int64_t(i)});
+  a->exec("BEGIN; UPDATE todo SET title = 'bulk'; COMMIT");  // one transaction of 60 changes
+  c->exec("INSERT INTO todo(id, title) VALUES ('c1', 'from c')");
+  sync(*c, *a);
+  a->exec("DELETE FROM todo WHERE id IN ('k3', 'k4')");
+
+  const std::size_t whole = a->changes_since({}).change_count();
+  int chunks = 0;
+  for (;;) {
+    const auto chunk = a->changes_since(b->version_vector(), 7);
+    if (chunk.rows.empty() && b->version_vector().dominates(chunk.until)) break;
+    CHECK(chunk.change_count() < whole);
+    b->apply(chunk);
+    REQUIRE(++chunks < 100);
+  }
+  CHECK(chunks > 5);
+  CHECK(test::dump_table(*b, "todo") == test::dump_table(*a, "todo"));
+  CHECK(b->version_vector().to_json() == a->version_vector().to_json());
+}
+
+}  // namespace
+}  // namespace lattice
