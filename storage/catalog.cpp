@@ -172,28 +172,45 @@ std::string trigger_sql(const TableInfo& t) {
                  "); delete the row and insert it under the new key") +
          ");\nEND;\n";
 
+  // One trigger for every last-writer-wins column, so an UPDATE of several columns enters one
+  // trigger program and bumps the clock once; each changed column gets its cell version.
+  auto changed = [](const std::string& name) {
+    return "(OLD." + name + " IS NOT NEW." + name + " OR typeof(OLD." + name + ") <> typeof(NEW." +
+           name + "))";
+  };
+  std::string lww_names, any_changed, changed_ids;
   for (const auto& c : t.columns) {
-    if (c.key_position) continue;
+    if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
+    const std::string name = quote_identifier(c.name);
+    const std::string sep = lww_names.empty() ? "" : ", ";
+    lww_names += sep + name;
+    any_changed += std::string(any_changed.empty() ? "" : " OR ") + changed(name);
+    changed_ids += std::string(changed_ids.empty() ? "" : " UNION ALL ") + "SELECT " +
+                   std::to_string(c.id) + " AS col WHERE " + changed(name);
+  }
+  if (!lww_names.empty()) {
+    sql += "CREATE TRIGGER lattice_" + id + "_update AFTER UPDATE OF " + lww_names + " ON " +
+           table + " WHEN lattice_capture_enabled() AND (" + any_changed + ") BEGIN\n" + bump;
+    sql += "INSERT INTO " + cells + "(pk, col, cl, hlc, site, seq) SELECT r.pk, c.col, r.cl, " +
+           "lattice_hlc(), 0, lattice_seq() FROM " + rows + " r, (" + changed_ids +
+           ") c WHERE r.pk = " + new_key +
+           " ON CONFLICT(pk, col) DO UPDATE SET cl = excluded.cl, hlc = excluded.hlc, "
+           "site = 0, seq = excluded.seq;\nEND;\n";
+  }
+
+  // Counters record the delta, column by column.
+  for (const auto& c : t.columns) {
+    if (c.kind != crdt::ColumnKind::kCounter) continue;
     const std::string name = quote_identifier(c.name), col = std::to_string(c.id);
     sql += "CREATE TRIGGER lattice_" + id + "_update_" + col + " AFTER UPDATE OF " + name + " ON " +
-           table + " WHEN lattice_capture_enabled() AND (OLD." + name + " IS NOT NEW." + name +
-           " OR typeof(OLD." + name + ") <> typeof(NEW." + name + ")) BEGIN\n";
-    if (c.kind == crdt::ColumnKind::kCounter) {
-      sql += counter_check(c) + bump;
-      sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
-             ", 0, r.cl, lattice_seq(), NEW." + name + " - OLD." + name + " FROM " + rows +
-             " r WHERE r.pk = " + new_key +
-             " ON CONFLICT(pk, col, site) DO UPDATE SET total = CASE WHEN cl = excluded.cl "
-             "THEN total + excluded.total ELSE excluded.total END, cl = excluded.cl, "
-             "seq = excluded.seq;\n";
-    } else {
-      sql += bump;
-      sql += "INSERT INTO " + cells + "(pk, col, cl, hlc, site, seq) SELECT r.pk, " + col +
-             ", r.cl, lattice_hlc(), 0, lattice_seq() FROM " + rows + " r WHERE r.pk = " + new_key +
-             " ON CONFLICT(pk, col) DO UPDATE SET cl = excluded.cl, hlc = excluded.hlc, "
-             "site = 0, seq = excluded.seq;\n";
-    }
-    sql += "END;\n";
+           table + " WHEN lattice_capture_enabled() AND " + changed(name) + " BEGIN\n";
+    sql += counter_check(c) + bump;
+    sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
+           ", 0, r.cl, lattice_seq(), NEW." + name + " - OLD." + name + " FROM " + rows +
+           " r WHERE r.pk = " + new_key +
+           " ON CONFLICT(pk, col, site) DO UPDATE SET total = CASE WHEN cl = excluded.cl "
+           "THEN total + excluded.total ELSE excluded.total END, cl = excluded.cl, "
+           "seq = excluded.seq;\nEND;\n";
   }
   return sql;
 }
