@@ -407,8 +407,7 @@ namespace lattice {
 namespace {
 
 TEST_CASE("a catch-up in small chunks ends where one whole changeset would") {
-  auto a = test::open_todo_replica(), b = test::open_todo_replica(),
-       c = test::open_todo_replica();
+  auto a = test::open_todo_replica(), b = test::open_todo_replica(), c = test::open_todo_replica();
   for (int i = 0; i < 60; ++i)
     a->query("INSERT INTO todo(id, title, votes) VALUES (?, 't', ?)",
              {"k" + std::to_string(i), std::int64_t(i)});
