@@ -1,0 +1,316 @@
+#include "relay/server.hpp"
+
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <ostream>
+#include <sstream>
+
+#include "crdt/error.hpp"
+#include "relay/metrics.hpp"
+#include "relay/token.hpp"
+#include "transport/websocket_server.hpp"
+
+namespace lattice::relay {
+
+namespace {
+
+Error usage_error(const std::string& message) {
+  return Error(ErrorCode::kInvalidArgument, message);
+}
+
+// Flags as `--name value` or `--name=value`; each at most once.
+class FlagReader {
+ public:
+  FlagReader(const std::vector<std::string>& args, std::vector<std::string> with_value,
+             std::vector<std::string> switches) {
+    auto known = [](const std::vector<std::string>& list, const std::string& name) {
+      return std::find(list.begin(), list.end(), name) != list.end();
+    };
+    for (std::size_t i = 0; i < args.size(); ++i) {
+      const std::string& arg = args[i];
+      if (arg.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + arg + "'");
+      std::string name = arg.substr(2), value;
+      bool has_value = false;
+      if (const auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      if (known(switches, name)) {
+        if (has_value) throw usage_error("--" + name + " takes no value");
+        value = "true";
+      } else if (known(with_value, name)) {
+        if (!has_value) {
+          if (i + 1 >= args.size()) throw usage_error("--" + name + " needs a value");
+          value = args[++i];
+        }
+      } else {
+        throw usage_error("unknown flag --" + name);
+      }
+      if (!values_.emplace(name, value).second) throw usage_error("--" + name + " given twice");
+    }
+  }
+
+  bool has(const std::string& name) const { return values_.count(name) != 0; }
+  std::string get(const std::string& name, const std::string& fallback = "") const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
+  std::string require(const std::string& name) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) throw usage_error("--" + name + " is required");
+    if (it->second.empty()) throw usage_error("--" + name + " is empty");
+    return it->second;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+std::uint64_t parse_count(const std::string& flag, const std::string& text, std::uint64_t min,
+                          std::uint64_t max) {
+  std::uint64_t value = 0;
+  bool ok = !text.empty() && text.size() <= 19;
+  for (char c : text) {
+    if (c < '0' || c > '9') ok = false;
+    if (ok) value = value * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  if (!ok || value < min || value > max)
+    throw usage_error("--" + flag + " must be a whole number from " + std::to_string(min) + " to " +
+                      std::to_string(max) + ", not '" + text + "'");
+  return value;
+}
+
+void parse_listen(const std::string& text, ServeConfig& config) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    throw usage_error("--listen must be HOST:PORT, not '" + text + "'");
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  if (host == "localhost") host = "127.0.0.1";
+  config.host = host;
+  config.port =
+      static_cast<std::uint16_t>(parse_count("listen's port", text.substr(colon + 1), 0, 65535));
+}
+
+std::string read_file(const std::string& what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kIo, "cannot read " + what + " '" + path + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error(ErrorCode::kIo, "cannot read " + what + " '" + path + "'");
+  return text.str();
+}
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
+  const HubCounters& hc = hub.counters();
+  const transport::WebSocketServerCounters& sc = server.counters();
+  MetricsWriter m;
+  m.gauge("lattice_relay_connections", "Open device connections (WebSocket, handed to the hub).",
+          static_cast<double>(hub.connection_count()));
+  m.gauge("lattice_relay_namespaces", "Namespaces whose replica is open.",
+          static_cast<double>(hub.namespace_count()));
+  m.counter("lattice_relay_connections_accepted_total", "WebSocket connections accepted.",
+            hc.connections_accepted);
+  m.counter("lattice_relay_changes_merged_total",
+            "Column changes from devices that won and changed a namespace's replica.",
+            hc.changes_merged);
+  m.counter("lattice_relay_changes_sent_total", "Column changes sent to devices.", hc.changes_sent);
+  m.counter("lattice_relay_bytes_in_total", "Bytes of frames received from devices.", hc.bytes_in);
+  m.counter("lattice_relay_bytes_out_total", "Bytes of frames queued for devices.", hc.bytes_out);
+  std::map<std::string, std::uint64_t> rejected = hc.rejected;
+  for (const auto& [reason, count] : sc.rejected) rejected[reason] += count;
+  m.labeled_counter("lattice_relay_rejected_frames_total",
+                    "Frames answered with an error frame (then a close), by error code name.",
+                    "reason", rejected);
+  m.counter("lattice_relay_slow_consumers_total",
+            "Connections dropped because their outbound queue overflowed.", sc.slow_consumers);
+  m.counter("lattice_relay_handshake_failures_total",
+            "TLS or WebSocket handshakes that failed or timed out.", sc.handshake_failures);
+  m.counter("lattice_relay_http_requests_total", "Plain HTTP requests (healthz, metrics, other).",
+            sc.http_requests);
+  m.histogram("lattice_relay_merge_seconds",
+              "Time to merge one changes frame into a namespace's replica, durable commit "
+              "included.",
+              LatencyHistogram::kBounds, hc.merge_seconds.counts, hc.merge_seconds.sum);
+  return m.text();
+}
+
+}  // namespace
+
+ServeConfig parse_serve_args(const std::vector<std::string>& args) {
+  const FlagReader flags(
+      args,
+      {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "max-frame-bytes",
+       "max-batch-changes", "max-changes-per-second", "max-connections-per-token",
+       "max-queue-bytes", "handshake-timeout", "shutdown-grace"},
+      {"insecure"});
+  ServeConfig config;
+  parse_listen(flags.require("listen"), config);
+  config.data_dir = flags.require("data");
+  config.key_file = flags.require("key-file");
+  config.insecure = flags.has("insecure");
+  config.tls_cert_file = flags.get("tls-cert");
+  config.tls_key_file = flags.get("tls-key");
+  if (config.insecure && (flags.has("tls-cert") || flags.has("tls-key")))
+    throw usage_error("--insecure and --tls-cert/--tls-key exclude each other");
+  if (!config.insecure && (config.tls_cert_file.empty() || config.tls_key_file.empty()))
+    throw usage_error(
+        "TLS needs --tls-cert FILE and --tls-key FILE (or --insecure for plain ws://)");
+  config.schema_file = flags.get("schema");
+  if (flags.has("schema") && config.schema_file.empty()) throw usage_error("--schema is empty");
+
+  constexpr std::uint64_t kMaxFrame = 1ull << 30;
+  if (flags.has("max-frame-bytes"))
+    config.limits.max_frame_bytes =
+        parse_count("max-frame-bytes", flags.get("max-frame-bytes"), 64, kMaxFrame);
+  if (flags.has("max-batch-changes"))
+    config.limits.max_batch_changes =
+        parse_count("max-batch-changes", flags.get("max-batch-changes"), 1, 1ull << 32);
+  if (flags.has("max-changes-per-second"))
+    config.limits.max_changes_per_second = static_cast<double>(
+        parse_count("max-changes-per-second", flags.get("max-changes-per-second"), 1, 1ull << 40));
+  if (flags.has("max-connections-per-token"))
+    config.limits.max_connections_per_token = parse_count(
+        "max-connections-per-token", flags.get("max-connections-per-token"), 1, 1u << 20);
+  if (flags.has("max-queue-bytes"))
+    config.max_queue_bytes =
+        parse_count("max-queue-bytes", flags.get("max-queue-bytes"), 1024, 1ull << 34);
+  if (flags.has("handshake-timeout"))
+    config.handshake_timeout_seconds =
+        static_cast<int>(parse_duration(flags.get("handshake-timeout")));
+  if (flags.has("shutdown-grace"))
+    config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
+  return config;
+}
+
+TokenConfig parse_token_args(const std::vector<std::string>& args) {
+  const FlagReader flags(args, {"key-file", "ns", "rights", "ttl", "subject"}, {});
+  TokenConfig config;
+  config.key_file = flags.require("key-file");
+  config.ns = flags.require("ns");
+  config.rights = flags.require("rights");
+  config.ttl = flags.require("ttl");
+  if (flags.has("subject")) config.subject = flags.require("subject");
+  parse_rights(config.rights);  // flag errors before touching the key file
+  parse_duration(config.ttl);
+  return config;
+}
+
+std::string make_token(const TokenConfig& config, std::int64_t now_unix) {
+  const KeyRing ring = KeyRing::load(config.key_file);
+  TokenClaims claims;
+  claims.subject = config.subject;
+  claims.ns = config.ns;
+  claims.rights = parse_rights(config.rights);
+  claims.issued_at = now_unix;
+  claims.expires_at = now_unix + parse_duration(config.ttl);
+  return ring.sign(claims);
+}
+
+int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
+  const KeyRing ring = KeyRing::load(config.key_file);
+  const std::string schema_sql =
+      config.schema_file.empty() ? "" : read_file("schema file", config.schema_file);
+  std::error_code fs_error;
+  std::filesystem::create_directories(config.data_dir, fs_error);
+  if (fs_error || !std::filesystem::is_directory(config.data_dir))
+    throw Error(ErrorCode::kIo, "cannot create the data directory '" + config.data_dir +
+                                    "': " + (fs_error ? fs_error.message() : "not a directory"));
+
+  auto write_log = [&log](const std::string& line) {
+    log << "lattice-relay: " << line << std::endl;
+  };
+
+  HubOptions hub_options;
+  hub_options.data_dir = config.data_dir;
+  hub_options.schema_sql = schema_sql;
+  hub_options.limits = config.limits;
+  hub_options.authenticate = [ring](std::string_view token) {
+    const TokenClaims claims = ring.verify(token, unix_now());
+    return Grant{claims.subject, claims.ns, claims.rights};
+  };
+  hub_options.now_seconds = [] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  // Merged changes are on disk, power loss included, before the ack that says so.
+  hub_options.replica_options.synchronous = "FULL";
+
+  boost::asio::io_context io(1);
+  Hub hub(std::move(hub_options));
+
+  transport::WebSocketServerOptions server_options;
+  server_options.host = config.host;
+  server_options.port = config.port;
+  server_options.tls_cert_file = config.tls_cert_file;
+  server_options.tls_key_file = config.tls_key_file;
+  server_options.insecure = config.insecure;
+  server_options.max_frame_bytes = config.limits.max_frame_bytes;
+  server_options.max_outbound_bytes = config.max_queue_bytes;
+  server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
+  server_options.on_connection = [&hub](std::shared_ptr<transport::Connection> connection,
+                                        std::string ns) { hub.accept(std::move(connection), ns); };
+  const transport::WebSocketServer* server_view = nullptr;
+  server_options.metrics = [&hub, &server_view] { return render_metrics(hub, *server_view); };
+  server_options.log = write_log;
+  transport::WebSocketServer server(io, std::move(server_options));
+  server_view = &server;
+
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  boost::asio::steady_timer grace(io);
+  boost::asio::steady_timer poll(io);
+  std::function<void()> wait_for_peers = [&] {
+    if (server.open_connections() == 0) {
+      grace.cancel();  // nothing left to wait for: let io.run() return
+      return;
+    }
+    poll.expires_after(std::chrono::milliseconds(20));
+    poll.async_wait([&](const boost::system::error_code& ec) {
+      if (!ec) wait_for_peers();
+    });
+  };
+  signals.async_wait([&](const boost::system::error_code& ec, int signal_number) {
+    if (ec) return;
+    write_log(std::string("received ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM") +
+              ": stopping");
+    // The hub's shutting_down error frames go out first, then the server closes what is left
+    // (connections still in their handshake, HTTP clients) and stops accepting.
+    hub.shutdown();
+    server.stop();
+    grace.expires_after(std::chrono::seconds(config.shutdown_grace_seconds));
+    grace.async_wait([&](const boost::system::error_code& wait_ec) {
+      if (wait_ec) return;
+      write_log("some peers did not answer the close frame in time; exiting anyway");
+      io.stop();
+    });
+    wait_for_peers();
+  });
+
+  server.start();
+  out << "listening on "
+      << (config.host.find(':') != std::string::npos ? "[" + config.host + "]" : config.host) << ":"
+      << server.port() << "\n"
+      << std::flush;
+  io.run();
+  poll.cancel();
+  write_log("stopped");
+  return 0;
+}
+
+}  // namespace lattice::relay

@@ -1,0 +1,55 @@
+#pragma once
+// The lattice-relay program as functions: its two commands' flags, parsed into plain structs,
+// and the loop that serves the hub over WebSocket/TLS until SIGTERM or SIGINT. relay_main.cpp
+// only dispatches. The flags are documented in docs/relay.md.
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "relay/hub.hpp"
+
+namespace lattice::relay {
+
+// `lattice-relay serve ...`
+struct ServeConfig {
+  std::string host;  // an IP address literal ("localhost" is taken as 127.0.0.1)
+  std::uint16_t port = 0;
+  std::string data_dir;
+  std::string key_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  bool insecure = false;
+  std::string schema_file;  // empty: new namespaces start without tables
+  HubLimits limits;
+  std::size_t max_queue_bytes = 8u << 20;  // per connection outbound queue
+  int handshake_timeout_seconds = 30;
+  int shutdown_grace_seconds = 10;  // after SIGTERM, the longest wait for peers' close frames
+};
+
+// `lattice-relay token ...`
+struct TokenConfig {
+  std::string key_file;
+  std::string ns;
+  std::string subject = "device";
+  std::string rights;  // as given: "read,write"
+  std::string ttl;     // as given: "1h"
+};
+
+// Parse the arguments after the command name. Throw Error(kInvalidArgument) naming the flag
+// that is unknown, missing, repeated, without its value or with a bad one.
+ServeConfig parse_serve_args(const std::vector<std::string>& args);
+TokenConfig parse_token_args(const std::vector<std::string>& args);
+
+// Loads the key file, then signs a token issued now for `ttl`. Throws Error (kIo for the key
+// file, kInvalidArgument for the rest).
+std::string make_token(const TokenConfig& config, std::int64_t now_unix);
+
+// Serves until SIGTERM or SIGINT, then shuts down gracefully (docs/relay.md) and returns 0.
+// Writes exactly one line, `listening on HOST:PORT`, to `out` (flushed) once accepting; log lines
+// go to `log`. Throws Error for a failure to start (unreadable key, schema or TLS files, an
+// address that cannot be bound, a data directory that cannot be created).
+int serve(const ServeConfig& config, std::ostream& out, std::ostream& log);
+
+}  // namespace lattice::relay

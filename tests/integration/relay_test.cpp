@@ -1,0 +1,680 @@
+// The real lattice-relay process on 127.0.0.1 (port 0, TLS with a certificate generated here by
+// the openssl command), driven by a small Beast WebSocket client that speaks our frames: health
+// and metrics over HTTPS, hello/welcome, merge and fan-out, every refusal of bad input (each
+// followed by a check that the relay still serves another device), and SIGTERM.
+//
+// Every wait is bounded; every process started here is killed (SIGKILL) if the test leaves it
+// running.
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crdt/changeset_codec.hpp"
+#include "relay/token.hpp"
+#include "storage/replica.hpp"
+#include "tests/storage/test_support.hpp"
+#include "transport/frame.hpp"
+
+#ifndef LATTICE_RELAY_PATH
+#error "LATTICE_RELAY_PATH must name the lattice-relay executable"
+#endif
+
+namespace lattice {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = net::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace fs = std::filesystem;
+
+constexpr auto kWait = 10s;  // the longest any single step may take
+
+// ---------------------------------------------------------------------------------------------
+// Files and processes
+
+std::string run_command(const std::string& command) {
+  std::string output;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run: " + command);
+  char buffer[4096];
+  std::size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  if (status != 0)
+    throw std::runtime_error("command failed (" + std::to_string(status) + "): " + command);
+  return output;
+}
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.pop_back();
+  return text;
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+constexpr const char* kKeyName = "test-key";
+constexpr const char* kSecret = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+// One temporary directory for the whole run: the key file, the certificate, the schema.
+struct Environment {
+  fs::path dir;
+  fs::path key_file, cert_file, cert_key_file, schema_file;
+
+  Environment() {
+    std::string pattern = (fs::temp_directory_path() / "lattice-relay-test-XXXXXX").string();
+    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    dir = pattern;
+    key_file = dir / "keys";
+    std::ofstream(key_file) << "# test keys\n" << kKeyName << " " << kSecret << "\n";
+    schema_file = dir / "schema.sql";
+    std::ofstream(schema_file) << test::kTodoSchema << "\n";
+    cert_file = dir / "cert.pem";
+    cert_key_file = dir / "cert-key.pem";
+    run_command(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -days 1 -keyout '" +
+        cert_key_file.string() + "' -out '" + cert_file.string() + "' 2>/dev/null");
+  }
+  ~Environment() {
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+};
+
+Environment& env() {
+  static Environment environment;
+  return environment;
+}
+
+// `lattice-relay token ...`
+std::string cli_token(const std::string& ns, const std::string& rights,
+                      const std::string& ttl = "1h") {
+  return trim(run_command(std::string(LATTICE_RELAY_PATH) + " token --key-file '" +
+                          env().key_file.string() + "' --ns " + ns + " --rights " + rights +
+                          " --ttl " + ttl + " --subject tester"));
+}
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A token the CLI would not make: signed with `secret` under the test key's name.
+std::string crafted_token(const std::string& secret, const std::string& ns, std::int64_t iat,
+                          std::int64_t exp) {
+  const auto ring = relay::KeyRing::from_keys({{kKeyName, secret}});
+  relay::TokenClaims claims;
+  claims.subject = "crafted";
+  claims.ns = ns;
+  claims.rights = relay::kRead | relay::kWrite;
+  claims.issued_at = iat;
+  claims.expires_at = exp;
+  return ring.sign(claims);
+}
+
+// A lattice-relay serve process. Killed with SIGKILL unless it was stopped and reaped.
+class RelayProcess {
+ public:
+  explicit RelayProcess(std::vector<std::string> extra_flags = {}) {
+    std::string data = (env().dir / ("data-" + std::to_string(++counter_))).string();
+    data_dir_ = data;
+    log_file_ = env().dir / ("relay-" + std::to_string(counter_) + ".log");
+    std::vector<std::string> args = {LATTICE_RELAY_PATH, "serve",
+                                     "--listen",         "127.0.0.1:0",
+                                     "--data",           data,
+                                     "--key-file",       env().key_file.string(),
+                                     "--tls-cert",       env().cert_file.string(),
+                                     "--tls-key",        env().cert_key_file.string(),
+                                     "--schema",         env().schema_file.string()};
+    args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+
+    int out[2];
+    if (::pipe(out) != 0) throw std::runtime_error("pipe failed");
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::dup2(out[1], 1);
+      const int log = ::open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (log >= 0) ::dup2(log, 2);
+      ::close(out[0]);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    stdout_fd_ = out[0];
+    const std::string line = read_line(kWait);
+    const std::string prefix = "listening on 127.0.0.1:";
+    if (line.rfind(prefix, 0) != 0)
+      throw std::runtime_error("lattice-relay printed '" + line + "', log: " + log());
+    port_ = static_cast<std::uint16_t>(std::stoi(line.substr(prefix.size())));
+  }
+
+  // Stops the relay with SIGTERM and checks that it exits 0 (under the sanitizers, that is also
+  // a check for leaks and errors during shutdown); SIGKILL if it does not exit in time.
+  ~RelayProcess() {
+    if (pid_ > 0 && !reaped_) {
+      const int status = stop(SIGTERM, kWait);
+      CHECK_MESSAGE(status == 0, "lattice-relay exited with ", status, "; log: ", log());
+      if (!reaped_) {
+        ::kill(pid_, SIGKILL);
+        int ignored;
+        ::waitpid(pid_, &ignored, 0);
+      }
+    }
+    if (stdout_fd_ >= 0) ::close(stdout_fd_);
+  }
+  RelayProcess(const RelayProcess&) = delete;
+  RelayProcess& operator=(const RelayProcess&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  const std::string& data_dir() const { return data_dir_; }
+  std::string log() const { return slurp(log_file_); }
+
+  // Sends `signal` and waits for the exit; the exit status, or -1 on timeout or a signal death.
+  int stop(int signal, std::chrono::milliseconds timeout) {
+    ::kill(pid_, signal);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+      if (done == pid_) {
+        reaped_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+
+ private:
+  std::string read_line(std::chrono::milliseconds timeout) {
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) throw std::runtime_error("no 'listening on' line; log: " + log());
+      pollfd p{stdout_fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char c;
+      const ssize_t n = ::read(stdout_fd_, &c, 1);
+      if (n <= 0) throw std::runtime_error("lattice-relay exited early; log: " + log());
+      if (c == '\n') return line;
+      line += c;
+    }
+  }
+
+  static inline int counter_ = 0;
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int stdout_fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::string data_dir_;
+  fs::path log_file_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// A TLS client: asynchronous operations driven to completion with a deadline, so that each
+// call reads like a synchronous one but never blocks forever.
+
+ssl::context client_tls() {
+  ssl::context tls(ssl::context::tls_client);
+  tls.load_verify_file(env().cert_file.string());
+  tls.set_verify_mode(ssl::verify_peer);
+  return tls;
+}
+
+template <class Done>
+void drive(net::io_context& io, const Done& done, std::chrono::milliseconds timeout) {
+  io.restart();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done() && std::chrono::steady_clock::now() < deadline)
+    io.run_one_for(std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now()));
+}
+
+struct HttpReply {
+  unsigned status = 0;
+  std::string body;
+};
+
+HttpReply https_get(std::uint16_t port, const std::string& target) {
+  net::io_context io;
+  ssl::context tls = client_tls();
+  beast::ssl_stream<beast::tcp_stream> stream(io, tls);
+  stream.set_verify_callback(ssl::host_name_verification("127.0.0.1"));
+  beast::get_lowest_layer(stream).expires_after(kWait);
+  http::request<http::empty_body> request(http::verb::get, target, 11);
+  request.set(http::field::host, "127.0.0.1");
+  http::response<http::string_body> response;
+  beast::flat_buffer buffer;
+  std::optional<beast::error_code> result;
+  auto fail_or = [&](beast::error_code ec, auto next) {
+    if (ec)
+      result = ec;
+    else
+      next();
+  };
+  beast::get_lowest_layer(stream).async_connect(
+      tcp::endpoint(net::ip::make_address("127.0.0.1"), port), [&](beast::error_code ec) {
+        fail_or(ec, [&] {
+          stream.async_handshake(ssl::stream_base::client, [&](beast::error_code ec2) {
+            fail_or(ec2, [&] {
+              http::async_write(stream, request, [&](beast::error_code ec3, std::size_t) {
+                fail_or(ec3, [&] {
+                  http::async_read(stream, buffer, response,
+                                   [&](beast::error_code ec4, std::size_t) { result = ec4; });
+                });
+              });
+            });
+          });
+        });
+      });
+  drive(
+      io, [&] { return result.has_value(); }, kWait);
+  if (!result) throw std::runtime_error("GET " + target + " timed out");
+  if (*result) throw std::runtime_error("GET " + target + ": " + result->message());
+  return {response.result_int(), response.body()};
+}
+
+// One device's WebSocket to the relay, speaking raw frames.
+class Device {
+ public:
+  Device(std::uint16_t port, const std::string& ns) : tls_(client_tls()), ws_(io_, tls_) {
+    ws_.next_layer().set_verify_callback(ssl::host_name_verification("127.0.0.1"));
+    std::optional<beast::error_code> result;
+    auto& lowest = beast::get_lowest_layer(ws_);
+    lowest.async_connect(
+        tcp::endpoint(net::ip::make_address("127.0.0.1"), port), [&](beast::error_code ec) {
+          if (ec) return void(result = ec);
+          ws_.next_layer().async_handshake(ssl::stream_base::client, [&](beast::error_code ec2) {
+            if (ec2) return void(result = ec2);
+            ws_.async_handshake("127.0.0.1:" + std::to_string(port), "/" + ns,
+                                [&](beast::error_code ec3) { result = ec3; });
+          });
+        });
+    wait(result, "connect");
+    if (*result) throw std::runtime_error("connect to /" + ns + ": " + result->message());
+    ws_.binary(true);
+  }
+
+  ~Device() {
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  void send_bytes(const std::string& bytes, bool text = false) {
+    ws_.text(text);
+    std::optional<beast::error_code> result;
+    ws_.async_write(net::buffer(bytes), [&](beast::error_code ec, std::size_t) { result = ec; });
+    wait(result, "write");
+    ws_.binary(true);
+    // A write may fail when the relay has already closed on us; the reads that follow tell.
+  }
+
+  void send(const transport::Frame& frame) { send_bytes(transport::encode_frame(frame)); }
+
+  // The next frame, or nullopt once the relay closed the connection.
+  std::optional<transport::Frame> receive() {
+    beast::flat_buffer buffer;
+    std::optional<beast::error_code> result;
+    ws_.async_read(buffer, [&](beast::error_code ec, std::size_t) { result = ec; });
+    wait(result, "read");
+    if (*result) {
+      closed_ = true;
+      close_error_ = *result;
+      return std::nullopt;
+    }
+    const auto data = buffer.cdata();
+    return transport::decode_frame(
+        std::string_view(static_cast<const char*>(data.data()), data.size()));
+  }
+
+  template <class T>
+  T expect() {
+    auto frame = receive();
+    if (!frame)
+      throw std::runtime_error(std::string("expected a frame, the connection closed: ") +
+                               close_error_.message());
+    if (auto* error = std::get_if<transport::ErrorFrame>(&*frame);
+        error && !std::is_same_v<T, transport::ErrorFrame>)
+      throw std::runtime_error(std::string("expected another frame, got error ") +
+                               transport::wire_error_name(error->code) + ": " + error->message);
+    if (!std::holds_alternative<T>(*frame))
+      throw std::runtime_error("unexpected frame type " + std::to_string(frame->index()));
+    return std::get<T>(std::move(*frame));
+  }
+
+  // The error frame, then the close.
+  transport::ErrorFrame expect_error_and_close() {
+    auto error = expect<transport::ErrorFrame>();
+    for (int i = 0; i < 16 && receive(); ++i) {
+    }
+    if (!closed_) throw std::runtime_error("the relay did not close after its error frame");
+    return error;
+  }
+
+  bool closed() const { return closed_; }
+  const websocket::close_reason& close_reason() const { return ws_.reason(); }
+
+ private:
+  void wait(std::optional<beast::error_code>& result, const char* what) {
+    drive(
+        io_, [&] { return result.has_value(); }, kWait);
+    if (result) return;
+    // Give the pending operation its completion before `result` goes out of scope.
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+    drive(
+        io_, [&] { return result.has_value(); }, 2s);
+    throw std::runtime_error(std::string(what) + " timed out");
+  }
+
+  net::io_context io_;
+  ssl::context tls_;
+  websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws_;
+  bool closed_ = false;
+  beast::error_code close_error_;
+};
+
+// A device with a todo replica, connected and past welcome and its catch-up.
+struct Peer {
+  std::unique_ptr<storage::Replica> replica = test::open_todo_replica();
+  std::unique_ptr<Device> device;
+  transport::Welcome welcome;
+  crdt::Changeset catch_up;
+  std::uint64_t batch = 0;
+
+  Peer(std::uint16_t port, const std::string& ns, const std::string& token) {
+    device = std::make_unique<Device>(port, ns);
+    device->send(hello(ns, token));
+    welcome = device->expect<transport::Welcome>();
+    const auto changes = device->expect<transport::Changes>();
+    catch_up = crdt::decode_changeset(changes.changeset);
+    replica->apply(catch_up);
+  }
+
+  transport::Hello hello(const std::string& ns, const std::string& token) {
+    transport::Hello h;
+    h.site = replica->site_id();
+    h.ns = ns;
+    h.token = token;
+    h.held = replica->version_vector();
+    h.schema_fingerprint = replica->schema_description();
+    return h;
+  }
+
+  // Sends what the relay lacks since welcome; returns the batch number.
+  std::uint64_t push() {
+    const auto changeset = replica->changes_since(welcome.held);
+    device->send(transport::Changes{++batch, crdt::encode_changeset(changeset)});
+    return batch;
+  }
+
+  std::int64_t rows() {
+    return std::get<std::int64_t>(replica->query("SELECT count(*) FROM todo").rows.at(0).at(0));
+  }
+};
+
+// The relay still serves: a fresh device gets welcome and its catch-up.
+void check_still_serves(const RelayProcess& relay, const std::string& ns = "board") {
+  Peer other(relay.port(), ns, cli_token(ns, "read,write"));
+  CHECK(other.welcome.protocol_version == transport::kProtocolVersion);
+}
+
+// The same with a namespace that has no rows yet, for relays with tiny queues.
+void check_still_serves_small(const RelayProcess& relay) { check_still_serves(relay, "fresh"); }
+
+// A device that sends a hello crafted by `hello_for` and expects an error of `code`.
+transport::ErrorFrame refused_hello(const RelayProcess& relay, transport::Hello hello,
+                                    transport::WireError code) {
+  Device device(relay.port(), "board");
+  device.send(hello);
+  const auto error = device.expect_error_and_close();
+  CHECK_MESSAGE(error.code == code, transport::wire_error_name(error.code), ": ", error.message);
+  return error;
+}
+
+transport::Hello good_hello(const std::string& token) {
+  static auto replica = test::open_todo_replica();
+  transport::Hello hello;
+  hello.site = replica->site_id();
+  hello.ns = "board";
+  hello.token = token;
+  hello.schema_fingerprint = replica->schema_description();
+  return hello;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket port") {
+  RelayProcess relay;
+  const auto health = https_get(relay.port(), "/healthz");
+  CHECK(health.status == 200);
+  CHECK(health.body == "ok\n");
+  const auto metrics = https_get(relay.port(), "/metrics");
+  CHECK(metrics.status == 200);
+  for (const char* name :
+       {"lattice_relay_connections 0", "lattice_relay_namespaces 0",
+        "lattice_relay_changes_merged_total 0", "lattice_relay_changes_sent_total 0",
+        "lattice_relay_bytes_in_total 0", "lattice_relay_bytes_out_total 0",
+        "# TYPE lattice_relay_rejected_frames_total counter",
+        "lattice_relay_merge_seconds_bucket{le=\"0.0005\"} 0",
+        "lattice_relay_merge_seconds_bucket{le=\"+Inf\"} 0", "lattice_relay_merge_seconds_count 0"})
+    CHECK_MESSAGE(metrics.body.find(name) != std::string::npos, name);
+  CHECK(https_get(relay.port(), "/nothing-here").status == 404);
+}
+
+TEST_CASE("a valid hello gets a welcome and then the namespace's changes") {
+  RelayProcess relay;
+  Peer peer(relay.port(), "board", cli_token("board", "read,write"));
+  CHECK(peer.welcome.protocol_version == transport::kProtocolVersion);
+  CHECK(peer.welcome.held.empty());
+  CHECK(peer.catch_up.rows.empty());
+  CHECK(fs::exists(fs::path(relay.data_dir()) / "board.db"));
+}
+
+TEST_CASE("a device's batch is acknowledged and fanned out to the other device, not back") {
+  RelayProcess relay;
+  const std::string token = cli_token("board", "read,write");
+  Peer a(relay.port(), "board", token);
+  Peer b(relay.port(), "board", token);
+
+  a.replica->exec("INSERT INTO todo(id, title) VALUES ('t1', 'buy milk')");
+  const auto batch = a.push();
+  const auto ack = a.device->expect<transport::Ack>();
+  CHECK(ack.batch == batch);
+  CHECK(ack.held.dominates(a.replica->version_vector()));
+
+  const auto forwarded = b.device->expect<transport::Changes>();
+  CHECK(forwarded.batch == 0);
+  b.replica->apply(crdt::decode_changeset(forwarded.changeset));
+  const auto row = b.replica->query("SELECT title FROM todo WHERE id = 't1'");
+  REQUIRE(row.rows.size() == 1);
+  CHECK(std::get<std::string>(row.rows[0][0]) == "buy milk");
+
+  // Frames arrive in order: had the relay echoed the batch to its sender, it would come before
+  // the pong.
+  a.device->send(transport::Ping{77});
+  CHECK(a.device->expect<transport::Pong>().nonce == 77);
+
+  const auto metrics = https_get(relay.port(), "/metrics").body;
+  CHECK(metrics.find("lattice_relay_connections 2") != std::string::npos);
+  CHECK(metrics.find("lattice_relay_merge_seconds_count 1") != std::string::npos);
+}
+
+TEST_CASE("malformed msgpack is refused as malformed and the relay serves on") {
+  RelayProcess relay;
+  {
+    Device device(relay.port(), "board");
+    device.send_bytes(std::string("\xc1\xff\x00garbage", 10));
+    const auto error = device.expect_error_and_close();
+    CHECK(error.code == transport::WireError::kMalformed);
+  }
+  {
+    Device device(relay.port(), "board");
+    device.send_bytes("a text message", /*text=*/true);
+    CHECK(device.expect_error_and_close().code == transport::WireError::kMalformed);
+  }
+  check_still_serves(relay);
+  const auto metrics = https_get(relay.port(), "/metrics").body;
+  CHECK(metrics.find("lattice_relay_rejected_frames_total{reason=\"malformed\"} 2") !=
+        std::string::npos);
+}
+
+TEST_CASE("a frame over the size limit is refused as frame_too_large and the relay serves on") {
+  RelayProcess relay({"--max-frame-bytes", "65536"});
+  {
+    Peer peer(relay.port(), "board", cli_token("board", "read,write"));
+    peer.device->send(transport::Changes{1, std::string(100'000, 'x')});
+    const auto error = peer.device->expect_error_and_close();
+    CHECK(error.code == transport::WireError::kFrameTooLarge);
+    CHECK(error.message.find("65536") != std::string::npos);
+    CHECK(peer.device->close_reason().code == websocket::close_code::too_big);
+  }
+  {
+    // Before the hello too, and far over the limit.
+    Device device(relay.port(), "board");
+    device.send_bytes(std::string(4u << 20, '\x90'));
+    CHECK(device.expect_error_and_close().code == transport::WireError::kFrameTooLarge);
+  }
+  check_still_serves(relay);
+}
+
+TEST_CASE("a wrong protocol version is refused naming the versions the relay speaks") {
+  RelayProcess relay;
+  auto hello = good_hello(cli_token("board", "read,write"));
+  hello.protocol_version = 2;
+  const auto error = refused_hello(relay, hello, transport::WireError::kProtocolVersion);
+  CHECK(error.message.find("versions 1 to 1") != std::string::npos);
+  check_still_serves(relay);
+}
+
+TEST_CASE("expired, forged and wrong-namespace tokens are refused as unauthorized") {
+  RelayProcess relay;
+  const auto now = unix_now();
+  SUBCASE("expired") {
+    const auto error =
+        refused_hello(relay, good_hello(crafted_token(kSecret, "board", now - 7200, now - 3600)),
+                      transport::WireError::kUnauthorized);
+    CHECK(error.message.find("expired") != std::string::npos);
+  }
+  SUBCASE("forged") {
+    refused_hello(relay,
+                  good_hello(crafted_token("a-different-secret-of-enough-bytes-0123456789", "board",
+                                           now, now + 3600)),
+                  transport::WireError::kUnauthorized);
+  }
+  SUBCASE("for another namespace") {
+    const auto error = refused_hello(relay, good_hello(cli_token("other", "read,write")),
+                                     transport::WireError::kUnauthorized);
+    CHECK(error.message.find("other") != std::string::npos);
+  }
+  SUBCASE("garbage") {
+    refused_hello(relay, good_hello("not.a.token"), transport::WireError::kUnauthorized);
+  }
+  check_still_serves(relay);
+}
+
+TEST_CASE("a read-only token's changes are refused as forbidden and never merged") {
+  RelayProcess relay;
+  {
+    Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+    writer.replica->exec("INSERT INTO todo(id, title) VALUES ('kept', 'from the writer')");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+  }
+  {
+    Peer reader(relay.port(), "board", cli_token("board", "read"));
+    CHECK(reader.rows() == 1);
+    reader.replica->exec("INSERT INTO todo(id, title) VALUES ('refused', 'from the reader')");
+    reader.push();
+    const auto error = reader.device->expect_error_and_close();
+    CHECK(error.code == transport::WireError::kForbidden);
+  }
+  // A fresh device holding nothing receives exactly the writer's row.
+  Peer check(relay.port(), "board", cli_token("board", "read"));
+  CHECK(check.rows() == 1);
+  CHECK(check.replica->query("SELECT id FROM todo WHERE id = 'refused'").rows.empty());
+  check_still_serves(relay);
+}
+
+TEST_CASE("a device whose outbound queue overflows is dropped as slow_consumer") {
+  // A queue bound smaller than one catch-up frame overflows at once, without having to make a
+  // real socket back up.
+  RelayProcess relay({"--max-queue-bytes", "1024"});
+  {
+    Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+    writer.replica->exec("INSERT INTO todo(id, title) VALUES ('big', printf('%.4000c', 'x'))");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+  }
+  Device late(relay.port(), "board");
+  late.send(good_hello(cli_token("board", "read")));
+  late.expect<transport::Welcome>();
+  const auto error = late.expect_error_and_close();
+  CHECK(error.code == transport::WireError::kSlowConsumer);
+  CHECK(https_get(relay.port(), "/metrics").body.find("lattice_relay_slow_consumers_total 1") !=
+        std::string::npos);
+  check_still_serves_small(relay);
+}
+
+TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
+  RelayProcess relay;
+  Peer peer(relay.port(), "board", cli_token("board", "read,write"));
+  const int status = [&] {
+    // The relay's shutdown waits for our close reply, which needs our reads: stop it from a
+    // thread while this one reads.
+    std::optional<int> result;
+    std::thread stopper([&] { result = relay.stop(SIGTERM, kWait); });
+    const auto error = peer.device->expect_error_and_close();
+    CHECK(error.code == transport::WireError::kShuttingDown);
+    stopper.join();
+    return result.value_or(-2);
+  }();
+  CHECK(peer.device->close_reason().code == websocket::close_code::going_away);
+  CHECK(status == 0);
+}
+
+}  // namespace
+}  // namespace lattice

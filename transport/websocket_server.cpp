@@ -1,0 +1,574 @@
+#include "transport/websocket_server.hpp"
+
+#include <algorithm>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "crdt/error.hpp"
+
+// The shape follows Boost.Beast's server examples (docs/relay.md): a listener, a session per
+// connection owning its stream and buffer, handlers named on_<step>, at most one async_write in
+// flight with a bounded queue behind it.
+
+namespace lattice::transport {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = net::ip::tcp;
+
+using PlainStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+template <class Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
+
+// Larger HTTP requests than this are refused; an upgrade request is a few hundred bytes.
+constexpr std::size_t kMaxHttpRequestBytes = 16 * 1024;
+// One read appends at most this much to a message being assembled.
+constexpr std::size_t kReadChunkBytes = 64 * 1024;
+// A read buffer that grew past this for a large message is given back afterwards, so that an
+// idle connection stays small.
+constexpr std::size_t kKeptReadBufferBytes = 64 * 1024;
+
+// Errors that are the ordinary end of a connection, not worth a log line.
+bool is_benign(beast::error_code ec) {
+  return ec == net::error::operation_aborted || ec == websocket::error::closed ||
+         ec == http::error::end_of_stream || ec == net::error::eof ||
+         ec == ssl::error::stream_truncated || ec == net::error::connection_reset ||
+         ec == net::error::broken_pipe || ec == beast::error::timeout;
+}
+
+std::string endpoint_text(const tcp::socket& socket) {
+  beast::error_code ec;
+  const auto endpoint = socket.remote_endpoint(ec);
+  if (ec) return "?";
+  const auto address = endpoint.address();
+  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" +
+         std::to_string(endpoint.port());
+}
+
+// A WebSocket close reason holds at most 123 bytes of UTF-8; cut at a character boundary.
+std::string close_reason_text(const std::string& reason) {
+  constexpr std::size_t kMax = 123;
+  if (reason.size() <= kMax) return reason;
+  std::size_t end = kMax;
+  while (end > 0 && (static_cast<unsigned char>(reason[end]) & 0xC0) == 0x80) --end;
+  return reason.substr(0, end);
+}
+
+websocket::close_code close_code_for(const std::string& reason) {
+  if (reason.rfind("shutting_down", 0) == 0) return websocket::close_code::going_away;
+  if (reason.rfind("frame_too_large", 0) == 0) return websocket::close_code::too_big;
+  if (reason.rfind("slow_consumer", 0) == 0) return websocket::close_code::try_again_later;
+  return websocket::close_code::normal;
+}
+
+// Sessions the server can reach to stop them.
+class Session {
+ public:
+  virtual ~Session() = default;
+  virtual void shutdown() = 0;
+};
+
+}  // namespace
+
+struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::Shared> {
+  Shared(net::io_context& io_context, WebSocketServerOptions opts)
+      : io(io_context), options(std::move(opts)), acceptor(io_context), retry_timer(io_context) {}
+
+  net::io_context& io;
+  WebSocketServerOptions options;
+  std::optional<ssl::context> tls;
+  tcp::acceptor acceptor;
+  net::steady_timer retry_timer;  // after an accept error such as EMFILE
+  std::string host;
+  std::uint16_t port = 0;
+  WebSocketServerCounters counters;
+  std::map<Session*, std::weak_ptr<Session>> sessions;
+  std::size_t open_websockets = 0;
+  bool stopping = false;
+
+  void log(const std::string& line) const {
+    if (options.log) options.log(line);
+  }
+  void fail(beast::error_code ec, const std::string& peer, const char* what) const {
+    if (!is_benign(ec)) log(peer + ": " + what + ": " + ec.message());
+  }
+
+  void do_accept();
+  void on_accept(beast::error_code ec, tcp::socket socket);
+};
+
+namespace {
+
+using Shared = WebSocketServer::Shared;
+
+// One WebSocket connection, the transport::Connection the hub talks to.
+template <class Stream>
+class WsSession final : public Connection,
+                        public Session,
+                        public std::enable_shared_from_this<WsSession<Stream>> {
+ public:
+  WsSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer, std::string ns)
+      : shared_(std::move(shared)),
+        ws_(std::move(stream)),
+        peer_(std::move(peer)),
+        ns_(std::move(ns)) {}
+
+  ~WsSession() override { shared_->sessions.erase(this); }
+
+  void run(http::request<http::empty_body> request) {
+    shared_->sessions[this] = this->shared_from_this();
+    beast::get_lowest_layer(ws_).expires_never();  // the websocket's own timeouts take over
+    auto timeouts = websocket::stream_base::timeout::suggested(beast::role_type::server);
+    timeouts.handshake_timeout = std::chrono::seconds(shared_->options.handshake_timeout_seconds);
+    ws_.set_option(timeouts);
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& response) { response.set(http::field::server, "lattice"); }));
+    // Unlimited here: on_read enforces the frame limit itself, so that the peer is told with an
+    // error frame rather than a bare close code.
+    ws_.read_message_max(0);
+    ws_.async_accept(request,
+                     beast::bind_front_handler(&WsSession::on_accept, this->shared_from_this()));
+  }
+
+  // Connection
+  void set_handlers(Handlers handlers) override { handlers_ = std::move(handlers); }
+
+  void send(std::string frame) override {
+    if (state_ != State::kOpen) return;
+    if (queued_bytes_ + frame.size() > shared_->options.max_outbound_bytes)
+      return drop_slow_consumer();
+    queued_bytes_ += frame.size();
+    queue_.push_back(std::move(frame));
+    if (!writing_) do_write();
+  }
+
+  void close(const std::string& reason) override {
+    if (state_ != State::kOpen) return;
+    state_ = State::kClosing;
+    close_reason_ = reason;
+    if (!writing_) do_close();
+  }
+
+  std::string peer() const override { return peer_; }
+
+  // Session
+  void shutdown() override {
+    if (state_ == State::kHandshaking) {
+      beast::error_code ignored;
+      beast::get_lowest_layer(ws_).socket().close(ignored);
+      return;
+    }
+    close("shutting_down: the relay is stopping");
+  }
+
+ private:
+  enum class State { kHandshaking, kOpen, kClosing, kClosed };
+
+  void on_accept(beast::error_code ec) {
+    if (ec) {
+      ++shared_->counters.handshake_failures;
+      shared_->fail(ec, peer_, "websocket accept");
+      state_ = State::kClosed;
+      return;
+    }
+    ws_.binary(true);
+    ++shared_->counters.websocket_accepted;
+    ++shared_->open_websockets;
+    state_ = State::kOpen;
+    if (shared_->stopping)
+      close("shutting_down: the relay is stopping");
+    else
+      shared_->options.on_connection(this->shared_from_this(), ns_);
+    do_read();
+  }
+
+  void do_read() {
+    const std::size_t limit = shared_->options.max_frame_bytes;
+    const std::size_t have = buffer_.size();
+    // Read at most one byte past the limit: enough to know the message is too large.
+    const std::size_t room = limit + 1 > have ? limit + 1 - have : 1;
+    ws_.async_read_some(buffer_, std::min(room, kReadChunkBytes),
+                        beast::bind_front_handler(&WsSession::on_read, this->shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec) {
+      if (ec == websocket::error::closed) {
+        const auto& why = ws_.reason();
+        return finish("closed by the peer (" + std::to_string(why.code) +
+                      (why.reason.empty() ? "" : ": " + std::string(why.reason.c_str())) + ")");
+      }
+      shared_->fail(ec, peer_, "read");
+      close_socket();
+      return finish("read failed: " + ec.message());
+    }
+    if (state_ != State::kOpen) {
+      // Closing: whatever still arrives is discarded (the read keeps pings and the close
+      // handshake moving).
+      buffer_.consume(buffer_.size());
+      return do_read();
+    }
+    const std::size_t limit = shared_->options.max_frame_bytes;
+    if (buffer_.size() > limit) {
+      buffer_.consume(buffer_.size());
+      reject(WireError::kFrameTooLarge, "a message of more than " + std::to_string(limit) +
+                                            " bytes is over the frame size limit of " +
+                                            std::to_string(limit) + " bytes");
+      return do_read();
+    }
+    if (!ws_.is_message_done()) return do_read();
+    if (ws_.got_text()) {
+      buffer_.consume(buffer_.size());
+      reject(WireError::kMalformed, "a text message; frames travel in binary messages");
+      return do_read();
+    }
+    {
+      const auto data = buffer_.cdata();
+      const std::string_view frame(static_cast<const char*>(data.data()), data.size());
+      if (handlers_.on_frame) handlers_.on_frame(frame);
+    }
+    buffer_.consume(buffer_.size());
+    if (buffer_.capacity() > kKeptReadBufferBytes) buffer_.shrink_to_fit();
+    do_read();
+  }
+
+  // A frame refused before it reached the hub: an error frame, then close.
+  void reject(WireError code, const std::string& message) {
+    ++shared_->counters.rejected[wire_error_name(code)];
+    send(encode_frame(ErrorFrame{code, message}));
+    close(std::string(wire_error_name(code)) + ": " + message);
+  }
+
+  void drop_slow_consumer() {
+    ++shared_->counters.slow_consumers;
+    const std::string message = "more than " + std::to_string(shared_->options.max_outbound_bytes) +
+                                " bytes queued for this connection; reconnect to catch up";
+    shared_->log(peer_ + ": dropped: slow_consumer: " + message);
+    // Frames not yet being written are dropped; the device's next hello catches it up.
+    while (queue_.size() > (writing_ ? 1u : 0u)) {
+      queued_bytes_ -= queue_.back().size();
+      queue_.pop_back();
+    }
+    std::string frame = encode_frame(ErrorFrame{WireError::kSlowConsumer, message});
+    queued_bytes_ += frame.size();
+    queue_.push_back(std::move(frame));
+    if (!writing_) do_write();
+    close("slow_consumer: " + message);
+  }
+
+  void do_write() {
+    writing_ = true;
+    ws_.async_write(net::buffer(queue_.front()),
+                    beast::bind_front_handler(&WsSession::on_write, this->shared_from_this()));
+  }
+
+  void on_write(beast::error_code ec, std::size_t) {
+    writing_ = false;
+    if (ec) {
+      shared_->fail(ec, peer_, "write");
+      queue_.clear();
+      queued_bytes_ = 0;
+      close_socket();
+      return finish("write failed: " + ec.message());
+    }
+    queued_bytes_ -= queue_.front().size();
+    queue_.pop_front();
+    if (state_ == State::kClosed) return;
+    if (!queue_.empty()) return do_write();
+    if (state_ == State::kClosing) do_close();
+  }
+
+  void do_close() {
+    if (close_sent_) return;
+    close_sent_ = true;
+    websocket::close_reason reason;
+    reason.code = close_code_for(close_reason_);
+    reason.reason = close_reason_text(close_reason_);
+    ws_.async_close(reason,
+                    beast::bind_front_handler(&WsSession::on_close, this->shared_from_this()));
+  }
+
+  void on_close(beast::error_code ec) {
+    if (ec) shared_->fail(ec, peer_, "close");
+    finish(close_reason_);
+  }
+
+  void close_socket() {
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  // The connection is over: tell the hub, once.
+  void finish(const std::string& reason) {
+    if (state_ == State::kClosed) return;
+    const bool was_open = state_ != State::kHandshaking;
+    state_ = State::kClosed;
+    if (was_open) --shared_->open_websockets;
+    if (!writing_) {
+      queue_.clear();
+      queued_bytes_ = 0;
+    }
+    Handlers handlers = std::move(handlers_);
+    handlers_ = {};
+    if (handlers.on_close) handlers.on_close(close_reason_.empty() ? reason : close_reason_);
+  }
+
+  std::shared_ptr<Shared> shared_;
+  websocket::stream<Stream> ws_;
+  beast::flat_buffer buffer_;
+  std::string peer_;
+  std::string ns_;
+  Handlers handlers_;
+  State state_ = State::kHandshaking;
+  std::deque<std::string> queue_;  // front() is being written while writing_
+  std::size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool close_sent_ = false;
+  std::string close_reason_;
+};
+
+// A connection before it is a WebSocket: the TLS handshake, then HTTP requests until one is an
+// upgrade.
+template <class Stream>
+class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession<Stream>> {
+ public:
+  HttpSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer)
+      : shared_(std::move(shared)), stream_(std::move(stream)), peer_(std::move(peer)) {}
+
+  ~HttpSession() override { shared_->sessions.erase(this); }
+
+  void run() {
+    shared_->sessions[this] = this->shared_from_this();
+    if constexpr (kIsTls<Stream>) {
+      expire_soon();
+      stream_.async_handshake(
+          ssl::stream_base::server,
+          beast::bind_front_handler(&HttpSession::on_handshake, this->shared_from_this()));
+    } else {
+      do_read();
+    }
+  }
+
+  void shutdown() override {
+    if (upgraded_) return;
+    beast::error_code ignored;
+    beast::get_lowest_layer(stream_).socket().close(ignored);
+  }
+
+ private:
+  void expire_soon() {
+    beast::get_lowest_layer(stream_).expires_after(
+        std::chrono::seconds(shared_->options.handshake_timeout_seconds));
+  }
+
+  void on_handshake(beast::error_code ec) {
+    if (ec) {
+      ++shared_->counters.handshake_failures;
+      return shared_->fail(ec, peer_, "tls handshake");
+    }
+    do_read();
+  }
+
+  void do_read() {
+    parser_.emplace();
+    parser_->header_limit(kMaxHttpRequestBytes);
+    parser_->body_limit(kMaxHttpRequestBytes);
+    expire_soon();
+    http::async_read(stream_, buffer_, *parser_,
+                     beast::bind_front_handler(&HttpSession::on_read, this->shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec == http::error::end_of_stream) return do_eof();
+    if (ec) return shared_->fail(ec, peer_, "http read");
+    auto request = parser_->release();
+    if (websocket::is_upgrade(request)) {
+      if (shared_->stopping)
+        return respond(request, http::status::service_unavailable, "stopping\n");
+      std::string_view target(request.target().data(), request.target().size());
+      target = target.substr(0, target.find('?'));
+      std::string ns(target.empty() ? "" : target.substr(1));
+      upgraded_ = true;
+      auto session = std::make_shared<WsSession<Stream>>(std::move(stream_), shared_,
+                                                         std::move(peer_), std::move(ns));
+      http::request<http::empty_body> header(std::move(request.base()));
+      return session->run(std::move(header));
+    }
+    ++shared_->counters.http_requests;
+    if (request.method() != http::verb::get && request.method() != http::verb::head)
+      return respond(request, http::status::method_not_allowed, "only GET is served\n");
+    const std::string_view target(request.target().data(), request.target().size());
+    if (target == "/healthz") return respond(request, http::status::ok, "ok\n");
+    if (target == "/metrics" && shared_->options.metrics)
+      return respond(request, http::status::ok, shared_->options.metrics(),
+                     "text/plain; version=0.0.4; charset=utf-8");
+    respond(request, http::status::not_found, "not found\n");
+  }
+
+  template <class Request>
+  void respond(const Request& request, http::status status, std::string body,
+               const char* content_type = "text/plain; charset=utf-8") {
+    response_.emplace(status, request.version());
+    response_->set(http::field::server, "lattice");
+    response_->set(http::field::content_type, content_type);
+    response_->keep_alive(request.keep_alive() && !shared_->stopping);
+    const bool head = request.method() == http::verb::head;
+    response_->body() = std::move(body);
+    response_->prepare_payload();
+    if (head) response_->body().clear();
+    expire_soon();
+    http::async_write(stream_, *response_,
+                      beast::bind_front_handler(&HttpSession::on_write, this->shared_from_this()));
+  }
+
+  void on_write(beast::error_code ec, std::size_t) {
+    if (ec) return shared_->fail(ec, peer_, "http write");
+    const bool keep_alive = response_->keep_alive();
+    response_.reset();
+    if (!keep_alive) return do_eof();
+    do_read();
+  }
+
+  void do_eof() {
+    if constexpr (kIsTls<Stream>) {
+      expire_soon();
+      stream_.async_shutdown(
+          beast::bind_front_handler(&HttpSession::on_shutdown, this->shared_from_this()));
+    } else {
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+  }
+
+  void on_shutdown(beast::error_code) {}
+
+  std::shared_ptr<Shared> shared_;
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::string peer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<http::response<http::string_body>> response_;
+  bool upgraded_ = false;
+};
+
+}  // namespace
+
+void WebSocketServer::Shared::do_accept() {
+  acceptor.async_accept(io, beast::bind_front_handler(&Shared::on_accept, shared_from_this()));
+}
+
+void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket) {
+  if (stopping || !acceptor.is_open()) return;
+  if (ec) {
+    log(std::string("accept: ") + ec.message());
+    // Out of file descriptors and the like: try again shortly rather than spin.
+    retry_timer.expires_after(std::chrono::milliseconds(100));
+    retry_timer.async_wait([self = shared_from_this()](beast::error_code wait_ec) {
+      if (!wait_ec && !self->stopping) self->do_accept();
+    });
+    return;
+  }
+  beast::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  std::string peer = endpoint_text(socket);
+  if (tls) {
+    std::make_shared<HttpSession<TlsStream>>(TlsStream(std::move(socket), *tls), shared_from_this(),
+                                             std::move(peer))
+        ->run();
+  } else {
+    std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), shared_from_this(),
+                                               std::move(peer))
+        ->run();
+  }
+  do_accept();
+}
+
+WebSocketServer::WebSocketServer(boost::asio::io_context& io, WebSocketServerOptions options) {
+  if (!options.on_connection)
+    throw Error(ErrorCode::kInvalidArgument, "websocket server: on_connection is required");
+  shared_ = std::make_shared<Shared>(io, std::move(options));
+  Shared& s = *shared_;
+  const auto& opts = s.options;
+
+  if (!opts.insecure) {
+    if (opts.tls_cert_file.empty() || opts.tls_key_file.empty())
+      throw Error(ErrorCode::kInvalidArgument,
+                  "TLS needs both a certificate and a key file (or run insecure)");
+    s.tls.emplace(ssl::context::tls_server);
+    s.tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
+                       ssl::context::single_dh_use);
+    // Idle connections give their TLS read and write buffers back (tens of KiB each).
+    SSL_CTX_set_mode(s.tls->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+    beast::error_code ec;
+    s.tls->use_certificate_chain_file(opts.tls_cert_file, ec);
+    if (ec)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "cannot load TLS certificate '" + opts.tls_cert_file + "': " + ec.message());
+    s.tls->use_private_key_file(opts.tls_key_file, ssl::context::pem, ec);
+    if (ec)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "cannot load TLS key '" + opts.tls_key_file + "': " + ec.message());
+  }
+
+  beast::error_code ec;
+  const auto address = net::ip::make_address(opts.host, ec);
+  if (ec)
+    throw Error(ErrorCode::kInvalidArgument,
+                "'" + opts.host + "' is not an IP address: " + ec.message());
+  const tcp::endpoint endpoint(address, opts.port);
+  const std::string where = "listen on " + opts.host + ":" + std::to_string(opts.port);
+  s.acceptor.open(endpoint.protocol(), ec);
+  if (!ec) s.acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) s.acceptor.bind(endpoint, ec);
+  if (!ec) s.acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw Error(ErrorCode::kIo, "cannot " + where + ": " + ec.message());
+  s.port = s.acceptor.local_endpoint().port();
+  s.host = opts.host;
+}
+
+WebSocketServer::~WebSocketServer() { stop(); }
+
+std::uint16_t WebSocketServer::port() const { return shared_->port; }
+const std::string& WebSocketServer::host() const { return shared_->host; }
+
+void WebSocketServer::start() {
+  if (shared_->stopping) return;
+  shared_->do_accept();
+}
+
+void WebSocketServer::stop() {
+  Shared& s = *shared_;
+  if (s.stopping) return;
+  s.stopping = true;
+  beast::error_code ignored;
+  s.acceptor.close(ignored);
+  s.retry_timer.cancel();
+  std::vector<std::shared_ptr<Session>> sessions;
+  for (const auto& [raw, weak] : s.sessions)
+    if (auto session = weak.lock()) sessions.push_back(std::move(session));
+  for (const auto& session : sessions) session->shutdown();
+}
+
+std::size_t WebSocketServer::open_connections() const { return shared_->open_websockets; }
+const WebSocketServerCounters& WebSocketServer::counters() const { return shared_->counters; }
+
+}  // namespace lattice::transport

@@ -1,0 +1,96 @@
+#pragma once
+// The relay's network front: one TCP port serving WebSocket connections (one per device, the
+// namespace in the URL path) and plain HTTP (`GET /healthz`, `GET /metrics`), over TLS or, when
+// configured insecure, in the clear. Each accepted WebSocket is handed out as a
+// transport::Connection; the sync logic never sees Beast.
+//
+// Threading: the server and every connection it hands out run on one io_context, driven by one
+// thread. Every member function, and every Connection call, must be made on that thread (or
+// before io_context::run() starts). Handlers and callbacks run on that thread too.
+
+#include <boost/asio/io_context.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "transport/connection.hpp"
+#include "transport/frame.hpp"
+
+namespace lattice::transport {
+
+struct WebSocketServerOptions {
+  std::string host = "127.0.0.1";  // a literal address to listen on ("0.0.0.0", "::1", ...)
+  std::uint16_t port = 0;          // 0: the OS picks one; see WebSocketServer::port()
+
+  // PEM files of the certificate chain and its private key. Both empty only with `insecure`.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  bool insecure = false;  // plain ws:// and http:// (tests, local development)
+
+  // A WebSocket message longer than this is refused with an error frame of code
+  // frame_too_large, then the connection is closed. Text messages are refused as malformed.
+  std::size_t max_frame_bytes = kDefaultMaxFrameBytes;
+  // Bytes queued for one connection and not yet written. Past it, the connection is dropped
+  // with an error frame of code slow_consumer (the device catches up when it reconnects).
+  std::size_t max_outbound_bytes = 8u << 20;
+  // TLS handshake plus the HTTP request (or WebSocket upgrade) must complete within this.
+  int handshake_timeout_seconds = 30;
+
+  // A WebSocket upgrade for `/NAMESPACE` was accepted. `ns` is the path without its '/',
+  // not validated (the hub refuses bad names with an error frame). Required.
+  std::function<void(std::shared_ptr<Connection> connection, std::string ns)> on_connection;
+  // The body of `GET /metrics` (Prometheus text format). Empty function: 404.
+  std::function<std::string()> metrics;
+  // One line per notable event (failed handshakes, dropped slow consumers). May be empty.
+  std::function<void(const std::string& line)> log;
+};
+
+// What the server itself refused or dropped, beyond what the hub counts.
+struct WebSocketServerCounters {
+  std::uint64_t websocket_accepted = 0;
+  std::uint64_t http_requests = 0;
+  std::uint64_t handshake_failures = 0;  // TLS or WebSocket handshakes that failed or timed out
+  std::uint64_t slow_consumers = 0;      // connections dropped for a full outbound queue
+  // Frames refused before they reached the hub, by wire error name ("frame_too_large",
+  // "malformed" for text messages).
+  std::map<std::string, std::uint64_t> rejected;
+};
+
+class WebSocketServer {
+ public:
+  // Binds and listens (accepting starts with start()). Throws lattice::Error: kInvalidArgument
+  // for a bad address, missing TLS files without `insecure`, or unreadable certificate or key
+  // (the message names the file); kIo when the address cannot be bound.
+  WebSocketServer(boost::asio::io_context& io, WebSocketServerOptions options);
+  // Stops (as stop()) if still running. Pending operations finish on the io_context.
+  ~WebSocketServer();
+  WebSocketServer(const WebSocketServer&) = delete;
+  WebSocketServer& operator=(const WebSocketServer&) = delete;
+
+  // The bound port (the real one when options.port was 0) and host.
+  std::uint16_t port() const;
+  const std::string& host() const;
+
+  // Starts accepting connections.
+  void start();
+
+  // Graceful stop: stops accepting, closes every WebSocket with a close frame (after the frames
+  // already queued on it) and every HTTP connection. io_context::run() returns once they are
+  // closed; a peer that never answers the close frame is dropped after the handshake timeout.
+  // Idempotent.
+  void stop();
+
+  // WebSocket connections currently open (handed out and not yet closed).
+  std::size_t open_connections() const;
+  const WebSocketServerCounters& counters() const;
+
+  struct Shared;
+
+ private:
+  std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace lattice::transport
