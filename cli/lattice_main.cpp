@@ -1,7 +1,12 @@
-// The `lattice` command-line tool: a replica's SQL shell and changeset exchange by files.
+// The `lattice` command-line tool: a replica's SQL shell, changeset exchange by files, and sync
+// with a relay.
 // Its contract (commands, output, exit status) is in README.md and docs/cli.md.
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +25,8 @@ constexpr const char* kUsage = R"(usage:
                                                write the changes a holder of VVFILE lacks
   lattice apply DB FILE                        merge a changeset file; print how many applied
   lattice vv DB                                print the replica's version vector as JSON
+  lattice sync DB URL --token T [--once] [--ca-file FILE] [--timeout SECONDS]
+               [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
 )";
 
 struct UsageError : std::runtime_error {
@@ -104,6 +111,115 @@ std::string one_line(std::string text) {
   return text;
 }
 
+// Seconds as given to --timeout: a non-negative decimal number.
+double parse_seconds(const std::string& text) {
+  double value = -1;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || !(value >= 0) || value > 1e9)
+    throw UsageError("--timeout takes a number of seconds, not '" + text + "'");
+  return value;
+}
+
+// `lattice sync`: see docs/cli.md.
+int run_sync(const std::vector<std::string>& args) {
+  if (args.size() < 3) throw UsageError("'sync' needs DB and URL");
+  const std::string& db = args[1];
+  const std::string& url = args[2];
+  std::string token;
+  bool once = false, has_token = false;
+  double timeout_seconds = -1;
+  lattice::SyncClientOptions options;
+  for (std::size_t i = 3; i < args.size(); ++i) {
+    if (args[i] == "--token" && i + 1 < args.size()) {
+      token = args[++i];
+      has_token = true;
+    } else if (args[i] == "--once") {
+      once = true;
+    } else if (args[i] == "--ca-file" && i + 1 < args.size()) {
+      options.ca_file = args[++i];
+    } else if (args[i] == "--timeout" && i + 1 < args.size()) {
+      timeout_seconds = parse_seconds(args[++i]);
+    } else if (args[i] == "--allow-insecure-remote") {
+      options.allow_insecure_remote = true;
+    } else {
+      throw UsageError("unexpected argument '" + args[i] + "' to 'sync'");
+    }
+  }
+  if (!has_token) throw UsageError("'sync' needs --token TOKEN");
+  if (timeout_seconds < 0) timeout_seconds = once ? 60 : 0;
+  if (!std::filesystem::exists(db))
+    throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + db + "'");
+
+  using Clock = std::chrono::steady_clock;
+  const auto started = Clock::now();
+  const auto timeout =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
+  auto fail_with_status = [](const lattice::SyncStatus& status) {
+    std::fprintf(stderr, "lattice: %s\n", one_line(status.last_error).c_str());
+    return 1;
+  };
+
+  if (once) {
+    lattice::SyncClient client(db, url, token, options);
+    client.start();
+    const bool in_sync =
+        client.wait_until_in_sync(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+    const lattice::SyncStatus status = client.status();
+    client.stop();
+    if (in_sync) {
+      std::printf("in sync\n");
+      return 0;
+    }
+    if (status.fatal) return fail_with_status(status);
+    std::fprintf(
+        stderr, "lattice: timed_out: timed out after %g s, not in sync (%s, %llu pending%s%s)\n",
+        timeout_seconds, lattice::sync_state_name(status.state),
+        static_cast<unsigned long long>(status.pending),
+        status.last_error.empty() ? "" : "; last error: ", one_line(status.last_error).c_str());
+    return 1;
+  }
+
+  // Until SIGINT or SIGTERM. Blocked here, before the client's thread exists, so that only
+  // sigtimedwait below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  lattice::SyncState printed_state = lattice::SyncState::kOffline;
+  bool printed_any = false;
+  std::string printed_error;
+  options.on_status = [&](const lattice::SyncStatus& status) {
+    // On the client's thread; main() only reads the client through status().
+    if (!printed_any || status.state != printed_state) {
+      std::printf("state: %s, pending %llu\n", lattice::sync_state_name(status.state),
+                  static_cast<unsigned long long>(status.pending));
+      printed_state = status.state;
+      printed_any = true;
+    }
+    if (!status.last_error.empty() && status.last_error != printed_error) {
+      std::printf("error: %s\n", one_line(status.last_error).c_str());
+      printed_error = status.last_error;
+    }
+    std::fflush(stdout);
+  };
+  lattice::SyncClient client(db, url, token, options);
+  client.start();
+  const timespec tick{0, 100'000'000};
+  for (;;) {
+    if (sigtimedwait(&signals, nullptr, &tick) > 0) break;
+    const lattice::SyncStatus status = client.status();
+    if (status.fatal) {
+      client.stop();
+      return fail_with_status(status);
+    }
+    if (timeout_seconds > 0 && Clock::now() - started >= timeout) break;
+  }
+  client.stop();
+  return 0;
+}
+
 int run(const std::vector<std::string>& args) {
   if (args.empty()) throw UsageError("missing command");
   const std::string& command = args[0];
@@ -164,6 +280,7 @@ int run(const std::vector<std::string>& args) {
     std::printf("%s\n", replica->version_vector().to_json().c_str());
     return 0;
   }
+  if (command == "sync") return run_sync(args);
   if (command == "help" || command == "--help" || command == "-h") {
     std::fputs(kUsage, stdout);
     return 0;

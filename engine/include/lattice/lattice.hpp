@@ -9,7 +9,11 @@
 //   std::string bytes = lattice::encode(replica->changes_since(peer_vector));
 //   other->apply(lattice::decode(bytes));
 //
-// Replica is documented in storage/replica.hpp, Changeset and VersionVector in crdt/.
+//   lattice::SyncClient sync("todo.db", "wss://relay.example:4433/board", token);
+//   sync.start();  // keeps todo.db in sync on its own thread until sync.stop()
+//
+// Replica is documented in storage/replica.hpp, Changeset and VersionVector in crdt/,
+// SyncClient in engine/sync/sync_client.hpp.
 
 #include <string>
 #include <string_view>
@@ -18,6 +22,7 @@
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "crdt/version_vector.hpp"
+#include "engine/sync/sync_client.hpp"
 #include "storage/replica.hpp"
 
 namespace lattice {
@@ -26,6 +31,11 @@ using crdt::Changeset;
 using crdt::SiteId;
 using crdt::Value;
 using crdt::VersionVector;
+using engine::sync_state_name;
+using engine::SyncClient;
+using engine::SyncClientOptions;
+using engine::SyncState;
+using engine::SyncStatus;
 using storage::ApplyResult;
 using storage::ChangeEvent;
 using storage::QueryResult;

@@ -1,0 +1,546 @@
+// Devices syncing through a real `lattice-relay` over TLS on 127.0.0.1: offline edits that
+// converge, live propagation between connected devices (latency printed), a relay SIGKILLed
+// and restarted mid-stream, and refusals (ws:// to a remote host, a bad token, an untrusted
+// certificate). Every process the test starts is killed by an RAII guard; every wait is bounded.
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/sync/sync_client.hpp"
+#include "storage/replica.hpp"
+
+#ifndef LATTICE_CLI_PATH
+#error "LATTICE_CLI_PATH must name the lattice executable"
+#endif
+#ifndef LATTICE_RELAY_PATH
+#error "LATTICE_RELAY_PATH must name the lattice-relay executable"
+#endif
+
+namespace lattice {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr const char* kSchema =
+    "CREATE TABLE todo(id TEXT PRIMARY KEY, title TEXT, done INTEGER NOT NULL DEFAULT 0, "
+    "votes INTEGER NOT NULL DEFAULT 0); SELECT lattice_replicate('todo', "
+    "'{\"votes\":\"counter\"}');";
+constexpr const char* kNamespace = "board";
+
+std::string read_all(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.pop_back();
+  return text;
+}
+
+// A fresh directory, removed afterwards.
+class Sandbox {
+ public:
+  Sandbox() {
+    std::string pattern = (fs::temp_directory_path() / "lattice-sync-XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    dir_ = pattern;
+  }
+  ~Sandbox() {
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+ private:
+  fs::path dir_;
+};
+
+// A child process with stdout and stderr in files. Killed (SIGKILL) and reaped when destroyed
+// if still running.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, std::string out_path, std::string err_path)
+      : out_path_(std::move(out_path)), err_path_(std::move(err_path)) {
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      const int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (out < 0 || err < 0) _exit(126);
+      dup2(out, STDOUT_FILENO);
+      dup2(err, STDERR_FILENO);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (!exited_) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      waitpid(pid_, &status, 0);
+    }
+  }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  void signal(int sig) {
+    if (!exited_) ::kill(pid_, sig);
+  }
+  // The exit status (-1 when killed by a signal), or nothing if still running after `timeout`.
+  std::optional<int> wait(milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (!exited_) {
+      int status = 0;
+      const pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        exited_ = true;
+        status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        break;
+      }
+      if (Clock::now() >= deadline) return std::nullopt;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    return status_;
+  }
+  // Waits for a line of stdout starting with `prefix`; returns the line.
+  std::optional<std::string> wait_for_line(const std::string& prefix, milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+      std::istringstream lines(out());
+      for (std::string line; std::getline(lines, line);)
+        if (line.rfind(prefix, 0) == 0) return line;
+      if (Clock::now() >= deadline || wait(milliseconds(0))) return std::nullopt;
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+  }
+  std::string out() const { return read_all(out_path_); }
+  std::string err() const { return read_all(err_path_); }
+
+ private:
+  std::string out_path_, err_path_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int status_ = -1;
+};
+
+struct Result {
+  int status = -1;
+  std::string out, err;
+  double seconds = 0;
+};
+
+std::atomic<int> run_counter{0};
+
+// Runs a program to completion (killed after `timeout`).
+Result run(const Sandbox& box, std::vector<std::string> argv, milliseconds timeout = seconds(90)) {
+  const int n = run_counter++;
+  const std::string program = argv.front();
+  const auto started = Clock::now();
+  Process process(std::move(argv), box.path("run" + std::to_string(n) + ".out"),
+                  box.path("run" + std::to_string(n) + ".err"));
+  const auto status = process.wait(timeout);
+  Result r;
+  r.status = status ? *status : -2;
+  r.out = process.out();
+  r.err = process.err();
+  r.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  REQUIRE_MESSAGE(r.status != 127, "cannot run " << program << ": " << r.err);
+  return r;
+}
+
+Result lattice(const Sandbox& box, std::vector<std::string> args,
+               milliseconds timeout = seconds(90)) {
+  args.insert(args.begin(), LATTICE_CLI_PATH);
+  return run(box, std::move(args), timeout);
+}
+
+std::string must(const Result& r, const std::string& what) {
+  INFO(what << "\nstdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  return r.out;
+}
+
+// The relay, its certificate, key file and schema: everything a test needs to sync.
+class RelayFixture {
+ public:
+  explicit RelayFixture(Sandbox& box) : box_(box) {
+    must(run(box_, {"/usr/bin/env", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", box_.path("k.pem"),
+                    "-out", box_.path("c.pem")}),
+         "openssl req");
+    std::ofstream(box_.path("keys")) << "k1 0123456789abcdef0123456789abcdef0123456789abcdef\n";
+    std::ofstream(box_.path("schema.sql")) << kSchema << "\n";
+    fs::create_directories(box_.path("data"));
+  }
+
+  // Starts the relay on `port` (0: any) and returns the port it listens on.
+  int start(int port = 0) {
+    // Restarting on a fixed port may briefly find it busy; try a few times.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      const std::string tag = "relay" + std::to_string(++starts_);
+      process_ = std::make_unique<Process>(
+          std::vector<std::string>{LATTICE_RELAY_PATH, "serve", "--listen",
+                                   "127.0.0.1:" + std::to_string(port), "--data", box_.path("data"),
+                                   "--key-file", box_.path("keys"), "--tls-cert",
+                                   box_.path("c.pem"), "--tls-key", box_.path("k.pem"), "--schema",
+                                   box_.path("schema.sql")},
+          box_.path(tag + ".out"), box_.path(tag + ".err"));
+      const auto line = process_->wait_for_line("listening on ", seconds(15));
+      if (line) {
+        port_ = std::stoi(line->substr(line->rfind(':') + 1));
+        return port_;
+      }
+      INFO("relay stderr: " << process_->err());
+      REQUIRE_MESSAGE(port != 0, "the relay did not print 'listening on'");
+      process_.reset();
+      std::this_thread::sleep_for(milliseconds(250));
+    }
+    FAIL("the relay could not listen on port " << port);
+    return 0;
+  }
+  void kill9() {
+    process_->signal(SIGKILL);
+    REQUIRE(process_->wait(seconds(10)).has_value());
+  }
+  void stop() {
+    process_->signal(SIGTERM);
+    if (!process_->wait(seconds(10))) kill9();
+  }
+  int port() const { return port_; }
+  std::string url() const { return "wss://127.0.0.1:" + std::to_string(port_) + "/" + kNamespace; }
+  std::string ca_file() const { return box_.path("c.pem"); }
+  std::string relay_file() const { return box_.path(std::string("data/") + kNamespace + ".db"); }
+
+  std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write") {
+    return trim(must(run(box_, {LATTICE_RELAY_PATH, "token", "--key-file", box_.path("keys"),
+                                "--ns", ns, "--rights", rights, "--ttl", "1h"}),
+                     "lattice-relay token"));
+  }
+
+  // A new device: a replica file with the todo table, made by `lattice exec`.
+  std::string device(const std::string& name) {
+    const std::string path = box_.path(name + ".db");
+    must(lattice(box_, {"exec", path, kSchema}), "create " + name);
+    return path;
+  }
+
+ private:
+  Sandbox& box_;
+  std::unique_ptr<Process> process_;
+  int port_ = 0;
+  int starts_ = 0;
+};
+
+// The todo table of a replica file, read with plain SQLite (read-only), one line per row.
+std::string dump_todo(const std::string& path) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_stmt* statement = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT id, title, done, votes FROM todo ORDER BY id", -1,
+                             &statement, nullptr) == SQLITE_OK);
+  std::string out;
+  int rc;
+  while ((rc = sqlite3_step(statement)) == SQLITE_ROW) {
+    for (int i = 0; i < 4; ++i) {
+      if (i) out += '|';
+      if (sqlite3_column_type(statement, i) == SQLITE_NULL)
+        out += "NULL";
+      else
+        out += reinterpret_cast<const char*>(sqlite3_column_text(statement, i));
+    }
+    out += '\n';
+  }
+  CHECK(rc == SQLITE_DONE);
+  sqlite3_finalize(statement);
+  sqlite3_close(db);
+  return out;
+}
+
+std::string sync_once(Sandbox& box, RelayFixture& relay, const std::string& db,
+                      const std::string& token) {
+  const Result r = lattice(box, {"sync", db, relay.url(), "--token", token, "--once", "--ca-file",
+                                 relay.ca_file(), "--timeout", "60"});
+  INFO("sync " << db << "\nstdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status == 0);
+  CHECK(r.err.empty());
+  return r.out;
+}
+
+TEST_CASE("three devices that edited offline converge with each other and the relay") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string d1 = relay.device("d1"), d2 = relay.device("d2"), d3 = relay.device("d3");
+
+  // Shared starting rows, spread by syncing.
+  must(lattice(box, {"exec", d1,
+                     "INSERT INTO todo(id, title) VALUES ('x', 'start'), ('y', 'start'), "
+                     "('z', 'start')"}),
+       "seed rows");
+  const auto t0 = Clock::now();
+  for (const auto& d : {d1, d2, d3}) sync_once(box, relay, d, token);
+  const double first_round = std::chrono::duration<double>(Clock::now() - t0).count();
+  CHECK(dump_todo(d2) == dump_todo(d1));
+  CHECK(dump_todo(d3) == dump_todo(d1));
+
+  // Offline: overlapping rows, counters, deletes, concurrent inserts of one key.
+  must(lattice(box, {"exec", d1,
+                     "UPDATE todo SET title = 'one', votes = votes + 1 WHERE id = 'x';"
+                     "DELETE FROM todo WHERE id = 'y';"
+                     "INSERT INTO todo(id, title) VALUES ('p1', 'from d1')"}),
+       "d1 edits");
+  must(lattice(box, {"exec", d2,
+                     "UPDATE todo SET title = 'two', votes = votes + 2 WHERE id = 'x';"
+                     "UPDATE todo SET done = 1 WHERE id = 'z';"
+                     "INSERT INTO todo(id, title, votes) VALUES ('shared', 'two', 1)"}),
+       "d2 edits");
+  must(lattice(box, {"exec", d3,
+                     "UPDATE todo SET votes = votes + 3 WHERE id = 'x';"
+                     "DELETE FROM todo WHERE id = 'z';"
+                     "INSERT INTO todo(id, title, votes) VALUES ('shared', 'three', 5);"
+                     "UPDATE todo SET votes = votes - 1 WHERE id = 'shared'"}),
+       "d3 edits");
+
+  // Twice around, so everyone receives everyone's changes.
+  const auto t1 = Clock::now();
+  for (int round = 0; round < 2; ++round)
+    for (const auto& d : {d1, d2, d3}) sync_once(box, relay, d, token);
+  const double two_rounds = std::chrono::duration<double>(Clock::now() - t1).count();
+  MESSAGE("sync --once: first round of 3 devices " << first_round << " s, two rounds " << two_rounds
+                                                   << " s");
+
+  const std::string expected = dump_todo(d1);
+  CHECK(dump_todo(d2) == expected);
+  CHECK(dump_todo(d3) == expected);
+  // The counter adds every device's increments: 0 + 1 + 2 + 3.
+  CHECK(expected.find("x|") != std::string::npos);
+  CHECK(expected.find("|6\n") != std::string::npos);
+  CHECK(expected.find("p1|from d1|0|0\n") != std::string::npos);
+  CHECK(expected.find("y|") == std::string::npos);  // deleted on d1, untouched elsewhere
+  relay.stop();
+  CHECK(dump_todo(relay.relay_file()) == expected);
+  MESSAGE("converged table:\n" << expected);
+}
+
+// Waits until `condition` holds, polling every 2 ms; false after `timeout`.
+template <class Condition>
+bool eventually(milliseconds timeout, Condition condition) {
+  const auto deadline = Clock::now() + timeout;
+  while (!condition()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return true;
+}
+
+bool has_row(const std::string& path, const std::string& id) {
+  return dump_todo(path).find(id + "|") != std::string::npos;
+}
+
+TEST_CASE("a write on one connected device shows up on another while both are connected") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string a = relay.device("a"), b = relay.device("b");
+
+  // Device a: a SyncClient in this process. Device b: `lattice sync` without --once.
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  engine::SyncClient client_a(a, relay.url(), token, options);
+  client_a.start();
+  REQUIRE(client_a.wait_until_in_sync(seconds(20)));
+  Process b_sync(
+      {LATTICE_CLI_PATH, "sync", b, relay.url(), "--token", token, "--ca-file", relay.ca_file()},
+      box.path("b-sync.out"), box.path("b-sync.err"));
+  REQUIRE_MESSAGE(b_sync.wait_for_line("state: live", seconds(20)),
+                  "b never went live: " << b_sync.out() << b_sync.err());
+
+  std::vector<double> latencies_ms;
+  for (int i = 0; i < 5; ++i) {
+    // a -> b: written by another process (`lattice exec` on a's file), noticed by a's poller.
+    const std::string id = "live" + std::to_string(i);
+    const auto start = Clock::now();
+    must(lattice(box, {"exec", a, "INSERT INTO todo(id, title) VALUES ('" + id + "', 'hi')"}),
+         "write on a");
+    const auto written = Clock::now();
+    REQUIRE_MESSAGE(eventually(seconds(5), [&] { return has_row(b, id); }),
+                    "b did not receive " << id << "; b says: " << b_sync.out());
+    const auto seen = Clock::now();
+    latencies_ms.push_back(std::chrono::duration<double, std::milli>(seen - written).count());
+    MESSAGE("a->b " << id << ": " << latencies_ms.back() << " ms after `lattice exec` exited ("
+                    << std::chrono::duration<double, std::milli>(seen - start).count()
+                    << " ms after it started)");
+  }
+  // b -> a: a write by another process on b's file reaches a's SyncClient.
+  const auto start = Clock::now();
+  must(lattice(box, {"exec", b, "INSERT INTO todo(id, title) VALUES ('back', 'from b')"}),
+       "write on b");
+  REQUIRE(eventually(seconds(5), [&] { return has_row(a, "back"); }));
+  MESSAGE("b->a: " << std::chrono::duration<double, std::milli>(Clock::now() - start).count()
+                   << " ms after `lattice exec` started");
+  CHECK(client_a.wait_until_in_sync(seconds(10)));
+  CHECK(client_a.state() == engine::SyncState::kLive);
+
+  b_sync.signal(SIGTERM);
+  const auto status = b_sync.wait(seconds(10));
+  REQUIRE(status.has_value());
+  CHECK(*status == 0);
+  CHECK(b_sync.out().find("state: live") != std::string::npos);
+  client_a.stop();
+  CHECK(dump_todo(a) == dump_todo(b));
+}
+
+TEST_CASE("a relay killed during a stream of writes loses nothing it acknowledged") {
+  Sandbox box;
+  RelayFixture relay(box);
+  const int port = relay.start();
+  const std::string token = relay.token();
+  const std::string path = relay.device("streamer");
+
+  std::mutex states_mutex;
+  std::vector<engine::SyncState> states;
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.min_backoff = milliseconds(50);
+  options.max_backoff = milliseconds(500);
+  options.on_status = [&](const engine::SyncStatus& status) {
+    std::lock_guard lock(states_mutex);
+    if (states.empty() || states.back() != status.state) states.push_back(status.state);
+  };
+  engine::SyncClient client(path, relay.url(), token, options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+
+  // The application's own connection to the file, writing one row per transaction.
+  auto app = storage::Replica::open(path);
+  const crdt::SiteId site = app->site_id();
+  const std::uint64_t first_seq = app->version_vector().get(site);
+  int written = 0;
+  auto write_rows = [&](int count) {
+    for (int i = 0; i < count; ++i, ++written) {
+      app->exec("INSERT INTO todo(id, title) VALUES ('r" + std::to_string(written) + "', 'w')");
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+  };
+  write_rows(300);
+  // What the relay has acknowledged as durable, as the client last heard; then the kill,
+  // while writes continue.
+  const std::uint64_t acked_seq = client.status().relay_held.get(site);
+  relay.kill9();
+  CHECK(acked_seq > first_seq);
+  write_rows(50);
+
+  // Every acknowledged transaction is in the relay's file.
+  {
+    auto relay_replica = storage::Replica::open(relay.relay_file());
+    const std::uint64_t durable = relay_replica->version_vector().get(site);
+    CHECK(durable >= acked_seq);
+    const std::string rows = dump_todo(relay.relay_file());
+    for (std::uint64_t seq = first_seq + 1; seq <= acked_seq; ++seq) {
+      const std::string id = "r" + std::to_string(seq - first_seq - 1);
+      if (rows.find(id + "|") == std::string::npos) {
+        FAIL_CHECK("acknowledged row " << id << " is missing from the relay's file");
+        break;
+      }
+    }
+    MESSAGE("acknowledged before the kill: " << acked_seq - first_seq << " of " << 300
+                                             << " transactions; durable: " << durable - first_seq);
+  }
+
+  REQUIRE(relay.start(port) == port);
+  const auto restarted = Clock::now();
+  write_rows(50);
+  REQUIRE(client.wait_until_in_sync(seconds(30)));
+  MESSAGE("in sync again " << std::chrono::duration<double>(Clock::now() - restarted).count()
+                           << " s after the restart");
+  {
+    std::lock_guard lock(states_mutex);
+    std::string trail;
+    for (auto s : states) trail += std::string(engine::sync_state_name(s)) + " ";
+    MESSAGE("states: " << trail);
+    // live, then offline when the relay died, then live again by itself.
+    const auto offline = std::find(states.begin(), states.end(), engine::SyncState::kOffline);
+    CHECK(std::find(offline, states.end(), engine::SyncState::kLive) != states.end());
+  }
+  client.stop();
+  app.reset();
+  relay.stop();
+  const std::string device_rows = dump_todo(path);
+  CHECK(dump_todo(relay.relay_file()) == device_rows);
+  CHECK(std::count(device_rows.begin(), device_rows.end(), '\n') == written);
+}
+
+TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string db = relay.device("d");
+
+  SUBCASE("ws:// to a host that is not loopback is refused before connecting") {
+    // 10.255.255.1 does not answer: a connection attempt would hang until the timeout.
+    const Result r = lattice(box, {"sync", db, "ws://10.255.255.1:9/board", "--token", "t",
+                                   "--once", "--timeout", "20"});
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("lattice: invalid_argument: refusing ws://", 0) == 0);
+    CHECK(r.err.find("loopback") != std::string::npos);
+    CHECK(r.seconds < 5);
+  }
+  SUBCASE("a bad token gets unauthorized and exit status 1") {
+    const Result r = lattice(box, {"sync", db, relay.url(), "--token", "not-a-token", "--once",
+                                   "--ca-file", relay.ca_file(), "--timeout", "20"});
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("lattice: unauthorized: ", 0) == 0);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(r.seconds < 10);
+  }
+  SUBCASE("a token for another namespace gets unauthorized") {
+    const Result r = lattice(box, {"sync", db, relay.url(), "--token", relay.token("other"),
+                                   "--once", "--ca-file", relay.ca_file(), "--timeout", "20"});
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("lattice: unauthorized: ", 0) == 0);
+  }
+  SUBCASE("without --ca-file the self-signed certificate is not trusted") {
+    const Result r = lattice(
+        box, {"sync", db, relay.url(), "--token", relay.token(), "--once", "--timeout", "2"});
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("lattice: timed_out: ", 0) == 0);
+    CHECK(r.err.find("certificate verify failed") != std::string::npos);
+  }
+  relay.stop();
+}
+
+}  // namespace
+}  // namespace lattice
