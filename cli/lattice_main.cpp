@@ -25,7 +25,7 @@ constexpr const char* kUsage = R"(usage:
                                                write the changes a holder of VVFILE lacks
   lattice apply DB FILE                        merge a changeset file; print how many applied
   lattice vv DB                                print the replica's version vector as JSON
-  lattice sync DB URL --token T [--once] [--ca-file FILE] [--timeout SECONDS]
+  lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
                [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
 )";
 
@@ -126,7 +126,7 @@ int run_sync(const std::vector<std::string>& args) {
   const std::string& db = args[1];
   const std::string& url = args[2];
   std::string token;
-  bool once = false, has_token = false;
+  bool once = false, verify = false, has_token = false;
   double timeout_seconds = -1;
   lattice::SyncClientOptions options;
   for (std::size_t i = 3; i < args.size(); ++i) {
@@ -135,6 +135,8 @@ int run_sync(const std::vector<std::string>& args) {
       has_token = true;
     } else if (args[i] == "--once") {
       once = true;
+    } else if (args[i] == "--verify") {
+      once = verify = true;
     } else if (args[i] == "--ca-file" && i + 1 < args.size()) {
       options.ca_file = args[++i];
     } else if (args[i] == "--timeout" && i + 1 < args.size()) {
@@ -165,6 +167,22 @@ int run_sync(const std::vector<std::string>& args) {
     const bool in_sync =
         client.wait_until_in_sync(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
     const lattice::SyncStatus status = client.status();
+    if (in_sync && verify) {
+      const auto digests = client.digests(std::chrono::seconds(30));
+      client.stop();
+      if (!digests)
+        throw lattice::Error(lattice::ErrorCode::kState, "the relay did not send its digest");
+      const auto differences = lattice::compare_digests(digests->local, digests->relay);
+      if (differences.empty()) {
+        std::printf("verified: this replica and the relay hold the same rows\n%s",
+                    digests->local.c_str());
+        return 0;
+      }
+      for (const auto& line : differences) std::printf("differs: %s\n", line.c_str());
+      std::fprintf(stderr, "lattice: verify: this replica and the relay differ (%s)\n",
+                   differences.front().c_str());
+      return 1;
+    }
     client.stop();
     if (in_sync) {
       std::printf("in sync\n");
@@ -255,9 +273,8 @@ int run(const std::vector<std::string>& args) {
     }
     if (out_file.empty()) throw UsageError("'changes' needs --out FILE");
     lattice::VersionVector since;
-    if (!since_file.empty())
-      since = lattice::VersionVector::from_json(read_file(since_file, 1 << 20));
-    auto replica = lattice::Replica::open(args[1]);
+    if (!since_file.empty()) since = read_version_vector(since_file);
+    auto replica = open_existing(args[1]);
     const lattice::Changeset changeset = replica->changes_since(since);
     write_file(out_file, lattice::encode(changeset));
     std::printf("wrote %zu changes to %s\n", changeset.change_count(), out_file.c_str());

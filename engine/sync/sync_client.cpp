@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -390,6 +391,22 @@ bool SyncClient::wait_until_in_sync(std::chrono::milliseconds timeout) {
     return !d.running || d.status.fatal || (d.checks_done >= check && d.status.in_sync);
   });
   return d.running && d.checks_done >= check && d.status.in_sync;
+}
+
+std::optional<SyncClient::Digests> SyncClient::digests(std::chrono::milliseconds timeout) {
+  auto answer = std::make_shared<std::promise<std::optional<Digests>>>();
+  std::future<std::optional<Digests>> future = answer->get_future();
+  Impl& d = *impl_;
+  net::post(d.io, [&d, answer] {
+    if (!d.session || d.session->state() != SyncState::kLive)
+      return answer->set_value(std::nullopt);
+    std::string local = d.replica->digest();
+    d.session->request_digest([answer, local](const std::string& relay) {
+      answer->set_value(Digests{local, relay});
+    });
+  });
+  if (future.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  return future.get();
 }
 
 SyncStatus SyncClient::status() const { return impl_->status_snapshot(); }

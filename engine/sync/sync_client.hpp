@@ -98,6 +98,15 @@ class SyncClient {
   // timeout, after a fatal error, or when the client is not running.
   bool wait_until_in_sync(std::chrono::milliseconds timeout);
 
+  // This replica's digest and the relay's (storage::Replica::digest), taken on the client's
+  // thread and asked of the relay over the connection. Empty when not connected or when no
+  // answer came within `timeout`. Compare them with storage::compare_digests.
+  struct Digests {
+    std::string local;
+    std::string relay;
+  };
+  std::optional<Digests> digests(std::chrono::milliseconds timeout);
+
   SyncStatus status() const;
   SyncState state() const;
   std::uint64_t pending() const;

@@ -341,6 +341,47 @@ TEST_CASE("three devices that edited offline converge with each other and the re
   const std::string expected = dump_todo(d1);
   CHECK(dump_todo(d2) == expected);
   CHECK(dump_todo(d3) == expected);
+
+  // --verify compares digests with the relay's.
+  for (const auto& d : {d1, d2, d3}) {
+    const Result r = lattice(box, {"sync", d, relay.url(), "--token", token, "--verify",
+                                   "--ca-file", relay.ca_file(), "--timeout", "60"});
+    INFO("verify " << d << "\nstdout: " << r.out << "\nstderr: " << r.err);
+    CHECK(r.status == 0);
+    CHECK(r.out.rfind("verified: ", 0) == 0);
+  }
+  {
+    // A replica changed behind Lattice's back: a plain connection drops the capture triggers
+    // and edits a row. Sync cannot see it; --verify can.
+    sqlite3* plain = nullptr;
+    REQUIRE(sqlite3_open_v2(d3.c_str(), &plain, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+    char* error = nullptr;
+    const int rc = sqlite3_exec(plain,
+                                "CREATE TEMP TABLE names AS "
+                                "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
+                                nullptr, nullptr, &error);
+    REQUIRE(rc == SQLITE_OK);
+    sqlite3_stmt* names = nullptr;
+    REQUIRE(sqlite3_prepare_v2(plain, "SELECT name FROM temp.names", -1, &names, nullptr) ==
+            SQLITE_OK);
+    std::vector<std::string> triggers;
+    while (sqlite3_step(names) == SQLITE_ROW)
+      triggers.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(names, 0)));
+    sqlite3_finalize(names);
+    for (const auto& t : triggers)
+      REQUIRE(sqlite3_exec(plain, ("DROP TRIGGER \"" + t + "\"").c_str(), nullptr, nullptr,
+                           nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(plain, "UPDATE todo SET title = 'tampered' WHERE id = 'x'", nullptr,
+                         nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(plain);
+    const Result r = lattice(box, {"sync", d3, relay.url(), "--token", token, "--verify",
+                                   "--ca-file", relay.ca_file(), "--timeout", "60"});
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.out.find("differs: table todo: 3 rows here, 3 there, contents differ") !=
+          std::string::npos);
+    CHECK(r.err.rfind("lattice: verify: ", 0) == 0);
+  }
   // The counter adds every device's increments: 0 + 1 + 2 + 3.
   CHECK(expected.find("x|") != std::string::npos);
   CHECK(expected.find("|6\n") != std::string::npos);
