@@ -124,33 +124,7 @@ struct At {
   }
 };
 
-const char* msgpack_type_name(const msgpack::object& o) {
-  switch (o.type) {
-    case msgpack::type::NIL:
-      return "nil";
-    case msgpack::type::BOOLEAN:
-      return "bool";
-    case msgpack::type::POSITIVE_INTEGER:
-      return "unsigned integer";
-    case msgpack::type::NEGATIVE_INTEGER:
-      return "negative integer";
-    case msgpack::type::FLOAT32:
-      return "float32";
-    case msgpack::type::FLOAT64:
-      return "float64";
-    case msgpack::type::STR:
-      return "str";
-    case msgpack::type::BIN:
-      return "bin";
-    case msgpack::type::ARRAY:
-      return "array";
-    case msgpack::type::MAP:
-      return "map";
-    case msgpack::type::EXT:
-      return "ext";
-  }
-  return "unknown type";
-}
+using detail::msgpack_type_name;
 
 [[noreturn]] void fail_type(const At& at, const char* expected, const msgpack::object& o) {
   fail(ErrorCode::kCorrupt,

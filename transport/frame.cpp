@@ -195,33 +195,7 @@ struct Where {
   }
 };
 
-const char* msgpack_type_name(const msgpack::object& o) {
-  switch (o.type) {
-    case msgpack::type::NIL:
-      return "nil";
-    case msgpack::type::BOOLEAN:
-      return "bool";
-    case msgpack::type::POSITIVE_INTEGER:
-      return "unsigned integer";
-    case msgpack::type::NEGATIVE_INTEGER:
-      return "negative integer";
-    case msgpack::type::FLOAT32:
-      return "float32";
-    case msgpack::type::FLOAT64:
-      return "float64";
-    case msgpack::type::STR:
-      return "str";
-    case msgpack::type::BIN:
-      return "bin";
-    case msgpack::type::ARRAY:
-      return "array";
-    case msgpack::type::MAP:
-      return "map";
-    case msgpack::type::EXT:
-      return "ext";
-  }
-  return "unknown type";
-}
+using crdt::detail::msgpack_type_name;
 
 // The same names, from the first byte of an encoded value.
 const char* lead_type_name(std::uint8_t t) {

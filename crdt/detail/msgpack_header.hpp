@@ -1,10 +1,12 @@
 #pragma once
-// The header of one msgpack value, read from raw bytes without trusting them. The changeset and
+// Helpers shared by the decoders of untrusted msgpack. The header of one msgpack value, read
+// from raw bytes without trusting them. The changeset and
 // frame decoders scan untrusted input with it before msgpack-c allocates anything, so a length
 // that the input cannot hold is refused with a message that names where it is.
 
 #include <cstddef>
 #include <cstdint>
+#include <msgpack.hpp>
 #include <string_view>
 
 namespace lattice::crdt::detail {
@@ -43,6 +45,35 @@ MsgpackHeader read_msgpack_header(std::string_view bytes, std::size_t& pos, OnSh
   if (t == 0xdc || t == 0xdd) return {K::kArray, 0, be(t == 0xdc ? 2 : 4)};
   if (t == 0xde || t == 0xdf) return {K::kMap, 0, be(t == 0xde ? 2 : 4)};
   return {K::kInvalid, 0, 0};  // 0xc1, never used by msgpack
+}
+
+// The msgpack type of `o` as error messages name it: "unsigned integer", "str", "map", ...
+inline const char* msgpack_type_name(const msgpack::object& o) {
+  switch (o.type) {
+    case msgpack::type::NIL:
+      return "nil";
+    case msgpack::type::BOOLEAN:
+      return "bool";
+    case msgpack::type::POSITIVE_INTEGER:
+      return "unsigned integer";
+    case msgpack::type::NEGATIVE_INTEGER:
+      return "negative integer";
+    case msgpack::type::FLOAT32:
+      return "float32";
+    case msgpack::type::FLOAT64:
+      return "float64";
+    case msgpack::type::STR:
+      return "str";
+    case msgpack::type::BIN:
+      return "bin";
+    case msgpack::type::ARRAY:
+      return "array";
+    case msgpack::type::MAP:
+      return "map";
+    case msgpack::type::EXT:
+      return "ext";
+  }
+  return "unknown type";
 }
 
 }  // namespace lattice::crdt::detail
