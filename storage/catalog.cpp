@@ -130,6 +130,17 @@ std::string trigger_sql(const TableInfo& t) {
            ") WHERE typeof(NEW." + quote_identifier(c.name) + ") <> 'integer';\n";
   };
 
+  // Keeps the local counter component as it was before this transaction first changed it, so
+  // that Replica::rekey can split later increments off to a new site id.
+  auto counter_undo = [&](const ColumnInfo& c, const std::string& key) {
+    const std::string col = std::to_string(c.id);
+    return "INSERT OR IGNORE INTO lattice_counter_undo(seq, table_id, pk, col, had, cl, "
+           "part_seq, total) SELECT lattice_seq(), " +
+           id + ", " + key + ", " + col +
+           ", x.pk IS NOT NULL, x.cl, x.seq, x.total FROM (SELECT 1) LEFT JOIN " + counters +
+           " x ON x.pk = " + key + " AND x.col = " + col + " AND x.site = 0;\n";
+  };
+
   sql += "CREATE TRIGGER lattice_" + id + "_insert AFTER INSERT ON " + table +
          " WHEN lattice_capture_enabled() BEGIN\n";
   sql += "SELECT RAISE(ABORT, " +
@@ -146,6 +157,7 @@ std::string trigger_sql(const TableInfo& t) {
     if (c.kind != crdt::ColumnKind::kCounter) continue;
     const std::string col = std::to_string(c.id);
     // The local component is what makes the counter read NEW.c in this incarnation.
+    sql += counter_undo(c, new_key);
     sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
            ", 0, r.cl, lattice_seq(), NEW." + quote_identifier(c.name) +
            " - coalesce((SELECT sum(x.total) FROM " + counters +
@@ -204,7 +216,7 @@ std::string trigger_sql(const TableInfo& t) {
     const std::string name = quote_identifier(c.name), col = std::to_string(c.id);
     sql += "CREATE TRIGGER lattice_" + id + "_update_" + col + " AFTER UPDATE OF " + name + " ON " +
            table + " WHEN lattice_capture_enabled() AND " + changed(name) + " BEGIN\n";
-    sql += counter_check(c) + bump;
+    sql += counter_check(c) + bump + counter_undo(c, new_key);
     sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
            ", 0, r.cl, lattice_seq(), NEW." + name + " - OLD." + name + " FROM " + rows +
            " r WHERE r.pk = " + new_key +

@@ -322,7 +322,7 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
 
 }  // namespace
 
-ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset) {
+ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
   if (!sqlite3_get_autocommit(db))
     throw Error(ErrorCode::kState, "apply cannot run inside an open transaction; commit first");
   if (changeset.format_version > crdt::Changeset::kFormatVersion)
@@ -407,6 +407,17 @@ ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset) {
           raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, local_site_index(id));
           raise_site.run();
         }
+      }
+    }
+    if (origin && !origin->txns.empty()) {
+      Statement record(db,
+                       "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
+      for (const TxnTag& txn : origin->txns) {
+        record.reset();
+        record.bind_blob(1, origin->site.as_bytes())
+            .bind(2, static_cast<std::int64_t>(txn.seq))
+            .bind(3, static_cast<std::int64_t>(txn.tag));
+        record.run();
       }
     }
     Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");

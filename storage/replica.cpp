@@ -26,6 +26,18 @@ CREATE TABLE IF NOT EXISTS lattice_tables(
 CREATE TABLE IF NOT EXISTS lattice_columns(
   table_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
   key_position INTEGER NOT NULL, PRIMARY KEY (table_id, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_local_log(seq INTEGER PRIMARY KEY, tag INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS lattice_local_logged AFTER UPDATE OF seq ON lattice_local
+  WHEN lattice_capture_enabled() AND NEW.seq > OLD.seq BEGIN
+  INSERT OR REPLACE INTO lattice_local_log(seq, tag) VALUES (NEW.seq, lattice_txn_tag());
+END;
+CREATE TABLE IF NOT EXISTS lattice_counter_undo(
+  seq INTEGER NOT NULL, table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL,
+  had INTEGER NOT NULL, cl INTEGER, part_seq INTEGER, total INTEGER,
+  PRIMARY KEY (seq, table_id, pk, col)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_origin_log(
+  site BLOB NOT NULL, seq INTEGER NOT NULL, tag INTEGER NOT NULL,
+  PRIMARY KEY (site, seq)) WITHOUT ROWID;
 )sql";
 
 Replica::Impl& impl_of(sqlite3_context* ctx) {
@@ -51,6 +63,19 @@ void fn_hlc(sqlite3_context* ctx, int, sqlite3_value**) {
   try {
     impl.ensure_transaction_clock();
     sqlite3_result_int64(ctx, static_cast<sqlite3_int64>(impl.txn_hlc.value));
+  } catch (const std::exception& e) {
+    sqlite3_result_error(ctx, e.what(), -1);
+  }
+}
+
+// A random identity for the current local transaction (lattice_local_log): two copies of one
+// replica file that each write their transaction `seq` almost surely give them different tags,
+// even in the same millisecond, which is what lets a relay tell their histories apart.
+void fn_txn_tag(sqlite3_context* ctx, int, sqlite3_value**) {
+  auto& impl = impl_of(ctx);
+  try {
+    impl.ensure_transaction_clock();
+    sqlite3_result_int64(ctx, static_cast<sqlite3_int64>(impl.txn_tag));
   } catch (const std::exception& e) {
     sqlite3_result_error(ctx, e.what(), -1);
   }
@@ -195,6 +220,7 @@ void Replica::Impl::ensure_transaction_clock() {
   clock.adopt(persisted);
   txn_hlc = clock.now();
   txn_seq = seq + 1;
+  txn_tag = tag_source() >> 1;  // 63 bits: a positive SQLite integer
 }
 
 void Replica::Impl::load_sites() {
@@ -208,6 +234,7 @@ void Replica::Impl::load_sites() {
     sites[idx] = id;
     site_index[id] = idx;
   }
+  if (!sites.empty()) site = sites[0];
 }
 
 std::int64_t Replica::Impl::local_site_index(const crdt::SiteId& id) {
@@ -240,6 +267,9 @@ TableInfo* Replica::Impl::table_by_name(std::string_view name) {
 
 crdt::VersionVector Replica::Impl::version_vector() {
   crdt::VersionVector vv;
+  // Another connection to the file may have rekeyed it (Replica::rekey).
+  Statement own(db, "SELECT site_id FROM lattice_sites WHERE idx = 0");
+  if (own.step()) site = crdt::SiteId::from_bytes(own.column_blob(0));
   read_local.reset();
   if (read_local.step()) vv.advance(site, static_cast<std::uint64_t>(read_local.column_int(0)));
   read_local.reset();
@@ -287,6 +317,8 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
                              nullptr, nullptr, nullptr);
   sqlite3_create_function_v2(db, "lattice_seq", 0, flags, data, fn_seq, nullptr, nullptr, nullptr);
   sqlite3_create_function_v2(db, "lattice_hlc", 0, flags, data, fn_hlc, nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_txn_tag", 0, flags, data, fn_txn_tag, nullptr, nullptr,
+                             nullptr);
   sqlite3_create_function_v2(db, "lattice_pk", -1, flags | SQLITE_DETERMINISTIC, data, fn_pk,
                              nullptr, nullptr, nullptr);
   sqlite3_create_function_v2(db, "lattice_replicate", 1, flags | SQLITE_DIRECTONLY, data,
@@ -444,7 +476,13 @@ crdt::Changeset Replica::changes_since(const crdt::VersionVector& holder, std::s
   return impl_->changes_since(holder, max_changes == 0 ? 1 : max_changes);
 }
 
-ApplyResult Replica::apply(const crdt::Changeset& changeset) { return impl_->apply(changeset); }
+ApplyResult Replica::apply(const crdt::Changeset& changeset) {
+  return impl_->apply(changeset, nullptr);
+}
+
+ApplyResult Replica::apply(const crdt::Changeset& changeset, const OriginTxns& origin) {
+  return impl_->apply(changeset, &origin);
+}
 
 crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
 
@@ -483,5 +521,10 @@ int Replica::subscribe(ChangeListener listener) {
 void Replica::unsubscribe(int handle) { impl_->listeners.erase(handle); }
 
 sqlite3* Replica::connection() const { return impl_->db; }
+
+void Replica::run_on_connection(const std::function<void(sqlite3*)>& body) {
+  impl_->pending_error.reset();
+  impl_->run_statements([&] { body(impl_->db); });
+}
 
 }  // namespace lattice::storage

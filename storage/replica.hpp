@@ -56,6 +56,21 @@ struct ApplyResult {
   std::size_t applied = 0;   // of those, the ones that won and changed this replica
 };
 
+// A local transaction as the relay knows it: its sequence number and a random tag. Two copies of
+// one replica file that both wrote transaction `seq` almost surely tagged them differently.
+struct TxnTag {
+  std::uint64_t seq = 0;
+  std::uint64_t tag = 0;
+  bool operator==(const TxnTag&) const = default;
+};
+
+// The transactions a device says it wrote itself, given with the changeset that carries them
+// (apply): the relay keeps them to recognise later which history a device holds.
+struct OriginTxns {
+  crdt::SiteId site;
+  std::vector<TxnTag> txns;
+};
+
 // Rows of a query: column names, then each row's values.
 struct QueryResult {
   std::vector<std::string> columns;
@@ -102,6 +117,28 @@ class Replica {
   // kClockDrift, kSql, kState when called inside an open transaction), and then the replica is
   // exactly as it was.
   ApplyResult apply(const crdt::Changeset& changeset);
+  // The same, also recording `origin` in the origin log (origin_log()) in the same transaction.
+  ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns& origin);
+
+  // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
+
+  // This replica's own transactions with `from` <= seq <= `through`, from the local log, in
+  // order. The log keeps every transaction after the last acknowledged one, and that one.
+  std::vector<TxnTag> local_log(std::uint64_t from, std::uint64_t through);
+  // The highest own sequence number a relay has acknowledged holding (0: none).
+  std::uint64_t acknowledged();
+  // Records that a relay durably holds this replica's own transactions up to `seq`, and drops
+  // the log entries that can no longer be needed. Never moves backwards.
+  void acknowledge(std::uint64_t seq);
+  // What apply() recorded for `site` with seq >= `from`, in order, at most `max` entries.
+  std::vector<TxnTag> origin_log(const crdt::SiteId& site, std::uint64_t from, std::size_t max);
+  // Takes a new site id (ReplicaOptions::new_site_id, or random) after another copy of this
+  // file wrote under the current one. Own transactions up to `keep_through` stay under the old
+  // id (its entry in the version vector becomes `keep_through`); later ones move to the new id,
+  // renumbered from 1 in order, with their clocks, values and counter increments unchanged, so
+  // they count as new changes to send. Throws Error(kInvalidArgument) when `keep_through` is
+  // past this replica's own last transaction, kState inside an open transaction.
+  void rekey(std::uint64_t keep_through);
 
   // The changes this replica holds, per site.
   crdt::VersionVector version_vector();
@@ -127,6 +164,13 @@ class Replica {
   // The raw connection, for callers that need SQLite directly. Owned by the Replica; the
   // lattice SQL functions are registered on it.
   sqlite3* connection() const;
+
+  // For callers that prepare and step statements on connection() themselves (the C API): runs
+  // `body` the way exec() and query() run theirs. When `body` throws Error after a Lattice hook
+  // refused something inside SQLite (the authorizer, lattice_replicate), that hook's error is
+  // thrown instead; the events of writes made by a failed `body` are dropped; the events of
+  // committed writes are delivered to the listeners when `body` returns.
+  void run_on_connection(const std::function<void(sqlite3*)>& body);
 
   struct Impl;
 

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,10 @@ struct Replica::Impl {
   bool capture_enabled = true;
   std::uint64_t txn_seq = 0;  // 0 until the current transaction's first captured write
   crdt::Hlc txn_hlc;
+  std::uint64_t txn_tag = 0;  // lattice_txn_tag() of the current transaction
+  // Seeded once per connection from std::random_device: tags need only be unlikely to repeat
+  // across copies of a file, and a syscall per transaction would cost more than the write.
+  std::mt19937_64 tag_source{std::random_device{}()};
 
   std::map<int, ChangeListener> listeners;
   int next_listener = 1;
@@ -97,7 +102,8 @@ struct Replica::Impl {
 
   void replicate(std::string_view table, std::string_view column_types_json);
   crdt::Changeset changes_since(const crdt::VersionVector& holder, std::size_t max_changes);
-  ApplyResult apply(const crdt::Changeset& changeset);
+  ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns* origin);
+  void rekey(std::uint64_t keep_through, const crdt::SiteId& new_site);
 
   void deliver_events();
 
