@@ -24,8 +24,18 @@ PACKAGES=(
   python3
 )
 
+# `pkg` means the native (or Architecture: all) package, `pkg:arm64` the arm64 one. With
+# the arm64 architecture added, dpkg-query lists one line per installed architecture.
 is_installed() {
-  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+  local arch_re
+  if [[ "$1" == *:* ]]; then
+    arch_re="${1##*:}"
+  else
+    arch_re="($(dpkg --print-architecture)|all)"
+  fi
+  local status
+  status="$(dpkg-query -W -f='${Architecture} ${Status}\n' "$1" 2>/dev/null || true)"
+  grep -qE "^${arch_re} install ok installed$" <<<"${status}"
 }
 
 apt_updated=0
@@ -80,6 +90,33 @@ EOF
   fi
   echo "setup: installing libmsgpack-cxx-dev"
   apt_install libmsgpack-cxx-dev
+fi
+
+# --- arm64 cross build (make test-arm64; docs/android.md) --------------------
+# The cross compiler, qemu-user to run the arm64 tests, and the arm64 builds of the two
+# libraries that are compiled code (SQLite, OpenSSL) from Debian's multiarch archive.
+# Boost, msgpack-cxx and doctest are header-only and come from the host's /usr/include
+# (cmake/toolchains/aarch64-linux-gnu.cmake), so no arm64 copies: libboost1.81-dev:arm64
+# would drag in a lot and meet the Boost 1.74/1.81 conflict described above.
+# qemu-user-binfmt is not needed: CMake runs the tests through qemu-aarch64 explicitly.
+# Set LATTICE_SKIP_ARM64=1 to leave all this out.
+if [[ "${LATTICE_SKIP_ARM64:-0}" != "1" ]]; then
+  foreign_archs=" $(dpkg --print-foreign-architectures | tr '\n' ' ') "
+  if [[ "${foreign_archs}" != *" arm64 "* ]]; then
+    echo "setup: adding the arm64 architecture (dpkg multiarch)"
+    ${SUDO} dpkg --add-architecture arm64
+    apt_updated=0   # the package lists have no arm64 entries yet
+  fi
+  ARM64_PACKAGES=(g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user
+                  libsqlite3-dev:arm64 libssl-dev:arm64)
+  arm64_missing=()
+  for pkg in "${ARM64_PACKAGES[@]}"; do
+    is_installed "${pkg}" || arm64_missing+=("${pkg}")
+  done
+  if [[ "${#arm64_missing[@]}" -gt 0 ]]; then
+    echo "setup: installing ${arm64_missing[*]}"
+    apt_install "${arm64_missing[@]}"
+  fi
 fi
 
 echo "setup: all packages present"
