@@ -2,7 +2,8 @@
 #
 #   make test          setup, normal build + tests, ASan/UBSan build + tests, format check
 #   make build         configure and build build/ (RelWithDebInfo)
-#   make demo          setup, build, then scripts/demo.sh
+#   make demo          setup, build, then scripts/demo.sh: a relay and two lattice-todo devices
+#                      in the browser until Ctrl-C (SCRIPTED=1: the scripted scenario, no browser)
 #   make bench         build, then run build/bench/lattice-bench if it exists
 #   make format        apply clang-format to every C/C++ file in the repo
 #   make format-check  fail if any C/C++ file is not clang-formatted
@@ -77,7 +78,7 @@ test-fuzz:
 
 demo: setup
 	$(MAKE) --no-print-directory build
-	bash scripts/demo.sh
+	LATTICE_BUILD_DIR=$(BUILD_DIR) bash scripts/demo.sh $(if $(SCRIPTED),--scripted)
 
 bench: build
 	@if [[ -x $(BUILD_DIR)/bench/lattice-bench ]]; then \
