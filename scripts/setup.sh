@@ -22,6 +22,8 @@ PACKAGES=(
   libssl-dev openssl
   doctest-dev
   python3
+  curl          # scripts/demo.sh talks to the demo app's HTTP API
+  chromium      # the browser test (tests/browser), driven by playwright-core
 )
 
 # `pkg` means the native (or Architecture: all) package, `pkg:arm64` the arm64 one. With
@@ -117,6 +119,19 @@ if [[ "${LATTICE_SKIP_ARM64:-0}" != "1" ]]; then
     echo "setup: installing ${arm64_missing[*]}"
     apt_install "${arm64_missing[@]}"
   fi
+fi
+
+# The browser test's npm packages (playwright-core, pinned by tests/browser/package-lock.json).
+# Node.js and npm usually come with the machine; Debian's packages otherwise.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs npm"
+  apt_install nodejs npm
+fi
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/browser" && pwd)"
+if [[ ! -f "${browser_dir}/node_modules/.package-lock.json" ||
+      "${browser_dir}/package-lock.json" -nt "${browser_dir}/node_modules/.package-lock.json" ]]; then
+  echo "setup: npm ci in tests/browser"
+  (cd "${browser_dir}" && npm ci --no-audit --no-fund)
 fi
 
 echo "setup: all packages present"
