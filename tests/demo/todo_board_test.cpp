@@ -1,0 +1,92 @@
+// The demo app's board (demo-app/todo_board.hpp): ordering by fractional positions, edits of
+// items that are gone, merges between two boards, and noticing another connection's commits.
+
+#include "demo-app/todo_board.hpp"
+
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace lattice::demo {
+namespace {
+
+std::vector<std::string> titles(TodoBoard& board) {
+  std::vector<std::string> out;
+  for (const auto& item : board.items()) out.push_back(item.title);
+  return out;
+}
+
+// Sends what `to` lacks from `from`, as a device and the relay would.
+void send(TodoBoard& from, TodoBoard& to) {
+  to.replica().apply(from.replica().changes_since(to.replica().version_vector()));
+}
+
+TEST_CASE("new items go to the end and a moved item lands between its new neighbours") {
+  TodoBoard board(":memory:");
+  const std::string a = board.add("a"), b = board.add("b"), c = board.add("c");
+  CHECK(titles(board) == std::vector<std::string>{"a", "b", "c"});
+
+  CHECK(board.move_after(c, a));
+  CHECK(titles(board) == std::vector<std::string>{"a", "c", "b"});
+  CHECK(board.move_after(b, ""));
+  CHECK(titles(board) == std::vector<std::string>{"b", "a", "c"});
+  CHECK(board.move_after(b, c));
+  CHECK(titles(board) == std::vector<std::string>{"a", "c", "b"});
+
+  CHECK_FALSE(board.move_after(a, a));
+  CHECK_FALSE(board.move_after(a, "no such id"));
+  CHECK(titles(board) == std::vector<std::string>{"a", "c", "b"});
+}
+
+TEST_CASE("edits of an item that is not on the board change nothing and say so") {
+  TodoBoard board(":memory:");
+  const std::string id = board.add("buy milk");
+  CHECK(board.remove(id));
+  CHECK_FALSE(board.rename(id, "buy oat milk"));
+  CHECK_FALSE(board.vote(id));
+  CHECK_FALSE(board.set_done(id, true));
+  CHECK_FALSE(board.remove(id));
+  CHECK(board.items().empty());
+}
+
+TEST_CASE("concurrent votes add up and a delete beats a concurrent rename") {
+  TodoBoard alice(":memory:"), bob(":memory:");
+  const std::string milk = alice.add("buy milk"), plants = alice.add("water the plants");
+  send(alice, bob);
+  REQUIRE(titles(bob) == titles(alice));
+
+  CHECK(alice.vote(milk));
+  CHECK(alice.remove(plants));
+  CHECK(bob.vote(milk));
+  CHECK(bob.vote(milk));
+  CHECK(bob.set_done(milk, true));
+  CHECK(bob.rename(plants, "water the cactus"));
+  send(alice, bob);
+  send(bob, alice);
+
+  CHECK(alice.text() == "[x] buy milk (3 votes)\n");
+  CHECK(bob.text() == alice.text());
+}
+
+TEST_CASE("changed_elsewhere notices another connection's commits, not its own") {
+  char dir[] = "/tmp/lattice-todo-board-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  const std::string path = std::string(dir) + "/board.db";
+  {
+    TodoBoard app(path), other(path);
+    CHECK_FALSE(app.changed_elsewhere());
+    app.add("mine");
+    CHECK_FALSE(app.changed_elsewhere());
+    other.add("theirs");
+    CHECK(app.changed_elsewhere());
+    CHECK_FALSE(app.changed_elsewhere());
+    CHECK(app.items().size() == 2);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace lattice::demo
