@@ -57,7 +57,7 @@ cleanup() {
   exit "${status}"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+trap 'echo; echo "demo: stopping the relay and both devices"; exit 130' INT
 trap 'exit 143' TERM
 
 say() { printf '\n== %s\n' "$*"; }
@@ -164,14 +164,10 @@ run_interactive() {
   echo "Open both pages side by side. Add items, vote, tick, reorder: the other page follows."
   echo "Then switch one device (or both) offline, edit the same items on both, switch back, and"
   echo "watch the boards converge. Press Ctrl-C to stop everything."
-  # Until Ctrl-C, or until one of the processes dies.
-  local pid
-  while true; do
-    for pid in "${pids[@]}"; do
-      kill -0 "${pid}" 2>/dev/null || die "a demo process (pid ${pid}) stopped unexpectedly"
-    done
-    sleep 1
-  done
+  # Until Ctrl-C (the trap interrupts the wait), or until one of the processes dies.
+  wait -n "${pids[@]}" || true
+  tail -n 5 "${work}"/*.err >&2 || true
+  die "a demo process stopped unexpectedly"
 }
 
 run_scripted() {
