@@ -527,9 +527,4 @@ void Replica::run_on_connection(const std::function<void(sqlite3*)>& body) {
   impl_->run_statements([&] { body(impl_->db); });
 }
 
-void Replica::run_on_connection(const std::function<void(sqlite3*)>& body) {
-  impl_->pending_error.reset();
-  impl_->run_statements([&] { body(impl_->db); });
-}
-
 }  // namespace lattice::storage

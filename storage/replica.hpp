@@ -172,13 +172,6 @@ class Replica {
   // committed writes are delivered to the listeners when `body` returns.
   void run_on_connection(const std::function<void(sqlite3*)>& body);
 
-  // For callers that prepare and step statements on connection() themselves (the C API): runs
-  // `body` the way exec() and query() run theirs. When `body` throws Error after a Lattice hook
-  // refused something inside SQLite (the authorizer, lattice_replicate), that hook's error is
-  // thrown instead; the events of writes made by a failed `body` are dropped; the events of
-  // committed writes are delivered to the listeners when `body` returns.
-  void run_on_connection(const std::function<void(sqlite3*)>& body);
-
   struct Impl;
 
  private:
