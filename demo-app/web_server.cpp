@@ -225,9 +225,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (req[http::field::content_type].starts_with("application/x-www-form-urlencoded"))
       parse_params(req.body(), request.params);
 
-    if (request.method == "GET" && request.path == "/api/events") return start_events();
-
-    HttpResponse response = respond(request);
+    HttpResponse response;
+    if (!trusted(req)) {
+      response = {403, "text/plain; charset=utf-8", "forbidden: not a request of this page\n"};
+    } else if (request.method == "GET" && request.path == "/api/events") {
+      return start_events();
+    } else {
+      response = respond(request);
+    }
     auto res = std::make_shared<http::response<http::string_body>>(
         static_cast<http::status>(response.status), req.version());
     res->set(http::field::server, "lattice-todo");
@@ -242,6 +247,18 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                       });
   }
 
+  // Other web pages the browser has open may send requests to 127.0.0.1 too: refuse a Host
+  // that is not a loopback name (DNS rebinding) and a POST from another origin (cross-site
+  // form posts).
+  static bool trusted(const http::request<http::string_body>& req) {
+    const std::string host(req[http::field::host]);
+    if (!host.starts_with("127.0.0.1:") && !host.starts_with("localhost:") &&
+        !host.starts_with("[::1]:"))
+      return false;
+    const std::string origin(req[http::field::origin]);
+    return req.method() != http::verb::post || origin.empty() || origin == "http://" + host;
+  }
+
   HttpResponse respond(const HttpRequest& request) {
     if (request.path.starts_with("/api/")) {
       try {
@@ -250,8 +267,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         return {500, "text/plain; charset=utf-8", std::string(e.what()) + "\n"};
       }
     }
-    if (request.method != "GET" && request.method != "HEAD")
-      return {405, "text/plain; charset=utf-8", "method not allowed\n"};
+    if (request.method != "GET") return {405, "text/plain; charset=utf-8", "method not allowed\n"};
     const std::string name = request.path == "/" ? "index.html" : request.path.substr(1);
     if (!safe_file_name(name)) return {404, "text/plain; charset=utf-8", "not found\n"};
     std::ifstream file(server_->web_dir + "/" + name, std::ios::binary);
