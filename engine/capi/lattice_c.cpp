@@ -547,8 +547,13 @@ void lattice_stmt_finalize(lattice_stmt* stmt) noexcept {
 // ---- Sync -----------------------------------------------------------------------------------
 
 const char* lattice_sync_state_name(lattice_sync_state state) noexcept {
-  if (state < LATTICE_SYNC_OFFLINE || state > LATTICE_SYNC_LIVE) return "unknown";
-  return lattice::engine::sync_state_name(static_cast<lattice::engine::SyncState>(state));
+  // A C caller may pass any int; reading it as the enum would be undefined in C++ when it is
+  // out of the enum's range, so it is read as the int it is.
+  int raw = 0;
+  static_assert(sizeof raw == sizeof state);
+  std::memcpy(&raw, &state, sizeof raw);
+  if (raw < LATTICE_SYNC_OFFLINE || raw > LATTICE_SYNC_LIVE) return "unknown";
+  return lattice::engine::sync_state_name(static_cast<lattice::engine::SyncState>(raw));
 }
 
 lattice_sync* lattice_sync_start(const char* replica_path, const char* url, const char* token,

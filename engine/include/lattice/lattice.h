@@ -19,22 +19,23 @@
  *
  * Handles. lattice_replica and lattice_sync are closed (close/stop) and released (free) by
  * separate calls: after close or stop the handle stays valid, and calls on it fail with
- * LATTICE_ERR_STATE instead of touching freed memory. After a free call, the handle must not be
- * used. Free calls accept NULL.
+ * LATTICE_ERR_STATE instead of touching freed memory (a stopped sync client's getters still
+ * answer). After a free call, the handle must not be used. Free calls accept NULL.
  *
  * Threads.
  *   - A lattice_replica, and the lattice_stmt handles prepared on it, are used by one thread at
  *     a time (any thread, but not two at once): callers serialize their calls. Several
  *     replicas, on the same file or not, may be used from different threads at once.
- *   - A lattice_sync may be called from any thread at any time, except that lattice_sync_stop()
- *     and lattice_sync_free() must not be called from its own status callback.
+ *   - A lattice_sync may be called from any thread at any time until lattice_sync_free(),
+ *     except that lattice_sync_stop() and lattice_sync_free() must not be called from its own
+ *     status callback.
  *   - lattice_buffer_free(), lattice_error_code_name(), lattice_sync_state_name() and
  *     lattice_api_version() may be called from any thread.
  *   - Change callbacks (lattice_replica_subscribe) run on the thread that made the replica call
  *     which committed the change; sync status callbacks run on the sync client's own thread.
  *     Callbacks must return normally (no longjmp, no C++ exception).
  *
- * Version. LATTICE_API_VERSION is bumped on any change to this header; lattice_api_version()
+ * Version. LATTICE_API_VERSION is bumped on any change to the API; lattice_api_version()
  * returns the version the library was built with. Structs passed in begin with `struct_size`
  * (set it to sizeof the struct, or use the *_INIT macros) so fields can be added at their end
  * without breaking programs built against an older header.
