@@ -5,8 +5,9 @@
  *   capi_test [RELAY_PATH]
  *
  * RELAY_PATH (or the LATTICE_RELAY_PATH environment variable) is the lattice-relay executable;
- * without it the sync cases are skipped, loudly. Only POSIX calls (no glibc extensions), so that
- * it also runs cross-built under qemu-aarch64. Exit status 0 when every check passed. */
+ * without it the sync cases are skipped, loudly. LATTICE_RELAY_EMULATOR, when set, runs it
+ * through an emulator (qemu-aarch64 for a cross build). Only POSIX calls (no glibc extensions), so
+ * that it also runs cross-built under qemu-aarch64. Exit status 0 when every check passed. */
 #define _POSIX_C_SOURCE 200809L
 #define _XOPEN_SOURCE 700
 
@@ -612,6 +613,25 @@ static void test_use_after_close(void) {
 
 /* ---- Sync through a real relay ------------------------------------------------------------ */
 
+/* Replaces this process with argv[0] run with argv, through the emulator named by
+ * LATTICE_RELAY_EMULATOR when set (space-separated words, e.g. "qemu-aarch64 -L /usr/aarch64-
+ * linux-gnu"): a cross-built test running under qemu-user cannot exec a foreign binary itself. */
+static void exec_program(char* const argv[]) {
+  char* words[64];
+  int n = 0;
+  static char emulator[1024];
+  const char* given = getenv("LATTICE_RELAY_EMULATOR");
+  if (given && *given) {
+    snprintf(emulator, sizeof emulator, "%s", given);
+    for (char* word = strtok(emulator, " "); word && n < 32; word = strtok(NULL, " "))
+      words[n++] = word;
+  }
+  for (int i = 0; argv[i] && n < 63; ++i) words[n++] = argv[i];
+  words[n] = NULL;
+  execv(words[0], words);
+  _exit(127);
+}
+
 /* Runs argv to completion with stdout captured into `out`; returns its exit status or -1. */
 static int run_capture(char* const argv[], char* out, size_t size, int timeout_s) {
   int fds[2];
@@ -622,8 +642,7 @@ static int run_capture(char* const argv[], char* out, size_t size, int timeout_s
     dup2(fds[1], STDOUT_FILENO);
     close(fds[0]);
     close(fds[1]);
-    execv(argv[0], argv);
-    _exit(127);
+    exec_program(argv);
   }
   close(fds[1]);
   size_t used = 0;
@@ -686,8 +705,7 @@ static bool start_relay(const char* relay_path, Relay* relay) {
     close(fds[1]);
     char* argv[] = {(char*)relay_path, "serve", "--listen",   "127.0.0.1:0", "--data", data,
                     "--key-file",      keys,    "--insecure", "--schema",    schema,   NULL};
-    execv(relay_path, argv);
-    _exit(127);
+    exec_program(argv);
   }
   close(fds[1]);
   /* "listening on 127.0.0.1:PORT\n", within 20 s. */
