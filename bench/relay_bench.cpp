@@ -18,6 +18,7 @@
 //   catchup                             a new device receives a namespace of 1,000,000 changes
 //                                       (engine::SyncSession into a replica file), against a
 //                                       copy of the relay's database file
+//   vector_cost                         the same load with 10 and with 500 writing sites
 // The relay process is killed on every path (RAII, a signal handler, and PR_SET_PDEATHSIG).
 
 #include <signal.h>
@@ -89,10 +90,10 @@ using std::chrono::milliseconds;
 
 constexpr const char* kUsage =
     R"(usage: lattice-relay-bench [--quick] [--scenario NAME]... [--relay PATH] [--dir DIR]
-                           [--tmpfs] [--writer-window N] [--seconds S] [--nice N]
+                           [--tmpfs] [--writer-window N] [--seconds S]
   --quick            a smoke run: small counts, a few seconds in all
   --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000, merge,
-                     idle_memory, catchup (repeatable; default: all)
+                     idle_memory, catchup, vector_cost (repeatable; default: all)
   --relay PATH       the lattice-relay executable (default: the one built beside this program)
   --dir DIR          where to make the temporary directory (default $TMPDIR or /tmp)
   --tmpfs            put the relay's data directory in /dev/shm: fsync costs nothing there, to
@@ -100,9 +101,6 @@ constexpr const char* kUsage =
   --writer-window N  at most N unacknowledged batches per writer; writes made meanwhile go
                      together in the next batch (default 0: one batch per write, at once)
   --seconds S        measured seconds per fan-out run or capacity step (default 10; quick 2)
-  --nice N           run this program and the relays it starts at this nice level (negative
-                     needs root): on a machine shared with other work, a measure of what the
-                     relay does when it gets a core, rather than of the neighbours' load
 Prints one JSON object per scenario on stdout, progress on stderr.
 )";
 
@@ -121,7 +119,6 @@ struct Options {
   bool tmpfs = false;
   std::size_t writer_window = 0;
   double seconds = 10;
-  int nice = 0;
 };
 
 std::int64_t now_ns() {
@@ -965,6 +962,41 @@ std::string capacity(Context& ctx, const std::string& name, int devices, int wri
       .text();
 }
 
+// The hub compares each device's version vector with the relay's on every fan-out. The same
+// load (500 devices, the same write rate) with 10 writing sites, then with every device a
+// writing site (each writes once before the measured run), shows what that costs as
+// namespaces collect sites.
+std::string vector_cost(Context& ctx) {
+  const int devices = ctx.options.quick ? 100 : 500;
+  const double rate = 10;
+  const double seconds = ctx.options.quick ? 2 : ctx.options.seconds;
+  auto one = [&](int writers) {
+    RelayProcess relay(ctx.setup, ctx.fresh_data(), {});
+    Fleet fleet(ctx.setup, relay, devices, writers, ctx.options.writer_window);
+    fleet.connect_all(std::chrono::seconds(180));
+    if (writers > 10) {
+      // Every writer writes once: the relay's vector gets an entry per device.
+      const double warm_rate = 100;
+      fleet.run_load(Json(), warm_rate, writers / warm_rate, std::chrono::seconds(120),
+                     relay.pid());
+      std::this_thread::sleep_for(milliseconds(1000));
+    }
+    progress("vector_cost: " + std::to_string(writers) + " writing sites, " + fixed(rate, 0) +
+             " writes/s");
+    return fleet
+        .run_load(Json().integer("sites", writers), rate, seconds, std::chrono::seconds(15),
+                  relay.pid())
+        .text();
+  };
+  const std::string few = one(10);
+  const std::string many = one(devices);
+  return Json()
+      .str("scenario", "vector_cost")
+      .raw("sites_10", few)
+      .raw("sites_" + std::to_string(devices), many)
+      .text();
+}
+
 // One device pushes `batches` batches of about 50,000 changes of fresh rows, all at once; the
 // relay merges them one after another.
 std::string merge(Context& ctx) {
@@ -1409,10 +1441,6 @@ Options parse_options(int argc, char** argv) {
       options.dir = value();
     } else if (arg == "--tmpfs") {
       options.tmpfs = true;
-    } else if (arg == "--nice") {
-      options.nice = std::stoi(value());
-      if (options.nice < -20 || options.nice > 19)
-        throw std::invalid_argument("--nice takes -20 to 19");
     } else if (arg == "--writer-window") {
       options.writer_window = static_cast<std::size_t>(std::stoul(value()));
     } else if (arg == "--seconds") {
@@ -1433,7 +1461,7 @@ Options parse_options(int argc, char** argv) {
 
 const std::vector<std::string> kScenarios = {"fanout_10",    "fanout_100",    "fanout_1000",
                                              "capacity_100", "capacity_1000", "merge",
-                                             "idle_memory",  "catchup"};
+                                             "idle_memory",  "catchup",       "vector_cost"};
 
 int run(Options options, const char* argv0) {
   if (options.relay.empty()) options.relay = find_relay(argv0);
@@ -1441,11 +1469,6 @@ int run(Options options, const char* argv0) {
   for (const auto& s : options.scenarios)
     if (std::find(kScenarios.begin(), kScenarios.end(), s) == kScenarios.end())
       throw std::invalid_argument("unknown scenario '" + s + "'");
-
-  // Before any thread starts: threads and the relay children inherit it.
-  if (options.nice != 0 && setpriority(PRIO_PROCESS, 0, options.nice) != 0)
-    throw std::runtime_error("cannot set nice " + std::to_string(options.nice) + ": " +
-                             std::strerror(errno));
 
   // 1,000 devices need 1,000 sockets here and in the relay (which inherits this limit).
   rlimit files{};
@@ -1487,7 +1510,6 @@ int run(Options options, const char* argv0) {
           .boolean("tls", true)
           .str("relay_data", options.tmpfs ? "tmpfs (/dev/shm)" : "disk (" + options.dir + ")")
           .integer("writer_window", static_cast<std::int64_t>(options.writer_window))
-          .integer("nice", options.nice)
           .integer("open_files_limit", static_cast<std::int64_t>(files.rlim_cur))
           .boolean("quick", options.quick)
           .text()
@@ -1516,6 +1538,8 @@ int run(Options options, const char* argv0) {
                                       : std::vector<double>{20, 50, 100, 150, 200, 250, 300, 400});
       } else if (name == "merge") {
         line = merge(ctx);
+      } else if (name == "vector_cost") {
+        line = vector_cost(ctx);
       } else if (name == "idle_memory") {
         line = idle_memory(ctx);
       } else if (name == "catchup") {
