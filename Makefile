@@ -1,6 +1,7 @@
 # Lattice developer entry points. `make test` is what CI runs (.ci/run).
 #
-#   make test          setup, normal build + tests, ASan/UBSan build + tests, format check
+#   make test          setup, normal build + tests, ASan/UBSan build + tests, fuzzers, arm64
+#                      cross build + tests under qemu, format check
 #   make build         configure and build build/ (RelWithDebInfo)
 #   make demo          setup, build, then scripts/demo.sh: a relay and two lattice-todo devices
 #                      in the browser until Ctrl-C (SCRIPTED=1: the scripted scenario, no browser)
@@ -9,7 +10,7 @@
 #   make format-check  fail if any C/C++ file is not clang-formatted
 #   make test-arm64    C API cross-built for arm64, its tests under qemu-aarch64 (docs/android.md)
 #   make arm64-size    the stripped arm64 liblattice.so size of docs/benchmarks.md
-#   make clean         remove build/ and build-asan/
+#   make clean         remove the build trees (build/, build-asan/, build-fuzz/, build-arm64*/)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -66,6 +67,7 @@ test:
 	$(MAKE) --no-print-directory test-build
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory test-fuzz
+	$(MAKE) --no-print-directory test-arm64
 	$(MAKE) --no-print-directory format-check
 
 # The decoders of untrusted bytes under libFuzzer (clang), briefly: the fuzz tree instruments
@@ -118,4 +120,4 @@ format-check:
 	bash scripts/format-check.sh
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR) $(ARM64_DIR) build-arm64-size

@@ -37,7 +37,12 @@ ${triple}-strip --strip-all -o "${stripped}" "${lib}"
 bytes="$(stat -c %s "${stripped}")"
 
 echo
-echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)')"
+if commit="$(git rev-parse --short HEAD 2>/dev/null)"; then
+  git diff --quiet HEAD -- . || commit+=" (with uncommitted changes)"
+else
+  commit="unknown (not a git checkout)"
+fi
+echo "commit:   ${commit}"
 echo "compiler: $(${triple}-g++ --version | head -1)"
 echo "library:  ${lib}"
 echo "NEEDED:   $(${triple}-readelf -d "${lib}" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
