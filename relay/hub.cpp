@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "crdt/changeset_codec.hpp"
@@ -49,35 +50,77 @@ std::string first_difference(const std::string& relay, const std::string& device
   return "schemas differ";
 }
 
+// Whether a device's own history agrees with what the relay holds of its site id: nullopt when
+// it does, else the last own transaction the two share (docs/protocol.md, "Rekey"). `relay_log`
+// is the relay's origin log of the device's site from hello.acked_seq on, `relay_seq` the
+// relay's version vector entry for it.
+std::optional<std::uint64_t> fork_point(const transport::Hello& hello,
+                                        const std::vector<crdt::TxnTag>& relay_log,
+                                        std::uint64_t relay_seq) {
+  const std::uint64_t head = hello.held.get(hello.site);
+  std::map<std::uint64_t, std::uint64_t> mine;
+  for (const crdt::TxnTag& t : hello.own_log) mine[t.seq] = t.tag;
+  std::uint64_t agreed = hello.acked_seq;
+  for (const crdt::TxnTag& theirs : relay_log) {
+    if (theirs.seq <= hello.acked_seq) continue;
+    auto it = mine.find(theirs.seq);
+    // The relay holds transactions of this site that this device did not write: the other
+    // copy's, or this file is a restored backup.
+    if (theirs.seq > head) return agreed;
+    if (it == mine.end()) continue;  // written before the device kept a log: no evidence
+    if (it->second != theirs.tag) return agreed;
+    agreed = theirs.seq;
+  }
+  if (relay_seq > head) return head;
+  return std::nullopt;
+}
+
 }  // namespace
 
 struct Namespace;
 
 struct Peer : std::enable_shared_from_this<Peer> {
   enum class Phase { kAwaitingHello, kLive, kClosed };
+
+  std::uint64_t id = 0;  // connection order
   std::shared_ptr<transport::Connection> connection;
   std::string ns;
   Namespace* space = nullptr;
   Phase phase = Phase::kAwaitingHello;
   Grant grant;
+  crdt::SiteId site;
+  // Own transactions of this device up to here are the relay's too, identically.
+  std::uint64_t confirmed_own = 0;
+  // The device's own transactions the relay has seen listed (hello and pushes): seq -> tag.
+  std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
   crdt::VersionVector known;  // what the device is known to hold
   double budget = 0;          // rate limit: changes it may still send now
   double budget_time = 0;
 };
 
+// Peers in the order they connected, not by address, so that fan-out order (and with it a
+// simulation's schedule) is the same on every run.
+struct ByConnectOrder {
+  bool operator()(const std::shared_ptr<Peer>& a, const std::shared_ptr<Peer>& b) const {
+    return a->id < b->id;
+  }
+};
+using PeerSet = std::set<std::shared_ptr<Peer>, ByConnectOrder>;
+
 struct Namespace {
   std::string name;
   std::unique_ptr<storage::Replica> replica;
   std::string schema;
-  std::set<std::shared_ptr<Peer>> peers;  // live ones
+  PeerSet peers;  // live ones
 };
 
 struct Hub::Impl {
   HubOptions options;
   HubCounters counters;
   std::map<std::string, std::unique_ptr<Namespace>> spaces;
-  std::set<std::shared_ptr<Peer>> peers;  // every open connection
+  PeerSet peers;  // every open connection
+  std::uint64_t next_peer_id = 0;
   std::map<std::string, std::size_t> connections_per_token;
   bool stopping = false;
 
@@ -88,6 +131,9 @@ struct Hub::Impl {
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
   void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
   void on_close(const std::shared_ptr<Peer>& peer);
+  void rekey(Peer& peer, std::uint64_t keep_through);
+  // The last own transaction of `peer` that the relay holds identically (from either copy).
+  std::uint64_t shared_prefix(Peer& peer);
   void send_changes(Peer& peer, const crdt::Changeset& changeset, const std::string& bytes);
 };
 
@@ -120,6 +166,35 @@ void Hub::Impl::fail(Peer& peer, WireError code, const std::string& message) {
   ++counters.rejected[transport::wire_error_name(code)];
   send(peer, transport::ErrorFrame{code, message});
   peer.connection->close(std::string(transport::wire_error_name(code)) + ": " + message);
+  if (peer.space) peer.space->peers.erase(peer.shared_from_this());
+  peer.phase = Peer::Phase::kClosed;
+}
+
+std::uint64_t Hub::Impl::shared_prefix(Peer& peer) {
+  std::uint64_t keep = peer.confirmed_own;
+  auto it = peer.own_history.upper_bound(keep);
+  if (it == peer.own_history.end()) return keep;
+  std::map<std::uint64_t, std::uint64_t> logged;
+  for (const crdt::TxnTag& t :
+       peer.space->replica->origin_log(peer.site, it->first, peer.own_history.size()))
+    logged[t.seq] = t.tag;
+  for (; it != peer.own_history.end() && it->first == keep + 1; ++it) {
+    auto at = logged.find(it->first);
+    if (at == logged.end() || at->second != it->second) break;
+    keep = it->first;
+  }
+  return keep;
+}
+
+void Hub::Impl::rekey(Peer& peer, std::uint64_t keep_through) {
+  ++counters.rekeys;
+  send(peer, transport::Rekey{"site id " + peer.site.to_hex() +
+                                  " has another history at the relay (a copied or restored "
+                                  "replica file); keep transactions through " +
+                                  std::to_string(keep_through) + " and take a new site id",
+                              keep_through});
+  // The device closes once it has rekeyed: closing here could lose the frame on the way.
+  // Until then nothing it sends is read.
   if (peer.space) peer.space->peers.erase(peer.shared_from_this());
   peer.phase = Peer::Phase::kClosed;
 }
@@ -206,6 +281,16 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
                 "the device's replicated schema differs from namespace '" + peer->ns +
                     "': " + first_difference(space->schema, hello.schema_fingerprint));
 
+  // A copy of a replica file presents its site id with a history of its own; the first to
+  // arrive keeps the id, this one is told to move its later transactions to a new one.
+  constexpr std::size_t kMaxLogCompared = 1'000'000;
+  const auto keep =
+      fork_point(hello, space->replica->origin_log(hello.site, hello.acked_seq, kMaxLogCompared),
+                 space->replica->version_vector().get(hello.site));
+  peer->site = hello.site;
+  if (keep) return rekey(*peer, *keep);
+  peer->confirmed_own = space->replica->version_vector().get(hello.site);
+  for (const crdt::TxnTag& t : hello.own_log) peer->own_history[t.seq] = t.tag;
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
   peer->known = hello.held;
@@ -254,11 +339,28 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   }
 
   Namespace& space = *peer->space;
+  // A copy that got its own transactions in first was told apart by the live-copy check below;
+  // this catches one that pushes a history the relay's origin log contradicts.
+  if (!changes.origin_log.empty()) {
+    std::map<std::uint64_t, std::uint64_t> logged;
+    for (const crdt::TxnTag& t : space.replica->origin_log(
+             peer->site, changes.origin_log.front().seq, changes.origin_log.size()))
+      logged[t.seq] = t.tag;
+    for (const crdt::TxnTag& t : changes.origin_log) {
+      auto it = logged.find(t.seq);
+      if (it != logged.end() && it->second != t.tag) return rekey(*peer, t.seq - 1);
+    }
+  }
   const crdt::VersionVector before = space.replica->version_vector();
+  // A batch that skips some of the device's own transactions (an earlier batch was lost or is
+  // still on its way) is not merged: merged out of order, two copies' transactions under one
+  // site id could interleave. The acknowledgement tells the device where to resend from.
+  if (changeset.since.get(peer->site) > before.get(peer->site))
+    return send(*peer, transport::Ack{changes.batch, before});
   storage::ApplyResult result;
   const auto merge_start = std::chrono::steady_clock::now();
   try {
-    result = space.replica->apply(changeset);
+    result = space.replica->apply(changeset, storage::OriginTxns{peer->site, changes.origin_log});
   } catch (const Error& e) {
     return fail(*peer, WireError::kBadChangeset, e.what());
   }
@@ -267,7 +369,19 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   counters.changes_merged += result.applied;
   const crdt::VersionVector after = space.replica->version_vector();
   peer->known.merge(changeset.until);
+  peer->confirmed_own = std::max(peer->confirmed_own, changeset.until.get(peer->site));
+  for (const crdt::TxnTag& t : changes.origin_log) peer->own_history[t.seq] = t.tag;
+  // Only what the relay does not hold yet can matter to shared_prefix().
+  peer->own_history.erase(peer->own_history.begin(),
+                          peer->own_history.upper_bound(peer->confirmed_own));
   send(*peer, transport::Ack{changes.batch, after});
+  // Another live copy of this device's replica file now lags a history that is not its own:
+  // it must move its later transactions to a new site id before it writes over these.
+  if (after.get(peer->site) > before.get(peer->site))
+    for (const auto& other :
+         std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end()))
+      if (other != peer && other->phase == Peer::Phase::kLive && other->site == peer->site)
+        rekey(*other, shared_prefix(*other));
   if (result.applied == 0 && after == before) return;
 
   // The same delta serves every device that held everything the relay held before this merge;
@@ -316,6 +430,7 @@ Hub::~Hub() { shutdown(); }
 
 void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::string& ns) {
   auto peer = std::make_shared<Peer>();
+  peer->id = impl_->next_peer_id++;
   peer->connection = std::move(connection);
   peer->ns = ns;
   impl_->peers.insert(peer);

@@ -63,6 +63,7 @@ struct HubCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t changes_merged = 0;  // column changes that won at the relay
   std::uint64_t changes_sent = 0;    // column changes sent to devices
+  std::uint64_t rekeys = 0;  // devices told to take a new site id (copied replica files)
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name

@@ -131,6 +131,10 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             "Column changes from devices that won and changed a namespace's replica.",
             hc.changes_merged);
   m.counter("lattice_relay_changes_sent_total", "Column changes sent to devices.", hc.changes_sent);
+  m.counter("lattice_relay_rekeys_total",
+            "Devices told to take a new site id because another copy of their replica file "
+            "wrote under it.",
+            hc.rekeys);
   m.counter("lattice_relay_bytes_in_total", "Bytes of frames received from devices.", hc.bytes_in);
   m.counter("lattice_relay_bytes_out_total", "Bytes of frames queued for devices.", hc.bytes_out);
   std::map<std::string, std::uint64_t> rejected = hc.rejected;

@@ -15,6 +15,7 @@
 #include "crdt/changeset.hpp"
 #include "crdt/hlc.hpp"
 #include "crdt/site_id.hpp"
+#include "crdt/txn_tag.hpp"
 #include "crdt/value.hpp"
 #include "crdt/version_vector.hpp"
 
@@ -56,13 +57,7 @@ struct ApplyResult {
   std::size_t applied = 0;   // of those, the ones that won and changed this replica
 };
 
-// A local transaction as the relay knows it: its sequence number and a random tag. Two copies of
-// one replica file that both wrote transaction `seq` almost surely tagged them differently.
-struct TxnTag {
-  std::uint64_t seq = 0;
-  std::uint64_t tag = 0;
-  bool operator==(const TxnTag&) const = default;
-};
+using crdt::TxnTag;
 
 // The transactions a device says it wrote itself, given with the changeset that carries them
 // (apply): the relay keeps them to recognise later which history a device holds.

@@ -32,9 +32,11 @@ using crdt::VersionVector;
 constexpr std::size_t kSiteIdBytes = 16;
 // Nesting of the deepest container: frame > held.
 constexpr std::size_t kMaxDepth = 2;
-// Elements of the longest frame (hello: the type and six fields). No frame holds an array below
-// the top level, so no array anywhere may be longer.
-constexpr std::size_t kMaxElements = 7;
+// Elements of the longest frame (hello: the type and eight fields). No frame holds an array
+// below the top level, so no array anywhere may be longer.
+constexpr std::size_t kMaxElements = 9;
+// A transaction log (hello.own_log, changes.origin_log) is a bin of big-endian (seq, tag) pairs.
+constexpr std::size_t kTxnTagBytes = 16;
 // The smallest valid version vector entry: a 16-byte bin (2 header bytes) and a 1-byte uint.
 constexpr std::size_t kMinEntryBytes = 2 + kSiteIdBytes + 1;
 
@@ -48,16 +50,17 @@ struct Layout {
 
 constexpr Layout kLayouts[] = {
     {"hello",
-     7,
-     {"type", "protocol_version", "site", "ns", "token", "held", "schema_fingerprint"},
+     9,
+     {"type", "protocol_version", "site", "ns", "token", "held", "schema_fingerprint", "acked_seq",
+      "own_log"},
      5},
     {"welcome", 3, {"type", "protocol_version", "held"}, 2},
-    {"changes", 3, {"type", "batch", "changeset"}, 0},
+    {"changes", 4, {"type", "batch", "changeset", "origin_log"}, 0},
     {"ack", 3, {"type", "batch", "held"}, 2},
     {"error", 3, {"type", "code", "message"}, 0},
     {"ping", 2, {"type", "nonce"}, 0},
     {"pong", 2, {"type", "nonce"}, 0},
-    {"rekey", 2, {"type", "reason"}, 0},
+    {"rekey", 3, {"type", "reason", "keep_through"}, 0},
     {"digest_request", 2, {"type", "nonce"}, 0},
     {"digest", 3, {"type", "nonce", "summary"}, 0},
 };
@@ -101,6 +104,15 @@ void pack_vector(Packer& pk, const VersionVector& vv) {
   }
 }
 
+void pack_log(Packer& pk, const std::vector<crdt::TxnTag>& log, const char* field) {
+  std::string bytes;
+  bytes.reserve(log.size() * kTxnTagBytes);
+  for (const crdt::TxnTag& t : log)
+    for (std::uint64_t v : {t.seq, t.tag})
+      for (int shift = 56; shift >= 0; shift -= 8) bytes.push_back(static_cast<char>(v >> shift));
+  pack_bin(pk, bytes, field);
+}
+
 // The type numbers are the variant's indices plus one; the decoder relies on it too.
 static_assert(std::is_same_v<std::variant_alternative_t<0, Frame>, Hello> &&
               std::is_same_v<std::variant_alternative_t<4, Frame>, ErrorFrame> &&
@@ -122,6 +134,8 @@ struct Encoder {
     pack_str(pk, f.token, "hello.token");
     pack_vector(pk, f.held);
     pack_str(pk, f.schema_fingerprint, "hello.schema_fingerprint");
+    pk.pack_uint64(f.acked_seq);
+    pack_log(pk, f.own_log, "hello.own_log");
   }
   void operator()(const Welcome& f) {
     header(2);
@@ -132,6 +146,7 @@ struct Encoder {
     header(3);
     pk.pack_uint64(f.batch);
     pack_bin(pk, f.changeset, "changes.changeset");
+    pack_log(pk, f.origin_log, "changes.origin_log");
   }
   void operator()(const Ack& f) {
     header(4);
@@ -154,6 +169,7 @@ struct Encoder {
   void operator()(const Rekey& f) {
     header(8);
     pack_str(pk, f.reason, "rekey.reason");
+    pk.pack_uint64(f.keep_through);
   }
   void operator()(const DigestRequest& f) {
     header(9);
@@ -458,6 +474,22 @@ VersionVector read_vector(const msgpack::object& o, const Where& at) {
   return vv;
 }
 
+std::vector<crdt::TxnTag> read_log(const msgpack::object& o, const Where& at) {
+  const std::string bytes = read_bin(o, at);
+  if (bytes.size() % kTxnTagBytes != 0)
+    fail_corrupt(at, std::to_string(bytes.size()) + "-byte bin is not a whole number of " +
+                         std::to_string(kTxnTagBytes) + "-byte (seq, tag) entries");
+  std::vector<crdt::TxnTag> log(bytes.size() / kTxnTagBytes);
+  auto read64 = [&](std::size_t offset) {
+    std::uint64_t v = 0;
+    for (std::size_t i = 0; i < 8; ++i) v = v << 8 | static_cast<unsigned char>(bytes[offset + i]);
+    return v;
+  };
+  for (std::size_t i = 0; i < log.size(); ++i)
+    log[i] = {read64(i * kTxnTagBytes), read64(i * kTxnTagBytes + 8)};
+  return log;
+}
+
 Frame read_frame(std::size_t index, const msgpack::object& root) {
   const Layout& layout = kLayouts[index];
   // read_header checked the array size and the type, and unpack read the same bytes.
@@ -472,6 +504,8 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       h.token = read_str(f[4], at(4));
       h.held = read_vector(f[5], at(5));
       h.schema_fingerprint = read_str(f[6], at(6));
+      h.acked_seq = read_uint(f[7], at(7));
+      h.own_log = read_log(f[8], at(8));
       return h;
     }
     case 1: {
@@ -484,6 +518,7 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       Changes c;
       c.batch = read_uint(f[1], at(1));
       c.changeset = read_bin(f[2], at(2));
+      c.origin_log = read_log(f[3], at(3));
       return c;
     }
     case 3: {
@@ -503,7 +538,7 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
     case 6:
       return Pong{read_uint(f[1], at(1))};
     case 7:
-      return Rekey{read_str(f[1], at(1))};
+      return Rekey{read_str(f[1], at(1)), read_uint(f[2], at(2))};
     case 8:
       return DigestRequest{read_uint(f[1], at(1))};
     case 9:

@@ -6,16 +6,18 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "crdt/site_id.hpp"
+#include "crdt/txn_tag.hpp"
 #include "crdt/version_vector.hpp"
 
 namespace lattice::transport {
 
 // Protocol versions this build speaks. A hello with another version is refused with an error
 // frame that names these.
-constexpr std::uint32_t kProtocolVersion = 1;
-constexpr std::uint32_t kMinProtocolVersion = 1;
+constexpr std::uint32_t kProtocolVersion = 2;
+constexpr std::uint32_t kMinProtocolVersion = 2;
 
 // Codes of error frames. Stable numbers: clients switch on them.
 enum class WireError : std::uint32_t {
@@ -45,6 +47,10 @@ struct Hello {
   std::string token;
   crdt::VersionVector held;        // what the device holds
   std::string schema_fingerprint;  // see storage's schema description
+  // The device's own history since the relay last acknowledged it: the highest own sequence
+  // number acknowledged, and its own transactions from that one through held[site].
+  std::uint64_t acked_seq = 0;
+  std::vector<crdt::TxnTag> own_log;
   bool operator==(const Hello&) const = default;
 };
 
@@ -60,6 +66,8 @@ struct Welcome {
 struct Changes {
   std::uint64_t batch = 0;
   std::string changeset;
+  // From a device: its own transactions that this changeset covers (the relay's origin log).
+  std::vector<crdt::TxnTag> origin_log;
   bool operator==(const Changes&) const = default;
 };
 
@@ -91,6 +99,8 @@ struct Pong {
 // new site id and send your unacknowledged changes again under it.
 struct Rekey {
   std::string reason;
+  // Own transactions up to this one are the relay's too; later ones must move to a new site id.
+  std::uint64_t keep_through = 0;
   bool operator==(const Rekey&) const = default;
 };
 

@@ -63,6 +63,8 @@ void SyncSession::start() {
   hello.token = options_.token;
   hello.held = replica_.version_vector();
   hello.schema_fingerprint = replica_.schema_description();
+  hello.acked_seq = replica_.acknowledged();
+  hello.own_log = replica_.local_log(hello.acked_seq, hello.held.get(hello.site));
   send(hello);
 }
 
@@ -87,7 +89,9 @@ void SyncSession::push_local_changes() {
   if (changeset.rows.empty() && sent.dominates(changeset.until)) return;
   const std::uint64_t batch = next_batch_++;
   in_flight_[batch] = changeset.until;
-  send(transport::Changes{batch, crdt::encode_changeset(changeset)});
+  const crdt::SiteId& own = replica_.site_id();
+  send(transport::Changes{batch, crdt::encode_changeset(changeset),
+                          replica_.local_log(sent.get(own) + 1, changeset.until.get(own))});
   // The rest of a large backlog follows as its acknowledgements come back (on_frame, Ack), so
   // at most a few batches are in flight at once.
 }
@@ -96,6 +100,15 @@ bool SyncSession::in_sync() {
   if (state_ != SyncState::kLive || !in_flight_.empty()) return false;
   const crdt::VersionVector mine = replica_.version_vector();
   return relay_held_.dominates(mine) && mine.dominates(relay_held_);
+}
+
+void SyncSession::acknowledge() {
+  try {
+    replica_.acknowledge(relay_held_.get(replica_.site_id()));
+  } catch (const Error&) {
+    // The file was busy past the timeout: the log is pruned at the next acknowledgement
+    // instead, and nothing else depends on it.
+  }
 }
 
 std::uint64_t SyncSession::pending() { return replica_.local_changes_after(relay_held_); }
@@ -110,26 +123,51 @@ void SyncSession::on_frame(std::string_view bytes) {
   }
   if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
     relay_held_ = welcome->held;
+    // The relay checked our history against its own before welcoming us (no rekey), so what
+    // it holds of our site id is ours.
+    acknowledge();
     set_state(SyncState::kSyncing);
     push_local_changes();
   } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
     try {
       const crdt::Changeset changeset = crdt::decode_changeset(changes->changeset);
       replica_.apply(changeset);
-      relay_held_.merge(changeset.until);
+      // What the relay holds of our own site id is learnt from its welcome and its
+      // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
+      const crdt::SiteId& own = replica_.site_id();
+      for (const auto& [site, seq] : changeset.until.entries())
+        if (site != own) relay_held_.advance(site, seq);
     } catch (const Error& e) {
       send(transport::ErrorFrame{transport::WireError::kBadChangeset, e.what()});
       return close(std::string("bad changeset from relay: ") + e.what());
     }
     set_state(SyncState::kLive);
   } else if (auto* ack = std::get_if<transport::Ack>(&frame)) {
-    relay_held_.merge(ack->held);
-    in_flight_.erase(ack->batch);
+    // The relay's vector counts our site id's transactions that another copy of this file
+    // may have sent; only those of the acknowledged batch are known to be ours.
+    auto batch = in_flight_.find(ack->batch);
+    if (batch != in_flight_.end()) {
+      const crdt::SiteId& own = replica_.site_id();
+      crdt::VersionVector held;
+      for (const auto& [site, seq] : ack->held.entries())
+        held.advance(site, site == own ? std::min(seq, batch->second.get(own)) : seq);
+      relay_held_.merge(held);
+      in_flight_.erase(batch);
+    }
+    acknowledge();
     // Changes written while the batch was in flight go now.
     push_local_changes();
   } else if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
     if (events_.on_error) events_.on_error(*error);
     close(std::string("relay error: ") + error->message);
+  } else if (auto* rekey = std::get_if<transport::Rekey>(&frame)) {
+    try {
+      replica_.rekey(rekey->keep_through);
+    } catch (const Error& e) {
+      return close(std::string("rekey failed: ") + e.what());
+    }
+    if (events_.on_rekey) events_.on_rekey(*rekey);
+    close("rekeyed: " + rekey->reason);
   } else if (auto* ping = std::get_if<transport::Ping>(&frame)) {
     send(transport::Pong{ping->nonce});
   } else if (auto* digest = std::get_if<transport::Digest>(&frame)) {

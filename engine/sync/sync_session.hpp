@@ -34,6 +34,9 @@ class SyncSession {
     std::function<void(SyncState)> on_state;
     // An error frame from the relay; the connection closes after it.
     std::function<void(const transport::ErrorFrame&)> on_error;
+    // The relay said another copy of this replica file wrote under its site id; the replica
+    // has taken a new one (storage::Replica::rekey) and the connection closes. Reconnect.
+    std::function<void(const transport::Rekey&)> on_rekey;
     // The connection closed (after an error or not). The session is done.
     std::function<void(const std::string& reason)> on_closed;
   };
@@ -65,6 +68,8 @@ class SyncSession {
  private:
   void on_frame(std::string_view bytes);
   void set_state(SyncState state);
+  // Records in the replica what the relay holds of its own transactions.
+  void acknowledge();
   void send(const transport::Frame& frame);
 
   storage::Replica& replica_;

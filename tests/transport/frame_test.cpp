@@ -72,11 +72,12 @@ void pack_str(msgpack::packer<msgpack::sbuffer>& pk, std::string_view s) {
 // A hello written field by field; `held` writes the version vector.
 std::string hello_with_held(const std::function<void(msgpack::packer<msgpack::sbuffer>&)>& held) {
   return packed([&](auto& pk) {
-    pk.pack_array(7), pk.pack_uint8(1), pk.pack_uint8(1);
+    pk.pack_array(9), pk.pack_uint8(1), pk.pack_uint8(1);
     pack_bin(pk, site(1).as_bytes());
     pack_str(pk, "ns"), pack_str(pk, "token");
     held(pk);
     pack_str(pk, "fp");
+    pk.pack_uint8(0), pack_bin(pk, "");
   });
 }
 
@@ -88,6 +89,8 @@ Hello full_hello() {
   h.token = "eyJhbGciOi.payload.sig";
   h.held = vector_of({{1, 3}, {40, kMax64}, {200, 1}});
   h.schema_fingerprint = "sha256:0123abcd";
+  h.acked_seq = 41;
+  h.own_log = {{41, 0x7fffffffffffffff}, {42, 1}, {kMax64, 12345}};
   return h;
 }
 
@@ -111,6 +114,7 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Changes{});
   frames.push_back(Changes{kMax64, std::string("\x00\x01\xc1\xff", 4)});
   frames.push_back(Changes{1, std::string(100000, '\x90')});
+  frames.push_back(Changes{3, "cs", {{1, kMax64}, {kMax64, 0}, {7, 7}}});
 
   frames.push_back(Ack{});
   frames.push_back(Ack{42, vector_of({{1, kMax64}})});
@@ -126,6 +130,7 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Pong{});
   frames.push_back(Pong{0x1234567890ull});
   frames.push_back(Rekey{});
+  frames.push_back(Rekey{"copied replica", kMax64});
   frames.push_back(Rekey{"site id 0001... is also used by 127.0.0.1:52144"});
   frames.push_back(DigestRequest{});
   frames.push_back(DigestRequest{kMax64});
@@ -169,12 +174,15 @@ TEST_CASE("every frame type survives encoding and decoding unchanged") {
 TEST_CASE("frames are laid out as docs/protocol.md says") {
   CHECK(encode_frame(Ping{5}) == std::string("\x92\x06\x05", 3));
   CHECK(encode_frame(Pong{300}) == std::string("\x92\x07\xcd\x01\x2c", 5));
-  CHECK(encode_frame(Rekey{"r"}) == std::string("\x92\x08\xa1r", 4));
+  CHECK(encode_frame(Rekey{"r", 5}) == std::string("\x93\x08\xa1r\x05", 5));
   CHECK(encode_frame(ErrorFrame{WireError::kRateLimited, "x"}) ==
         std::string("\x93\x05\x09\xa1x", 5));
-  CHECK(encode_frame(Changes{2, "ab"}) == std::string("\x93\x03\x02\xc4\x02"
-                                                      "ab",
-                                                      7));
+  CHECK(encode_frame(Changes{2, "ab"}) == std::string("\x94\x03\x02\xc4\x02"
+                                                      "ab\xc4\x00",
+                                                      9));
+  CHECK(encode_frame(Changes{2, "", {{1, 258}}}) ==
+        std::string("\x94\x03\x02\xc4\x00\xc4\x10", 7) +
+            std::string("\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\x01\x02", 16));
   const std::string welcome = encode_frame(Welcome{1, vector_of({{0, 3}})});
   CHECK(welcome == std::string("\x93\x02\x01\x81\xc4\x10", 6) + std::string(site(0).as_bytes()) +
                        std::string("\x03", 1));
@@ -185,11 +193,24 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
   h.ns = "n";
   h.token = "t";
   h.schema_fingerprint = "f";
-  CHECK(encode_frame(h) == std::string("\x97\x01\x01\xc4\x10", 5) +
+  h.acked_seq = 3;
+  CHECK(encode_frame(h) == std::string("\x99\x01\x02\xc4\x10", 5) +
                                std::string(site(0).as_bytes()) +
                                std::string("\xa1n\xa1t\x80\xa1"
-                                           "f",
-                                           7));
+                                           "f\x03\xc4\x00",
+                                           10));
+}
+
+TEST_CASE("a transaction log that is not whole (seq, tag) pairs is refused naming the field") {
+  std::string bytes = encode_frame(Changes{1, "cs", {{1, 2}}});
+  // Drop the log's last byte and shorten its bin header (16 -> 15).
+  bytes.pop_back();
+  bytes[bytes.size() - 15 - 1] = 15;
+  const Error e = decode_error(bytes);
+  CHECK(e.code() == ErrorCode::kCorrupt);
+  CHECK(std::string(e.what()).find("changes.origin_log") != std::string::npos);
+  CHECK(std::string(e.what()).find("15-byte bin is not a whole number of 16-byte") !=
+        std::string::npos);
 }
 
 TEST_CASE("any integer encoding that holds the value is accepted") {
@@ -283,12 +304,12 @@ TEST_CASE("a claimed 4-billion-element container in 10 bytes is refused without 
   CHECK(contains(map.what(), "4294967295"));
 
   // A rekey whose reason claims 4 GiB.
-  const Error str = decode_error(std::string("\x92\x08\xdb\xff\xff\xff\xff\x00\x00\x00", 10));
+  const Error str = decode_error(std::string("\x93\x08\xdb\xff\xff\xff\xff\x00\x00\x00", 10));
   CHECK(str.code() == ErrorCode::kCorrupt);
   CHECK(contains(str.what(), "rekey.reason"));
 
   // An array in a field position claiming more elements than any frame has.
-  const Error inner = decode_error(std::string("\x92\x08\xdd\x00\x01\x00\x00\x00\x00\x00", 10));
+  const Error inner = decode_error(std::string("\x93\x08\xdd\x00\x01\x00\x00\x00\x00\x00", 10));
   CHECK(inner.code() == ErrorCode::kCorrupt);
   CHECK(contains(inner.what(), "rekey.reason"));
 }
@@ -300,7 +321,7 @@ TEST_CASE("a wrong element count is refused naming the frame type") {
     pack_str(pk, "ns"), pack_str(pk, "token"), pk.pack_map(0);
   }));
   CHECK(fewer.code() == ErrorCode::kCorrupt);
-  CHECK(std::string(fewer.what()) == "hello: expected an array of 7 elements, got 6");
+  CHECK(std::string(fewer.what()) == "hello: expected an array of 9 elements, got 6");
 
   const Error more = decode_error(packed(
       [](auto& pk) { pk.pack_array(3), pk.pack_uint8(6), pk.pack_uint8(1), pk.pack_uint8(2); }));
@@ -314,23 +335,26 @@ TEST_CASE("a wrong element count is refused naming the frame type") {
 
 TEST_CASE("a field of the wrong type is refused naming the field") {
   const Error site_as_str = decode_error(packed([](auto& pk) {
-    pk.pack_array(7), pk.pack_uint8(1), pk.pack_uint8(1);
+    pk.pack_array(9), pk.pack_uint8(1), pk.pack_uint8(1);
     pack_str(pk, "0123456789abcdef");
     pack_str(pk, "ns"), pack_str(pk, "token"), pk.pack_map(0), pack_str(pk, "fp");
+    pk.pack_uint8(0), pack_bin(pk, "");
   }));
   CHECK(site_as_str.code() == ErrorCode::kCorrupt);
   CHECK(std::string(site_as_str.what()) == "hello.site: expected 16-byte bin, got str");
 
   const Error ns = decode_error(packed([](auto& pk) {
-    pk.pack_array(7), pk.pack_uint8(1), pk.pack_uint8(1);
+    pk.pack_array(9), pk.pack_uint8(1), pk.pack_uint8(1);
     pack_bin(pk, site(1).as_bytes());
     pack_bin(pk, "ns");
     pack_str(pk, "token"), pk.pack_map(0), pack_str(pk, "fp");
+    pk.pack_uint8(0), pack_bin(pk, "");
   }));
   CHECK(std::string(ns.what()) == "hello.ns: expected str, got bin");
 
-  const Error changeset = decode_error(packed(
-      [](auto& pk) { pk.pack_array(3), pk.pack_uint8(3), pk.pack_uint8(1), pack_str(pk, "cs"); }));
+  const Error changeset = decode_error(packed([](auto& pk) {
+    pk.pack_array(4), pk.pack_uint8(3), pk.pack_uint8(1), pack_str(pk, "cs"), pack_bin(pk, "");
+  }));
   CHECK(std::string(changeset.what()) == "changes.changeset: expected bin, got str");
 
   const Error batch = decode_error(packed(
@@ -382,9 +406,10 @@ TEST_CASE("trailing bytes after the frame are refused") {
 
 TEST_CASE("a site id that is not 16 bytes is refused naming the field") {
   const Error short_site = decode_error(packed([](auto& pk) {
-    pk.pack_array(7), pk.pack_uint8(1), pk.pack_uint8(1);
+    pk.pack_array(9), pk.pack_uint8(1), pk.pack_uint8(1);
     pack_bin(pk, std::string(15, '\x01'));
     pack_str(pk, "ns"), pack_str(pk, "token"), pk.pack_map(0), pack_str(pk, "fp");
+    pk.pack_uint8(0), pack_bin(pk, "");
   }));
   CHECK(short_site.code() == ErrorCode::kCorrupt);
   CHECK(std::string(short_site.what()) == "hello.site: expected 16-byte bin, got 15-byte bin");
@@ -417,11 +442,12 @@ TEST_CASE("a version vector with a zero entry or a site named twice is refused")
 
   // Long enough a frame that msgpack's limits let the map through to the field checks.
   const Error key = decode_error(packed([](auto& pk) {
-    pk.pack_array(7), pk.pack_uint8(1), pk.pack_uint8(1);
+    pk.pack_array(9), pk.pack_uint8(1), pk.pack_uint8(1);
     pack_bin(pk, site(1).as_bytes());
     pack_str(pk, "ns"), pack_str(pk, "token"), pk.pack_map(1);
     pk.pack_uint8(1), pk.pack_uint8(1);
     pack_str(pk, "fp");
+    pk.pack_uint8(0), pack_bin(pk, "");
   }));
   CHECK(std::string(key.what()) ==
         "hello.held[0].site: expected 16-byte bin, got unsigned integer");
@@ -429,7 +455,7 @@ TEST_CASE("a version vector with a zero entry or a site named twice is refused")
 
 TEST_CASE("msgpack forms outside the protocol are refused naming the field") {
   const Error ext = decode_error(packed([](auto& pk) {
-    pk.pack_array(2), pk.pack_uint8(8), pk.pack_ext(1, 5), pk.pack_ext_body("x", 1);
+    pk.pack_array(3), pk.pack_uint8(8), pk.pack_ext(1, 5), pk.pack_ext_body("x", 1);
   }));
   CHECK(ext.code() == ErrorCode::kCorrupt);
   CHECK(contains(ext.what(), "rekey.reason: msgpack ext values"));
