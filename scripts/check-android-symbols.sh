@@ -36,9 +36,17 @@ ALLOWED="
 21 snprintf socket sprintf strcat strchr strcmp strerror_r strlen strncpy strtoul
 21 timerfd_create timerfd_settime tolower toupper vsnprintf write
 23 __cxa_thread_atexit_impl
+# SQLite's own calls, when it is compiled in from an amalgamation (-DLATTICE_SQLITE_AMALGAMATION)
+21 access fchmod fchown fstat64 fsync ftruncate64 getcwd getenv geteuid getpid localtime
+21 lstat64 mkdir mmap64 mremap munmap nanosleep open64 pread64 pthread_mutex_trylock
+21 pthread_mutexattr_destroy pthread_mutexattr_init pthread_mutexattr_settype pwrite64 read
+21 readlink realloc rmdir stat64 strcspn strncmp strrchr strspn sysconf time unlink utimes
 # glibc's headers spell errno and libstdc++'s single-thread shortcut this way; bionic's
 # headers spell them __errno and (libc++) not at all.
 header __errno_location __libc_single_threaded
+# glibc's <fcntl.h> renames fcntl to fcntl64 for large-file builds; bionic's 64-bit headers
+# keep the name fcntl (21), where off_t is 64-bit already.
+header fcntl64
 # Reached only through headers that ask the platform first: Boost.Asio calls aligned_alloc when
 # the C++ library declares std::aligned_alloc, libstdc++'s condition_variable calls
 # pthread_cond_clockwait when glibc has it. On Android, libc++ decides both by the API level
