@@ -392,6 +392,47 @@ TEST_CASE("three devices that edited offline converge with each other and the re
   MESSAGE("converged table:\n" << expected);
 }
 
+TEST_CASE("a replica file copied to a second device: both sync, nothing lost, nothing twice") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string original = relay.device("original");
+  must(
+      lattice(box, {"exec", original,
+                    "INSERT INTO todo(id, title, votes) VALUES ('x', 'start', 10), ('y', 'y', 0)"}),
+      "seed rows");
+  sync_once(box, relay, original, token);
+  // An increment not yet sent when the file is copied: both copies hold it, once.
+  must(lattice(box, {"exec", original, "UPDATE todo SET votes = votes + 1 WHERE id = 'x'"}),
+       "unsent increment");
+  const std::string copy = box.path("copy.db");
+  fs::copy_file(original, copy);
+
+  must(lattice(box, {"exec", original,
+                     "UPDATE todo SET votes = votes + 2 WHERE id = 'x';"
+                     "UPDATE todo SET title = 'from the original' WHERE id = 'y'"}),
+       "original edits");
+  must(lattice(box, {"exec", copy,
+                     "UPDATE todo SET votes = votes + 5 WHERE id = 'x';"
+                     "INSERT INTO todo(id, title, votes) VALUES ('z', 'from the copy', 3)"}),
+       "copy edits");
+  sync_once(box, relay, original, token);
+  sync_once(box, relay, copy, token);  // told to rekey, reconnects under a new site id
+  sync_once(box, relay, original, token);
+
+  const std::string expected = dump_todo(relay.relay_file());
+  CHECK(dump_todo(original) == expected);
+  CHECK(dump_todo(copy) == expected);
+  CHECK(expected == "x|start|0|18\ny|from the original|0|0\nz|from the copy|0|3\n");
+  const Result vv_original = lattice(box, {"vv", original});
+  const Result vv_copy = lattice(box, {"vv", copy});
+  CHECK(vv_original.out == vv_copy.out);
+  // Three sites now: the original's, the copy's new one, and the relay's none.
+  CHECK(std::count(vv_copy.out.begin(), vv_copy.out.end(), ':') == 2);
+  relay.stop();
+}
+
 // Waits until `condition` holds, polling every 2 ms; false after `timeout`.
 template <class Condition>
 bool eventually(milliseconds timeout, Condition condition) {
