@@ -43,15 +43,23 @@ for bin in relay_bin todo_bin; do
 done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/lattice-demo.XXXXXX")"
-pids=()
+pids=() names=()
+# Stops every process (SIGTERM, then SIGKILL after 5 s). Each must exit 0 after SIGTERM: a
+# non-zero status (a sanitizer's report, say) fails the demo, with the end of its log.
 cleanup() {
-  local status=$? pid i
+  local status=$? i n rc
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for ((i = 0; i < 50; i++)); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${pid}" 2>/dev/null || true
-    wait "${pid}" 2>/dev/null || true
+  for ((n = 0; n < ${#pids[@]}; n++)); do kill -TERM "${pids[n]}" 2>/dev/null || true; done
+  for ((n = 0; n < ${#pids[@]}; n++)); do
+    for ((i = 0; i < 50; i++)); do kill -0 "${pids[n]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[n]}" 2>/dev/null || true
+    rc=0
+    wait "${pids[n]}" 2>/dev/null || rc=$?
+    if [[ "${rc}" != 0 && "${rc}" != 127 ]]; then  # 127: already reaped by wait -n
+      echo "demo: ${names[n]} exited with status ${rc} when stopped; the end of its log:" >&2
+      tail -n 40 "${work}/${names[n]}.err" >&2 || true
+      [[ "${status}" != 0 ]] || status=1
+    fi
   done
   rm -rf "${work}"
   exit "${status}"
@@ -90,7 +98,7 @@ chmod 600 "${work}/relay.keys"
   --key-file "${work}/relay.keys" --tls-cert "${work}/relay-cert.pem" \
   --tls-key "${work}/relay-key.pem" --schema "${work}/schema.sql" \
   >"${work}/relay.out" 2>"${work}/relay.err" &
-pids+=($!)
+pids+=($!) names+=(relay)
 relay_addr="$(wait_listening "${work}/relay.out" 20)" \
   || die "the relay did not start: $(cat "${work}/relay.err")"
 relay_url="wss://${relay_addr}/board"
@@ -103,7 +111,7 @@ start_device() {
   "${todo_bin}" --name "${who}" --db "${work}/${who}.db" --relay "${relay_url}" \
     --token-file "${work}/${who}.token" --ca-file "${work}/relay-cert.pem" \
     --listen "127.0.0.1:${port}" >"${work}/${who}.out" 2>"${work}/${who}.err" &
-  pids+=($!)
+  pids+=($!) names+=("${who}")
   url="$(wait_listening "${work}/${who}.out" 20)" \
     || die "${who}'s lattice-todo did not start: $(cat "${work}/${who}.err")"
   printf -v "${who}_url" '%s' "${url%/}"
