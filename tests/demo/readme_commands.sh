@@ -14,11 +14,19 @@ for bin in LATTICE_RELAY_BIN LATTICE_BIN README_EXAMPLE_BIN; do
 done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/lattice-readme.XXXXXX")"
+# Stops the relay the commands started; it must exit 0 after SIGTERM (no sanitizer report).
 cleanup() {
-  local status=$? pid
-  for pid in $(jobs -p); do kill -TERM "${pid}" 2>/dev/null || true; done
+  local status=$? pid rc
   for pid in $(jobs -p); do
+    kill -TERM "${pid}" 2>/dev/null || true
     timeout 10 tail --pid="${pid}" -f /dev/null || kill -KILL "${pid}" 2>/dev/null || true
+    rc=0
+    wait "${pid}" || rc=$?
+    if [[ "${rc}" != 0 ]]; then
+      echo "readme_commands: a background command (the relay) exited with status ${rc}:" >&2
+      tail -n 40 "${work}/output.txt" >&2 || true
+      [[ "${status}" != 0 ]] || status=1
+    fi
   done
   rm -rf "${work}"
   exit "${status}"
