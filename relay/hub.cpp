@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
@@ -48,6 +50,72 @@ std::string first_difference(const std::string& relay, const std::string& device
   for (const auto& [table, columns] : theirs)
     if (!mine.count(table)) return "table '" + table + "' is not replicated by this namespace";
   return "schemas differ";
+}
+
+std::string quote_literal(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + '\'';
+}
+
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + '"';
+}
+
+std::string quote_identifier(const std::string& name) {
+  std::string out = "\"";
+  for (char c : name) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + '"';
+}
+
+// The SQL that creates and replicates the tables of a schema description
+// (storage::Replica::schema_description: "todo(id key,title lww,votes counter);..."), for a
+// namespace that adopts an admin device's schema. Key columns come first, in key order. Column
+// declared types and constraints are the device's business: the relay only merges.
+std::string adoption_sql(const std::string& description) {
+  auto bad = [&](const std::string& why) {
+    return Error(ErrorCode::kSchema, "cannot adopt the schema '" + description + "': " + why);
+  };
+  std::string sql;
+  std::size_t start = 0;
+  while (start < description.size()) {
+    std::size_t end = description.find(';', start);
+    if (end == std::string::npos) end = description.size();
+    const std::string item = description.substr(start, end - start);
+    start = end + 1;
+    const std::size_t open = item.find('(');
+    if (open == std::string::npos || open == 0 || item.back() != ')')
+      throw bad("'" + item + "' is not table(columns)");
+    const std::string table = item.substr(0, open);
+    std::string columns, keys, types;
+    std::size_t pos = open + 1;
+    while (pos < item.size() - 1) {
+      std::size_t comma = item.find(',', pos);
+      if (comma == std::string::npos || comma > item.size() - 1) comma = item.size() - 1;
+      const std::string column = item.substr(pos, comma - pos);
+      pos = comma + 1;
+      const std::size_t space = column.rfind(' ');
+      if (space == std::string::npos || space == 0) throw bad("column '" + column + "'");
+      const std::string name = column.substr(0, space), kind = column.substr(space + 1);
+      if (kind != "key" && kind != "lww" && kind != "counter")
+        throw bad("column '" + name + "' has unknown type '" + kind + "'");
+      columns += (columns.empty() ? "" : ", ") + quote_identifier(name) +
+                 (kind == "counter" ? " INTEGER NOT NULL DEFAULT 0" : "");
+      if (kind == "key") keys += (keys.empty() ? "" : ", ") + quote_identifier(name);
+      if (kind == "counter")
+        types += (types.empty() ? "" : ",") + json_string(name) + ":\"counter\"";
+    }
+    if (keys.empty()) throw bad("table '" + table + "' has no key column");
+    sql += "CREATE TABLE " + quote_identifier(table) + "(" + columns + ", PRIMARY KEY (" + keys +
+           "));\nSELECT lattice_replicate(" + quote_literal(table) + ", " +
+           quote_literal("{" + types + "}") + ");\n";
+  }
+  return sql;
 }
 
 // Whether a device's own history agrees with what the relay holds of its site id: nullopt when
@@ -148,8 +216,18 @@ Namespace& Hub::Impl::space(const std::string& ns) {
   space->name = ns;
   space->replica = storage::Replica::open(
       (std::filesystem::path(options.data_dir) / (ns + ".db")).string(), options.replica_options);
-  if (space->replica->schema_description().empty() && !options.schema_sql.empty())
-    space->replica->exec(options.schema_sql);
+  if (space->replica->schema_description().empty()) {
+    const auto file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
+    if (!options.schema_dir.empty() && std::filesystem::exists(file)) {
+      std::ifstream in(file, std::ios::binary);
+      std::ostringstream sql;
+      sql << in.rdbuf();
+      if (!in) throw Error(ErrorCode::kIo, "cannot read the schema file '" + file.string() + "'");
+      space->replica->exec(sql.str());
+    } else if (!options.schema_sql.empty()) {
+      space->replica->exec(options.schema_sql);
+    }
+  }
   space->schema = space->replica->schema_description();
   return *spaces.emplace(ns, std::move(space)).first->second;
 }
@@ -275,6 +353,20 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
     space = &this->space(peer->ns);
   } catch (const Error& e) {
     return fail(*peer, WireError::kMalformed, e.what());
+  }
+  // A namespace without a schema takes the first admin device's; nobody else creates tables.
+  if (space->schema.empty() && !hello.schema_fingerprint.empty()) {
+    if (!(peer->grant.rights & kGrantAdmin))
+      return fail(*peer, WireError::kSchemaMismatch,
+                  "namespace '" + peer->ns +
+                      "' has no replicated tables yet: the relay's operator sets them (--schema) "
+                      "or a device with an admin token connects first");
+    try {
+      space->replica->exec(adoption_sql(hello.schema_fingerprint));
+    } catch (const Error& e) {
+      return fail(*peer, WireError::kSchemaMismatch, e.what());
+    }
+    space->schema = space->replica->schema_description();
   }
   if (hello.schema_fingerprint != space->schema)
     return fail(*peer, WireError::kSchemaMismatch,

@@ -40,8 +40,12 @@ struct HubLimits {
 };
 
 struct HubOptions {
-  std::string data_dir;    // one replica file per namespace: <data_dir>/<namespace>.db
-  std::string schema_sql;  // run once on a namespace's new replica to create its tables
+  std::string data_dir;  // one replica file per namespace: <data_dir>/<namespace>.db
+  // Run once on a namespace's new replica to create its tables: <schema_dir>/<namespace>.sql
+  // when that file exists, else schema_sql. With neither, the namespace adopts the replicated
+  // schema of the first device whose token has the admin right.
+  std::string schema_dir;
+  std::string schema_sql;
   HubLimits limits;
   Authenticator authenticate;
   std::function<double()> now_seconds;  // for rate limits; injected by tests
@@ -63,7 +67,7 @@ struct HubCounters {
   std::uint64_t connections_accepted = 0;
   std::uint64_t changes_merged = 0;  // column changes that won at the relay
   std::uint64_t changes_sent = 0;    // column changes sent to devices
-  std::uint64_t rekeys = 0;  // devices told to take a new site id (copied replica files)
+  std::uint64_t rekeys = 0;          // devices told to take a new site id (copied replica files)
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name

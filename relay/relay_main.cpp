@@ -15,6 +15,7 @@ constexpr const char* kUsage =
     "usage:\n"
     "  lattice-relay serve --listen HOST:PORT --data DIR --key-file FILE\n"
     "                      (--tls-cert FILE --tls-key FILE | --insecure) [--schema FILE]\n"
+    "                      [--schema-dir DIR]\n"
     "                      [--max-frame-bytes N] [--max-batch-changes N]\n"
     "                      [--max-changes-per-second N] [--max-connections-per-token N]\n"
     "                      [--max-queue-bytes N] [--handshake-timeout 30s]\n"

@@ -160,9 +160,9 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
 ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   const FlagReader flags(
       args,
-      {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "max-frame-bytes",
-       "max-batch-changes", "max-changes-per-second", "max-connections-per-token",
-       "max-queue-bytes", "handshake-timeout", "shutdown-grace"},
+      {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "schema-dir",
+       "max-frame-bytes", "max-batch-changes", "max-changes-per-second",
+       "max-connections-per-token", "max-queue-bytes", "handshake-timeout", "shutdown-grace"},
       {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
@@ -178,6 +178,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
         "TLS needs --tls-cert FILE and --tls-key FILE (or --insecure for plain ws://)");
   config.schema_file = flags.get("schema");
   if (flags.has("schema") && config.schema_file.empty()) throw usage_error("--schema is empty");
+  config.schema_dir = flags.get("schema-dir");
+  if (flags.has("schema-dir") && config.schema_dir.empty())
+    throw usage_error("--schema-dir is empty");
 
   constexpr std::uint64_t kMaxFrame = 1ull << 30;
   if (flags.has("max-frame-bytes"))
@@ -244,6 +247,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   HubOptions hub_options;
   hub_options.data_dir = config.data_dir;
   hub_options.schema_sql = schema_sql;
+  hub_options.schema_dir = config.schema_dir;
   hub_options.limits = config.limits;
   hub_options.authenticate = [ring](std::string_view token) {
     const TokenClaims claims = ring.verify(token, unix_now());

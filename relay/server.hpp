@@ -22,6 +22,9 @@ struct ServeConfig {
   std::string tls_key_file;
   bool insecure = false;
   std::string schema_file;  // empty: new namespaces start without tables
+  // <schema_dir>/<namespace>.sql, when it exists, is the new namespace's schema instead.
+  // Without either, a namespace adopts the first admin device's replicated schema.
+  std::string schema_dir;
   HubLimits limits;
   std::size_t max_queue_bytes = 8u << 20;  // per connection outbound queue
   int handshake_timeout_seconds = 30;

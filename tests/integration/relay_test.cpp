@@ -152,7 +152,8 @@ std::string crafted_token(const std::string& secret, const std::string& ns, std:
 // A lattice-relay serve process. Killed with SIGKILL unless it was stopped and reaped.
 class RelayProcess {
  public:
-  explicit RelayProcess(std::vector<std::string> extra_flags = {}) {
+  // `default_schema`: --schema with the todo table (else the namespaces start without tables).
+  explicit RelayProcess(std::vector<std::string> extra_flags = {}, bool default_schema = true) {
     std::string data = (env().dir / ("data-" + std::to_string(++counter_))).string();
     data_dir_ = data;
     log_file_ = env().dir / ("relay-" + std::to_string(counter_) + ".log");
@@ -161,8 +162,8 @@ class RelayProcess {
                                      "--data",           data,
                                      "--key-file",       env().key_file.string(),
                                      "--tls-cert",       env().cert_file.string(),
-                                     "--tls-key",        env().cert_key_file.string(),
-                                     "--schema",         env().schema_file.string()};
+                                     "--tls-key",        env().cert_key_file.string()};
+    if (default_schema) args.insert(args.end(), {"--schema", env().schema_file.string()});
     args.insert(args.end(), extra_flags.begin(), extra_flags.end());
 
     int out[2];
@@ -486,6 +487,50 @@ transport::Hello good_hello(const std::string& token) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+TEST_CASE("a namespace without a schema adopts the first admin device's; nobody else's") {
+  RelayProcess relay({}, /*default_schema=*/false);
+  // A device with a write token may not create the namespace's tables.
+  const auto refused = refused_hello(relay, good_hello(cli_token("board", "read,write")),
+                                     transport::WireError::kSchemaMismatch);
+  CHECK(refused.message.find("has no replicated tables yet") != std::string::npos);
+  CHECK(refused.message.find("admin token") != std::string::npos);
+
+  // An admin device's schema becomes the namespace's, and its rows go through.
+  Peer admin(relay.port(), "board", cli_token("board", "read,write,admin"));
+  admin.replica->exec("INSERT INTO todo(id, title, votes) VALUES ('a', 'first', 2)");
+  admin.push();
+  CHECK(admin.device->expect<transport::Ack>().held == admin.replica->version_vector());
+
+  // From now on a write device with the same tables is welcomed and catches up...
+  Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+  CHECK(writer.rows() == 1);
+  CHECK(writer.replica->digest() == admin.replica->digest());
+  // ...and one with other tables is refused, naming the difference.
+  auto other = test::open_todo_replica();
+  other->exec(
+      "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT); SELECT lattice_replicate('note')");
+  transport::Hello hello = good_hello(cli_token("board", "read,write,admin"));
+  hello.schema_fingerprint = other->schema_description();
+  const auto mismatch = refused_hello(relay, hello, transport::WireError::kSchemaMismatch);
+  CHECK(mismatch.message.find("table 'note' is not replicated by this namespace") !=
+        std::string::npos);
+}
+
+TEST_CASE("--schema-dir gives each namespace its own schema file") {
+  const fs::path dir = env().dir / "schemas";
+  fs::create_directories(dir);
+  std::ofstream(dir / "board.sql") << test::kTodoSchema << "\n";
+  RelayProcess relay({"--schema-dir", dir.string()}, /*default_schema=*/false);
+  Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+  CHECK(writer.welcome.protocol_version == transport::kProtocolVersion);
+  // A namespace without a file has no tables, and a write token cannot give it any.
+  Device device(relay.port(), "notes");
+  transport::Hello hello = good_hello(cli_token("notes", "read,write"));
+  hello.ns = "notes";
+  device.send(hello);
+  CHECK(device.expect_error_and_close().code == transport::WireError::kSchemaMismatch);
+}
 
 TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket port") {
   RelayProcess relay;
