@@ -91,7 +91,7 @@ using std::chrono::milliseconds;
 constexpr const char* kUsage =
     R"(usage: lattice-relay-bench [--quick] [--scenario NAME]... [--relay PATH] [--dir DIR]
                            [--tmpfs] [--writer-window N] [--seconds S]
-  --quick            a smoke run: small counts, a few seconds in all
+  --quick            a smoke run: small counts, 2-second runs
   --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000, merge,
                      idle_memory, catchup, vector_cost (repeatable; default: all)
   --relay PATH       the lattice-relay executable (default: the one built beside this program)
