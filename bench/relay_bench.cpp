@@ -495,6 +495,14 @@ std::string percentiles_json(const Percentiles& p) {
 
 // --- Devices ------------------------------------------------------------------------------
 
+// A device's changes frame (no origin log: a device that keeps none sends an empty one).
+transport::Changes changes_frame(std::uint64_t batch, const crdt::Changeset& changeset) {
+  transport::Changes frame;
+  frame.batch = batch;
+  frame.changeset = crdt::encode_changeset(changeset);
+  return frame;
+}
+
 // One io_context and the thread that runs it.
 struct Lane {
   net::io_context io{1};
@@ -873,8 +881,7 @@ class Fleet {
     const std::uint64_t batch = device.next_batch++;
     device.in_flight[batch] = std::move(device.unsent);
     device.unsent.clear();
-    device.connection->send(
-        transport::encode_frame(transport::Changes{batch, crdt::encode_changeset(changeset)}));
+    device.connection->send(transport::encode_frame(changes_frame(batch, changeset)));
   }
 
   const Setup& setup_;
@@ -1028,8 +1035,8 @@ std::string merge(Context& ctx) {
       const crdt::Changeset cs = replica->changes_since(sent, 60'000);
       sent.merge(cs.until);
       changes += cs.change_count();
-      frames.push_back(transport::encode_frame(
-          transport::Changes{static_cast<std::uint64_t>(b + 1), crdt::encode_changeset(cs)}));
+      frames.push_back(
+          transport::encode_frame(changes_frame(static_cast<std::uint64_t>(b + 1), cs)));
       bytes += frames.back().size();
     }
     sqlite3_finalize(s);
