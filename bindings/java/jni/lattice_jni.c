@@ -47,7 +47,7 @@ static pthread_key_t g_detach_key;
 /* An exception a change listener threw, waiting for the replica call to return. */
 static _Thread_local jthrowable tl_listener_error;
 /* The sync client whose status callback runs on this thread, if any. */
-static _Thread_local void* tl_in_sync_callback;
+static _Thread_local const void* tl_in_sync_callback;
 
 static jclass global_class(JNIEnv* env, const char* name) {
   jclass local = (*env)->FindClass(env, name);
@@ -696,24 +696,27 @@ done:
   return (jlong)(intptr_t)s;
 }
 
-static bool refuse_in_callback(JNIEnv* env, const char* what) {
-  if (!tl_in_sync_callback) return false;
+/* The C API forbids stopping or freeing a client from its own status callback (it would join
+ * its own thread): refuse with STATE instead. */
+static bool refuse_in_callback(JNIEnv* env, const JSync* s, const char* what) {
+  if (tl_in_sync_callback != s) return false;
   char message[128];
-  snprintf(message, sizeof message, "%s called from a sync listener", what);
+  snprintf(message, sizeof message, "%s called from the client's own sync listener", what);
   throw_code(env, LATTICE_ERR_STATE, message);
   return true;
 }
 
 JNIEXPORT void JNICALL Java_dev_lattice_Native_syncStop(JNIEnv* env, jclass cls, jlong h) {
   (void)cls;
-  if (refuse_in_callback(env, "SyncClient.stop()")) return;
-  lattice_sync_stop(HANDLE(JSync, h)->sync);
+  JSync* s = HANDLE(JSync, h);
+  if (refuse_in_callback(env, s, "SyncClient.stop()")) return;
+  lattice_sync_stop(s->sync);
 }
 
 JNIEXPORT void JNICALL Java_dev_lattice_Native_syncFree(JNIEnv* env, jclass cls, jlong h) {
   (void)cls;
   JSync* s = HANDLE(JSync, h);
-  if (!s || refuse_in_callback(env, "SyncClient.close()")) return;
+  if (!s || refuse_in_callback(env, s, "SyncClient.close()")) return;
   lattice_sync_free(s->sync); /* joins the thread: no callback runs after this */
   if (s->listener) (*env)->DeleteGlobalRef(env, s->listener);
   free(s);
