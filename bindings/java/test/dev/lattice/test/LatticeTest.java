@@ -220,6 +220,40 @@ public final class LatticeTest {
     }
   }
 
+  /** One replica shared by several threads: the binding serializes their calls. */
+  private static void testThreads() throws Exception {
+    currentCase = "threads";
+    try (Replica shared = openTodo("threads.db")) {
+      List<Throwable> errors = new CopyOnWriteArrayList<>();
+      List<String> seenIds = new CopyOnWriteArrayList<>();
+      try (Subscription sub = shared.subscribe(changes -> {
+             for (Change c : changes) seenIds.add((String) c.primaryKey().get(0));
+           })) {
+        Thread[] threads = new Thread[4];
+        for (int t = 0; t < threads.length; ++t) {
+          final int n = t;
+          threads[t] = new Thread(() -> {
+            try (Statement insert = shared.prepare("INSERT INTO todo(id, votes) VALUES (?, ?)")) {
+              for (int i = 0; i < 50; ++i) {
+                insert.reset().bind(1, n + "-" + i).bind(2, i).execute();
+                shared.exec("UPDATE todo SET votes = votes + 1 WHERE id = '" + n + "-" + i + "'");
+              }
+            } catch (Throwable e) {
+              errors.add(e);
+            }
+          });
+          threads[t].start();
+        }
+        for (Thread t : threads) t.join(30_000);
+        check(errors.isEmpty(), "no errors from the threads: " + errors);
+      }
+      checkEquals(200L, queryLong(shared, "SELECT count(*) FROM todo"), "rows from 4 threads");
+      // Each thread: votes i + 1 for i in 0..49, 1275 in all.
+      checkEquals(4L * 1275, queryLong(shared, "SELECT sum(votes) FROM todo"), "votes");
+      checkEquals(400, seenIds.size(), "a change per insert and per update");
+    }
+  }
+
   private static String queryTitle(Replica r, String id) {
     try (Statement s = r.prepare("SELECT title FROM todo WHERE id = ?")) {
       s.bind(1, id);
@@ -398,6 +432,7 @@ public final class LatticeTest {
     dir = Files.createTempDirectory("lattice-java-test");
     try {
       testChangesets();
+      testThreads();
       if (args.length > 0) {
         testSync(args[0]);
       } else {
