@@ -192,6 +192,19 @@ static bool rethrow_listener_error(JNIEnv* env) {
   return true;
 }
 
+/* The String of an owned text buffer a call filled, which it frees; or, when the call failed,
+ * NULL with its error thrown. */
+static jstring text_result(JNIEnv* env, lattice_code code, lattice_buffer* out,
+                           const lattice_error* error) {
+  if (code != LATTICE_OK) {
+    throw_error(env, error);
+    return NULL;
+  }
+  jstring s = new_string(env, (const char*)out->data, out->size);
+  lattice_buffer_free(out);
+  return s;
+}
+
 /* Text or blob bytes the C API handed out, or NULL with an exception pending. */
 static jbyteArray new_bytes(JNIEnv* env, const void* data, size_t size) {
   if (size > (size_t)INT32_MAX) {
@@ -342,13 +355,9 @@ JNIEXPORT jstring JNICALL Java_dev_lattice_Native_replicaVersionVector(JNIEnv* e
   (void)cls;
   lattice_buffer out = {NULL, 0};
   lattice_error error;
-  if (lattice_replica_version_vector(HANDLE(JReplica, h)->replica, &out, &error) != LATTICE_OK) {
-    throw_error(env, &error);
-    return NULL;
-  }
-  jstring s = new_string(env, (const char*)out.data, out.size);
-  lattice_buffer_free(&out);
-  return s;
+  const lattice_code code =
+      lattice_replica_version_vector(HANDLE(JReplica, h)->replica, &out, &error);
+  return text_result(env, code, &out, &error);
 }
 
 JNIEXPORT jbyteArray JNICALL Java_dev_lattice_Native_replicaChangesSince(JNIEnv* env, jclass cls,
@@ -738,13 +747,8 @@ JNIEXPORT jstring JNICALL Java_dev_lattice_Native_syncLastError(JNIEnv* env, jcl
   (void)cls;
   lattice_buffer out = {NULL, 0};
   lattice_error error;
-  if (lattice_sync_get_last_error(HANDLE(JSync, h)->sync, &out, &error) != LATTICE_OK) {
-    throw_error(env, &error);
-    return NULL;
-  }
-  jstring s = new_string(env, (const char*)out.data, out.size);
-  lattice_buffer_free(&out);
-  return s;
+  const lattice_code code = lattice_sync_get_last_error(HANDLE(JSync, h)->sync, &out, &error);
+  return text_result(env, code, &out, &error);
 }
 
 JNIEXPORT jboolean JNICALL Java_dev_lattice_Native_syncWaitInSync(JNIEnv* env, jclass cls, jlong h,
