@@ -1,5 +1,7 @@
 #include "engine/sync/sync_session.hpp"
 
+#include <algorithm>
+
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 
@@ -64,7 +66,13 @@ void SyncSession::start() {
   hello.held = replica_.version_vector();
   hello.schema_fingerprint = replica_.schema_description();
   hello.acked_seq = replica_.acknowledged();
-  hello.own_log = replica_.local_log(hello.acked_seq, hello.held.get(hello.site));
+  // The relay compares these with what it has of our site id after acked_seq, which another
+  // copy can only have extended from there. Half a million transactions (8 MB) keeps the hello
+  // under the frame limit after the longest offline stretch; past that, later ones are not
+  // compared (the relay treats a missing entry as agreeing).
+  constexpr std::uint64_t kMaxHelloLog = 500'000;
+  hello.own_log = replica_.local_log(
+      hello.acked_seq, std::min(hello.held.get(hello.site), hello.acked_seq + kMaxHelloLog));
   send(hello);
 }
 
