@@ -280,7 +280,7 @@ void Hub::Impl::rekey(Peer& peer, std::uint64_t keep_through) {
 void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
                              const std::string& bytes) {
   counters.changes_sent += changeset.change_count();
-  send(peer, transport::Changes{0, bytes});
+  send(peer, transport::Changes{0, bytes, {}});
   peer.known.merge(changeset.until);
 }
 
