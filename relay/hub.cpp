@@ -165,6 +165,9 @@ struct Peer : std::enable_shared_from_this<Peer> {
   crdt::VersionVector known;  // what the device is known to hold
   double budget = 0;          // rate limit: changes it may still send now
   double budget_time = 0;
+  // Still receiving its catch-up, paced by the connection's on_drained; fan-out skips it.
+  bool catching_up = false;
+  std::size_t catch_up_changes = 0;  // changes per catch-up frame, halved while too large
 };
 
 // Peers in the order they connected, not by address, so that fan-out order (and with it a
@@ -203,6 +206,8 @@ struct Hub::Impl {
   // The last own transaction of `peer` that the relay holds identically (from either copy).
   std::uint64_t shared_prefix(Peer& peer);
   void send_changes(Peer& peer, const crdt::Changeset& changeset, const std::string& bytes);
+  // Sends the next round of a device's catch-up (HubLimits::catch_up_round_bytes).
+  void continue_catch_up(Peer& peer, bool first);
 };
 
 Namespace& Hub::Impl::space(const std::string& ns) {
@@ -390,14 +395,40 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
   send(*peer, transport::Welcome{transport::kProtocolVersion, space->replica->version_vector()});
-  // What the device lacks, in frames of bounded size; the first always goes (empty or not) so
-  // the device knows when it has caught up.
-  const crdt::VersionVector held = space->replica->version_vector();
-  do {
-    const crdt::Changeset chunk =
-        space->replica->changes_since(peer->known, options.limits.max_outgoing_batch_changes);
-    send_changes(*peer, chunk, crdt::encode_changeset(chunk));
-  } while (!peer->known.dominates(held) && peer->phase == Peer::Phase::kLive);
+  // What the device lacks, in frames of bounded size, a round at a time; the first frame always
+  // goes (empty or not) so the device knows when it has caught up.
+  peer->catching_up = true;
+  peer->catch_up_changes = options.limits.max_outgoing_batch_changes;
+  continue_catch_up(*peer, /*first=*/true);
+}
+
+void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
+  if (!peer.catching_up || peer.phase != Peer::Phase::kLive) return;
+  // Against what the relay holds now: merges made meanwhile were not forwarded to this device
+  // (on_changes skips devices still catching up), so they go here.
+  const crdt::VersionVector held = peer.space->replica->version_vector();
+  std::size_t sent = 0;
+  while (first || !peer.known.dominates(held)) {
+    first = false;
+    if (sent >= options.limits.catch_up_round_bytes) return;  // on_drained calls again
+    // A frame must fit a round: halve the changes per frame until it does (a transaction is
+    // never cut, so one larger than a round still goes whole).
+    crdt::Changeset chunk;
+    std::string bytes;
+    for (;;) {
+      chunk = peer.space->replica->changes_since(peer.known, peer.catch_up_changes);
+      bytes = crdt::encode_changeset(chunk);
+      const std::size_t count = chunk.change_count();
+      if (bytes.size() <= options.limits.catch_up_round_bytes || count <= 1) break;
+      const std::size_t fewer = std::min(peer.catch_up_changes, count) / 2;
+      if (fewer == 0 || fewer == peer.catch_up_changes) break;
+      peer.catch_up_changes = fewer;
+    }
+    sent += bytes.size();
+    send_changes(peer, chunk, bytes);
+    if (peer.phase != Peer::Phase::kLive) return;
+  }
+  peer.catching_up = false;
 }
 
 void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes) {
@@ -482,7 +513,7 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   const std::string delta_bytes = crdt::encode_changeset(delta);
   for (const auto& other :
        std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
-    if (other == peer || other->phase != Peer::Phase::kLive) continue;
+    if (other == peer || other->phase != Peer::Phase::kLive || other->catching_up) continue;
     // Rows or not: a device must also learn when the relay's vector moves.
     if (other->known.dominates(before)) {
       if (!delta.rows.empty() || !other->known.dominates(delta.until))
@@ -535,6 +566,10 @@ void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::s
                                       },
                                       [impl, weak](const std::string&) {
                                         if (auto p = weak.lock()) impl->on_close(p);
+                                      },
+                                      [impl, weak] {
+                                        if (auto p = weak.lock())
+                                          impl->continue_catch_up(*p, false);
                                       }});
   if (impl_->stopping) impl_->fail(*peer, WireError::kShuttingDown, "the relay is stopping");
 }

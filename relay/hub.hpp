@@ -37,6 +37,9 @@ struct HubLimits {
   std::size_t max_connections_per_token = 64;
   // Changes the relay sends a device in one frame; a larger catch-up goes in several.
   std::size_t max_outgoing_batch_changes = 50'000;
+  // Bytes of catch-up queued for a device at a time; the next round goes when the connection's
+  // queue drains, so a large catch-up neither overflows it nor holds up other devices.
+  std::size_t catch_up_round_bytes = 2u << 20;
 };
 
 struct HubOptions {

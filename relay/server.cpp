@@ -249,6 +249,9 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   hub_options.schema_sql = schema_sql;
   hub_options.schema_dir = config.schema_dir;
   hub_options.limits = config.limits;
+  // A catch-up round must fit in the connection's queue with room for the frames around it.
+  hub_options.limits.catch_up_round_bytes =
+      std::min(hub_options.limits.catch_up_round_bytes, config.max_queue_bytes / 4);
   hub_options.authenticate = [ring](std::string_view token) {
     const TokenClaims claims = ring.verify(token, unix_now());
     return Grant{claims.subject, claims.ns, claims.rights};

@@ -15,6 +15,10 @@ class Connection {
     std::function<void(std::string_view frame)> on_frame;
     // Called once, after which no frame arrives. `reason` is for logs and metrics.
     std::function<void(const std::string& reason)> on_close;
+    // Called when frames sent earlier have left the connection's queue (at least once after the
+    // queue empties), so a sender can pace a large transfer instead of queueing it whole.
+    // Optional.
+    std::function<void()> on_drained;
   };
 
   virtual ~Connection() = default;

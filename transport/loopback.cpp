@@ -23,9 +23,13 @@ class LoopbackNetwork::End : public Connection, public std::enable_shared_from_t
     const Faults& f = link_->faults;
     std::uniform_real_distribution<double> delay(f.min_delay_ms, f.max_delay_ms);
     const int copies = std::bernoulli_distribution(f.duplicate)(net_.rng_) ? 2 : 1;
+    std::weak_ptr<End> self = weak_from_this();
     for (int i = 0; i < copies; ++i) {
-      net_.post(delay(net_.rng_), [peer, frame, link = link_] {
+      net_.post(delay(net_.rng_), [peer, self, frame, link = link_] {
         if (link->open && peer->handlers_.on_frame) peer->handlers_.on_frame(frame);
+        // Delivered: as far as the sender can tell, its queue drained.
+        auto sender = self.lock();
+        if (link->open && sender && sender->handlers_.on_drained) sender->handlers_.on_drained();
       });
     }
   }

@@ -293,7 +293,8 @@ class WsSession final : public Connection,
     queue_.pop_front();
     if (state_ == State::kClosed) return;
     if (!queue_.empty()) return do_write();
-    if (state_ == State::kClosing) do_close();
+    if (state_ == State::kClosing) return do_close();
+    if (handlers_.on_drained) handlers_.on_drained();
   }
 
   void do_close() {

@@ -48,7 +48,7 @@ class ObservedConnection : public transport::Connection {
           on_frame(frame);
           after();
         },
-        std::move(handlers.on_close)});
+        std::move(handlers.on_close), std::move(handlers.on_drained)});
   }
   void send(std::string frame) override { inner_->send(std::move(frame)); }
   void close(const std::string& reason) override { inner_->close(reason); }

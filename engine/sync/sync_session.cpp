@@ -38,7 +38,8 @@ SyncSession::SyncSession(storage::Replica& replica,
                                         closed_ = true;
                                         set_state(SyncState::kOffline);
                                         if (events_.on_closed) events_.on_closed(reason);
-                                      }});
+                                      },
+                                      {}});
 }
 
 SyncSession::~SyncSession() {

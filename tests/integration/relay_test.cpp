@@ -704,6 +704,36 @@ TEST_CASE("a device whose outbound queue overflows is dropped as slow_consumer")
   check_still_serves_small(relay);
 }
 
+TEST_CASE("a catch-up many times the outbound queue arrives whole, paced by the connection") {
+  RelayProcess relay({"--max-queue-bytes", "65536"});
+  {
+    Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+    for (int txn = 0; txn < 40; ++txn)  // catch-up frames are cut between transactions
+      writer.replica->query(
+          "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+          "INSERT INTO todo(id, title) SELECT 'row' || (? * 100 + i), printf('%.100c', 'x') "
+          "FROM n",
+          {crdt::Value{std::int64_t{txn}}});
+    writer.push();
+    writer.device->expect<transport::Ack>();
+  }
+  auto replica = test::open_todo_replica();
+  Device late(relay.port(), "board");
+  transport::Hello hello = good_hello(cli_token("board", "read"));
+  hello.site = replica->site_id();
+  late.send(hello);
+  const auto welcome = late.expect<transport::Welcome>();
+  int frames = 0;
+  while (!replica->version_vector().dominates(welcome.held) && frames < 1000) {
+    replica->apply(crdt::decode_changeset(late.expect<transport::Changes>().changeset));
+    ++frames;
+  }
+  CHECK(frames > 4);  // about 500 KB through a 64 KiB queue
+  CHECK(std::get<std::int64_t>(replica->query("SELECT count(*) FROM todo").rows[0][0]) == 4000);
+  CHECK(https_get(relay.port(), "/metrics").body.find("lattice_relay_slow_consumers_total 0") !=
+        std::string::npos);
+}
+
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
   RelayProcess relay;
   Peer peer(relay.port(), "board", cli_token("board", "read,write"));
