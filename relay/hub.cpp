@@ -10,6 +10,7 @@
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
+#include "relay/namespace_rules.hpp"
 #include "transport/frame.hpp"
 
 namespace lattice::relay {
@@ -23,124 +24,6 @@ bool valid_namespace(const std::string& ns) {
   return std::all_of(ns.begin(), ns.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
   });
-}
-
-// The first table or column where two schema descriptions differ, for the error message.
-std::string first_difference(const std::string& relay, const std::string& device) {
-  auto split = [](const std::string& s) {
-    std::map<std::string, std::string> tables;
-    std::size_t start = 0;
-    while (start < s.size()) {
-      std::size_t end = s.find(';', start);
-      if (end == std::string::npos) end = s.size();
-      const std::string item = s.substr(start, end - start);
-      const std::size_t paren = item.find('(');
-      tables[item.substr(0, paren)] = paren == std::string::npos ? "" : item.substr(paren);
-      start = end + 1;
-    }
-    return tables;
-  };
-  const auto mine = split(relay), theirs = split(device);
-  for (const auto& [table, columns] : mine) {
-    auto it = theirs.find(table);
-    if (it == theirs.end()) return "table '" + table + "' is missing on the device";
-    if (it->second != columns)
-      return "table '" + table + "' differs: relay has " + columns + ", device has " + it->second;
-  }
-  for (const auto& [table, columns] : theirs)
-    if (!mine.count(table)) return "table '" + table + "' is not replicated by this namespace";
-  return "schemas differ";
-}
-
-std::string quote_literal(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
-  return out + '\'';
-}
-
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + '"';
-}
-
-std::string quote_identifier(const std::string& name) {
-  std::string out = "\"";
-  for (char c : name) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + '"';
-}
-
-// The SQL that creates and replicates the tables of a schema description
-// (storage::Replica::schema_description: "todo(id key,title lww,votes counter);..."), for a
-// namespace that adopts an admin device's schema. Key columns come first, in key order. Column
-// declared types and constraints are the device's business: the relay only merges.
-std::string adoption_sql(const std::string& description) {
-  auto bad = [&](const std::string& why) {
-    return Error(ErrorCode::kSchema, "cannot adopt the schema '" + description + "': " + why);
-  };
-  std::string sql;
-  std::size_t start = 0;
-  while (start < description.size()) {
-    std::size_t end = description.find(';', start);
-    if (end == std::string::npos) end = description.size();
-    const std::string item = description.substr(start, end - start);
-    start = end + 1;
-    const std::size_t open = item.find('(');
-    if (open == std::string::npos || open == 0 || item.back() != ')')
-      throw bad("'" + item + "' is not table(columns)");
-    const std::string table = item.substr(0, open);
-    std::string columns, keys, types;
-    std::size_t pos = open + 1;
-    while (pos < item.size() - 1) {
-      std::size_t comma = item.find(',', pos);
-      if (comma == std::string::npos || comma > item.size() - 1) comma = item.size() - 1;
-      const std::string column = item.substr(pos, comma - pos);
-      pos = comma + 1;
-      const std::size_t space = column.rfind(' ');
-      if (space == std::string::npos || space == 0) throw bad("column '" + column + "'");
-      const std::string name = column.substr(0, space), kind = column.substr(space + 1);
-      if (kind != "key" && kind != "lww" && kind != "counter")
-        throw bad("column '" + name + "' has unknown type '" + kind + "'");
-      columns += (columns.empty() ? "" : ", ") + quote_identifier(name) +
-                 (kind == "counter" ? " INTEGER NOT NULL DEFAULT 0" : "");
-      if (kind == "key") keys += (keys.empty() ? "" : ", ") + quote_identifier(name);
-      if (kind == "counter")
-        types += (types.empty() ? "" : ",") + json_string(name) + ":\"counter\"";
-    }
-    if (keys.empty()) throw bad("table '" + table + "' has no key column");
-    sql += "CREATE TABLE " + quote_identifier(table) + "(" + columns + ", PRIMARY KEY (" + keys +
-           "));\nSELECT lattice_replicate(" + quote_literal(table) + ", " +
-           quote_literal("{" + types + "}") + ");\n";
-  }
-  return sql;
-}
-
-// Whether a device's own history agrees with what the relay holds of its site id: nullopt when
-// it does, else the last own transaction the two share (docs/protocol.md, "Rekey"). `relay_log`
-// is the relay's origin log of the device's site from hello.acked_seq on, `relay_seq` the
-// relay's version vector entry for it.
-std::optional<std::uint64_t> fork_point(const transport::Hello& hello,
-                                        const std::vector<crdt::TxnTag>& relay_log,
-                                        std::uint64_t relay_seq) {
-  const std::uint64_t head = hello.held.get(hello.site);
-  std::map<std::uint64_t, std::uint64_t> mine;
-  for (const crdt::TxnTag& t : hello.own_log) mine[t.seq] = t.tag;
-  std::uint64_t agreed = hello.acked_seq;
-  for (const crdt::TxnTag& theirs : relay_log) {
-    if (theirs.seq <= hello.acked_seq) continue;
-    auto it = mine.find(theirs.seq);
-    // The relay holds transactions of this site that this device did not write: the other
-    // copy's, or this file is a restored backup.
-    if (theirs.seq > head) return agreed;
-    if (it == mine.end()) continue;  // written before the device kept a log: no evidence
-    if (it->second != theirs.tag) return agreed;
-    agreed = theirs.seq;
-  }
-  if (relay_seq > head) return head;
-  return std::nullopt;
 }
 
 }  // namespace
