@@ -146,7 +146,7 @@ class World {
     options.schema_sql = test::kTodoSchema;
     options.replica_options = replica_options();
     options.limits.max_outgoing_batch_changes = 25;
-    options.limits.catch_up_round_bytes = 512;  // catch-ups in many rounds, paced by delivery
+    options.limits.catch_up_round_bytes = 4096;  // catch-ups in several rounds, paced by delivery
     options.authenticate = [](std::string_view token) {
       if (token != "device-token") throw Error(ErrorCode::kUnauthorized, "unknown token");
       return relay::Grant{"device", kNamespace, relay::kGrantRead | relay::kGrantWrite};
