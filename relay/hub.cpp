@@ -88,6 +88,9 @@ struct Hub::Impl {
   void rekey(Peer& peer, std::uint64_t keep_through);
   // The last own transaction of `peer` that the relay holds identically (from either copy).
   std::uint64_t shared_prefix(Peer& peer);
+  // The relay's origin log of `peer`'s site id from seq `from` on, at most `max` entries.
+  std::map<std::uint64_t, std::uint64_t> origin_tags(Peer& peer, std::uint64_t from,
+                                                     std::size_t max);
   void send_changes(Peer& peer, const crdt::Changeset& changeset, const std::string& bytes);
   // Sends the next round of a device's catch-up (HubLimits::catch_up_round_bytes).
   void continue_catch_up(Peer& peer, bool first);
@@ -136,14 +139,19 @@ void Hub::Impl::fail(Peer& peer, WireError code, const std::string& message) {
   peer.phase = Peer::Phase::kClosed;
 }
 
+std::map<std::uint64_t, std::uint64_t> Hub::Impl::origin_tags(Peer& peer, std::uint64_t from,
+                                                              std::size_t max) {
+  std::map<std::uint64_t, std::uint64_t> tags;
+  for (const crdt::TxnTag& t : peer.space->replica->origin_log(peer.site, from, max))
+    tags[t.seq] = t.tag;
+  return tags;
+}
+
 std::uint64_t Hub::Impl::shared_prefix(Peer& peer) {
   std::uint64_t keep = peer.confirmed_own;
   auto it = peer.own_history.upper_bound(keep);
   if (it == peer.own_history.end()) return keep;
-  std::map<std::uint64_t, std::uint64_t> logged;
-  for (const crdt::TxnTag& t :
-       peer.space->replica->origin_log(peer.site, it->first, peer.own_history.size()))
-    logged[t.seq] = t.tag;
+  const auto logged = origin_tags(peer, it->first, peer.own_history.size());
   for (; it != peer.own_history.end() && it->first == keep + 1; ++it) {
     auto at = logged.find(it->first);
     if (at == logged.end() || at->second != it->second) break;
@@ -264,12 +272,13 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   // A copy of a replica file presents its site id with a history of its own; the first to
   // arrive keeps the id, this one is told to move its later transactions to a new one.
   constexpr std::size_t kMaxLogCompared = 1'000'000;
+  const crdt::VersionVector relay_held = space->replica->version_vector();
   const auto keep =
       fork_point(hello, space->replica->origin_log(hello.site, hello.acked_seq, kMaxLogCompared),
-                 space->replica->version_vector().get(hello.site));
+                 relay_held.get(hello.site));
   peer->site = hello.site;
   if (keep) return rekey(*peer, *keep);
-  peer->confirmed_own = space->replica->version_vector().get(hello.site);
+  peer->confirmed_own = relay_held.get(hello.site);
   for (const crdt::TxnTag& t : hello.own_log) peer->own_history[t.seq] = t.tag;
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
@@ -277,7 +286,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->budget = static_cast<double>(options.limits.max_batch_changes);
   peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
-  send(*peer, transport::Welcome{transport::kProtocolVersion, space->replica->version_vector()});
+  send(*peer, transport::Welcome{transport::kProtocolVersion, relay_held});
   // What the device lacks, in frames of bounded size, a round at a time; the first frame always
   // goes (empty or not) so the device knows when it has caught up.
   peer->catching_up = true;
@@ -348,10 +357,8 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   // A copy that got its own transactions in first was told apart by the live-copy check below;
   // this catches one that pushes a history the relay's origin log contradicts.
   if (!changes.origin_log.empty()) {
-    std::map<std::uint64_t, std::uint64_t> logged;
-    for (const crdt::TxnTag& t : space.replica->origin_log(
-             peer->site, changes.origin_log.front().seq, changes.origin_log.size()))
-      logged[t.seq] = t.tag;
+    const auto logged =
+        origin_tags(*peer, changes.origin_log.front().seq, changes.origin_log.size());
     for (const crdt::TxnTag& t : changes.origin_log) {
       auto it = logged.find(t.seq);
       if (it != logged.end() && it->second != t.tag) return rekey(*peer, t.seq - 1);
