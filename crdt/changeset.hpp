@@ -25,10 +25,19 @@ enum class ColumnKind : std::uint8_t { kLww = 0, kCounter = 1 };
 // "lww" or "counter".
 const char* column_kind_name(ColumnKind kind);
 
+// SQLite's type affinity of a column (https://sqlite.org/datatype3.html): how the column stores
+// the values it is given. Two replicas whose columns differ in it would store one value two ways.
+enum class Affinity : std::uint8_t { kBlob = 0, kText = 1, kNumeric = 2, kInteger = 3, kReal = 4 };
+
+// "BLOB (none)", "TEXT", "NUMERIC", "INTEGER" or "REAL".
+const char* affinity_name(Affinity affinity);
+
 struct ColumnSchema {
   ColumnId id = 0;
   std::string name;
   ColumnKind kind = ColumnKind::kLww;
+  // Empty in a changeset of format 1, which did not carry it.
+  std::optional<Affinity> affinity = Affinity::kBlob;
   bool operator==(const ColumnSchema&) const = default;
 };
 
@@ -84,7 +93,8 @@ struct RowChange {
 };
 
 struct Changeset {
-  static constexpr std::uint32_t kFormatVersion = 1;
+  // Written by this build; it reads every version from 1 up (docs/changeset-format.md).
+  static constexpr std::uint32_t kFormatVersion = 2;
 
   std::uint32_t format_version = kFormatVersion;
   VersionVector since;

@@ -139,7 +139,7 @@ using detail::msgpack_type_name;
 constexpr const char* kTopFields[] = {"magic", "format_version", "since", "until",
                                       "sites", "tables",         "rows"};
 constexpr const char* kTableFields[] = {"id", "name", "primary_key_columns", "columns"};
-constexpr const char* kColumnFields[] = {"id", "name", "kind"};
+constexpr const char* kColumnFields[] = {"id", "name", "kind", "affinity"};
 constexpr const char* kRowFields[] = {"table",           "primary_key", "liveness",
                                       "liveness_values", "cells",       "counters"};
 constexpr const char* kStampFields[] = {"causal_length", "hlc", "site", "seq"};
@@ -344,7 +344,7 @@ std::string describe_position(const std::vector<std::size_t>& path) {
     add_field(kTableFields[f]);
     if (n >= 4 && f == 3) {
       add_index(path[3]);
-      if (n >= 5 && path[4] < 3) add_field(kColumnFields[path[4]]);
+      if (n >= 5 && path[4] < 4) add_field(kColumnFields[path[4]]);
     }
     return out;
   }
@@ -494,6 +494,7 @@ class Decoder {
       fail_not_a_changeset("its first field is not \"LATTICE-CS\"");
     }
     cs.format_version = static_cast<std::uint32_t>(read_uint(top[1], at.field("format_version")));
+    version_ = cs.format_version;
     cs.since = read_version_vector(top[2], at.field("since"));
     cs.until = read_version_vector(top[3], at.field("until"));
     cs.sites = read_sites(top[4], at.field("sites"));
@@ -579,7 +580,8 @@ class Decoder {
       index.by_id.reserve(col_count);
       for (std::uint32_t j = 0; j < col_count; ++j) {
         const At c_at = cols_at.element(j);
-        const msgpack::object* cf = read_tuple(cols[j], 3, c_at);
+        // Format 1 wrote [id, name, kind]; format 2 adds the affinity.
+        const msgpack::object* cf = read_tuple(cols[j], version_ >= 2 ? 4 : 3, c_at);
         ColumnSchema& col = table.columns[j];
         col.id = read_u32(cf[0], c_at.field("id"));
         col.name = std::string(read_str(cf[1], c_at.field("name")));
@@ -589,6 +591,16 @@ class Decoder {
                        "unknown column kind " + std::to_string(kind) + " (0 is lww, 1 is counter)");
         }
         col.kind = static_cast<ColumnKind>(kind);
+        col.affinity.reset();
+        if (version_ >= 2) {
+          const std::uint64_t affinity = read_uint(cf[3], c_at.field("affinity"));
+          if (affinity > 4) {
+            fail_corrupt(c_at.field("affinity"),
+                         "unknown affinity " + std::to_string(affinity) +
+                             " (0 none, 1 text, 2 numeric, 3 integer, 4 real)");
+          }
+          col.affinity = static_cast<Affinity>(affinity);
+        }
         index.by_id.push_back({col.id, j, col.kind});
       }
       std::sort(index.by_id.begin(), index.by_id.end(),
@@ -788,7 +800,8 @@ class Decoder {
   }
 
   const DecodeLimits& limits_;
-  std::vector<TableIndex> tables_;  // sorted by id
+  std::uint64_t version_ = Changeset::kFormatVersion;  // of the changeset being read
+  std::vector<TableIndex> tables_;                     // sorted by id
   TableIndex* last_table_ = nullptr;
   std::size_t site_count_ = 0;
   std::uint32_t generation_ = 0;
@@ -821,10 +834,11 @@ std::string encode_changeset(const Changeset& changeset) {
     pk.pack_uint32(table.primary_key_columns);
     pk.pack_array(static_cast<std::uint32_t>(table.columns.size()));
     for (const ColumnSchema& col : table.columns) {
-      pk.pack_array(3);
+      pk.pack_array(4);
       pk.pack_uint32(col.id);
       pack_bytes_as_str(pk, col.name);
       pk.pack_uint8(static_cast<std::uint8_t>(col.kind));
+      pk.pack_uint8(static_cast<std::uint8_t>(col.affinity.value_or(Affinity::kBlob)));
     }
   }
   pk.pack_array(static_cast<std::uint32_t>(changeset.rows.size()));

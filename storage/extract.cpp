@@ -8,6 +8,7 @@
 #include <set>
 
 #include "crdt/error.hpp"
+#include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
 #include "storage/primary_key.hpp"
 
@@ -150,11 +151,18 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       values.reset();
       const auto key = unpack_primary_key(pk, t.key_count);
       for (std::size_t i = 0; i < key.size(); ++i) values.bind(static_cast<int>(i + 1), key[i]);
-      if (!values.step())
+      if (values.step()) {
+        for (int i = 0; i < static_cast<int>(lww.size()); ++i) current.push_back(values.column(i));
+      } else if (auto held = Projection::held_values(impl_, t, pk)) {
+        // Held out of its table by a constraint (docs/data-quality.md): its values travel all
+        // the same, from lattice_held.
+        for (const ColumnInfo* c : lww)
+          current.push_back((*held)[static_cast<std::size_t>(c - t.columns.data())]);
+      } else {
         throw Error(ErrorCode::kInternal, "table '" + t.name + "' lacks row " +
                                               describe_primary_key(pk) +
                                               " that its metadata says is present");
-      for (int i = 0; i < static_cast<int>(lww.size()); ++i) current.push_back(values.column(i));
+      }
       values.reset();
 
       std::vector<bool> overridden(lww.size(), false);

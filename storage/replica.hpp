@@ -33,6 +33,9 @@ struct ReplicaOptions {
   // Makes the site id of a new replica file. Empty: 128 bits from std::random_device.
   // Injected by simulations that must replay exactly.
   std::function<crdt::SiteId()> new_site_id;
+  // PRAGMA foreign_keys on this connection. Merges enforce declared foreign keys whatever this
+  // says (docs/data-quality.md); turning it off only lets this device's own writes break them.
+  bool foreign_keys = true;
 };
 
 // One row touched by a committed transaction, local or merged.
@@ -43,6 +46,10 @@ struct ChangeEvent {
   std::vector<crdt::Value> primary_key;
   std::vector<std::string> columns;  // the columns written; empty for a delete
   bool deleted = false;
+  // Set when a merge took the row out of its table because it breaks a declared constraint: it
+  // is held in the lattice_conflicts view (docs/data-quality.md). "unique", "check", "not_null",
+  // "foreign_key", "type" or "trigger"; `deleted` is true.
+  std::string conflict;
 };
 
 // Where two digests (Replica::digest) differ, one sentence per table, e.g.
@@ -140,8 +147,10 @@ class Replica {
   const crdt::SiteId& site_id() const;
 
   // The replicated schema in one canonical line, equal on two replicas exactly when their
-  // replicated tables, columns and column types agree, e.g.
-  // "todo(id key,title lww,votes counter);user(id key,name lww)". Tables by name.
+  // replicated tables, columns, column types and SQLite type affinities agree, e.g.
+  // "todo(id text key,title text lww,votes integer counter);user(id none key,name none lww)".
+  // Each column is "name affinity kind", affinity one of none, text, numeric, integer, real.
+  // Tables by name.
   std::string schema_description();
 
   // A digest of the replicated state: one line per replicated table, by name,

@@ -331,6 +331,7 @@ lattice_code lattice_replica_subscribe(lattice_replica* replica, lattice_change_
             changes[i].column_count = columns[i].size();
             changes[i].deleted = event.deleted;
             changes[i].merged = event.origin == lattice::storage::ChangeEvent::Origin::kMerged;
+            changes[i].conflict = event.conflict.empty() ? nullptr : event.conflict.c_str();
           }
           callback(context, changes.data(), changes.size());
         });

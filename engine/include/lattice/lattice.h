@@ -66,7 +66,7 @@
 #define LATTICE_NOEXCEPT
 #endif
 
-#define LATTICE_API_VERSION 1
+#define LATTICE_API_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -235,6 +235,10 @@ typedef struct lattice_change {
   size_t column_count;
   bool deleted;
   bool merged; /* true: from lattice_replica_apply; false: a local write */
+  /* NULL, or why a merge took the row out of its table (`deleted` is then true): it breaks a
+   * declared constraint and waits in the lattice_conflicts view (docs/data-quality.md). One of
+   * "unique", "check", "not_null", "foreign_key", "type", "trigger". */
+  const char* conflict;
 } lattice_change;
 
 /* Receives the rows of one committed transaction, on the thread of the replica call that
