@@ -477,9 +477,31 @@ struct TableIndex {
   }
 };
 
+// Strings and blobs point into the caller's bytes instead of being copied into the zone: the
+// bytes outlive the object tree, which lives only inside decode_changeset.
+bool reference_input(msgpack::type::object_type, std::size_t, void*) { return true; }
+
 class Decoder {
  public:
   Decoder(const DecodeLimits& limits) : limits_(limits) {}
+
+  // The two vectors of a changeset whose header read_header() has checked: the top level's
+  // elements 2 and 3, each unpacked on its own, the rest left unread.
+  ChangesetVectors peek(std::string_view bytes, const msgpack::unpack_limit& limit) {
+    std::size_t offset = (static_cast<std::uint8_t>(bytes[0]) & 0xf0) == 0x90 ? 1
+                         : static_cast<std::uint8_t>(bytes[0]) == 0xdc        ? 3
+                                                                              : 5;
+    ChangesetVectors out;
+    for (int field = 0; field <= 3; ++field) {  // 0 is the magic, checked by read_header()
+      msgpack::object_handle handle;
+      msgpack::unpack(handle, bytes.data(), bytes.size(), offset, reference_input, nullptr, limit);
+      const At at;
+      if (field == 1) out.format_version = read_uint(handle.get(), at.field("format_version"));
+      if (field == 2) out.since = read_version_vector(handle.get(), at.field("since"));
+      if (field == 3) out.until = read_version_vector(handle.get(), at.field("until"));
+    }
+    return out;
+  }
 
   Changeset decode(const msgpack::object& root) {
     const At at;
@@ -807,10 +829,6 @@ class Decoder {
   std::uint32_t generation_ = 0;
 };
 
-// Strings and blobs point into the caller's bytes instead of being copied into the zone: the
-// bytes outlive the object tree, which lives only inside decode_changeset.
-bool reference_input(msgpack::type::object_type, std::size_t, void*) { return true; }
-
 }  // namespace
 
 std::string encode_changeset(const Changeset& changeset) {
@@ -882,6 +900,19 @@ std::string encode_changeset(const Changeset& changeset) {
     }
   }
   return out;
+}
+
+ChangesetVectors peek_changeset_vectors(std::string_view bytes, const DecodeLimits& limits) {
+  read_header(bytes);
+  const std::size_t n = bytes.size();
+  const msgpack::unpack_limit limit(/*array=*/n, /*map=*/n / 2,
+                                    /*str=*/std::max(limits.max_value_bytes, kMagic.size()),
+                                    /*bin=*/kSiteIdBytes, /*ext=*/0, /*depth=*/2);
+  try {
+    return Decoder(limits).peek(bytes, limit);
+  } catch (const msgpack::unpack_error& e) {
+    fail(ErrorCode::kCorrupt, std::string("changeset header does not decode: ") + e.what());
+  }
 }
 
 Changeset decode_changeset(std::string_view bytes, const DecodeLimits& limits) {

@@ -179,7 +179,10 @@ void RowMerger::offer(const crdt::RowChange& change) {
     if (incoming.version > row_.version) {
       row_ = incoming;
       row_won_ = true;
-      if (change.liveness_values.empty()) ++applied_;
+      // Counted as a change of its own only when it is all the row carries, as
+      // RowChange::change_count() counts it: applied never exceeds received.
+      if (change.liveness_values.empty() && change.cells.empty() && change.counters.empty())
+        ++applied_;
     }
     for (const auto& [column, value] : change.liveness_values) offer_cell(column, incoming, value);
   }
@@ -451,82 +454,105 @@ void check_rows(Replica::Impl& impl, const crdt::Changeset& changeset) {
 
 }  // namespace
 
-ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
-  if (!sqlite3_get_autocommit(db))
-    throw Error(ErrorCode::kState, "apply cannot run inside an open transaction; commit first");
+namespace {
+
+// Everything about `changeset` that can be checked without writing. Returns its newest stamp.
+crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
   if (changeset.format_version > crdt::Changeset::kFormatVersion)
     throw Error(ErrorCode::kUnsupportedVersion,
                 "changeset format " + std::to_string(changeset.format_version) +
                     " is newer than this build reads (" +
                     std::to_string(crdt::Changeset::kFormatVersion) + ")");
-  refresh();
-
-  // Everything that can be checked without writing is checked before the transaction starts.
-  for (const auto& schema : changeset.tables) check_table_schema(*this, schema);
-  check_rows(*this, changeset);
+  for (const auto& schema : changeset.tables) check_table_schema(impl, schema);
+  check_rows(impl, changeset);
   crdt::Hlc newest;
-  auto check_stamp = [&](const crdt::ChangeStamp& stamp) {
-    if (stamp.site >= changeset.sites.size())
-      throw Error(ErrorCode::kCorrupt, "changeset names site index " + std::to_string(stamp.site) +
+  auto check_site = [&](std::uint32_t site) {
+    if (site >= changeset.sites.size())
+      throw Error(ErrorCode::kCorrupt, "changeset names site index " + std::to_string(site) +
                                            " of " + std::to_string(changeset.sites.size()));
-    newest = std::max(newest, stamp.hlc);
   };
   for (const auto& row : changeset.rows) {
-    if (row.liveness) check_stamp(*row.liveness);
-    for (const auto& cell : row.cells) check_stamp(cell.stamp);
-    for (const auto& counter : row.counters)
-      if (counter.site >= changeset.sites.size())
-        throw Error(ErrorCode::kCorrupt, "changeset names site index " +
-                                             std::to_string(counter.site) + " of " +
-                                             std::to_string(changeset.sites.size()));
+    if (row.liveness) {
+      check_site(row.liveness->site);
+      newest = std::max(newest, row.liveness->hlc);
+    }
+    for (const auto& cell : row.cells) {
+      check_site(cell.stamp.site);
+      newest = std::max(newest, cell.stamp.hlc);
+    }
+    for (const auto& counter : row.counters) check_site(counter.site);
   }
-  clock.check_drift(newest);
+  impl.clock.check_drift(newest);
+  return newest;
+}
 
+// Merges a validated changeset inside the open transaction.
+void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
+                     const OriginTxns* origin, Projection& projection, ApplyResult& result) {
+  sqlite3* db = impl.db;
+  result.received += changeset.change_count();
+  std::vector<std::int64_t> site_map;
+  site_map.reserve(changeset.sites.size());
+  for (const auto& id : changeset.sites) site_map.push_back(impl.local_site_index(id));
+  for (const auto& row : changeset.rows) {
+    RowMerger merger(impl, *impl.tables.at(row.table), site_map, changeset, projection);
+    result.applied += merger.merge(row);
+  }
+  // The changeset brings everything its sender held in `until`, provided we already held
+  // what it assumed we hold (`since`).
+  const crdt::VersionVector held = impl.version_vector();
+  if (held.dominates(changeset.since)) {
+    Statement raise_site(db, "UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
+    for (const auto& [id, seq] : changeset.until.entries()) {
+      if (seq <= held.get(id)) continue;
+      if (id == impl.site) {
+        Statement raise_local(db, "UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
+        raise_local.bind(1, static_cast<std::int64_t>(seq)).run();
+      } else {
+        raise_site.reset();
+        raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, impl.local_site_index(id));
+        raise_site.run();
+      }
+    }
+  }
+  if (origin && !origin->txns.empty()) {
+    Statement record(db,
+                     "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
+    for (const TxnTag& txn : origin->txns) {
+      record.reset();
+      record.bind_blob(1, origin->site.as_bytes())
+          .bind(2, static_cast<std::int64_t>(txn.seq))
+          .bind(3, static_cast<std::int64_t>(txn.tag));
+      record.run();
+    }
+  }
+}
+
+}  // namespace
+
+ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& changeset_at,
+                                     const OriginTxns* origin) {
+  if (!sqlite3_get_autocommit(db))
+    throw Error(ErrorCode::kState, "apply cannot run inside an open transaction; commit first");
+  refresh();
   ApplyResult result;
-  result.received = changeset.change_count();
+  if (count == 0) return result;
+  // The first changeset is checked before the transaction starts; later ones inside it (a
+  // failure there rolls back all of them).
+  crdt::Hlc newest = validate(*this, changeset_at(0));
   std::vector<ChangeEvent> events;
   MergeMode mode(*this);
   exec_sql(db, "BEGIN IMMEDIATE");
   try {
-    std::vector<std::int64_t> site_map;
-    site_map.reserve(changeset.sites.size());
-    for (const auto& id : changeset.sites) site_map.push_back(local_site_index(id));
     Projection projection(*this, events);
-    for (const auto& row : changeset.rows) {
-      RowMerger merger(*this, *tables.at(row.table), site_map, changeset, projection);
-      result.applied += merger.merge(row);
+    for (std::size_t i = 0; i < count; ++i) {
+      const crdt::Changeset& changeset = changeset_at(i);
+      if (i > 0) newest = std::max(newest, validate(*this, changeset));
+      merge_changeset(*this, changeset, origin, projection, result);
     }
     // Rows held before may stand now (a unique value freed, a parent arrived), and rows
     // shown may have to give way to held rows with an earlier claim.
     if (projection.any_held()) projection.settle();
-    // The changeset brings everything its sender held in `until`, provided we already held
-    // what it assumed we hold (`since`).
-    const crdt::VersionVector held = version_vector();
-    if (held.dominates(changeset.since)) {
-      Statement raise_site(db, "UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
-      for (const auto& [id, seq] : changeset.until.entries()) {
-        if (seq <= held.get(id)) continue;
-        if (id == site) {
-          Statement raise_local(db, "UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
-          raise_local.bind(1, static_cast<std::int64_t>(seq)).run();
-        } else {
-          raise_site.reset();
-          raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, local_site_index(id));
-          raise_site.run();
-        }
-      }
-    }
-    if (origin && !origin->txns.empty()) {
-      Statement record(db,
-                       "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
-      for (const TxnTag& txn : origin->txns) {
-        record.reset();
-        record.bind_blob(1, origin->site.as_bytes())
-            .bind(2, static_cast<std::int64_t>(txn.seq))
-            .bind(3, static_cast<std::int64_t>(txn.tag));
-        record.run();
-      }
-    }
     Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(newest.value)).run();
     exec_sql(db, "COMMIT");
@@ -540,6 +566,11 @@ ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginT
                         std::make_move_iterator(events.end()));
   deliver_events();
   return result;
+}
+
+ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
+  return apply_all(
+      1, [&](std::size_t) -> const crdt::Changeset& { return changeset; }, origin);
 }
 
 }  // namespace lattice::storage

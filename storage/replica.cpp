@@ -594,6 +594,10 @@ ApplyResult Replica::apply(const crdt::Changeset& changeset, const OriginTxns& o
   return impl_->apply(changeset, &origin);
 }
 
+ApplyResult Replica::apply_all(std::size_t count, const ChangesetSource& changeset_at) {
+  return impl_->apply_all(count, changeset_at, nullptr);
+}
+
 crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
 
 const crdt::SiteId& Replica::site_id() const { return impl_->site; }

@@ -122,6 +122,13 @@ class Replica {
   // The same, also recording `origin` in the origin log (origin_log()) in the same transaction.
   ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns& origin);
 
+  // Merges `count` changesets in one transaction, in the order given: `changeset_at(i)` is
+  // called once per changeset, in order, and the reference it returns need only live until the
+  // next call (so a caller can decode files one at a time). Each changeset is checked as apply()
+  // checks it; any error rolls all of them back. The results add up.
+  using ChangesetSource = std::function<const crdt::Changeset&(std::size_t)>;
+  ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at);
+
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 
   // This replica's own transactions with `from` <= seq <= `through`, from the local log, in

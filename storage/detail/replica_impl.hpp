@@ -170,6 +170,9 @@ struct Replica::Impl {
   void settle_after_local_writes();
   crdt::Changeset changes_since(const crdt::VersionVector& holder, std::size_t max_changes);
   ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns* origin);
+  using ChangesetSource = Replica::ChangesetSource;
+  ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at,
+                        const OriginTxns* origin);
   void rekey(std::uint64_t keep_through, const crdt::SiteId& new_site);
 
   void deliver_events();

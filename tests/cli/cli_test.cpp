@@ -215,6 +215,39 @@ TEST_CASE("apply prints how many changes it applied, and a second apply of the f
   CHECK(todo_rows(box, b) == "a\tone\t0\t3\n");
 }
 
+TEST_CASE("changes --max-bytes splits into FILE, FILE.1, ...; apply takes them in any order") {
+  Sandbox box;
+  const std::string a = box.path("a.db"), b = box.path("b.db");
+  // One transaction of 2,000 rows (larger than any one file), then a few small ones.
+  box.ok({"exec", a,
+          std::string(kSchema) +
+              "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+              "INSERT INTO todo(id, title) SELECT 'k' || i, printf('%.100c', 'x') FROM n;"});
+  for (int i = 0; i < 5; ++i)
+    box.ok(
+        {"exec", a, "UPDATE todo SET votes = votes + 1 WHERE id = 'k" + std::to_string(i) + "'"});
+  const std::string out = box.path("all.cs");
+  const std::string printed = box.ok({"changes", a, "--out", out, "--max-bytes", "50000"});
+  std::vector<std::string> files;
+  for (std::size_t i = 0; fs::exists(i ? out + "." + std::to_string(i) : out); ++i) {
+    files.push_back(i ? out + "." + std::to_string(i) : out);
+    CHECK(fs::file_size(files.back()) <= 50000);
+  }
+  REQUIRE(files.size() > 4);
+  CHECK(contains(printed, out + ", " + out + ".1, "));
+  // Named in reverse order, they still chain: b ends with a's whole vector.
+  box.ok({"exec", b, kSchema});
+  std::vector<std::string> apply = {"apply", b};
+  apply.insert(apply.end(), files.rbegin(), files.rend());
+  box.ok(apply);
+  CHECK(box.ok({"vv", b}) == box.ok({"vv", a}));
+  CHECK(todo_rows(box, b) == todo_rows(box, a));
+  // A shorter run removes the longer run's leftover parts, so none is taken for its own.
+  box.ok({"changes", a, "--out", out});
+  CHECK(!fs::exists(out + ".1"));
+  CHECK(contains(box.fails({"changes", a, "--out", out, "--max-bytes", "10"}), "--max-bytes"));
+}
+
 TEST_CASE("vv prints the version vector as one line of JSON and nothing else") {
   Sandbox box;
   const std::string db = box.path("a.db");

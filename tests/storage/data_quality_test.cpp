@@ -483,6 +483,13 @@ TEST_CASE("a changeset that names one row twice is refused, so applied never exc
   cs.rows.pop_back();
   const auto result = b->apply(cs);
   CHECK(result.applied <= result.received);
+  // A row whose liveness comes with an override and no liveness values: one change, not two.
+  a->exec(
+      "INSERT INTO users VALUES ('u2', 'y@example.com', 'two');"
+      "UPDATE users SET email = 'z@example.com', name = 'deux' WHERE id = 'u2'");
+  const auto second = b->apply(a->changes_since(b->version_vector()));
+  CHECK(second.received == 2);
+  CHECK(second.applied == 2);
 }
 
 TEST_CASE("a counter summed past 2^63-1 saturates on every replica; a local overflow is refused") {
