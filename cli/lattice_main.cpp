@@ -27,6 +27,8 @@ constexpr const char* kUsage = R"(usage:
                                                FILE, FILE.1, ... of at most N bytes each
   lattice apply DB FILE...                     merge changeset files, in one transaction
   lattice vv DB                                print the replica's version vector as JSON
+  lattice check DB                             check metadata against tables, list held rows
+  lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
   lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
                [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
 )";
@@ -270,7 +272,16 @@ int run_changes(const std::vector<std::string>& args) {
   if (!since_file.empty()) since = read_version_vector(since_file);
   auto replica = open_existing(args[1]);
   const lattice::VersionVector full = replica->version_vector();
-
+  const lattice::SiteId& own = replica->site_id();
+  if (since.get(own) > full.get(own))
+    throw lattice::Error(
+        lattice::ErrorCode::kCopiedReplica,
+        "'" + since_file + "' says its holder has " + std::to_string(since.get(own)) +
+            " of this replica's own transactions, but this replica wrote " +
+            std::to_string(full.get(own)) +
+            ": the holder received them from a copy of this file, or this file is a restored "
+            "backup. Give this file a new site id with `lattice rekey DB --keep-through N`, N "
+            "the number of its own transactions when it was copied or backed up");
   std::vector<std::string> parts;
   std::size_t changes = 0, chunk = 1'000'000;
   lattice::VersionVector holder = since;
@@ -404,6 +415,62 @@ int run(const std::vector<std::string>& args) {
     if (args.size() > 2) throw UsageError("'vv' takes DB only");
     auto replica = open_existing(args[1]);
     std::printf("%s\n", replica->version_vector().to_json().c_str());
+    return 0;
+  }
+  if (command == "check") {
+    need(2);
+    if (args.size() > 2) throw UsageError("'check' takes DB only");
+    auto replica = open_existing(args[1]);
+    const lattice::CheckReport report = replica->check();
+    std::int64_t held = 0, superseded = 0;
+    for (const auto& t : report.tables) {
+      std::printf("table %s: %lld shown, %lld held, %lld superseded\n", t.table.c_str(),
+                  static_cast<long long>(t.shown), static_cast<long long>(t.held),
+                  static_cast<long long>(t.superseded));
+      held += t.held;
+      superseded += t.superseded;
+    }
+    for (const auto& row : replica
+                               ->query("SELECT \"table\", \"key\", reason, \"constraint\" "
+                                       "FROM lattice_conflicts ORDER BY 1, 2")
+                               .rows) {
+      std::printf("conflict: %s %s %s%s%s\n", format_value(row[0]).c_str(),
+                  format_value(row[1]).c_str(), format_value(row[2]).c_str(),
+                  format_value(row[3]).empty() ? "" : " ", format_value(row[3]).c_str());
+    }
+    for (const auto& p : report.problems) std::printf("problem: %s\n", one_line(p).c_str());
+    if (!report.problems.empty()) {
+      std::fprintf(stderr, "lattice: check: %zu problem(s); first: %s\n", report.problems.size(),
+                   one_line(report.problems.front()).c_str());
+      return 1;
+    }
+    std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded %s\n",
+                static_cast<long long>(held), static_cast<long long>(superseded),
+                held + superseded ? "(see lattice_conflicts)" : "");
+    return 0;
+  }
+  if (command == "rekey") {
+    need(2);
+    auto replica = open_existing(args[1]);
+    std::uint64_t keep_through = replica->acknowledged();
+    for (std::size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--keep-through" && i + 1 < args.size()) {
+        const std::string& text = args[++i];
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), keep_through);
+        if (ec != std::errc() || end != text.data() + text.size())
+          throw UsageError("--keep-through takes a sequence number, not '" + text + "'");
+      } else {
+        throw UsageError("unexpected argument '" + args[i] + "' to 'rekey'");
+      }
+    }
+    const std::string old_site = replica->site_id().to_hex();
+    const std::uint64_t head = replica->version_vector().get(replica->site_id());
+    replica->rekey(keep_through);
+    std::printf(
+        "rekeyed: new site id %s; own transactions 1..%llu stay under %s, %llu later "
+        "ones moved to the new id\n",
+        replica->site_id().to_hex().c_str(), static_cast<unsigned long long>(keep_through),
+        old_site.c_str(), static_cast<unsigned long long>(head - std::min(head, keep_through)));
     return 0;
   }
   if (command == "sync") return run_sync(args);

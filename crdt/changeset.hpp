@@ -15,6 +15,7 @@
 #include "crdt/hlc.hpp"
 #include "crdt/row.hpp"
 #include "crdt/site_id.hpp"
+#include "crdt/txn_tag.hpp"
 #include "crdt/value.hpp"
 #include "crdt/version_vector.hpp"
 
@@ -92,6 +93,16 @@ struct RowChange {
   std::size_t change_count() const;
 };
 
+// Who wrote a changeset: the replica's site id and its latest own transactions (at most
+// kMaxLog), so that a receiver with the same site id, a copy of that replica file, learns where
+// the two histories part (docs/data-quality.md, "Copies and restored backups").
+struct Origin {
+  static constexpr std::size_t kMaxLog = 32;
+  SiteId site;
+  std::vector<TxnTag> log;  // ascending sequence numbers
+  bool operator==(const Origin&) const = default;
+};
+
 struct Changeset {
   // Written by this build; it reads every version from 1 up (docs/changeset-format.md).
   static constexpr std::uint32_t kFormatVersion = 2;
@@ -102,6 +113,8 @@ struct Changeset {
   std::vector<SiteId> sites;
   std::vector<TableSchema> tables;
   std::vector<RowChange> rows;
+  // Empty in format 1, and when the writer did not say (a changeset built by hand).
+  std::optional<Origin> origin;
 
   std::size_t change_count() const;
   bool operator==(const Changeset&) const = default;

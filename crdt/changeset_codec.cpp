@@ -29,7 +29,9 @@ constexpr std::string_view kMagic = "LATTICE-CS";
 constexpr std::size_t kSiteIdBytes = 16;
 // Nesting of the deepest container: changeset > rows > row > cells > cell.
 constexpr std::size_t kMaxDepth = 5;
-constexpr std::size_t kTopLevelFields = 7;
+// Format 1 has the first 7 top-level fields, format 2 all 8 (the origin).
+constexpr std::size_t kTopLevelFields = 8;
+constexpr std::size_t kTopLevelFieldsV1 = 7;
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
@@ -137,7 +139,7 @@ using detail::msgpack_type_name;
 
 // Field names by position, shared by the tree walk and the raw-byte scan.
 constexpr const char* kTopFields[] = {"magic", "format_version", "since", "until",
-                                      "sites", "tables",         "rows"};
+                                      "sites", "tables",         "rows",  "origin"};
 constexpr const char* kTableFields[] = {"id", "name", "primary_key_columns", "columns"};
 constexpr const char* kColumnFields[] = {"id", "name", "kind", "affinity"};
 constexpr const char* kRowFields[] = {"table",           "primary_key", "liveness",
@@ -506,22 +508,25 @@ class Decoder {
   Changeset decode(const msgpack::object& root) {
     const At at;
     const msgpack::object* top = read_array(root, at);
-    if (root.via.array.size != kTopLevelFields) {
-      fail(ErrorCode::kCorrupt, "changeset: expected a top-level array of 7 fields, got " +
-                                    std::to_string(root.via.array.size) +
-                                    " (fields may not be added within a format version)");
-    }
     Changeset cs;
-    if (read_str(top[0], at.field("magic")) != kMagic) {
+    if (root.via.array.size < 2 || read_str(top[0], at.field("magic")) != kMagic) {
       fail_not_a_changeset("its first field is not \"LATTICE-CS\"");
     }
     cs.format_version = static_cast<std::uint32_t>(read_uint(top[1], at.field("format_version")));
     version_ = cs.format_version;
+    const std::size_t fields = version_ >= 2 ? kTopLevelFields : kTopLevelFieldsV1;
+    if (root.via.array.size != fields) {
+      fail(ErrorCode::kCorrupt, "changeset: expected a top-level array of " +
+                                    std::to_string(fields) + " fields, got " +
+                                    std::to_string(root.via.array.size) +
+                                    " (fields may not be added within a format version)");
+    }
     cs.since = read_version_vector(top[2], at.field("since"));
     cs.until = read_version_vector(top[3], at.field("until"));
     cs.sites = read_sites(top[4], at.field("sites"));
     cs.tables = read_tables(top[5], at.field("tables"));
     read_rows(top[6], at.field("rows"), cs);
+    if (version_ >= 2) cs.origin = read_origin(top[7], at.field("origin"));
     return cs;
   }
 
@@ -551,6 +556,28 @@ class Decoder {
       vv.advance(site, seq);
     }
     return vv;
+  }
+
+  std::optional<Origin> read_origin(const msgpack::object& o, const At& at) {
+    if (o.type == msgpack::type::NIL) return std::nullopt;
+    const msgpack::object* f = read_tuple(o, 2, at);
+    Origin origin;
+    origin.site = read_site_id(f[0], at.field("site"));
+    const At log_at = at.field("log");
+    const msgpack::object* entries = read_array(f[1], log_at);
+    const std::uint32_t count = f[1].via.array.size;
+    if (count > Origin::kMaxLog)
+      fail_corrupt(log_at, std::to_string(count) + " entries, over the " +
+                               std::to_string(Origin::kMaxLog) + " an origin carries");
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const msgpack::object* pair = read_tuple(entries[i], 2, log_at.element(i));
+      TxnTag txn{read_uint(pair[0], log_at.element(i).field("seq")),
+                 read_uint(pair[1], log_at.element(i).field("tag"))};
+      if (!origin.log.empty() && txn.seq <= origin.log.back().seq)
+        fail_corrupt(log_at.element(i), "sequence numbers must ascend");
+      origin.log.push_back(txn);
+    }
+    return origin;
   }
 
   std::vector<SiteId> read_sites(const msgpack::object& o, const At& at) {
@@ -898,6 +925,18 @@ std::string encode_changeset(const Changeset& changeset) {
       pk.pack_uint64(counter.part.seq);
       pk.pack_int64(counter.part.total);
     }
+  }
+  if (changeset.origin) {
+    pk.pack_array(2);
+    pack_bytes_as_bin(pk, changeset.origin->site.as_bytes());
+    pk.pack_array(static_cast<std::uint32_t>(changeset.origin->log.size()));
+    for (const TxnTag& txn : changeset.origin->log) {
+      pk.pack_array(2);
+      pk.pack_uint64(txn.seq);
+      pk.pack_uint64(txn.tag);
+    }
+  } else {
+    pk.pack_nil();
   }
   return out;
 }

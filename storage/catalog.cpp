@@ -472,6 +472,7 @@ void Replica::Impl::recreate_triggers() {
   select = Statement();
   internal_ddl = true;
   try {
+    exec_sql(db, "DROP TRIGGER IF EXISTS lattice_local_logged;\n" + local_log_trigger_sql());
     for (const auto& name : names) exec_sql(db, "DROP TRIGGER " + quote_identifier(name));
     for (const auto& [id, table] : tables) {
       exec_sql(db, metadata_tables_sql(*table));

@@ -274,6 +274,8 @@ crdt::VersionVector Extractor::extract_limited(std::size_t max_changes,
 
 crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder,
                                              std::size_t max_changes) {
+  // Own writes no peer would accept, stamped by a clock that ran ahead, go out stamped again.
+  recover_clock();
   refresh();
   crdt::Changeset out;
   out.since = holder;
@@ -282,6 +284,18 @@ crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder,
   if (own_transaction) exec_sql(db, "BEGIN");
   try {
     out.until = version_vector();
+    // Who writes it: this replica, with its latest own transactions (a copy of this file that
+    // receives it can tell where their histories part).
+    crdt::Origin origin;
+    origin.site = site;
+    Statement log(
+        db, "SELECT seq, tag FROM lattice_local_log WHERE seq <= ? ORDER BY seq DESC LIMIT ?");
+    log.bind(1, static_cast<std::int64_t>(out.until.get(site)))
+        .bind(2, static_cast<std::int64_t>(crdt::Origin::kMaxLog));
+    while (log.step())
+      origin.log.insert(origin.log.begin(), {static_cast<std::uint64_t>(log.column_int(0)),
+                                             static_cast<std::uint64_t>(log.column_int(1))});
+    out.origin = std::move(origin);
     Extractor extractor(*this, holder, out);
     if (max_changes == 0) {
       for (auto& [id, table] : tables) extractor.extract(*table);

@@ -456,8 +456,46 @@ void check_rows(Replica::Impl& impl, const crdt::Changeset& changeset) {
 
 namespace {
 
+// A changeset written by a replica with this replica's own site id: a copy of this file, or
+// this file itself. Harmless when the two histories agree as far as both go (a file applied to
+// itself, a copy or backup that has not written since); refused when both wrote after they
+// parted, since their transactions share sequence numbers. The origin's log says where.
+void check_not_a_copy(Replica::Impl& impl, const crdt::Origin& origin) {
+  Statement head_of(impl.db, "SELECT seq FROM lattice_local WHERE id = 0");
+  const auto head = head_of.step() ? static_cast<std::uint64_t>(head_of.column_int(0)) : 0;
+  Statement mine(impl.db, "SELECT tag FROM lattice_local_log WHERE seq = ?");
+  std::optional<std::uint64_t> agreed;  // the last transaction both logs hold alike
+  for (const TxnTag& theirs : origin.log) {
+    if (theirs.seq > head) break;
+    mine.reset();
+    mine.bind(1, static_cast<std::int64_t>(theirs.seq));
+    if (!mine.step()) continue;  // trimmed here: nothing to compare
+    if (static_cast<std::uint64_t>(mine.column_int(0)) == theirs.tag) {
+      agreed = theirs.seq;
+      continue;
+    }
+    const std::string where =
+        agreed ? "they agree through transaction " + std::to_string(*agreed) + " and differ from " +
+                     std::to_string(theirs.seq)
+               : "they differ at transaction " + std::to_string(theirs.seq) +
+                     " already, and agree through an earlier one this log does not reach (the "
+                     "number of this file's own transactions when it was copied)";
+    throw Error(ErrorCode::kCopiedReplica,
+                "this changeset comes from a replica with this replica's own site id " +
+                    impl.site.to_hex() +
+                    ": one of the two files is a copy (or a restored backup) of the other, and "
+                    "both wrote after they parted; " +
+                    where +
+                    ". Give one of them a new site id with `lattice rekey DB --keep-through N` "
+                    "(Replica::rekey(N)), N the last transaction they agree on, then exchange "
+                    "changes again: nothing either wrote is lost");
+  }
+}
+
 // Everything about `changeset` that can be checked without writing. Returns its newest stamp.
 crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
+  if (changeset.origin && changeset.origin->site == impl.site)
+    check_not_a_copy(impl, *changeset.origin);
   if (changeset.format_version > crdt::Changeset::kFormatVersion)
     throw Error(ErrorCode::kUnsupportedVersion,
                 "changeset format " + std::to_string(changeset.format_version) +

@@ -28,10 +28,6 @@ CREATE TABLE IF NOT EXISTS lattice_columns(
   table_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
   key_position INTEGER NOT NULL, PRIMARY KEY (table_id, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lattice_local_log(seq INTEGER PRIMARY KEY, tag INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS lattice_local_logged AFTER UPDATE OF seq ON lattice_local
-  WHEN lattice_capture_enabled() AND NEW.seq > OLD.seq BEGIN
-  INSERT OR REPLACE INTO lattice_local_log(seq, tag) VALUES (NEW.seq, lattice_txn_tag());
-END;
 CREATE TABLE IF NOT EXISTS lattice_counter_undo(
   seq INTEGER NOT NULL, table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL,
   had INTEGER NOT NULL, cl INTEGER, part_seq INTEGER, total INTEGER,
@@ -65,7 +61,7 @@ END;
 
 // The generation of the capture triggers this build creates. A replica whose triggers are older
 // gets them recreated when it is opened (lattice_meta 'triggers_version').
-constexpr std::int64_t kTriggersVersion = 2;
+constexpr std::int64_t kTriggersVersion = 3;
 
 Replica::Impl& impl_of(sqlite3_context* ctx) {
   return *static_cast<Replica::Impl*>(sqlite3_user_data(ctx));
@@ -475,6 +471,7 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
     throw;
   }
   impl->refresh();
+  impl->recover_clock();
   impl->local_commit = true;  // rows may have been held when the file was last closed
   impl->settle_after_local_writes();
   return std::unique_ptr<Replica>(new Replica(std::move(impl)));

@@ -73,6 +73,21 @@ struct OriginTxns {
   std::vector<TxnTag> txns;
 };
 
+// What Replica::check() finds in a replica file.
+struct TableCheck {
+  std::string table;
+  std::int64_t shown = 0;       // rows in the table
+  std::int64_t held = 0;        // live rows held out of it by a constraint (lattice_conflicts)
+  std::int64_t superseded = 0;  // lost concurrent inserts kept in lattice_conflicts
+};
+struct CheckReport {
+  std::vector<TableCheck> tables;
+  // One sentence each: metadata and table that disagree, missing capture triggers, rows that
+  // break a foreign key, counters that are not the sum of their parts, SQLite's quick_check.
+  // Empty when the replica is sound; held rows are not problems.
+  std::vector<std::string> problems;
+};
+
 // Rows of a query: column names, then each row's values.
 struct QueryResult {
   std::vector<std::string> columns;
@@ -164,6 +179,10 @@ class Replica {
   // "<table> <row count> <SHA-256 of its rows in key order, hex>". Equal on two replicas
   // exactly when their replicated tables hold the same rows (values and SQLite types).
   std::string digest();
+
+  // Checks that the metadata and the application's tables agree, and counts what is held.
+  // Reads only. Throws Error(kBusy) when another connection holds the file locked.
+  CheckReport check();
 
   // The number of local transactions whose changes a peer holding `peer` lacks.
   std::uint64_t local_changes_after(const crdt::VersionVector& peer);

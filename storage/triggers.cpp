@@ -346,6 +346,22 @@ class TriggerWriter {
 
 std::string capture_triggers_sql(const TableInfo& t) { return TriggerWriter(t).all(); }
 
+// Every own transaction's tag in lattice_local_log (docs/protocol.md, "Rekey"). The log and the
+// counter undo log keep the last kKeptTransactions own transactions even when no relay ever
+// acknowledges them (a replica synced only by files), so they stay bounded; a relay's
+// acknowledgement trims them further (Replica::acknowledge).
+std::string local_log_trigger_sql() {
+  const std::string kept = std::to_string(kKeptTransactions);
+  return "CREATE TRIGGER lattice_local_logged AFTER UPDATE OF seq ON lattice_local "
+         "WHEN lattice_capture_enabled() AND NEW.seq > OLD.seq BEGIN\n"
+         "INSERT OR REPLACE INTO lattice_local_log(seq, tag) VALUES (NEW.seq, lattice_txn_tag());\n"
+         "DELETE FROM lattice_local_log WHERE seq <= NEW.seq - " +
+         kept +
+         ";\n"
+         "DELETE FROM lattice_counter_undo WHERE seq <= NEW.seq - " +
+         kept + ";\nEND;\n";
+}
+
 // Rowid tables with a UNIQUE key rather than WITHOUT ROWID: a captured write then appends to
 // the table and to the (site, seq) index (whose entries end in the rowid, not the packed key),
 // so only the key's own index takes a write at a random place. Counter totals must stay

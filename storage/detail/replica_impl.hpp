@@ -174,6 +174,10 @@ struct Replica::Impl {
   ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at,
                         const OriginTxns* origin);
   void rekey(std::uint64_t keep_through, const crdt::SiteId& new_site);
+  // When this replica's own clock ran more than the drift bound ahead of its wall clock (a
+  // clock set wrong for a while), stamps the own writes that no peer can have accepted again,
+  // from the wall clock on, in their order (site_history.cpp). Outside any transaction.
+  void recover_clock();
 
   void deliver_events();
 
@@ -217,6 +221,9 @@ std::string lower_case(std::string_view text);
 // its capture triggers, lattice_pk(<row>.k1, ...) for its key, and a string literal.
 std::string metadata_tables_sql(const TableInfo& t);
 std::string capture_triggers_sql(const TableInfo& t);
+// The trigger that logs own transactions, keeping the last kKeptTransactions.
+constexpr std::uint64_t kKeptTransactions = 10000;
+std::string local_log_trigger_sql();
 std::string key_expression(const TableInfo& t, const char* row);
 std::string sql_literal(std::string_view text);
 

@@ -319,12 +319,25 @@ TEST_CASE("a changeset of format 1, written by the previous release, still reads
   CHECK(cs.tables[0].columns[1].name == "title");
   CHECK(!cs.tables[0].columns[1].affinity.has_value());
   CHECK(cs.rows.at(0).counters.at(0).part.total == -2);
-  // Format 2 columns carry the affinity: a 3-field column there is refused.
+  CHECK(!cs.origin.has_value());
+  // Format 2 has an eighth field, the origin: format 1's 7 are refused under its number.
   std::string v2(reinterpret_cast<const char*>(v1), sizeof v1);
   v2[12] = '\x02';
   const Error e = decode_error(v2);
   CHECK(e.code() == ErrorCode::kCorrupt);
-  CHECK(contains(e.what(), "tables[0].columns[0]: expected an array of 4 fields, got 3"));
+  CHECK(contains(e.what(), "expected a top-level array of 8 fields, got 7"));
+}
+
+TEST_CASE("the origin names the writer and its latest own transactions, within bounds") {
+  Changeset cs = small_changeset();
+  cs.origin = Origin{site(9), {{3, 77}, {4, 1ull << 62}}};
+  CHECK(decode_changeset(encode_changeset(cs)) == cs);
+  cs.origin->log = {{4, 1}, {3, 2}};
+  CHECK(contains(decode_error(encode_changeset(cs)).what(),
+                 "origin.log[1]: sequence numbers must ascend"));
+  cs.origin->log.clear();
+  for (std::uint64_t i = 1; i <= Origin::kMaxLog + 1; ++i) cs.origin->log.push_back({i, i});
+  CHECK(contains(decode_error(encode_changeset(cs)).what(), "33 entries, over the 32"));
 }
 
 TEST_CASE("bytes that are not a changeset are refused as such") {

@@ -3,7 +3,10 @@
 // replicas or lose a write without a word. One test case (or more) per class of failure found.
 
 #include <doctest/doctest.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <set>
 
 #include "crdt/error.hpp"
@@ -461,6 +464,161 @@ TEST_CASE("a changeset whose column stores values otherwise than the receiver's 
       "CREATE TABLE price(id VARCHAR(20) PRIMARY KEY, amount BIGINT);"
       "SELECT lattice_replicate('price');");
   CHECK_NOTHROW(varchar->apply(integer->changes_since({})));
+}
+
+// ---- 6. Copies and restored backups exchanged by files -------------------------------------
+
+std::filesystem::path fresh_path(const std::string& name) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("lattice-dq-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto path = dir / name;
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path.string() + suffix);
+  return path;
+}
+
+TEST_CASE(
+    "a copied replica file that wrote is refused by its original, and rekeyed loses nothing") {
+  constexpr const char* schema =
+      "CREATE TABLE poll(id TEXT PRIMARY KEY, votes INTEGER NOT NULL DEFAULT 0);"
+      "SELECT lattice_replicate('poll', '{\"votes\": \"counter\"}');";
+  const auto original_path = fresh_path("original.db"), copy_path = fresh_path("copy.db");
+  {
+    auto original = Replica::open(original_path.string());
+    original->exec(schema);
+    original->exec("INSERT INTO poll VALUES ('p', 10)");
+  }
+  std::filesystem::copy_file(original_path, copy_path);
+  auto original = Replica::open(original_path.string());
+  auto copy = Replica::open(copy_path.string());
+  REQUIRE(copy->site_id() == original->site_id());
+  original->exec("UPDATE poll SET votes = votes + 1");
+  copy->exec("UPDATE poll SET votes = votes + 2; INSERT INTO poll VALUES ('q', 5)");
+
+  // Either way, the exchange is refused, naming where the histories part.
+  for (auto [from, to] : {std::pair{copy.get(), original.get()}, {original.get(), copy.get()}}) {
+    try {
+      to->apply(from->changes_since({}));
+      FAIL("applied");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kCopiedReplica);
+      CHECK(std::string(e.what()).find("agree through transaction 1 and differ from 2") !=
+            std::string::npos);
+    }
+  }
+  // The copy takes a new id for what it wrote after it was made; then everything counts once.
+  copy->rekey(1);
+  CHECK(copy->site_id() != original->site_id());
+  sync_all({original.get(), copy.get()});
+  check_converged({original.get(), copy.get()}, "poll");
+  CHECK(count(*original, "SELECT votes FROM poll WHERE id = 'p'") == 13);
+  CHECK(count(*original, "SELECT count(*) FROM poll") == 2);
+  // A file applied to itself, or a copy that never wrote, is no copy conflict.
+  CHECK_NOTHROW(original->apply(original->changes_since({})));
+}
+
+TEST_CASE("without a relay the local logs keep only the latest 10,000 own transactions") {
+  auto r = open_with(
+      "CREATE TABLE c(id TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0);"
+      "SELECT lattice_replicate('c', '{\"n\": \"counter\"}');"
+      "INSERT INTO c VALUES ('k', 0)");
+  for (int i = 0; i < 10050; ++i) r->exec("UPDATE c SET n = n + 1");
+  CHECK(count(*r, "SELECT count(*) FROM lattice_local_log") == 10000);
+  CHECK(count(*r, "SELECT count(*) FROM lattice_counter_undo") <= 10000);
+  CHECK(count(*r, "SELECT min(seq) FROM lattice_local_log") == 10052 - 10000);
+}
+
+TEST_CASE("a device whose clock ran a day ahead recovers by itself and loses no write") {
+  constexpr const char* schema =
+      "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT); SELECT lattice_replicate('note');";
+  const std::uint64_t day = 24ull * 60 * 60 * 1000;
+  std::uint64_t skew = day;  // the device's clock, ahead until it is corrected
+  storage::ReplicaOptions options;
+  options.physical_clock = [&skew] { return crdt::HybridClock::system_clock_ms() + skew; };
+  auto device = Replica::open(":memory:", options);
+  device->exec(schema);
+  auto peer = open_with(schema);
+  peer->exec("INSERT INTO note VALUES ('shared', 'from the peer')");
+  sync(*peer, *device);
+  device->exec("INSERT INTO note VALUES ('a', 'written a day ahead')");
+  device->exec("UPDATE note SET body = 'edited a day ahead' WHERE id = 'shared'");
+  // As it stands, every peer refuses it for a day.
+  CHECK_THROWS_AS(peer->apply(device->changes_since(peer->version_vector())), Error);
+
+  skew = 0;  // the clock is set right again
+  device->exec("INSERT INTO note VALUES ('b', 'written after')");
+  sync(*device, *peer);  // its writes go out stamped again, from the wall clock
+  sync(*peer, *device);
+  check_converged({device.get(), peer.get()}, "note");
+  CHECK(count(*peer, "SELECT count(*) FROM note") == 3);
+  CHECK(one(*peer, "SELECT body FROM note WHERE id = 'shared'") ==
+        crdt::Value{"edited a day ahead"});
+  // And a later write elsewhere wins as its clock says, not a day later.
+  peer->exec("UPDATE note SET body = 'the peer, later' WHERE id = 'shared'");
+  sync(*peer, *device);
+  CHECK(one(*device, "SELECT body FROM note WHERE id = 'shared'") ==
+        crdt::Value{"the peer, later"});
+}
+
+// ---- The checker ------------------------------------------------------------------------------
+
+TEST_CASE("check finds metadata and tables that disagree, and counts held rows") {
+  auto a = open_with(kUsers, 2000), b = open_with(kUsers, 1000);
+  a->exec("INSERT INTO users VALUES ('u1', 'x@example.com', 'first')");
+  b->exec("INSERT INTO users VALUES ('u2', 'x@example.com', 'second')");
+  sync_all({a.get(), b.get()});
+  auto report = b->check();
+  CHECK(report.problems.empty());
+  REQUIRE(report.tables.size() == 1);
+  CHECK(report.tables[0].shown == 1);
+  CHECK(report.tables[0].held == 1);
+  // Metadata that says the shown row is deleted (as a file edited behind Lattice's back).
+  const std::string rows =
+      "lattice_rows_" + std::to_string(count(*b, "SELECT id FROM lattice_tables"));
+  REQUIRE(sqlite3_exec(b->connection(),
+                       ("UPDATE " + rows +
+                        " SET cl = 2 WHERE pk NOT IN (SELECT pk FROM "
+                        "lattice_held)")
+                           .c_str(),
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  report = b->check();
+  REQUIRE(report.problems.size() == 1);
+  CHECK(report.problems[0].find("table users: 1 rows live in the metadata, 1 shown and 1 held; "
+                                "shown without being live, never captured") != std::string::npos);
+}
+
+TEST_CASE("a replica whose capture triggers are from an older build gets them recreated") {
+  const auto path = fresh_path("upgrade.db");
+  {
+    auto r = Replica::open(path.string());
+    r->exec(kUsers);
+  }
+  {
+    // As an older build left it: without the triggers that capture REPLACE, version 1. A plain
+    // connection, which Lattice's authorizer does not guard.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.string().c_str(), &db) == SQLITE_OK);
+    std::string drop;
+    sqlite3_stmt* names = nullptr;
+    sqlite3_prepare_v2(db, "SELECT name FROM sqlite_schema WHERE name LIKE 'lattice_%_replace%'",
+                       -1, &names, nullptr);
+    while (sqlite3_step(names) == SQLITE_ROW)
+      drop += "DROP TRIGGER " +
+              std::string(reinterpret_cast<const char*>(sqlite3_column_text(names, 0))) + ";";
+    sqlite3_finalize(names);
+    REQUIRE(!drop.empty());
+    REQUIRE(sqlite3_exec(db,
+                         (drop + "DELETE FROM lattice_meta WHERE key = 'triggers_version'").c_str(),
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto r = Replica::open(path.string());
+  CHECK(count(*r, "SELECT value FROM lattice_meta WHERE key = 'triggers_version'") >= 3);
+  CHECK(r->check().problems.empty());
+  r->exec("INSERT INTO users VALUES ('u1', 'x@example.com', 'one')");
+  r->exec("INSERT OR REPLACE INTO users VALUES ('u2', 'x@example.com', 'two')");
+  // u1, displaced, is captured as deleted: the metadata agrees with the table.
+  CHECK(r->check().problems.empty());
 }
 
 // ---- 7. Edge cases ---------------------------------------------------------------------------

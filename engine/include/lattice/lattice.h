@@ -93,7 +93,8 @@ enum {
   LATTICE_ERR_STATE = 13,              /* wrong state: a closed handle, apply in a transaction */
   LATTICE_ERR_INTERNAL = 14,           /* a bug in Lattice (or out of memory) */
   LATTICE_ERR_UNAUTHORIZED = 15,       /* a missing, expired or badly signed token */
-  LATTICE_ERR_FORBIDDEN = 16           /* a valid token without the right for the call */
+  LATTICE_ERR_FORBIDDEN = 16,          /* a valid token without the right for the call */
+  LATTICE_ERR_COPIED_REPLICA = 17      /* a replica file and a copy of it both wrote: rekey one */
 };
 
 /* Results of lattice_stmt_step() besides the error codes. */
