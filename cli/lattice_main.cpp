@@ -29,6 +29,7 @@ constexpr const char* kUsage = R"(usage:
   lattice vv DB                                print the replica's version vector as JSON
   lattice check DB                             check metadata against tables, list held rows
   lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
+  lattice migrate DB VERSION SQL               run migration VERSION once (schema changes)
   lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
                [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
 )";
@@ -447,6 +448,20 @@ int run(const std::vector<std::string>& args) {
     std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded%s\n",
                 static_cast<long long>(held), static_cast<long long>(superseded),
                 held + superseded ? " (see lattice_conflicts)" : "");
+    return 0;
+  }
+  if (command == "migrate") {
+    need(4);
+    if (args.size() > 4) throw UsageError("'migrate' takes DB, VERSION and one SQL argument");
+    std::int64_t version = 0;
+    const std::string& text = args[2];
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
+    if (ec != std::errc() || end != text.data() + text.size())
+      throw UsageError("VERSION is a migration number, not '" + text + "'");
+    auto replica = lattice::Replica::open(args[1]);
+    const bool ran = replica->migrate(version, args[3]);
+    std::printf(ran ? "migrated to version %lld\n" : "already at version %lld\n",
+                static_cast<long long>(ran ? version : replica->schema_version()));
     return 0;
   }
   if (command == "rekey") {

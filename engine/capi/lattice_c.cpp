@@ -271,6 +271,16 @@ lattice_code lattice_replica_replicate(lattice_replica* replica, const char* tab
   });
 }
 
+lattice_code lattice_replica_migrate(lattice_replica* replica, int64_t version, const char* sql,
+                                     bool* ran, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(sql, "sql");
+    const bool did = r.migrate(version, sql);
+    if (ran) *ran = did;
+  });
+}
+
 lattice_code lattice_replica_version_vector(lattice_replica* replica, lattice_buffer* out,
                                             lattice_error* error) noexcept {
   return guard(error, [&] {

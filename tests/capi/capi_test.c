@@ -350,8 +350,11 @@ static void test_statements(void) {
   CHECK_FAILS(lattice_replica_exec(r, "CREATE TABLE t(x); SELEC 1", &error), &error,
               LATTICE_ERR_SQL);
   CHECK(contains(error.message, "SELEC 1"));
-  CHECK_FAILS(lattice_replica_exec(r, "ALTER TABLE todo ADD COLUMN y", &error), &error,
+  CHECK_FAILS(lattice_replica_exec(r, "ALTER TABLE todo RENAME COLUMN id TO key", &error), &error,
               LATTICE_ERR_SCHEMA);
+  /* Schema changes of a replicated table go through exec or migrate, not a statement. */
+  CHECK(lattice_stmt_prepare(r, "ALTER TABLE todo ADD COLUMN y", &error) == NULL);
+  CHECK(error.code == LATTICE_ERR_SCHEMA && contains(error.message, "lattice_replica_exec"));
   CHECK_FAILS(lattice_replica_exec(r, NULL, &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_replica_replicate(r, "t", NULL, &error), &error, LATTICE_ERR_SCHEMA);
   CHECK(contains(error.message, "PRIMARY KEY"));
@@ -467,12 +470,14 @@ static void test_changesets_and_subscriptions(void) {
               LATTICE_ERR_INVALID_ARGUMENT);
   CHECK(query_int(b, "SELECT count(*) FROM todo") == 3);
 
-  /* A replica that does not replicate the table refuses the changes. */
+  /* A replica that does not replicate the table yet (an older schema version) keeps the
+   * changes; replicating the table later shows them. */
   lattice_replica* bare = lattice_replica_open(":memory:", NULL, &error);
   CHECK(bare != NULL);
-  CHECK_FAILS(lattice_replica_apply(bare, changes.data, changes.size, NULL, &error), &error,
-              LATTICE_ERR_UNKNOWN_TABLE);
-  CHECK(contains(error.message, "todo"));
+  CHECK_OK(lattice_replica_apply(bare, changes.data, changes.size, NULL, E));
+  CHECK_OK(lattice_replica_exec(bare, kSchema, E));
+  CHECK_OK(lattice_replica_replicate(bare, "todo", "{\"votes\": \"counter\"}", E));
+  CHECK(query_int(bare, "SELECT count(*) FROM todo") == 3);
   lattice_replica_free(bare);
 
   /* Not inside an open transaction. */
@@ -591,6 +596,30 @@ static void test_held_rows(void) {
                "unique") == 0);
   lattice_replica_free(a);
   lattice_replica_free(b);
+}
+
+/* Migrations run once; a column added to a replicated table is captured. */
+static void test_migrate(void) {
+  g_case = "migrate";
+  lattice_error error;
+  lattice_replica* r = lattice_replica_open(":memory:", NULL, NULL);
+  CHECK(r != NULL);
+  if (!r) return;
+  bool ran = false;
+  CHECK_OK(lattice_replica_migrate(
+      r, 1, "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT); SELECT lattice_replicate('note')",
+      &ran, E));
+  CHECK(ran);
+  CHECK_OK(lattice_replica_migrate(r, 2, "ALTER TABLE note ADD COLUMN pinned INTEGER", &ran, E));
+  CHECK(ran);
+  CHECK_OK(lattice_replica_migrate(r, 2, "ALTER TABLE note ADD COLUMN pinned INTEGER", &ran, E));
+  CHECK(!ran);
+  CHECK_FAILS(lattice_replica_migrate(r, 2, "SELECT 1", NULL, &error), &error, LATTICE_ERR_SCHEMA);
+  CHECK_FAILS(lattice_replica_migrate(r, 3, NULL, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_OK(lattice_replica_exec(r, "INSERT INTO note VALUES ('a', 'hi', 1)", E));
+  CHECK(query_int(r, "SELECT pinned FROM note") == 1);
+  lattice_replica_free(r);
 }
 
 static void test_use_after_close(void) {
@@ -976,6 +1005,7 @@ int main(int argc, char** argv) {
   test_statements();
   test_changesets_and_subscriptions();
   test_held_rows();
+  test_migrate();
   test_use_after_close();
   test_sync(relay_path);
   nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -350,6 +350,22 @@ JNIEXPORT void JNICALL Java_dev_lattice_Native_replicaReplicate(JNIEnv* env, jcl
   free(c_types);
 }
 
+JNIEXPORT jboolean JNICALL Java_dev_lattice_Native_replicaMigrate(JNIEnv* env, jclass cls, jlong h,
+                                                                  jlong version, jstring sql) {
+  (void)cls;
+  char* c_sql = NULL;
+  bool ran = false;
+  if (to_utf8(env, sql, &c_sql, NULL)) {
+    lattice_error error;
+    if (lattice_replica_migrate(HANDLE(JReplica, h)->replica, (int64_t)version, c_sql, &ran,
+                                &error) != LATTICE_OK)
+      throw_error(env, &error);
+  }
+  free(c_sql);
+  rethrow_listener_error(env);
+  return ran ? JNI_TRUE : JNI_FALSE;
+}
+
 JNIEXPORT jstring JNICALL Java_dev_lattice_Native_replicaVersionVector(JNIEnv* env, jclass cls,
                                                                        jlong h) {
   (void)cls;

@@ -192,6 +192,14 @@ LATTICE_API lattice_code lattice_replica_replicate(lattice_replica* replica, con
                                                    const char* column_types_json,
                                                    lattice_error* error) LATTICE_NOEXCEPT;
 
+/* Runs `sql`, the migration numbered `version` (1 and up), once: in one transaction, unless
+ * the replica's schema version is already `version` or later (docs/schema-evolution.md).
+ * `*ran` (may be NULL) says whether it ran. LATTICE_ERR_SCHEMA when migration `version` ran
+ * before with other SQL; nothing of a failing migration is applied. */
+LATTICE_API lattice_code lattice_replica_migrate(lattice_replica* replica, int64_t version,
+                                                 const char* sql, bool* ran,
+                                                 lattice_error* error) LATTICE_NOEXCEPT;
+
 /* This replica's version vector as JSON, {"<32 hex digits site id>": seq, ...}, into `out`
  * (OWNED: free with lattice_buffer_free; NUL-terminated). */
 LATTICE_API lattice_code lattice_replica_version_vector(lattice_replica* replica,

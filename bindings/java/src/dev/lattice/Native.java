@@ -30,6 +30,8 @@ final class Native {
 
   static native void replicaReplicate(long replica, String table, String columnTypesJson);
 
+  static native boolean replicaMigrate(long replica, long version, String sql);
+
   static native String replicaVersionVector(long replica);
 
   static native byte[] replicaChangesSince(long replica, String sinceJson, long maxChanges);
