@@ -278,6 +278,8 @@ std::optional<Projection::Refusal> Projection::refusal_of(TableInfo& t, const st
       return refuse("not_null", after_colon(message));
     case SQLITE_CONSTRAINT_DATATYPE:
       return refuse("type", message);
+    case SQLITE_CONSTRAINT_FOREIGNKEY:  // only where foreign keys could not be turned off
+      return refuse("foreign_key", message);
     case SQLITE_CONSTRAINT_TRIGGER:
     case SQLITE_CONSTRAINT_FUNCTION:
     case SQLITE_CONSTRAINT:
