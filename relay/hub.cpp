@@ -11,6 +11,7 @@
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "relay/namespace_rules.hpp"
+#include "transport/claims.hpp"
 #include "transport/frame.hpp"
 
 namespace lattice::relay {
@@ -42,6 +43,9 @@ struct Peer : std::enable_shared_from_this<Peer> {
   crdt::SiteId site;
   // Own transactions of this device up to here are the relay's too, identically.
   std::uint64_t confirmed_own = 0;
+  // The hello's acked_seq: own transactions up to it may be counted without a tag (a relay
+  // restored from a backup lacks some it once acknowledged; transport/claims.hpp).
+  std::uint64_t untagged_through = 0;
   // The device's own transactions the relay has seen listed (hello and pushes): seq -> tag.
   std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
@@ -231,6 +235,13 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   } catch (const Error& e) {
     return fail(*peer, WireError::kUnauthorized, e.what());
   }
+  if (auto why = transport::check_vector(hello.held, "hello.held"))
+    return fail(*peer, WireError::kMalformed, *why);
+  if (hello.acked_seq > hello.held.get(hello.site))
+    return fail(*peer, WireError::kMalformed,
+                "hello.acked_seq " + std::to_string(hello.acked_seq) +
+                    " is past the device's own last transaction " +
+                    std::to_string(hello.held.get(hello.site)));
   if (peer->grant.ns != peer->ns)
     return fail(*peer, WireError::kUnauthorized,
                 "token is for namespace '" + peer->grant.ns + "', not '" + peer->ns + "'");
@@ -271,14 +282,20 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
 
   // A copy of a replica file presents its site id with a history of its own; the first to
   // arrive keeps the id, this one is told to move its later transactions to a new one.
-  constexpr std::size_t kMaxLogCompared = 1'000'000;
+  // The relay's log where the hello's can be compared with it, and its first entry past the
+  // device's head, if any: a bounded read whatever either side holds.
   const crdt::VersionVector relay_held = space->replica->version_vector();
-  const auto keep =
-      fork_point(hello, space->replica->origin_log(hello.site, hello.acked_seq, kMaxLogCompared),
-                 relay_held.get(hello.site));
+  std::vector<crdt::TxnTag> relay_log =
+      space->replica->origin_log(hello.site, hello.acked_seq, hello.own_log.size() + 1);
+  const std::uint64_t head = hello.held.get(hello.site);
+  if (relay_log.empty() || relay_log.back().seq <= head)
+    for (const crdt::TxnTag& t : space->replica->origin_log(hello.site, head + 1, 1))
+      relay_log.push_back(t);
+  const auto keep = fork_point(hello, relay_log, relay_held.get(hello.site));
   peer->site = hello.site;
   if (keep) return rekey(*peer, *keep);
   peer->confirmed_own = relay_held.get(hello.site);
+  peer->untagged_through = std::min(hello.acked_seq, hello.held.get(hello.site));
   for (const crdt::TxnTag& t : hello.own_log) peer->own_history[t.seq] = t.tag;
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
@@ -354,6 +371,16 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   }
 
   Namespace& space = *peer->space;
+  const crdt::VersionVector before = space.replica->version_vector();
+  // A batch that skips some of the device's own transactions (an earlier batch was lost or is
+  // still on its way) is not merged: merged out of order, two copies' transactions under one
+  // site id could interleave. The acknowledgement tells the device where to resend from.
+  if (changeset.since.get(peer->site) > before.get(peer->site))
+    return send(*peer, transport::Ack{changes.batch, before});
+  // Nothing is merged on a claim the relay cannot check: a device speaks only for its own site.
+  if (auto why = transport::check_device_changes(changeset, changes.origin_log, peer->site, before,
+                                                 peer->untagged_through))
+    return fail(*peer, WireError::kBadChangeset, *why);
   // A copy that got its own transactions in first was told apart by the live-copy check below;
   // this catches one that pushes a history the relay's origin log contradicts.
   if (!changes.origin_log.empty()) {
@@ -364,12 +391,6 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
       if (it != logged.end() && it->second != t.tag) return rekey(*peer, t.seq - 1);
     }
   }
-  const crdt::VersionVector before = space.replica->version_vector();
-  // A batch that skips some of the device's own transactions (an earlier batch was lost or is
-  // still on its way) is not merged: merged out of order, two copies' transactions under one
-  // site id could interleave. The acknowledgement tells the device where to resend from.
-  if (changeset.since.get(peer->site) > before.get(peer->site))
-    return send(*peer, transport::Ack{changes.batch, before});
   storage::ApplyResult result;
   const auto merge_start = std::chrono::steady_clock::now();
   try {

@@ -15,6 +15,7 @@
 
 #include "crdt/detail/msgpack_header.hpp"
 #include "crdt/error.hpp"
+#include "transport/claims.hpp"
 
 // The layout is specified in docs/protocol.md; this file follows it field by field. Decoding is
 // three steps, as in crdt/changeset_codec.cpp: the frame header (array size and frame type) is
@@ -457,6 +458,9 @@ SiteId read_site(const msgpack::object& o, const Where& at) {
 
 VersionVector read_vector(const msgpack::object& o, const Where& at) {
   if (o.type != msgpack::type::MAP) fail_type(at, "map", o);
+  if (o.via.map.size > kMaxVectorEntries)
+    fail_corrupt(at, std::to_string(o.via.map.size) + " entries, over the limit of " +
+                         std::to_string(kMaxVectorEntries));
   VersionVector vv;
   for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
     const msgpack::object_kv& kv = o.via.map.ptr[i];
@@ -475,10 +479,14 @@ VersionVector read_vector(const msgpack::object& o, const Where& at) {
 }
 
 std::vector<crdt::TxnTag> read_log(const msgpack::object& o, const Where& at) {
-  const std::string bytes = read_bin(o, at);
+  if (o.type != msgpack::type::BIN) fail_type(at, "bin", o);
+  const std::string_view bytes(o.via.bin.ptr, o.via.bin.size);
   if (bytes.size() % kTxnTagBytes != 0)
     fail_corrupt(at, std::to_string(bytes.size()) + "-byte bin is not a whole number of " +
                          std::to_string(kTxnTagBytes) + "-byte (seq, tag) entries");
+  if (bytes.size() / kTxnTagBytes > kMaxLogEntries)
+    fail_corrupt(at, std::to_string(bytes.size() / kTxnTagBytes) + " entries, over the limit of " +
+                         std::to_string(kMaxLogEntries));
   std::vector<crdt::TxnTag> log(bytes.size() / kTxnTagBytes);
   auto read64 = [&](std::size_t offset) {
     std::uint64_t v = 0;

@@ -445,10 +445,14 @@ struct Peer {
     return h;
   }
 
-  // Sends what the relay lacks since welcome; returns the batch number.
+  // Sends what the relay lacks since welcome, with the origin log that lists the transactions
+  // it covers; returns the batch number.
   std::uint64_t push() {
     const auto changeset = replica->changes_since(welcome.held);
-    device->send(transport::Changes{++batch, crdt::encode_changeset(changeset)});
+    const crdt::SiteId& own = replica->site_id();
+    device->send(transport::Changes{
+        ++batch, crdt::encode_changeset(changeset),
+        replica->local_log(welcome.held.get(own) + 1, changeset.until.get(own))});
     return batch;
   }
 
@@ -732,6 +736,36 @@ TEST_CASE("a catch-up many times the outbound queue arrives whole, paced by the 
   CHECK(std::get<std::int64_t>(replica->query("SELECT count(*) FROM todo").rows[0][0]) == 4000);
   CHECK(https_get(relay.port(), "/metrics").body.find("lattice_relay_slow_consumers_total 0") !=
         std::string::npos);
+}
+
+TEST_CASE("a write token's claim about another device's history is refused, not acknowledged") {
+  // Issue 10, finding 1: one empty changeset claiming {victim: 1000000} (or 2^63-1, forwarded to
+  // a connected victim) used to be acknowledged, after which the victim's writes were dropped.
+  RelayProcess relay;
+  const std::string token = cli_token("board", "read,write");
+  Peer victim(relay.port(), "board", token);
+  victim.replica->exec("INSERT INTO todo(id, title) VALUES ('v1', 'first')");
+  victim.push();
+  victim.device->expect<transport::Ack>();
+  const crdt::SiteId victim_site = victim.replica->site_id();
+  for (const std::uint64_t claim : {std::uint64_t{1'000'000}, (std::uint64_t{1} << 63) - 1}) {
+    CAPTURE(claim);
+    Peer attacker(relay.port(), "board", token);
+    crdt::Changeset forged;
+    forged.until.advance(victim_site, claim);
+    attacker.device->send(transport::Changes{1, crdt::encode_changeset(forged)});
+    const auto error = attacker.device->expect_error_and_close();
+    CHECK(error.code == transport::WireError::kBadChangeset);
+    CHECK(error.message.find(victim_site.to_hex()) != std::string::npos);
+  }
+  // The victim heard nothing of it, and its next write is merged and counted.
+  victim.replica->exec("INSERT INTO todo(id, title) VALUES ('v2', 'second')");
+  victim.push();
+  const auto ack = victim.device->expect<transport::Ack>();
+  CHECK(ack.held.get(victim_site) == 2);
+  Peer fresh(relay.port(), "board", token);
+  CHECK(fresh.rows() == 2);
+  check_still_serves(relay);
 }
 
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
