@@ -86,6 +86,7 @@ struct Hub::Impl {
   void send(Peer& peer, const transport::Frame& frame);
   void fail(Peer& peer, WireError code, const std::string& message);
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
+  void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
   void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
   void on_close(const std::shared_ptr<Peer>& peer);
@@ -187,6 +188,7 @@ void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
 void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
   if (peer->phase == Peer::Phase::kClosed) return;
   counters.bytes_in += bytes.size();
+  if (peer->phase == Peer::Phase::kAwaitingHello) return on_first_frame(peer, bytes);
   if (bytes.size() > options.limits.max_frame_bytes)
     return fail(*peer, WireError::kFrameTooLarge,
                 "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
@@ -197,13 +199,8 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   } catch (const Error& e) {
     return fail(*peer, WireError::kMalformed, e.what());
   }
-  if (auto* hello = std::get_if<transport::Hello>(&frame)) {
-    if (peer->phase != Peer::Phase::kAwaitingHello)
-      return fail(*peer, WireError::kMalformed, "a second hello on one connection");
-    return on_hello(peer, *hello);
-  }
-  if (peer->phase != Peer::Phase::kLive)
-    return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
+  if (std::holds_alternative<transport::Hello>(frame))
+    return fail(*peer, WireError::kMalformed, "a second hello on one connection");
   if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
@@ -217,24 +214,50 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   fail(*peer, WireError::kMalformed, "a device may not send this frame type");
 }
 
-void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
+void Hub::Impl::on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
+  // Before authentication a frame costs the relay as little as possible: a small size limit,
+  // and the token is checked before anything after it in the hello is decoded.
+  if (bytes.size() > options.limits.max_hello_bytes)
+    return fail(*peer, WireError::kFrameTooLarge,
+                "a first frame of " + std::to_string(bytes.size()) +
+                    " bytes is over the limit of " +
+                    std::to_string(options.limits.max_hello_bytes) + " before authentication");
+  std::optional<transport::HelloCredentials> credentials;
+  try {
+    credentials = transport::peek_hello(bytes);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  if (!credentials) return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
   using transport::kMinProtocolVersion;
   using transport::kProtocolVersion;
-  if (hello.protocol_version < kMinProtocolVersion || hello.protocol_version > kProtocolVersion)
+  const std::uint32_t version = credentials->protocol_version;
+  if (version < kMinProtocolVersion || version > kProtocolVersion)
     return fail(*peer, WireError::kProtocolVersion,
-                "protocol version " + std::to_string(hello.protocol_version) +
+                "protocol version " + std::to_string(version) +
                     " is not supported; this relay speaks versions " +
                     std::to_string(kMinProtocolVersion) + " to " +
                     std::to_string(kProtocolVersion));
-  if (hello.ns != peer->ns)
-    return fail(
-        *peer, WireError::kMalformed,
-        "hello names namespace '" + hello.ns + "' but the connection is for '" + peer->ns + "'");
+  if (credentials->ns != peer->ns)
+    return fail(*peer, WireError::kMalformed,
+                "hello names namespace '" + credentials->ns + "' but the connection is for '" +
+                    peer->ns + "'");
   try {
-    peer->grant = options.authenticate(hello.token);
+    peer->grant = options.authenticate(credentials->token);
   } catch (const Error& e) {
     return fail(*peer, WireError::kUnauthorized, e.what());
   }
+  transport::Frame frame;
+  try {
+    frame = transport::decode_frame(bytes, options.limits.max_hello_bytes);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  on_hello(peer, std::get<transport::Hello>(frame));
+}
+
+void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
+  // on_first_frame checked the version, the namespace and the token (peer->grant).
   if (auto why = transport::check_vector(hello.held, "hello.held"))
     return fail(*peer, WireError::kMalformed, *why);
   if (hello.acked_seq > hello.held.get(hello.site))
@@ -303,6 +326,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->budget = static_cast<double>(options.limits.max_batch_changes);
   peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
+  peer->connection->authenticated();
   send(*peer, transport::Welcome{transport::kProtocolVersion, relay_held});
   // What the device lacks, in frames of bounded size, a round at a time; the first frame always
   // goes (empty or not) so the device knows when it has caught up.
@@ -381,6 +405,7 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   if (auto why = transport::check_device_changes(changeset, changes.origin_log, peer->site, before,
                                                  peer->untagged_through))
     return fail(*peer, WireError::kBadChangeset, *why);
+  changeset = transport::without_held_own(std::move(changeset), peer->site, before.get(peer->site));
   // A copy that got its own transactions in first was told apart by the live-copy check below;
   // this catches one that pushes a history the relay's origin log contradicts.
   if (!changes.origin_log.empty()) {

@@ -32,6 +32,8 @@ using Authenticator = std::function<Grant(std::string_view token)>;
 
 struct HubLimits {
   std::size_t max_frame_bytes = 16u << 20;
+  // The first frame, before the device is authenticated: a hello is a few KiB.
+  std::size_t max_hello_bytes = 64u << 10;
   std::size_t max_batch_changes = 100'000;
   double max_changes_per_second = 200'000;  // per connection, averaged over a burst of a batch
   std::size_t max_connections_per_token = 64;

@@ -1,5 +1,7 @@
 #include "relay/server.hpp"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -117,6 +119,18 @@ std::int64_t unix_now() {
       .count();
 }
 
+// Raises the process's open-files limit to its hard limit and returns it (at most 2^20).
+std::size_t raise_open_files_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return static_cast<std::size_t>(std::min<rlim_t>(limit.rlim_cur, rlim_t{1} << 20));
+}
+
 std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
   const HubCounters& hc = hub.counters();
   const transport::WebSocketServerCounters& sc = server.counters();
@@ -148,6 +162,19 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             "TLS or WebSocket handshakes that failed or timed out.", sc.handshake_failures);
   m.counter("lattice_relay_http_requests_total", "Plain HTTP requests (healthz, metrics, other).",
             sc.http_requests);
+  m.gauge("lattice_relay_unauthenticated_connections",
+          "Connections not yet authenticated (TCP, TLS, HTTP or awaiting the hello).",
+          static_cast<double>(server.unauthenticated_connections()));
+  m.counter("lattice_relay_refused_at_accept_total",
+            "Connections closed at accept: too many unauthenticated from their address, or the "
+            "relay's connection limit.",
+            sc.refused_at_accept);
+  m.counter("lattice_relay_evicted_unauthenticated_total",
+            "Unauthenticated connections closed to make room for newer ones.",
+            sc.evicted_unauthenticated);
+  m.counter("lattice_relay_hello_timeouts_total",
+            "WebSocket connections closed for sending no accepted hello in time.",
+            sc.hello_timeouts);
   m.histogram("lattice_relay_merge_seconds",
               "Time to merge one changes frame into a namespace's replica, durable commit "
               "included.",
@@ -162,7 +189,8 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
       args,
       {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "schema-dir",
        "max-frame-bytes", "max-batch-changes", "max-changes-per-second",
-       "max-connections-per-token", "max-queue-bytes", "handshake-timeout", "shutdown-grace"},
+       "max-connections-per-token", "max-queue-bytes", "handshake-timeout", "shutdown-grace",
+       "max-hello-bytes", "hello-timeout", "max-unauthenticated", "max-unauthenticated-per-source"},
       {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
@@ -203,6 +231,17 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
         static_cast<int>(parse_duration(flags.get("handshake-timeout")));
   if (flags.has("shutdown-grace"))
     config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
+  if (flags.has("max-hello-bytes"))
+    config.limits.max_hello_bytes = parse_count("max-hello-bytes", flags.get("max-hello-bytes"),
+                                                1024, config.limits.max_frame_bytes);
+  if (flags.has("hello-timeout"))
+    config.hello_timeout_seconds = static_cast<int>(parse_duration(flags.get("hello-timeout")));
+  if (flags.has("max-unauthenticated"))
+    config.max_unauthenticated =
+        parse_count("max-unauthenticated", flags.get("max-unauthenticated"), 1, 1u << 20);
+  if (flags.has("max-unauthenticated-per-source"))
+    config.max_unauthenticated_per_source = parse_count(
+        "max-unauthenticated-per-source", flags.get("max-unauthenticated-per-source"), 1, 1u << 20);
   return config;
 }
 
@@ -273,7 +312,21 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   server_options.tls_key_file = config.tls_key_file;
   server_options.insecure = config.insecure;
   server_options.max_frame_bytes = config.limits.max_frame_bytes;
+  server_options.max_hello_bytes = config.limits.max_hello_bytes;
   server_options.max_outbound_bytes = config.max_queue_bytes;
+  server_options.hello_timeout_seconds = config.hello_timeout_seconds;
+  server_options.max_unauthenticated_per_source = config.max_unauthenticated_per_source;
+  // The relay's own files (replicas, three per open namespace, the key and schema files) keep
+  // a reserve of the open-files limit; of the rest, unauthenticated connections get a quarter
+  // at most, so that devices still get in while an attacker holds its share.
+  const std::size_t open_files = raise_open_files_limit();
+  const std::size_t reserve = std::max<std::size_t>(64, open_files / 8);
+  server_options.max_connections = open_files > reserve + 16 ? open_files - reserve : 16;
+  server_options.max_unauthenticated = std::max<std::size_t>(
+      4, std::min(config.max_unauthenticated, server_options.max_connections / 4));
+  write_log("open files limit " + std::to_string(open_files) + ": at most " +
+            std::to_string(server_options.max_connections) + " connections, " +
+            std::to_string(server_options.max_unauthenticated) + " of them unauthenticated");
   server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
   server_options.on_connection = [&hub](std::shared_ptr<transport::Connection> connection,
                                         std::string ns) { hub.accept(std::move(connection), ns); };

@@ -481,18 +481,19 @@ TokenClaims KeyRing::verify(std::string_view token, std::int64_t now_unix) const
     unauthorized(std::string("token header 'kid' must be a string, not ") +
                  detail::json_kind_name(kid->kind));
   }
+  // An unknown key and a wrong signature get one answer, after the same work: whoever presents
+  // a token learns nothing of the key names this relay has.
   const Key* key = find(kid->string);
-  if (key == nullptr) unauthorized("token signed with unknown key " + quoted(kid->string));
+  static const std::string kNoSecret(kMinSecretBytes, '\0');
 
   std::string signature = base64url_decode(signature_part, "token signature");
   if (signature.size() != kSignatureBytes) {
     unauthorized("token signature is " + std::to_string(signature.size()) +
                  " bytes; an HS256 signature is " + std::to_string(kSignatureBytes));
   }
-  std::string expected = hmac_sha256(key->secret, signing_input);
-  if (CRYPTO_memcmp(signature.data(), expected.data(), kSignatureBytes) != 0) {
-    unauthorized("token signature does not match key '" + key->name + "'");
-  }
+  std::string expected = hmac_sha256(key ? key->secret : kNoSecret, signing_input);
+  if (CRYPTO_memcmp(signature.data(), expected.data(), kSignatureBytes) != 0 || key == nullptr)
+    unauthorized("token signature does not verify (wrong signature or unknown key)");
 
   JsonObject payload;
   try {

@@ -128,6 +128,14 @@ std::optional<std::string> check_device_changes(const crdt::Changeset& changeset
   return std::nullopt;
 }
 
+crdt::Changeset without_held_own(crdt::Changeset changeset, const crdt::SiteId& device,
+                                 std::uint64_t held) {
+  filter_rows(changeset, [&](const crdt::SiteId& site, std::uint64_t seq) {
+    return site != device || seq > held;
+  });
+  return changeset;
+}
+
 crdt::Changeset own_changes_only(crdt::Changeset changeset, const crdt::SiteId& own) {
   crdt::VersionVector until;
   for (const auto& [site, seq] : changeset.until.entries())

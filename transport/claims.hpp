@@ -53,6 +53,14 @@ std::optional<std::string> check_device_changes(const crdt::Changeset& changeset
                                                 const crdt::VersionVector& relay_held,
                                                 std::uint64_t untagged_through);
 
+// What a relay merges of a device's changeset that passed check_device_changes: without the
+// device's own stamps and counter parts up to `held`, what the relay already holds of its site.
+// An honest device sends those again only when an acknowledgement was lost, and the relay has
+// them; anything else at those sequence numbers is another history, which no vector would ever
+// carry to the other devices.
+crdt::Changeset without_held_own(crdt::Changeset changeset, const crdt::SiteId& device,
+                                 std::uint64_t held);
+
 // What a device sends of a changeset it extracted for the relay (storage's changes_since):
 // only its own site's stamps and counter parts (rows left with nothing are dropped), and an
 // `until` that says nothing of other sites beyond `since`. Changes of other sites that reached

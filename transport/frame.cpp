@@ -7,6 +7,7 @@
 #include <limits>
 #include <msgpack.hpp>
 #include <new>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -273,8 +274,8 @@ struct RawCursor {
 };
 
 // Returns the variant index of the frame after checking that the bytes start with an array of
-// the right size for its type.
-std::size_t read_header(std::string_view bytes) {
+// the right size for its type; `*end`, when given, receives the offset of its first field.
+std::size_t read_header(std::string_view bytes, std::size_t* end = nullptr) {
   if (bytes.empty()) fail(ErrorCode::kCorrupt, "frame truncated at byte 0: the input is empty");
   RawCursor c{bytes};
   const std::uint8_t lead = c.byte("the frame header");
@@ -319,6 +320,7 @@ std::size_t read_header(std::string_view bytes) {
                                   std::to_string(layout.elements) + " elements, got " +
                                   std::to_string(count));
   }
+  if (end) *end = c.pos;
   return static_cast<std::size_t>(type - 1);
 }
 
@@ -598,6 +600,44 @@ std::string encode_frame(const Frame& frame) {
   StringSink sink{&out};
   Packer pk(sink);
   std::visit(Encoder{pk}, frame);
+  return out;
+}
+
+std::optional<HelloCredentials> peek_hello(std::string_view bytes) {
+  std::size_t pos = 0;
+  if (read_header(bytes, &pos) != 0) return std::nullopt;
+  const Layout& layout = kLayouts[0];
+  // Fields 1 to 4 read straight from the bytes: nothing after the token is looked at.
+  auto field = [&](std::size_t index, crdt::detail::MsgpackHeader::Kind kind, const char* type) {
+    const std::string where = Where{&layout, index}.to_string();
+    if (pos >= bytes.size()) fail_truncated(bytes.size(), pos + 1, where);
+    const auto lead = static_cast<std::uint8_t>(bytes[pos]);
+    const std::size_t start = pos;
+    const auto header = crdt::detail::read_msgpack_header(
+        bytes, pos, [&](std::size_t needed) { fail_truncated(bytes.size(), needed, where); });
+    if (bytes.size() - pos < header.payload)
+      fail_truncated(bytes.size(), pos + header.payload, where);
+    // Signed encodings of non-negative values count as unsigned, as in decode_frame.
+    const bool is_uint = lead <= 0x7f || (lead >= 0xcc && lead <= 0xcf) ||
+                         (lead >= 0xd0 && lead <= 0xd3 && !(bytes[pos] & 0x80));
+    if (kind == crdt::detail::MsgpackHeader::kScalar ? !is_uint : header.kind != kind)
+      fail(ErrorCode::kCorrupt, where + ": expected " + type + ", got " + lead_type_name(lead));
+    const std::string_view body = bytes.substr(pos, header.payload);
+    pos += header.payload;
+    return std::pair{body, start};
+  };
+  using K = crdt::detail::MsgpackHeader;
+  HelloCredentials out;
+  const auto [version, version_at] = field(1, K::kScalar, "unsigned integer");
+  std::uint64_t v = version.empty() ? static_cast<std::uint8_t>(bytes[version_at]) : 0;
+  for (char c : version) v = v << 8 | static_cast<std::uint8_t>(c);
+  if (v > std::numeric_limits<std::uint32_t>::max())
+    fail(ErrorCode::kCorrupt, "hello.protocol_version: " + std::to_string(v) +
+                                  " is out of range for a 32-bit unsigned integer");
+  out.protocol_version = static_cast<std::uint32_t>(v);
+  field(2, K::kBin, "16-byte bin");
+  out.ns = std::string(field(3, K::kStr, "str").first);
+  out.token = std::string(field(4, K::kStr, "str").first);
   return out;
 }
 

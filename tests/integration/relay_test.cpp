@@ -6,10 +6,14 @@
 // Every wait is bounded; every process started here is killed (SIGKILL) if the test leaves it
 // running.
 
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -153,7 +157,10 @@ std::string crafted_token(const std::string& secret, const std::string& ns, std:
 class RelayProcess {
  public:
   // `default_schema`: --schema with the todo table (else the namespaces start without tables).
-  explicit RelayProcess(std::vector<std::string> extra_flags = {}, bool default_schema = true) {
+  // `open_files`: when not 0, the relay runs with that open-files limit (soft and hard), set in
+  // the child before exec, so that exhaustion tests need no more of the machine.
+  explicit RelayProcess(std::vector<std::string> extra_flags = {}, bool default_schema = true,
+                        rlim_t open_files = 0) {
     std::string data = (env().dir / ("data-" + std::to_string(++counter_))).string();
     data_dir_ = data;
     log_file_ = env().dir / ("relay-" + std::to_string(counter_) + ".log");
@@ -171,6 +178,10 @@ class RelayProcess {
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
     if (pid_ == 0) {
+      if (open_files) {
+        const rlimit limit{open_files, open_files};
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+      }
       ::dup2(out[1], 1);
       const int log = ::open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       if (log >= 0) ::dup2(log, 2);
@@ -208,6 +219,7 @@ class RelayProcess {
   RelayProcess& operator=(const RelayProcess&) = delete;
 
   std::uint16_t port() const { return port_; }
+  pid_t pid() const { return pid_; }
   const std::string& data_dir() const { return data_dir_; }
   std::string log() const { return slurp(log_file_); }
 
@@ -766,6 +778,97 @@ TEST_CASE("a write token's claim about another device's history is refused, not 
   Peer fresh(relay.port(), "board", token);
   CHECK(fresh.rows() == 2);
   check_still_serves(relay);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Before authentication (issue 10, findings 2 and 3)
+
+// A TCP connection from `source` (a 127.0.0.0/8 address) to the relay that never says a word.
+int idle_connection(const char* source, std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("socket failed");
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  ::inet_pton(AF_INET, source, &from.sin_addr);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  ::inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::uint64_t metric(std::uint16_t port, const std::string& name) {
+  const std::string body = https_get(port, "/metrics").body;
+  const auto at = body.find("\n" + name + " ");
+  if (at == std::string::npos) throw std::runtime_error("no metric " + name);
+  return std::stoull(body.substr(at + name.size() + 2));
+}
+
+TEST_CASE("a WebSocket that never sends a hello is closed at the hello deadline") {
+  RelayProcess relay({"--hello-timeout", "1s"});
+  Device idle(relay.port(), "board");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(idle.receive());  // the relay closes; without a deadline this read times out
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(metric(relay.port(), "lattice_relay_hello_timeouts_total") == 1);
+  check_still_serves(relay);
+}
+
+TEST_CASE("idle connections from many addresses do not lock devices out of a relay") {
+  // 300 silent connections from ten addresses against a relay allowed 256 open files: before,
+  // they took every descriptor and devices could not connect (accept: Too many open files).
+  RelayProcess relay({}, /*default_schema=*/true, /*open_files=*/256);
+  std::vector<int> idle;
+  for (int i = 0; i < 300; ++i) {
+    const std::string source = "127.0.0." + std::to_string(2 + i % 10);
+    const int fd = idle_connection(source.c_str(), relay.port());
+    if (fd >= 0) idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(200ms);  // let the relay accept what it will
+  {
+    Peer device(relay.port(), "board", cli_token("board", "read,write"));
+    CHECK(device.welcome.protocol_version == transport::kProtocolVersion);
+    device.replica->exec("INSERT INTO todo(id, title) VALUES ('in', 'despite the flood')");
+    device.push();
+    CHECK(device.device->expect<transport::Ack>().held == device.replica->version_vector());
+  }
+  CHECK(metric(relay.port(), "lattice_relay_refused_at_accept_total") +
+            metric(relay.port(), "lattice_relay_evicted_unauthenticated_total") >
+        0);
+  CHECK(metric(relay.port(), "lattice_relay_unauthenticated_connections") <= 48);
+  for (int fd : idle) ::close(fd);
+  CHECK(relay.log().find("open files limit 256") != std::string::npos);
+}
+
+TEST_CASE("before authentication a message over the hello limit is refused at once") {
+  RelayProcess relay;
+  Device device(relay.port(), "board");
+  device.send_bytes(std::string(100'000, '\x90'));
+  const auto error = device.expect_error_and_close();
+  CHECK(error.code == transport::WireError::kFrameTooLarge);
+  CHECK(error.message.find("65536") != std::string::npos);
+  CHECK(error.message.find("before authentication") != std::string::npos);
+  check_still_serves(relay);
+}
+
+TEST_CASE("a hello with a bad token is refused before the rest of it is decoded") {
+  RelayProcess relay;
+  transport::Hello hello = good_hello("not.a.token");
+  hello.held.advance(hello.site, 5);
+  std::string bytes = transport::encode_frame(hello);
+  // Break what follows the token: the held vector's sequence number becomes 0, which a full
+  // decode refuses as malformed. The token check comes first and answers unauthorized.
+  const auto at = bytes.find(std::string(hello.site.as_bytes()), bytes.find("not.a.token"));
+  REQUIRE(at != std::string::npos);
+  bytes[at + 16] = 0;
+  Device device(relay.port(), "board");
+  device.send_bytes(bytes);
+  CHECK(device.expect_error_and_close().code == transport::WireError::kUnauthorized);
 }
 
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {

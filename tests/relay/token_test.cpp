@@ -229,7 +229,7 @@ TEST_CASE("a token from Python's json module with escapes, spaces, nbf and extra
   CHECK(claims.issued_at == 1700000000);
   CHECK(claims.expires_at == 1700086400);
   CHECK_ERROR(KeyRing::from_keys({{"interop", kSecretA}}).verify(kInteropEscaped, 1700000100),
-              ErrorCode::kUnauthorized, "signature does not match key 'interop'");
+              ErrorCode::kUnauthorized, "token signature does not verify");
 }
 
 TEST_CASE("after a rotation, tokens signed with the old key verify while it stays in the ring") {
@@ -240,13 +240,13 @@ TEST_CASE("after a rotation, tokens signed with the old key verify while it stay
   std::string old_token = old_ring.sign(sample_claims());
   CHECK(rotated.verify(old_token, kNow).key_name == "old");
   CHECK_ERROR(new_only.verify(old_token, kNow), ErrorCode::kUnauthorized,
-              "token signed with unknown key 'old'");
+              "token signature does not verify");
 
   CHECK(rotated.signing_key_name() == "new");
   std::string new_token = rotated.sign(sample_claims());
   CHECK(new_only.verify(new_token, kNow).key_name == "new");
   CHECK_ERROR(old_ring.verify(new_token, kNow), ErrorCode::kUnauthorized,
-              "token signed with unknown key 'new'");
+              "token signature does not verify");
 }
 
 // --- time ---------------------------------------------------------------------------------
@@ -302,19 +302,19 @@ TEST_CASE("a token whose signature or payload was altered is refused") {
   std::string flipped = token;
   flipped[signature_start] = flipped[signature_start] == 'A' ? 'B' : 'A';
   CHECK_ERROR(ring.verify(flipped, kNow), ErrorCode::kUnauthorized,
-              "token signature does not match key 'a'");
+              "token signature does not verify");
 
   // More rights in the payload, the original signature kept.
   std::string payload = R"({"sub":"device-42","ns":"acme/notes","rights":"read,write,admin",)"
                         R"("iat":1700000000,"exp":1700003600})";
   std::string escalated =
       part(token, 0) + "." + b64url(payload) + "." + token.substr(signature_start);
-  CHECK_ERROR(ring.verify(escalated, kNow), ErrorCode::kUnauthorized, "signature does not match");
+  CHECK_ERROR(ring.verify(escalated, kNow), ErrorCode::kUnauthorized, "signature does not verify");
 
   // The same header (same kid) and payload signed with a secret the relay does not hold.
   KeyRing impostor = KeyRing::from_keys({{"a", kSecretB}});
   CHECK_ERROR(ring.verify(impostor.sign(sample_claims()), kNow), ErrorCode::kUnauthorized,
-              "token signature does not match key 'a'");
+              "token signature does not verify");
 
   CHECK_ERROR(ring.verify(token.substr(0, signature_start), kNow), ErrorCode::kUnauthorized,
               "token signature is 0 bytes; an HS256 signature is 32");
@@ -362,11 +362,10 @@ TEST_CASE("a token without a kid, or with a kid the ring lacks, is refused") {
   CHECK_ERROR(ring.verify(craft(R"({"alg":"HS256","kid":null})", kPayload), kNow),
               ErrorCode::kUnauthorized, "'kid' must be a string, not null");
   CHECK_ERROR(ring.verify(craft(R"({"alg":"HS256","kid":"x"})", kPayload), kNow),
-              ErrorCode::kUnauthorized, "token signed with unknown key 'x'");
+              ErrorCode::kUnauthorized, "token signature does not verify");
   // Untrusted text is shown safely in messages.
   CHECK_ERROR(ring.verify(craft(R"({"alg":"HS256","kid":"\n\u00e9"})", kPayload), kNow),
-              ErrorCode::kUnauthorized,
-              "token signed with unknown key '" + std::string(3, '?') + "'");
+              ErrorCode::kUnauthorized, "token signature does not verify");
 }
 
 TEST_CASE("token parts that are not strict unpadded base64url are refused") {
@@ -392,7 +391,7 @@ TEST_CASE("token parts that are not strict unpadded base64url are refused") {
   std::string bad_payload =
       header + "." + payload.substr(0, 5) + "*" + payload.substr(6) + "." + part(token, 2);
   CHECK_ERROR(ring.verify(bad_payload, kNow), ErrorCode::kUnauthorized,
-              "signature does not match");  // the signature covers the text as sent
+              "signature does not verify");  // the signature covers the text as sent
   std::string signature = part(token, 2);
   CHECK_ERROR(ring.verify(header + "." + payload + "." + signature + "=", kNow),
               ErrorCode::kUnauthorized, "token signature is not base64url");
