@@ -50,11 +50,42 @@ struct Peer : std::enable_shared_from_this<Peer> {
   std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
   crdt::VersionVector known;  // what the device is known to hold
-  double budget = 0;          // rate limit: changes it may still send now
-  double budget_time = 0;
   // Still receiving its catch-up, paced by the connection's on_drained; fan-out skips it.
   bool catching_up = false;
   std::size_t catch_up_changes = 0;  // changes per catch-up frame, halved while too large
+};
+
+// A token bucket: up to `capacity` at once, refilled at `rate` per second.
+struct Bucket {
+  double level = -1;  // < 0 before first use: starts full
+  double time = 0;
+
+  double refill(double capacity, double rate, double now) {
+    level = level < 0 && time == 0 ? capacity : std::min(capacity, level + (now - time) * rate);
+    time = now;
+    return level;
+  }
+  // Takes `amount` if the bucket holds it; with `debt`, takes it anyway (the level may go
+  // below zero, and the next take waits for the refill).
+  bool take(double amount, double capacity, double rate, double now, bool debt = false) {
+    if (refill(capacity, rate, now) < amount && !debt) return false;
+    level -= amount;
+    return true;
+  }
+};
+
+// The bursts of the budgets counted per request (HubLimits): a fleet sharing one token may all
+// reconnect at once, and a few people may verify at once.
+constexpr double kHelloBurst = 64, kDigestBurst = 8;
+// Catch-up bytes a token may start at once: a hello finding its bucket below zero is refused,
+// so a large first catch-up starts (and the token owes it) but no other follows at once.
+constexpr double kCatchUpBurst = 16u << 20;
+
+// What one token may still do: its connections and budgets (HubLimits), shared by every
+// connection that presents it, so that opening more connections buys nothing.
+struct TokenBudget {
+  std::size_t connections = 0;
+  Bucket changes, bytes, digests, hellos, catch_up;
 };
 
 // Peers in the order they connected, not by address, so that fan-out order (and with it a
@@ -79,7 +110,7 @@ struct Hub::Impl {
   std::map<std::string, std::unique_ptr<Namespace>> spaces;
   PeerSet peers;  // every open connection
   std::uint64_t next_peer_id = 0;
-  std::map<std::string, std::size_t> connections_per_token;
+  std::map<std::string, TokenBudget> tokens;
   bool stopping = false;
 
   Namespace& space(const std::string& ns);
@@ -90,6 +121,10 @@ struct Hub::Impl {
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
   void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
   void on_close(const std::shared_ptr<Peer>& peer);
+  // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
+  // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
+  bool spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity, double rate,
+             const std::string& what, bool debt = false);
   void rekey(Peer& peer, std::uint64_t keep_through);
   // The last own transaction of `peer` that the relay holds identically (from either copy).
   std::uint64_t shared_prefix(Peer& peer);
@@ -193,6 +228,12 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
     return fail(*peer, WireError::kFrameTooLarge,
                 "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
                     std::to_string(options.limits.max_frame_bytes));
+  if (!spend(*peer, &TokenBudget::bytes, static_cast<double>(bytes.size()),
+             static_cast<double>(options.limits.max_frame_bytes),
+             options.limits.max_bytes_per_second,
+             "bytes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_bytes_per_second))))
+    return;
   transport::Frame frame;
   try {
     frame = transport::decode_frame(bytes, options.limits.max_frame_bytes);
@@ -204,8 +245,15 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
-  if (auto* request = std::get_if<transport::DigestRequest>(&frame))
+  if (auto* request = std::get_if<transport::DigestRequest>(&frame)) {
+    // A digest hashes the whole namespace: a few bytes that cost the relay milliseconds.
+    if (!spend(*peer, &TokenBudget::digests, 1, kDigestBurst,
+               options.limits.max_digests_per_minute / 60,
+               "digests per minute: " + std::to_string(static_cast<std::uint64_t>(
+                                            options.limits.max_digests_per_minute))))
+      return;
     return send(*peer, transport::Digest{request->nonce, peer->space->replica->digest()});
+  }
   if (std::holds_alternative<transport::Pong>(frame)) return;
   if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
     peer->connection->close("device error: " + error->message);
@@ -270,13 +318,21 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
                 "token is for namespace '" + peer->grant.ns + "', not '" + peer->ns + "'");
   if (!(peer->grant.rights & kGrantRead))
     return fail(*peer, WireError::kForbidden, "token lacks the read right");
-  if (++connections_per_token[hello.token] > options.limits.max_connections_per_token) {
-    peer->token = hello.token;
-    return fail(*peer, WireError::kTooManyConnections,
-                "more than " + std::to_string(options.limits.max_connections_per_token) +
-                    " connections with one token");
-  }
   peer->token = hello.token;
+  const HubLimits& limits = options.limits;
+  if (++tokens[hello.token].connections > limits.max_connections_per_token)
+    return fail(*peer, WireError::kTooManyConnections,
+                "more than " + std::to_string(limits.max_connections_per_token) +
+                    " connections with one token");
+  if (!spend(*peer, &TokenBudget::hellos, 1, kHelloBurst, limits.max_hellos_per_minute / 60,
+             "hellos (reconnects) per minute: " + std::to_string(limits.max_hellos_per_minute)))
+    return;
+  // A catch-up already paid for in advance: one hello cannot start another while the token
+  // owes the last ones.
+  if (!spend(*peer, &TokenBudget::catch_up, 0, kCatchUpBurst, limits.max_catch_up_bytes_per_second,
+             "catch-up bytes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(limits.max_catch_up_bytes_per_second))))
+    return;
 
   Namespace* space = nullptr;
   try {
@@ -323,8 +379,6 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
   peer->known = hello.held;
-  peer->budget = static_cast<double>(options.limits.max_batch_changes);
-  peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
   peer->connection->authenticated();
   send(*peer, transport::Welcome{transport::kProtocolVersion, relay_held});
@@ -358,6 +412,10 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
       peer.catch_up_changes = fewer;
     }
     sent += bytes.size();
+    if (options.now_seconds)
+      tokens[peer.token].catch_up.take(static_cast<double>(bytes.size()), kCatchUpBurst,
+                                       options.limits.max_catch_up_bytes_per_second,
+                                       options.now_seconds(), /*debt=*/true);
     send_changes(peer, chunk, bytes);
     if (peer.phase != Peer::Phase::kLive) return;
   }
@@ -381,18 +439,12 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
     return fail(*peer, WireError::kBatchTooLarge,
                 "batch of " + std::to_string(count) + " changes is over the limit of " +
                     std::to_string(options.limits.max_batch_changes));
-  if (options.now_seconds) {
-    const double now = options.now_seconds();
-    peer->budget =
-        std::min(static_cast<double>(options.limits.max_batch_changes),
-                 peer->budget + (now - peer->budget_time) * options.limits.max_changes_per_second);
-    peer->budget_time = now;
-    if (static_cast<double>(count) > peer->budget)
-      return fail(*peer, WireError::kRateLimited,
-                  "more than " + std::to_string(options.limits.max_changes_per_second) +
-                      " changes per second");
-    peer->budget -= static_cast<double>(count);
-  }
+  if (!spend(*peer, &TokenBudget::changes, static_cast<double>(count),
+             static_cast<double>(options.limits.max_batch_changes),
+             options.limits.max_changes_per_second,
+             "changes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_changes_per_second))))
+    return;
 
   Namespace& space = *peer->space;
   const crdt::VersionVector before = space.replica->version_vector();
@@ -462,12 +514,37 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   }
 }
 
+bool Hub::Impl::spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity,
+                      double rate, const std::string& what, bool debt) {
+  if (!options.now_seconds) return true;
+  Bucket& bucket = tokens[peer.token].*which;
+  if (bucket.take(amount, capacity, rate, options.now_seconds(), debt)) return true;
+  fail(peer, WireError::kRateLimited,
+       "over this token's budget of " + what + "; reconnect after a back-off");
+  return false;
+}
+
 void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
   if (!peers.count(peer)) return;
   if (peer->space) peer->space->peers.erase(peer);
   if (!peer->token.empty()) {
-    auto it = connections_per_token.find(peer->token);
-    if (it != connections_per_token.end() && --it->second == 0) connections_per_token.erase(it);
+    // A token's budgets outlive its connections while it owes anything: reconnecting must not
+    // refill them. Once every bucket is full again the entry goes.
+    auto it = tokens.find(peer->token);
+    if (it != tokens.end() && --it->second.connections == 0) {
+      const double now = options.now_seconds ? options.now_seconds() : 0;
+      const HubLimits& l = options.limits;
+      TokenBudget& b = it->second;
+      const bool owes =
+          b.changes.refill(static_cast<double>(l.max_batch_changes), l.max_changes_per_second,
+                           now) < static_cast<double>(l.max_batch_changes) ||
+          b.bytes.refill(static_cast<double>(l.max_frame_bytes), l.max_bytes_per_second, now) <
+              static_cast<double>(l.max_frame_bytes) ||
+          b.digests.refill(kDigestBurst, l.max_digests_per_minute / 60, now) < kDigestBurst ||
+          b.hellos.refill(kHelloBurst, l.max_hellos_per_minute / 60, now) < kHelloBurst ||
+          b.catch_up.refill(kCatchUpBurst, l.max_catch_up_bytes_per_second, now) < kCatchUpBurst;
+      if (!owes || !options.now_seconds) tokens.erase(it);
+    }
   }
   peer->phase = Peer::Phase::kClosed;
   peers.erase(peer);

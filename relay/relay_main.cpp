@@ -21,6 +21,9 @@ constexpr const char* kUsage =
     "                      [--max-queue-bytes N] [--handshake-timeout 30s]\n"
     "                      [--shutdown-grace 10s] [--max-hello-bytes N] [--hello-timeout 10s]\n"
     "                      [--max-unauthenticated N] [--max-unauthenticated-per-source N]\n"
+    "                      [--max-bytes-per-second N] [--max-digests-per-minute N]\n"
+    "                      [--max-hellos-per-minute N] [--max-catch-up-bytes-per-second N]\n"
+    "                      [--max-connects-per-source-per-second N]\n"
     "  lattice-relay token --key-file FILE --ns NAME --rights read,write --ttl 1h\n"
     "                      [--subject NAME]\n"
     "see docs/relay.md\n";

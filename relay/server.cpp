@@ -185,13 +185,31 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
 }  // namespace
 
 ServeConfig parse_serve_args(const std::vector<std::string>& args) {
-  const FlagReader flags(
-      args,
-      {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "schema-dir",
-       "max-frame-bytes", "max-batch-changes", "max-changes-per-second",
-       "max-connections-per-token", "max-queue-bytes", "handshake-timeout", "shutdown-grace",
-       "max-hello-bytes", "hello-timeout", "max-unauthenticated", "max-unauthenticated-per-source"},
-      {"insecure"});
+  const FlagReader flags(args,
+                         {"listen",
+                          "data",
+                          "key-file",
+                          "tls-cert",
+                          "tls-key",
+                          "schema",
+                          "schema-dir",
+                          "max-frame-bytes",
+                          "max-batch-changes",
+                          "max-changes-per-second",
+                          "max-connections-per-token",
+                          "max-queue-bytes",
+                          "handshake-timeout",
+                          "shutdown-grace",
+                          "max-hello-bytes",
+                          "hello-timeout",
+                          "max-unauthenticated",
+                          "max-unauthenticated-per-source",
+                          "max-bytes-per-second",
+                          "max-digests-per-minute",
+                          "max-hellos-per-minute",
+                          "max-catch-up-bytes-per-second",
+                          "max-connects-per-source-per-second"},
+                         {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
   config.data_dir = flags.require("data");
@@ -231,6 +249,15 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
         static_cast<int>(parse_duration(flags.get("handshake-timeout")));
   if (flags.has("shutdown-grace"))
     config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
+  auto rate = [&](const char* flag, double& into) {
+    if (flags.has(flag))
+      into = static_cast<double>(parse_count(flag, flags.get(flag), 1, 1ull << 40));
+  };
+  rate("max-bytes-per-second", config.limits.max_bytes_per_second);
+  rate("max-digests-per-minute", config.limits.max_digests_per_minute);
+  rate("max-hellos-per-minute", config.limits.max_hellos_per_minute);
+  rate("max-catch-up-bytes-per-second", config.limits.max_catch_up_bytes_per_second);
+  rate("max-connects-per-source-per-second", config.max_connects_per_source_per_second);
   if (flags.has("max-hello-bytes"))
     config.limits.max_hello_bytes = parse_count("max-hello-bytes", flags.get("max-hello-bytes"),
                                                 1024, config.limits.max_frame_bytes);
@@ -316,6 +343,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   server_options.max_outbound_bytes = config.max_queue_bytes;
   server_options.hello_timeout_seconds = config.hello_timeout_seconds;
   server_options.max_unauthenticated_per_source = config.max_unauthenticated_per_source;
+  server_options.max_connects_per_source_per_second = config.max_connects_per_source_per_second;
   // The relay's own files (replicas, three per open namespace, the key and schema files) keep
   // a reserve of the open-files limit; of the rest, unauthenticated connections get a quarter
   // at most, so that devices still get in while an attacker holds its share.

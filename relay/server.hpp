@@ -35,6 +35,7 @@ struct ServeConfig {
   int hello_timeout_seconds = 10;
   std::size_t max_unauthenticated = 256;
   std::size_t max_unauthenticated_per_source = 32;
+  double max_connects_per_source_per_second = 5;
 };
 
 // `lattice-relay token ...`

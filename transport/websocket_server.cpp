@@ -123,6 +123,29 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
   std::list<PreAuth> preauth;
   std::map<std::string, std::size_t> preauth_per_source;
   std::size_t open_sockets = 0;  // accepted connections not yet closed, of any kind
+  // New connections per source address: a token bucket each (level, last refill).
+  std::map<std::string, std::pair<double, std::chrono::steady_clock::time_point>> connect_rate;
+
+  // Takes one new connection from `source`'s bucket; false when it is empty.
+  bool admit_connect(const std::string& source) {
+    const double rate = options.max_connects_per_source_per_second, burst = 2 * rate;
+    const auto now = std::chrono::steady_clock::now();
+    auto refill = [&](std::pair<double, std::chrono::steady_clock::time_point>& b) {
+      b.first =
+          std::min(burst, b.first + rate * std::chrono::duration<double>(now - b.second).count());
+      b.second = now;
+    };
+    if (connect_rate.size() > 4096)  // forget sources whose buckets are full again
+      for (auto it = connect_rate.begin(); it != connect_rate.end();) {
+        refill(it->second);
+        it = it->second.first >= burst ? connect_rate.erase(it) : std::next(it);
+      }
+    auto [it, fresh] = connect_rate.try_emplace(source, burst, now);
+    if (!fresh) refill(it->second);
+    if (it->second.first < 1) return false;
+    it->second.first -= 1;
+    return true;
+  }
   // Refusals and accept failures are logged at most once per kLogEvery, with a count.
   std::chrono::steady_clock::time_point last_throttled_log{};
   std::uint64_t unlogged = 0;
@@ -619,6 +642,10 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
   std::string refusal;
   if (open_sockets >= options.max_connections)
     refusal = std::to_string(open_sockets) + " connections are open, the most this relay takes";
+  else if (!admit_connect(source))
+    refusal = "more than " +
+              std::to_string(static_cast<int>(options.max_connects_per_source_per_second)) +
+              " new connections per second from this address";
   else if (preauth_per_source[source] >= options.max_unauthenticated_per_source)
     refusal = std::to_string(preauth_per_source[source]) +
               " unauthenticated connections from this address already";

@@ -50,6 +50,9 @@ struct WebSocketServerOptions {
   //  - one source address may hold at most this many unauthenticated connections (from TCP
   //    accept on, TLS handshake included); further ones are closed at once;
   std::size_t max_unauthenticated_per_source = 32;
+  //  - one source address may open at most this many connections per second (a burst of twice
+  //    as many), counted at accept: a reconnect loop is refused before its TLS handshake costs.
+  double max_connects_per_source_per_second = 5;
   //  - all sources together at most this many: past it, the oldest unauthenticated connection
   //    is closed to make room, so that an attacker holding its share cannot keep a device that
   //    completes its hello promptly out.

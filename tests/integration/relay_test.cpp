@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -869,6 +871,101 @@ TEST_CASE("a hello with a bad token is refused before the rest of it is decoded"
   Device device(relay.port(), "board");
   device.send_bytes(bytes);
   CHECK(device.expect_error_and_close().code == transport::WireError::kUnauthorized);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets per token (issue 10, finding 4)
+
+// A device of namespace `ns` that measures the round trip of one change: sent, merged and made
+// durable by the relay, acknowledged.
+struct RoundTripper {
+  Peer peer;
+  crdt::VersionVector held;
+  int next = 0;
+
+  RoundTripper(std::uint16_t port, const std::string& ns)
+      : peer(port, ns, cli_token(ns, "read,write")), held(peer.welcome.held) {}
+
+  double once_ms() {
+    const auto start = std::chrono::steady_clock::now();
+    peer.replica->query("INSERT INTO todo(id, title) VALUES (?, 'x')",
+                        {"rt" + std::to_string(next++)});
+    const auto changeset = peer.replica->changes_since(held);
+    const crdt::SiteId& own = peer.replica->site_id();
+    peer.device->send(
+        transport::Changes{++peer.batch, crdt::encode_changeset(changeset),
+                           peer.replica->local_log(held.get(own) + 1, changeset.until.get(own))});
+    held = peer.device->expect<transport::Ack>().held;
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  }
+
+  // {p50, p99} of `count` round trips.
+  std::pair<double, double> percentiles(int count) {
+    std::vector<double> times;
+    for (int i = 0; i < count; ++i) times.push_back(once_ms());
+    std::sort(times.begin(), times.end());
+    return {times[times.size() / 2], times[times.size() * 99 / 100]};
+  }
+};
+
+TEST_CASE("a flood by one token leaves another namespace's round trip within 2x") {
+  RelayProcess relay;
+  {
+    // A namespace worth flooding: 20,000 rows, so that each catch-up and digest costs.
+    Peer writer(relay.port(), "big", cli_token("big", "read,write"));
+    writer.replica->exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+        "INSERT INTO todo(id, title) SELECT 'row' || i, printf('%.40c', 'x') FROM n");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+  }
+  RoundTripper calm(relay.port(), "calm");
+  calm.percentiles(50);  // warm up
+  const auto [p50_quiet, p99_quiet] = calm.percentiles(400);
+
+  // The flood: two threads with one read-only token of "big", each connecting again and again
+  // (every hello asks for the whole namespace) and asking for digests without end.
+  const std::string token = cli_token("big", "read");
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> requests{0}, refusals{0};
+  auto flood = [&] {
+    while (!stop) {
+      try {
+        Device device(relay.port(), "big");
+        transport::Hello hello = good_hello(token);
+        hello.ns = "big";
+        device.send(hello);
+        for (int i = 0; i < 50 && !stop; ++i) {
+          device.send(transport::DigestRequest{static_cast<std::uint64_t>(i)});
+          ++requests;
+        }
+        while (!stop) {
+          auto frame = device.receive();
+          if (!frame) break;
+          if (auto* error = std::get_if<transport::ErrorFrame>(&*frame);
+              error && error->code == transport::WireError::kRateLimited)
+            ++refusals;
+        }
+      } catch (const std::exception&) {
+        // Refused at accept, a timeout: connect again, after a breath that keeps this loop
+        // from taking the machine's cores away from the relay itself (2 here).
+        std::this_thread::sleep_for(1ms);
+      }
+    }
+  };
+  std::thread a(flood), b(flood);
+  std::this_thread::sleep_for(5s);  // past the budgets' bursts: the flood's steady state
+  const auto [p50_flood, p99_flood] = calm.percentiles(400);
+  stop = true;
+  a.join();
+  b.join();
+  MESSAGE("change round trip on another namespace, 400 samples each: quiet p50 "
+          << p50_quiet << " ms, p99 " << p99_quiet << " ms; under the flood (" << requests.load()
+          << " digest requests, " << refusals.load() << " refused as rate_limited) p50 "
+          << p50_flood << " ms, p99 " << p99_flood << " ms");
+  CHECK(refusals > 0);
+  CHECK(p99_flood <= 2 * p99_quiet);
 }
 
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
