@@ -121,6 +121,8 @@ struct Hub::Impl {
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
   void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
   void on_close(const std::shared_ptr<Peer>& peer);
+  // True (after closing it with unauthorized) when the peer's token has expired.
+  bool expired(Peer& peer);
   // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
   // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
   bool spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity, double rate,
@@ -213,8 +215,20 @@ void Hub::Impl::rekey(Peer& peer, std::uint64_t keep_through) {
   peer.phase = Peer::Phase::kClosed;
 }
 
+bool Hub::Impl::expired(Peer& peer) {
+  if (!options.unix_now || peer.grant.expires_at == 0) return false;
+  const std::int64_t now = options.unix_now();
+  if (now < peer.grant.expires_at) return false;
+  fail(peer, WireError::kUnauthorized,
+       "token expired " + std::to_string(now - peer.grant.expires_at) +
+           " s ago on this open connection; renew it and reconnect");
+  return true;
+}
+
 void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
                              const std::string& bytes) {
+  // Nothing more goes to a device whose token has expired, even if it never sends a frame.
+  if (expired(peer)) return;
   counters.changes_sent += changeset.change_count();
   send(peer, transport::Changes{0, bytes, {}});
   peer.known.merge(changeset.until);
@@ -224,6 +238,7 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   if (peer->phase == Peer::Phase::kClosed) return;
   counters.bytes_in += bytes.size();
   if (peer->phase == Peer::Phase::kAwaitingHello) return on_first_frame(peer, bytes);
+  if (expired(*peer)) return;
   if (bytes.size() > options.limits.max_frame_bytes)
     return fail(*peer, WireError::kFrameTooLarge,
                 "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +

@@ -24,6 +24,7 @@ struct Grant {
   std::string subject;
   std::string ns;
   unsigned rights = 0;
+  std::int64_t expires_at = 0;  // Unix seconds; 0: never (tests)
 };
 constexpr unsigned kGrantRead = 1, kGrantWrite = 2, kGrantAdmin = 4;
 
@@ -62,6 +63,8 @@ struct HubOptions {
   HubLimits limits;
   Authenticator authenticate;
   std::function<double()> now_seconds;  // for rate limits; injected by tests
+  // The Unix time in seconds, for tokens' expiry on open connections. Empty: not enforced.
+  std::function<std::int64_t()> unix_now;
   storage::ReplicaOptions replica_options;
 };
 

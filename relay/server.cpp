@@ -320,8 +320,9 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       std::min(hub_options.limits.catch_up_round_bytes, config.max_queue_bytes / 4);
   hub_options.authenticate = [ring](std::string_view token) {
     const TokenClaims claims = ring.verify(token, unix_now());
-    return Grant{claims.subject, claims.ns, claims.rights};
+    return Grant{claims.subject, claims.ns, claims.rights, claims.expires_at};
   };
+  hub_options.unix_now = unix_now;
   hub_options.now_seconds = [] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();

@@ -968,6 +968,27 @@ TEST_CASE("a flood by one token leaves another namespace's round trip within 2x"
   CHECK(p99_flood <= 2 * p99_quiet);
 }
 
+TEST_CASE("a token that expires on an open connection is refused from then on") {
+  // Issue 10, finding 5: an expired token kept merging changes on its open connection.
+  RelayProcess relay;
+  Peer sender(relay.port(), "board", cli_token("board", "read,write", "2s"));
+  Peer listener(relay.port(), "board", cli_token("board", "read", "2s"));
+  std::this_thread::sleep_for(2500ms);
+  sender.replica->exec("INSERT INTO todo(id, title) VALUES ('late', 'after expiry')");
+  sender.push();
+  const auto error = sender.device->expect_error_and_close();
+  CHECK(error.code == transport::WireError::kUnauthorized);
+  CHECK(error.message.find("token expired") != std::string::npos);
+  // A device that only listens is closed as soon as something would be sent to it.
+  Peer writer(relay.port(), "board", cli_token("board", "read,write"));
+  writer.replica->exec("INSERT INTO todo(id, title) VALUES ('fresh', 'valid token')");
+  writer.push();
+  writer.device->expect<transport::Ack>();
+  CHECK(listener.device->expect_error_and_close().code == transport::WireError::kUnauthorized);
+  Peer check(relay.port(), "board", cli_token("board", "read"));
+  CHECK(check.rows() == 1);  // 'late' was never merged
+}
+
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
   RelayProcess relay;
   Peer peer(relay.port(), "board", cli_token("board", "read,write"));

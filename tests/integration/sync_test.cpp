@@ -238,9 +238,10 @@ class RelayFixture {
   std::string ca_file() const { return box_.path("c.pem"); }
   std::string relay_file() const { return box_.path(std::string("data/") + kNamespace + ".db"); }
 
-  std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write") {
+  std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write",
+                    const std::string& ttl = "1h") {
     return trim(must(run(box_, {LATTICE_RELAY_PATH, "token", "--key-file", box_.path("keys"),
-                                "--ns", ns, "--rights", rights, "--ttl", "1h"}),
+                                "--ns", ns, "--rights", rights, "--ttl", ttl}),
                      "lattice-relay token"));
   }
 
@@ -500,6 +501,50 @@ TEST_CASE("a write on one connected device shows up on another while both are co
   CHECK(b_sync.out().find("state: live") != std::string::npos);
   client_a.stop();
   CHECK(dump_todo(a) == dump_todo(b));
+}
+
+TEST_CASE("a token that expires on an open connection is renewed through the token callback") {
+  // Issue 10, finding 5: an expired token kept merging changes on its open connection.
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string a = relay.device("a");
+  std::atomic<int> renewals{0};
+  std::string renew_reason;
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.renew_token = [&](const std::string& reason) {
+    renew_reason = reason;
+    ++renewals;
+    return relay.token(kNamespace, "read,write", "1h");
+  };
+  engine::SyncClient client(a, relay.url(), relay.token(kNamespace, "read,write", "2s"), options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+  std::this_thread::sleep_for(seconds(3));  // past the first token's expiry, still connected
+  must(lattice(box, {"exec", a, "INSERT INTO todo(id, title) VALUES ('late', 'after expiry')"}),
+       "write on a");
+  // The relay refuses the expired token on the open connection; the client renews and resends.
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+  CHECK(renewals == 1);
+  CHECK(renew_reason.find("token expired") != std::string::npos);
+  CHECK(client.status().last_wire_error == transport::WireError::kUnauthorized);
+  CHECK_FALSE(client.status().fatal);
+  client.stop();
+  // Without a callback the refusal is final.
+  const std::string b = relay.device("b");
+  engine::SyncClientOptions plain;
+  plain.ca_file = relay.ca_file();
+  engine::SyncClient stuck(b, relay.url(), relay.token(kNamespace, "read,write", "2s"), plain);
+  stuck.start();
+  REQUIRE(stuck.wait_until_in_sync(seconds(20)));
+  std::this_thread::sleep_for(seconds(3));
+  must(lattice(box, {"exec", b, "INSERT INTO todo(id, title) VALUES ('never', 'x')"}),
+       "write on b");
+  CHECK_FALSE(stuck.wait_until_in_sync(seconds(5)));
+  CHECK(stuck.status().fatal);
+  CHECK(stuck.status().last_error.find("token expired") != std::string::npos);
+  stuck.stop();
 }
 
 TEST_CASE("a relay killed during a stream of writes loses nothing it acknowledged") {
