@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -21,10 +22,13 @@ namespace {
 
 constexpr const char* kUsage = R"(usage:
   lattice exec DB SQL                          run SQL; print result rows tab-separated
-  lattice changes DB [--since VVFILE] --out FILE
-                                               write the changes a holder of VVFILE lacks
-  lattice apply DB FILE                        merge a changeset file; print how many applied
+  lattice changes DB [--since VVFILE] --out FILE [--max-bytes N]
+                                               write the changes a holder of VVFILE lacks, in
+                                               FILE, FILE.1, ... of at most N bytes each
+  lattice apply DB FILE...                     merge changeset files, in one transaction
   lattice vv DB                                print the replica's version vector as JSON
+  lattice check DB                             check metadata against tables, list held rows
+  lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
   lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
                [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
 )";
@@ -238,6 +242,150 @@ int run_sync(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `lattice changes`: see docs/cli.md. The output is cut into files of at most `max_bytes`
+// (the decode limit when not given, so `apply` takes every file `changes` writes): at
+// transaction boundaries where it can, between the rows of one transaction where a transaction
+// alone is larger (those parts are whole only together, so they apply in one call).
+int run_changes(const std::vector<std::string>& args) {
+  if (args.size() < 2) throw UsageError("'changes' needs DB");
+  std::string since_file, out_file;
+  std::size_t max_bytes = lattice::crdt::DecodeLimits{}.max_bytes;
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--since" && i + 1 < args.size()) {
+      since_file = args[++i];
+    } else if (args[i] == "--out" && i + 1 < args.size()) {
+      out_file = args[++i];
+    } else if (args[i] == "--max-bytes" && i + 1 < args.size()) {
+      const std::string& text = args[++i];
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), max_bytes);
+      if (ec != std::errc() || end != text.data() + text.size() || max_bytes < 1024 ||
+          max_bytes > lattice::crdt::DecodeLimits{}.max_bytes)
+        throw UsageError("--max-bytes takes a number of bytes from 1024 to " +
+                         std::to_string(lattice::crdt::DecodeLimits{}.max_bytes) + ", not '" +
+                         text + "'");
+    } else {
+      throw UsageError("unexpected argument '" + args[i] + "' to 'changes'");
+    }
+  }
+  if (out_file.empty()) throw UsageError("'changes' needs --out FILE");
+  lattice::VersionVector since;
+  if (!since_file.empty()) since = read_version_vector(since_file);
+  auto replica = open_existing(args[1]);
+  const lattice::VersionVector full = replica->version_vector();
+  const lattice::SiteId& own = replica->site_id();
+  if (since.get(own) > full.get(own))
+    throw lattice::Error(
+        lattice::ErrorCode::kCopiedReplica,
+        "'" + since_file + "' says its holder has " + std::to_string(since.get(own)) +
+            " of this replica's own transactions, but this replica wrote " +
+            std::to_string(full.get(own)) +
+            ": the holder received them from a copy of this file, or this file is a restored "
+            "backup. Give this file a new site id with `lattice rekey DB --keep-through N`, N "
+            "the number of its own transactions when it was copied or backed up");
+  std::vector<std::string> parts;
+  std::size_t changes = 0, chunk = 1'000'000;
+  lattice::VersionVector holder = since;
+  for (;;) {
+    lattice::Changeset cs = replica->changes_since(holder, chunk);
+    std::string bytes = lattice::encode(cs);
+    if (bytes.size() > max_bytes && chunk > 1 && cs.change_count() > 1) {
+      // Fewer changes a file, in proportion, with some room.
+      chunk = std::max<std::size_t>(
+          1, std::min(chunk, cs.change_count()) * (max_bytes / 2) / bytes.size());
+      continue;
+    }
+    changes += cs.change_count();
+    if (bytes.size() > max_bytes) {
+      // One transaction alone is larger: its rows go in several files, the vector only in the
+      // last one. Each row's size is measured once, alone under the same header.
+      lattice::Changeset part = cs;
+      part.rows.clear();
+      part.until = cs.since;
+      lattice::Changeset alone = part;
+      const std::size_t header = lattice::encode(part).size() + 64;  // room for `until`
+      std::size_t size = header;
+      for (std::size_t r = 0; r < cs.rows.size(); ++r) {
+        alone.rows.assign(1, cs.rows[r]);
+        const std::size_t row_bytes = lattice::encode(alone).size() - (header - 64);
+        if (row_bytes + header > max_bytes)
+          throw lattice::Error(lattice::ErrorCode::kTooLarge,
+                               "a row of table id " + std::to_string(cs.rows[r].table) +
+                                   " alone takes " + std::to_string(row_bytes + header) +
+                                   " bytes with its header, over --max-bytes " +
+                                   std::to_string(max_bytes));
+        if (size + row_bytes > max_bytes) {
+          parts.push_back(lattice::encode(part));
+          part.rows.clear();
+          size = header;
+        }
+        part.rows.push_back(std::move(cs.rows[r]));
+        size += row_bytes;
+      }
+      part.until = cs.until;
+      parts.push_back(lattice::encode(part));
+    } else {
+      parts.push_back(std::move(bytes));
+    }
+    const bool progress = !(cs.until == holder);
+    holder = cs.until;
+    if (holder.dominates(full) || !progress) break;
+  }
+  std::string names;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const std::string name = i == 0 ? out_file : out_file + "." + std::to_string(i);
+    write_file(name, parts[i]);
+    names += (i ? ", " : "") + name;
+  }
+  // A stale FILE.N from an earlier, longer run would be taken for part of this one.
+  for (std::size_t i = parts.size(); std::filesystem::exists(out_file + "." + std::to_string(i));
+       ++i)
+    std::filesystem::remove(out_file + "." + std::to_string(i));
+  std::printf("wrote %zu changes to %s\n", changes, names.c_str());
+  return 0;
+}
+
+// `lattice apply`: every file in one transaction, in the order their vectors chain (each
+// file's `since` held when it is applied), whatever order they are named in.
+int run_apply(const std::vector<std::string>& args) {
+  if (args.size() < 3) throw UsageError("'apply' needs DB and FILE");
+  auto replica = open_existing(args[1]);
+  const std::size_t limit = lattice::crdt::DecodeLimits{}.max_bytes;
+  struct File {
+    std::string path;
+    lattice::crdt::ChangesetVectors vectors;
+  };
+  std::vector<File> files;
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    try {
+      files.push_back({args[i], lattice::crdt::peek_changeset_vectors(read_file(args[i], limit))});
+    } catch (const lattice::Error& e) {
+      throw lattice::Error(e.code(), "'" + args[i] + "': " + e.what());
+    }
+  }
+  std::vector<File> ordered;
+  lattice::VersionVector held = replica->version_vector();
+  while (!files.empty()) {
+    auto next = std::find_if(files.begin(), files.end(),
+                             [&](const File& f) { return held.dominates(f.vectors.since); });
+    if (next == files.end()) next = files.begin();  // merged, though its vector is not adopted
+    held.merge(next->vectors.until);
+    ordered.push_back(std::move(*next));
+    files.erase(next);
+  }
+  lattice::Changeset current;
+  const lattice::ApplyResult result =
+      replica->apply_all(ordered.size(), [&](std::size_t i) -> const lattice::Changeset& {
+        try {
+          current = lattice::decode(read_file(ordered[i].path, limit));
+        } catch (const lattice::Error& e) {
+          throw lattice::Error(e.code(), "'" + ordered[i].path + "': " + e.what());
+        }
+        return current;
+      });
+  std::printf("applied %zu of %zu changes\n", result.applied, result.received);
+  return 0;
+}
+
 int run(const std::vector<std::string>& args) {
   if (args.empty()) throw UsageError("missing command");
   const std::string& command = args[0];
@@ -260,41 +408,69 @@ int run(const std::vector<std::string>& args) {
     });
     return 0;
   }
-  if (command == "changes") {
-    need(2);
-    std::string since_file, out_file;
-    for (std::size_t i = 2; i < args.size(); ++i) {
-      if (args[i] == "--since" && i + 1 < args.size())
-        since_file = args[++i];
-      else if (args[i] == "--out" && i + 1 < args.size())
-        out_file = args[++i];
-      else
-        throw UsageError("unexpected argument '" + args[i] + "' to 'changes'");
-    }
-    if (out_file.empty()) throw UsageError("'changes' needs --out FILE");
-    lattice::VersionVector since;
-    if (!since_file.empty()) since = read_version_vector(since_file);
-    auto replica = open_existing(args[1]);
-    const lattice::Changeset changeset = replica->changes_since(since);
-    write_file(out_file, lattice::encode(changeset));
-    std::printf("wrote %zu changes to %s\n", changeset.change_count(), out_file.c_str());
-    return 0;
-  }
-  if (command == "apply") {
-    need(3);
-    if (args.size() > 3) throw UsageError("'apply' takes DB and FILE");
-    const std::string bytes = read_file(args[2], lattice::crdt::DecodeLimits{}.max_bytes);
-    const lattice::Changeset changeset = lattice::decode(bytes);
-    auto replica = open_existing(args[1]);
-    const lattice::ApplyResult result = replica->apply(changeset);
-    std::printf("applied %zu of %zu changes\n", result.applied, result.received);
-    return 0;
-  }
+  if (command == "changes") return run_changes(args);
+  if (command == "apply") return run_apply(args);
   if (command == "vv") {
     need(2);
     if (args.size() > 2) throw UsageError("'vv' takes DB only");
     auto replica = open_existing(args[1]);
     std::printf("%s\n", replica->version_vector().to_json().c_str());
+    return 0;
+  }
+  if (command == "check") {
+    need(2);
+    if (args.size() > 2) throw UsageError("'check' takes DB only");
+    auto replica = open_existing(args[1]);
+    const lattice::CheckReport report = replica->check();
+    std::int64_t held = 0, superseded = 0;
+    for (const auto& t : report.tables) {
+      std::printf("table %s: %lld shown, %lld held, %lld superseded\n", t.table.c_str(),
+                  static_cast<long long>(t.shown), static_cast<long long>(t.held),
+                  static_cast<long long>(t.superseded));
+      held += t.held;
+      superseded += t.superseded;
+    }
+    for (const auto& row : replica
+                               ->query("SELECT \"table\", \"key\", reason, \"constraint\" "
+                                       "FROM lattice_conflicts ORDER BY 1, 2")
+                               .rows) {
+      std::printf("conflict: %s %s %s%s%s\n", format_value(row[0]).c_str(),
+                  format_value(row[1]).c_str(), format_value(row[2]).c_str(),
+                  format_value(row[3]).empty() ? "" : " ", format_value(row[3]).c_str());
+    }
+    for (const auto& p : report.problems) std::printf("problem: %s\n", one_line(p).c_str());
+    if (!report.problems.empty()) {
+      std::fprintf(stderr, "lattice: check: %zu problem(s); first: %s\n", report.problems.size(),
+                   one_line(report.problems.front()).c_str());
+      return 1;
+    }
+    std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded %s\n",
+                static_cast<long long>(held), static_cast<long long>(superseded),
+                held + superseded ? "(see lattice_conflicts)" : "");
+    return 0;
+  }
+  if (command == "rekey") {
+    need(2);
+    auto replica = open_existing(args[1]);
+    std::uint64_t keep_through = replica->acknowledged();
+    for (std::size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--keep-through" && i + 1 < args.size()) {
+        const std::string& text = args[++i];
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), keep_through);
+        if (ec != std::errc() || end != text.data() + text.size())
+          throw UsageError("--keep-through takes a sequence number, not '" + text + "'");
+      } else {
+        throw UsageError("unexpected argument '" + args[i] + "' to 'rekey'");
+      }
+    }
+    const std::string old_site = replica->site_id().to_hex();
+    const std::uint64_t head = replica->version_vector().get(replica->site_id());
+    replica->rekey(keep_through);
+    std::printf(
+        "rekeyed: new site id %s; own transactions 1..%llu stay under %s, %llu later "
+        "ones moved to the new id\n",
+        replica->site_id().to_hex().c_str(), static_cast<unsigned long long>(keep_through),
+        old_site.c_str(), static_cast<unsigned long long>(head - std::min(head, keep_through)));
     return 0;
   }
   if (command == "sync") return run_sync(args);

@@ -25,4 +25,20 @@ std::size_t Changeset::change_count() const {
   return n;
 }
 
+const char* affinity_name(Affinity affinity) {
+  switch (affinity) {
+    case Affinity::kBlob:
+      return "BLOB (none)";
+    case Affinity::kText:
+      return "TEXT";
+    case Affinity::kNumeric:
+      return "NUMERIC";
+    case Affinity::kInteger:
+      return "INTEGER";
+    case Affinity::kReal:
+      return "REAL";
+  }
+  return "?";
+}
+
 }  // namespace lattice::crdt

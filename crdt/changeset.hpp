@@ -15,6 +15,7 @@
 #include "crdt/hlc.hpp"
 #include "crdt/row.hpp"
 #include "crdt/site_id.hpp"
+#include "crdt/txn_tag.hpp"
 #include "crdt/value.hpp"
 #include "crdt/version_vector.hpp"
 
@@ -25,10 +26,19 @@ enum class ColumnKind : std::uint8_t { kLww = 0, kCounter = 1 };
 // "lww" or "counter".
 const char* column_kind_name(ColumnKind kind);
 
+// SQLite's type affinity of a column (https://sqlite.org/datatype3.html): how the column stores
+// the values it is given. Two replicas whose columns differ in it would store one value two ways.
+enum class Affinity : std::uint8_t { kBlob = 0, kText = 1, kNumeric = 2, kInteger = 3, kReal = 4 };
+
+// "BLOB (none)", "TEXT", "NUMERIC", "INTEGER" or "REAL".
+const char* affinity_name(Affinity affinity);
+
 struct ColumnSchema {
   ColumnId id = 0;
   std::string name;
   ColumnKind kind = ColumnKind::kLww;
+  // Empty in a changeset of format 1, which did not carry it.
+  std::optional<Affinity> affinity = Affinity::kBlob;
   bool operator==(const ColumnSchema&) const = default;
 };
 
@@ -83,8 +93,19 @@ struct RowChange {
   std::size_t change_count() const;
 };
 
+// Who wrote a changeset: the replica's site id and its latest own transactions (at most
+// kMaxLog), so that a receiver with the same site id, a copy of that replica file, learns where
+// the two histories part (docs/data-quality.md, "Copies and restored backups").
+struct Origin {
+  static constexpr std::size_t kMaxLog = 32;
+  SiteId site;
+  std::vector<TxnTag> log;  // ascending sequence numbers
+  bool operator==(const Origin&) const = default;
+};
+
 struct Changeset {
-  static constexpr std::uint32_t kFormatVersion = 1;
+  // Written by this build; it reads every version from 1 up (docs/changeset-format.md).
+  static constexpr std::uint32_t kFormatVersion = 2;
 
   std::uint32_t format_version = kFormatVersion;
   VersionVector since;
@@ -92,6 +113,8 @@ struct Changeset {
   std::vector<SiteId> sites;
   std::vector<TableSchema> tables;
   std::vector<RowChange> rows;
+  // Empty in format 1, and when the writer did not say (a changeset built by hand).
+  std::optional<Origin> origin;
 
   std::size_t change_count() const;
   bool operator==(const Changeset&) const = default;

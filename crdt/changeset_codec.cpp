@@ -29,7 +29,9 @@ constexpr std::string_view kMagic = "LATTICE-CS";
 constexpr std::size_t kSiteIdBytes = 16;
 // Nesting of the deepest container: changeset > rows > row > cells > cell.
 constexpr std::size_t kMaxDepth = 5;
-constexpr std::size_t kTopLevelFields = 7;
+// Format 1 has the first 7 top-level fields, format 2 all 8 (the origin).
+constexpr std::size_t kTopLevelFields = 8;
+constexpr std::size_t kTopLevelFieldsV1 = 7;
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
@@ -137,9 +139,9 @@ using detail::msgpack_type_name;
 
 // Field names by position, shared by the tree walk and the raw-byte scan.
 constexpr const char* kTopFields[] = {"magic", "format_version", "since", "until",
-                                      "sites", "tables",         "rows"};
+                                      "sites", "tables",         "rows",  "origin"};
 constexpr const char* kTableFields[] = {"id", "name", "primary_key_columns", "columns"};
-constexpr const char* kColumnFields[] = {"id", "name", "kind"};
+constexpr const char* kColumnFields[] = {"id", "name", "kind", "affinity"};
 constexpr const char* kRowFields[] = {"table",           "primary_key", "liveness",
                                       "liveness_values", "cells",       "counters"};
 constexpr const char* kStampFields[] = {"causal_length", "hlc", "site", "seq"};
@@ -344,7 +346,7 @@ std::string describe_position(const std::vector<std::size_t>& path) {
     add_field(kTableFields[f]);
     if (n >= 4 && f == 3) {
       add_index(path[3]);
-      if (n >= 5 && path[4] < 3) add_field(kColumnFields[path[4]]);
+      if (n >= 5 && path[4] < 4) add_field(kColumnFields[path[4]]);
     }
     return out;
   }
@@ -477,28 +479,54 @@ struct TableIndex {
   }
 };
 
+// Strings and blobs point into the caller's bytes instead of being copied into the zone: the
+// bytes outlive the object tree, which lives only inside decode_changeset.
+bool reference_input(msgpack::type::object_type, std::size_t, void*) { return true; }
+
 class Decoder {
  public:
   Decoder(const DecodeLimits& limits) : limits_(limits) {}
 
+  // The two vectors of a changeset whose header read_header() has checked: the top level's
+  // elements 2 and 3, each unpacked on its own, the rest left unread.
+  ChangesetVectors peek(std::string_view bytes, const msgpack::unpack_limit& limit) {
+    std::size_t offset = (static_cast<std::uint8_t>(bytes[0]) & 0xf0) == 0x90 ? 1
+                         : static_cast<std::uint8_t>(bytes[0]) == 0xdc        ? 3
+                                                                              : 5;
+    ChangesetVectors out;
+    for (int field = 0; field <= 3; ++field) {  // 0 is the magic, checked by read_header()
+      msgpack::object_handle handle;
+      msgpack::unpack(handle, bytes.data(), bytes.size(), offset, reference_input, nullptr, limit);
+      const At at;
+      if (field == 1) out.format_version = read_uint(handle.get(), at.field("format_version"));
+      if (field == 2) out.since = read_version_vector(handle.get(), at.field("since"));
+      if (field == 3) out.until = read_version_vector(handle.get(), at.field("until"));
+    }
+    return out;
+  }
+
   Changeset decode(const msgpack::object& root) {
     const At at;
     const msgpack::object* top = read_array(root, at);
-    if (root.via.array.size != kTopLevelFields) {
-      fail(ErrorCode::kCorrupt, "changeset: expected a top-level array of 7 fields, got " +
-                                    std::to_string(root.via.array.size) +
-                                    " (fields may not be added within a format version)");
-    }
     Changeset cs;
-    if (read_str(top[0], at.field("magic")) != kMagic) {
+    if (root.via.array.size < 2 || read_str(top[0], at.field("magic")) != kMagic) {
       fail_not_a_changeset("its first field is not \"LATTICE-CS\"");
     }
     cs.format_version = static_cast<std::uint32_t>(read_uint(top[1], at.field("format_version")));
+    version_ = cs.format_version;
+    const std::size_t fields = version_ >= 2 ? kTopLevelFields : kTopLevelFieldsV1;
+    if (root.via.array.size != fields) {
+      fail(ErrorCode::kCorrupt, "changeset: expected a top-level array of " +
+                                    std::to_string(fields) + " fields, got " +
+                                    std::to_string(root.via.array.size) +
+                                    " (fields may not be added within a format version)");
+    }
     cs.since = read_version_vector(top[2], at.field("since"));
     cs.until = read_version_vector(top[3], at.field("until"));
     cs.sites = read_sites(top[4], at.field("sites"));
     cs.tables = read_tables(top[5], at.field("tables"));
     read_rows(top[6], at.field("rows"), cs);
+    if (version_ >= 2) cs.origin = read_origin(top[7], at.field("origin"));
     return cs;
   }
 
@@ -528,6 +556,28 @@ class Decoder {
       vv.advance(site, seq);
     }
     return vv;
+  }
+
+  std::optional<Origin> read_origin(const msgpack::object& o, const At& at) {
+    if (o.type == msgpack::type::NIL) return std::nullopt;
+    const msgpack::object* f = read_tuple(o, 2, at);
+    Origin origin;
+    origin.site = read_site_id(f[0], at.field("site"));
+    const At log_at = at.field("log");
+    const msgpack::object* entries = read_array(f[1], log_at);
+    const std::uint32_t count = f[1].via.array.size;
+    if (count > Origin::kMaxLog)
+      fail_corrupt(log_at, std::to_string(count) + " entries, over the " +
+                               std::to_string(Origin::kMaxLog) + " an origin carries");
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const msgpack::object* pair = read_tuple(entries[i], 2, log_at.element(i));
+      TxnTag txn{read_uint(pair[0], log_at.element(i).field("seq")),
+                 read_uint(pair[1], log_at.element(i).field("tag"))};
+      if (!origin.log.empty() && txn.seq <= origin.log.back().seq)
+        fail_corrupt(log_at.element(i), "sequence numbers must ascend");
+      origin.log.push_back(txn);
+    }
+    return origin;
   }
 
   std::vector<SiteId> read_sites(const msgpack::object& o, const At& at) {
@@ -579,7 +629,8 @@ class Decoder {
       index.by_id.reserve(col_count);
       for (std::uint32_t j = 0; j < col_count; ++j) {
         const At c_at = cols_at.element(j);
-        const msgpack::object* cf = read_tuple(cols[j], 3, c_at);
+        // Format 1 wrote [id, name, kind]; format 2 adds the affinity.
+        const msgpack::object* cf = read_tuple(cols[j], version_ >= 2 ? 4 : 3, c_at);
         ColumnSchema& col = table.columns[j];
         col.id = read_u32(cf[0], c_at.field("id"));
         col.name = std::string(read_str(cf[1], c_at.field("name")));
@@ -589,6 +640,16 @@ class Decoder {
                        "unknown column kind " + std::to_string(kind) + " (0 is lww, 1 is counter)");
         }
         col.kind = static_cast<ColumnKind>(kind);
+        col.affinity.reset();
+        if (version_ >= 2) {
+          const std::uint64_t affinity = read_uint(cf[3], c_at.field("affinity"));
+          if (affinity > 4) {
+            fail_corrupt(c_at.field("affinity"),
+                         "unknown affinity " + std::to_string(affinity) +
+                             " (0 none, 1 text, 2 numeric, 3 integer, 4 real)");
+          }
+          col.affinity = static_cast<Affinity>(affinity);
+        }
         index.by_id.push_back({col.id, j, col.kind});
       }
       std::sort(index.by_id.begin(), index.by_id.end(),
@@ -788,15 +849,12 @@ class Decoder {
   }
 
   const DecodeLimits& limits_;
-  std::vector<TableIndex> tables_;  // sorted by id
+  std::uint64_t version_ = Changeset::kFormatVersion;  // of the changeset being read
+  std::vector<TableIndex> tables_;                     // sorted by id
   TableIndex* last_table_ = nullptr;
   std::size_t site_count_ = 0;
   std::uint32_t generation_ = 0;
 };
-
-// Strings and blobs point into the caller's bytes instead of being copied into the zone: the
-// bytes outlive the object tree, which lives only inside decode_changeset.
-bool reference_input(msgpack::type::object_type, std::size_t, void*) { return true; }
 
 }  // namespace
 
@@ -821,10 +879,11 @@ std::string encode_changeset(const Changeset& changeset) {
     pk.pack_uint32(table.primary_key_columns);
     pk.pack_array(static_cast<std::uint32_t>(table.columns.size()));
     for (const ColumnSchema& col : table.columns) {
-      pk.pack_array(3);
+      pk.pack_array(4);
       pk.pack_uint32(col.id);
       pack_bytes_as_str(pk, col.name);
       pk.pack_uint8(static_cast<std::uint8_t>(col.kind));
+      pk.pack_uint8(static_cast<std::uint8_t>(col.affinity.value_or(Affinity::kBlob)));
     }
   }
   pk.pack_array(static_cast<std::uint32_t>(changeset.rows.size()));
@@ -867,7 +926,32 @@ std::string encode_changeset(const Changeset& changeset) {
       pk.pack_int64(counter.part.total);
     }
   }
+  if (changeset.origin) {
+    pk.pack_array(2);
+    pack_bytes_as_bin(pk, changeset.origin->site.as_bytes());
+    pk.pack_array(static_cast<std::uint32_t>(changeset.origin->log.size()));
+    for (const TxnTag& txn : changeset.origin->log) {
+      pk.pack_array(2);
+      pk.pack_uint64(txn.seq);
+      pk.pack_uint64(txn.tag);
+    }
+  } else {
+    pk.pack_nil();
+  }
   return out;
+}
+
+ChangesetVectors peek_changeset_vectors(std::string_view bytes, const DecodeLimits& limits) {
+  read_header(bytes);
+  const std::size_t n = bytes.size();
+  const msgpack::unpack_limit limit(/*array=*/n, /*map=*/n / 2,
+                                    /*str=*/std::max(limits.max_value_bytes, kMagic.size()),
+                                    /*bin=*/kSiteIdBytes, /*ext=*/0, /*depth=*/2);
+  try {
+    return Decoder(limits).peek(bytes, limit);
+  } catch (const msgpack::unpack_error& e) {
+    fail(ErrorCode::kCorrupt, std::string("changeset header does not decode: ") + e.what());
+  }
 }
 
 Changeset decode_changeset(std::string_view bytes, const DecodeLimits& limits) {

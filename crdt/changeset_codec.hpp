@@ -27,4 +27,13 @@ std::string encode_changeset(const Changeset& changeset);
 // length carrying values, ...).
 Changeset decode_changeset(std::string_view bytes, const DecodeLimits& limits = {});
 
+// The version and the two vectors of a changeset, read from its first bytes without decoding
+// its rows (to order files before applying them). Throws Error as decode_changeset does for
+// what it reads.
+struct ChangesetVectors {
+  std::uint64_t format_version = 0;
+  VersionVector since, until;
+};
+ChangesetVectors peek_changeset_vectors(std::string_view bytes, const DecodeLimits& limits = {});
+
 }  // namespace lattice::crdt

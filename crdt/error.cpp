@@ -38,6 +38,8 @@ const char* error_code_name(ErrorCode code) noexcept {
       return "unauthorized";
     case ErrorCode::kForbidden:
       return "forbidden";
+    case ErrorCode::kCopiedReplica:
+      return "copied_replica";
   }
   // A number from across the C ABI that this build does not know.
   return "unknown";

@@ -25,6 +25,7 @@ enum class ErrorCode : int {
   kInternal = 14,           // a bug in Lattice
   kUnauthorized = 15,       // a missing, expired, badly signed or wrong-namespace token
   kForbidden = 16,          // a valid token without the right for the call
+  kCopiedReplica = 17,      // a replica file and a copy of it (or a restored backup) both wrote
 };
 
 // Returns a short, stable name for `code` ("corrupt", "clock_drift", ...).

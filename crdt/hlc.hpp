@@ -51,6 +51,14 @@ class HybridClock {
   // Throws like observe() would, without changing the clock.
   void check_drift(Hlc remote) const;
 
+  // Sets the last timestamp back to `to`. Only for a replica whose own timestamps ran ahead of
+  // every peer's drift bound and were stamped again (docs/crdt-semantics.md, "Clocks that run
+  // ahead"): nothing anyone holds carries the later ones.
+  void rewind(Hlc to) { last_ = to; }
+
+  // The wall clock, in milliseconds since the Unix epoch.
+  std::uint64_t wall_ms() const { return physical_(); }
+
   Hlc last() const { return last_; }
   std::uint64_t max_drift_ms() const { return max_drift_ms_; }
 

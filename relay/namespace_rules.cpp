@@ -81,13 +81,28 @@ std::string adoption_sql(const std::string& description) {
       if (comma == std::string::npos || comma > item.size() - 1) comma = item.size() - 1;
       const std::string column = item.substr(pos, comma - pos);
       pos = comma + 1;
+      // "name affinity kind": the name may hold spaces, the other two do not.
       const std::size_t space = column.rfind(' ');
-      if (space == std::string::npos || space == 0) throw bad("column '" + column + "'");
-      const std::string name = column.substr(0, space), kind = column.substr(space + 1);
+      const std::size_t before = space == std::string::npos || space == 0
+                                     ? std::string::npos
+                                     : column.rfind(' ', space - 1);
+      if (before == std::string::npos || before == 0) throw bad("column '" + column + "'");
+      const std::string name = column.substr(0, before),
+                        affinity = column.substr(before + 1, space - before - 1),
+                        kind = column.substr(space + 1);
       if (kind != "key" && kind != "lww" && kind != "counter")
         throw bad("column '" + name + "' has unknown type '" + kind + "'");
-      columns += (columns.empty() ? "" : ", ") + quote_identifier(name) +
-                 (kind == "counter" ? " INTEGER NOT NULL DEFAULT 0" : "");
+      // A declared type with that affinity (none: no declared type).
+      static const std::map<std::string, std::string> kDeclared = {{"none", ""},
+                                                                   {"text", " TEXT"},
+                                                                   {"numeric", " NUMERIC"},
+                                                                   {"integer", " INTEGER"},
+                                                                   {"real", " REAL"}};
+      auto declared = kDeclared.find(affinity);
+      if (declared == kDeclared.end())
+        throw bad("column '" + name + "' has unknown affinity '" + affinity + "'");
+      columns += (columns.empty() ? "" : ", ") + quote_identifier(name) + declared->second +
+                 (kind == "counter" ? " NOT NULL DEFAULT 0" : "");
       if (kind == "key") keys += (keys.empty() ? "" : ", ") + quote_identifier(name);
       if (kind == "counter")
         types += (types.empty() ? "" : ",") + json_string(name) + ":\"counter\"";

@@ -3,6 +3,8 @@
 // triggers' effect; docs/crdt-semantics.md says what each write means.
 
 #include <algorithm>
+#include <cctype>
+#include <optional>
 #include <set>
 
 #include "crdt/error.hpp"
@@ -86,173 +88,6 @@ std::map<std::string, crdt::ColumnKind> parse_column_types(std::string_view json
   return out;
 }
 
-std::string key_expression(const TableInfo& t, const char* row) {
-  std::string out = "lattice_pk(";
-  for (std::size_t i = 0; i < t.key_count; ++i) {
-    if (i) out += ", ";
-    out += std::string(row) + "." + quote_identifier(t.columns[i].name);
-  }
-  return out + ")";
-}
-
-// SQL string literal.
-std::string literal(std::string_view text) {
-  std::string out = "'";
-  for (char c : text) {
-    if (c == '\'') out += '\'';
-    out += c;
-  }
-  return out + "'";
-}
-
-std::string trigger_sql(const TableInfo& t) {
-  const std::string id = std::to_string(t.id);
-  const std::string table = quote_identifier(t.name);
-  const std::string rows = t.rows_table(), cells = t.cells_table(), counters = t.counters_table();
-  const std::string new_key = key_expression(t, "NEW"), old_key = key_expression(t, "OLD");
-  // Persists this transaction's sequence number and clock once, at its first write.
-  const std::string bump =
-      "UPDATE lattice_local SET seq = lattice_seq(), hlc = lattice_hlc() "
-      "WHERE id = 0 AND seq < lattice_seq();\n";
-  std::string sql;
-
-  std::string key_null, key_changed, key_columns;
-  for (std::size_t i = 0; i < t.key_count; ++i) {
-    const std::string c = quote_identifier(t.columns[i].name);
-    key_null += std::string(i ? " OR " : "") + "NEW." + c + " IS NULL";
-    key_changed += std::string(i ? " OR " : "") + "OLD." + c + " IS NOT NEW." + c;
-    key_columns += std::string(i ? ", " : "") + c;
-  }
-  auto counter_check = [&](const ColumnInfo& c) {
-    return "SELECT RAISE(ABORT, " +
-           literal("lattice: counter column " + t.name + "." + c.name +
-                   " takes integer values only") +
-           ") WHERE typeof(NEW." + quote_identifier(c.name) + ") <> 'integer';\n";
-  };
-
-  // Keeps the local counter component as it was before this transaction first changed it, so
-  // that Replica::rekey can split later increments off to a new site id.
-  auto counter_undo = [&](const ColumnInfo& c, const std::string& key) {
-    const std::string col = std::to_string(c.id);
-    return "INSERT OR IGNORE INTO lattice_counter_undo(seq, table_id, pk, col, had, cl, "
-           "part_seq, total) SELECT lattice_seq(), " +
-           id + ", " + key + ", " + col +
-           ", x.pk IS NOT NULL, x.cl, x.seq, x.total FROM (SELECT 1) LEFT JOIN " + counters +
-           " x ON x.pk = " + key + " AND x.col = " + col + " AND x.site = 0;\n";
-  };
-
-  sql += "CREATE TRIGGER lattice_" + id + "_insert AFTER INSERT ON " + table +
-         " WHEN lattice_capture_enabled() BEGIN\n";
-  sql += "SELECT RAISE(ABORT, " +
-         literal("lattice: the primary key of a row of " + t.name + " may not be NULL") +
-         ") WHERE " + key_null + ";\n";
-  for (const auto& c : t.columns)
-    if (c.kind == crdt::ColumnKind::kCounter) sql += counter_check(c);
-  sql += bump;
-  sql += "INSERT INTO " + rows + "(pk, cl, hlc, site, seq) VALUES (" + new_key +
-         ", 1, lattice_hlc(), 0, lattice_seq()) ON CONFLICT(pk) DO UPDATE SET "
-         "cl = cl + 1 - (cl % 2), hlc = excluded.hlc, site = 0, seq = excluded.seq;\n";
-  sql += "DELETE FROM " + cells + " WHERE pk = " + new_key + ";\n";
-  for (const auto& c : t.columns) {
-    if (c.kind != crdt::ColumnKind::kCounter) continue;
-    const std::string col = std::to_string(c.id);
-    // The local component is what makes the counter read NEW.c in this incarnation.
-    sql += counter_undo(c, new_key);
-    sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
-           ", 0, r.cl, lattice_seq(), NEW." + quote_identifier(c.name) +
-           " - coalesce((SELECT sum(x.total) FROM " + counters +
-           " x WHERE x.pk = r.pk AND x.col = " + col +
-           " AND x.site <> 0 AND x.cl = r.cl), 0) FROM " + rows + " r WHERE r.pk = " + new_key +
-           " ON CONFLICT(pk, col, site) DO UPDATE SET cl = excluded.cl, seq = excluded.seq, "
-           "total = excluded.total;\n";
-  }
-  sql += "END;\n";
-
-  sql += "CREATE TRIGGER lattice_" + id + "_delete AFTER DELETE ON " + table +
-         " WHEN lattice_capture_enabled() BEGIN\n" + bump;
-  sql += "INSERT INTO " + rows + "(pk, cl, hlc, site, seq) VALUES (" + old_key +
-         ", 2, lattice_hlc(), 0, lattice_seq()) ON CONFLICT(pk) DO UPDATE SET "
-         "cl = cl + (cl % 2), hlc = excluded.hlc, site = 0, seq = excluded.seq;\n";
-  sql += "DELETE FROM " + cells + " WHERE pk = " + old_key + ";\n";
-  sql += "DELETE FROM " + counters + " WHERE pk = " + old_key + ";\n";
-  sql += "END;\n";
-
-  sql += "CREATE TRIGGER lattice_" + id + "_update_key BEFORE UPDATE OF " + key_columns + " ON " +
-         table + " WHEN lattice_capture_enabled() AND (" + key_changed + ") BEGIN\n";
-  sql += "SELECT RAISE(ABORT, " +
-         literal("lattice: the primary key of a replicated row cannot change (table " + t.name +
-                 "); delete the row and insert it under the new key") +
-         ");\nEND;\n";
-
-  // One trigger for every last-writer-wins column, so an UPDATE of several columns enters one
-  // trigger program and bumps the clock once; each changed column gets its cell version.
-  auto changed = [](const std::string& name) {
-    return "(OLD." + name + " IS NOT NEW." + name + " OR typeof(OLD." + name + ") <> typeof(NEW." +
-           name + "))";
-  };
-  std::string lww_names, any_changed, changed_ids;
-  for (const auto& c : t.columns) {
-    if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
-    const std::string name = quote_identifier(c.name);
-    const std::string sep = lww_names.empty() ? "" : ", ";
-    lww_names += sep + name;
-    any_changed += std::string(any_changed.empty() ? "" : " OR ") + changed(name);
-    changed_ids += std::string(changed_ids.empty() ? "" : " UNION ALL ") + "SELECT " +
-                   std::to_string(c.id) + " AS col WHERE " + changed(name);
-  }
-  if (!lww_names.empty()) {
-    sql += "CREATE TRIGGER lattice_" + id + "_update AFTER UPDATE OF " + lww_names + " ON " +
-           table + " WHEN lattice_capture_enabled() AND (" + any_changed + ") BEGIN\n" + bump;
-    sql += "INSERT INTO " + cells + "(pk, col, cl, hlc, site, seq) SELECT r.pk, c.col, r.cl, " +
-           "lattice_hlc(), 0, lattice_seq() FROM " + rows + " r, (" + changed_ids +
-           ") c WHERE r.pk = " + new_key +
-           " ON CONFLICT(pk, col) DO UPDATE SET cl = excluded.cl, hlc = excluded.hlc, "
-           "site = 0, seq = excluded.seq;\nEND;\n";
-  }
-
-  // Counters record the delta, column by column.
-  for (const auto& c : t.columns) {
-    if (c.kind != crdt::ColumnKind::kCounter) continue;
-    const std::string name = quote_identifier(c.name), col = std::to_string(c.id);
-    sql += "CREATE TRIGGER lattice_" + id + "_update_" + col + " AFTER UPDATE OF " + name + " ON " +
-           table + " WHEN lattice_capture_enabled() AND " + changed(name) + " BEGIN\n";
-    sql += counter_check(c) + bump + counter_undo(c, new_key);
-    sql += "INSERT INTO " + counters + "(pk, col, site, cl, seq, total) SELECT r.pk, " + col +
-           ", 0, r.cl, lattice_seq(), NEW." + name + " - OLD." + name + " FROM " + rows +
-           " r WHERE r.pk = " + new_key +
-           " ON CONFLICT(pk, col, site) DO UPDATE SET total = CASE WHEN cl = excluded.cl "
-           "THEN total + excluded.total ELSE excluded.total END, cl = excluded.cl, "
-           "seq = excluded.seq;\nEND;\n";
-  }
-  return sql;
-}
-
-// Rowid tables with a UNIQUE key rather than WITHOUT ROWID: a captured write then appends to
-// the table and to the (site, seq) index (whose entries end in the rowid, not the packed key),
-// so only the key's own index takes a write at a random place.
-std::string metadata_tables_sql(const TableInfo& t) {
-  const std::string rows = t.rows_table(), cells = t.cells_table(), counters = t.counters_table();
-  return "CREATE TABLE " + rows +
-         "(pk BLOB NOT NULL UNIQUE, cl INTEGER NOT NULL, hlc INTEGER NOT NULL,"
-         " site INTEGER NOT NULL, seq INTEGER NOT NULL);\n"
-         "CREATE INDEX " +
-         rows + "_by_seq ON " + rows +
-         "(site, seq);\n"
-         "CREATE TABLE " +
-         cells +
-         "(pk BLOB NOT NULL, col INTEGER NOT NULL, cl INTEGER NOT NULL, hlc INTEGER NOT NULL,"
-         " site INTEGER NOT NULL, seq INTEGER NOT NULL, UNIQUE (pk, col));\n"
-         "CREATE INDEX " +
-         cells + "_by_seq ON " + cells +
-         "(site, seq);\n"
-         "CREATE TABLE " +
-         counters +
-         "(pk BLOB NOT NULL, col INTEGER NOT NULL, site INTEGER NOT NULL, cl INTEGER NOT NULL,"
-         " seq INTEGER NOT NULL, total INTEGER NOT NULL, UNIQUE (pk, col, site));\n"
-         "CREATE INDEX " +
-         counters + "_by_seq ON " + counters + "(site, seq);\n";
-}
-
 // Reads the table's columns from SQLite; fills names, key positions and table positions.
 std::vector<ColumnInfo> read_columns(sqlite3* db, std::string_view table, bool for_replicate) {
   Statement info(db, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)");
@@ -263,6 +98,7 @@ std::vector<ColumnInfo> read_columns(sqlite3* db, std::string_view table, bool f
     const int hidden = static_cast<int>(info.column_int(3));
     ColumnInfo c;
     c.name = info.column_text(0);
+    c.affinity = affinity_of_declared_type(info.column_text(1));
     c.key_position = static_cast<int>(info.column_int(2));
     c.table_position = position;
     if (hidden == 2 || hidden == 3) {
@@ -284,11 +120,178 @@ std::vector<ColumnInfo> read_columns(sqlite3* db, std::string_view table, bool f
   return columns;
 }
 
+// The predicate of a partial index, from its CREATE INDEX text: what follows the top-level WHERE
+// after the column list. Quotes, brackets and comments are skipped, so a WHERE inside them does
+// not count.
+std::string partial_index_predicate(std::string_view sql) {
+  int depth = 0;
+  bool seen_columns = false;
+  for (std::size_t i = 0; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == '\'' || c == '"' || c == '`' || c == '[') {
+      const char close = c == '[' ? ']' : c;
+      for (++i; i < sql.size() && sql[i] != close; ++i) {
+      }
+      continue;
+    }
+    if (c == '-' && i + 1 < sql.size() && sql[i + 1] == '-') {
+      while (i < sql.size() && sql[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '/' && i + 1 < sql.size() && sql[i + 1] == '*') {
+      const auto end = sql.find("*/", i + 2);
+      i = end == std::string_view::npos ? sql.size() : end + 1;
+      continue;
+    }
+    if (c == '(') ++depth;
+    if (c == ')' && --depth == 0) seen_columns = true;
+    if (seen_columns && depth == 0 && i + 5 <= sql.size() &&
+        lower_case(sql.substr(i, 5)) == "where" &&
+        (i == 0 || !std::isalnum(static_cast<unsigned char>(sql[i - 1]))) &&
+        (i + 5 == sql.size() || !std::isalnum(static_cast<unsigned char>(sql[i + 5]))))
+      return std::string(sql.substr(i + 5));
+  }
+  return {};
+}
+
+// What lattice_replicate refuses beyond the table's shape: anything SQLite would compare
+// differently from the merge, which compares keys byte for byte.
+void check_replicable(sqlite3* db, const TableInfo& t) {
+  const std::string why = "table '" + t.name + "' cannot be replicated: ";
+  for (std::size_t i = 0; i < t.key_count; ++i) {
+    if (lower_case(t.key_collations[i]) != "binary")
+      throw Error(ErrorCode::kSchema,
+                  why + "key column '" + t.columns[i].name + "' compares with COLLATE " +
+                      t.key_collations[i] +
+                      ", so SQLite would take keys that differ (say 'a' and 'A') for one row "
+                      "while every other device keeps them apart; use a BINARY key (for "
+                      "example store lower(name) in the key column)");
+  }
+  for (const auto& index : t.unsupported_indexes)
+    throw Error(ErrorCode::kSchema, why + "unique index '" + index +
+                                        "' is on an expression, which merges cannot check; "
+                                        "index a column that holds the expression's value");
+  std::string null_key;
+  for (std::size_t i = 0; i < t.key_count; ++i)
+    null_key += std::string(i ? " OR " : "") + quote_identifier(t.columns[i].name) + " IS NULL";
+  Statement nulls(db, "SELECT count(*) FROM " + quote_identifier(t.name) + " WHERE " + null_key);
+  nulls.step();
+  if (nulls.column_int(0) > 0)
+    throw Error(ErrorCode::kSchema, why + std::to_string(nulls.column_int(0)) +
+                                        " row(s) have a NULL in the primary key; give them a "
+                                        "key or delete them first");
+}
+
 }  // namespace
+
+Affinity affinity_of_declared_type(std::string_view declared_type) {
+  const std::string type = lower_case(declared_type);
+  if (type.find("int") != std::string::npos) return Affinity::kInteger;
+  if (type.find("char") != std::string::npos || type.find("clob") != std::string::npos ||
+      type.find("text") != std::string::npos)
+    return Affinity::kText;
+  if (type.empty() || type.find("blob") != std::string::npos) return Affinity::kBlob;
+  if (type.find("real") != std::string::npos || type.find("floa") != std::string::npos ||
+      type.find("doub") != std::string::npos)
+    return Affinity::kReal;
+  // STRICT tables' ANY keeps values as given, like no affinity.
+  if (type == "any") return Affinity::kBlob;
+  return Affinity::kNumeric;
+}
+
+void read_constraints(sqlite3* db, TableInfo& t) {
+  t.uniques.clear();
+  t.foreign_keys.clear();
+  t.unsupported_indexes.clear();
+  t.key_collations.assign(t.key_count, "BINARY");
+  auto column_index = [&](std::string_view column) -> std::optional<std::size_t> {
+    for (std::size_t i = 0; i < t.columns.size(); ++i)
+      if (lower_case(t.columns[i].name) == lower_case(column)) return i;
+    return std::nullopt;
+  };
+
+  bool has_pk_index = false;
+  Statement indexes(db,
+                    "SELECT l.name, l.origin, l.partial, s.sql FROM pragma_index_list(?) l "
+                    "LEFT JOIN sqlite_schema s ON s.type = 'index' AND s.name = l.name "
+                    "WHERE l.\"unique\" ORDER BY l.name");
+  indexes.bind(1, t.name);
+  Statement xinfo(db, "SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key ORDER BY seqno");
+  while (indexes.step()) {
+    const std::string index = indexes.column_text(0), origin = indexes.column_text(1);
+    xinfo.reset();
+    xinfo.bind(1, index);
+    UniqueIndex u;
+    u.name = index;
+    bool on_expression = false;
+    while (xinfo.step()) {
+      const auto column = column_index(xinfo.column_is_null(1) ? "" : xinfo.column_text(1));
+      if (xinfo.column_int(0) < 0 || !column) {
+        on_expression = true;
+        continue;
+      }
+      u.columns.push_back(*column);
+      u.collations.push_back(xinfo.column_text(2));
+      u.label += std::string(u.label.empty() ? "" : ", ") + t.name + "." + t.columns[*column].name;
+    }
+    if (origin == "pk") {
+      has_pk_index = true;
+      for (std::size_t i = 0; i < u.columns.size() && i < t.key_count; ++i)
+        t.key_collations[i] = u.collations[i];
+      continue;
+    }
+    if (on_expression) {
+      t.unsupported_indexes.push_back(index);
+      continue;
+    }
+    if (indexes.column_int(2) && !indexes.column_is_null(3))
+      u.where = partial_index_predicate(indexes.column_text(3));
+    t.uniques.push_back(std::move(u));
+  }
+  indexes = Statement();
+  xinfo = Statement();
+
+  // A lone INTEGER PRIMARY KEY is the rowid itself: SQLite makes no index for it.
+  t.rowid_key = t.key_count == 1 && !has_pk_index && lower_case(t.columns[0].name) != "rowid" &&
+                t.columns[0].affinity == Affinity::kInteger;
+
+  Statement fks(db,
+                "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?) "
+                "ORDER BY id, seq");
+  fks.bind(1, t.name);
+  std::int64_t current = -1;
+  while (fks.step()) {
+    if (fks.column_int(0) != current) {
+      current = fks.column_int(0);
+      ForeignKey fk;
+      fk.parent = fks.column_text(1);
+      t.foreign_keys.push_back(std::move(fk));
+    }
+    ForeignKey& fk = t.foreign_keys.back();
+    const auto column = column_index(fks.column_text(2));
+    if (!column) continue;
+    fk.columns.push_back(*column);
+    if (!fks.column_is_null(3)) fk.parent_columns.push_back(fks.column_text(3));
+  }
+  for (auto& fk : t.foreign_keys) {
+    std::string from;
+    for (std::size_t c : fk.columns)
+      from += std::string(from.empty() ? "" : ", ") + t.columns[c].name;
+    std::string to;
+    for (const auto& c : fk.parent_columns) to += std::string(to.empty() ? "" : ", ") + c;
+    fk.label = t.name + "(" + from + ") -> " + fk.parent + (to.empty() ? "" : "(" + to + ")");
+  }
+}
 
 void Replica::Impl::load_catalog() {
   tables.clear();
   tables_by_name.clear();
+  {
+    Statement fks(db,
+                  "SELECT EXISTS (SELECT 1 FROM sqlite_schema s, pragma_foreign_key_list(s.name) "
+                  "WHERE s.type = 'table')");
+    any_foreign_keys = fks.step() && fks.column_int(0) != 0;
+  }
   Statement select_tables(db, "SELECT id, name FROM lattice_tables ORDER BY id");
   Statement select_columns(
       db, "SELECT id, name, kind, key_position FROM lattice_columns WHERE table_id = ?");
@@ -313,6 +316,7 @@ void Replica::Impl::load_catalog() {
       auto it = by_name.find(lower_case(live.name));
       if (it == by_name.end()) continue;
       it->second.table_position = live.table_position;
+      it->second.affinity = live.affinity;
       info->columns.push_back(it->second);
     }
     info->key_count = static_cast<std::size_t>(std::count_if(
@@ -320,6 +324,7 @@ void Replica::Impl::load_catalog() {
     info->has_counters = std::any_of(info->columns.begin(), info->columns.end(), [](const auto& c) {
       return c.kind == crdt::ColumnKind::kCounter;
     });
+    read_constraints(db, *info);
     tables_by_name[lower_case(info->name)] = info.get();
     tables[info->id] = std::move(info);
   }
@@ -328,6 +333,8 @@ void Replica::Impl::load_catalog() {
 void Replica::Impl::replicate(std::string_view table_name, std::string_view column_types_json) {
   const std::string table(table_name);
   auto types = parse_column_types(column_types_json, table);
+  // The catalog in memory may describe a replicate() that was rolled back since.
+  refresh();
 
   Statement exists(db, "SELECT name, type, sql FROM sqlite_schema WHERE name = ? COLLATE NOCASE");
   exists.bind(1, table_name);
@@ -377,6 +384,8 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
     throw Error(ErrorCode::kSchema, "table '" + name +
                                         "' cannot be replicated: it has no column '" +
                                         types.begin()->first + "'");
+  read_constraints(db, info);
+  check_replicable(db, info);
 
   if (TableInfo* existing = table_by_name(name)) {
     bool same = existing->columns.size() == info.columns.size();
@@ -422,7 +431,7 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
       insert_column.run();
     }
     exec_sql(db, metadata_tables_sql(info));
-    exec_sql(db, trigger_sql(info));
+    exec_sql(db, capture_triggers_sql(info));
 
     // Rows that exist already become this replica's writes.
     Statement count(db, "SELECT count(*) FROM " + quote_identifier(name));
@@ -449,6 +458,31 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
     throw;
   }
   load_catalog();
+  // The next refresh() reads the catalog again: if this transaction or a savepoint around this
+  // call is rolled back, the table is not replicated after all.
+  catalog_schema_version = -1;
+}
+
+void Replica::Impl::recreate_triggers() {
+  std::vector<std::string> names;
+  Statement select(db,
+                   "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name GLOB "
+                   "'lattice_[0-9]*_*'");
+  while (select.step()) names.push_back(select.column_text(0));
+  select = Statement();
+  internal_ddl = true;
+  try {
+    exec_sql(db, "DROP TRIGGER IF EXISTS lattice_local_logged;\n" + local_log_trigger_sql());
+    for (const auto& name : names) exec_sql(db, "DROP TRIGGER " + quote_identifier(name));
+    for (const auto& [id, table] : tables) {
+      exec_sql(db, metadata_tables_sql(*table));
+      exec_sql(db, capture_triggers_sql(*table));
+    }
+  } catch (...) {
+    internal_ddl = false;
+    throw;
+  }
+  internal_ddl = false;
 }
 
 }  // namespace lattice::storage

@@ -48,24 +48,38 @@ std::string Replica::digest() {
   for (const auto& [id, table] : impl_->tables) by_name[lower_case(table->name)] = table.get();
   std::string out;
   for (const auto& [name, table] : by_name) {
-    std::string columns, order;
-    for (const auto& c : table->columns) {
+    // Rows in packed-key order, shown rows and held ones (docs/data-quality.md) merged: a
+    // replica that holds a row back because of a constraint holds the same state as one that
+    // shows it (a relay whose schema declares no constraints).
+    std::string columns;
+    for (const auto& c : table->columns)
       columns += std::string(columns.empty() ? "" : ", ") + quote_identifier(c.name);
-      if (c.key_position)
-        order += std::string(order.empty() ? "" : ", ") + quote_identifier(c.name);
-    }
-    Statement rows(impl_->db, "SELECT " + columns + " FROM " + quote_identifier(table->name) +
-                                  " ORDER BY " + order);
+    Statement rows(impl_->db,
+                   "SELECT " + key_expression(*table, quote_identifier(table->name).c_str()) +
+                       ", " + columns + " FROM " + quote_identifier(table->name) + " ORDER BY 1");
+    Statement held(impl_->db, "SELECT pk, vals FROM lattice_held WHERE table_id = ? ORDER BY pk");
+    held.bind(1, static_cast<std::int64_t>(table->id));
     std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> sha(EVP_MD_CTX_new(), EVP_MD_CTX_free);
     if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1)
       throw Error(ErrorCode::kInternal, "cannot start a SHA-256 digest");
     std::uint64_t count = 0;
     std::vector<crdt::Value> values(table->columns.size());
-    while (rows.step()) {
-      for (std::size_t i = 0; i < values.size(); ++i) values[i] = rows.column(static_cast<int>(i));
-      const std::string packed = pack_primary_key(values);
+    auto add = [&](const std::vector<crdt::Value>& row) {
+      const std::string packed = pack_values(row);
       EVP_DigestUpdate(sha.get(), packed.data(), packed.size());
       ++count;
+    };
+    bool more_rows = rows.step(), more_held = held.step();
+    while (more_rows || more_held) {
+      if (more_held && (!more_rows || held.column_blob(0) < rows.column_blob(0))) {
+        add(unpack_values(held.column_blob(1), table->columns.size()));
+        more_held = held.step();
+        continue;
+      }
+      for (std::size_t i = 0; i < values.size(); ++i)
+        values[i] = rows.column(static_cast<int>(i + 1));
+      add(values);
+      more_rows = rows.step();
     }
     unsigned char hash[EVP_MAX_MD_SIZE];
     unsigned size = 0;

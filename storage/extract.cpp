@@ -8,6 +8,7 @@
 #include <set>
 
 #include "crdt/error.hpp"
+#include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
 #include "storage/primary_key.hpp"
 
@@ -150,11 +151,18 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       values.reset();
       const auto key = unpack_primary_key(pk, t.key_count);
       for (std::size_t i = 0; i < key.size(); ++i) values.bind(static_cast<int>(i + 1), key[i]);
-      if (!values.step())
+      if (values.step()) {
+        for (int i = 0; i < static_cast<int>(lww.size()); ++i) current.push_back(values.column(i));
+      } else if (auto held = Projection::held_values(impl_, t, pk)) {
+        // Held out of its table by a constraint (docs/data-quality.md): its values travel all
+        // the same, from lattice_held.
+        for (const ColumnInfo* c : lww)
+          current.push_back((*held)[static_cast<std::size_t>(c - t.columns.data())]);
+      } else {
         throw Error(ErrorCode::kInternal, "table '" + t.name + "' lacks row " +
                                               describe_primary_key(pk) +
                                               " that its metadata says is present");
-      for (int i = 0; i < static_cast<int>(lww.size()); ++i) current.push_back(values.column(i));
+      }
       values.reset();
 
       std::vector<bool> overridden(lww.size(), false);
@@ -266,6 +274,8 @@ crdt::VersionVector Extractor::extract_limited(std::size_t max_changes,
 
 crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder,
                                              std::size_t max_changes) {
+  // Own writes no peer would accept, stamped by a clock that ran ahead, go out stamped again.
+  recover_clock();
   refresh();
   crdt::Changeset out;
   out.since = holder;
@@ -274,6 +284,18 @@ crdt::Changeset Replica::Impl::changes_since(const crdt::VersionVector& holder,
   if (own_transaction) exec_sql(db, "BEGIN");
   try {
     out.until = version_vector();
+    // Who writes it: this replica, with its latest own transactions (a copy of this file that
+    // receives it can tell where their histories part).
+    crdt::Origin origin;
+    origin.site = site;
+    Statement log(
+        db, "SELECT seq, tag FROM lattice_local_log WHERE seq <= ? ORDER BY seq DESC LIMIT ?");
+    log.bind(1, static_cast<std::int64_t>(out.until.get(site)))
+        .bind(2, static_cast<std::int64_t>(crdt::Origin::kMaxLog));
+    while (log.step())
+      origin.log.insert(origin.log.begin(), {static_cast<std::uint64_t>(log.column_int(0)),
+                                             static_cast<std::uint64_t>(log.column_int(1))});
+    out.origin = std::move(origin);
     Extractor extractor(*this, holder, out);
     if (max_changes == 0) {
       for (auto& [id, table] : tables) extractor.extract(*table);

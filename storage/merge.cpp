@@ -3,9 +3,13 @@
 // those rules, and writes back what changed. docs/crdt-semantics.md states the rules.
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <set>
 
 #include "crdt/error.hpp"
+#include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
 #include "storage/primary_key.hpp"
 
@@ -31,11 +35,15 @@ struct Part {
 class RowMerger {
  public:
   RowMerger(Replica::Impl& impl, TableInfo& table, const std::vector<std::int64_t>& site_map,
-            const crdt::Changeset& changeset)
-      : impl_(impl), t_(table), site_map_(site_map), changeset_(changeset) {}
+            const crdt::Changeset& changeset, Projection& projection)
+      : impl_(impl),
+        t_(table),
+        site_map_(site_map),
+        changeset_(changeset),
+        projection_(projection) {}
 
   // Merges one row; returns the number of incoming column changes that won.
-  std::size_t merge(const crdt::RowChange& change, std::vector<ChangeEvent>& events);
+  std::size_t merge(const crdt::RowChange& change);
 
  private:
   // HLC 0 marks "no stamp": a liveness placeholder or a never-written column (crdt/row.hpp).
@@ -58,13 +66,34 @@ class RowMerger {
   }
   const ColumnInfo& column_of(crdt::ColumnId id, crdt::ColumnKind kind) const;
   void prepare();
-  void write_user_row(const std::vector<crdt::Value>& key, bool insert,
-                      const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& values);
+
+  // The steps of merge(), in order.
+  void load(const std::string& pk);
+  void offer(const crdt::RowChange& change);
+  void raise_liveness();
+  void write_metadata(const std::string& pk);
+  void place(const crdt::RowChange& change, std::vector<crdt::Value> key);
+  void note_id_collision(const crdt::RowChange& change, const Entry& incoming,
+                         const std::vector<crdt::Value>& key);
+  std::int64_t counter_value(crdt::ColumnId column) const;
 
   Replica::Impl& impl_;
   TableInfo& t_;
   const std::vector<std::int64_t>& site_map_;
   const crdt::Changeset& changeset_;
+  Projection& projection_;
+
+  // The row as stored, then as merged.
+  std::optional<Entry> stored_row_;
+  Entry row_;
+  std::map<crdt::ColumnId, Entry> stored_cells_;
+  std::map<crdt::ColumnId, Entry> cells_;  // every lww column's current version
+  std::map<std::pair<crdt::ColumnId, std::int64_t>, Part> parts_;
+  // What the incoming change won.
+  std::size_t applied_ = 0;
+  bool row_won_ = false;
+  std::map<crdt::ColumnId, crdt::Value> new_values_;
+  std::set<crdt::ColumnId> touched_counters_;
 };
 
 const ColumnInfo& RowMerger::column_of(crdt::ColumnId id, crdt::ColumnKind kind) const {
@@ -95,89 +124,31 @@ void RowMerger::prepare() {
   t_.delete_cell = Statement(db, "DELETE FROM " + cells + " WHERE pk = ? AND col = ?");
   t_.upsert_counter =
       Statement(db, "INSERT OR REPLACE INTO " + counters + " VALUES (?, ?, ?, ?, ?, ?)");
-  std::string where;
-  for (std::size_t i = 0; i < t_.key_count; ++i)
-    where += std::string(i ? " AND " : "") + quote_identifier(t_.columns[i].name) + " = ?";
-  t_.delete_user_row =
-      Statement(db, "DELETE FROM " + quote_identifier(t_.name) + " WHERE " + where);
 }
 
-void RowMerger::write_user_row(
-    const std::vector<crdt::Value>& key, bool insert,
-    const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& values) {
-  if (!insert && values.empty()) return;
-  std::string cache_key = insert ? "i" : "u";
-  for (const auto& [c, v] : values) cache_key += ":" + std::to_string(c->id);
-  auto it = t_.write_user_row.find(cache_key);
-  if (it == t_.write_user_row.end()) {
-    const std::string table = quote_identifier(t_.name);
-    std::string sql;
-    if (insert) {
-      std::string names, marks, updates, keys;
-      for (std::size_t i = 0; i < t_.key_count; ++i) {
-        names += std::string(i ? ", " : "") + quote_identifier(t_.columns[i].name);
-        marks += std::string(i ? ", " : "") + "?";
-      }
-      keys = names;
-      for (const auto& [c, v] : values) {
-        names += ", " + quote_identifier(c->name);
-        marks += ", ?";
-        updates += std::string(updates.empty() ? "" : ", ") + quote_identifier(c->name) +
-                   " = excluded." + quote_identifier(c->name);
-      }
-      sql = "INSERT INTO " + table + "(" + names + ") VALUES (" + marks + ") ON CONFLICT(" + keys +
-            ") DO " + (updates.empty() ? "NOTHING" : "UPDATE SET " + updates);
-    } else {
-      std::string sets, where;
-      for (const auto& [c, v] : values)
-        sets += std::string(sets.empty() ? "" : ", ") + quote_identifier(c->name) + " = ?";
-      for (std::size_t i = 0; i < t_.key_count; ++i)
-        where += std::string(i ? " AND " : "") + quote_identifier(t_.columns[i].name) + " = ?";
-      sql = "UPDATE " + table + " SET " + sets + " WHERE " + where;
-    }
-    it = t_.write_user_row.emplace(cache_key, Statement(impl_.db, sql)).first;
-  }
-  Statement& s = it->second;
-  s.reset();
-  int index = 1;
-  if (insert)
-    for (const auto& k : key) s.bind(index++, k);
-  for (const auto& [c, v] : values) s.bind(index++, v);
-  if (!insert)
-    for (const auto& k : key) s.bind(index++, k);
-  s.run();
-}
-
-std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEvent>& events) {
-  prepare();
-  const std::string& pk = change.primary_key;
-  const std::vector<crdt::Value> key = unpack_primary_key(pk, t_.key_count);
-
-  // Load what this replica knows of the row.
-  std::optional<Entry> stored_row;
+// Loads what this replica knows of the row: its liveness, overrides and counter components.
+void RowMerger::load(const std::string& pk) {
   t_.select_row.reset();
   t_.select_row.bind_blob(1, pk);
-  if (t_.select_row.step()) stored_row = entry_from(t_.select_row, 0);
+  if (t_.select_row.step()) stored_row_ = entry_from(t_.select_row, 0);
   t_.select_row.reset();
   // A column never written has the least version there is; it is stored like any other
   // (cl 0, no stamp, seq 0), so it never counts as written by the row's version.
   const Entry never_written{{0, crdt::Stamp{}}, 0, 0};
-  Entry row = stored_row.value_or(never_written);
+  row_ = stored_row_.value_or(never_written);
 
-  std::map<crdt::ColumnId, Entry> stored_cells;
   t_.select_cells.reset();
   t_.select_cells.bind_blob(1, pk);
   while (t_.select_cells.step())
-    stored_cells[static_cast<crdt::ColumnId>(t_.select_cells.column_int(0))] =
+    stored_cells_[static_cast<crdt::ColumnId>(t_.select_cells.column_int(0))] =
         entry_from(t_.select_cells, 1);
   t_.select_cells.reset();
 
-  std::map<std::pair<crdt::ColumnId, std::int64_t>, Part> parts;
   t_.select_counters.reset();
   t_.select_counters.bind_blob(1, pk);
   while (t_.has_counters && t_.select_counters.step()) {
     auto& s = t_.select_counters;
-    parts[{static_cast<crdt::ColumnId>(s.column_int(0)), s.column_int(1)}] =
+    parts_[{static_cast<crdt::ColumnId>(s.column_int(0)), s.column_int(1)}] =
         Part{{static_cast<std::uint64_t>(s.column_int(2)),
               static_cast<std::uint64_t>(s.column_int(3)), s.column_int(4)},
              false};
@@ -185,81 +156,83 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
   t_.select_counters.reset();
 
   // Every last-writer-wins column's current version: its own override, else the row's.
-  std::map<crdt::ColumnId, Entry> cells;
   for (const auto& c : t_.columns) {
     if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
-    auto it = stored_cells.find(c.id);
-    cells[c.id] = it != stored_cells.end() ? it->second : row;
+    auto it = stored_cells_.find(c.id);
+    cells_[c.id] = it != stored_cells_.end() ? it->second : row_;
   }
+}
 
-  std::size_t applied = 0;
-  bool row_won = false;
-  std::map<crdt::ColumnId, crdt::Value> new_values;
-  std::set<crdt::ColumnId> touched_counters;
+// Offers each incoming version to the crdt rules; keeps what wins.
+void RowMerger::offer(const crdt::RowChange& change) {
   auto offer_cell = [&](crdt::ColumnId column, const Entry& incoming, const crdt::Value& value) {
     column_of(column, crdt::ColumnKind::kLww);
-    Entry& current = cells[column];
+    Entry& current = cells_[column];
     if (incoming.version > current.version) {
       current = incoming;
-      new_values[column] = value;
-      ++applied;
+      new_values_[column] = value;
+      ++applied_;
     }
   };
-
   if (change.liveness) {
     const Entry incoming = entry_of(*change.liveness);
-    if (incoming.version > row.version) {
-      row = incoming;
-      row_won = true;
-      if (change.liveness_values.empty()) ++applied;
+    if (incoming.version > row_.version) {
+      row_ = incoming;
+      row_won_ = true;
+      // Counted as a change of its own only when it is all the row carries, as
+      // RowChange::change_count() counts it: applied never exceeds received.
+      if (change.liveness_values.empty() && change.cells.empty() && change.counters.empty())
+        ++applied_;
     }
     for (const auto& [column, value] : change.liveness_values) offer_cell(column, incoming, value);
   }
   for (const auto& cell : change.cells) offer_cell(cell.column, entry_of(cell.stamp), cell.value);
   for (const auto& counter : change.counters) {
     column_of(counter.column, crdt::ColumnKind::kCounter);
-    Part& local = parts[{counter.column, site_map_[counter.site]}];
+    Part& local = parts_[{counter.column, site_map_[counter.site]}];
     if (counter.part.newer_than(local.part)) {
       local = Part{counter.part, true};
-      touched_counters.insert(counter.column);
-      ++applied;
+      touched_counters_.insert(counter.column);
+      ++applied_;
     }
   }
-  if (applied == 0 && !row_won) return 0;
+}
 
-  // A write to a newer incarnation means the row lives in that incarnation: the liveness
-  // becomes a placeholder (k, no stamp) that the incarnation's insert replaces when it arrives
-  // (the rule of crdt::RowState::merge). It keeps the (site, seq) of the write that raised it,
-  // which is what changes_since compares with a peer's vector.
+// A write to a newer incarnation means the row lives in that incarnation: the liveness becomes
+// a placeholder (k, no stamp) that the incarnation's insert replaces when it arrives (the rule
+// of crdt::RowState::merge). It keeps the (site, seq) of the write that raised it, which is
+// what changes_since compares with a peer's vector.
+void RowMerger::raise_liveness() {
   auto raise = [&](std::uint64_t causal_length, std::int64_t site, std::uint64_t seq) {
-    if (causal_length > row.version.causal_length)
-      row = Entry{{causal_length, crdt::Stamp{}}, site, seq};
+    if (causal_length > row_.version.causal_length)
+      row_ = Entry{{causal_length, crdt::Stamp{}}, site, seq};
   };
-  for (const auto& [column, entry] : cells)
+  for (const auto& [column, entry] : cells_)
     raise(entry.version.causal_length, entry.site, entry.seq);
-  for (const auto& [id, part] : parts) raise(part.part.causal_length, id.second, part.part.seq);
+  for (const auto& [id, part] : parts_) raise(part.part.causal_length, id.second, part.part.seq);
+}
 
-  // Write back the metadata: the row's version, and an override for every column whose version
-  // is not the row's.
-  const bool row_changed = !stored_row || !stored_row->same_write(row);
-  if (row_changed) {
+// Writes back the row's version, an override for every column whose version is not the
+// row's, and the counter components that changed.
+void RowMerger::write_metadata(const std::string& pk) {
+  if (!stored_row_ || !stored_row_->same_write(row_)) {
     t_.upsert_row.reset();
     t_.upsert_row.bind_blob(1, pk)
-        .bind(2, static_cast<std::int64_t>(row.version.causal_length))
-        .bind(3, static_cast<std::int64_t>(row.version.stamp.hlc.value))
-        .bind(4, row.site)
-        .bind(5, static_cast<std::int64_t>(row.seq));
+        .bind(2, static_cast<std::int64_t>(row_.version.causal_length))
+        .bind(3, static_cast<std::int64_t>(row_.version.stamp.hlc.value))
+        .bind(4, row_.site)
+        .bind(5, static_cast<std::int64_t>(row_.seq));
     t_.upsert_row.run();
   }
-  for (const auto& [column, entry] : cells) {
-    auto stored = stored_cells.find(column);
-    if (entry.same_write(row)) {
-      if (stored != stored_cells.end()) {
+  for (const auto& [column, entry] : cells_) {
+    auto stored = stored_cells_.find(column);
+    if (entry.same_write(row_)) {
+      if (stored != stored_cells_.end()) {
         t_.delete_cell.reset();
         t_.delete_cell.bind_blob(1, pk).bind(2, static_cast<std::int64_t>(column));
         t_.delete_cell.run();
       }
-    } else if (stored == stored_cells.end() || !stored->second.same_write(entry)) {
+    } else if (stored == stored_cells_.end() || !stored->second.same_write(entry)) {
       t_.upsert_cell.reset();
       t_.upsert_cell.bind_blob(1, pk)
           .bind(2, static_cast<std::int64_t>(column))
@@ -270,7 +243,7 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
       t_.upsert_cell.run();
     }
   }
-  for (const auto& [id, part] : parts) {
+  for (const auto& [id, part] : parts_) {
     if (!part.changed) continue;
     t_.upsert_counter.reset();
     t_.upsert_counter.bind_blob(1, pk)
@@ -281,145 +254,343 @@ std::size_t RowMerger::merge(const crdt::RowChange& change, std::vector<ChangeEv
         .bind(6, part.part.total);
     t_.upsert_counter.run();
   }
+}
 
-  // Then the application's row.
-  const bool was_alive =
-      stored_row && crdt::CausalLength{stored_row->version.causal_length}.alive();
-  const bool alive = crdt::CausalLength{row.version.causal_length}.alive();
+// A counter's value: the sum of its components in the row's current incarnation. The sum
+// saturates at the 64-bit limits (docs/crdt-semantics.md): every replica adds the same
+// components, so every replica shows the same saturated value.
+std::int64_t RowMerger::counter_value(crdt::ColumnId column) const {
+  __int128 sum = 0;
+  for (const auto& [id, part] : parts_)
+    if (id.first == column && part.part.causal_length == row_.version.causal_length)
+      sum += part.part.total;
+  if (sum > std::numeric_limits<std::int64_t>::max())
+    return std::numeric_limits<std::int64_t>::max();
+  if (sum < std::numeric_limits<std::int64_t>::min())
+    return std::numeric_limits<std::int64_t>::min();
+  return static_cast<std::int64_t>(sum);
+}
+
+// Two devices inserted the same key of an INTEGER PRIMARY KEY table concurrently: almost
+// certainly two different rows given one id (an id picked by hand, or a file's rows from before
+// replication). The later insert wins as for any key; the values of the one that lost are kept
+// in lattice_conflicts (kind 'superseded') on this replica, so the loss is never silent.
+void RowMerger::note_id_collision(const crdt::RowChange& change, const Entry& incoming,
+                                  const std::vector<crdt::Value>& key) {
+  if (!t_.rowid_key || !stored_row_ || !crdt::CausalLength{incoming.version.causal_length}.alive())
+    return;
+  const Entry& stored = *stored_row_;
+  if (stored.version.causal_length != incoming.version.causal_length ||
+      stored.version.stamp.hlc.value == 0 || incoming.version.stamp.hlc.value == 0 ||
+      stored.version.stamp.site == incoming.version.stamp.site)
+    return;
+  const bool incoming_wins = incoming.version > stored.version;
+  std::vector<std::pair<const ColumnInfo*, crdt::Value>> incoming_values;
+  for (const auto& [column, value] : change.liveness_values)
+    if (const ColumnInfo* c = t_.column(column)) incoming_values.emplace_back(c, value);
+  projection_.note_superseded(t_, change.primary_key, key, incoming_values, incoming_wins,
+                              incoming_wins ? stored.version.stamp : incoming.version.stamp);
+}
+
+// Hands the application's row to the projection: shown as merged, or held.
+void RowMerger::place(const crdt::RowChange& change, std::vector<crdt::Value> key) {
+  MergedRow merged;
+  merged.table = &t_;
+  merged.pk = change.primary_key;
+  merged.key = std::move(key);
+  merged.was_alive = stored_row_ && crdt::CausalLength{stored_row_->version.causal_length}.alive();
+  merged.alive = crdt::CausalLength{row_.version.causal_length}.alive();
   const bool new_incarnation =
-      !stored_row || stored_row->version.causal_length != row.version.causal_length;
-  ChangeEvent event;
-  event.origin = ChangeEvent::Origin::kMerged;
-  event.table = t_.name;
-  event.primary_key = key;
-  if (alive) {
-    std::vector<std::pair<const ColumnInfo*, crdt::Value>> values;
+      !stored_row_ || stored_row_->version.causal_length != row_.version.causal_length;
+  if (merged.alive) {
     for (const auto& c : t_.columns) {
       if (c.key_position) continue;
       if (c.kind == crdt::ColumnKind::kLww) {
-        auto it = new_values.find(c.id);
-        if (it != new_values.end()) values.emplace_back(&c, it->second);
-      } else if (new_incarnation || touched_counters.count(c.id)) {
-        std::int64_t sum = 0;
-        for (const auto& [id, part] : parts)
-          if (id.first == c.id && part.part.causal_length == row.version.causal_length)
-            sum += part.part.total;
-        values.emplace_back(&c, sum);
+        auto it = new_values_.find(c.id);
+        if (it != new_values_.end()) merged.changed.emplace_back(&c, it->second);
+      } else if (new_incarnation || touched_counters_.count(c.id)) {
+        merged.changed.emplace_back(&c, counter_value(c.id));
       }
     }
-    for (const auto& [c, v] : values) event.columns.push_back(c->name);
-    write_user_row(key, !was_alive, values);
-  } else if (was_alive) {
-    t_.delete_user_row.reset();
-    for (std::size_t i = 0; i < key.size(); ++i)
-      t_.delete_user_row.bind(static_cast<int>(i + 1), key[i]);
-    t_.delete_user_row.run();
-    event.deleted = true;
   }
-  if ((alive || was_alive) && !impl_.listeners.empty()) events.push_back(std::move(event));
-  return applied;
+  projection_.place(merged);
+}
+
+std::size_t RowMerger::merge(const crdt::RowChange& change) {
+  prepare();
+  const std::string& pk = change.primary_key;
+  std::vector<crdt::Value> key = unpack_primary_key(pk, t_.key_count);
+  load(pk);
+  if (change.liveness) note_id_collision(change, entry_of(*change.liveness), key);
+  offer(change);
+  if (applied_ == 0 && !row_won_) return 0;
+  raise_liveness();
+  write_metadata(pk);
+  place(change, std::move(key));
+  return applied_;
+}
+
+// A key value the receiver's column would store differently (SQLite's type affinity), so the
+// row it names would not be the row the sender named: refused, with the reason.
+std::optional<std::string> key_value_misfit(const crdt::Value& v, Affinity affinity) {
+  auto numeric_text = [](const std::string& text) {
+    const auto first = text.find_first_not_of(" \t\n\r\f\v");
+    if (first == std::string::npos) return false;
+    const std::string trimmed =
+        text.substr(first, text.find_last_not_of(" \t\n\r\f\v") - first + 1);
+    char* end = nullptr;
+    std::strtod(trimmed.c_str(), &end);
+    return end == trimmed.c_str() + trimmed.size() &&
+           trimmed.find_first_of("xXnN") == std::string::npos;  // no hex, nan, inf
+  };
+  const bool integral_real = v.index() == 2 &&
+                             std::get<double>(v) == std::trunc(std::get<double>(v)) &&
+                             std::abs(std::get<double>(v)) < 9.2e18;
+  switch (affinity) {
+    case Affinity::kBlob:
+      if (v.index() == 2) return "a real in a key column without a type";
+      return std::nullopt;
+    case Affinity::kText:
+      if (v.index() == 1 || v.index() == 2) return "a number in a TEXT key column";
+      return std::nullopt;
+    case Affinity::kInteger:
+    case Affinity::kNumeric:
+      if (integral_real) return "an integral real in an INTEGER key column";
+      if (v.index() == 3 && numeric_text(std::get<std::string>(v)))
+        return "numeric text in an INTEGER key column";
+      return std::nullopt;
+    case Affinity::kReal:
+      if (v.index() == 1) return "an integer in a REAL key column";
+      if (v.index() == 3 && numeric_text(std::get<std::string>(v)))
+        return "numeric text in a REAL key column";
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string column_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += std::string(out.empty() ? "" : ", ") + n;
+  return "(" + out + ")";
+}
+
+// The sender's table must be this replica's: same name, same columns and kinds, the same key
+// columns in the same order.
+void check_table_schema(Replica::Impl& impl, const crdt::TableSchema& schema) {
+  auto it = impl.tables.find(schema.id);
+  if (it == impl.tables.end())
+    throw Error(ErrorCode::kUnknownTable, "changeset has changes of table '" + schema.name +
+                                              "' (id " + std::to_string(schema.id) +
+                                              "), which this replica does not replicate");
+  const TableInfo& local = *it->second;
+  if (lower_case(local.name) != lower_case(schema.name))
+    throw Error(ErrorCode::kSchema, "changeset table id " + std::to_string(schema.id) +
+                                        " is named '" + schema.name + "', here '" + local.name +
+                                        "'");
+  std::vector<std::string> theirs, ours;
+  for (std::size_t i = 0; i < schema.primary_key_columns && i < schema.columns.size(); ++i)
+    theirs.push_back(schema.columns[i].name);
+  for (std::size_t i = 0; i < local.key_count; ++i) ours.push_back(local.columns[i].name);
+  bool same_key = theirs.size() == ours.size();
+  for (std::size_t i = 0; same_key && i < ours.size(); ++i)
+    same_key = schema.columns[i].id == local.columns[i].id;
+  if (!same_key)
+    throw Error(ErrorCode::kSchema, "table '" + local.name + "': the changeset's primary key is " +
+                                        column_list(theirs) + ", this replica's is " +
+                                        column_list(ours));
+  for (std::size_t i = 0; i < schema.columns.size(); ++i) {
+    const auto& column = schema.columns[i];
+    const ColumnInfo* c = local.column(column.id);
+    if (!c || lower_case(c->name) != lower_case(column.name))
+      throw Error(ErrorCode::kUnknownColumn,
+                  "changeset has column '" + schema.name + "." + column.name + "' (id " +
+                      std::to_string(column.id) + "), which this replica's table lacks");
+    if ((i < schema.primary_key_columns) != (c->key_position != 0))
+      throw Error(ErrorCode::kSchema,
+                  "table '" + local.name + "': the changeset's primary key is " +
+                      column_list(theirs) + ", this replica's is " + column_list(ours));
+    if (c->kind != column.kind)
+      throw Error(ErrorCode::kTypeMismatch,
+                  "column '" + local.name + "." + c->name + "' is a " +
+                      crdt::column_kind_name(c->kind) + " column here but a " +
+                      crdt::column_kind_name(column.kind) + " column in the changeset");
+    if (column.affinity && *column.affinity != c->affinity)
+      throw Error(ErrorCode::kSchema,
+                  "column '" + local.name + "." + c->name + "' has type affinity " +
+                      affinity_name(c->affinity) + " here but " + affinity_name(*column.affinity) +
+                      " at the sender, so the two would store the same value differently");
+  }
+}
+
+// Every row names a table of the changeset once, with a key this replica can store as it is.
+void check_rows(Replica::Impl& impl, const crdt::Changeset& changeset) {
+  std::set<std::pair<crdt::TableId, std::string_view>> seen;
+  for (std::size_t r = 0; r < changeset.rows.size(); ++r) {
+    const auto& row = changeset.rows[r];
+    auto it = impl.tables.find(row.table);
+    if (it == impl.tables.end())
+      throw Error(ErrorCode::kUnknownTable, "changeset has changes of table id " +
+                                                std::to_string(row.table) +
+                                                ", which this replica does not replicate");
+    const TableInfo& t = *it->second;
+    if (!seen.emplace(row.table, row.primary_key).second)
+      throw Error(ErrorCode::kCorrupt, "changeset rows[" + std::to_string(r) + "] repeats row " +
+                                           describe_primary_key(row.primary_key) + " of " + t.name);
+    std::vector<crdt::Value> key;
+    try {
+      key = unpack_primary_key(row.primary_key, t.key_count);
+    } catch (const Error& e) {
+      throw Error(e.code(), "table '" + t.name + "', rows[" + std::to_string(r) + "]: " + e.what());
+    }
+    for (std::size_t i = 0; i < key.size(); ++i)
+      if (auto misfit = key_value_misfit(key[i], t.columns[i].affinity))
+        throw Error(ErrorCode::kSchema, "table '" + t.name + "', row " +
+                                            describe_primary_key(row.primary_key) + ": " + *misfit +
+                                            " (" + t.columns[i].name + ", " +
+                                            affinity_name(t.columns[i].affinity) +
+                                            "), which this replica would store as another key");
+  }
 }
 
 }  // namespace
 
-ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
-  if (!sqlite3_get_autocommit(db))
-    throw Error(ErrorCode::kState, "apply cannot run inside an open transaction; commit first");
+namespace {
+
+// A changeset written by a replica with this replica's own site id: a copy of this file, or
+// this file itself. Harmless when the two histories agree as far as both go (a file applied to
+// itself, a copy or backup that has not written since); refused when both wrote after they
+// parted, since their transactions share sequence numbers. The origin's log says where.
+void check_not_a_copy(Replica::Impl& impl, const crdt::Origin& origin) {
+  Statement head_of(impl.db, "SELECT seq FROM lattice_local WHERE id = 0");
+  const auto head = head_of.step() ? static_cast<std::uint64_t>(head_of.column_int(0)) : 0;
+  Statement mine(impl.db, "SELECT tag FROM lattice_local_log WHERE seq = ?");
+  std::optional<std::uint64_t> agreed;  // the last transaction both logs hold alike
+  for (const TxnTag& theirs : origin.log) {
+    if (theirs.seq > head) break;
+    mine.reset();
+    mine.bind(1, static_cast<std::int64_t>(theirs.seq));
+    if (!mine.step()) continue;  // trimmed here: nothing to compare
+    if (static_cast<std::uint64_t>(mine.column_int(0)) == theirs.tag) {
+      agreed = theirs.seq;
+      continue;
+    }
+    const std::string where =
+        agreed ? "they agree through transaction " + std::to_string(*agreed) + " and differ from " +
+                     std::to_string(theirs.seq)
+               : "they differ at transaction " + std::to_string(theirs.seq) +
+                     " already, and agree through an earlier one this log does not reach (the "
+                     "number of this file's own transactions when it was copied)";
+    throw Error(ErrorCode::kCopiedReplica,
+                "this changeset comes from a replica with this replica's own site id " +
+                    impl.site.to_hex() +
+                    ": one of the two files is a copy (or a restored backup) of the other, and "
+                    "both wrote after they parted; " +
+                    where +
+                    ". Give one of them a new site id with `lattice rekey DB --keep-through N` "
+                    "(Replica::rekey(N)), N the last transaction they agree on, then exchange "
+                    "changes again: nothing either wrote is lost");
+  }
+}
+
+// Everything about `changeset` that can be checked without writing. Returns its newest stamp.
+crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
+  if (changeset.origin && changeset.origin->site == impl.site)
+    check_not_a_copy(impl, *changeset.origin);
   if (changeset.format_version > crdt::Changeset::kFormatVersion)
     throw Error(ErrorCode::kUnsupportedVersion,
                 "changeset format " + std::to_string(changeset.format_version) +
                     " is newer than this build reads (" +
                     std::to_string(crdt::Changeset::kFormatVersion) + ")");
-  refresh();
-
-  // Everything that can be checked without writing is checked before the transaction starts.
-  for (const auto& schema : changeset.tables) {
-    auto it = tables.find(schema.id);
-    if (it == tables.end())
-      throw Error(ErrorCode::kUnknownTable, "changeset has changes of table '" + schema.name +
-                                                "' (id " + std::to_string(schema.id) +
-                                                "), which this replica does not replicate");
-    const TableInfo& local = *it->second;
-    if (lower_case(local.name) != lower_case(schema.name))
-      throw Error(ErrorCode::kSchema, "changeset table id " + std::to_string(schema.id) +
-                                          " is named '" + schema.name + "', here '" + local.name +
-                                          "'");
-    for (const auto& column : schema.columns) {
-      const ColumnInfo* c = local.column(column.id);
-      if (!c || lower_case(c->name) != lower_case(column.name))
-        throw Error(ErrorCode::kUnknownColumn,
-                    "changeset has column '" + schema.name + "." + column.name + "' (id " +
-                        std::to_string(column.id) + "), which this replica's table lacks");
-      if (c->kind != column.kind)
-        throw Error(ErrorCode::kTypeMismatch,
-                    "column '" + local.name + "." + c->name + "' is a " +
-                        crdt::column_kind_name(c->kind) + " column here but a " +
-                        crdt::column_kind_name(column.kind) + " column in the changeset");
-    }
-  }
+  for (const auto& schema : changeset.tables) check_table_schema(impl, schema);
+  check_rows(impl, changeset);
   crdt::Hlc newest;
-  auto check_stamp = [&](const crdt::ChangeStamp& stamp) {
-    if (stamp.site >= changeset.sites.size())
-      throw Error(ErrorCode::kCorrupt, "changeset names site index " + std::to_string(stamp.site) +
+  auto check_site = [&](std::uint32_t site) {
+    if (site >= changeset.sites.size())
+      throw Error(ErrorCode::kCorrupt, "changeset names site index " + std::to_string(site) +
                                            " of " + std::to_string(changeset.sites.size()));
-    newest = std::max(newest, stamp.hlc);
   };
   for (const auto& row : changeset.rows) {
-    if (!tables.count(row.table))
-      throw Error(ErrorCode::kUnknownTable, "changeset has changes of table id " +
-                                                std::to_string(row.table) +
-                                                ", which this replica does not replicate");
-    if (row.liveness) check_stamp(*row.liveness);
-    for (const auto& cell : row.cells) check_stamp(cell.stamp);
-    for (const auto& counter : row.counters)
-      if (counter.site >= changeset.sites.size())
-        throw Error(ErrorCode::kCorrupt, "changeset names site index " +
-                                             std::to_string(counter.site) + " of " +
-                                             std::to_string(changeset.sites.size()));
+    if (row.liveness) {
+      check_site(row.liveness->site);
+      newest = std::max(newest, row.liveness->hlc);
+    }
+    for (const auto& cell : row.cells) {
+      check_site(cell.stamp.site);
+      newest = std::max(newest, cell.stamp.hlc);
+    }
+    for (const auto& counter : row.counters) check_site(counter.site);
   }
-  clock.check_drift(newest);
+  impl.clock.check_drift(newest);
+  return newest;
+}
 
+// Merges a validated changeset inside the open transaction.
+void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
+                     const OriginTxns* origin, Projection& projection, ApplyResult& result) {
+  sqlite3* db = impl.db;
+  result.received += changeset.change_count();
+  std::vector<std::int64_t> site_map;
+  site_map.reserve(changeset.sites.size());
+  for (const auto& id : changeset.sites) site_map.push_back(impl.local_site_index(id));
+  for (const auto& row : changeset.rows) {
+    RowMerger merger(impl, *impl.tables.at(row.table), site_map, changeset, projection);
+    result.applied += merger.merge(row);
+  }
+  // The changeset brings everything its sender held in `until`, provided we already held
+  // what it assumed we hold (`since`).
+  const crdt::VersionVector held = impl.version_vector();
+  if (held.dominates(changeset.since)) {
+    Statement raise_site(db, "UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
+    for (const auto& [id, seq] : changeset.until.entries()) {
+      if (seq <= held.get(id)) continue;
+      if (id == impl.site) {
+        Statement raise_local(db, "UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
+        raise_local.bind(1, static_cast<std::int64_t>(seq)).run();
+      } else {
+        raise_site.reset();
+        raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, impl.local_site_index(id));
+        raise_site.run();
+      }
+    }
+  }
+  if (origin && !origin->txns.empty()) {
+    Statement record(db,
+                     "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
+    for (const TxnTag& txn : origin->txns) {
+      record.reset();
+      record.bind_blob(1, origin->site.as_bytes())
+          .bind(2, static_cast<std::int64_t>(txn.seq))
+          .bind(3, static_cast<std::int64_t>(txn.tag));
+      record.run();
+    }
+  }
+}
+
+}  // namespace
+
+ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& changeset_at,
+                                     const OriginTxns* origin) {
+  if (!sqlite3_get_autocommit(db))
+    throw Error(ErrorCode::kState, "apply cannot run inside an open transaction; commit first");
+  refresh();
   ApplyResult result;
-  result.received = changeset.change_count();
+  if (count == 0) return result;
+  // The first changeset is checked before the transaction starts; later ones inside it (a
+  // failure there rolls back all of them).
+  crdt::Hlc newest = validate(*this, changeset_at(0));
   std::vector<ChangeEvent> events;
+  MergeMode mode(*this);
   exec_sql(db, "BEGIN IMMEDIATE");
   try {
-    CaptureSuspended suspended(*this);
-    std::vector<std::int64_t> site_map;
-    site_map.reserve(changeset.sites.size());
-    for (const auto& id : changeset.sites) site_map.push_back(local_site_index(id));
-    for (const auto& row : changeset.rows) {
-      RowMerger merger(*this, *tables.at(row.table), site_map, changeset);
-      result.applied += merger.merge(row, events);
+    Projection projection(*this, events);
+    for (std::size_t i = 0; i < count; ++i) {
+      const crdt::Changeset& changeset = changeset_at(i);
+      if (i > 0) newest = std::max(newest, validate(*this, changeset));
+      merge_changeset(*this, changeset, origin, projection, result);
     }
-    // The changeset brings everything its sender held in `until`, provided we already held
-    // what it assumed we hold (`since`).
-    const crdt::VersionVector held = version_vector();
-    if (held.dominates(changeset.since)) {
-      Statement raise_site(db, "UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
-      for (const auto& [id, seq] : changeset.until.entries()) {
-        if (seq <= held.get(id)) continue;
-        if (id == site) {
-          Statement raise_local(db, "UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
-          raise_local.bind(1, static_cast<std::int64_t>(seq)).run();
-        } else {
-          raise_site.reset();
-          raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, local_site_index(id));
-          raise_site.run();
-        }
-      }
-    }
-    if (origin && !origin->txns.empty()) {
-      Statement record(db,
-                       "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
-      for (const TxnTag& txn : origin->txns) {
-        record.reset();
-        record.bind_blob(1, origin->site.as_bytes())
-            .bind(2, static_cast<std::int64_t>(txn.seq))
-            .bind(3, static_cast<std::int64_t>(txn.tag));
-        record.run();
-      }
-    }
+    // Rows held before may stand now (a unique value freed, a parent arrived), and rows
+    // shown may have to give way to held rows with an earlier claim.
+    if (projection.any_held()) projection.settle();
     Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(newest.value)).run();
     exec_sql(db, "COMMIT");
@@ -433,6 +604,11 @@ ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginT
                         std::make_move_iterator(events.end()));
   deliver_events();
   return result;
+}
+
+ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
+  return apply_all(
+      1, [&](std::size_t) -> const crdt::Changeset& { return changeset; }, origin);
 }
 
 }  // namespace lattice::storage

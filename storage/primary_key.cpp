@@ -44,6 +44,9 @@ void put_int(std::string& out, std::int64_t v) {
   }
 }
 
+// Keys only: SQLite takes -0.0 and 0.0 for the same key, so they must pack alike.
+double canonical_key_double(double v) { return v == 0.0 ? 0.0 : v; }
+
 void put_double(std::string& out, double v) {
   std::uint64_t bits;
   std::memcpy(&bits, &v, sizeof bits);
@@ -72,7 +75,7 @@ void put_array_header(std::string& out, std::size_t n) {
     out += '\xdd', put_be(out, n, 4);
 }
 
-void pack_value(std::string& out, const crdt::Value& value) {
+void pack_value(std::string& out, const crdt::Value& value, bool key) {
   switch (value.index()) {
     case 0:
       out += '\xc0';
@@ -81,7 +84,8 @@ void pack_value(std::string& out, const crdt::Value& value) {
       put_int(out, std::get<std::int64_t>(value));
       break;
     case 2:
-      put_double(out, std::get<double>(value));
+      put_double(out,
+                 key ? canonical_key_double(std::get<double>(value)) : std::get<double>(value));
       break;
     case 3: {
       const auto& s = std::get<std::string>(value);
@@ -123,7 +127,14 @@ crdt::Value unpack_value(const msgpack::object& o) {
 std::string pack_primary_key(const std::vector<crdt::Value>& values) {
   std::string out;
   put_array_header(out, values.size());
-  for (const auto& v : values) pack_value(out, v);
+  for (const auto& v : values) pack_value(out, v, true);
+  return out;
+}
+
+std::string pack_values(const std::vector<crdt::Value>& values) {
+  std::string out;
+  put_array_header(out, values.size());
+  for (const auto& v : values) pack_value(out, v, false);
   return out;
 }
 
@@ -137,7 +148,7 @@ void pack_primary_key_values(int argc, sqlite3_value** argv, std::string& out) {
         put_int(out, sqlite3_value_int64(v));
         break;
       case SQLITE_FLOAT:
-        put_double(out, sqlite3_value_double(v));
+        put_double(out, canonical_key_double(sqlite3_value_double(v)));
         break;
       case SQLITE_TEXT: {
         const unsigned char* text = sqlite3_value_text(v);
@@ -157,6 +168,13 @@ void pack_primary_key_values(int argc, sqlite3_value** argv, std::string& out) {
 }
 
 std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t expected_columns) {
+  std::vector<crdt::Value> values = unpack_values(packed, expected_columns);
+  for (const auto& v : values)
+    if (v.index() == 0) throw Error(ErrorCode::kCorrupt, "primary key holds a NULL value");
+  return values;
+}
+
+std::vector<crdt::Value> unpack_values(std::string_view packed, std::size_t expected_columns) {
   msgpack::object_handle handle;
   std::size_t offset = 0;
   try {
@@ -174,11 +192,8 @@ std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t
                                          std::to_string(expected_columns) + " columns");
   std::vector<crdt::Value> values;
   values.reserve(o.via.array.size);
-  for (std::uint32_t i = 0; i < o.via.array.size; ++i) {
+  for (std::uint32_t i = 0; i < o.via.array.size; ++i)
     values.push_back(unpack_value(o.via.array.ptr[i]));
-    if (values.back().index() == 0)
-      throw Error(ErrorCode::kCorrupt, "primary key holds a NULL value");
-  }
   return values;
 }
 

@@ -22,6 +22,11 @@ void pack_primary_key_values(int argc, sqlite3_value** argv, std::string& out);
 // bytes are not such a key or hold `expected_columns` values of another count.
 std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t expected_columns);
 
+// Any list of values packed the same way, except that -0.0 keeps its sign (keys pack it as 0.0,
+// which SQLite takes for the same key); unpack_values allows NULLs. A held row's values.
+std::string pack_values(const std::vector<crdt::Value>& values);
+std::vector<crdt::Value> unpack_values(std::string_view packed, std::size_t expected_columns);
+
 // A readable form for error messages: ('a', 3).
 std::string describe_primary_key(std::string_view packed);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <random>
 
 #include "crdt/error.hpp"
@@ -27,10 +28,6 @@ CREATE TABLE IF NOT EXISTS lattice_columns(
   table_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
   key_position INTEGER NOT NULL, PRIMARY KEY (table_id, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lattice_local_log(seq INTEGER PRIMARY KEY, tag INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS lattice_local_logged AFTER UPDATE OF seq ON lattice_local
-  WHEN lattice_capture_enabled() AND NEW.seq > OLD.seq BEGIN
-  INSERT OR REPLACE INTO lattice_local_log(seq, tag) VALUES (NEW.seq, lattice_txn_tag());
-END;
 CREATE TABLE IF NOT EXISTS lattice_counter_undo(
   seq INTEGER NOT NULL, table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL,
   had INTEGER NOT NULL, cl INTEGER, part_seq INTEGER, total INTEGER,
@@ -38,7 +35,33 @@ CREATE TABLE IF NOT EXISTS lattice_counter_undo(
 CREATE TABLE IF NOT EXISTS lattice_origin_log(
   site BLOB NOT NULL, seq INTEGER NOT NULL, tag INTEGER NOT NULL,
   PRIMARY KEY (site, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_held(
+  table_id INTEGER NOT NULL, pk BLOB NOT NULL, reason TEXT NOT NULL,
+  constraint_name TEXT NOT NULL, message TEXT NOT NULL, vals BLOB NOT NULL,
+  key_json TEXT NOT NULL, row_json TEXT NOT NULL, since INTEGER NOT NULL,
+  PRIMARY KEY (table_id, pk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_superseded(
+  id INTEGER PRIMARY KEY, table_id INTEGER NOT NULL, pk BLOB NOT NULL, hlc INTEGER NOT NULL,
+  site BLOB NOT NULL, key_json TEXT NOT NULL, row_json TEXT NOT NULL, message TEXT NOT NULL,
+  at INTEGER NOT NULL, UNIQUE (table_id, pk, hlc, site));
+CREATE VIEW IF NOT EXISTS lattice_conflicts AS
+  SELECT 'held' AS kind, t.name AS "table", h.key_json AS "key", h.reason AS reason,
+         h.constraint_name AS "constraint", h.message AS message, h.row_json AS "row",
+         h.since AS at, h.table_id AS table_id, h.pk AS pk, NULL AS log_id
+    FROM lattice_held h JOIN lattice_tables t ON t.id = h.table_id
+  UNION ALL
+  SELECT 'superseded', t.name, s.key_json, 'superseded', '', s.message, s.row_json, s.at,
+         s.table_id, s.pk, s.id
+    FROM lattice_superseded s JOIN lattice_tables t ON t.id = s.table_id;
+CREATE TRIGGER IF NOT EXISTS lattice_conflicts_dismiss INSTEAD OF DELETE ON lattice_conflicts
+  WHEN OLD.kind = 'superseded' BEGIN
+  DELETE FROM lattice_superseded WHERE id = OLD.log_id;
+END;
 )sql";
+
+// The generation of the capture triggers this build creates. A replica whose triggers are older
+// gets them recreated when it is opened (lattice_meta 'triggers_version').
+constexpr std::int64_t kTriggersVersion = 3;
 
 Replica::Impl& impl_of(sqlite3_context* ctx) {
   return *static_cast<Replica::Impl*>(sqlite3_user_data(ctx));
@@ -88,6 +111,24 @@ void fn_pk(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   sqlite3_result_blob64(ctx, packed.data(), packed.size(), SQLITE_TRANSIENT);
 }
 
+// lattice_id(): a random positive 63-bit integer, for INTEGER PRIMARY KEY ids that stay unique
+// across devices that insert offline (docs/data-quality.md).
+void fn_id(sqlite3_context* ctx, int, sqlite3_value**) {
+  auto& impl = impl_of(ctx);
+  std::uint64_t id = 0;
+  while (id == 0) id = impl.id_source() >> 1;
+  sqlite3_result_int64(ctx, static_cast<sqlite3_int64>(id));
+}
+
+// lattice_negative_zero(x): 1 when x is the real -0.0. SQLite compares -0.0 equal to 0.0, and
+// only a column without affinity keeps the sign, so the capture triggers of such columns ask.
+void fn_negative_zero(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  const bool negative_zero = sqlite3_value_type(argv[0]) == SQLITE_FLOAT &&
+                             sqlite3_value_double(argv[0]) == 0.0 &&
+                             std::signbit(sqlite3_value_double(argv[0]));
+  sqlite3_result_int(ctx, negative_zero ? 1 : 0);
+}
+
 void fn_replicate(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
   auto& impl = impl_of(ctx);
   if (sqlite3_value_type(argv[0]) != SQLITE_TEXT) {
@@ -111,8 +152,19 @@ void fn_replicate(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
 
 // Refuses schema changes to replicated tables and to Lattice's own tables and triggers: they
 // would silently stop capture or break the metadata (schema evolution is future work).
-int on_authorize(void* data, int action, const char* a1, const char* a2, const char*, const char*) {
+//
+// In merge mode it also keeps application triggers from writing replicated tables: the
+// statements apply() prepares have the triggers compiled in, and an INSERT or an UPDATE of a
+// replicated table inside a trigger that is not Lattice's is ignored (SQLite leaves such an
+// INSERT out and such a column unchanged). Their effect was captured on the device that made
+// the write, and travels with it; writes to other tables (a search index, a local log) happen.
+int on_authorize(void* data, int action, const char* a1, const char* a2, const char*,
+                 const char* trigger) {
   auto* impl = static_cast<Replica::Impl*>(data);
+  if (impl->merging && trigger && lower_case(trigger).rfind("lattice_", 0) != 0 && a1 &&
+      (action == SQLITE_INSERT || action == SQLITE_UPDATE) && impl->table_by_name(a1))
+    return SQLITE_IGNORE;
+  if (impl->internal_ddl) return SQLITE_OK;
   std::string_view target;
   if (action == SQLITE_ALTER_TABLE && a2) target = a2;
   if ((action == SQLITE_DROP_TABLE || action == SQLITE_DROP_TRIGGER) && a1) target = a1;
@@ -134,7 +186,9 @@ int on_authorize(void* data, int action, const char* a1, const char* a2, const c
 }
 
 int on_commit(void* data) {
-  static_cast<Replica::Impl*>(data)->txn_seq = 0;
+  auto* impl = static_cast<Replica::Impl*>(data);
+  if (impl->capture_enabled) impl->local_commit = true;
+  impl->txn_seq = 0;
   return 0;
 }
 
@@ -144,12 +198,36 @@ void on_rollback(void* data) {
   impl->pending_events.clear();
 }
 
+// In merge mode, a row of a replicated table that an application trigger deleted: Lattice
+// undoes it once its own statement is done (Projection), since no trigger may change the
+// replicated state during a merge.
+void record_side_delete(Replica::Impl& impl, sqlite3* db, TableInfo& info) {
+  Replica::Impl::SideDelete side;
+  side.table = &info;
+  for (const auto& column : info.columns) {
+    sqlite3_value* v = nullptr;
+    sqlite3_preupdate_old(db, column.table_position, &v);
+    side.row.push_back(v ? value_from_sqlite(v) : crdt::Value{});
+  }
+  if (impl.merge_target == &info &&
+      pack_primary_key(
+          {side.row.begin(), side.row.begin() + static_cast<std::ptrdiff_t>(info.key_count)}) ==
+          impl.merge_target_pk)
+    return;
+  impl.side_deletes.push_back(std::move(side));
+}
+
 // Records local writes to replicated tables for the change listeners.
 void on_preupdate(void* data, sqlite3* db, int op, const char* db_name, const char* table,
                   sqlite3_int64, sqlite3_int64) {
   auto* impl = static_cast<Replica::Impl*>(data);
-  if (impl->listeners.empty() || !impl->capture_enabled || std::string_view(db_name) != "main")
+  if (std::string_view(db_name) != "main") return;
+  if (impl->merging) {
+    if (op != SQLITE_DELETE) return;
+    if (TableInfo* info = impl->table_by_name(table)) record_side_delete(*impl, db, *info);
     return;
+  }
+  if (impl->listeners.empty() || !impl->capture_enabled) return;
   TableInfo* info = impl->table_by_name(table);
   if (!info) return;
   ChangeEvent event;
@@ -189,12 +267,19 @@ const ColumnInfo* TableInfo::column(crdt::ColumnId column_id) const {
   return nullptr;
 }
 
+std::string TableInfo::key_where() const {
+  std::string out;
+  for (std::size_t i = 0; i < key_count; ++i)
+    out += std::string(i ? " AND " : "") + quote_identifier(columns[i].name) + " = ?";
+  return out;
+}
+
 crdt::TableSchema TableInfo::schema() const {
   crdt::TableSchema schema;
   schema.id = id;
   schema.name = name;
   schema.primary_key_columns = static_cast<std::uint32_t>(key_count);
-  for (const auto& c : columns) schema.columns.push_back({c.id, c.name, c.kind});
+  for (const auto& c : columns) schema.columns.push_back({c.id, c.name, c.kind, c.affinity});
   return schema;
 }
 
@@ -203,9 +288,11 @@ Replica::Impl::Impl(ReplicaOptions opts)
 
 Replica::Impl::~Impl() {
   // Statements must be finalized before the connection closes.
+  merge_statements.clear();
   tables.clear();
   read_local = Statement();
   insert_site = Statement();
+  any_held = Statement();
   if (db) sqlite3_close_v2(db);
 }
 
@@ -307,9 +394,12 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
   sqlite3_busy_timeout(db, impl->options.busy_timeout_ms);
   exec_sql(db, "PRAGMA journal_mode=WAL");
   exec_sql(db, "PRAGMA synchronous=" + impl->options.synchronous);
-  // REPLACE and upserts must fire delete triggers for the rows they remove, or those deletes
-  // would go uncaptured.
-  exec_sql(db, "PRAGMA recursive_triggers=ON");
+  // recursive_triggers stays off, as in plain SQLite, so that an application's trigger that
+  // updates its own table does not recurse; the rows REPLACE removes are captured by the
+  // triggers lattice_replicate creates for tables with unique constraints (catalog.cpp).
+  // Foreign keys are enforced: every replica must agree on which rows may stand
+  // (docs/data-quality.md).
+  exec_sql(db, std::string("PRAGMA foreign_keys=") + (impl->options.foreign_keys ? "ON" : "OFF"));
 
   const int flags = SQLITE_UTF8;
   void* data = impl.get();
@@ -321,6 +411,9 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
                              nullptr);
   sqlite3_create_function_v2(db, "lattice_pk", -1, flags | SQLITE_DETERMINISTIC, data, fn_pk,
                              nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_id", 0, flags, data, fn_id, nullptr, nullptr, nullptr);
+  sqlite3_create_function_v2(db, "lattice_negative_zero", 1, flags | SQLITE_DETERMINISTIC, data,
+                             fn_negative_zero, nullptr, nullptr, nullptr);
   sqlite3_create_function_v2(db, "lattice_replicate", 1, flags | SQLITE_DIRECTONLY, data,
                              fn_replicate, nullptr, nullptr, nullptr);
   sqlite3_create_function_v2(db, "lattice_replicate", 2, flags | SQLITE_DIRECTONLY, data,
@@ -360,14 +453,27 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
       exec_sql(db, "INSERT INTO lattice_local VALUES (0, 0, 0)");
     }
     site = Statement();
+    impl->read_local = Statement(db, "SELECT seq, hlc FROM lattice_local WHERE id = 0");
+    impl->insert_site = Statement(db, "INSERT INTO lattice_sites(idx, site_id) VALUES (?, ?)");
+    impl->any_held = Statement(db, "SELECT EXISTS (SELECT 1 FROM lattice_held)");
+    impl->refresh();
+    Statement triggers(db, "SELECT value FROM lattice_meta WHERE key = 'triggers_version'");
+    const std::int64_t triggers_version = triggers.step() ? triggers.column_int(0) : 1;
+    triggers = Statement();
+    if (triggers_version < kTriggersVersion) {
+      impl->recreate_triggers();
+      exec_sql(db, "INSERT OR REPLACE INTO lattice_meta VALUES ('triggers_version', " +
+                       std::to_string(kTriggersVersion) + ")");
+    }
     exec_sql(db, "COMMIT");
   } catch (...) {
     sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
-  impl->read_local = Statement(db, "SELECT seq, hlc FROM lattice_local WHERE id = 0");
-  impl->insert_site = Statement(db, "INSERT INTO lattice_sites(idx, site_id) VALUES (?, ?)");
   impl->refresh();
+  impl->recover_clock();
+  impl->local_commit = true;  // rows may have been held when the file was last closed
+  impl->settle_after_local_writes();
   return std::unique_ptr<Replica>(new Replica(std::move(impl)));
 }
 
@@ -408,6 +514,7 @@ void Replica::Impl::run_statements(Body&& body) {
     }
     throw;
   }
+  settle_after_local_writes();
   deliver_events();
 }
 
@@ -484,9 +591,34 @@ ApplyResult Replica::apply(const crdt::Changeset& changeset, const OriginTxns& o
   return impl_->apply(changeset, &origin);
 }
 
+ApplyResult Replica::apply_all(std::size_t count, const ChangesetSource& changeset_at) {
+  return impl_->apply_all(count, changeset_at, nullptr);
+}
+
 crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
 
 const crdt::SiteId& Replica::site_id() const { return impl_->site; }
+
+namespace {
+
+// The affinity as schema_description() writes it.
+const char* affinity_word(Affinity affinity) {
+  switch (affinity) {
+    case Affinity::kText:
+      return "text";
+    case Affinity::kNumeric:
+      return "numeric";
+    case Affinity::kInteger:
+      return "integer";
+    case Affinity::kReal:
+      return "real";
+    case Affinity::kBlob:
+      break;
+  }
+  return "none";
+}
+
+}  // namespace
 
 std::string Replica::schema_description() {
   impl_->refresh();
@@ -499,7 +631,8 @@ std::string Replica::schema_description() {
     for (std::size_t i = 0; i < table->columns.size(); ++i) {
       const ColumnInfo& c = table->columns[i];
       if (i) out += ',';
-      out += lower_case(c.name) + ' ' + (c.key_position ? "key" : crdt::column_kind_name(c.kind));
+      out += lower_case(c.name) + ' ' + affinity_word(c.affinity) + ' ' +
+             (c.key_position ? "key" : crdt::column_kind_name(c.kind));
     }
     out += ')';
   }

@@ -33,6 +33,9 @@ struct ReplicaOptions {
   // Makes the site id of a new replica file. Empty: 128 bits from std::random_device.
   // Injected by simulations that must replay exactly.
   std::function<crdt::SiteId()> new_site_id;
+  // PRAGMA foreign_keys on this connection. Merges enforce declared foreign keys whatever this
+  // says (docs/data-quality.md); turning it off only lets this device's own writes break them.
+  bool foreign_keys = true;
 };
 
 // One row touched by a committed transaction, local or merged.
@@ -43,6 +46,10 @@ struct ChangeEvent {
   std::vector<crdt::Value> primary_key;
   std::vector<std::string> columns;  // the columns written; empty for a delete
   bool deleted = false;
+  // Set when a merge took the row out of its table because it breaks a declared constraint: it
+  // is held in the lattice_conflicts view (docs/data-quality.md). "unique", "check", "not_null",
+  // "foreign_key", "type" or "trigger"; `deleted` is true.
+  std::string conflict;
 };
 
 // Where two digests (Replica::digest) differ, one sentence per table, e.g.
@@ -64,6 +71,21 @@ using crdt::TxnTag;
 struct OriginTxns {
   crdt::SiteId site;
   std::vector<TxnTag> txns;
+};
+
+// What Replica::check() finds in a replica file.
+struct TableCheck {
+  std::string table;
+  std::int64_t shown = 0;       // rows in the table
+  std::int64_t held = 0;        // live rows held out of it by a constraint (lattice_conflicts)
+  std::int64_t superseded = 0;  // lost concurrent inserts kept in lattice_conflicts
+};
+struct CheckReport {
+  std::vector<TableCheck> tables;
+  // One sentence each: metadata and table that disagree, missing capture triggers, rows that
+  // break a foreign key, counters that are not the sum of their parts, SQLite's quick_check.
+  // Empty when the replica is sound; held rows are not problems.
+  std::vector<std::string> problems;
 };
 
 // Rows of a query: column names, then each row's values.
@@ -115,6 +137,13 @@ class Replica {
   // The same, also recording `origin` in the origin log (origin_log()) in the same transaction.
   ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns& origin);
 
+  // Merges `count` changesets in one transaction, in the order given: `changeset_at(i)` is
+  // called once per changeset, in order, and the reference it returns need only live until the
+  // next call (so a caller can decode files one at a time). Each changeset is checked as apply()
+  // checks it; any error rolls all of them back. The results add up.
+  using ChangesetSource = std::function<const crdt::Changeset&(std::size_t)>;
+  ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at);
+
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 
   // This replica's own transactions with `from` <= seq <= `through`, from the local log, in
@@ -140,14 +169,20 @@ class Replica {
   const crdt::SiteId& site_id() const;
 
   // The replicated schema in one canonical line, equal on two replicas exactly when their
-  // replicated tables, columns and column types agree, e.g.
-  // "todo(id key,title lww,votes counter);user(id key,name lww)". Tables by name.
+  // replicated tables, columns, column types and SQLite type affinities agree, e.g.
+  // "todo(id text key,title text lww,votes integer counter);user(id none key,name none lww)".
+  // Each column is "name affinity kind", affinity one of none, text, numeric, integer, real.
+  // Tables by name.
   std::string schema_description();
 
   // A digest of the replicated state: one line per replicated table, by name,
   // "<table> <row count> <SHA-256 of its rows in key order, hex>". Equal on two replicas
   // exactly when their replicated tables hold the same rows (values and SQLite types).
   std::string digest();
+
+  // Checks that the metadata and the application's tables agree, and counts what is held.
+  // Reads only. Throws Error(kBusy) when another connection holds the file locked.
+  CheckReport check();
 
   // The number of local transactions whose changes a peer holding `peer` lacks.
   std::uint64_t local_changes_after(const crdt::VersionVector& peer);

@@ -1,5 +1,6 @@
-// The logs that let a relay tell two copies of one replica file apart, and the rekey that
-// separates them (docs/protocol.md, "Rekey"; docs/architecture.md, "Copied replicas").
+// This replica's own history: the logs that let a relay tell two copies of one replica file
+// apart, the rekey that separates them (docs/protocol.md, "Rekey"; docs/architecture.md,
+// "Copied replicas"), and the recovery of a clock that ran ahead.
 //
 //   lattice_local_log(seq, tag)       one row per own transaction (a trigger on lattice_local),
 //                                     kept from the last acknowledged one on
@@ -7,6 +8,7 @@
 //                                     first changed it, for transactions not yet acknowledged
 //   lattice_origin_log(site, seq, tag) on a relay: the transactions each device said it wrote
 
+#include <map>
 #include <random>
 
 #include "crdt/error.hpp"
@@ -165,6 +167,58 @@ void Replica::Impl::rekey(std::uint64_t keep_through, const crdt::SiteId& new_si
     throw;
   }
   load_sites();
+}
+
+// A peer refuses a stamp more than its drift bound ahead of its own wall clock, so an own write
+// stamped later than (our wall clock + the bound) was accepted by no peer whose clock is right:
+// it can take a new stamp. Everything else stays, and the clock goes on from the latest stamp
+// that remains, so the next writes are accepted again.
+void Replica::Impl::recover_clock() {
+  if (!sqlite3_get_autocommit(db)) return;
+  const crdt::Hlc limit =
+      crdt::Hlc::from_parts(clock.wall_ms() + clock.max_drift_ms(), crdt::Hlc::kLogicalMask);
+  read_local.reset();
+  const bool ahead =
+      read_local.step() && static_cast<std::uint64_t>(read_local.column_int(1)) > limit.value;
+  read_local.reset();
+  if (!ahead) return;
+  exec_sql(db, "BEGIN IMMEDIATE");
+  try {
+    refresh();
+    // The latest stamp that stays (anyone's), and the own stamps that move, by table.
+    crdt::Hlc keep;
+    std::map<std::uint64_t, std::uint64_t> moved;  // old stamp -> new, in order
+    for (const auto& [id, table] : tables)
+      for (const std::string& meta : {table->rows_table(), table->cells_table()}) {
+        Statement kept(db, "SELECT max(hlc) FROM " + meta + " WHERE hlc <= ?");
+        kept.bind(1, static_cast<std::int64_t>(limit.value));
+        if (kept.step())
+          keep = std::max(keep, crdt::Hlc{static_cast<std::uint64_t>(kept.column_int(0))});
+        Statement ahead_stamps(db,
+                               "SELECT DISTINCT hlc FROM " + meta + " WHERE site = 0 AND hlc > ?");
+        ahead_stamps.bind(1, static_cast<std::int64_t>(limit.value));
+        while (ahead_stamps.step())
+          moved[static_cast<std::uint64_t>(ahead_stamps.column_int(0))] = 0;
+      }
+    clock.rewind(keep);
+    for (auto& [old_stamp, new_stamp] : moved) new_stamp = clock.now().value;
+    for (const auto& [id, table] : tables)
+      for (const std::string& meta : {table->rows_table(), table->cells_table()}) {
+        Statement restamp(db, "UPDATE " + meta + " SET hlc = ? WHERE site = 0 AND hlc = ?");
+        for (const auto& [old_stamp, new_stamp] : moved) {
+          restamp.reset();
+          restamp.bind(1, static_cast<std::int64_t>(new_stamp))
+              .bind(2, static_cast<std::int64_t>(old_stamp))
+              .run();
+        }
+      }
+    Statement persist(db, "UPDATE lattice_local SET hlc = ? WHERE id = 0");
+    persist.bind(1, static_cast<std::int64_t>(clock.last().value)).run();
+    exec_sql(db, "COMMIT");
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 }  // namespace lattice::storage

@@ -96,6 +96,18 @@ void Statement::run() {
   reset();
 }
 
+int Statement::try_run(std::string& message) {
+  int rc;
+  while ((rc = sqlite3_step(stmt_)) == SQLITE_ROW) {
+  }
+  if (rc != SQLITE_DONE) {
+    rc = sqlite3_extended_errcode(db_);
+    message = sqlite3_errmsg(db_);
+  }
+  sqlite3_reset(stmt_);
+  return rc;
+}
+
 void Statement::reset() { sqlite3_reset(stmt_); }
 
 crdt::Value Statement::column(int index) const {

@@ -42,6 +42,9 @@ class Statement {
   bool step();
   // Steps until done, then resets. For statements that return no rows.
   void run();
+  // The same, without throwing: SQLITE_DONE, or the extended result code of the failure with
+  // SQLite's message in `message`. For callers that handle constraint failures themselves.
+  int try_run(std::string& message);
   // Resets, keeping the statement prepared and its bindings (callers rebind every parameter).
   void reset();
 

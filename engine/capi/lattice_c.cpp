@@ -50,6 +50,7 @@ static_assert(LATTICE_ERR_STATE == static_cast<int>(ErrorCode::kState));
 static_assert(LATTICE_ERR_INTERNAL == static_cast<int>(ErrorCode::kInternal));
 static_assert(LATTICE_ERR_UNAUTHORIZED == static_cast<int>(ErrorCode::kUnauthorized));
 static_assert(LATTICE_ERR_FORBIDDEN == static_cast<int>(ErrorCode::kForbidden));
+static_assert(LATTICE_ERR_COPIED_REPLICA == static_cast<int>(ErrorCode::kCopiedReplica));
 static_assert(static_cast<int>(lattice::engine::SyncState::kOffline) == LATTICE_SYNC_OFFLINE);
 static_assert(static_cast<int>(lattice::engine::SyncState::kConnecting) == LATTICE_SYNC_CONNECTING);
 static_assert(static_cast<int>(lattice::engine::SyncState::kSyncing) == LATTICE_SYNC_SYNCING);
@@ -331,6 +332,7 @@ lattice_code lattice_replica_subscribe(lattice_replica* replica, lattice_change_
             changes[i].column_count = columns[i].size();
             changes[i].deleted = event.deleted;
             changes[i].merged = event.origin == lattice::storage::ChangeEvent::Origin::kMerged;
+            changes[i].conflict = event.conflict.empty() ? nullptr : event.conflict.c_str();
           }
           callback(context, changes.data(), changes.size());
         });

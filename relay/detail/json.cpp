@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 
 namespace lattice::relay::detail {
 namespace {
@@ -353,47 +354,6 @@ const char* json_kind_name(JsonValue::Kind kind) noexcept {
 
 JsonObject parse_json_object(std::string_view text) { return Parser(text).parse_document(); }
 
-std::string json_quote(std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(text.size() + 2);
-  out += '"';
-  for (char ch : text) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 0xF];
-        } else {
-          out += ch;
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
+std::string json_quote(std::string_view text) { return crdt::json_quote(text); }
 
 }  // namespace lattice::relay::detail

@@ -18,12 +18,39 @@
 
 namespace lattice::storage {
 
+using crdt::Affinity;
+using crdt::affinity_name;
+
+// SQLite's type affinity of a column from its declared type (https://sqlite.org/datatype3.html,
+// "Determination Of Column Affinity"). Two replicas must agree on it, or the same value would be
+// stored differently on each.
+Affinity affinity_of_declared_type(std::string_view declared_type);
+
 struct ColumnInfo {
   crdt::ColumnId id = 0;
   std::string name;
   crdt::ColumnKind kind = crdt::ColumnKind::kLww;
   int key_position = 0;    // 1-based position in the primary key, 0 when not a key column
   int table_position = 0;  // index among the table's columns (for the pre-update hook)
+  Affinity affinity = Affinity::kBlob;
+};
+
+// A UNIQUE constraint or unique index of a replicated table other than its primary key: the
+// rule merges check (docs/data-quality.md). Columns by index into TableInfo::columns.
+struct UniqueIndex {
+  std::string name;  // the index's name (sqlite_autoindex_... for constraints)
+  std::vector<std::size_t> columns;
+  std::vector<std::string> collations;  // per column, as the index compares it
+  std::string where;                    // a partial index's predicate, empty otherwise
+  std::string label;                    // "users.email", "users.a, users.b": SQLite's wording
+};
+
+// A FOREIGN KEY of a replicated table: a row is shown only while its parent row is.
+struct ForeignKey {
+  std::string parent;                // the parent table's name
+  std::vector<std::size_t> columns;  // the child's columns, by index into TableInfo::columns
+  std::vector<std::string> parent_columns;
+  std::string label;  // "task.project_id -> project(id)"
 };
 
 // A replicated table: its catalog entry and the statements that read and write its metadata.
@@ -42,13 +69,25 @@ struct TableInfo {
   std::string rows_table() const { return "lattice_rows_" + std::to_string(id); }
   std::string cells_table() const { return "lattice_cells_" + std::to_string(id); }
   std::string counters_table() const { return "lattice_counters_" + std::to_string(id); }
+  // Rows an INSERT OR REPLACE may displace, noted by the capture triggers (triggers.cpp).
+  std::string replaced_table() const { return "lattice_replaced_" + std::to_string(id); }
+
+  // The key is SQLite's rowid (a lone INTEGER PRIMARY KEY column).
+  bool rowid_key = false;
+  std::vector<UniqueIndex> uniques;
+  std::vector<ForeignKey> foreign_keys;
+  // Unique indexes Lattice cannot check at merge (on expressions), by name: lattice_replicate
+  // refuses them; one created later is reported by `lattice check`.
+  std::vector<std::string> unsupported_indexes;
+  std::vector<std::string> key_collations;  // per key column, as the primary key compares it
 
   const ColumnInfo* column(crdt::ColumnId column_id) const;
   crdt::TableSchema schema() const;
+  std::string key_where() const;  // "k1" = ? AND "k2" = ?
 
   // Prepared on first use.
   Statement select_row, select_cells, select_counters, upsert_row, upsert_cell, delete_cell,
-      upsert_counter, select_values, delete_user_row;
+      upsert_counter, select_values, delete_user_row, select_user_row;
   std::map<std::string, Statement> write_user_row;  // keyed by "i:" / "u:" and column ids
 };
 
@@ -64,14 +103,33 @@ struct Replica::Impl {
   std::map<crdt::TableId, std::unique_ptr<TableInfo>> tables;
   std::map<std::string, TableInfo*> tables_by_name;  // lower-case names
   std::int64_t catalog_schema_version = -1;
+  bool any_foreign_keys = false;  // some table of the file declares a foreign key
 
   bool capture_enabled = true;
+  // True while apply() or settle() write the application's tables (MergeMode): application
+  // triggers may not write replicated tables then (the authorizer ignores their inserts and
+  // updates; the deletes they make are recorded here and undone), docs/data-quality.md.
+  bool merging = false;
+  struct SideDelete {
+    TableInfo* table = nullptr;
+    std::vector<crdt::Value> row;  // every column, in TableInfo::columns order
+  };
+  std::vector<SideDelete> side_deletes;
+  // The row Lattice itself is writing in merge mode: its own delete is not a side effect.
+  const TableInfo* merge_target = nullptr;
+  std::string merge_target_pk;
+  // Lattice's own DDL on its triggers and views, which the authorizer otherwise refuses.
+  bool internal_ddl = false;
+  // A local write transaction committed since held rows were last retried (settle).
+  bool local_commit = false;
   std::uint64_t txn_seq = 0;  // 0 until the current transaction's first captured write
   crdt::Hlc txn_hlc;
   std::uint64_t txn_tag = 0;  // lattice_txn_tag() of the current transaction
   // Seeded once per connection from std::random_device: tags need only be unlikely to repeat
   // across copies of a file, and a syscall per transaction would cost more than the write.
   std::mt19937_64 tag_source{std::random_device{}()};
+  // lattice_id(): random row ids (docs/data-quality.md, "INTEGER PRIMARY KEY").
+  std::mt19937_64 id_source{std::random_device{}()};
 
   std::map<int, ChangeListener> listeners;
   int next_listener = 1;
@@ -81,7 +139,9 @@ struct Replica::Impl {
   // can only report as a generic failure; exec() and query() throw this one instead.
   std::optional<Error> pending_error;
 
-  Statement read_local, insert_site;
+  Statement read_local, insert_site, any_held;
+  // Statements the projection prepares in merge mode, by SQL text (projection.cpp).
+  std::map<std::string, Statement> merge_statements;
 
   explicit Impl(ReplicaOptions opts);
   ~Impl();
@@ -101,9 +161,23 @@ struct Replica::Impl {
   crdt::VersionVector version_vector();
 
   void replicate(std::string_view table, std::string_view column_types_json);
+  // Drops and recreates every replicated table's capture triggers (after an upgrade that
+  // changed them). Inside the caller's transaction.
+  void recreate_triggers();
+  // Retries every held row (lattice_held) until none can be shown; in its own transaction.
+  void settle();
+  // After the application's own writes: settles when a write committed and rows are held.
+  void settle_after_local_writes();
   crdt::Changeset changes_since(const crdt::VersionVector& holder, std::size_t max_changes);
   ApplyResult apply(const crdt::Changeset& changeset, const OriginTxns* origin);
+  using ChangesetSource = Replica::ChangesetSource;
+  ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at,
+                        const OriginTxns* origin);
   void rekey(std::uint64_t keep_through, const crdt::SiteId& new_site);
+  // When this replica's own clock ran more than the drift bound ahead of its wall clock (a
+  // clock set wrong for a while), stamps the own writes that no peer can have accepted again,
+  // from the wall clock on, in their order (site_history.cpp). Outside any transaction.
+  void recover_clock();
 
   void deliver_events();
 
@@ -125,6 +199,36 @@ class CaptureSuspended {
   bool was_;
 };
 
+// Merge mode for the lifetime of the guard: capture suspended, Replica::Impl::merging set, and
+// foreign keys not enforced by SQLite (Lattice's projection enforces them, docs/data-quality.md).
+// Construct it outside any transaction: PRAGMA foreign_keys does nothing inside one.
+class MergeMode {
+ public:
+  explicit MergeMode(Replica::Impl& impl);
+  ~MergeMode();
+  MergeMode(const MergeMode&) = delete;
+  MergeMode& operator=(const MergeMode&) = delete;
+
+ private:
+  Replica::Impl& impl_;
+  CaptureSuspended suspended_;
+  bool foreign_keys_;
+};
+
 std::string lower_case(std::string_view text);
+
+// SQL for a replicated table (triggers.cpp): its metadata tables (CREATE ... IF NOT EXISTS),
+// its capture triggers, lattice_pk(<row>.k1, ...) for its key, and a string literal.
+std::string metadata_tables_sql(const TableInfo& t);
+std::string capture_triggers_sql(const TableInfo& t);
+// The trigger that logs own transactions, keeping the last kKeptTransactions.
+constexpr std::uint64_t kKeptTransactions = 10000;
+std::string local_log_trigger_sql();
+std::string key_expression(const TableInfo& t, const char* row);
+std::string sql_literal(std::string_view text);
+
+// Reads what SQLite declares about `t` (catalog.cpp): rowid key, unique indexes, foreign keys,
+// affinities. `t.columns` must hold the table's columns, keys first.
+void read_constraints(sqlite3* db, TableInfo& t);
 
 }  // namespace lattice::storage

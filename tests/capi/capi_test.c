@@ -157,13 +157,14 @@ static void test_names_and_version(void) {
                                        "state",
                                        "internal",
                                        "unauthorized",
-                                       "forbidden"};
-  for (int code = 0; code <= LATTICE_ERR_FORBIDDEN; ++code)
+                                       "forbidden",
+                                       "copied_replica"};
+  for (int code = 0; code <= LATTICE_ERR_COPIED_REPLICA; ++code)
     CHECK(strcmp(lattice_error_code_name(code), kNames[code]) == 0);
   CHECK(strcmp(lattice_error_code_name(LATTICE_ROW), "row") == 0);
   CHECK(strcmp(lattice_error_code_name(LATTICE_DONE), "done") == 0);
   CHECK(strcmp(lattice_error_code_name(-1), "unknown") == 0);
-  CHECK(strcmp(lattice_error_code_name(17), "unknown") == 0);
+  CHECK(strcmp(lattice_error_code_name(18), "unknown") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_OFFLINE), "offline") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_CONNECTING), "connecting") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_SYNCING), "syncing") == 0);
@@ -373,6 +374,7 @@ typedef struct {
   char columns[128];
   bool deleted;
   bool merged;
+  char conflict[16];  /* the last non-NULL conflict of any change seen */
   int unsubscribe_id; /* when > 0, the callback unsubscribes itself */
   lattice_replica* replica;
 } Seen;
@@ -394,6 +396,9 @@ static void on_change(void* context, const lattice_change* changes, size_t count
   }
   seen->deleted = last->deleted;
   seen->merged = last->merged;
+  for (size_t i = 0; i < count; ++i)
+    if (changes[i].conflict)
+      snprintf(seen->conflict, sizeof seen->conflict, "%s", changes[i].conflict);
   if (seen->unsubscribe_id > 0) {
     CHECK(lattice_replica_unsubscribe(seen->replica, seen->unsubscribe_id, NULL) == LATTICE_OK);
     seen->unsubscribe_id = 0;
@@ -552,6 +557,38 @@ static void test_changesets_and_subscriptions(void) {
   CHECK_FAILS(lattice_replica_subscribe(a, on_change, NULL, NULL, &error), &error,
               LATTICE_ERR_INVALID_ARGUMENT);
 
+  lattice_replica_free(a);
+  lattice_replica_free(b);
+}
+
+/* A merged row that breaks a UNIQUE constraint is held: the callback says so, and the
+ * lattice_conflicts view names it (docs/data-quality.md). */
+static void test_held_rows(void) {
+  g_case = "held rows";
+  static const char* kUsers =
+      "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);"
+      "SELECT lattice_replicate('users')";
+  lattice_replica* a = lattice_replica_open(":memory:", NULL, NULL);
+  lattice_replica* b = lattice_replica_open(":memory:", NULL, NULL);
+  CHECK(a && b);
+  if (!a || !b) return;
+  CHECK_OK(lattice_replica_exec(a, kUsers, E));
+  CHECK_OK(lattice_replica_exec(b, kUsers, E));
+  CHECK_OK(lattice_replica_exec(a, "INSERT INTO users VALUES ('u1', 'x@example.com', 'a')", E));
+  CHECK_OK(lattice_replica_exec(b, "INSERT INTO users VALUES ('u2', 'x@example.com', 'b')", E));
+  Seen seen;
+  memset(&seen, 0, sizeof seen);
+  int sub = 0;
+  CHECK_OK(lattice_replica_subscribe(b, on_change, &seen, &sub, E));
+  lattice_buffer changes = {NULL, 0};
+  CHECK_OK(lattice_replica_changes_since(a, NULL, 0, &changes, E));
+  CHECK_OK(lattice_replica_apply(b, changes.data, changes.size, NULL, E));
+  lattice_buffer_free(&changes);
+  CHECK(strcmp(seen.conflict, "unique") == 0);
+  CHECK(query_int(b, "SELECT count(*) FROM users") == 1);
+  char text[64];
+  CHECK(strcmp(query_text(b, "SELECT reason FROM lattice_conflicts", text, sizeof text),
+               "unique") == 0);
   lattice_replica_free(a);
   lattice_replica_free(b);
 }
@@ -996,6 +1033,7 @@ int main(int argc, char** argv) {
   test_open();
   test_statements();
   test_changesets_and_subscriptions();
+  test_held_rows();
   test_use_after_close();
   test_sync(relay_path);
   nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -213,6 +214,101 @@ TEST_CASE("apply prints how many changes it applied, and a second apply of the f
   CHECK(box.ok({"apply", b, file}) == "applied " + total + " of " + total + " changes\n");
   CHECK(box.ok({"apply", b, file}) == "applied 0 of " + total + " changes\n");
   CHECK(todo_rows(box, b) == "a\tone\t0\t3\n");
+}
+
+TEST_CASE("changes --max-bytes splits into FILE, FILE.1, ...; apply takes them in any order") {
+  Sandbox box;
+  const std::string a = box.path("a.db"), b = box.path("b.db");
+  // One transaction of 2,000 rows (larger than any one file), then a few small ones.
+  box.ok({"exec", a,
+          std::string(kSchema) +
+              "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+              "INSERT INTO todo(id, title) SELECT 'k' || i, printf('%.100c', 'x') FROM n;"});
+  for (int i = 0; i < 5; ++i)
+    box.ok(
+        {"exec", a, "UPDATE todo SET votes = votes + 1 WHERE id = 'k" + std::to_string(i) + "'"});
+  const std::string out = box.path("all.cs");
+  const std::string printed = box.ok({"changes", a, "--out", out, "--max-bytes", "50000"});
+  std::vector<std::string> files;
+  for (std::size_t i = 0; fs::exists(i ? out + "." + std::to_string(i) : out); ++i) {
+    files.push_back(i ? out + "." + std::to_string(i) : out);
+    CHECK(fs::file_size(files.back()) <= 50000);
+  }
+  REQUIRE(files.size() > 4);
+  CHECK(contains(printed, out + ", " + out + ".1, "));
+  // Named in reverse order, they still chain: b ends with a's whole vector.
+  box.ok({"exec", b, kSchema});
+  std::vector<std::string> apply = {"apply", b};
+  apply.insert(apply.end(), files.rbegin(), files.rend());
+  box.ok(apply);
+  CHECK(box.ok({"vv", b}) == box.ok({"vv", a}));
+  CHECK(todo_rows(box, b) == todo_rows(box, a));
+  // A shorter run removes the longer run's leftover parts, so none is taken for its own.
+  box.ok({"changes", a, "--out", out});
+  CHECK(!fs::exists(out + ".1"));
+  CHECK(contains(box.fails({"changes", a, "--out", out, "--max-bytes", "10"}), "--max-bytes"));
+}
+
+TEST_CASE("a copied replica file is refused by its original until rekey separates them") {
+  Sandbox box;
+  const std::string original = box.path("original.db"), copy = box.path("copy.db");
+  box.ok({"exec", original, std::string(kSchema) + "INSERT INTO todo(id, votes) VALUES ('a', 10)"});
+  fs::copy_file(original, copy);
+  box.ok({"exec", original, "UPDATE todo SET votes = votes + 1"});
+  box.ok({"exec", copy, "UPDATE todo SET votes = votes + 2; INSERT INTO todo(id) VALUES ('c')"});
+  box.ok({"changes", copy, "--out", box.path("copy.cs")});
+  const std::string refused = box.fails({"apply", original, box.path("copy.cs")});
+  CHECK(contains(refused, "lattice: copied_replica: "));
+  CHECK(contains(refused, "they agree through transaction 1 and differ from 2"));
+  // The original's vector is more than the copy wrote of it: changes --since refuses too.
+  write_all(box.path("original.vv"), box.ok({"vv", original}));
+  box.ok(
+      {"exec", original, "UPDATE todo SET votes = votes + 1; UPDATE todo SET votes = votes + 1"});
+  write_all(box.path("original.vv"), box.ok({"vv", original}));
+  CHECK(contains(
+      box.fails({"changes", copy, "--since", box.path("original.vv"), "--out", box.path("x.cs")}),
+      "lattice: copied_replica: "));
+
+  CHECK(contains(box.ok({"rekey", copy, "--keep-through", "1"}), "own transactions 1..1 stay"));
+  box.ok({"changes", copy, "--since", box.path("original.vv"), "--out", box.path("copy.cs")});
+  box.ok({"apply", original, box.path("copy.cs")});
+  write_all(box.path("copy.vv"), box.ok({"vv", copy}));
+  box.ok({"changes", original, "--since", box.path("copy.vv"), "--out", box.path("o.cs")});
+  box.ok({"apply", copy, box.path("o.cs")});
+  CHECK(todo_rows(box, copy) == todo_rows(box, original));
+  CHECK(box.ok({"exec", copy, "SELECT votes FROM todo WHERE id = 'a'"}) == "15\n");
+  CHECK(contains(box.fails({"rekey", copy, "--keep-through", "x"}), "--keep-through"));
+}
+
+TEST_CASE("check reports tables, conflicts and problems, and fails on a problem") {
+  Sandbox box;
+  const std::string a = box.path("a.db"), b = box.path("b.db");
+  const std::string users =
+      "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE); SELECT "
+      "lattice_replicate('users');";
+  box.ok({"exec", a, users + "INSERT INTO users VALUES ('u1', 'x@example.com')"});
+  box.ok({"exec", b, users + "INSERT INTO users VALUES ('u2', 'x@example.com')"});
+  box.ok({"changes", a, "--out", box.path("a.cs")});
+  box.ok({"apply", b, box.path("a.cs")});
+  const std::string report = box.ok({"check", b});
+  CHECK(contains(report, "table users: 1 shown, 1 held, 0 superseded\n"));
+  CHECK(contains(report, "conflict: users [\"u"));
+  CHECK(contains(report, "unique users.email\n"));
+  CHECK(contains(report, "ok: metadata and tables agree; 1 row(s) held"));
+  // A capture trigger dropped behind Lattice's back (a plain connection can).
+  const std::string table_id = box.ok({"exec", b, "SELECT id FROM lattice_tables"});
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(b.c_str(), &db) == SQLITE_OK);
+    const std::string drop =
+        "DROP TRIGGER lattice_" + table_id.substr(0, table_id.size() - 1) + "_delete";
+    REQUIRE(sqlite3_exec(db, drop.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  const Result broken = box.run({"check", b});
+  CHECK(broken.status == 1);
+  CHECK(contains(broken.out, "problem: table users: its capture trigger"));
+  CHECK(contains(broken.err, "lattice: check: 1 problem(s); first: table users"));
 }
 
 TEST_CASE("vv prints the version vector as one line of JSON and nothing else") {

@@ -283,12 +283,12 @@ TEST_CASE("random byte changes never crash the decoder") {
 TEST_CASE("a newer format version is refused naming both versions") {
   std::string bytes = encode_changeset(small_changeset());
   // [fixarray 7] [fixstr 10 "LATTICE-CS"] [version]: the version is byte 12.
-  REQUIRE(bytes[12] == '\x01');
-  bytes[12] = '\x02';
+  REQUIRE(bytes[12] == '\x02');
+  bytes[12] = '\x03';
   Error e = decode_error(bytes);
   CHECK(e.code() == ErrorCode::kUnsupportedVersion);
-  CHECK(contains(e.what(), "version 2"));
-  CHECK(contains(e.what(), "up to 1"));
+  CHECK(contains(e.what(), "version 3"));
+  CHECK(contains(e.what(), "up to 2"));
 
   // A newer version is recognised even when the rest follows rules this build does not know.
   std::string future = bytes.substr(0, 13);
@@ -296,6 +296,48 @@ TEST_CASE("a newer format version is refused naming both versions") {
   future += "\xc1\xc1";
   e = decode_error(future);
   CHECK(e.code() == ErrorCode::kUnsupportedVersion);
+}
+
+TEST_CASE("a changeset of format 1, written by the previous release, still reads") {
+  // The example of docs/changeset-format.md as format 1 wrote it: columns of 3 fields, no
+  // affinity.
+  const unsigned char v1[] = {
+      0x97, 0xaa, 0x4c, 0x41, 0x54, 0x54, 0x49, 0x43, 0x45, 0x2d, 0x43, 0x53, 0x01, 0x81, 0xc4,
+      0x10, 0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad,
+      0xae, 0xaf, 0x03, 0x81, 0xc4, 0x10, 0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8,
+      0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf, 0x04, 0x91, 0xc4, 0x10, 0xa0, 0xa1, 0xa2, 0xa3,
+      0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf, 0x91, 0x94, 0x01,
+      0xa4, 0x74, 0x6f, 0x64, 0x6f, 0x01, 0x93, 0x93, 0x00, 0xa2, 0x69, 0x64, 0x00, 0x93, 0x01,
+      0xa5, 0x74, 0x69, 0x74, 0x6c, 0x65, 0x00, 0x93, 0x02, 0xa5, 0x6c, 0x69, 0x6b, 0x65, 0x73,
+      0x01, 0x91, 0x96, 0x01, 0xc4, 0x02, 0x01, 0x07, 0x94, 0x01, 0xcf, 0x01, 0x8c, 0x1d, 0x2e,
+      0x3f, 0x4a, 0x00, 0x00, 0x00, 0x04, 0x91, 0x92, 0x01, 0xa4, 0x6d, 0x69, 0x6c, 0x6b, 0x90,
+      0x91, 0x95, 0x02, 0x00, 0x01, 0x04, 0xfe};
+  const Changeset cs = decode_changeset(std::string(reinterpret_cast<const char*>(v1), sizeof v1));
+  CHECK(cs.format_version == 1);
+  REQUIRE(cs.tables.size() == 1);
+  REQUIRE(cs.tables[0].columns.size() == 3);
+  CHECK(cs.tables[0].columns[1].name == "title");
+  CHECK(!cs.tables[0].columns[1].affinity.has_value());
+  CHECK(cs.rows.at(0).counters.at(0).part.total == -2);
+  CHECK(!cs.origin.has_value());
+  // Format 2 has an eighth field, the origin: format 1's 7 are refused under its number.
+  std::string v2(reinterpret_cast<const char*>(v1), sizeof v1);
+  v2[12] = '\x02';
+  const Error e = decode_error(v2);
+  CHECK(e.code() == ErrorCode::kCorrupt);
+  CHECK(contains(e.what(), "expected a top-level array of 8 fields, got 7"));
+}
+
+TEST_CASE("the origin names the writer and its latest own transactions, within bounds") {
+  Changeset cs = small_changeset();
+  cs.origin = Origin{site(9), {{3, 77}, {4, 1ull << 62}}};
+  CHECK(decode_changeset(encode_changeset(cs)) == cs);
+  cs.origin->log = {{4, 1}, {3, 2}};
+  CHECK(contains(decode_error(encode_changeset(cs)).what(),
+                 "origin.log[1]: sequence numbers must ascend"));
+  cs.origin->log.clear();
+  for (std::uint64_t i = 1; i <= Origin::kMaxLog + 1; ++i) cs.origin->log.push_back({i, i});
+  CHECK(contains(decode_error(encode_changeset(cs)).what(), "33 entries, over the 32"));
 }
 
 TEST_CASE("bytes that are not a changeset are refused as such") {

@@ -89,8 +89,9 @@ TEST_CASE("adopting a schema description recreates the same replicated schema") 
 }
 
 TEST_CASE("a schema description that does not parse is refused naming the part") {
-  for (const char* bad : {"todo", "todo(", "todo(id key", "(id key)", "todo(id)",
-                          "todo(id key,title text)", "todo(title lww)"}) {
+  for (const char* bad :
+       {"todo", "todo(", "todo(id key", "(id key)", "todo(id)", "todo(id key,title text)",
+        "todo(title lww)", "todo(id text key,title lww)", "todo(id blobby key)"}) {
     INFO(bad);
     try {
       adoption_sql(bad);

@@ -264,16 +264,16 @@ TEST_CASE("a changeset of a newer format version is refused as unsupported") {
     std::string bytes = encoded_source_changeset();
     // [0x97, fixstr 10 "LATTICE-CS", format_version]: the version is byte 12.
     REQUIRE(bytes.substr(2, 10) == "LATTICE-CS");
-    REQUIRE(bytes[12] == 0x01);
-    bytes[12] = 0x02;
-    expect_rejected(*target, ErrorCode::kUnsupportedVersion, "format version 2",
+    REQUIRE(bytes[12] == 0x02);
+    bytes[12] = 0x03;
+    expect_rejected(*target, ErrorCode::kUnsupportedVersion, "format version 3",
                     [&] { target->apply(crdt::decode_changeset(bytes)); });
   }
   SUBCASE("as a Changeset given to Replica::apply") {
     auto source = open_source();
     crdt::Changeset cs = source->changes_since({});
-    cs.format_version = 2;
-    expect_rejected(*target, ErrorCode::kUnsupportedVersion, "format 2",
+    cs.format_version = 3;
+    expect_rejected(*target, ErrorCode::kUnsupportedVersion, "format 3",
                     [&] { target->apply(cs); });
   }
 }
@@ -405,53 +405,49 @@ TEST_CASE("a changeset stamped too far in the future is refused as clock drift")
         std::string::npos);
 }
 
-TEST_CASE("a changeset whose second row violates a constraint applies nothing at all") {
+TEST_CASE("a row that breaks the receiver's constraint is held, and the rest applies") {
   auto source = test::open_todo_replica();
   source->exec("INSERT INTO todo(id, title, votes) VALUES ('fine', 'short', 4)");
-  crdt::Changeset cs;
-  std::string target_schema, needle;
+  std::string target_schema, needle, reason;
   SUBCASE("a CHECK constraint") {
-    source->exec("INSERT INTO todo(id, title) VALUES ('long', 'a title far too long')");
+    source->exec("INSERT INTO todo(id, title) VALUES ('bad', 'a title far too long')");
     target_schema =
         "CREATE TABLE todo(id TEXT PRIMARY KEY, "
         "title TEXT CONSTRAINT short_title CHECK (length(title) <= 10), "
         "done INTEGER NOT NULL DEFAULT 0, votes INTEGER NOT NULL DEFAULT 0);"
         "SELECT lattice_replicate('todo', '{\"votes\":\"counter\"}');";
     needle = "short_title";
+    reason = "check";
   }
   SUBCASE("a NOT NULL constraint") {
-    source->exec("INSERT INTO todo(id, title) VALUES ('null', NULL)");
+    source->exec("INSERT INTO todo(id, title) VALUES ('bad', NULL)");
     target_schema =
         "CREATE TABLE todo(id TEXT PRIMARY KEY, title TEXT NOT NULL, "
         "done INTEGER NOT NULL DEFAULT 0, votes INTEGER NOT NULL DEFAULT 0);"
         "SELECT lattice_replicate('todo', '{\"votes\":\"counter\"}');";
     needle = "todo.title";
+    reason = "not_null";
   }
-  cs = source->changes_since({});
+  const crdt::Changeset cs = source->changes_since({});
   REQUIRE(cs.rows.size() == 2);
-  // The valid row first, so it is merged before the bad one fails.
-  auto is_fine = [](const crdt::RowChange& row) {
-    return std::any_of(row.liveness_values.begin(), row.liveness_values.end(),
-                       [](const auto& v) { return v.second == crdt::Value{"short"}; });
-  };
-  std::stable_partition(cs.rows.begin(), cs.rows.end(), is_fine);
-  REQUIRE(is_fine(cs.rows[0]));
-  REQUIRE(!is_fine(cs.rows[1]));
 
   auto target = open_target(target_schema);
-  const std::string message =
-      expect_rejected(*target, ErrorCode::kSql, needle, [&] { target->apply(cs); });
-  CHECK(message.find("constraint") != std::string::npos);
-  CHECK(target->query("SELECT count(*) FROM todo WHERE id = 'fine'").rows[0][0] ==
-        crdt::Value{std::int64_t{0}});
-  CHECK(target->version_vector().get(source->site_id()) == 0);
-
-  // The replica stays usable: the valid row alone applies.
-  crdt::Changeset only_fine = cs;
-  only_fine.rows.resize(1);
-  only_fine.until = {};
-  target->apply(only_fine);
+  target->apply(cs);
+  // The good row is there, the bad one waits in lattice_conflicts, named with its constraint;
+  // the changeset counts as held, so sync goes on.
   CHECK(test::dump_table(*target, "todo").find("text:short") != std::string::npos);
+  CHECK(target->query("SELECT count(*) FROM todo WHERE id = 'bad'").rows[0][0] ==
+        crdt::Value{std::int64_t{0}});
+  const auto held = target->query(
+      "SELECT \"table\", \"key\", reason, \"constraint\", message FROM lattice_conflicts");
+  REQUIRE(held.rows.size() == 1);
+  CHECK(held.rows[0][0] == crdt::Value{"todo"});
+  CHECK(held.rows[0][1] == crdt::Value{"[\"bad\"]"});
+  CHECK(held.rows[0][2] == crdt::Value{reason});
+  CHECK(std::get<std::string>(held.rows[0][3]).find(needle) != std::string::npos);
+  CHECK(std::get<std::string>(held.rows[0][4]).find("todo") != std::string::npos);
+  CHECK(target->version_vector().get(source->site_id()) ==
+        source->version_vector().get(source->site_id()));
 }
 
 TEST_CASE("apply inside an open transaction is refused as a state error") {

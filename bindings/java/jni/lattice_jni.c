@@ -85,9 +85,9 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM* vm, void* reserved) {
   g_long_value_of = (*env)->GetStaticMethodID(env, g_long_class, "valueOf", "(J)Ljava/lang/Long;");
   g_double_value_of =
       (*env)->GetStaticMethodID(env, g_double_class, "valueOf", "(D)Ljava/lang/Double;");
-  g_change_init =
-      (*env)->GetMethodID(env, g_change_class, "<init>",
-                          "(Ljava/lang/String;[Ljava/lang/Object;[Ljava/lang/String;ZZ)V");
+  g_change_init = (*env)->GetMethodID(env, g_change_class, "<init>",
+                                      "(Ljava/lang/String;[Ljava/lang/Object;[Ljava/lang/String;ZZ"
+                                      "Ljava/lang/String;)V");
   g_status_init = (*env)->GetMethodID(env, g_status_class, "<init>", "(IJZZLjava/lang/String;)V");
   jclass dispatcher = (*env)->FindClass(env, "dev/lattice/Replica$Dispatcher");
   if (!dispatcher) return JNI_ERR;
@@ -447,14 +447,18 @@ static void on_changes(void* context, const lattice_change* changes, size_t coun
       (*env)->SetObjectArrayElement(env, columns, (jsize)k, name);
       (*env)->DeleteLocalRef(env, name);
     }
+    jstring conflict = columns && c->conflict && !(*env)->ExceptionCheck(env)
+                           ? new_string(env, c->conflict, strlen(c->conflict))
+                           : NULL;
     if (columns && !(*env)->ExceptionCheck(env)) {
       jobject change = (*env)->NewObject(env, g_change_class, g_change_init, table, key, columns,
-                                         (jboolean)c->deleted, (jboolean)c->merged);
+                                         (jboolean)c->deleted, (jboolean)c->merged, conflict);
       if (change) {
         (*env)->SetObjectArrayElement(env, array, (jsize)i, change);
         (*env)->DeleteLocalRef(env, change);
       }
     }
+    if (conflict) (*env)->DeleteLocalRef(env, conflict);
     if (table) (*env)->DeleteLocalRef(env, table);
     if (key) (*env)->DeleteLocalRef(env, key);
     if (columns) (*env)->DeleteLocalRef(env, columns);

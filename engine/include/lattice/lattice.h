@@ -93,7 +93,8 @@ enum {
   LATTICE_ERR_STATE = 13,              /* wrong state: a closed handle, apply in a transaction */
   LATTICE_ERR_INTERNAL = 14,           /* a bug in Lattice (or out of memory) */
   LATTICE_ERR_UNAUTHORIZED = 15,       /* a missing, expired or badly signed token */
-  LATTICE_ERR_FORBIDDEN = 16           /* a valid token without the right for the call */
+  LATTICE_ERR_FORBIDDEN = 16,          /* a valid token without the right for the call */
+  LATTICE_ERR_COPIED_REPLICA = 17      /* a replica file and a copy of it both wrote: rekey one */
 };
 
 /* Results of lattice_stmt_step() besides the error codes. */
@@ -235,6 +236,10 @@ typedef struct lattice_change {
   size_t column_count;
   bool deleted;
   bool merged; /* true: from lattice_replica_apply; false: a local write */
+  /* NULL, or why a merge took the row out of its table (`deleted` is then true): it breaks a
+   * declared constraint and waits in the lattice_conflicts view (docs/data-quality.md). One of
+   * "unique", "check", "not_null", "foreign_key", "type", "trigger". */
+  const char* conflict;
 } lattice_change;
 
 /* Receives the rows of one committed transaction, on the thread of the replica call that

@@ -38,6 +38,7 @@ using engine::SyncState;
 using engine::SyncStatus;
 using storage::ApplyResult;
 using storage::ChangeEvent;
+using storage::CheckReport;
 using storage::compare_digests;
 using storage::QueryResult;
 using storage::Replica;

@@ -11,13 +11,16 @@ public final class Change {
   private final String[] columns;
   private final boolean deleted;
   private final boolean merged;
+  private final String conflict;
 
-  Change(String table, Object[] primaryKey, String[] columns, boolean deleted, boolean merged) {
+  Change(String table, Object[] primaryKey, String[] columns, boolean deleted, boolean merged,
+      String conflict) {
     this.table = table;
     this.primaryKey = primaryKey;
     this.columns = columns;
     this.deleted = deleted;
     this.merged = merged;
+    this.conflict = conflict;
   }
 
   public String table() {
@@ -43,9 +46,18 @@ public final class Change {
     return merged;
   }
 
+  /**
+   * Null, or why a merge took the row out of its table: it breaks a declared constraint and
+   * waits in the lattice_conflicts view ("unique", "check", "not_null", "foreign_key", "type",
+   * "trigger"); {@link #deleted()} is then true.
+   */
+  public String conflict() {
+    return conflict;
+  }
+
   @Override
   public String toString() {
     return table + Arrays.toString(primaryKey) + (deleted ? " deleted" : " " + Arrays.toString(columns))
-        + (merged ? " (merged)" : " (local)");
+        + (merged ? " (merged)" : " (local)") + (conflict != null ? " held: " + conflict : "");
   }
 }

@@ -28,6 +28,7 @@ public class LatticeException extends RuntimeException {
   public static final int INTERNAL = 14;
   public static final int UNAUTHORIZED = 15;
   public static final int FORBIDDEN = 16;
+  public static final int COPIED_REPLICA = 17;
 
   private final int code;
 
