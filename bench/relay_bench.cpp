@@ -352,6 +352,8 @@ Setup make_setup(const fs::path& dir, const std::string& relay) {
           dir / "openssl.out") != 0)
     throw std::runtime_error("openssl req failed: cannot make the test certificate");
   std::ofstream(setup.keys()) << "bench 0123456789abcdef0123456789abcdef0123456789abcdef\n";
+  std::filesystem::permissions(
+      setup.keys(), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   std::ofstream(setup.schema()) << kSchema;
   if (run_program({relay, "token", "--key-file", setup.keys().string(), "--ns", kNamespace,
                    "--rights", "read,write", "--ttl", "2h"},

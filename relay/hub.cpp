@@ -18,14 +18,8 @@ namespace lattice::relay {
 
 namespace {
 
+using transport::valid_namespace;
 using transport::WireError;
-
-bool valid_namespace(const std::string& ns) {
-  if (ns.empty() || ns.size() > 64) return false;
-  return std::all_of(ns.begin(), ns.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-  });
-}
 
 }  // namespace
 
@@ -147,15 +141,24 @@ Namespace& Hub::Impl::space(const std::string& ns) {
   std::filesystem::create_directories(options.data_dir);
   auto space = std::make_unique<Namespace>();
   space->name = ns;
-  space->replica = storage::Replica::open(
-      (std::filesystem::path(options.data_dir) / (ns + ".db")).string(), options.replica_options);
+  const auto file = std::filesystem::path(options.data_dir) / (ns + ".db");
+  space->replica = storage::Replica::open(file.string(), options.replica_options);
+  // Files made by an older relay or another umask become private too (SQLite gives the WAL and
+  // shared-memory files the database file's mode when it creates them).
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    std::error_code ignored;
+    std::filesystem::permissions(
+        file.string() + suffix,
+        std::filesystem::perms::owner_read | std::filesystem::perms::owner_write, ignored);
+  }
   if (space->replica->schema_description().empty()) {
-    const auto file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
-    if (!options.schema_dir.empty() && std::filesystem::exists(file)) {
-      std::ifstream in(file, std::ios::binary);
+    const auto schema_file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
+    if (!options.schema_dir.empty() && std::filesystem::exists(schema_file)) {
+      std::ifstream in(schema_file, std::ios::binary);
       std::ostringstream sql;
       sql << in.rdbuf();
-      if (!in) throw Error(ErrorCode::kIo, "cannot read the schema file '" + file.string() + "'");
+      if (!in)
+        throw Error(ErrorCode::kIo, "cannot read the schema file '" + schema_file.string() + "'");
       space->replica->exec(sql.str());
     } else if (!options.schema_sql.empty()) {
       space->replica->exec(options.schema_sql);

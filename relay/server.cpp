@@ -1,6 +1,7 @@
 #include "relay/server.hpp"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
@@ -18,6 +19,7 @@
 #include "crdt/error.hpp"
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
+#include "transport/frame.hpp"
 #include "transport/websocket_server.hpp"
 
 namespace lattice::relay {
@@ -280,6 +282,14 @@ TokenConfig parse_token_args(const std::vector<std::string>& args) {
   config.rights = flags.require("rights");
   config.ttl = flags.require("ttl");
   if (flags.has("subject")) config.subject = flags.require("subject");
+  // A token for a name the relay always refuses is useless: refused here, at minting.
+  if (!transport::valid_namespace(config.ns))
+    throw usage_error("--ns '" + config.ns +
+                      "' is not a namespace name: 1 to 64 letters, digits, '_' or '-'");
+  if (config.subject.size() > 128 ||
+      std::any_of(config.subject.begin(), config.subject.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    throw usage_error("--subject must be at most 128 characters without control characters");
   parse_rights(config.rights);  // flag errors before touching the key file
   parse_duration(config.ttl);
   return config;
@@ -300,11 +310,18 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   const KeyRing ring = KeyRing::load(config.key_file);
   const std::string schema_sql =
       config.schema_file.empty() ? "" : read_file("schema file", config.schema_file);
+  // Every file the relay creates (replicas, their WAL and shared-memory files) is its user's
+  // alone: 0600, in a 0700 data directory, whatever umask it was started with.
+  ::umask(077);
   std::error_code fs_error;
   std::filesystem::create_directories(config.data_dir, fs_error);
   if (fs_error || !std::filesystem::is_directory(config.data_dir))
     throw Error(ErrorCode::kIo, "cannot create the data directory '" + config.data_dir +
                                     "': " + (fs_error ? fs_error.message() : "not a directory"));
+  std::filesystem::permissions(config.data_dir, std::filesystem::perms::owner_all, fs_error);
+  if (fs_error)
+    throw Error(ErrorCode::kIo, "cannot make the data directory '" + config.data_dir +
+                                    "' private (0700): " + fs_error.message());
 
   auto write_log = [&log](const std::string& line) {
     log << "lattice-relay: " << line << std::endl;

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -328,6 +329,17 @@ KeyRing KeyRing::load(const std::string& path) {
   if (!in.is_open()) {
     int err = errno;
     throw Error(ErrorCode::kIo, "cannot open key file '" + path + "': " + std::strerror(err));
+  }
+  // Whoever reads the key file can mint tokens for every namespace: a file other users may
+  // read is refused, not silently used.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & S_IRWXO) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%03o", static_cast<unsigned>(st.st_mode & 0777));
+    throw Error(ErrorCode::kIo, "key file '" + path + "' has mode " + mode +
+                                    ": other users may read it, and with it mint any token; "
+                                    "run chmod 600 '" +
+                                    path + "'");
   }
   std::vector<Key> keys;
   std::vector<int> key_lines;

@@ -563,6 +563,15 @@ bool reference_input(msgpack::type::object_type, std::size_t, void*) { return tr
 
 }  // namespace
 
+bool valid_namespace(std::string_view ns) {
+  if (ns.empty() || ns.size() > 64) return false;
+  for (const char c : ns)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-'))
+      return false;
+  return true;
+}
+
 const char* wire_error_name(WireError code) {
   switch (code) {
     case WireError::kProtocolVersion:

@@ -124,6 +124,10 @@ using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong,
 
 constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
 
+// The protocol's rule for namespace names (docs/protocol.md): 1 to 64 of A-Z a-z 0-9 _ -. The
+// relay makes them file names, so nothing else (no '.', no '/') ever passes.
+bool valid_namespace(std::string_view ns);
+
 std::string encode_frame(const Frame& frame);
 
 // Decodes bytes from an untrusted peer. Throws lattice::Error naming what was wrong: kTooLarge

@@ -725,6 +725,7 @@ static bool start_relay(const char* relay_path, Relay* relay) {
   if (!f) return false;
   fputs("k1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", f);
   fclose(f);
+  chmod(keys, 0600); /* the relay refuses a key file other users may read */
   f = fopen(schema, "w");
   if (!f) return false;
   fprintf(f, "%s;\nSELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n", kSchema);

@@ -108,6 +108,7 @@ struct Environment {
     dir = pattern;
     key_file = dir / "keys";
     std::ofstream(key_file) << "# test keys\n" << kKeyName << " " << kSecret << "\n";
+    fs::permissions(key_file, fs::perms::owner_read | fs::perms::owner_write);
     schema_file = dir / "schema.sql";
     std::ofstream(schema_file) << test::kTodoSchema << "\n";
     cert_file = dir / "cert.pem";
@@ -987,6 +988,65 @@ TEST_CASE("a token that expires on an open connection is refused from then on") 
   CHECK(listener.device->expect_error_and_close().code == transport::WireError::kUnauthorized);
   Peer check(relay.port(), "board", cli_token("board", "read"));
   CHECK(check.rows() == 1);  // 'late' was never merged
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and secrets (issue 10, finding 8)
+
+// Runs `command` through the shell; its exit status and standard error.
+std::pair<int, std::string> run_status(const std::string& command) {
+  const fs::path err = env().dir / "command.err";
+  const int status = std::system((command + " >/dev/null 2>'" + err.string() + "'").c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(err)};
+}
+
+TEST_CASE("the relay's data is its user's alone: 0600 files in a 0700 directory") {
+  RelayProcess relay;
+  {
+    Peer peer(relay.port(), "board", cli_token("board", "read,write"));
+    peer.replica->exec("INSERT INTO todo(id, title) VALUES ('a', 'x')");
+    peer.push();
+    peer.device->expect<transport::Ack>();
+  }
+  auto mode = [](const fs::path& path) {
+    return static_cast<unsigned>(fs::status(path).permissions() & fs::perms::mask);
+  };
+  CHECK(mode(relay.data_dir()) == 0700);
+  for (const char* file : {"board.db", "board.db-wal", "board.db-shm"}) {
+    CAPTURE(file);
+    const fs::path path = fs::path(relay.data_dir()) / file;
+    if (fs::exists(path)) CHECK(mode(path) == 0600);
+  }
+}
+
+TEST_CASE("a key file other users may read is refused with a clear message") {
+  const fs::path open_keys = env().dir / "open-keys";
+  std::ofstream(open_keys) << kKeyName << " " << kSecret << "\n";
+  fs::permissions(open_keys, fs::perms::owner_read | fs::perms::owner_write |
+                                 fs::perms::group_read | fs::perms::others_read);
+  const auto [serve_status, serve_err] = run_status(
+      std::string(LATTICE_RELAY_PATH) + " serve --listen 127.0.0.1:0 --data '" +
+      (env().dir / "unused").string() + "' --insecure --key-file '" + open_keys.string() + "'");
+  CHECK(serve_status == 1);
+  CHECK(serve_err.find("mode 644") != std::string::npos);
+  CHECK(serve_err.find("chmod 600") != std::string::npos);
+  CHECK(serve_err.find(kSecret) == std::string::npos);
+  const auto [token_status, token_err] =
+      run_status(std::string(LATTICE_RELAY_PATH) + " token --key-file '" + open_keys.string() +
+                 "' --ns board --rights read --ttl 1h");
+  CHECK(token_status == 1);
+  CHECK(token_err.find("chmod 600") != std::string::npos);
+}
+
+TEST_CASE("tokens are minted only for names the relay accepts") {
+  for (const char* ns : {"../x", "a/b", "", "x.db", "name with space"}) {
+    CAPTURE(ns);
+    const auto [status, err] =
+        run_status(std::string(LATTICE_RELAY_PATH) + " token --key-file '" +
+                   env().key_file.string() + "' --ns '" + ns + "' --rights read --ttl 1h");
+    CHECK(status == 2);
+    CHECK(!err.empty());
+  }
 }
 
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {

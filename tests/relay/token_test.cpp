@@ -131,8 +131,13 @@ class TempFile {
              ("lattice_token_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) +
               ".keys"))
                 .string();
-    std::ofstream out(path_, std::ios::binary);
-    out << contents;
+    {
+      std::ofstream out(path_, std::ios::binary);
+      out << contents;
+    }
+    // As a key file must be: its owner's alone.
+    std::filesystem::permissions(
+        path_, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   }
   ~TempFile() { std::filesystem::remove(path_); }
   const std::string& path() const { return path_; }
@@ -547,6 +552,20 @@ TEST_CASE("a key file lists keys, the first one signing") {
   // The CR of a CRLF line is not part of the secret.
   KeyRing same = KeyRing::from_keys({{"k2025", kSecretB}});
   CHECK(same.verify(ring.sign(sample_claims()), kNow).key_name == "k2025");
+}
+
+TEST_CASE("a key file other users may read is refused, naming its mode") {
+  TempFile file("k1 0123456789abcdef0123456789abcdef\n");
+  std::filesystem::permissions(file.path(), std::filesystem::perms::others_read,
+                               std::filesystem::perm_options::add);
+  CHECK_ERROR(KeyRing::load(file.path()), ErrorCode::kIo,
+              "has mode 604: other users may read it, and with it mint any token; run chmod 600");
+  // Group bits are the operator's choice (a service group); only "others" are refused.
+  std::filesystem::permissions(file.path(), std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::replace);
+  std::filesystem::permissions(file.path(), std::filesystem::perms::owner_read,
+                               std::filesystem::perm_options::add);
+  CHECK(KeyRing::load(file.path()).size() == 1);
 }
 
 TEST_CASE("key file errors name the file and the line, and never show a secret") {

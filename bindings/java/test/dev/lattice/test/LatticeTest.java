@@ -314,6 +314,7 @@ public final class LatticeTest {
     Path schema = dir.resolve("schema.sql");
     Files.write(keys, "k1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n"
         .getBytes(StandardCharsets.UTF_8));
+    Files.setPosixFilePermissions(keys, java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
     Files.write(schema, (SCHEMA + ";\nSELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n")
         .getBytes(StandardCharsets.UTF_8));
     Process relay = new ProcessBuilder(relayPath, "serve", "--listen", "127.0.0.1:0", "--data",
