@@ -482,6 +482,14 @@ void check_still_serves(const RelayProcess& relay, const std::string& ns = "boar
   CHECK(other.welcome.protocol_version == transport::kProtocolVersion);
 }
 
+// One row written through the relay by a new device of "board", acknowledged.
+void write_one(const RelayProcess& relay, const std::string& id) {
+  Peer peer(relay.port(), "board", cli_token("board", "read,write"));
+  peer.replica->query("INSERT INTO todo(id, title) VALUES (?, 'x')", {id});
+  peer.push();
+  peer.device->expect<transport::Ack>();
+}
+
 // The same with a namespace that has no rows yet, for relays with tiny queues.
 void check_still_serves_small(const RelayProcess& relay) { check_still_serves(relay, "fresh"); }
 
@@ -1002,12 +1010,7 @@ std::pair<int, std::string> run_status(const std::string& command) {
 
 TEST_CASE("the relay's data is its user's alone: 0600 files in a 0700 directory") {
   RelayProcess relay;
-  {
-    Peer peer(relay.port(), "board", cli_token("board", "read,write"));
-    peer.replica->exec("INSERT INTO todo(id, title) VALUES ('a', 'x')");
-    peer.push();
-    peer.device->expect<transport::Ack>();
-  }
+  write_one(relay, "a");
   auto mode = [](const fs::path& path) {
     return static_cast<unsigned>(fs::status(path).permissions() & fs::perms::mask);
   };
