@@ -56,6 +56,11 @@ Prints one JSON object on stdout; progress goes to stderr.
 )";
 
 constexpr const char* kSchema = "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL)";
+// The same columns with the constraints applications declare, all of which the benchmark's rows
+// satisfy: what checking them at merge costs (docs/data-quality.md).
+constexpr const char* kConstrainedSchema =
+    "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT NOT NULL UNIQUE, b INTEGER NOT NULL "
+    "CHECK (b >= 0), c REAL CHECK (c < 1e12))";
 
 struct Options {
   std::size_t rows = 100000;
@@ -356,9 +361,9 @@ class TempDir {
 };
 
 // Opens a replica holding an empty replicated t.
-std::unique_ptr<lattice::Replica> open_replica(const fs::path& path) {
+std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char* schema = kSchema) {
   auto replica = lattice::Replica::open(path.string());
-  replica->exec(kSchema);
+  replica->exec(schema);
   replica->replicate("t");
   return replica;
 }
@@ -433,6 +438,26 @@ int run(const Options& options) {
     samples["plain_upsert_ms"].push_back(upsert_ms);
     samples["apply_vs_plain_upsert_ratio"].push_back(merge_ms / upsert_ms);
 
+    // The same merge into a table that declares constraints (checked as rows are written).
+    auto constrained = open_replica(dir / "constrained.db", kConstrainedSchema);
+    start = Clock::now();
+    const lattice::ApplyResult checked = constrained->apply(decoded);
+    const double constrained_ms = elapsed_ms(start);
+    if (checked.applied != changes ||
+        fingerprint(constrained->connection()) != fingerprint(replicated))
+      throw std::runtime_error("the merge into the constrained table differs from its source");
+    samples["apply_constrained_ms"].push_back(constrained_ms);
+    samples["apply_constrained_ratio"].push_back(constrained_ms / apply_ms);
+    // What the same constraints cost plain SQLite (the unique index above all): the part of
+    // the ratio above that is SQLite's own, not Lattice's.
+    PlainDb plain_constrained(dir / "plain-constrained.db");
+    exec(plain_constrained.get(), kConstrainedSchema);
+    PlainDb plain_free(dir / "plain-free.db");
+    exec(plain_free.get(), kSchema);
+    const double constrained_plain_ms = insert_rows(plain_constrained.get(), rows);
+    const double free_plain_ms = insert_rows(plain_free.get(), rows);
+    samples["plain_constrained_insert_ratio"].push_back(constrained_plain_ms / free_plain_ms);
+
     // Updates of every row: one column, then three.
     const double update1_plain = update_one_column(plain.get(), rows);
     const double update1_replicated = update_one_column(replicated, rows);
@@ -485,6 +510,9 @@ int run(const Options& options) {
   out << "  " << figure("apply_changes_per_s", 0) << ",\n";
   out << "  " << figure("plain_upsert_ms", 1) << ",\n";
   out << "  " << figure("apply_vs_plain_upsert_ratio", 2) << ",\n";
+  out << "  " << figure("apply_constrained_ms", 1) << ",\n";
+  out << "  " << figure("apply_constrained_ratio", 2) << ",\n";
+  out << "  " << figure("plain_constrained_insert_ratio", 2) << ",\n";
   for (const char* key : {"size_plain_bytes", "size_replicated_bytes"})
     out << "  " << figure(key, 0) << ",\n";
   out << "  " << figure("size_ratio", 2) << ",\n";

@@ -479,9 +479,9 @@ int run(const std::vector<std::string>& args) {
                    one_line(report.problems.front()).c_str());
       return 1;
     }
-    std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded %s\n",
+    std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded%s\n",
                 static_cast<long long>(held), static_cast<long long>(superseded),
-                held + superseded ? "(see lattice_conflicts)" : "");
+                held + superseded ? " (see lattice_conflicts)" : "");
     return 0;
   }
   if (command == "rekey") {

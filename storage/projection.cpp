@@ -71,9 +71,13 @@ Projection::Projection(Replica::Impl& impl, std::vector<ChangeEvent>& events)
 }
 
 Statement& Projection::cached(const std::string& sql) {
-  auto it = impl_.merge_statements.find(sql);
+  return cached(sql, [&] { return sql; });
+}
+
+Statement& Projection::cached(const std::string& key, const std::function<std::string()>& sql) {
+  auto it = impl_.merge_statements.find(key);
   if (it == impl_.merge_statements.end())
-    it = impl_.merge_statements.emplace(sql, Statement(impl_.db, sql)).first;
+    it = impl_.merge_statements.emplace(key, Statement(impl_.db, sql())).first;
   it->second.reset();
   return it->second;
 }
@@ -110,8 +114,10 @@ bool Projection::is_held(const TableInfo& t, const std::string& pk) {
 }
 
 std::optional<Projection::Row> Projection::shown_row(TableInfo& t, const std::string& pk) {
-  Statement& s = cached("SELECT " + all_columns(t) + " FROM " + quote_identifier(t.name) +
-                        " WHERE " + t.key_where());
+  Statement& s = cached("shown " + std::to_string(t.id), [&] {
+    return "SELECT " + all_columns(t) + " FROM " + quote_identifier(t.name) + " WHERE " +
+           t.key_where();
+  });
   const auto key = unpack_primary_key(pk, t.key_count);
   for (std::size_t i = 0; i < key.size(); ++i) s.bind(static_cast<int>(i + 1), key[i]);
   std::optional<Row> row;
@@ -338,10 +344,26 @@ std::optional<Projection::Refusal> Projection::missing_parent(TableInfo& t, cons
 std::optional<Projection::Refusal> Projection::write(
     TableInfo& t, const std::string& pk, const Row& row, bool insert,
     const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& changed) {
-  if (auto orphan = missing_parent(t, row)) return orphan;
+  if (!t.foreign_keys.empty())
+    if (auto orphan = missing_parent(t, row)) return orphan;
   const std::string table = quote_identifier(t.name);
-  for (int attempt = 0; attempt < kMaxWriteAttempts; ++attempt) {
-    std::string sql;
+  // A row that is not shown is inserted; an INSERT without an upsert clause costs SQLite one
+  // seek less per unique index. Its key is not in the table, but a table edited behind
+  // Lattice's back may hold it: then the upsert, once.
+  bool upsert = false;
+  auto statement_key = [&] {
+    std::string key =
+        (insert ? (upsert ? "upsert " : "insert ") : "update ") + std::to_string(t.id);
+    if (!insert)
+      for (const auto& [c, v] : changed) key += " " + std::to_string(c->id);
+    return key;
+  };
+  auto build = [&] {
+    if (insert && !upsert) {
+      std::string marks;
+      for (std::size_t i = 0; i < t.columns.size(); ++i) marks += i ? ", ?" : "?";
+      return "INSERT INTO " + table + "(" + all_columns(t) + ") VALUES (" + marks + ")";
+    }
     if (insert) {
       std::string marks, updates, keys;
       for (std::size_t i = 0; i < t.columns.size(); ++i) {
@@ -352,16 +374,17 @@ std::optional<Projection::Refusal> Projection::write(
         else
           updates += std::string(updates.empty() ? "" : ", ") + n + " = excluded." + n;
       }
-      sql = "INSERT INTO " + table + "(" + all_columns(t) + ") VALUES (" + marks +
-            ") ON CONFLICT(" + keys + ") DO " +
-            (updates.empty() ? "NOTHING" : "UPDATE SET " + updates);
-    } else {
-      std::string sets;
-      for (const auto& [c, v] : changed)
-        sets += std::string(sets.empty() ? "" : ", ") + quote_identifier(c->name) + " = ?";
-      sql = "UPDATE " + table + " SET " + sets + " WHERE " + t.key_where();
+      return "INSERT INTO " + table + "(" + all_columns(t) + ") VALUES (" + marks +
+             ") ON CONFLICT(" + keys + ") DO " +
+             (updates.empty() ? "NOTHING" : "UPDATE SET " + updates);
     }
-    Statement& s = cached(sql);
+    std::string sets;
+    for (const auto& [c, v] : changed)
+      sets += std::string(sets.empty() ? "" : ", ") + quote_identifier(c->name) + " = ?";
+    return "UPDATE " + table + " SET " + sets + " WHERE " + t.key_where();
+  };
+  for (int attempt = 0; attempt < kMaxWriteAttempts; ++attempt) {
+    Statement& s = cached(statement_key(), build);
     int at = 1;
     if (insert) {
       for (const auto& v : row) s.bind(at++, v);
@@ -376,6 +399,10 @@ std::optional<Projection::Refusal> Projection::write(
       return Refusal{"trigger", "",
                      describe_key(t, key_of(t, row)) +
                          " cannot be shown: a trigger skipped writing it (RAISE(IGNORE))"};
+    }
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && insert && !upsert) {
+      upsert = true;
+      continue;
     }
     auto refusal = refusal_of(t, pk, rc, message);
     if (refusal->reason != "unique") return refusal;
@@ -439,7 +466,9 @@ void Projection::record_held(TableInfo& t, const std::string& pk, const Row& row
 }
 
 void Projection::remove_shown(TableInfo& t, const std::string& pk, const Row& shown) {
-  Statement& s = cached("DELETE FROM " + quote_identifier(t.name) + " WHERE " + t.key_where());
+  Statement& s = cached("remove " + std::to_string(t.id), [&] {
+    return "DELETE FROM " + quote_identifier(t.name) + " WHERE " + t.key_where();
+  });
   for (std::size_t i = 0; i < t.key_count; ++i) s.bind(static_cast<int>(i + 1), shown[i]);
   std::string message;
   const int rc = run(s, t, pk, message);
@@ -526,8 +555,11 @@ bool Projection::changes_parent_key(
 void Projection::place(const MergedRow& m) {
   TableInfo& t = *m.table;
   auto held = held_counts_[t.id] ? held_values(impl_, t, m.pk) : std::nullopt;
-  std::vector<std::string> changed_names;
-  for (const auto& [c, v] : m.changed) changed_names.push_back(c->name);
+  auto changed_names = [&] {
+    std::vector<std::string> names;
+    for (const auto& [c, v] : m.changed) names.push_back(c->name);
+    return names;
+  };
 
   if (!m.alive) {
     if (held) {
@@ -571,7 +603,7 @@ void Projection::place(const MergedRow& m) {
       hold_shown(t, m.pk, row, *shown, *refusal);
       return;
     }
-    event(t, m.key, false, changed_names, "");
+    if (!impl_.listeners.empty()) event(t, m.key, false, changed_names(), "");
     // Children that pointed at a parent key this update changed have lost their parent.
     if (changes_parent_key(t, m.changed)) hold_children(t, *shown);
     return;
@@ -585,7 +617,7 @@ void Projection::place(const MergedRow& m) {
     event(t, m.key, true, {}, refusal->reason);
     return;
   }
-  event(t, m.key, false, changed_names, "");
+  if (!impl_.listeners.empty()) event(t, m.key, false, changed_names(), "");
 }
 
 void Projection::note_superseded(
@@ -622,6 +654,24 @@ void Projection::note_superseded(
 }
 
 void Projection::settle() {
+  // A held row whose key the application inserted again is resolved: the insert, a newer
+  // write, is shown, and the held values are superseded.
+  {
+    std::vector<std::pair<TableInfo*, std::string>> resolved;
+    Statement select(impl_.db, "SELECT table_id, pk FROM lattice_held");
+    while (select.step()) {
+      auto it = impl_.tables.find(static_cast<crdt::TableId>(select.column_int(0)));
+      if (it != impl_.tables.end())
+        resolved.emplace_back(it->second.get(), std::string(select.column_blob(1)));
+    }
+    select = Statement();
+    for (auto& [t, pk] : resolved) {
+      if (!shown_row(*t, pk)) continue;
+      Statement& s = cached("DELETE FROM lattice_held WHERE table_id = ? AND pk = ?");
+      s.bind(1, static_cast<std::int64_t>(t->id)).bind_blob(2, pk).run();
+      --held_counts_[t->id];
+    }
+  }
   // Each round admits at least one row or ends; a row admitted may evict others, which are
   // retried in the next round and lose to it, so the rounds end.
   for (int round = 0; round < 1000; ++round) {

@@ -230,8 +230,6 @@ class TriggerWriter {
             ", 1, lattice_hlc(), 0, lattice_seq()) ON CONFLICT(pk) DO UPDATE SET "
             "cl = cl + 1 - (cl % 2), hlc = excluded.hlc, site = 0, seq = excluded.seq;\n";
     sql_ += "DELETE FROM " + cells_ + " WHERE pk = " + new_key_ + ";\n";
-    // Inserting a held row's key is how an application resolves it: the insert wins.
-    sql_ += "DELETE FROM lattice_held WHERE table_id = " + id_ + " AND pk = " + new_key_ + ";\n";
     for (const auto& c : t_.columns) {
       if (c.kind != crdt::ColumnKind::kCounter) continue;
       const std::string col = std::to_string(c.id);

@@ -14,6 +14,7 @@
 // the row that took a unique value later is the one that waits. Ties fall to the packed key.
 // Merge mode only (Replica::Impl::merging): its writes are never captured.
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -109,7 +110,10 @@ class Projection {
   int run(Statement& statement, const TableInfo& t, const std::string& pk, std::string& message);
   void undo_side_deletes();
 
+  // A statement prepared once per connection: by its SQL, or by a short key and the SQL to
+  // build on first use.
   Statement& cached(const std::string& sql);
+  Statement& cached(const std::string& key, const std::function<std::string()>& sql);
   void event(const TableInfo& t, const std::vector<crdt::Value>& key, bool deleted,
              std::vector<std::string> columns, const std::string& conflict);
   bool is_held(const TableInfo& t, const std::string& pk);
