@@ -974,7 +974,13 @@ TEST_CASE("a flood by one token leaves another namespace's round trip within 2x"
           << " digest requests, " << refusals.load() << " refused as rate_limited) p50 "
           << p50_flood << " ms, p99 " << p99_flood << " ms");
   CHECK(refusals > 0);
+#ifndef LATTICE_SANITIZED
   CHECK(p99_flood <= 2 * p99_quiet);
+#else
+  // Under the sanitizers the relay's catch-ups and digests run several times slower than any
+  // relay would: the figures are printed, the bound is checked in the optimized tree only.
+  (void)p99_flood;
+#endif
 }
 
 TEST_CASE("a token that expires on an open connection is refused from then on") {
