@@ -9,6 +9,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -30,8 +31,10 @@ constexpr const char* kUsage = R"(usage:
   lattice check DB                             check metadata against tables, list held rows
   lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
   lattice migrate DB VERSION SQL               run migration VERSION once (schema changes)
-  lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
-               [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
+  lattice sync DB URL [--token-file FILE] [--once | --verify] [--ca-file FILE]
+               [--timeout SECONDS] [--allow-insecure-remote]
+                                               sync with a relay at wss://HOST:PORT/NAMESPACE;
+                                               the token from FILE or $LATTICE_TOKEN
 )";
 
 struct UsageError : std::runtime_error {
@@ -125,6 +128,18 @@ double parse_seconds(const std::string& text) {
   return value;
 }
 
+// The first line of `path`, without its line ending or surrounding blanks: a bearer token.
+// Errors name the file, never its content.
+std::string read_token_file(const std::string& path) {
+  std::string text = read_file(path, 64 * 1024);
+  text = text.substr(0, text.find_first_of("\r\n"));
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string::npos)
+    throw lattice::Error(lattice::ErrorCode::kInvalidArgument,
+                         "token file '" + path + "' holds no token on its first line");
+  return text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
 // `lattice sync`: see docs/cli.md.
 int run_sync(const std::vector<std::string>& args) {
   if (args.size() < 3) throw UsageError("'sync' needs DB and URL");
@@ -134,10 +149,17 @@ int run_sync(const std::vector<std::string>& args) {
   bool once = false, verify = false, has_token = false;
   double timeout_seconds = -1;
   lattice::SyncClientOptions options;
+  std::string token_file;
   for (std::size_t i = 3; i < args.size(); ++i) {
     if (args[i] == "--token" && i + 1 < args.size()) {
+      // Still accepted, but the process list shows it to every user of the machine.
       token = args[++i];
       has_token = true;
+      std::fprintf(stderr,
+                   "lattice: warning: --token shows the token to other users (ps); use "
+                   "--token-file FILE or the LATTICE_TOKEN environment variable\n");
+    } else if (args[i] == "--token-file" && i + 1 < args.size()) {
+      token_file = args[++i];
     } else if (args[i] == "--once") {
       once = true;
     } else if (args[i] == "--verify") {
@@ -149,10 +171,23 @@ int run_sync(const std::vector<std::string>& args) {
     } else if (args[i] == "--allow-insecure-remote") {
       options.allow_insecure_remote = true;
     } else {
-      throw UsageError("unexpected argument '" + args[i] + "' to 'sync'");
+      // Not echoed: a token put in the wrong place would land in the terminal and its logs.
+      throw UsageError("unexpected argument #" + std::to_string(i + 1) + " to 'sync'" +
+                       (args[i].rfind("--", 0) == 0 ? " ('" + args[i] + "')" : std::string()));
     }
   }
-  if (!has_token) throw UsageError("'sync' needs --token TOKEN");
+  if (!token_file.empty()) {
+    if (has_token) throw UsageError("--token and --token-file exclude each other");
+    token = read_token_file(token_file);
+    has_token = true;
+  } else if (!has_token) {
+    if (const char* from_env = std::getenv("LATTICE_TOKEN"); from_env && *from_env) {
+      token = from_env;
+      has_token = true;
+    }
+  }
+  if (!has_token)
+    throw UsageError("'sync' needs a token: --token-file FILE or the LATTICE_TOKEN variable");
   if (timeout_seconds < 0) timeout_seconds = once ? 60 : 0;
   if (!std::filesystem::exists(db))
     throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + db + "'");

@@ -593,6 +593,16 @@ lattice_sync* lattice_sync_start(const char* replica_path, const char* url, cons
         callback(context, &status);
       };
     }
+    if (given.renew_token) {
+      client_options.renew_token = [callback = given.renew_token,
+                                    context = given.renew_context](const std::string& reason) {
+        // Room for the longest token a relay accepts (relay/token.hpp: 8 KiB) and its NUL.
+        std::string out(8193, '\0');
+        if (!callback(context, reason.c_str(), out.data(), out.size())) return std::string();
+        out.resize(::strnlen(out.data(), out.size() - 1));
+        return out;
+      };
+    }
     auto sync = std::make_unique<lattice_sync>();
     sync->client = std::make_unique<lattice::engine::SyncClient>(replica_path, url, token,
                                                                  std::move(client_options));

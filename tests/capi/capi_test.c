@@ -754,6 +754,7 @@ static bool start_relay(const char* relay_path, Relay* relay) {
   if (!f) return false;
   fputs("k1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", f);
   fclose(f);
+  chmod(keys, 0600); /* the relay refuses a key file other users may read */
   f = fopen(schema, "w");
   if (!f) return false;
   fprintf(f, "%s;\nSELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n", kSchema);
@@ -825,6 +826,33 @@ static void on_status(void* context, const lattice_sync_status* status) {
   if (status->state == LATTICE_SYNC_LIVE) atomic_store(&seen->saw_live, 1);
   if (status->fatal && status->last_error && status->last_error[0])
     atomic_store(&seen->saw_fatal, 1);
+}
+
+/* A token renewal callback: mints a fresh token with the lattice-relay CLI. */
+typedef struct {
+  const char* relay_path;
+  const char* keys;
+  atomic_int calls;
+} Renewer;
+
+static bool renew_token(void* context, const char* reason, char* out, size_t capacity) {
+  Renewer* renewer = (Renewer*)context;
+  atomic_fetch_add(&renewer->calls, 1);
+  if (!strstr(reason, "expired")) return false;
+  char* argv[] = {(char*)renewer->relay_path,
+                  "token",
+                  "--key-file",
+                  (char*)renewer->keys,
+                  "--ns",
+                  "board",
+                  "--rights",
+                  "read,write",
+                  "--ttl",
+                  "1h",
+                  NULL};
+  if (run_capture(argv, out, capacity, 20) != 0) return false;
+  out[strcspn(out, "\r\n")] = '\0';
+  return true;
 }
 
 static void test_sync(const char* relay_path) {
@@ -919,6 +947,37 @@ static void test_sync(const char* relay_path) {
   CHECK_OK(lattice_sync_get_last_error(phone_sync, &last_error, E));
   CHECK(last_error.data != NULL && last_error.data[last_error.size] == '\0');
   lattice_buffer_free(&last_error);
+
+  /* A token that expires on the open connection is renewed through the callback (API 2). */
+  {
+    char short_token[1024];
+    char* short_argv[] = {(char*)relay_path, "token",      "--key-file", keys, "--ns", "board",
+                          "--rights",        "read,write", "--ttl",      "2s", NULL};
+    CHECK(run_capture(short_argv, short_token, sizeof short_token, 20) == 0);
+    short_token[strcspn(short_token, "\r\n")] = '\0';
+    Renewer renewer = {relay_path, keys, 0};
+    atomic_init(&renewer.calls, 0);
+    lattice_sync_options renewing = LATTICE_SYNC_OPTIONS_INIT;
+    renewing.min_backoff_ms = 50;
+    renewing.poll_interval_ms = 20;
+    renewing.renew_token = renew_token;
+    renewing.renew_context = &renewer;
+    lattice_replica* tablet = open_todo("tablet.db");
+    char tablet_path[512];
+    path_in_dir(tablet_path, sizeof tablet_path, "tablet.db");
+    lattice_sync* tablet_sync =
+        lattice_sync_start(tablet_path, url, short_token, &renewing, &error);
+    CHECK(tablet_sync != NULL);
+    CHECK_OK(lattice_sync_wait_in_sync(tablet_sync, 20000, &in_sync, E));
+    CHECK(in_sync);
+    sleep_ms(3000); /* the first token expires while connected */
+    CHECK_OK(lattice_replica_exec(tablet, "INSERT INTO todo(id, title) VALUES ('t', 'late')", E));
+    CHECK_OK(lattice_sync_wait_in_sync(tablet_sync, 20000, &in_sync, E));
+    CHECK(in_sync);
+    CHECK(atomic_load(&renewer.calls) == 1);
+    lattice_sync_free(tablet_sync);
+    lattice_replica_free(tablet);
+  }
 
   /* Stopped: the getters still answer, waiting is refused. */
   lattice_sync_stop(phone_sync);

@@ -73,7 +73,7 @@ final class Native {
 
   static native long syncStart(String replicaPath, String url, String token, String caFile,
       boolean allowInsecureRemote, int minBackoffMs, int maxBackoffMs, int pollIntervalMs,
-      int connectTimeoutMs, SyncListener listener);
+      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer);
 
   static native void syncStop(long sync);
 
