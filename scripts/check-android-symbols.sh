@@ -26,14 +26,14 @@ min_api="${LATTICE_ANDROID_MIN_API:-24}"
 ALLOWED="
 21 __cxa_atexit __cxa_finalize abort atoi close connect epoll_create epoll_create1 epoll_ctl
 21 epoll_wait eventfd fcntl free freeaddrinfo getaddrinfo getsockopt gettimeofday gmtime_r
-21 if_indextoname if_nametoindex inet_ntop inet_pton ioctl isalnum isspace malloc memchr memcmp
-21 memcpy memmove memset pause pipe poll pthread_cond_broadcast pthread_cond_destroy
+21 if_indextoname if_nametoindex inet_ntop inet_pton ioctl isalnum isalpha isspace malloc memchr
+21 memcmp memcpy memmove memset pause pipe poll pthread_cond_broadcast pthread_cond_destroy
 21 pthread_cond_init pthread_cond_signal pthread_cond_wait pthread_condattr_destroy
 21 pthread_condattr_init pthread_condattr_setclock pthread_create pthread_detach
 21 pthread_getspecific pthread_join pthread_key_create pthread_key_delete pthread_mutex_destroy
 21 pthread_mutex_init pthread_mutex_lock pthread_mutex_unlock pthread_once pthread_self
 21 pthread_setspecific pthread_sigmask recv recvmsg sendmsg setsockopt shutdown sigfillset
-21 snprintf socket sprintf strcat strchr strcmp strerror_r strlen strncpy strtoul
+21 snprintf socket sprintf strcat strchr strcmp strerror_r strlen strncpy strnlen strtod strtoul
 21 timerfd_create timerfd_settime tolower toupper vsnprintf write
 23 __cxa_thread_atexit_impl
 # SQLite's own calls, when it is compiled in from an amalgamation (-DLATTICE_SQLITE_AMALGAMATION)
