@@ -44,9 +44,18 @@ struct Peer : std::enable_shared_from_this<Peer> {
   std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
   crdt::VersionVector known;  // what the device is known to hold
-  // Still receiving its catch-up, paced by the connection's on_drained; fan-out skips it.
+  // Still receiving its catch-up or the pieces of a large changeset, paced by the
+  // connection's on_drained; fan-out skips it.
   bool catching_up = false;
   std::size_t catch_up_changes = 0;  // changes per catch-up frame, halved while too large
+  std::uint32_t protocol = 0;        // the version spoken on this connection
+  // A batch arriving in pieces: its number and the bytes so far (counted in the token's
+  // TokenBudget::buffered).
+  std::optional<std::uint64_t> incoming_batch;
+  std::string incoming;
+  // A changeset going out in pieces, and how much of it has gone.
+  std::shared_ptr<const std::string> outgoing;
+  std::size_t outgoing_at = 0;
 };
 
 // A token bucket: up to `capacity` at once, refilled at `rate` per second.
@@ -80,6 +89,7 @@ constexpr double kCatchUpBurst = 16u << 20;
 struct TokenBudget {
   std::size_t connections = 0;
   Bucket changes, bytes, digests, hellos, catch_up;
+  std::size_t buffered = 0;  // bytes of batches arriving in pieces (HubLimits)
 };
 
 // Peers in the order they connected, not by address, so that fan-out order (and with it a
@@ -113,7 +123,17 @@ struct Hub::Impl {
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
-  void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
+  void on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece);
+  void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
+  // The changeset of a device's changes frame, joined with its pieces, decoded and within the
+  // limits; nullopt after refusing the peer.
+  std::optional<crdt::Changeset> receive_batch(Peer& peer, transport::Changes& changes);
+  // Sends every other live device of the namespace what the merge that moved the relay from
+  // `before` added.
+  void fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before);
+  // The bytes of a peer's unfinished batch, taken from it; they no longer count against its
+  // token's TokenBudget::buffered.
+  std::string take_pieces(Peer& peer);
   void on_close(const std::shared_ptr<Peer>& peer);
   // True (after closing it with unauthorized) when the peer's token has expired.
   bool expired(Peer& peer);
@@ -127,7 +147,10 @@ struct Hub::Impl {
   // The relay's origin log of `peer`'s site id from seq `from` on, at most `max` entries.
   std::map<std::uint64_t, std::uint64_t> origin_tags(Peer& peer, std::uint64_t from,
                                                      std::size_t max);
-  void send_changes(Peer& peer, const crdt::Changeset& changeset, const std::string& bytes);
+  void send_changes(Peer& peer, const crdt::Changeset& changeset,
+                    std::shared_ptr<const std::string> bytes);
+  // Sends pieces of peer.outgoing until `sent` reaches a round; returns the new `sent`.
+  std::size_t send_pieces(Peer& peer, std::size_t sent);
   // Sends the next round of a device's catch-up (HubLimits::catch_up_round_bytes).
   void continue_catch_up(Peer& peer, bool first);
 };
@@ -229,12 +252,39 @@ bool Hub::Impl::expired(Peer& peer) {
 }
 
 void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
-                             const std::string& bytes) {
+                             std::shared_ptr<const std::string> bytes) {
   // Nothing more goes to a device whose token has expired, even if it never sends a frame.
   if (expired(peer)) return;
   counters.changes_sent += changeset.change_count();
-  send(peer, transport::Changes{0, bytes, {}});
   peer.known.merge(changeset.until);
+  if (peer.protocol < 3 || bytes->size() <= options.limits.piece_bytes)
+    return send(peer, transport::Changes{0, *bytes, {}});
+  // Too large for one frame: in pieces, a round at a time, and nothing else for this device
+  // until they are out (continue_catch_up then sends what was merged meanwhile).
+  ++counters.pieced_changesets_out;
+  peer.outgoing = std::move(bytes);
+  peer.outgoing_at = 0;
+  peer.catching_up = true;
+  send_pieces(peer, 0);
+}
+
+std::size_t Hub::Impl::send_pieces(Peer& peer, std::size_t sent) {
+  const std::size_t piece = std::max<std::size_t>(options.limits.piece_bytes, 1);
+  while (peer.outgoing && sent < options.limits.catch_up_round_bytes &&
+         peer.phase == Peer::Phase::kLive) {
+    const std::string& bytes = *peer.outgoing;
+    const std::size_t left = bytes.size() - peer.outgoing_at;
+    if (left <= piece) {
+      send(peer, transport::Changes{0, bytes.substr(peer.outgoing_at), {}});
+      peer.outgoing.reset();
+      peer.outgoing_at = 0;
+      return sent + left;
+    }
+    send(peer, transport::ChangesPiece{0, peer.outgoing_at, bytes.substr(peer.outgoing_at, piece)});
+    peer.outgoing_at += piece;
+    sent += piece;
+  }
+  return sent;
 }
 
 void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
@@ -246,21 +296,27 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
     return fail(*peer, WireError::kFrameTooLarge,
                 "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
                     std::to_string(options.limits.max_frame_bytes));
-  if (!spend(*peer, &TokenBudget::bytes, static_cast<double>(bytes.size()),
-             static_cast<double>(options.limits.max_frame_bytes),
-             options.limits.max_bytes_per_second,
-             "bytes per second: " +
-                 std::to_string(static_cast<std::uint64_t>(options.limits.max_bytes_per_second))))
-    return;
   transport::Frame frame;
   try {
     frame = transport::decode_frame(bytes, options.limits.max_frame_bytes);
   } catch (const Error& e) {
     return fail(*peer, WireError::kMalformed, e.what());
   }
+  // The frames of a batch sent in pieces arrive at the network's pace and are all needed: they
+  // are never refused for the budget but leave the token owing it (its next frames wait).
+  const bool piece = std::holds_alternative<transport::ChangesPiece>(frame) ||
+                     (peer->incoming_batch && std::holds_alternative<transport::Changes>(frame));
+  if (!spend(*peer, &TokenBudget::bytes, static_cast<double>(bytes.size()),
+             static_cast<double>(options.limits.max_frame_bytes),
+             options.limits.max_bytes_per_second,
+             "bytes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_bytes_per_second)),
+             /*debt=*/piece))
+    return;
   if (std::holds_alternative<transport::Hello>(frame))
     return fail(*peer, WireError::kMalformed, "a second hello on one connection");
   if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
+  if (auto* part = std::get_if<transport::ChangesPiece>(&frame)) return on_piece(peer, *part);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
   if (auto* request = std::get_if<transport::DigestRequest>(&frame)) {
@@ -297,8 +353,10 @@ void Hub::Impl::on_first_frame(const std::shared_ptr<Peer>& peer, std::string_vi
   if (!credentials) return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
   using transport::kMinProtocolVersion;
   using transport::kProtocolVersion;
+  // A device names the newest version it speaks; the connection speaks the older of that and
+  // ours, so a newer device still talks to this relay. Only versions too old are refused.
   const std::uint32_t version = credentials->protocol_version;
-  if (version < kMinProtocolVersion || version > kProtocolVersion)
+  if (version < kMinProtocolVersion)
     return fail(*peer, WireError::kProtocolVersion,
                 "protocol version " + std::to_string(version) +
                     " is not supported; this relay speaks versions " +
@@ -399,7 +457,8 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->known = hello.held;
   space->peers.insert(peer);
   peer->connection->authenticated();
-  send(*peer, transport::Welcome{transport::kProtocolVersion, relay_held});
+  peer->protocol = std::min(hello.protocol_version, transport::kProtocolVersion);
+  send(*peer, transport::Welcome{peer->protocol, relay_held});
   // What the device lacks, in frames of bounded size, a round at a time; the first frame always
   // goes (empty or not) so the device knows when it has caught up.
   peer->catching_up = true;
@@ -411,8 +470,9 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
   if (!peer.catching_up || peer.phase != Peer::Phase::kLive) return;
   // Against what the relay holds now: merges made meanwhile were not forwarded to this device
   // (on_changes skips devices still catching up), so they go here.
+  std::size_t sent = send_pieces(peer, 0);
+  if (peer.outgoing) return;  // on_drained calls again
   const crdt::VersionVector held = peer.space->replica->version_vector();
-  std::size_t sent = 0;
   while (first || !peer.known.dominates(held)) {
     first = false;
     if (sent >= options.limits.catch_up_round_bytes) return;  // on_drained calls again
@@ -434,35 +494,111 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
       tokens[peer.token].catch_up.take(static_cast<double>(bytes.size()), kCatchUpBurst,
                                        options.limits.max_catch_up_bytes_per_second,
                                        options.now_seconds(), /*debt=*/true);
-    send_changes(peer, chunk, bytes);
-    if (peer.phase != Peer::Phase::kLive) return;
+    send_changes(peer, chunk, std::make_shared<const std::string>(std::move(bytes)));
+    if (peer.phase != Peer::Phase::kLive || peer.outgoing) return;
   }
   peer.catching_up = false;
 }
 
-void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes) {
+void Hub::Impl::on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece) {
   if (!(peer->grant.rights & kGrantWrite))
     return fail(*peer, WireError::kForbidden,
                 "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
+  if (peer->protocol < 3)
+    return fail(*peer, WireError::kMalformed,
+                "changes_piece frames need protocol 3; this connection speaks " +
+                    std::to_string(peer->protocol));
+  if (peer->incoming_batch && *peer->incoming_batch != piece.batch)
+    return fail(*peer, WireError::kMalformed,
+                "a piece of batch " + std::to_string(piece.batch) + " before the end of batch " +
+                    std::to_string(*peer->incoming_batch));
+  if (piece.offset != peer->incoming.size())
+    return fail(*peer, WireError::kMalformed,
+                "a piece of batch " + std::to_string(piece.batch) + " at offset " +
+                    std::to_string(piece.offset) + " where " +
+                    std::to_string(peer->incoming.size()) + " was next");
+  // Held in memory until the batch is whole: bounded per token, whatever its connections.
+  TokenBudget& budget = tokens[peer->token];
+  if (budget.buffered + piece.piece.size() > options.limits.max_transaction_bytes)
+    return fail(*peer, WireError::kBatchTooLarge,
+                "batch " + std::to_string(piece.batch) + " in pieces is over the limit of " +
+                    std::to_string(options.limits.max_transaction_bytes) +
+                    " bytes for one transaction (every unfinished batch of this token counted)");
+  budget.buffered += piece.piece.size();
+  peer->incoming_batch = piece.batch;
+  peer->incoming += piece.piece;
+}
+
+std::string Hub::Impl::take_pieces(Peer& peer) {
+  std::string bytes;
+  if (!peer.incoming_batch) return bytes;
+  auto it = tokens.find(peer.token);
+  if (it != tokens.end())
+    it->second.buffered -= std::min(it->second.buffered, peer.incoming.size());
+  peer.incoming_batch.reset();
+  bytes.swap(peer.incoming);
+  return bytes;
+}
+
+std::optional<crdt::Changeset> Hub::Impl::receive_batch(Peer& peer, transport::Changes& changes) {
+  // The last bytes of a batch that came in pieces complete it.
+  const bool pieced = peer.incoming_batch.has_value();
+  if (pieced) {
+    if (*peer.incoming_batch != changes.batch) {
+      fail(peer, WireError::kMalformed,
+           "changes of batch " + std::to_string(changes.batch) + " before the end of batch " +
+               std::to_string(*peer.incoming_batch) + "'s pieces");
+      return std::nullopt;
+    }
+    const std::size_t total = peer.incoming.size() + changes.changeset.size();
+    if (total > options.limits.max_transaction_bytes) {
+      fail(peer, WireError::kBatchTooLarge,
+           "batch " + std::to_string(changes.batch) + " of " + std::to_string(total) +
+               " bytes is over the limit of " +
+               std::to_string(options.limits.max_transaction_bytes) + " bytes for one transaction");
+      return std::nullopt;
+    }
+    ++counters.pieced_batches_in;
+    std::string joined = take_pieces(peer);
+    joined += changes.changeset;
+    changes.changeset = std::move(joined);
+  }
   crdt::Changeset changeset;
   try {
     crdt::DecodeLimits limits;
-    limits.max_bytes = options.limits.max_frame_bytes;
+    limits.max_bytes =
+        pieced ? options.limits.max_transaction_bytes : options.limits.max_frame_bytes;
     changeset = crdt::decode_changeset(changes.changeset, limits);
   } catch (const Error& e) {
-    return fail(*peer, WireError::kBadChangeset, e.what());
+    fail(peer, WireError::kBadChangeset, e.what());
+    return std::nullopt;
   }
+  std::string().swap(changes.changeset);
   const std::size_t count = changeset.change_count();
-  if (count > options.limits.max_batch_changes)
-    return fail(*peer, WireError::kBatchTooLarge,
-                "batch of " + std::to_string(count) + " changes is over the limit of " +
-                    std::to_string(options.limits.max_batch_changes));
-  if (!spend(*peer, &TokenBudget::changes, static_cast<double>(count),
+  if (!pieced && count > options.limits.max_batch_changes) {
+    fail(peer, WireError::kBatchTooLarge,
+         "batch of " + std::to_string(count) + " changes is over the limit of " +
+             std::to_string(options.limits.max_batch_changes));
+    return std::nullopt;
+  }
+  // One transaction larger than a batch is merged whole, and the token owes it.
+  if (!spend(peer, &TokenBudget::changes, static_cast<double>(count),
              static_cast<double>(options.limits.max_batch_changes),
              options.limits.max_changes_per_second,
              "changes per second: " +
-                 std::to_string(static_cast<std::uint64_t>(options.limits.max_changes_per_second))))
-    return;
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_changes_per_second)),
+             /*debt=*/pieced))
+    return std::nullopt;
+  return changeset;
+}
+
+void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes) {
+  if (!(peer->grant.rights & kGrantWrite))
+    return fail(*peer, WireError::kForbidden,
+                "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
+  std::optional<crdt::Changeset> received = receive_batch(*peer, changes);
+  if (!received) return;
+  crdt::Changeset& changeset = *received;
 
   Namespace& space = *peer->space;
   const crdt::VersionVector before = space.replica->version_vector();
@@ -512,14 +648,17 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
       if (other != peer && other->phase == Peer::Phase::kLive && other->site == peer->site)
         rekey(*other, shared_prefix(*other));
   if (result.applied == 0 && after == before) return;
+  fan_out(space, *peer, before);
+}
 
+void Hub::Impl::fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before) {
   // The same delta serves every device that held everything the relay held before this merge;
   // a device still catching up gets its own.
   const crdt::Changeset delta = space.replica->changes_since(before);
-  const std::string delta_bytes = crdt::encode_changeset(delta);
+  const auto delta_bytes = std::make_shared<const std::string>(crdt::encode_changeset(delta));
   for (const auto& other :
        std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
-    if (other == peer || other->phase != Peer::Phase::kLive || other->catching_up) continue;
+    if (other.get() == &from || other->phase != Peer::Phase::kLive || other->catching_up) continue;
     // Rows or not: a device must also learn when the relay's vector moves.
     if (other->known.dominates(before)) {
       if (!delta.rows.empty() || !other->known.dominates(delta.until))
@@ -527,7 +666,7 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
     } else {
       const crdt::Changeset own = space.replica->changes_since(other->known);
       if (!own.rows.empty() || !other->known.dominates(own.until))
-        send_changes(*other, own, crdt::encode_changeset(own));
+        send_changes(*other, own, std::make_shared<const std::string>(crdt::encode_changeset(own)));
     }
   }
 }
@@ -545,6 +684,8 @@ bool Hub::Impl::spend(Peer& peer, Bucket TokenBudget::*which, double amount, dou
 void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
   if (!peers.count(peer)) return;
   if (peer->space) peer->space->peers.erase(peer);
+  take_pieces(*peer);
+  peer->outgoing.reset();
   if (!peer->token.empty()) {
     // A token's budgets outlive its connections while it owes anything: reconnecting must not
     // refill them. Once every bucket is full again the entry goes.

@@ -36,6 +36,10 @@ struct HubLimits {
   // The first frame, before the device is authenticated: a hello is a few KiB.
   std::size_t max_hello_bytes = 64u << 10;
   std::size_t max_batch_changes = 100'000;
+  // One batch sent in pieces (protocol 3: a transaction too large for one frame): the bytes of
+  // its changeset, counting every unfinished batch of one token together. max_batch_changes
+  // does not apply to it; the token's changes and bytes budgets pay for it afterwards.
+  std::size_t max_transaction_bytes = 128u << 20;
   // Budgets per token, shared by all the connections that present it (a token bucket each:
   // a burst, refilled at the rate). Past one, the request is refused with rate_limited.
   double max_changes_per_second = 200'000;  // column changes merged; burst: one full batch
@@ -51,6 +55,9 @@ struct HubLimits {
   // Bytes of catch-up queued for a device at a time; the next round goes when the connection's
   // queue drains, so a large catch-up neither overflows it nor holds up other devices.
   std::size_t catch_up_round_bytes = 2u << 20;
+  // A changeset the relay sends whose encoding is larger goes in pieces of this size (to
+  // devices of protocol 3 on), a round (catch_up_round_bytes) at a time.
+  std::size_t piece_bytes = 1u << 20;
 };
 
 struct HubOptions {
@@ -81,9 +88,11 @@ struct LatencyHistogram {
 
 struct HubCounters {
   std::uint64_t connections_accepted = 0;
-  std::uint64_t changes_merged = 0;  // column changes that won at the relay
-  std::uint64_t changes_sent = 0;    // column changes sent to devices
-  std::uint64_t rekeys = 0;          // devices told to take a new site id (copied replica files)
+  std::uint64_t changes_merged = 0;     // column changes that won at the relay
+  std::uint64_t changes_sent = 0;       // column changes sent to devices
+  std::uint64_t rekeys = 0;             // devices told to take a new site id (copied replica files)
+  std::uint64_t pieced_batches_in = 0;  // device batches that arrived in pieces (protocol 3)
+  std::uint64_t pieced_changesets_out = 0;  // changesets sent to devices in pieces
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name

@@ -17,6 +17,7 @@ constexpr const char* kUsage =
     "                      (--tls-cert FILE --tls-key FILE | --insecure) [--schema FILE]\n"
     "                      [--schema-dir DIR]\n"
     "                      [--max-frame-bytes N] [--max-batch-changes N]\n"
+    "                      [--max-transaction-bytes N]\n"
     "                      [--max-changes-per-second N] [--max-connections-per-token N]\n"
     "                      [--max-queue-bytes N] [--handshake-timeout 30s]\n"
     "                      [--shutdown-grace 10s] [--max-hello-bytes N] [--hello-timeout 10s]\n"

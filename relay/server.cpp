@@ -151,6 +151,12 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             "Devices told to take a new site id because another copy of their replica file "
             "wrote under it.",
             hc.rekeys);
+  m.counter("lattice_relay_pieced_batches_in_total",
+            "Device batches (transactions too large for one frame) that arrived in pieces.",
+            hc.pieced_batches_in);
+  m.counter("lattice_relay_pieced_changesets_out_total",
+            "Changesets too large for one frame sent to devices in pieces.",
+            hc.pieced_changesets_out);
   m.counter("lattice_relay_bytes_in_total", "Bytes of frames received from devices.", hc.bytes_in);
   m.counter("lattice_relay_bytes_out_total", "Bytes of frames queued for devices.", hc.bytes_out);
   std::map<std::string, std::uint64_t> rejected = hc.rejected;
@@ -197,6 +203,7 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "schema-dir",
                           "max-frame-bytes",
                           "max-batch-changes",
+                          "max-transaction-bytes",
                           "max-changes-per-second",
                           "max-connections-per-token",
                           "max-queue-bytes",
@@ -237,6 +244,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   if (flags.has("max-batch-changes"))
     config.limits.max_batch_changes =
         parse_count("max-batch-changes", flags.get("max-batch-changes"), 1, 1ull << 32);
+  if (flags.has("max-transaction-bytes"))
+    config.limits.max_transaction_bytes =
+        parse_count("max-transaction-bytes", flags.get("max-transaction-bytes"), 1024, 1ull << 34);
   if (flags.has("max-changes-per-second"))
     config.limits.max_changes_per_second = static_cast<double>(
         parse_count("max-changes-per-second", flags.get("max-changes-per-second"), 1, 1ull << 40));

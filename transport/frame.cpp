@@ -65,6 +65,7 @@ constexpr Layout kLayouts[] = {
     {"rekey", 3, {"type", "reason", "keep_through"}, 0},
     {"digest_request", 2, {"type", "nonce"}, 0},
     {"digest", 3, {"type", "nonce", "summary"}, 0},
+    {"changes_piece", 4, {"type", "batch", "offset", "piece"}, 0},
 };
 static_assert(std::size(kLayouts) == std::variant_size_v<Frame>);
 
@@ -181,6 +182,12 @@ struct Encoder {
     header(10);
     pk.pack_uint64(f.nonce);
     pack_str(pk, f.summary, "digest.summary");
+  }
+  void operator()(const ChangesPiece& f) {
+    header(11);
+    pk.pack_uint64(f.batch);
+    pk.pack_uint64(f.offset);
+    pack_bin(pk, f.piece, "changes_piece.piece");
   }
 };
 
@@ -553,6 +560,8 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       return DigestRequest{read_uint(f[1], at(1))};
     case 9:
       return Digest{read_uint(f[1], at(1)), read_str(f[2], at(2))};
+    case 10:
+      return ChangesPiece{read_uint(f[1], at(1)), read_uint(f[2], at(2)), read_bin(f[3], at(3))};
   }
   fail(ErrorCode::kInternal, "frame type index " + std::to_string(index) + " has no reader");
 }

@@ -17,7 +17,7 @@ namespace lattice::transport {
 
 // Protocol versions this build speaks. A hello with another version is refused with an error
 // frame that names these.
-constexpr std::uint32_t kProtocolVersion = 2;
+constexpr std::uint32_t kProtocolVersion = 3;
 constexpr std::uint32_t kMinProtocolVersion = 2;
 
 // Codes of error frames. Stable numbers: clients switch on them.
@@ -119,8 +119,21 @@ struct Digest {
   bool operator==(const Digest&) const = default;
 };
 
+// Either direction, protocol 3 on: bytes of the changeset of a changes frame too large for one
+// frame (one large transaction). The pieces of one changeset follow each other, each at the
+// offset where the last ended (the first at 0), then the changes frame with the same batch
+// number carries the last bytes (and the origin log); the receiver joins them and treats the
+// whole as that one changes frame. Only to a peer whose hello or welcome said protocol 3 or
+// later.
+struct ChangesPiece {
+  std::uint64_t batch = 0;
+  std::uint64_t offset = 0;  // of this piece's first byte in the changeset
+  std::string piece;
+  bool operator==(const ChangesPiece&) const = default;
+};
+
 using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong, Rekey,
-                           DigestRequest, Digest>;
+                           DigestRequest, Digest, ChangesPiece>;
 
 constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
 

@@ -1,5 +1,7 @@
 #include "transport/loopback.hpp"
 
+#include <algorithm>
+
 namespace lattice::transport {
 
 // One end of a loopback pair. Both ends share a Link; closing either closes both.
@@ -25,7 +27,11 @@ class LoopbackNetwork::End : public Connection, public std::enable_shared_from_t
     const int copies = std::bernoulli_distribution(f.duplicate)(net_.rng_) ? 2 : 1;
     std::weak_ptr<End> self = weak_from_this();
     for (int i = 0; i < copies; ++i) {
-      net_.post(delay(net_.rng_), [peer, self, frame, link = link_] {
+      double after = delay(net_.rng_);
+      // Events due at one time run in the order posted.
+      if (f.in_order) after = std::max(after, last_delivery_ - net_.now());
+      last_delivery_ = net_.now() + after;
+      net_.post(after, [peer, self, frame, link = link_] {
         if (link->open && peer->handlers_.on_frame) peer->handlers_.on_frame(frame);
         // Delivered: as far as the sender can tell, its queue drained.
         auto sender = self.lock();
@@ -57,6 +63,7 @@ class LoopbackNetwork::End : public Connection, public std::enable_shared_from_t
   std::weak_ptr<End> peer_;
   std::string name_;
   Handlers handlers_;
+  double last_delivery_ = 0;  // of the last frame sent from this end
 };
 
 LoopbackNetwork::~LoopbackNetwork() = default;

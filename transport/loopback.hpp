@@ -22,6 +22,9 @@ class LoopbackNetwork {
     double min_delay_ms = 1;
     double max_delay_ms = 1;  // a spread above min lets frames overtake each other
     double duplicate = 0;     // probability that a frame is delivered twice
+    // Frames arrive in the order sent, each still delayed, as over one TCP connection (a
+    // WebSocket never reorders): the spread above min delays, and does not reorder.
+    bool in_order = false;
   };
 
   explicit LoopbackNetwork(std::uint64_t seed) : rng_(seed) {}

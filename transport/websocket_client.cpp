@@ -379,10 +379,13 @@ class WebSocketConnection : public Connection,
     queued_bytes_ -= queue_.front().size();
     queue_.pop_front();
     if (closed_) return;
-    if (!queue_.empty())
+    if (!queue_.empty()) {
       do_write();
-    else if (closing_)
+    } else if (closing_) {
       start_close();
+    } else if (auto on_drained = handlers_.on_drained) {
+      on_drained();  // a copy: the handler may replace the handlers
+    }
   }
 
   void request_close(const std::string& reason) {

@@ -40,7 +40,9 @@ SyncSession::SyncSession(storage::Replica& replica,
                                         set_state(SyncState::kOffline);
                                         if (events_.on_closed) events_.on_closed(reason);
                                       },
-                                      {}});
+                                      [this, alive] {
+                                        if (alive.lock() && outgoing_) send_pieces();
+                                      }});
 }
 
 SyncSession::~SyncSession() {
@@ -90,6 +92,7 @@ void SyncSession::close(const std::string& reason) {
 
 void SyncSession::push_local_changes() {
   if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
+  if (outgoing_) return;  // after its last piece (send_pieces)
   const crdt::SiteId& own = replica_.site_id();
   crdt::VersionVector sent = relay_held_;
   for (const auto& [batch, until] : in_flight_) sent.merge(until);
@@ -105,11 +108,14 @@ void SyncSession::push_local_changes() {
       if (site != own) skipped_.advance(site, seq);
     changeset = transport::own_changes_only(std::move(extracted), own);
     // The origin log lists every own transaction the batch covers; past the log limit (many
-    // transactions whose writes were all superseded), the batch stops at the limit.
+    // transactions whose writes were all superseded), the batch stops at the limit. A row
+    // written both within and after the batch's last transaction is extracted as it is now:
+    // its parts from later transactions wait for their own batch, since the relay accepts
+    // nothing of ours past the batch's `until`.
     const std::uint64_t from = sent.get(own);
-    if (changeset.until.get(own) > from + transport::kMaxLogEntries)
-      changeset =
-          transport::clamp_own_claims(std::move(changeset), own, from + transport::kMaxLogEntries);
+    changeset = transport::clamp_own_claims(
+        std::move(changeset), own,
+        std::min(changeset.until.get(own), from + transport::kMaxLogEntries));
     // A batch without rows still matters when it moves the relay's vector: writes that were
     // superseded here before they went out leave nothing to send, but the relay must learn
     // they are covered, or the two vectors never agree.
@@ -119,10 +125,63 @@ void SyncSession::push_local_changes() {
   }
   const std::uint64_t batch = next_batch_++;
   in_flight_[batch] = changeset.until;
-  send(transport::Changes{batch, crdt::encode_changeset(changeset),
-                          replica_.local_log(sent.get(own) + 1, changeset.until.get(own))});
+  transport::Changes frame{batch, crdt::encode_changeset(changeset),
+                           replica_.local_log(sent.get(own) + 1, changeset.until.get(own))};
+  // One transaction larger than a batch or a frame goes in pieces (protocol 3), paced by the
+  // connection (on_drained); the relay merges it whole.
+  if (protocol_ >= 3 && (frame.changeset.size() > options_.piece_bytes ||
+                         changeset.change_count() > options_.max_batch_changes)) {
+    outgoing_ = std::move(frame);
+    outgoing_at_ = 0;
+    return send_pieces();
+  }
+  send(frame);
   // The rest of a large backlog follows as its acknowledgements come back (on_frame, Ack), so
   // at most a few batches are in flight at once.
+}
+
+void SyncSession::send_pieces() {
+  // At least two pieces, so that a batch over max_batch_changes never travels in one frame.
+  const std::string& bytes = outgoing_->changeset;
+  const std::size_t piece =
+      std::max<std::size_t>(1, std::min(options_.piece_bytes, (bytes.size() + 1) / 2));
+  for (int i = 0; i < 4 && !closed_; ++i) {  // a few at a time: the rest when these have left
+    if (bytes.size() - outgoing_at_ <= piece) {
+      outgoing_->changeset.erase(0, outgoing_at_);
+      send(*outgoing_);
+      outgoing_.reset();
+      return push_local_changes();  // what was written meanwhile
+    }
+    send(
+        transport::ChangesPiece{outgoing_->batch, outgoing_at_, bytes.substr(outgoing_at_, piece)});
+    outgoing_at_ += piece;
+  }
+}
+
+void SyncSession::on_changes(transport::Changes& changes) {
+  if (!incoming_.empty()) {  // the last bytes of a changeset that came in pieces
+    incoming_ += changes.changeset;
+    changes.changeset = std::move(incoming_);
+    incoming_.clear();
+  }
+  try {
+    // The relay speaks for every site but ours: of our own it may tell us nothing we did not
+    // write, so no relay can move our sequence counter (docs/protocol.md).
+    const crdt::SiteId& own = replica_.site_id();
+    crdt::DecodeLimits limits;
+    limits.max_bytes = std::max(options_.max_transaction_bytes, transport::kDefaultMaxFrameBytes);
+    const crdt::Changeset changeset = transport::clamp_own_claims(
+        crdt::decode_changeset(changes.changeset, limits), own, replica_.version_vector().get(own));
+    replica_.apply(changeset);
+    // What the relay holds of our own site id is learnt from its welcome and its
+    // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
+    for (const auto& [site, seq] : changeset.until.entries())
+      if (site != own) relay_held_.advance(site, seq);
+  } catch (const Error& e) {
+    send(transport::ErrorFrame{transport::WireError::kBadChangeset, e.what()});
+    return close(std::string("bad changeset from relay: ") + e.what());
+  }
+  set_state(SyncState::kLive);
 }
 
 bool SyncSession::in_sync() {
@@ -153,6 +212,7 @@ void SyncSession::on_frame(std::string_view bytes) {
   if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
     const crdt::SiteId& own = replica_.site_id();
     const std::uint64_t own_head = replica_.version_vector().get(own);
+    protocol_ = welcome->protocol_version;
     relay_held_ = crdt::VersionVector();
     for (const auto& [site, seq] : welcome->held.entries())
       relay_held_.advance(site, site == own ? std::min(seq, own_head) : seq);
@@ -161,23 +221,22 @@ void SyncSession::on_frame(std::string_view bytes) {
     acknowledge();
     set_state(SyncState::kSyncing);
     push_local_changes();
-  } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
-    try {
-      // The relay speaks for every site but ours: of our own it may tell us nothing we did not
-      // write, so no relay can move our sequence counter (docs/protocol.md).
-      const crdt::SiteId& own = replica_.site_id();
-      const crdt::Changeset changeset = transport::clamp_own_claims(
-          crdt::decode_changeset(changes->changeset), own, replica_.version_vector().get(own));
-      replica_.apply(changeset);
-      // What the relay holds of our own site id is learnt from its welcome and its
-      // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
-      for (const auto& [site, seq] : changeset.until.entries())
-        if (site != own) relay_held_.advance(site, seq);
-    } catch (const Error& e) {
-      send(transport::ErrorFrame{transport::WireError::kBadChangeset, e.what()});
-      return close(std::string("bad changeset from relay: ") + e.what());
+  } else if (auto* piece = std::get_if<transport::ChangesPiece>(&frame)) {
+    if (piece->offset != incoming_.size()) {
+      const std::string why = "a piece at offset " + std::to_string(piece->offset) + " where " +
+                              std::to_string(incoming_.size()) + " was next";
+      send(transport::ErrorFrame{transport::WireError::kMalformed, why});
+      return close("malformed frame from relay: " + why);
     }
-    set_state(SyncState::kLive);
+    if (incoming_.size() + piece->piece.size() > options_.max_transaction_bytes) {
+      const std::string why = "a changeset in pieces over the limit of " +
+                              std::to_string(options_.max_transaction_bytes) + " bytes";
+      send(transport::ErrorFrame{transport::WireError::kBatchTooLarge, why});
+      return close(why);
+    }
+    incoming_ += piece->piece;
+  } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
+    on_changes(*changes);
   } else if (auto* ack = std::get_if<transport::Ack>(&frame)) {
     // The relay's vector counts our site id's transactions that another copy of this file
     // may have sent; only those of the acknowledged batch are known to be ours.

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "crdt/version_vector.hpp"
@@ -29,6 +30,11 @@ class SyncSession {
     std::string ns;
     std::string token;
     std::size_t max_batch_changes = 50'000;  // under the relay's limit (docs/protocol.md)
+    // A batch of one transaction larger than max_batch_changes, or whose changeset is larger
+    // than piece_bytes, goes in pieces of this size (relays of protocol 3 on), a few at a time.
+    std::size_t piece_bytes = 1u << 20;
+    // The largest changeset accepted from the relay in pieces.
+    std::size_t max_transaction_bytes = 256u << 20;
   };
   struct Events {
     std::function<void(SyncState)> on_state;
@@ -67,6 +73,9 @@ class SyncSession {
 
  private:
   void on_frame(std::string_view bytes);
+  void on_changes(transport::Changes& changes);
+  // Sends the next few pieces of outgoing_; after the last, what was written meanwhile.
+  void send_pieces();
   void set_state(SyncState state);
   // Records in the replica what the relay holds of its own transactions.
   void acknowledge();
@@ -81,6 +90,11 @@ class SyncSession {
   crdt::VersionVector relay_held_;
   std::uint64_t next_batch_ = 1;
   std::map<std::uint64_t, crdt::VersionVector> in_flight_;  // batch -> its `until`
+  std::uint32_t protocol_ = 0;                              // from the welcome
+  // A batch going out in pieces: the changes frame of its last bytes, and how far it has gone.
+  std::optional<transport::Changes> outgoing_;
+  std::size_t outgoing_at_ = 0;
+  std::string incoming_;  // pieces from the relay, until their changes frame
   // Other sites' changes this replica holds beyond what the relay does (from changeset files):
   // never sent, stepped over when extracting what to send.
   crdt::VersionVector skipped_;

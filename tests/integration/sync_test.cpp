@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -204,18 +205,21 @@ class RelayFixture {
     fs::create_directories(box_.path("data"));
   }
 
-  // Starts the relay on `port` (0: any) and returns the port it listens on.
-  int start(int port = 0) {
+  // Starts the relay on `port` (0: any), with `extra` flags, and returns the port it listens on.
+  int start(int port = 0, const std::vector<std::string>& extra = {}) {
     // Restarting on a fixed port may briefly find it busy; try a few times.
     for (int attempt = 0; attempt < 20; ++attempt) {
       const std::string tag = "relay" + std::to_string(++starts_);
-      process_ = std::make_unique<Process>(
-          std::vector<std::string>{LATTICE_RELAY_PATH, "serve", "--listen",
-                                   "127.0.0.1:" + std::to_string(port), "--data", box_.path("data"),
-                                   "--key-file", box_.path("keys"), "--tls-cert",
-                                   box_.path("c.pem"), "--tls-key", box_.path("k.pem"), "--schema",
-                                   box_.path("schema.sql")},
-          box_.path(tag + ".out"), box_.path(tag + ".err"));
+      std::vector<std::string> argv{LATTICE_RELAY_PATH, "serve",
+                                    "--listen",         "127.0.0.1:" + std::to_string(port),
+                                    "--data",           box_.path("data"),
+                                    "--key-file",       box_.path("keys"),
+                                    "--tls-cert",       box_.path("c.pem"),
+                                    "--tls-key",        box_.path("k.pem"),
+                                    "--schema",         box_.path("schema.sql")};
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      process_ = std::make_unique<Process>(std::move(argv), box_.path(tag + ".out"),
+                                           box_.path(tag + ".err"));
       const auto line = process_->wait_for_line("listening on ", seconds(15));
       if (line) {
         port_ = std::stoi(line->substr(line->rfind(':') + 1));
@@ -639,6 +643,61 @@ TEST_CASE("a relay killed during a stream of writes loses nothing it acknowledge
   const std::string device_rows = dump_todo(path);
   CHECK(dump_todo(relay.relay_file()) == device_rows);
   CHECK(std::count(device_rows.begin(), device_rows.end(), '\n') == written);
+}
+
+// One transaction larger than a batch (the client's 50,000 changes) and than the relay's limit
+// of one frame's batch (100,000) cannot be split without showing half of it: it travels in
+// pieces and is merged whole.
+TEST_CASE("a transaction of 100,000 rows syncs whole, both ways, through a real relay") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string a = relay.device("a"), b = relay.device("b");
+  const std::string insert =
+      "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
+      "INSERT INTO todo(id, title) SELECT printf('r%06d', i), 'task ' || i FROM n";
+  must(lattice(box, {"exec", a, insert}), "insert 100,000 rows on a");
+  sync_once(box, relay, a, token);
+  sync_once(box, relay, b, token);
+  const std::string rows = dump_todo(a);
+  CHECK(std::count(rows.begin(), rows.end(), '\n') == 100'000);
+  CHECK(dump_todo(b) == rows);
+
+  // Back the other way: one update of every row on b (200,000 column changes).
+  must(lattice(box, {"exec", b, "UPDATE todo SET done = 1, votes = votes + 2"}), "update on b");
+  sync_once(box, relay, b, token);
+  sync_once(box, relay, a, token);
+  const std::string updated = dump_todo(a);
+  CHECK(updated == dump_todo(b));
+  CHECK(updated.find("r099999|task 99999|1|2\n") != std::string::npos);
+  CHECK(updated.find("|0|0\n") == std::string::npos);
+  CHECK(dump_todo(relay.relay_file()) == updated);
+}
+
+TEST_CASE("a transaction over the relay's --max-transaction-bytes is refused naming the limit") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start(0, {"--max-transaction-bytes", "1048576"});
+  const std::string token = relay.token();
+  const std::string a = relay.device("a");
+  must(lattice(box, {"exec", a,
+                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < "
+                     "60000) INSERT INTO todo(id, title) SELECT 'big' || i, hex(randomblob(16)) "
+                     "FROM n"}),
+       "insert on a");
+  must(lattice(box, {"exec", a, "INSERT INTO todo(id, title) VALUES ('small', 'after')"}),
+       "a small transaction after it");
+  const Result r = lattice(box, {"sync", a, relay.url(), "--token-file", token_file(box, token),
+                                 "--once", "--ca-file", relay.ca_file(), "--timeout", "20"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("batch_too_large") != std::string::npos);
+  CHECK(r.err.find("1048576") != std::string::npos);
+  // Nothing of it was merged, and the relay serves on.
+  CHECK(dump_todo(relay.relay_file()).empty());
+  const std::string b = relay.device("b");
+  sync_once(box, relay, b, token);
 }
 
 TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {

@@ -112,8 +112,8 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Welcome{kMax32, vector_of({{9, 1}, {10, 127}, {11, 128}, {12, 1u << 16}})});
 
   frames.push_back(Changes{});
-  frames.push_back(Changes{kMax64, std::string("\x00\x01\xc1\xff", 4)});
-  frames.push_back(Changes{1, std::string(100000, '\x90')});
+  frames.push_back(Changes{kMax64, std::string("\x00\x01\xc1\xff", 4), {}});
+  frames.push_back(Changes{1, std::string(100000, '\x90'), {}});
   frames.push_back(Changes{3, "cs", {{1, kMax64}, {kMax64, 0}, {7, 7}}});
 
   frames.push_back(Ack{});
@@ -136,6 +136,8 @@ std::vector<Frame> sample_frames() {
   frames.push_back(DigestRequest{kMax64});
   frames.push_back(Digest{});
   frames.push_back(Digest{kMax64, "todo 3 0a1b\nuser 0 e3b0"});
+  frames.push_back(ChangesPiece{});
+  frames.push_back(ChangesPiece{kMax64, kMax64, std::string("\x00\xff first bytes", 14)});
   return frames;
 }
 
@@ -143,14 +145,15 @@ std::vector<Frame> sample_frames() {
 std::vector<Frame> one_of_each() {
   return {full_hello(),
           Welcome{1, vector_of({{1, 3}, {2, 300}})},
-          Changes{7, "changeset bytes"},
+          Changes{7, "changeset bytes", {}},
           Ack{7, vector_of({{1, 5}})},
           ErrorFrame{WireError::kUnauthorized, "token expired"},
           Ping{99},
           Pong{99},
           Rekey{"duplicate site id"},
           DigestRequest{4},
-          Digest{4, "todo 1 00ff"}};
+          Digest{4, "todo 1 00ff"},
+          ChangesPiece{7, 1 << 20, "next bytes"}};
 }
 
 }  // namespace
@@ -177,15 +180,17 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
   CHECK(encode_frame(Rekey{"r", 5}) == std::string("\x93\x08\xa1r\x05", 5));
   CHECK(encode_frame(ErrorFrame{WireError::kRateLimited, "x"}) ==
         std::string("\x93\x05\x09\xa1x", 5));
-  CHECK(encode_frame(Changes{2, "ab"}) == std::string("\x94\x03\x02\xc4\x02"
-                                                      "ab\xc4\x00",
-                                                      9));
+  CHECK(encode_frame(Changes{2, "ab", {}}) == std::string("\x94\x03\x02\xc4\x02"
+                                                          "ab\xc4\x00",
+                                                          9));
   CHECK(encode_frame(Changes{2, "", {{1, 258}}}) ==
         std::string("\x94\x03\x02\xc4\x00\xc4\x10", 7) +
             std::string("\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\x01\x02", 16));
   const std::string welcome = encode_frame(Welcome{1, vector_of({{0, 3}})});
   CHECK(welcome == std::string("\x93\x02\x01\x81\xc4\x10", 6) + std::string(site(0).as_bytes()) +
                        std::string("\x03", 1));
+  CHECK(encode_frame(ChangesPiece{2, 300, "ab"}) ==
+        std::string("\x94\x0b\x02\xcd\x01\x2c\xc4\x02\x61\x62", 10));
   const std::string ack = encode_frame(Ack{4, {}});
   CHECK(ack == std::string("\x93\x04\x04\x80", 4));
   Hello h;
@@ -194,7 +199,7 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
   h.token = "t";
   h.schema_fingerprint = "f";
   h.acked_seq = 3;
-  CHECK(encode_frame(h) == std::string("\x99\x01\x02\xc4\x10", 5) +
+  CHECK(encode_frame(h) == std::string("\x99\x01\x03\xc4\x10", 5) +
                                std::string(site(0).as_bytes()) +
                                std::string("\xa1n\xa1t\x80\xa1"
                                            "f\x03\xc4\x00",
@@ -279,7 +284,7 @@ TEST_CASE("random byte changes never crash the decoder") {
 }
 
 TEST_CASE("a frame over the size limit is refused before it is read") {
-  const std::string bytes = encode_frame(Changes{1, std::string(1000, 'x')});
+  const std::string bytes = encode_frame(Changes{1, std::string(1000, 'x'), {}});
   const Error e = decode_error(bytes, 999);
   CHECK(e.code() == ErrorCode::kTooLarge);
   CHECK(contains(e.what(), std::to_string(bytes.size()) + " bytes"));
@@ -288,7 +293,7 @@ TEST_CASE("a frame over the size limit is refused before it is read") {
   CHECK(decode_error(std::string(kDefaultMaxFrameBytes + 1, '\xc1')).code() ==
         ErrorCode::kTooLarge);
   // Exactly at the limit is fine.
-  CHECK(decode_frame(bytes, bytes.size()) == Frame(Changes{1, std::string(1000, 'x')}));
+  CHECK(decode_frame(bytes, bytes.size()) == Frame(Changes{1, std::string(1000, 'x'), {}}));
 }
 
 TEST_CASE("a claimed 4-billion-element container in 10 bytes is refused without allocating") {
@@ -395,7 +400,7 @@ TEST_CASE("an unknown frame type is refused naming the number") {
   CHECK(e.code() == ErrorCode::kCorrupt);
   CHECK(std::string(e.what()) == "unknown frame type 42");
   CHECK(std::string(decode_error(std::string("\x91\x00", 2)).what()) == "unknown frame type 0");
-  CHECK(std::string(decode_error(std::string("\x91\x0b", 2)).what()) == "unknown frame type 11");
+  CHECK(std::string(decode_error(std::string("\x91\x0c", 2)).what()) == "unknown frame type 12");
 }
 
 TEST_CASE("trailing bytes after the frame are refused") {
