@@ -771,7 +771,8 @@ class Fleet {
                 ++device->stats->closed;
                 if (device->stats->first_error.empty())
                   device->stats->first_error = "closed: " + reason;
-              }});
+              },
+              {}});
           if (!hello_) {
             ++ready_;
             return connect_next(queue);
@@ -1103,7 +1104,8 @@ std::string merge(Context& ctx) {
                   done_set = true;
                   all_acked.set_value();
                 }
-              }});
+              },
+              {}});
           transport::Hello hello;
           hello.site = replica->site_id();
           hello.ns = kNamespace;
