@@ -2,6 +2,9 @@
 #
 #   make test          setup, normal build + tests, ASan/UBSan build + tests, fuzzers, arm64
 #                      cross build + tests under qemu, format check
+#   make check         the quick tier for everyday work: build/ and its tests, the simulation
+#                      with 50 seeds instead of 1,000, and the format check (a few minutes on a
+#                      built tree)
 #   make build         configure and build build/ (RelWithDebInfo)
 #   make demo          setup, build, then scripts/demo.sh: a relay and two lattice-todo devices
 #                      in the browser until Ctrl-C (SCRIPTED=1: the scripted scenario, no browser)
@@ -28,7 +31,7 @@ ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DLATTICE_BENCH=OFF -DCMAKE_BUILD_TYPE
 export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
 
-.PHONY: all test build build-asan test-build test-asan test-fuzz demo bench format format-check setup clean
+.PHONY: all test check build build-asan test-build test-asan test-fuzz demo bench format format-check setup clean
 .PHONY: test-arm64 arm64-size
 
 all: build
@@ -58,6 +61,10 @@ build-asan:
 test-build: build
 	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
 
+check: build
+	LATTICE_SIM_SEEDS=50 ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+	$(MAKE) --no-print-directory format-check
+
 test-asan: build-asan
 	ctest --test-dir $(ASAN_DIR) --output-on-failure -j $(JOBS)
 
@@ -72,8 +79,8 @@ test:
 
 # The decoders of untrusted bytes under libFuzzer (clang), briefly: the fuzz tree instruments
 # every target, so only the fuzz executables are built in it.
-FUZZ_TARGETS := changeset_fuzz changeset_fuzz_seeds frame_fuzz frame_fuzz_seeds \
-                import_fuzz import_fuzz_seeds
+FUZZ_TARGETS := changeset_fuzz changeset_fuzz_seeds frame_fuzz frame_fuzz_seeds hello_fuzz \
+                hello_fuzz_seeds import_fuzz import_fuzz_seeds
 test-fuzz:
 	@if [[ ! -f $(FUZZ_DIR)/CMakeCache.txt ]]; then \
 	  cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

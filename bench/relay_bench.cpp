@@ -352,6 +352,8 @@ Setup make_setup(const fs::path& dir, const std::string& relay) {
           dir / "openssl.out") != 0)
     throw std::runtime_error("openssl req failed: cannot make the test certificate");
   std::ofstream(setup.keys()) << "bench 0123456789abcdef0123456789abcdef0123456789abcdef\n";
+  std::filesystem::permissions(
+      setup.keys(), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   std::ofstream(setup.schema()) << kSchema;
   if (run_program({relay, "token", "--key-file", setup.keys().string(), "--ns", kNamespace,
                    "--rights", "read,write", "--ttl", "2h"},
@@ -495,11 +497,15 @@ std::string percentiles_json(const Percentiles& p) {
 
 // --- Devices ------------------------------------------------------------------------------
 
-// A device's changes frame (no origin log: a device that keeps none sends an empty one).
-transport::Changes changes_frame(std::uint64_t batch, const crdt::Changeset& changeset) {
+// A device's changes frame, with the origin log that lists every own transaction it covers
+// (the relay counts no other: docs/protocol.md, "What a peer may claim").
+transport::Changes changes_frame(storage::Replica& replica, std::uint64_t batch,
+                                 const crdt::Changeset& changeset) {
   transport::Changes frame;
   frame.batch = batch;
   frame.changeset = crdt::encode_changeset(changeset);
+  const crdt::SiteId& own = replica.site_id();
+  frame.origin_log = replica.local_log(changeset.since.get(own) + 1, changeset.until.get(own));
   return frame;
 }
 
@@ -881,7 +887,8 @@ class Fleet {
     const std::uint64_t batch = device.next_batch++;
     device.in_flight[batch] = std::move(device.unsent);
     device.unsent.clear();
-    device.connection->send(transport::encode_frame(changes_frame(batch, changeset)));
+    device.connection->send(
+        transport::encode_frame(changes_frame(*device.replica, batch, changeset)));
   }
 
   const Setup& setup_;
@@ -1036,7 +1043,7 @@ std::string merge(Context& ctx) {
       sent.merge(cs.until);
       changes += cs.change_count();
       frames.push_back(
-          transport::encode_frame(changes_frame(static_cast<std::uint64_t>(b + 1), cs)));
+          transport::encode_frame(changes_frame(*replica, static_cast<std::uint64_t>(b + 1), cs)));
       bytes += frames.back().size();
     }
     sqlite3_finalize(s);

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -30,8 +31,11 @@ constexpr const char* kUsage = R"(usage:
   lattice vv DB                                print the replica's version vector as JSON
   lattice check DB                             check metadata against tables, list held rows
   lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
-  lattice sync DB URL --token T [--once | --verify] [--ca-file FILE] [--timeout SECONDS]
-               [--allow-insecure-remote]       sync with a relay at wss://HOST:PORT/NAMESPACE
+  lattice migrate DB VERSION SQL               run migration VERSION once (schema changes)
+  lattice sync DB URL [--token-file FILE] [--once | --verify] [--ca-file FILE]
+               [--timeout SECONDS] [--allow-insecure-remote]
+                                               sync with a relay at wss://HOST:PORT/NAMESPACE;
+                                               the token from FILE or $LATTICE_TOKEN
   lattice import DB TABLE FILE [--format csv|ndjson|json] [--map MAPFILE] [--errors FILE]
                [--batch N] [--progress]        import a file's records as rows, by primary key
   lattice export DB TABLE|QUERY [--format csv|ndjson|json] [--out FILE]
@@ -129,6 +133,18 @@ double parse_seconds(const std::string& text) {
   return value;
 }
 
+// The first line of `path`, without its line ending or surrounding blanks: a bearer token.
+// Errors name the file, never its content.
+std::string read_token_file(const std::string& path) {
+  std::string text = read_file(path, 64 * 1024);
+  text = text.substr(0, text.find_first_of("\r\n"));
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string::npos)
+    throw lattice::Error(lattice::ErrorCode::kInvalidArgument,
+                         "token file '" + path + "' holds no token on its first line");
+  return text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
 // `lattice sync`: see docs/cli.md.
 int run_sync(const std::vector<std::string>& args) {
   if (args.size() < 3) throw UsageError("'sync' needs DB and URL");
@@ -138,10 +154,17 @@ int run_sync(const std::vector<std::string>& args) {
   bool once = false, verify = false, has_token = false;
   double timeout_seconds = -1;
   lattice::SyncClientOptions options;
+  std::string token_file;
   for (std::size_t i = 3; i < args.size(); ++i) {
     if (args[i] == "--token" && i + 1 < args.size()) {
+      // Still accepted, but the process list shows it to every user of the machine.
       token = args[++i];
       has_token = true;
+      std::fprintf(stderr,
+                   "lattice: warning: --token shows the token to other users (ps); use "
+                   "--token-file FILE or the LATTICE_TOKEN environment variable\n");
+    } else if (args[i] == "--token-file" && i + 1 < args.size()) {
+      token_file = args[++i];
     } else if (args[i] == "--once") {
       once = true;
     } else if (args[i] == "--verify") {
@@ -153,10 +176,23 @@ int run_sync(const std::vector<std::string>& args) {
     } else if (args[i] == "--allow-insecure-remote") {
       options.allow_insecure_remote = true;
     } else {
-      throw UsageError("unexpected argument '" + args[i] + "' to 'sync'");
+      // Not echoed: a token put in the wrong place would land in the terminal and its logs.
+      throw UsageError("unexpected argument #" + std::to_string(i + 1) + " to 'sync'" +
+                       (args[i].rfind("--", 0) == 0 ? " ('" + args[i] + "')" : std::string()));
     }
   }
-  if (!has_token) throw UsageError("'sync' needs --token TOKEN");
+  if (!token_file.empty()) {
+    if (has_token) throw UsageError("--token and --token-file exclude each other");
+    token = read_token_file(token_file);
+    has_token = true;
+  } else if (!has_token) {
+    if (const char* from_env = std::getenv("LATTICE_TOKEN"); from_env && *from_env) {
+      token = from_env;
+      has_token = true;
+    }
+  }
+  if (!has_token)
+    throw UsageError("'sync' needs a token: --token-file FILE or the LATTICE_TOKEN variable");
   if (timeout_seconds < 0) timeout_seconds = once ? 60 : 0;
   if (!std::filesystem::exists(db))
     throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + db + "'");
@@ -588,6 +624,20 @@ int run(const std::vector<std::string>& args) {
     std::printf("ok: metadata and tables agree; %lld row(s) held, %lld superseded%s\n",
                 static_cast<long long>(held), static_cast<long long>(superseded),
                 held + superseded ? " (see lattice_conflicts)" : "");
+    return 0;
+  }
+  if (command == "migrate") {
+    need(4);
+    if (args.size() > 4) throw UsageError("'migrate' takes DB, VERSION and one SQL argument");
+    std::int64_t version = 0;
+    const std::string& text = args[2];
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
+    if (ec != std::errc() || end != text.data() + text.size())
+      throw UsageError("VERSION is a migration number, not '" + text + "'");
+    auto replica = lattice::Replica::open(args[1]);
+    const bool ran = replica->migrate(version, args[3]);
+    std::printf(ran ? "migrated to version %lld\n" : "already at version %lld\n",
+                static_cast<long long>(ran ? version : replica->schema_version()));
     return 0;
   }
   if (command == "rekey") {

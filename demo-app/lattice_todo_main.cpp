@@ -61,13 +61,6 @@ HttpResponse error_response(int status, const std::string& message) {
   return json_response(status, "{\"error\":" + json_string(message) + "}");
 }
 
-std::string format_number(double value) {
-  std::ostringstream out;
-  out.precision(17);
-  out << value;
-  return out.str();
-}
-
 // The application: the board, the sync client and the web server, all used on the io_context's
 // thread. The SyncClient's status callback only posts to that thread.
 class App {
@@ -182,22 +175,15 @@ class App {
   std::uint64_t pending() { return board_.replica().local_changes_after(relay_held_); }
 
   std::string state_json() {
-    std::string json = "{\"device\":" + json_string(options_.name) + ",\"state\":" +
-                       json_string(client_ ? sync_state_name(status_.state) : "offline") +
-                       ",\"offline\":" + (client_ ? "false" : "true") +
-                       ",\"has_relay\":" + (options_.relay_url.empty() ? "false" : "true") +
-                       ",\"pending\":" + std::to_string(pending()) +
-                       ",\"last_error\":" + json_string(status_.last_error) + ",\"items\":[";
-    bool first = true;
-    for (const TodoItem& item : board_.items()) {
-      if (!first) json += ',';
-      first = false;
-      json += "{\"id\":" + json_string(item.id) + ",\"title\":" + json_string(item.title) +
-              ",\"done\":" + (item.done ? "true" : "false") +
-              ",\"votes\":" + std::to_string(item.votes) +
-              ",\"position\":" + format_number(item.position) + "}";
-    }
-    return json + "]}";
+    std::string json =
+        "{\"device\":" + json_string(options_.name) +
+        ",\"state\":" + json_string(client_ ? sync_state_name(status_.state) : "offline") +
+        ",\"offline\":" + (client_ ? "false" : "true") +
+        ",\"has_relay\":" + (options_.relay_url.empty() ? "false" : "true") +
+        ",\"pending\":" + std::to_string(pending()) +
+        ",\"last_error\":" + json_string(status_.last_error) + ",\"items\":" + board_.items_json() +
+        "}";
+    return json;
   }
 
   void publish() {

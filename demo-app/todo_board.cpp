@@ -1,5 +1,6 @@
 #include "demo-app/todo_board.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <random>
 
@@ -38,6 +39,52 @@ std::string as_text(const Value& value) {
 }
 
 }  // namespace
+
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = bytes[i];
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+      ++i;
+    } else if (c < 0x20 || c == 0x7f) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+      out += escaped;
+      ++i;
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+    } else {
+      // A whole, shortest-form UTF-8 sequence goes as it is; anything else is U+FFFD.
+      const std::size_t length = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+      bool valid = length != 0 && i + length <= n && c >= 0xc2 && c <= 0xf4;
+      for (std::size_t k = 1; valid && k < length; ++k) valid = (bytes[i + k] & 0xc0) == 0x80;
+      if (valid && length == 3)
+        valid = !(c == 0xe0 && bytes[i + 1] < 0xa0) && !(c == 0xed && bytes[i + 1] >= 0xa0);
+      if (valid && length == 4)
+        valid = !(c == 0xf0 && bytes[i + 1] < 0x90) && !(c == 0xf4 && bytes[i + 1] >= 0x90);
+      if (valid) {
+        out.append(text, i, length);
+        i += length;
+      } else {
+        out += "\\ufffd";
+        ++i;
+      }
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);
+  return buffer;
+}
 
 TodoBoard::TodoBoard(const std::string& path) : replica_(Replica::open(path)) {
   replica_->exec(kTodoSchemaSql);
@@ -117,6 +164,18 @@ bool TodoBoard::changed_elsewhere() {
   const bool changed = data_version_ >= 0 && version != data_version_;
   data_version_ = version;
   return changed;
+}
+
+std::string TodoBoard::items_json() {
+  std::string json = "[";
+  for (const TodoItem& item : items()) {
+    if (json.size() > 1) json += ',';
+    json += "{\"id\":" + json_string(item.id) + ",\"title\":" + json_string(item.title) +
+            ",\"done\":" + (item.done ? "true" : "false") +
+            ",\"votes\":" + std::to_string(item.votes) +
+            ",\"position\":" + json_number(item.position) + "}";
+  }
+  return json + "]";
 }
 
 std::string TodoBoard::text() {

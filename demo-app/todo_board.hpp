@@ -24,6 +24,15 @@ namespace lattice::demo {
 // that its namespace and the devices agree on the replicated schema.
 extern const char* const kTodoSchemaSql;
 
+// `text` as a JSON string literal, quotes included: control characters escaped, and bytes that
+// are not UTF-8 (a remote device may write any bytes) replaced by U+FFFD, so the result is valid
+// JSON whatever the data.
+std::string json_string(const std::string& text);
+
+// `value` as a JSON number; null for what JSON cannot write (infinities, NaN), which a remote
+// device may put in any REAL column.
+std::string json_number(double value);
+
 struct TodoItem {
   std::string id;
   std::string title;
@@ -55,6 +64,10 @@ class TodoBoard {
   // True when another connection to the file (the SyncClient merging other devices' changes,
   // another process) committed since the previous call. Cheap: PRAGMA data_version.
   bool changed_elsewhere();
+
+  // The items as the page reads them: a JSON array of {id, title, done, votes, position}, valid
+  // whatever the rows hold.
+  std::string items_json();
 
   // The board as plain text, one item a line ("[x] title (2 votes)"): what the scripted demo
   // prints and compares.

@@ -88,21 +88,23 @@ std::string url_decode(const std::string& text) {
   return out;
 }
 
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
-      out += escaped;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
+bool trusted_request(const std::string& peer_address, const std::string& host,
+                     const std::string& origin, bool post) {
+  // The Host header is whatever the client says; the peer address is where the connection
+  // comes from. Only the machine itself may use the board, whatever address the app listens on.
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(peer_address, ec);
+  if (ec) return false;
+  if (address.is_v6() && address.to_v6().is_v4_mapped())
+    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+  if (!address.is_loopback()) return false;
+  // Other web pages the browser has open may send requests to 127.0.0.1 too: refuse a Host
+  // that is not a loopback name (DNS rebinding) and a POST from another origin (cross-site
+  // form posts).
+  if (!host.starts_with("127.0.0.1:") && !host.starts_with("localhost:") &&
+      !host.starts_with("[::1]:"))
+    return false;
+  return !post || origin.empty() || origin == "http://" + host;
 }
 
 class EventStream;
@@ -247,16 +249,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                       });
   }
 
-  // Other web pages the browser has open may send requests to 127.0.0.1 too: refuse a Host
-  // that is not a loopback name (DNS rebinding) and a POST from another origin (cross-site
-  // form posts).
-  static bool trusted(const http::request<http::string_body>& req) {
-    const std::string host(req[http::field::host]);
-    if (!host.starts_with("127.0.0.1:") && !host.starts_with("localhost:") &&
-        !host.starts_with("[::1]:"))
-      return false;
-    const std::string origin(req[http::field::origin]);
-    return req.method() != http::verb::post || origin.empty() || origin == "http://" + host;
+  bool trusted(const http::request<http::string_body>& req) {
+    beast::error_code ec;
+    const auto peer = stream_.socket().remote_endpoint(ec);
+    return !ec &&
+           trusted_request(peer.address().to_string(), std::string(req[http::field::host]),
+                           std::string(req[http::field::origin]), req.method() == http::verb::post);
   }
 
   HttpResponse respond(const HttpRequest& request) {

@@ -55,10 +55,13 @@ class WebServer {
   std::shared_ptr<Impl> impl_;
 };
 
+// Whether a request may use the board: it must come from this machine (`peer_address`, the
+// connection's remote address, is a loopback address, whatever address the server listens
+// on), name a loopback host, and, for a POST, come from the page's own origin (or none).
+bool trusted_request(const std::string& peer_address, const std::string& host,
+                     const std::string& origin, bool post);
+
 // "%41b+c" -> "Ab c".
 std::string url_decode(const std::string& text);
-
-// `text` as a JSON string literal, quotes included.
-std::string json_string(const std::string& text);
 
 }  // namespace lattice::demo

@@ -11,20 +11,15 @@
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "relay/namespace_rules.hpp"
+#include "transport/claims.hpp"
 #include "transport/frame.hpp"
 
 namespace lattice::relay {
 
 namespace {
 
+using transport::valid_namespace;
 using transport::WireError;
-
-bool valid_namespace(const std::string& ns) {
-  if (ns.empty() || ns.size() > 64) return false;
-  return std::all_of(ns.begin(), ns.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-  });
-}
 
 }  // namespace
 
@@ -42,15 +37,49 @@ struct Peer : std::enable_shared_from_this<Peer> {
   crdt::SiteId site;
   // Own transactions of this device up to here are the relay's too, identically.
   std::uint64_t confirmed_own = 0;
+  // The hello's acked_seq: own transactions up to it may be counted without a tag (a relay
+  // restored from a backup lacks some it once acknowledged; transport/claims.hpp).
+  std::uint64_t untagged_through = 0;
   // The device's own transactions the relay has seen listed (hello and pushes): seq -> tag.
   std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
   crdt::VersionVector known;  // what the device is known to hold
-  double budget = 0;          // rate limit: changes it may still send now
-  double budget_time = 0;
   // Still receiving its catch-up, paced by the connection's on_drained; fan-out skips it.
   bool catching_up = false;
   std::size_t catch_up_changes = 0;  // changes per catch-up frame, halved while too large
+};
+
+// A token bucket: up to `capacity` at once, refilled at `rate` per second.
+struct Bucket {
+  double level = -1;  // < 0 before first use: starts full
+  double time = 0;
+
+  double refill(double capacity, double rate, double now) {
+    level = level < 0 && time == 0 ? capacity : std::min(capacity, level + (now - time) * rate);
+    time = now;
+    return level;
+  }
+  // Takes `amount` if the bucket holds it; with `debt`, takes it anyway (the level may go
+  // below zero, and the next take waits for the refill).
+  bool take(double amount, double capacity, double rate, double now, bool debt = false) {
+    if (refill(capacity, rate, now) < amount && !debt) return false;
+    level -= amount;
+    return true;
+  }
+};
+
+// The bursts of the budgets counted per request (HubLimits): a fleet sharing one token may all
+// reconnect at once, and a few people may verify at once.
+constexpr double kHelloBurst = 64, kDigestBurst = 8;
+// Catch-up bytes a token may start at once: a hello finding its bucket below zero is refused,
+// so a large first catch-up starts (and the token owes it) but no other follows at once.
+constexpr double kCatchUpBurst = 16u << 20;
+
+// What one token may still do: its connections and budgets (HubLimits), shared by every
+// connection that presents it, so that opening more connections buys nothing.
+struct TokenBudget {
+  std::size_t connections = 0;
+  Bucket changes, bytes, digests, hellos, catch_up;
 };
 
 // Peers in the order they connected, not by address, so that fan-out order (and with it a
@@ -75,16 +104,23 @@ struct Hub::Impl {
   std::map<std::string, std::unique_ptr<Namespace>> spaces;
   PeerSet peers;  // every open connection
   std::uint64_t next_peer_id = 0;
-  std::map<std::string, std::size_t> connections_per_token;
+  std::map<std::string, TokenBudget> tokens;
   bool stopping = false;
 
   Namespace& space(const std::string& ns);
   void send(Peer& peer, const transport::Frame& frame);
   void fail(Peer& peer, WireError code, const std::string& message);
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
+  void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
   void on_changes(const std::shared_ptr<Peer>& peer, const transport::Changes& changes);
   void on_close(const std::shared_ptr<Peer>& peer);
+  // True (after closing it with unauthorized) when the peer's token has expired.
+  bool expired(Peer& peer);
+  // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
+  // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
+  bool spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity, double rate,
+             const std::string& what, bool debt = false);
   void rekey(Peer& peer, std::uint64_t keep_through);
   // The last own transaction of `peer` that the relay holds identically (from either copy).
   std::uint64_t shared_prefix(Peer& peer);
@@ -105,15 +141,24 @@ Namespace& Hub::Impl::space(const std::string& ns) {
   std::filesystem::create_directories(options.data_dir);
   auto space = std::make_unique<Namespace>();
   space->name = ns;
-  space->replica = storage::Replica::open(
-      (std::filesystem::path(options.data_dir) / (ns + ".db")).string(), options.replica_options);
+  const auto file = std::filesystem::path(options.data_dir) / (ns + ".db");
+  space->replica = storage::Replica::open(file.string(), options.replica_options);
+  // Files made by an older relay or another umask become private too (SQLite gives the WAL and
+  // shared-memory files the database file's mode when it creates them).
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    std::error_code ignored;
+    std::filesystem::permissions(
+        file.string() + suffix,
+        std::filesystem::perms::owner_read | std::filesystem::perms::owner_write, ignored);
+  }
   if (space->replica->schema_description().empty()) {
-    const auto file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
-    if (!options.schema_dir.empty() && std::filesystem::exists(file)) {
-      std::ifstream in(file, std::ios::binary);
+    const auto schema_file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
+    if (!options.schema_dir.empty() && std::filesystem::exists(schema_file)) {
+      std::ifstream in(schema_file, std::ios::binary);
       std::ostringstream sql;
       sql << in.rdbuf();
-      if (!in) throw Error(ErrorCode::kIo, "cannot read the schema file '" + file.string() + "'");
+      if (!in)
+        throw Error(ErrorCode::kIo, "cannot read the schema file '" + schema_file.string() + "'");
       space->replica->exec(sql.str());
     } else if (!options.schema_sql.empty()) {
       space->replica->exec(options.schema_sql);
@@ -173,8 +218,20 @@ void Hub::Impl::rekey(Peer& peer, std::uint64_t keep_through) {
   peer.phase = Peer::Phase::kClosed;
 }
 
+bool Hub::Impl::expired(Peer& peer) {
+  if (!options.unix_now || peer.grant.expires_at == 0) return false;
+  const std::int64_t now = options.unix_now();
+  if (now < peer.grant.expires_at) return false;
+  fail(peer, WireError::kUnauthorized,
+       "token expired " + std::to_string(now - peer.grant.expires_at) +
+           " s ago on this open connection; renew it and reconnect");
+  return true;
+}
+
 void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
                              const std::string& bytes) {
+  // Nothing more goes to a device whose token has expired, even if it never sends a frame.
+  if (expired(peer)) return;
   counters.changes_sent += changeset.change_count();
   send(peer, transport::Changes{0, bytes, {}});
   peer.known.merge(changeset.until);
@@ -183,28 +240,38 @@ void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
 void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
   if (peer->phase == Peer::Phase::kClosed) return;
   counters.bytes_in += bytes.size();
+  if (peer->phase == Peer::Phase::kAwaitingHello) return on_first_frame(peer, bytes);
+  if (expired(*peer)) return;
   if (bytes.size() > options.limits.max_frame_bytes)
     return fail(*peer, WireError::kFrameTooLarge,
                 "frame of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
                     std::to_string(options.limits.max_frame_bytes));
+  if (!spend(*peer, &TokenBudget::bytes, static_cast<double>(bytes.size()),
+             static_cast<double>(options.limits.max_frame_bytes),
+             options.limits.max_bytes_per_second,
+             "bytes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_bytes_per_second))))
+    return;
   transport::Frame frame;
   try {
     frame = transport::decode_frame(bytes, options.limits.max_frame_bytes);
   } catch (const Error& e) {
     return fail(*peer, WireError::kMalformed, e.what());
   }
-  if (auto* hello = std::get_if<transport::Hello>(&frame)) {
-    if (peer->phase != Peer::Phase::kAwaitingHello)
-      return fail(*peer, WireError::kMalformed, "a second hello on one connection");
-    return on_hello(peer, *hello);
-  }
-  if (peer->phase != Peer::Phase::kLive)
-    return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
+  if (std::holds_alternative<transport::Hello>(frame))
+    return fail(*peer, WireError::kMalformed, "a second hello on one connection");
   if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
-  if (auto* request = std::get_if<transport::DigestRequest>(&frame))
+  if (auto* request = std::get_if<transport::DigestRequest>(&frame)) {
+    // A digest hashes the whole namespace: a few bytes that cost the relay milliseconds.
+    if (!spend(*peer, &TokenBudget::digests, 1, kDigestBurst,
+               options.limits.max_digests_per_minute / 60,
+               "digests per minute: " + std::to_string(static_cast<std::uint64_t>(
+                                            options.limits.max_digests_per_minute))))
+      return;
     return send(*peer, transport::Digest{request->nonce, peer->space->replica->digest()});
+  }
   if (std::holds_alternative<transport::Pong>(frame)) return;
   if (auto* error = std::get_if<transport::ErrorFrame>(&frame)) {
     peer->connection->close("device error: " + error->message);
@@ -213,36 +280,77 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
   fail(*peer, WireError::kMalformed, "a device may not send this frame type");
 }
 
-void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
+void Hub::Impl::on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes) {
+  // Before authentication a frame costs the relay as little as possible: a small size limit,
+  // and the token is checked before anything after it in the hello is decoded.
+  if (bytes.size() > options.limits.max_hello_bytes)
+    return fail(*peer, WireError::kFrameTooLarge,
+                "a first frame of " + std::to_string(bytes.size()) +
+                    " bytes is over the limit of " +
+                    std::to_string(options.limits.max_hello_bytes) + " before authentication");
+  std::optional<transport::HelloCredentials> credentials;
+  try {
+    credentials = transport::peek_hello(bytes);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  if (!credentials) return fail(*peer, WireError::kMalformed, "the first frame must be a hello");
   using transport::kMinProtocolVersion;
   using transport::kProtocolVersion;
-  if (hello.protocol_version < kMinProtocolVersion || hello.protocol_version > kProtocolVersion)
+  const std::uint32_t version = credentials->protocol_version;
+  if (version < kMinProtocolVersion || version > kProtocolVersion)
     return fail(*peer, WireError::kProtocolVersion,
-                "protocol version " + std::to_string(hello.protocol_version) +
+                "protocol version " + std::to_string(version) +
                     " is not supported; this relay speaks versions " +
                     std::to_string(kMinProtocolVersion) + " to " +
                     std::to_string(kProtocolVersion));
-  if (hello.ns != peer->ns)
-    return fail(
-        *peer, WireError::kMalformed,
-        "hello names namespace '" + hello.ns + "' but the connection is for '" + peer->ns + "'");
+  if (credentials->ns != peer->ns)
+    return fail(*peer, WireError::kMalformed,
+                "hello names namespace '" + credentials->ns + "' but the connection is for '" +
+                    peer->ns + "'");
   try {
-    peer->grant = options.authenticate(hello.token);
+    peer->grant = options.authenticate(credentials->token);
   } catch (const Error& e) {
     return fail(*peer, WireError::kUnauthorized, e.what());
   }
+  transport::Frame frame;
+  try {
+    frame = transport::decode_frame(bytes, options.limits.max_hello_bytes);
+  } catch (const Error& e) {
+    return fail(*peer, WireError::kMalformed, e.what());
+  }
+  on_hello(peer, std::get<transport::Hello>(frame));
+}
+
+void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
+  // on_first_frame checked the version, the namespace and the token (peer->grant).
+  if (auto why = transport::check_vector(hello.held, "hello.held"))
+    return fail(*peer, WireError::kMalformed, *why);
+  if (hello.acked_seq > hello.held.get(hello.site))
+    return fail(*peer, WireError::kMalformed,
+                "hello.acked_seq " + std::to_string(hello.acked_seq) +
+                    " is past the device's own last transaction " +
+                    std::to_string(hello.held.get(hello.site)));
   if (peer->grant.ns != peer->ns)
     return fail(*peer, WireError::kUnauthorized,
                 "token is for namespace '" + peer->grant.ns + "', not '" + peer->ns + "'");
   if (!(peer->grant.rights & kGrantRead))
     return fail(*peer, WireError::kForbidden, "token lacks the read right");
-  if (++connections_per_token[hello.token] > options.limits.max_connections_per_token) {
-    peer->token = hello.token;
-    return fail(*peer, WireError::kTooManyConnections,
-                "more than " + std::to_string(options.limits.max_connections_per_token) +
-                    " connections with one token");
-  }
   peer->token = hello.token;
+  const HubLimits& limits = options.limits;
+  if (++tokens[hello.token].connections > limits.max_connections_per_token)
+    return fail(*peer, WireError::kTooManyConnections,
+                "more than " + std::to_string(limits.max_connections_per_token) +
+                    " connections with one token");
+  if (!spend(*peer, &TokenBudget::hellos, 1, kHelloBurst, limits.max_hellos_per_minute / 60,
+             "hellos (reconnects) per minute: " + std::to_string(limits.max_hellos_per_minute)))
+    return;
+  // A catch-up already paid for in advance: one hello cannot start another while the token
+  // owes the last ones.
+  if (!spend(*peer, &TokenBudget::catch_up, 0, kCatchUpBurst, limits.max_catch_up_bytes_per_second,
+             "catch-up bytes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(limits.max_catch_up_bytes_per_second))))
+    return;
 
   Namespace* space = nullptr;
   try {
@@ -271,21 +379,26 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
 
   // A copy of a replica file presents its site id with a history of its own; the first to
   // arrive keeps the id, this one is told to move its later transactions to a new one.
-  constexpr std::size_t kMaxLogCompared = 1'000'000;
+  // The relay's log where the hello's can be compared with it, and its first entry past the
+  // device's head, if any: a bounded read whatever either side holds.
   const crdt::VersionVector relay_held = space->replica->version_vector();
-  const auto keep =
-      fork_point(hello, space->replica->origin_log(hello.site, hello.acked_seq, kMaxLogCompared),
-                 relay_held.get(hello.site));
+  std::vector<crdt::TxnTag> relay_log =
+      space->replica->origin_log(hello.site, hello.acked_seq, hello.own_log.size() + 1);
+  const std::uint64_t head = hello.held.get(hello.site);
+  if (relay_log.empty() || relay_log.back().seq <= head)
+    for (const crdt::TxnTag& t : space->replica->origin_log(hello.site, head + 1, 1))
+      relay_log.push_back(t);
+  const auto keep = fork_point(hello, relay_log, relay_held.get(hello.site));
   peer->site = hello.site;
   if (keep) return rekey(*peer, *keep);
   peer->confirmed_own = relay_held.get(hello.site);
+  peer->untagged_through = std::min(hello.acked_seq, hello.held.get(hello.site));
   for (const crdt::TxnTag& t : hello.own_log) peer->own_history[t.seq] = t.tag;
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
   peer->known = hello.held;
-  peer->budget = static_cast<double>(options.limits.max_batch_changes);
-  peer->budget_time = options.now_seconds ? options.now_seconds() : 0;
   space->peers.insert(peer);
+  peer->connection->authenticated();
   send(*peer, transport::Welcome{transport::kProtocolVersion, relay_held});
   // What the device lacks, in frames of bounded size, a round at a time; the first frame always
   // goes (empty or not) so the device knows when it has caught up.
@@ -317,6 +430,10 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
       peer.catch_up_changes = fewer;
     }
     sent += bytes.size();
+    if (options.now_seconds)
+      tokens[peer.token].catch_up.take(static_cast<double>(bytes.size()), kCatchUpBurst,
+                                       options.limits.max_catch_up_bytes_per_second,
+                                       options.now_seconds(), /*debt=*/true);
     send_changes(peer, chunk, bytes);
     if (peer.phase != Peer::Phase::kLive) return;
   }
@@ -340,20 +457,25 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
     return fail(*peer, WireError::kBatchTooLarge,
                 "batch of " + std::to_string(count) + " changes is over the limit of " +
                     std::to_string(options.limits.max_batch_changes));
-  if (options.now_seconds) {
-    const double now = options.now_seconds();
-    peer->budget =
-        std::min(static_cast<double>(options.limits.max_batch_changes),
-                 peer->budget + (now - peer->budget_time) * options.limits.max_changes_per_second);
-    peer->budget_time = now;
-    if (static_cast<double>(count) > peer->budget)
-      return fail(*peer, WireError::kRateLimited,
-                  "more than " + std::to_string(options.limits.max_changes_per_second) +
-                      " changes per second");
-    peer->budget -= static_cast<double>(count);
-  }
+  if (!spend(*peer, &TokenBudget::changes, static_cast<double>(count),
+             static_cast<double>(options.limits.max_batch_changes),
+             options.limits.max_changes_per_second,
+             "changes per second: " +
+                 std::to_string(static_cast<std::uint64_t>(options.limits.max_changes_per_second))))
+    return;
 
   Namespace& space = *peer->space;
+  const crdt::VersionVector before = space.replica->version_vector();
+  // A batch that skips some of the device's own transactions (an earlier batch was lost or is
+  // still on its way) is not merged: merged out of order, two copies' transactions under one
+  // site id could interleave. The acknowledgement tells the device where to resend from.
+  if (changeset.since.get(peer->site) > before.get(peer->site))
+    return send(*peer, transport::Ack{changes.batch, before});
+  // Nothing is merged on a claim the relay cannot check: a device speaks only for its own site.
+  if (auto why = transport::check_device_changes(changeset, changes.origin_log, peer->site, before,
+                                                 peer->untagged_through))
+    return fail(*peer, WireError::kBadChangeset, *why);
+  changeset = transport::without_held_own(std::move(changeset), peer->site, before.get(peer->site));
   // A copy that got its own transactions in first was told apart by the live-copy check below;
   // this catches one that pushes a history the relay's origin log contradicts.
   if (!changes.origin_log.empty()) {
@@ -364,12 +486,6 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
       if (it != logged.end() && it->second != t.tag) return rekey(*peer, t.seq - 1);
     }
   }
-  const crdt::VersionVector before = space.replica->version_vector();
-  // A batch that skips some of the device's own transactions (an earlier batch was lost or is
-  // still on its way) is not merged: merged out of order, two copies' transactions under one
-  // site id could interleave. The acknowledgement tells the device where to resend from.
-  if (changeset.since.get(peer->site) > before.get(peer->site))
-    return send(*peer, transport::Ack{changes.batch, before});
   storage::ApplyResult result;
   const auto merge_start = std::chrono::steady_clock::now();
   try {
@@ -416,12 +532,37 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, const transport::C
   }
 }
 
+bool Hub::Impl::spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity,
+                      double rate, const std::string& what, bool debt) {
+  if (!options.now_seconds) return true;
+  Bucket& bucket = tokens[peer.token].*which;
+  if (bucket.take(amount, capacity, rate, options.now_seconds(), debt)) return true;
+  fail(peer, WireError::kRateLimited,
+       "over this token's budget of " + what + "; reconnect after a back-off");
+  return false;
+}
+
 void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
   if (!peers.count(peer)) return;
   if (peer->space) peer->space->peers.erase(peer);
   if (!peer->token.empty()) {
-    auto it = connections_per_token.find(peer->token);
-    if (it != connections_per_token.end() && --it->second == 0) connections_per_token.erase(it);
+    // A token's budgets outlive its connections while it owes anything: reconnecting must not
+    // refill them. Once every bucket is full again the entry goes.
+    auto it = tokens.find(peer->token);
+    if (it != tokens.end() && --it->second.connections == 0) {
+      const double now = options.now_seconds ? options.now_seconds() : 0;
+      const HubLimits& l = options.limits;
+      TokenBudget& b = it->second;
+      const bool owes =
+          b.changes.refill(static_cast<double>(l.max_batch_changes), l.max_changes_per_second,
+                           now) < static_cast<double>(l.max_batch_changes) ||
+          b.bytes.refill(static_cast<double>(l.max_frame_bytes), l.max_bytes_per_second, now) <
+              static_cast<double>(l.max_frame_bytes) ||
+          b.digests.refill(kDigestBurst, l.max_digests_per_minute / 60, now) < kDigestBurst ||
+          b.hellos.refill(kHelloBurst, l.max_hellos_per_minute / 60, now) < kHelloBurst ||
+          b.catch_up.refill(kCatchUpBurst, l.max_catch_up_bytes_per_second, now) < kCatchUpBurst;
+      if (!owes || !options.now_seconds) tokens.erase(it);
+    }
   }
   peer->phase = Peer::Phase::kClosed;
   peers.erase(peer);

@@ -24,6 +24,7 @@ struct Grant {
   std::string subject;
   std::string ns;
   unsigned rights = 0;
+  std::int64_t expires_at = 0;  // Unix seconds; 0: never (tests)
 };
 constexpr unsigned kGrantRead = 1, kGrantWrite = 2, kGrantAdmin = 4;
 
@@ -32,8 +33,18 @@ using Authenticator = std::function<Grant(std::string_view token)>;
 
 struct HubLimits {
   std::size_t max_frame_bytes = 16u << 20;
+  // The first frame, before the device is authenticated: a hello is a few KiB.
+  std::size_t max_hello_bytes = 64u << 10;
   std::size_t max_batch_changes = 100'000;
-  double max_changes_per_second = 200'000;  // per connection, averaged over a burst of a batch
+  // Budgets per token, shared by all the connections that present it (a token bucket each:
+  // a burst, refilled at the rate). Past one, the request is refused with rate_limited.
+  double max_changes_per_second = 200'000;  // column changes merged; burst: one full batch
+  double max_bytes_per_second = 32u << 20;  // bytes of frames received; burst: one full frame
+  double max_digests_per_minute = 6;        // digest requests; burst: 8
+  double max_hellos_per_minute = 30;        // hellos (reconnects); burst: 64
+  // Bytes of catch-up sent; burst: 16 MiB. A hello finding the token in debt is refused; a
+  // larger first catch-up still starts, and the token owes it.
+  double max_catch_up_bytes_per_second = 2u << 20;
   std::size_t max_connections_per_token = 64;
   // Changes the relay sends a device in one frame; a larger catch-up goes in several.
   std::size_t max_outgoing_batch_changes = 50'000;
@@ -52,6 +63,8 @@ struct HubOptions {
   HubLimits limits;
   Authenticator authenticate;
   std::function<double()> now_seconds;  // for rate limits; injected by tests
+  // The Unix time in seconds, for tokens' expiry on open connections. Empty: not enforced.
+  std::function<std::int64_t()> unix_now;
   storage::ReplicaOptions replica_options;
 };
 

@@ -1,6 +1,8 @@
 #include "relay/namespace_rules.hpp"
 
+#include <array>
 #include <map>
+#include <optional>
 
 #include "crdt/error.hpp"
 
@@ -117,20 +119,30 @@ std::optional<std::uint64_t> fork_point(const transport::Hello& hello,
                                         const std::vector<crdt::TxnTag>& relay_log,
                                         std::uint64_t relay_seq) {
   const std::uint64_t head = hello.held.get(hello.site);
-  std::map<std::uint64_t, std::uint64_t> mine;
-  for (const crdt::TxnTag& t : hello.own_log) mine[t.seq] = t.tag;
+  // Both logs by sequence number: [0] the relay's tag, [1] the device's.
+  std::map<std::uint64_t, std::array<std::optional<std::uint64_t>, 2>> logs;
+  for (const crdt::TxnTag& t : relay_log)
+    if (t.seq > hello.acked_seq) logs[t.seq][0] = t.tag;
+  for (const crdt::TxnTag& t : hello.own_log)
+    if (t.seq > hello.acked_seq) logs[t.seq][1] = t.tag;
   std::uint64_t agreed = hello.acked_seq;
-  for (const crdt::TxnTag& theirs : relay_log) {
-    if (theirs.seq <= hello.acked_seq) continue;
-    auto it = mine.find(theirs.seq);
-    // The relay holds transactions of this site that this device did not write: the other
-    // copy's, or this file is a restored backup.
-    if (theirs.seq > head) return agreed;
-    if (it == mine.end()) continue;  // written before the device kept a log: no evidence
-    if (it->second != theirs.tag) return agreed;
-    agreed = theirs.seq;
+  for (const auto& [seq, tags] : logs) {
+    const auto& [theirs, mine] = tags;
+    if (theirs) {
+      // The relay holds transactions of this site that this device did not write: the other
+      // copy's, or this file is a restored backup.
+      if (seq > head) return agreed;
+      if (!mine) continue;  // past the hello's log, or written before the device kept one
+      if (*mine != *theirs) return agreed;
+      agreed = seq;
+    } else if (seq <= relay_seq) {
+      // The relay counts this transaction without its tag: someone else claimed it.
+      return agreed;
+    }
   }
-  if (relay_seq > head) return head;
+  // Counted by the relay, written by no one this device knows: the device keeps only what the
+  // two logs agree on.
+  if (relay_seq > head) return agreed;
   return std::nullopt;
 }
 

@@ -19,7 +19,11 @@ constexpr const char* kUsage =
     "                      [--max-frame-bytes N] [--max-batch-changes N]\n"
     "                      [--max-changes-per-second N] [--max-connections-per-token N]\n"
     "                      [--max-queue-bytes N] [--handshake-timeout 30s]\n"
-    "                      [--shutdown-grace 10s]\n"
+    "                      [--shutdown-grace 10s] [--max-hello-bytes N] [--hello-timeout 10s]\n"
+    "                      [--max-unauthenticated N] [--max-unauthenticated-per-source N]\n"
+    "                      [--max-bytes-per-second N] [--max-digests-per-minute N]\n"
+    "                      [--max-hellos-per-minute N] [--max-catch-up-bytes-per-second N]\n"
+    "                      [--max-connects-per-source-per-second N]\n"
     "  lattice-relay token --key-file FILE --ns NAME --rights read,write --ttl 1h\n"
     "                      [--subject NAME]\n"
     "see docs/relay.md\n";

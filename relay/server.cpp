@@ -1,5 +1,8 @@
 #include "relay/server.hpp"
 
+#include <sys/resource.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -16,6 +19,7 @@
 #include "crdt/error.hpp"
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
+#include "transport/frame.hpp"
 #include "transport/websocket_server.hpp"
 
 namespace lattice::relay {
@@ -117,6 +121,18 @@ std::int64_t unix_now() {
       .count();
 }
 
+// Raises the process's open-files limit to its hard limit and returns it (at most 2^20).
+std::size_t raise_open_files_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return static_cast<std::size_t>(std::min<rlim_t>(limit.rlim_cur, rlim_t{1} << 20));
+}
+
 std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
   const HubCounters& hc = hub.counters();
   const transport::WebSocketServerCounters& sc = server.counters();
@@ -148,6 +164,19 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             "TLS or WebSocket handshakes that failed or timed out.", sc.handshake_failures);
   m.counter("lattice_relay_http_requests_total", "Plain HTTP requests (healthz, metrics, other).",
             sc.http_requests);
+  m.gauge("lattice_relay_unauthenticated_connections",
+          "Connections not yet authenticated (TCP, TLS, HTTP or awaiting the hello).",
+          static_cast<double>(server.unauthenticated_connections()));
+  m.counter("lattice_relay_refused_at_accept_total",
+            "Connections closed at accept: too many unauthenticated from their address, or the "
+            "relay's connection limit.",
+            sc.refused_at_accept);
+  m.counter("lattice_relay_evicted_unauthenticated_total",
+            "Unauthenticated connections closed to make room for newer ones.",
+            sc.evicted_unauthenticated);
+  m.counter("lattice_relay_hello_timeouts_total",
+            "WebSocket connections closed for sending no accepted hello in time.",
+            sc.hello_timeouts);
   m.histogram("lattice_relay_merge_seconds",
               "Time to merge one changes frame into a namespace's replica, durable commit "
               "included.",
@@ -158,12 +187,31 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
 }  // namespace
 
 ServeConfig parse_serve_args(const std::vector<std::string>& args) {
-  const FlagReader flags(
-      args,
-      {"listen", "data", "key-file", "tls-cert", "tls-key", "schema", "schema-dir",
-       "max-frame-bytes", "max-batch-changes", "max-changes-per-second",
-       "max-connections-per-token", "max-queue-bytes", "handshake-timeout", "shutdown-grace"},
-      {"insecure"});
+  const FlagReader flags(args,
+                         {"listen",
+                          "data",
+                          "key-file",
+                          "tls-cert",
+                          "tls-key",
+                          "schema",
+                          "schema-dir",
+                          "max-frame-bytes",
+                          "max-batch-changes",
+                          "max-changes-per-second",
+                          "max-connections-per-token",
+                          "max-queue-bytes",
+                          "handshake-timeout",
+                          "shutdown-grace",
+                          "max-hello-bytes",
+                          "hello-timeout",
+                          "max-unauthenticated",
+                          "max-unauthenticated-per-source",
+                          "max-bytes-per-second",
+                          "max-digests-per-minute",
+                          "max-hellos-per-minute",
+                          "max-catch-up-bytes-per-second",
+                          "max-connects-per-source-per-second"},
+                         {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
   config.data_dir = flags.require("data");
@@ -203,6 +251,26 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
         static_cast<int>(parse_duration(flags.get("handshake-timeout")));
   if (flags.has("shutdown-grace"))
     config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
+  auto rate = [&](const char* flag, double& into) {
+    if (flags.has(flag))
+      into = static_cast<double>(parse_count(flag, flags.get(flag), 1, 1ull << 40));
+  };
+  rate("max-bytes-per-second", config.limits.max_bytes_per_second);
+  rate("max-digests-per-minute", config.limits.max_digests_per_minute);
+  rate("max-hellos-per-minute", config.limits.max_hellos_per_minute);
+  rate("max-catch-up-bytes-per-second", config.limits.max_catch_up_bytes_per_second);
+  rate("max-connects-per-source-per-second", config.max_connects_per_source_per_second);
+  if (flags.has("max-hello-bytes"))
+    config.limits.max_hello_bytes = parse_count("max-hello-bytes", flags.get("max-hello-bytes"),
+                                                1024, config.limits.max_frame_bytes);
+  if (flags.has("hello-timeout"))
+    config.hello_timeout_seconds = static_cast<int>(parse_duration(flags.get("hello-timeout")));
+  if (flags.has("max-unauthenticated"))
+    config.max_unauthenticated =
+        parse_count("max-unauthenticated", flags.get("max-unauthenticated"), 1, 1u << 20);
+  if (flags.has("max-unauthenticated-per-source"))
+    config.max_unauthenticated_per_source = parse_count(
+        "max-unauthenticated-per-source", flags.get("max-unauthenticated-per-source"), 1, 1u << 20);
   return config;
 }
 
@@ -214,6 +282,14 @@ TokenConfig parse_token_args(const std::vector<std::string>& args) {
   config.rights = flags.require("rights");
   config.ttl = flags.require("ttl");
   if (flags.has("subject")) config.subject = flags.require("subject");
+  // A token for a name the relay always refuses is useless: refused here, at minting.
+  if (!transport::valid_namespace(config.ns))
+    throw usage_error("--ns '" + config.ns +
+                      "' is not a namespace name: 1 to 64 letters, digits, '_' or '-'");
+  if (config.subject.size() > 128 ||
+      std::any_of(config.subject.begin(), config.subject.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    throw usage_error("--subject must be at most 128 characters without control characters");
   parse_rights(config.rights);  // flag errors before touching the key file
   parse_duration(config.ttl);
   return config;
@@ -234,11 +310,18 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   const KeyRing ring = KeyRing::load(config.key_file);
   const std::string schema_sql =
       config.schema_file.empty() ? "" : read_file("schema file", config.schema_file);
+  // Every file the relay creates (replicas, their WAL and shared-memory files) is its user's
+  // alone: 0600, in a 0700 data directory, whatever umask it was started with.
+  ::umask(077);
   std::error_code fs_error;
   std::filesystem::create_directories(config.data_dir, fs_error);
   if (fs_error || !std::filesystem::is_directory(config.data_dir))
     throw Error(ErrorCode::kIo, "cannot create the data directory '" + config.data_dir +
                                     "': " + (fs_error ? fs_error.message() : "not a directory"));
+  std::filesystem::permissions(config.data_dir, std::filesystem::perms::owner_all, fs_error);
+  if (fs_error)
+    throw Error(ErrorCode::kIo, "cannot make the data directory '" + config.data_dir +
+                                    "' private (0700): " + fs_error.message());
 
   auto write_log = [&log](const std::string& line) {
     log << "lattice-relay: " << line << std::endl;
@@ -254,8 +337,9 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       std::min(hub_options.limits.catch_up_round_bytes, config.max_queue_bytes / 4);
   hub_options.authenticate = [ring](std::string_view token) {
     const TokenClaims claims = ring.verify(token, unix_now());
-    return Grant{claims.subject, claims.ns, claims.rights};
+    return Grant{claims.subject, claims.ns, claims.rights, claims.expires_at};
   };
+  hub_options.unix_now = unix_now;
   hub_options.now_seconds = [] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
@@ -273,7 +357,22 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   server_options.tls_key_file = config.tls_key_file;
   server_options.insecure = config.insecure;
   server_options.max_frame_bytes = config.limits.max_frame_bytes;
+  server_options.max_hello_bytes = config.limits.max_hello_bytes;
   server_options.max_outbound_bytes = config.max_queue_bytes;
+  server_options.hello_timeout_seconds = config.hello_timeout_seconds;
+  server_options.max_unauthenticated_per_source = config.max_unauthenticated_per_source;
+  server_options.max_connects_per_source_per_second = config.max_connects_per_source_per_second;
+  // The relay's own files (replicas, three per open namespace, the key and schema files) keep
+  // a reserve of the open-files limit; of the rest, unauthenticated connections get a quarter
+  // at most, so that devices still get in while an attacker holds its share.
+  const std::size_t open_files = raise_open_files_limit();
+  const std::size_t reserve = std::max<std::size_t>(64, open_files / 8);
+  server_options.max_connections = open_files > reserve + 16 ? open_files - reserve : 16;
+  server_options.max_unauthenticated = std::max<std::size_t>(
+      4, std::min(config.max_unauthenticated, server_options.max_connections / 4));
+  write_log("open files limit " + std::to_string(open_files) + ": at most " +
+            std::to_string(server_options.max_connections) + " connections, " +
+            std::to_string(server_options.max_unauthenticated) + " of them unauthenticated");
   server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
   server_options.on_connection = [&hub](std::shared_ptr<transport::Connection> connection,
                                         std::string ns) { hub.accept(std::move(connection), ns); };

@@ -29,6 +29,13 @@ struct ServeConfig {
   std::size_t max_queue_bytes = 8u << 20;  // per connection outbound queue
   int handshake_timeout_seconds = 30;
   int shutdown_grace_seconds = 10;  // after SIGTERM, the longest wait for peers' close frames
+  // Before authentication (transport/websocket_server.hpp): the hello's deadline after the
+  // WebSocket upgrade, and unauthenticated connections per source address and in all. The total
+  // is lowered further to a quarter of what the open-files limit leaves after a reserve.
+  int hello_timeout_seconds = 10;
+  std::size_t max_unauthenticated = 256;
+  std::size_t max_unauthenticated_per_source = 32;
+  double max_connects_per_source_per_second = 5;
 };
 
 // `lattice-relay token ...`

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -329,6 +330,17 @@ KeyRing KeyRing::load(const std::string& path) {
     int err = errno;
     throw Error(ErrorCode::kIo, "cannot open key file '" + path + "': " + std::strerror(err));
   }
+  // Whoever reads the key file can mint tokens for every namespace: a file other users may
+  // read is refused, not silently used.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & S_IRWXO) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%03o", static_cast<unsigned>(st.st_mode & 0777));
+    throw Error(ErrorCode::kIo, "key file '" + path + "' has mode " + mode +
+                                    ": other users may read it, and with it mint any token; "
+                                    "run chmod 600 '" +
+                                    path + "'");
+  }
   std::vector<Key> keys;
   std::vector<int> key_lines;
   std::string line;
@@ -481,18 +493,19 @@ TokenClaims KeyRing::verify(std::string_view token, std::int64_t now_unix) const
     unauthorized(std::string("token header 'kid' must be a string, not ") +
                  detail::json_kind_name(kid->kind));
   }
+  // An unknown key and a wrong signature get one answer, after the same work: whoever presents
+  // a token learns nothing of the key names this relay has.
   const Key* key = find(kid->string);
-  if (key == nullptr) unauthorized("token signed with unknown key " + quoted(kid->string));
+  static const std::string kNoSecret(kMinSecretBytes, '\0');
 
   std::string signature = base64url_decode(signature_part, "token signature");
   if (signature.size() != kSignatureBytes) {
     unauthorized("token signature is " + std::to_string(signature.size()) +
                  " bytes; an HS256 signature is " + std::to_string(kSignatureBytes));
   }
-  std::string expected = hmac_sha256(key->secret, signing_input);
-  if (CRYPTO_memcmp(signature.data(), expected.data(), kSignatureBytes) != 0) {
-    unauthorized("token signature does not match key '" + key->name + "'");
-  }
+  std::string expected = hmac_sha256(key ? key->secret : kNoSecret, signing_input);
+  if (CRYPTO_memcmp(signature.data(), expected.data(), kSignatureBytes) != 0 || key == nullptr)
+    unauthorized("token signature does not verify (wrong signature or unknown key)");
 
   JsonObject payload;
   try {

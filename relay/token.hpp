@@ -71,7 +71,8 @@ class KeyRing {
   // kMinSecretBytes non-blank characters, used as they are (not decoded). Errors name the
   // file and, for content, the line: Error(kIo) when the file cannot be read,
   // Error(kInvalidArgument) for a malformed line, a bad name, a short secret, a duplicate
-  // name, or a file without keys. Messages never contain secrets.
+  // name, or a file without keys; Error(kIo) for a file other users may read (any permission
+  // bit for "others"), naming its mode. Messages never contain secrets.
   static KeyRing load(const std::string& path);
 
   // A ring from (name, secret) pairs, the first one signing. The name, length and duplicate

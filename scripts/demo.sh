@@ -90,7 +90,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj 
   -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -days 1 \
   -keyout "${work}/relay-key.pem" -out "${work}/relay-cert.pem" 2>/dev/null \
   || die "openssl could not make the demo certificate"
-printf 'demo %s\n' "$(openssl rand -hex 32)" >"${work}/relay.keys"
+(umask 077 && printf 'demo %s\n' "$(openssl rand -hex 32)" >"${work}/relay.keys")
 chmod 600 "${work}/relay.keys"
 "${todo_bin}" --print-schema >"${work}/schema.sql"
 

@@ -27,6 +27,7 @@ PACKAGES=(
   curl          # scripts/demo.sh talks to the demo app's HTTP API
   chromium      # the browser test (tests/browser), driven by playwright-core
   openjdk-17-jdk-headless  # the Java binding (bindings/java): javac, the JNI headers, java
+  testssl.sh    # tests/relay/tls_scan.sh: the relay's TLS scanned in make test
 )
 
 # `pkg` means the native (or Architecture: all) package, `pkg:arm64` the arm64 one. With

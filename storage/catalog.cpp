@@ -292,13 +292,22 @@ void Replica::Impl::load_catalog() {
                   "WHERE s.type = 'table')");
     any_foreign_keys = fks.step() && fks.column_int(0) != 0;
   }
-  Statement select_tables(db, "SELECT id, name FROM lattice_tables ORDER BY id");
+  dropped_tables.clear();
+  future_tables_by_name.clear();
+  Statement select_tables(db, "SELECT id, name, dropped, future FROM lattice_tables ORDER BY id");
   Statement select_columns(
-      db, "SELECT id, name, kind, key_position FROM lattice_columns WHERE table_id = ?");
+      db,
+      "SELECT id, name, kind, key_position, dropped, future, affinity FROM lattice_columns "
+      "WHERE table_id = ?");
   while (select_tables.step()) {
+    if (select_tables.column_int(2)) {
+      dropped_tables.insert(static_cast<crdt::TableId>(select_tables.column_int(0)));
+      continue;
+    }
     auto info = std::make_unique<TableInfo>();
     info->id = static_cast<crdt::TableId>(select_tables.column_int(0));
     info->name = select_tables.column_text(1);
+    info->future_table = select_tables.column_int(3) != 0;
     std::map<std::string, ColumnInfo> by_name;
     select_columns.reset();
     select_columns.bind(1, static_cast<std::int64_t>(info->id));
@@ -309,10 +318,32 @@ void Replica::Impl::load_catalog() {
       c.kind = select_columns.column_text(2) == "counter" ? crdt::ColumnKind::kCounter
                                                           : crdt::ColumnKind::kLww;
       c.key_position = static_cast<int>(select_columns.column_int(3));
+      if (select_columns.column_int(4)) {
+        info->dropped_columns.insert(c.id);
+        continue;
+      }
+      if (select_columns.column_int(5)) {
+        c.affinity_known = !select_columns.column_is_null(6);
+        c.affinity = static_cast<Affinity>(select_columns.column_int(6));
+        info->future_columns.push_back(c);
+        continue;
+      }
+      if (info->future_table) {
+        c.affinity_known = !select_columns.column_is_null(6);
+        c.affinity = static_cast<Affinity>(select_columns.column_int(6));
+        info->columns.push_back(c);  // key columns only: the others are future columns
+        continue;
+      }
       by_name[lower_case(c.name)] = c;
     }
+    if (info->future_table) {
+      std::sort(
+          info->columns.begin(), info->columns.end(),
+          [](const ColumnInfo& a, const ColumnInfo& b) { return a.key_position < b.key_position; });
+    }
     // Table positions come from the live table (for the pre-update hook).
-    for (auto& live : read_columns(db, info->name, false)) {
+    for (auto& live :
+         info->future_table ? std::vector<ColumnInfo>{} : read_columns(db, info->name, false)) {
       auto it = by_name.find(lower_case(live.name));
       if (it == by_name.end()) continue;
       it->second.table_position = live.table_position;
@@ -321,11 +352,16 @@ void Replica::Impl::load_catalog() {
     }
     info->key_count = static_cast<std::size_t>(std::count_if(
         info->columns.begin(), info->columns.end(), [](const auto& c) { return c.key_position; }));
-    info->has_counters = std::any_of(info->columns.begin(), info->columns.end(), [](const auto& c) {
-      return c.kind == crdt::ColumnKind::kCounter;
-    });
-    read_constraints(db, *info);
-    tables_by_name[lower_case(info->name)] = info.get();
+    auto counter = [](const auto& c) { return c.kind == crdt::ColumnKind::kCounter; };
+    info->has_counters =
+        std::any_of(info->columns.begin(), info->columns.end(), counter) ||
+        std::any_of(info->future_columns.begin(), info->future_columns.end(), counter);
+    if (info->future_table) {
+      future_tables_by_name[lower_case(info->name)] = info.get();
+    } else {
+      read_constraints(db, *info);
+      tables_by_name[lower_case(info->name)] = info.get();
+    }
     tables[info->id] = std::move(info);
   }
 }
@@ -335,6 +371,10 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
   auto types = parse_column_types(column_types_json, table);
   // The catalog in memory may describe a replicate() that was rolled back since.
   refresh();
+  if (TableInfo* existing = table_by_name(table)) {
+    update_kinds(*existing, types);
+    return;
+  }
 
   Statement exists(db, "SELECT name, type, sql FROM sqlite_schema WHERE name = ? COLLATE NOCASE");
   exists.bind(1, table_name);
@@ -387,15 +427,10 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
   read_constraints(db, info);
   check_replicable(db, info);
 
-  if (TableInfo* existing = table_by_name(name)) {
-    bool same = existing->columns.size() == info.columns.size();
-    for (std::size_t i = 0; same && i < info.columns.size(); ++i)
-      same = existing->columns[i].id == info.columns[i].id &&
-             existing->columns[i].kind == info.columns[i].kind;
-    if (same) return;
-    throw Error(ErrorCode::kSchema, "table '" + name +
-                                        "' is already replicated with other columns or column "
-                                        "types; changing a replicated schema is not supported yet");
+  auto future = tables.find(info.id);
+  if (future != tables.end() && future->second->future_table) {
+    adopt_future_table(*future->second, info);
+    return;
   }
   for (const auto& [id, other] : tables)
     if (id == info.id)
@@ -403,6 +438,12 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
                                           "' cannot be replicated: its stable id "
                                           "collides with table '" +
                                           other->name + "'");
+  if (dropped_tables.count(info.id))
+    throw Error(ErrorCode::kSchema,
+                "table '" + name +
+                    "' cannot be replicated: a replicated table of that name (or stable id) was "
+                    "dropped, and devices that have not migrated may still send its changes; "
+                    "give the new table another name");
 
   for (const auto& c : info.columns) {
     if (c.kind != crdt::ColumnKind::kCounter) continue;
@@ -420,7 +461,9 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
     CaptureSuspended suspended(*this);
     Statement insert_table(db, "INSERT INTO lattice_tables(id, name) VALUES (?, ?)");
     insert_table.bind(1, static_cast<std::int64_t>(info.id)).bind(2, name).run();
-    Statement insert_column(db, "INSERT INTO lattice_columns VALUES (?, ?, ?, ?, ?)");
+    Statement insert_column(db,
+                            "INSERT INTO lattice_columns(table_id, id, name, kind, key_position) "
+                            "VALUES (?, ?, ?, ?, ?)");
     for (const auto& c : info.columns) {
       insert_column.reset();
       insert_column.bind(1, static_cast<std::int64_t>(info.id))
@@ -483,6 +526,215 @@ void Replica::Impl::recreate_triggers() {
     throw;
   }
   internal_ddl = false;
+}
+
+// lattice_replicate on a table already replicated: the column types must be the ones it has,
+// except for columns added in the open transaction (ALTER TABLE ... ADD COLUMN), which may still
+// become counters: that is how a migration adds a counter column.
+void Replica::Impl::update_kinds(TableInfo& t,
+                                 const std::map<std::string, crdt::ColumnKind>& types) {
+  for (const auto& [column, kind] : types) {
+    const bool known = std::any_of(t.columns.begin(), t.columns.end(), [&](const ColumnInfo& c) {
+      return lower_case(c.name) == column;
+    });
+    if (!known)
+      throw Error(ErrorCode::kSchema,
+                  "table '" + t.name + "' has no replicated column '" + column + "'");
+  }
+  bool changed = false;
+  for (const auto& c : t.columns) {
+    if (c.key_position) continue;
+    auto it = types.find(lower_case(c.name));
+    const crdt::ColumnKind wanted = it == types.end() ? crdt::ColumnKind::kLww : it->second;
+    if (wanted == c.kind) continue;
+    if (!added_this_transaction.count({t.id, c.id}) || adopted_this_transaction.count({t.id, c.id}))
+      throw Error(ErrorCode::kSchema,
+                  "table '" + t.name + "' is replicated with column '" + c.name + "' as a " +
+                      crdt::column_kind_name(c.kind) +
+                      " column; a column's type cannot change (add a new column and copy the "
+                      "values, docs/schema-evolution.md)");
+    if (wanted == crdt::ColumnKind::kCounter) {
+      // Its value in every existing row is the default; a counter's is the sum of its parts,
+      // none yet: they agree only at 0.
+      Statement bad(db, "SELECT count(*) FROM " + quote_identifier(t.name) + " WHERE typeof(" +
+                            quote_identifier(c.name) + ") <> 'integer' OR " +
+                            quote_identifier(c.name) + " <> 0");
+      bad.step();
+      if (bad.column_int(0) > 0)
+        throw Error(ErrorCode::kSchema,
+                    "counter column '" + t.name + "." + c.name +
+                        "' must start at 0 in the rows the table holds (declare it INTEGER NOT "
+                        "NULL DEFAULT 0)");
+    }
+    Statement set(db, "UPDATE lattice_columns SET kind = ? WHERE table_id = ? AND id = ?");
+    set.bind(1, crdt::column_kind_name(wanted))
+        .bind(2, static_cast<std::int64_t>(t.id))
+        .bind(3, static_cast<std::int64_t>(c.id))
+        .run();
+    changed = true;
+  }
+  if (!changed) return;
+  const crdt::TableId id = t.id;
+  load_catalog();
+  catalog_schema_version = -1;
+  recreate_table_triggers(*tables.at(id));
+}
+
+void Replica::Impl::drop_table_triggers(crdt::TableId id) {
+  std::vector<std::string> names;
+  {
+    Statement select(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name GLOB ?");
+    select.bind(1, "lattice_" + std::to_string(id) + "_*");
+    while (select.step()) names.push_back(select.column_text(0));
+  }
+  const bool was = internal_ddl;
+  internal_ddl = true;
+  try {
+    for (const auto& name : names) exec_sql(db, "DROP TRIGGER " + quote_identifier(name));
+  } catch (...) {
+    internal_ddl = was;
+    throw;
+  }
+  internal_ddl = was;
+}
+
+void Replica::Impl::recreate_table_triggers(const TableInfo& t) {
+  drop_table_triggers(t.id);
+  internal_ddl = true;
+  try {
+    exec_sql(db, metadata_tables_sql(t));
+    exec_sql(db, capture_triggers_sql(t));
+  } catch (...) {
+    internal_ddl = false;
+    throw;
+  }
+  internal_ddl = false;
+}
+
+void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
+  // The live table has the column now; its declared name is the one SQLite kept.
+  std::string name = column;
+  for (const auto& live : read_columns(db, t.name, false))
+    if (lower_case(live.name) == lower_case(column)) name = live.name;
+  const crdt::ColumnId id = stable_id(name);
+  Affinity affinity = Affinity::kBlob;
+  for (const auto& live : read_columns(db, t.name, false))
+    if (lower_case(live.name) == lower_case(name)) affinity = live.affinity;
+  Statement taken(db,
+                  "SELECT name, dropped, future, affinity FROM lattice_columns WHERE table_id = ? "
+                  "AND id = ?");
+  taken.bind(1, static_cast<std::int64_t>(t.id)).bind(2, static_cast<std::int64_t>(id));
+  if (taken.step()) {
+    if (taken.column_int(2)) {
+      // Newer devices have this column already: its cells are here, as a future column. It
+      // joins the table, with the type they gave it.
+      if (!taken.column_is_null(3) && static_cast<Affinity>(taken.column_int(3)) != affinity)
+        throw Error(ErrorCode::kSchema,
+                    "column '" + t.name + "." + name + "' has type affinity " +
+                        affinity_name(affinity) + " here but " +
+                        affinity_name(static_cast<Affinity>(taken.column_int(3))) +
+                        " on the devices that added it first; declare it alike");
+      taken = Statement();
+      Statement adopt(db,
+                      "UPDATE lattice_columns SET future = 0, name = ? WHERE table_id = ? AND "
+                      "id = ?");
+      adopt.bind(1, name)
+          .bind(2, static_cast<std::int64_t>(t.id))
+          .bind(3, static_cast<std::int64_t>(id))
+          .run();
+      adopted_this_transaction.insert({t.id, id});
+      return;
+    }
+    throw Error(ErrorCode::kSchema,
+                "column '" + t.name + "." + name + "' would take the stable id of " +
+                    (taken.column_int(1) ? "the dropped column '" : "column '") +
+                    taken.column_text(0) + "'; choose another name");
+  }
+  taken = Statement();
+  Statement insert(db,
+                   "INSERT INTO lattice_columns(table_id, id, name, kind, key_position) "
+                   "VALUES (?, ?, ?, 'lww', 0)");
+  insert.bind(1, static_cast<std::int64_t>(t.id))
+      .bind(2, static_cast<std::int64_t>(id))
+      .bind(3, name)
+      .run();
+  added_this_transaction.insert({t.id, id});
+}
+
+// lattice_replicate of a table newer devices already replicate: its rows are here, merged as a
+// future table. The application's table takes them over, with the same key and column types.
+void Replica::Impl::adopt_future_table(TableInfo& future, const TableInfo& local) {
+  const std::string why = "table '" + local.name + "' cannot be replicated: ";
+  bool same_key = future.key_count == local.key_count;
+  for (std::size_t i = 0; same_key && i < local.key_count; ++i)
+    same_key = future.columns[i].id == local.columns[i].id;
+  if (!same_key)
+    throw Error(ErrorCode::kSchema, why +
+                                        "devices that replicate it already give it another "
+                                        "primary key; declare the same key columns, in order");
+  for (const auto& c : local.columns) {
+    const ColumnInfo* theirs = future.column(c.id);
+    if (!theirs) continue;
+    if (theirs->kind != c.kind)
+      throw Error(ErrorCode::kSchema, why + "column '" + c.name + "' is a " +
+                                          crdt::column_kind_name(theirs->kind) +
+                                          " column on the devices that replicate it already");
+    if (theirs->affinity_known && theirs->affinity != c.affinity)
+      throw Error(ErrorCode::kSchema, why + "column '" + c.name + "' has type affinity " +
+                                          affinity_name(theirs->affinity) +
+                                          " on the devices that replicate it already");
+  }
+  Statement rows(db, "SELECT count(*) FROM " + quote_identifier(local.name));
+  rows.step();
+  if (rows.column_int(0) > 0)
+    throw Error(ErrorCode::kSchema,
+                why +
+                    "it holds rows of its own, and rows newer devices wrote are here already; "
+                    "replicate it while it is empty");
+  rows = Statement();
+
+  exec_sql(db, "SAVEPOINT lattice_adopt");
+  try {
+    Statement table(db, "UPDATE lattice_tables SET future = 0, name = ? WHERE id = ?");
+    table.bind(1, local.name).bind(2, static_cast<std::int64_t>(local.id)).run();
+    Statement update(db,
+                     "UPDATE lattice_columns SET future = 0, name = ?, kind = ?, key_position = ? "
+                     "WHERE table_id = ? AND id = ?");
+    Statement insert(db,
+                     "INSERT INTO lattice_columns(table_id, id, name, kind, key_position) "
+                     "VALUES (?, ?, ?, ?, ?)");
+    std::set<crdt::ColumnId> joined;
+    for (const auto& c : local.columns) {
+      Statement& s = future.column(c.id) ? update : insert;
+      s.reset();
+      if (&s == &update)
+        s.bind(1, c.name)
+            .bind(2, crdt::column_kind_name(c.kind))
+            .bind(3, static_cast<std::int64_t>(c.key_position))
+            .bind(4, static_cast<std::int64_t>(local.id))
+            .bind(5, static_cast<std::int64_t>(c.id));
+      else
+        s.bind(1, static_cast<std::int64_t>(local.id))
+            .bind(2, static_cast<std::int64_t>(c.id))
+            .bind(3, c.name)
+            .bind(4, crdt::column_kind_name(c.kind))
+            .bind(5, static_cast<std::int64_t>(c.key_position));
+      s.run();
+      if (!c.key_position) joined.insert(c.id);
+    }
+    load_catalog();
+    catalog_schema_version = -1;
+    TableInfo& adopted = *tables.at(local.id);
+    exec_sql(db, metadata_tables_sql(adopted));
+    exec_sql(db, capture_triggers_sql(adopted));
+    fill_from_future(adopted, joined, true);
+    exec_sql(db, "RELEASE lattice_adopt");
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK TO lattice_adopt; RELEASE lattice_adopt", nullptr, nullptr, nullptr);
+    load_catalog();
+    catalog_schema_version = -1;
+    throw;
+  }
 }
 
 }  // namespace lattice::storage

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "crdt/error.hpp"
+#include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
 #include "storage/primary_key.hpp"
 
@@ -45,7 +46,9 @@ std::map<std::string, TableLine> parse(const std::string& digest) {
 std::string Replica::digest() {
   impl_->refresh();
   std::map<std::string, const TableInfo*> by_name;
-  for (const auto& [id, table] : impl_->tables) by_name[lower_case(table->name)] = table.get();
+  // The tables this replica has: a later version's (future tables and columns) are left out.
+  for (const auto& [id, table] : impl_->tables)
+    if (!table->future_table) by_name[lower_case(table->name)] = table.get();
   std::string out;
   for (const auto& [name, table] : by_name) {
     // Rows in packed-key order, shown rows and held ones (docs/data-quality.md) merged: a
@@ -72,7 +75,7 @@ std::string Replica::digest() {
     bool more_rows = rows.step(), more_held = held.step();
     while (more_rows || more_held) {
       if (more_held && (!more_rows || held.column_blob(0) < rows.column_blob(0))) {
-        add(unpack_values(held.column_blob(1), table->columns.size()));
+        add(held_row(*table, held.column_blob(1), held.column_blob(0)));
         more_held = held.step();
         continue;
       }

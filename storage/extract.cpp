@@ -39,8 +39,9 @@ class Extractor {
  private:
   // The statements that read one table's rows, prepared once per extraction.
   struct Reader {
-    std::vector<const ColumnInfo*> lww;
-    Statement row_meta, cell_meta, counter_meta, values;
+    std::vector<const ColumnInfo*> lww;  // the table's, then future ones
+    std::size_t app_lww = 0;             // how many of them the table has
+    Statement row_meta, cell_meta, counter_meta, values, future_values;
   };
   Reader& reader(TableInfo& t);
 
@@ -106,6 +107,7 @@ Extractor::Reader& Extractor::reader(TableInfo& t) {
   Reader r;
   std::string select_values = "SELECT ";
   for (const auto& c : t.columns) {
+    if (t.future_table) break;  // no table here: every value is a future one
     if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
     select_values += std::string(r.lww.empty() ? "" : ", ") + quote_identifier(c.name);
     r.lww.push_back(&c);
@@ -119,7 +121,15 @@ Extractor::Reader& Extractor::reader(TableInfo& t) {
       Statement(db, "SELECT col, cl, hlc, site, seq FROM " + t.cells_table() + " WHERE pk = ?");
   r.counter_meta = Statement(db, "SELECT col, site, cl, seq, total FROM " + t.counters_table() +
                                      " WHERE pk = ? AND cl = ?");
-  r.values = Statement(db, select_values);
+  if (!t.future_table) r.values = Statement(db, select_values);
+  // Future columns (a later schema version's) come after, their values from
+  // lattice_future_values.
+  r.app_lww = r.lww.size();
+  for (const auto& c : t.future_columns)
+    if (c.kind == crdt::ColumnKind::kLww) r.lww.push_back(&c);
+  if (r.lww.size() > r.app_lww)
+    r.future_values =
+        Statement(db, "SELECT col, value FROM lattice_future_values WHERE table_id = ? AND pk = ?");
   return readers_.emplace(t.id, std::move(r)).first->second;
 }
 
@@ -148,22 +158,37 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
 
     if (alive) {
       std::vector<crdt::Value> current;
-      values.reset();
-      const auto key = unpack_primary_key(pk, t.key_count);
-      for (std::size_t i = 0; i < key.size(); ++i) values.bind(static_cast<int>(i + 1), key[i]);
-      if (values.step()) {
-        for (int i = 0; i < static_cast<int>(lww.size()); ++i) current.push_back(values.column(i));
+      if (!t.future_table) {
+        values.reset();
+        const auto key = unpack_primary_key(pk, t.key_count);
+        for (std::size_t i = 0; i < key.size(); ++i) values.bind(static_cast<int>(i + 1), key[i]);
+      }
+      if (t.future_table) {
+        // Nothing to read from a table this replica does not have yet.
+      } else if (values.step()) {
+        for (int i = 0; i < static_cast<int>(r.app_lww); ++i) current.push_back(values.column(i));
       } else if (auto held = Projection::held_values(impl_, t, pk)) {
         // Held out of its table by a constraint (docs/data-quality.md): its values travel all
         // the same, from lattice_held.
-        for (const ColumnInfo* c : lww)
-          current.push_back((*held)[static_cast<std::size_t>(c - t.columns.data())]);
+        for (std::size_t i = 0; i < r.app_lww; ++i)
+          current.push_back((*held)[static_cast<std::size_t>(lww[i] - t.columns.data())]);
       } else {
         throw Error(ErrorCode::kInternal, "table '" + t.name + "' lacks row " +
                                               describe_primary_key(pk) +
                                               " that its metadata says is present");
       }
       values.reset();
+      current.resize(lww.size());
+      if (lww.size() > r.app_lww) {
+        r.future_values.reset();
+        r.future_values.bind(1, static_cast<std::int64_t>(t.id)).bind_blob(2, pk);
+        while (r.future_values.step()) {
+          const auto column = static_cast<crdt::ColumnId>(r.future_values.column_int(0));
+          for (std::size_t i = r.app_lww; i < lww.size(); ++i)
+            if (lww[i]->id == column) current[i] = r.future_values.column(1);
+        }
+        r.future_values.reset();
+      }
 
       std::vector<bool> overridden(lww.size(), false);
       cell_meta.reset();

@@ -8,6 +8,7 @@
 #include <limits>
 #include <set>
 
+#include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
@@ -156,16 +157,20 @@ void RowMerger::load(const std::string& pk) {
   t_.select_counters.reset();
 
   // Every last-writer-wins column's current version: its own override, else the row's.
-  for (const auto& c : t_.columns) {
-    if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
-    auto it = stored_cells_.find(c.id);
-    cells_[c.id] = it != stored_cells_.end() ? it->second : row_;
-  }
+  for (const auto* columns : {&t_.columns, &t_.future_columns})
+    for (const auto& c : *columns) {
+      if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
+      auto it = stored_cells_.find(c.id);
+      cells_[c.id] = it != stored_cells_.end() ? it->second : row_;
+    }
 }
 
 // Offers each incoming version to the crdt rules; keeps what wins.
 void RowMerger::offer(const crdt::RowChange& change) {
+  // A column this replica dropped: what a peer that has not migrated writes to it is dropped.
+  auto dropped = [&](crdt::ColumnId column) { return t_.dropped_columns.count(column) > 0; };
   auto offer_cell = [&](crdt::ColumnId column, const Entry& incoming, const crdt::Value& value) {
+    if (dropped(column)) return;
     column_of(column, crdt::ColumnKind::kLww);
     Entry& current = cells_[column];
     if (incoming.version > current.version) {
@@ -188,6 +193,7 @@ void RowMerger::offer(const crdt::RowChange& change) {
   }
   for (const auto& cell : change.cells) offer_cell(cell.column, entry_of(cell.stamp), cell.value);
   for (const auto& counter : change.counters) {
+    if (dropped(counter.column)) continue;
     column_of(counter.column, crdt::ColumnKind::kCounter);
     Part& local = parts_[{counter.column, site_map_[counter.site]}];
     if (counter.part.newer_than(local.part)) {
@@ -312,6 +318,11 @@ void RowMerger::place(const crdt::RowChange& change, std::vector<crdt::Value> ke
         merged.changed.emplace_back(&c, counter_value(c.id));
       }
     }
+    // Future columns (a later schema version's) keep their values aside until they join.
+    for (const auto& c : t_.future_columns) {
+      auto it = new_values_.find(c.id);
+      if (it != new_values_.end()) merged.future.emplace_back(c.id, it->second);
+    }
   }
   projection_.place(merged);
 }
@@ -374,19 +385,28 @@ std::string column_list(const std::vector<std::string>& names) {
   return "(" + out + ")";
 }
 
-// The sender's table must be this replica's: same name, same columns and kinds, the same key
-// columns in the same order.
-void check_table_schema(Replica::Impl& impl, const crdt::TableSchema& schema) {
+// What a changeset's tables mean here, across schema versions (docs/schema-evolution.md).
+struct SchemaPlan {
+  std::set<crdt::TableId> pending_tables;  // not replicated here (yet): merged as future tables
+  std::set<crdt::TableId> dropped_tables;  // dropped here: rows ignored
+  // Columns the sender has and this replica does not have yet: merged as future columns.
+  std::vector<std::pair<crdt::TableId, crdt::ColumnSchema>> future_columns;
+};
+
+// The sender's table must be this replica's, as far as both have it: the same key columns in
+// the same order, and the same kind and affinity for every column both have. Names may differ
+// (a rename keeps a column's id); columns only the sender has are a later version's.
+void check_table_schema(Replica::Impl& impl, const crdt::TableSchema& schema, SchemaPlan& plan) {
+  if (impl.dropped_tables.count(schema.id)) {
+    plan.dropped_tables.insert(schema.id);
+    return;
+  }
   auto it = impl.tables.find(schema.id);
-  if (it == impl.tables.end())
-    throw Error(ErrorCode::kUnknownTable, "changeset has changes of table '" + schema.name +
-                                              "' (id " + std::to_string(schema.id) +
-                                              "), which this replica does not replicate");
+  if (it == impl.tables.end()) {
+    plan.pending_tables.insert(schema.id);
+    return;
+  }
   const TableInfo& local = *it->second;
-  if (lower_case(local.name) != lower_case(schema.name))
-    throw Error(ErrorCode::kSchema, "changeset table id " + std::to_string(schema.id) +
-                                        " is named '" + schema.name + "', here '" + local.name +
-                                        "'");
   std::vector<std::string> theirs, ours;
   for (std::size_t i = 0; i < schema.primary_key_columns && i < schema.columns.size(); ++i)
     theirs.push_back(schema.columns[i].name);
@@ -401,10 +421,11 @@ void check_table_schema(Replica::Impl& impl, const crdt::TableSchema& schema) {
   for (std::size_t i = 0; i < schema.columns.size(); ++i) {
     const auto& column = schema.columns[i];
     const ColumnInfo* c = local.column(column.id);
-    if (!c || lower_case(c->name) != lower_case(column.name))
-      throw Error(ErrorCode::kUnknownColumn,
-                  "changeset has column '" + schema.name + "." + column.name + "' (id " +
-                      std::to_string(column.id) + "), which this replica's table lacks");
+    if (!c) {
+      if (!local.dropped_columns.count(column.id))
+        plan.future_columns.emplace_back(schema.id, column);
+      continue;
+    }
     if ((i < schema.primary_key_columns) != (c->key_position != 0))
       throw Error(ErrorCode::kSchema,
                   "table '" + local.name + "': the changeset's primary key is " +
@@ -414,7 +435,7 @@ void check_table_schema(Replica::Impl& impl, const crdt::TableSchema& schema) {
                   "column '" + local.name + "." + c->name + "' is a " +
                       crdt::column_kind_name(c->kind) + " column here but a " +
                       crdt::column_kind_name(column.kind) + " column in the changeset");
-    if (column.affinity && *column.affinity != c->affinity)
+    if (column.affinity && c->affinity_known && *column.affinity != c->affinity)
       throw Error(ErrorCode::kSchema,
                   "column '" + local.name + "." + c->name + "' has type affinity " +
                       affinity_name(c->affinity) + " here but " + affinity_name(*column.affinity) +
@@ -427,15 +448,17 @@ void check_rows(Replica::Impl& impl, const crdt::Changeset& changeset) {
   std::set<std::pair<crdt::TableId, std::string_view>> seen;
   for (std::size_t r = 0; r < changeset.rows.size(); ++r) {
     const auto& row = changeset.rows[r];
-    auto it = impl.tables.find(row.table);
-    if (it == impl.tables.end())
-      throw Error(ErrorCode::kUnknownTable, "changeset has changes of table id " +
-                                                std::to_string(row.table) +
-                                                ", which this replica does not replicate");
-    const TableInfo& t = *it->second;
     if (!seen.emplace(row.table, row.primary_key).second)
       throw Error(ErrorCode::kCorrupt, "changeset rows[" + std::to_string(r) + "] repeats row " +
-                                           describe_primary_key(row.primary_key) + " of " + t.name);
+                                           describe_primary_key(row.primary_key));
+    if (std::none_of(changeset.tables.begin(), changeset.tables.end(),
+                     [&](const crdt::TableSchema& s) { return s.id == row.table; }))
+      throw Error(ErrorCode::kUnknownTable, "changeset rows[" + std::to_string(r) +
+                                                "] names table id " + std::to_string(row.table) +
+                                                ", which is not in the changeset's tables");
+    auto it = impl.tables.find(row.table);
+    if (it == impl.tables.end()) continue;  // a later version's table, or a dropped one
+    const TableInfo& t = *it->second;
     std::vector<crdt::Value> key;
     try {
       key = unpack_primary_key(row.primary_key, t.key_count);
@@ -493,7 +516,7 @@ void check_not_a_copy(Replica::Impl& impl, const crdt::Origin& origin) {
 }
 
 // Everything about `changeset` that can be checked without writing. Returns its newest stamp.
-crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
+crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset, SchemaPlan& plan) {
   if (changeset.origin && changeset.origin->site == impl.site)
     check_not_a_copy(impl, *changeset.origin);
   if (changeset.format_version > crdt::Changeset::kFormatVersion)
@@ -501,7 +524,7 @@ crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
                 "changeset format " + std::to_string(changeset.format_version) +
                     " is newer than this build reads (" +
                     std::to_string(crdt::Changeset::kFormatVersion) + ")");
-  for (const auto& schema : changeset.tables) check_table_schema(impl, schema);
+  for (const auto& schema : changeset.tables) check_table_schema(impl, schema, plan);
   check_rows(impl, changeset);
   crdt::Hlc newest;
   auto check_site = [&](std::uint32_t site) {
@@ -525,15 +548,89 @@ crdt::Hlc validate(Replica::Impl& impl, const crdt::Changeset& changeset) {
 }
 
 // Merges a validated changeset inside the open transaction.
+// Makes room for what a later schema version sends: its new columns become future columns of
+// their table, and its new tables future tables (TableInfo::future_table), merged like any
+// other until a migration here adds them.
+void prepare_for_versions(Replica::Impl& impl, const crdt::Changeset& changeset,
+                          const SchemaPlan& plan) {
+  sqlite3* db = impl.db;
+  if (!plan.future_columns.empty()) {
+    Statement insert(db,
+                     "INSERT OR IGNORE INTO lattice_columns(table_id, id, name, kind, "
+                     "key_position, future, affinity) VALUES (?, ?, ?, ?, 0, 1, ?)");
+    for (const auto& [table, column] : plan.future_columns) {
+      insert.reset();
+      insert.bind(1, static_cast<std::int64_t>(table))
+          .bind(2, static_cast<std::int64_t>(column.id))
+          .bind(3, column.name)
+          .bind(4, crdt::column_kind_name(column.kind));
+      if (column.affinity)
+        insert.bind(5, static_cast<std::int64_t>(*column.affinity));
+      else
+        insert.bind(5, crdt::Value{});
+      insert.run();
+    }
+    impl.load_catalog();
+    impl.catalog_schema_version = -1;
+  }
+  for (crdt::TableId table : plan.pending_tables) {
+    const crdt::TableSchema* schema = nullptr;
+    for (const auto& s : changeset.tables)
+      if (s.id == table) schema = &s;
+    if (!schema) continue;
+    // Another table of this replica's may have the name: the later version's table keeps its
+    // own (lattice_tables names are unique), suffixed with its id.
+    Statement taken(db, "SELECT count(*) FROM lattice_tables WHERE name = ?");
+    taken.bind(1, schema->name);
+    taken.step();
+    const std::string name =
+        taken.column_int(0) ? schema->name + "#" + std::to_string(table) : schema->name;
+    taken = Statement();
+    Statement insert_table(db, "INSERT INTO lattice_tables(id, name, future) VALUES (?, ?, 1)");
+    insert_table.bind(1, static_cast<std::int64_t>(table)).bind(2, name).run();
+    Statement insert_column(db,
+                            "INSERT INTO lattice_columns(table_id, id, name, kind, key_position, "
+                            "future, affinity) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    for (std::size_t i = 0; i < schema->columns.size(); ++i) {
+      const auto& column = schema->columns[i];
+      const bool key = i < schema->primary_key_columns;
+      insert_column.reset();
+      insert_column.bind(1, static_cast<std::int64_t>(table))
+          .bind(2, static_cast<std::int64_t>(column.id))
+          .bind(3, column.name)
+          .bind(4, crdt::column_kind_name(column.kind))
+          .bind(5, static_cast<std::int64_t>(key ? i + 1 : 0))
+          .bind(6, std::int64_t{key ? 0 : 1});
+      if (column.affinity)
+        insert_column.bind(7, static_cast<std::int64_t>(*column.affinity));
+      else
+        insert_column.bind(7, crdt::Value{});
+      insert_column.run();
+    }
+  }
+  if (!plan.pending_tables.empty()) {
+    impl.load_catalog();
+    impl.catalog_schema_version = -1;
+    for (crdt::TableId table : plan.pending_tables) {
+      auto it = impl.tables.find(table);
+      if (it != impl.tables.end()) exec_sql(db, metadata_tables_sql(*it->second));
+    }
+  }
+}
+
 void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
-                     const OriginTxns* origin, Projection& projection, ApplyResult& result) {
+                     const OriginTxns* origin, const SchemaPlan& plan, Projection& projection,
+                     ApplyResult& result) {
   sqlite3* db = impl.db;
   result.received += changeset.change_count();
+  prepare_for_versions(impl, changeset, plan);
   std::vector<std::int64_t> site_map;
   site_map.reserve(changeset.sites.size());
   for (const auto& id : changeset.sites) site_map.push_back(impl.local_site_index(id));
   for (const auto& row : changeset.rows) {
-    RowMerger merger(impl, *impl.tables.at(row.table), site_map, changeset, projection);
+    auto table = impl.tables.find(row.table);
+    if (table == impl.tables.end()) continue;  // kept aside, or a dropped table's
+    RowMerger merger(impl, *table->second, site_map, changeset, projection);
     result.applied += merger.merge(row);
   }
   // The changeset brings everything its sender held in `until`, provided we already held
@@ -577,7 +674,8 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
   if (count == 0) return result;
   // The first changeset is checked before the transaction starts; later ones inside it (a
   // failure there rolls back all of them).
-  crdt::Hlc newest = validate(*this, changeset_at(0));
+  SchemaPlan plan;
+  crdt::Hlc newest = validate(*this, changeset_at(0), plan);
   std::vector<ChangeEvent> events;
   MergeMode mode(*this);
   exec_sql(db, "BEGIN IMMEDIATE");
@@ -585,8 +683,11 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
     Projection projection(*this, events);
     for (std::size_t i = 0; i < count; ++i) {
       const crdt::Changeset& changeset = changeset_at(i);
-      if (i > 0) newest = std::max(newest, validate(*this, changeset));
-      merge_changeset(*this, changeset, origin, projection, result);
+      if (i > 0) {
+        plan = SchemaPlan{};
+        newest = std::max(newest, validate(*this, changeset, plan));
+      }
+      merge_changeset(*this, changeset, origin, plan, projection, result);
     }
     // Rows held before may stand now (a unique value freed, a parent arrived), and rows
     // shown may have to give way to held rows with an earlier claim.

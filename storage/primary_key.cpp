@@ -175,10 +175,19 @@ std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t
 }
 
 std::vector<crdt::Value> unpack_values(std::string_view packed, std::size_t expected_columns) {
+  std::vector<crdt::Value> values = unpack_value_list(packed);
+  if (values.size() != expected_columns)
+    throw Error(ErrorCode::kCorrupt, "primary key has " + std::to_string(values.size()) +
+                                         " values, the table's key has " +
+                                         std::to_string(expected_columns) + " columns");
+  return values;
+}
+
+std::vector<crdt::Value> unpack_value_list(std::string_view packed) {
   msgpack::object_handle handle;
   std::size_t offset = 0;
   try {
-    const msgpack::unpack_limit limit(64, 0, packed.size(), packed.size(), 0, 2);
+    const msgpack::unpack_limit limit(packed.size(), 0, packed.size(), packed.size(), 0, 2);
     handle = msgpack::unpack(packed.data(), packed.size(), offset, nullptr, nullptr, limit);
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kCorrupt, std::string("primary key does not decode: ") + e.what());
@@ -186,10 +195,6 @@ std::vector<crdt::Value> unpack_values(std::string_view packed, std::size_t expe
   const msgpack::object& o = handle.get();
   if (offset != packed.size() || o.type != msgpack::type::ARRAY)
     throw Error(ErrorCode::kCorrupt, "primary key is not a msgpack array");
-  if (o.via.array.size != expected_columns)
-    throw Error(ErrorCode::kCorrupt, "primary key has " + std::to_string(o.via.array.size) +
-                                         " values, the table's key has " +
-                                         std::to_string(expected_columns) + " columns");
   std::vector<crdt::Value> values;
   values.reserve(o.via.array.size);
   for (std::uint32_t i = 0; i < o.via.array.size; ++i)

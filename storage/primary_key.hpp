@@ -26,6 +26,7 @@ std::vector<crdt::Value> unpack_primary_key(std::string_view packed, std::size_t
 // which SQLite takes for the same key); unpack_values allows NULLs. A held row's values.
 std::string pack_values(const std::vector<crdt::Value>& values);
 std::vector<crdt::Value> unpack_values(std::string_view packed, std::size_t expected_columns);
+std::vector<crdt::Value> unpack_value_list(std::string_view packed);  // any count
 
 // A readable form for error messages: ('a', 3).
 std::string describe_primary_key(std::string_view packed);

@@ -101,7 +101,32 @@ std::optional<std::vector<crdt::Value>> Projection::held_values(Replica::Impl& i
   Statement select(impl.db, "SELECT vals FROM lattice_held WHERE table_id = ? AND pk = ?");
   select.bind(1, static_cast<std::int64_t>(t.id)).bind_blob(2, pk);
   if (!select.step()) return std::nullopt;
-  return unpack_values(select.column_blob(0), t.columns.size());
+  return held_row(t, select.column_blob(0), pk);
+}
+
+// lattice_held.vals: [column id, value, ...], so that a held row outlives a schema change. A
+// column added since takes NULL until the row is written again; a dropped one is left out.
+std::string pack_held(const TableInfo& t, const std::vector<crdt::Value>& row) {
+  std::vector<crdt::Value> pairs;
+  for (std::size_t i = 0; i < t.columns.size(); ++i) {
+    pairs.emplace_back(static_cast<std::int64_t>(t.columns[i].id));
+    pairs.push_back(row[i]);
+  }
+  return pack_values(pairs);
+}
+
+std::vector<crdt::Value> held_row(const TableInfo& t, std::string_view vals, std::string_view pk) {
+  const std::vector<crdt::Value> pairs = unpack_value_list(vals);
+  std::vector<crdt::Value> row(t.columns.size());
+  const auto key = unpack_primary_key(pk, t.key_count);
+  for (std::size_t i = 0; i < key.size(); ++i) row[i] = key[i];
+  for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    if (pairs[i].index() != 1) continue;
+    const auto id = static_cast<crdt::ColumnId>(std::get<std::int64_t>(pairs[i]));
+    for (std::size_t c = t.key_count; c < t.columns.size(); ++c)
+      if (t.columns[c].id == id) row[c] = pairs[i + 1];
+  }
+  return row;
 }
 
 bool Projection::is_held(const TableInfo& t, const std::string& pk) {
@@ -253,6 +278,8 @@ std::optional<Projection::Refusal> Projection::refusal_of(TableInfo& t, const st
       return refuse("not_null", after_colon(message));
     case SQLITE_CONSTRAINT_DATATYPE:
       return refuse("type", message);
+    case SQLITE_CONSTRAINT_FOREIGNKEY:  // only where foreign keys could not be turned off
+      return refuse("foreign_key", message);
     case SQLITE_CONSTRAINT_TRIGGER:
     case SQLITE_CONSTRAINT_FUNCTION:
     case SQLITE_CONSTRAINT:
@@ -458,7 +485,7 @@ void Projection::record_held(TableInfo& t, const std::string& pk, const Row& row
       .bind(3, why.reason)
       .bind(4, why.constraint)
       .bind(5, why.message)
-      .bind_blob(6, pack_values(row))
+      .bind_blob(6, pack_held(t, row))
       .bind(7, key_json(key_of(t, row)))
       .bind(8, row_json(t, row))
       .bind(9, static_cast<std::int64_t>(now));
@@ -540,6 +567,26 @@ void Projection::hold_children(TableInfo& parent, const Row& row) {
   }
 }
 
+// Values of columns a later schema version has: kept while the row lives, until a migration
+// adds the column (Replica::Impl::adopt_future_column).
+void Projection::place_future(const MergedRow& m) {
+  if (!m.alive) {
+    Statement& gone = cached("DELETE FROM lattice_future_values WHERE table_id = ? AND pk = ?");
+    gone.bind(1, static_cast<std::int64_t>(m.table->id)).bind_blob(2, m.pk).run();
+    return;
+  }
+  Statement& keep = cached(
+      "INSERT OR REPLACE INTO lattice_future_values(table_id, pk, col, value) VALUES (?, ?, ?, ?)");
+  for (const auto& [column, value] : m.future) {
+    keep.reset();
+    keep.bind(1, static_cast<std::int64_t>(m.table->id))
+        .bind_blob(2, m.pk)
+        .bind(3, static_cast<std::int64_t>(column))
+        .bind(4, value)
+        .run();
+  }
+}
+
 bool Projection::changes_parent_key(
     const TableInfo& t, const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& changed) {
   for (const auto& [id, child] : impl_.tables)
@@ -554,6 +601,8 @@ bool Projection::changes_parent_key(
 
 void Projection::place(const MergedRow& m) {
   TableInfo& t = *m.table;
+  if (!t.future_columns.empty()) place_future(m);
+  if (t.future_table) return;  // no table here yet: everything is in lattice_future_values
   auto held = held_counts_[t.id] ? held_values(impl_, t, m.pk) : std::nullopt;
   auto changed_names = [&] {
     std::vector<std::string> names;

@@ -23,10 +23,18 @@ CREATE TABLE IF NOT EXISTS lattice_local(
 CREATE TABLE IF NOT EXISTS lattice_sites(
   idx INTEGER PRIMARY KEY, site_id BLOB NOT NULL UNIQUE, seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS lattice_tables(
-  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+  dropped INTEGER NOT NULL DEFAULT 0, future INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS lattice_columns(
   table_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
-  key_position INTEGER NOT NULL, PRIMARY KEY (table_id, id)) WITHOUT ROWID;
+  key_position INTEGER NOT NULL, dropped INTEGER NOT NULL DEFAULT 0,
+  future INTEGER NOT NULL DEFAULT 0, affinity INTEGER,
+  PRIMARY KEY (table_id, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lattice_migrations(
+  version INTEGER PRIMARY KEY, sql TEXT NOT NULL, applied_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lattice_future_values(
+  table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL, value ANY,
+  PRIMARY KEY (table_id, pk, col)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lattice_local_log(seq INTEGER PRIMARY KEY, tag INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS lattice_counter_undo(
   seq INTEGER NOT NULL, table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL,
@@ -165,7 +173,10 @@ int on_authorize(void* data, int action, const char* a1, const char* a2, const c
       (action == SQLITE_INSERT || action == SQLITE_UPDATE) && impl->table_by_name(a1))
     return SQLITE_IGNORE;
   if (impl->internal_ddl) return SQLITE_OK;
+  // A DROP TABLE of a replicated table, run by Replica::exec, drops its capture triggers too.
+  if (impl->altering && action == SQLITE_DROP_TRIGGER) return SQLITE_OK;
   std::string_view target;
+  const bool schema_change = action == SQLITE_ALTER_TABLE || action == SQLITE_DROP_TABLE;
   if (action == SQLITE_ALTER_TABLE && a2) target = a2;
   if ((action == SQLITE_DROP_TABLE || action == SQLITE_DROP_TRIGGER) && a1) target = a1;
   if (target.empty()) return SQLITE_OK;
@@ -176,19 +187,44 @@ int on_authorize(void* data, int action, const char* a1, const char* a2, const c
                                                         "altered or dropped");
     return SQLITE_DENY;
   }
-  if (impl->table_by_name(name)) {
+  if (impl->table_by_name(name) && !(schema_change && impl->altering)) {
     impl->pending_error = Error(
-        ErrorCode::kSchema, "table '" + std::string(target) +
-                                "' is replicated; altering or dropping it is not supported yet");
+        ErrorCode::kSchema,
+        "table '" + std::string(target) +
+            "' is replicated: alter or drop it with Replica::exec, Replica::migrate or "
+            "lattice_replica_exec, which keep its replication in step (docs/schema-evolution.md)");
     return SQLITE_DENY;
   }
   return SQLITE_OK;
+}
+
+// Columns the catalog gained after its first release (schema evolution): added to older files.
+void upgrade_catalog(Replica::Impl& impl) {
+  const std::pair<const char*, const char*> added[] = {
+      {"lattice_tables", "dropped INTEGER NOT NULL DEFAULT 0"},
+      {"lattice_tables", "future INTEGER NOT NULL DEFAULT 0"},
+      {"lattice_columns", "dropped INTEGER NOT NULL DEFAULT 0"},
+      {"lattice_columns", "future INTEGER NOT NULL DEFAULT 0"},
+      {"lattice_columns", "affinity INTEGER"}};
+  for (const auto& [table, column] : added) {
+    const std::string name(column, std::string_view(column).find(' '));
+    Statement has(impl.db, std::string("SELECT count(*) FROM pragma_table_info('") + table +
+                               "') WHERE name = '" + name + "'");
+    has.step();
+    if (has.column_int(0) > 0) continue;
+    has = Statement();
+    impl.internal_ddl = true;
+    exec_sql(impl.db, std::string("ALTER TABLE ") + table + " ADD COLUMN " + column);
+    impl.internal_ddl = false;
+  }
 }
 
 int on_commit(void* data) {
   auto* impl = static_cast<Replica::Impl*>(data);
   if (impl->capture_enabled) impl->local_commit = true;
   impl->txn_seq = 0;
+  impl->added_this_transaction.clear();
+  impl->adopted_this_transaction.clear();
   return 0;
 }
 
@@ -196,6 +232,9 @@ void on_rollback(void* data) {
   auto* impl = static_cast<Replica::Impl*>(data);
   impl->txn_seq = 0;
   impl->pending_events.clear();
+  impl->added_this_transaction.clear();
+  impl->adopted_this_transaction.clear();
+  impl->catalog_schema_version = -1;  // the transaction may have changed the catalog
 }
 
 // In merge mode, a row of a replicated table that an application trigger deleted: Lattice
@@ -264,6 +303,8 @@ std::string lower_case(std::string_view text) {
 const ColumnInfo* TableInfo::column(crdt::ColumnId column_id) const {
   for (const auto& c : columns)
     if (c.id == column_id) return &c;
+  for (const auto& c : future_columns)
+    if (c.id == column_id) return &c;
   return nullptr;
 }
 
@@ -280,6 +321,7 @@ crdt::TableSchema TableInfo::schema() const {
   schema.name = name;
   schema.primary_key_columns = static_cast<std::uint32_t>(key_count);
   for (const auto& c : columns) schema.columns.push_back({c.id, c.name, c.kind, c.affinity});
+  for (const auto& c : future_columns) schema.columns.push_back({c.id, c.name, c.kind, c.affinity});
   return schema;
 }
 
@@ -426,6 +468,7 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
   exec_sql(db, "BEGIN IMMEDIATE");
   try {
     exec_sql(db, kMetadataSchema);
+    upgrade_catalog(*impl);
     Statement format(db, "SELECT value FROM lattice_meta WHERE key = 'format_version'");
     if (format.step()) {
       const auto found = format.column_int(0);
@@ -526,7 +569,15 @@ void Replica::exec(std::string_view sql, const RowCallback& on_row) {
     sqlite3_stmt* raw = nullptr;
     const char* tail = nullptr;
     impl_->pending_error.reset();
+    // ALTER TABLE or DROP TABLE of a replicated table: a schema change, run with the catalog.
+    std::optional<AlterStatement> change = parse_alter(std::string_view(cursor, end - cursor));
+    if (change) {
+      impl_->refresh();
+      if (!impl_->table_by_name(change->table)) change.reset();
+    }
+    impl_->altering = change.has_value();
     const int rc = sqlite3_prepare_v2(db, cursor, static_cast<int>(end - cursor), &raw, &tail);
+    impl_->altering = false;
     if (rc != SQLITE_OK) {
       if (impl_->pending_error) throw *impl_->pending_error;  // the authorizer's reason
       throw_sqlite(db, rc, statement_excerpt(std::string_view(cursor, end - cursor)));
@@ -536,6 +587,27 @@ void Replica::exec(std::string_view sql, const RowCallback& on_row) {
     if (!raw) continue;  // whitespace or a comment
     std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
     impl_->pending_error.reset();
+    if (change) {
+      stmt.reset();
+      impl_->run_statements([&] {
+        impl_->alter(*change, [&] {
+          // Prepared again: the triggers it would have seen are gone.
+          impl_->altering = true;
+          sqlite3_stmt* again = nullptr;
+          const int prepared =
+              sqlite3_prepare_v2(db, text.data(), static_cast<int>(text.size()), &again, nullptr);
+          std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> owned(again, sqlite3_finalize);
+          int step = prepared;
+          if (prepared == SQLITE_OK)
+            while ((step = sqlite3_step(again)) == SQLITE_ROW) {
+            }
+          impl_->altering = false;
+          if (prepared != SQLITE_OK || step != SQLITE_DONE)
+            throw_sqlite(db, prepared != SQLITE_OK ? prepared : step, statement_excerpt(text));
+        });
+      });
+      continue;
+    }
     impl_->run_statements([&] {
       std::vector<std::string> names;
       for (int i = 0; i < sqlite3_column_count(raw); ++i)
@@ -623,7 +695,8 @@ const char* affinity_word(Affinity affinity) {
 std::string Replica::schema_description() {
   impl_->refresh();
   std::map<std::string, const TableInfo*> by_name;
-  for (const auto& [id, table] : impl_->tables) by_name[lower_case(table->name)] = table.get();
+  for (const auto& [id, table] : impl_->tables)
+    if (!table->future_table) by_name[lower_case(table->name)] = table.get();
   std::string out;
   for (const auto& [name, table] : by_name) {
     if (!out.empty()) out += ';';

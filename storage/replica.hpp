@@ -144,6 +144,22 @@ class Replica {
   // Runs one statement with positional parameters and collects its rows.
   QueryResult query(std::string_view sql, const std::vector<crdt::Value>& params = {});
 
+  // --- Schema changes (docs/schema-evolution.md) ------------------------------------------
+  //
+  // A replicated table changes with ordinary SQL through exec(): ALTER TABLE ... ADD COLUMN,
+  // RENAME COLUMN, RENAME TO, DROP COLUMN, and DROP TABLE; a new table is replicated with
+  // lattice_replicate. Cells keep their history across renames, a dropped column's stop
+  // travelling, and changes from devices on other schema versions merge as far as both have
+  // the tables and columns (the rest is kept and joins when this replica migrates).
+
+  // Runs `sql`, the migration numbered `version`, once: in one transaction, unless this
+  // replica's schema version is already `version` or later. Returns whether it ran. Throws
+  // Error(kSchema) when migration `version` ran before with other SQL, kInvalidArgument for a
+  // version below 1, and whatever `sql` throws (then nothing of it is applied).
+  bool migrate(std::int64_t version, std::string_view sql);
+  // The version of the last migration run (0: none).
+  std::int64_t schema_version();
+
   // Makes `table` replicated; `column_types_json` maps column names to "lww" or "counter"
   // (absent columns are "lww"). The same as SELECT lattice_replicate(...). Throws Error(kSchema)
   // naming the table and the reason when it cannot be replicated.

@@ -32,6 +32,10 @@ class Connection {
   virtual void close(const std::string& reason) = 0;
   // The peer's address, for logs ("127.0.0.1:52144", "loopback#3").
   virtual std::string peer() const = 0;
+  // The peer proved who it is (the relay accepted its hello). Lifts what a connection is
+  // limited to before that: the small frame limit, the deadline for the hello, its place among
+  // the unauthenticated connections (transport/websocket_server.hpp). Default: nothing to lift.
+  virtual void authenticated() {}
 };
 
 }  // namespace lattice::transport

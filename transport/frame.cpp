@@ -7,6 +7,7 @@
 #include <limits>
 #include <msgpack.hpp>
 #include <new>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -15,6 +16,7 @@
 
 #include "crdt/detail/msgpack_header.hpp"
 #include "crdt/error.hpp"
+#include "transport/claims.hpp"
 
 // The layout is specified in docs/protocol.md; this file follows it field by field. Decoding is
 // three steps, as in crdt/changeset_codec.cpp: the frame header (array size and frame type) is
@@ -272,8 +274,8 @@ struct RawCursor {
 };
 
 // Returns the variant index of the frame after checking that the bytes start with an array of
-// the right size for its type.
-std::size_t read_header(std::string_view bytes) {
+// the right size for its type; `*end`, when given, receives the offset of its first field.
+std::size_t read_header(std::string_view bytes, std::size_t* end = nullptr) {
   if (bytes.empty()) fail(ErrorCode::kCorrupt, "frame truncated at byte 0: the input is empty");
   RawCursor c{bytes};
   const std::uint8_t lead = c.byte("the frame header");
@@ -318,6 +320,7 @@ std::size_t read_header(std::string_view bytes) {
                                   std::to_string(layout.elements) + " elements, got " +
                                   std::to_string(count));
   }
+  if (end) *end = c.pos;
   return static_cast<std::size_t>(type - 1);
 }
 
@@ -457,6 +460,9 @@ SiteId read_site(const msgpack::object& o, const Where& at) {
 
 VersionVector read_vector(const msgpack::object& o, const Where& at) {
   if (o.type != msgpack::type::MAP) fail_type(at, "map", o);
+  if (o.via.map.size > kMaxVectorEntries)
+    fail_corrupt(at, std::to_string(o.via.map.size) + " entries, over the limit of " +
+                         std::to_string(kMaxVectorEntries));
   VersionVector vv;
   for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
     const msgpack::object_kv& kv = o.via.map.ptr[i];
@@ -475,10 +481,14 @@ VersionVector read_vector(const msgpack::object& o, const Where& at) {
 }
 
 std::vector<crdt::TxnTag> read_log(const msgpack::object& o, const Where& at) {
-  const std::string bytes = read_bin(o, at);
+  if (o.type != msgpack::type::BIN) fail_type(at, "bin", o);
+  const std::string_view bytes(o.via.bin.ptr, o.via.bin.size);
   if (bytes.size() % kTxnTagBytes != 0)
     fail_corrupt(at, std::to_string(bytes.size()) + "-byte bin is not a whole number of " +
                          std::to_string(kTxnTagBytes) + "-byte (seq, tag) entries");
+  if (bytes.size() / kTxnTagBytes > kMaxLogEntries)
+    fail_corrupt(at, std::to_string(bytes.size() / kTxnTagBytes) + " entries, over the limit of " +
+                         std::to_string(kMaxLogEntries));
   std::vector<crdt::TxnTag> log(bytes.size() / kTxnTagBytes);
   auto read64 = [&](std::size_t offset) {
     std::uint64_t v = 0;
@@ -553,6 +563,15 @@ bool reference_input(msgpack::type::object_type, std::size_t, void*) { return tr
 
 }  // namespace
 
+bool valid_namespace(std::string_view ns) {
+  if (ns.empty() || ns.size() > 64) return false;
+  for (const char c : ns)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-'))
+      return false;
+  return true;
+}
+
 const char* wire_error_name(WireError code) {
   switch (code) {
     case WireError::kProtocolVersion:
@@ -590,6 +609,44 @@ std::string encode_frame(const Frame& frame) {
   StringSink sink{&out};
   Packer pk(sink);
   std::visit(Encoder{pk}, frame);
+  return out;
+}
+
+std::optional<HelloCredentials> peek_hello(std::string_view bytes) {
+  std::size_t pos = 0;
+  if (read_header(bytes, &pos) != 0) return std::nullopt;
+  const Layout& layout = kLayouts[0];
+  // Fields 1 to 4 read straight from the bytes: nothing after the token is looked at.
+  auto field = [&](std::size_t index, crdt::detail::MsgpackHeader::Kind kind, const char* type) {
+    const std::string where = Where{&layout, index}.to_string();
+    if (pos >= bytes.size()) fail_truncated(bytes.size(), pos + 1, where);
+    const auto lead = static_cast<std::uint8_t>(bytes[pos]);
+    const std::size_t start = pos;
+    const auto header = crdt::detail::read_msgpack_header(
+        bytes, pos, [&](std::size_t needed) { fail_truncated(bytes.size(), needed, where); });
+    if (bytes.size() - pos < header.payload)
+      fail_truncated(bytes.size(), pos + header.payload, where);
+    // Signed encodings of non-negative values count as unsigned, as in decode_frame.
+    const bool is_uint = lead <= 0x7f || (lead >= 0xcc && lead <= 0xcf) ||
+                         (lead >= 0xd0 && lead <= 0xd3 && !(bytes[pos] & 0x80));
+    if (kind == crdt::detail::MsgpackHeader::kScalar ? !is_uint : header.kind != kind)
+      fail(ErrorCode::kCorrupt, where + ": expected " + type + ", got " + lead_type_name(lead));
+    const std::string_view body = bytes.substr(pos, header.payload);
+    pos += header.payload;
+    return std::pair{body, start};
+  };
+  using K = crdt::detail::MsgpackHeader;
+  HelloCredentials out;
+  const auto [version, version_at] = field(1, K::kScalar, "unsigned integer");
+  std::uint64_t v = version.empty() ? static_cast<std::uint8_t>(bytes[version_at]) : 0;
+  for (char c : version) v = v << 8 | static_cast<std::uint8_t>(c);
+  if (v > std::numeric_limits<std::uint32_t>::max())
+    fail(ErrorCode::kCorrupt, "hello.protocol_version: " + std::to_string(v) +
+                                  " is out of range for a 32-bit unsigned integer");
+  out.protocol_version = static_cast<std::uint32_t>(v);
+  field(2, K::kBin, "16-byte bin");
+  out.ns = std::string(field(3, K::kStr, "str").first);
+  out.token = std::string(field(4, K::kStr, "str").first);
   return out;
 }
 

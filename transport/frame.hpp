@@ -3,6 +3,7 @@
 // docs/protocol.md). Pure: no sockets, no SQLite.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -123,11 +124,27 @@ using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong,
 
 constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
 
+// The protocol's rule for namespace names (docs/protocol.md): 1 to 64 of A-Z a-z 0-9 _ -. The
+// relay makes them file names, so nothing else (no '.', no '/') ever passes.
+bool valid_namespace(std::string_view ns);
+
 std::string encode_frame(const Frame& frame);
 
 // Decodes bytes from an untrusted peer. Throws lattice::Error naming what was wrong: kTooLarge
 // past `max_bytes`, kCorrupt for anything that does not decode as a frame. (Unknown protocol
 // versions decode; refusing them is the hub's job, so it can answer with an error frame.)
 Frame decode_frame(std::string_view bytes, std::size_t max_bytes = kDefaultMaxFrameBytes);
+
+// What a relay checks of a hello before anything else: read from the first fields of the bytes
+// without decoding the rest, so that a bad token is refused before the frame's vectors and logs
+// cost anything. nullopt when the bytes are a frame of another type; throws Error(kCorrupt) as
+// decode_frame does when they do not start as a frame, or when these fields do not decode.
+// A hello that passes still goes through decode_frame.
+struct HelloCredentials {
+  std::uint32_t protocol_version = 0;
+  std::string ns;
+  std::string token;
+};
+std::optional<HelloCredentials> peek_hello(std::string_view bytes);
 
 }  // namespace lattice::transport

@@ -28,8 +28,23 @@ namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 using boost::system::error_code;
 
+// The URL as an error message may show it: credentials a user put in it by mistake (a
+// `user:password@` or a `?token=...`) are replaced by `***`, since messages reach logs.
+std::string redacted_url(std::string_view url) {
+  std::string out(url);
+  const std::size_t cut = out.find_first_of("?#");
+  if (cut != std::string::npos) out = out.substr(0, cut + 1) + "***";
+  const std::size_t scheme = out.find("://");
+  const std::size_t start = scheme == std::string::npos ? 0 : scheme + 3;
+  const std::size_t end = std::min(out.find('/', start), out.size());
+  const std::size_t at = out.rfind('@', end == 0 ? 0 : end - 1);
+  if (at != std::string::npos && at >= start && at < end)
+    out = out.substr(0, start) + "***" + out.substr(at);
+  return out;
+}
+
 Error invalid_url(std::string_view url, const std::string& problem) {
-  return Error(ErrorCode::kInvalidArgument, "URL '" + std::string(url) + "': " + problem);
+  return Error(ErrorCode::kInvalidArgument, "URL '" + redacted_url(url) + "': " + problem);
 }
 
 bool starts_with_nocase(std::string_view text, std::string_view prefix) {
@@ -37,15 +52,6 @@ bool starts_with_nocase(std::string_view text, std::string_view prefix) {
   for (std::size_t i = 0; i < prefix.size(); ++i)
     if (std::tolower(static_cast<unsigned char>(text[i])) != prefix[i]) return false;
   return true;
-}
-
-// The relay's rule for namespace names (relay/hub.cpp), checked here so a typo fails before
-// connecting.
-bool valid_namespace(std::string_view ns) {
-  if (ns.empty() || ns.size() > 64) return false;
-  return std::all_of(ns.begin(), ns.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-  });
 }
 
 bool is_loopback_address(const net::ip::address& address) {

@@ -11,6 +11,7 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
 #include <deque>
+#include <list>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -54,6 +55,12 @@ bool is_benign(beast::error_code ec) {
          ec == net::error::broken_pipe || ec == beast::error::timeout;
 }
 
+std::string address_text(const tcp::socket& socket) {
+  beast::error_code ec;
+  const auto endpoint = socket.remote_endpoint(ec);
+  return ec ? "?" : endpoint.address().to_string();
+}
+
 std::string endpoint_text(const tcp::socket& socket) {
   beast::error_code ec;
   const auto endpoint = socket.remote_endpoint(ec);
@@ -74,6 +81,7 @@ std::string close_reason_text(const std::string& reason) {
 
 websocket::close_code close_code_for(const std::string& reason) {
   if (reason.rfind("shutting_down", 0) == 0) return websocket::close_code::going_away;
+  if (reason.rfind("hello_timeout", 0) == 0) return websocket::close_code::policy_error;
   if (reason.rfind("frame_too_large", 0) == 0) return websocket::close_code::too_big;
   if (reason.rfind("slow_consumer", 0) == 0) return websocket::close_code::try_again_later;
   return websocket::close_code::normal;
@@ -84,6 +92,9 @@ class Session {
  public:
   virtual ~Session() = default;
   virtual void shutdown() = 0;
+  // Closes an unauthenticated connection at once to make room for a newer one; leaves the
+  // unauthenticated list before returning.
+  virtual void evict() = 0;
 };
 
 }  // namespace
@@ -104,8 +115,55 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
   std::size_t open_websockets = 0;
   bool stopping = false;
 
+  // Unauthenticated connections, oldest first, and how many per source address.
+  struct PreAuth {
+    std::weak_ptr<Session> session;
+    std::string source;
+  };
+  std::list<PreAuth> preauth;
+  std::map<std::string, std::size_t> preauth_per_source;
+  std::size_t open_sockets = 0;  // accepted connections not yet closed, of any kind
+  // New connections per source address: a token bucket each (level, last refill).
+  std::map<std::string, std::pair<double, std::chrono::steady_clock::time_point>> connect_rate;
+
+  // Takes one new connection from `source`'s bucket; false when it is empty.
+  bool admit_connect(const std::string& source) {
+    const double rate = options.max_connects_per_source_per_second, burst = 2 * rate;
+    const auto now = std::chrono::steady_clock::now();
+    auto refill = [&](std::pair<double, std::chrono::steady_clock::time_point>& b) {
+      b.first =
+          std::min(burst, b.first + rate * std::chrono::duration<double>(now - b.second).count());
+      b.second = now;
+    };
+    if (connect_rate.size() > 4096)  // forget sources whose buckets are full again
+      for (auto it = connect_rate.begin(); it != connect_rate.end();) {
+        refill(it->second);
+        it = it->second.first >= burst ? connect_rate.erase(it) : std::next(it);
+      }
+    auto [it, fresh] = connect_rate.try_emplace(source, burst, now);
+    if (!fresh) refill(it->second);
+    if (it->second.first < 1) return false;
+    it->second.first -= 1;
+    return true;
+  }
+  // Refusals and accept failures are logged at most once per kLogEvery, with a count.
+  std::chrono::steady_clock::time_point last_throttled_log{};
+  std::uint64_t unlogged = 0;
+
   void log(const std::string& line) const {
     if (options.log) options.log(line);
+  }
+  void log_throttled(const std::string& line) {
+    constexpr auto kLogEvery = std::chrono::seconds(10);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_throttled_log < kLogEvery) {
+      ++unlogged;
+      return;
+    }
+    log(line + (unlogged ? " (and " + std::to_string(unlogged) + " more since the last line)"
+                         : std::string()));
+    unlogged = 0;
+    last_throttled_log = now;
   }
   void fail(beast::error_code ec, const std::string& peer, const char* what) const {
     if (!is_benign(ec)) log(peer + ": " + what + ": " + ec.message());
@@ -119,22 +177,63 @@ namespace {
 
 using Shared = WebSocketServer::Shared;
 
+// A connection's place in the server's accounting, from TCP accept to close: one open socket,
+// and until authenticated, one entry among the unauthenticated. Moves from the HTTP session to
+// the WebSocket session at the upgrade.
+class Admission {
+ public:
+  Admission(std::shared_ptr<Shared> shared, std::string source)
+      : shared_(std::move(shared)), source_(std::move(source)) {
+    ++shared_->open_sockets;
+    ++shared_->preauth_per_source[source_];
+    it_ = shared_->preauth.insert(shared_->preauth.end(), Shared::PreAuth{{}, source_});
+  }
+  ~Admission() {
+    authenticated();
+    --shared_->open_sockets;
+  }
+  Admission(const Admission&) = delete;
+  Admission& operator=(const Admission&) = delete;
+
+  void bind(std::weak_ptr<Session> session) {
+    if (unauthenticated_) it_->session = std::move(session);
+  }
+  // Leaves the unauthenticated list (idempotent).
+  void authenticated() {
+    if (!unauthenticated_) return;
+    unauthenticated_ = false;
+    shared_->preauth.erase(it_);
+    auto count = shared_->preauth_per_source.find(source_);
+    if (--count->second == 0) shared_->preauth_per_source.erase(count);
+  }
+
+ private:
+  std::shared_ptr<Shared> shared_;
+  std::string source_;
+  std::list<Shared::PreAuth>::iterator it_;
+  bool unauthenticated_ = true;
+};
+
 // One WebSocket connection, the transport::Connection the hub talks to.
 template <class Stream>
 class WsSession final : public Connection,
                         public Session,
                         public std::enable_shared_from_this<WsSession<Stream>> {
  public:
-  WsSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer, std::string ns)
+  WsSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer, std::string ns,
+            std::unique_ptr<Admission> admission)
       : shared_(std::move(shared)),
         ws_(std::move(stream)),
+        hello_timer_(ws_.get_executor()),
         peer_(std::move(peer)),
-        ns_(std::move(ns)) {}
+        ns_(std::move(ns)),
+        admission_(std::move(admission)) {}
 
   ~WsSession() override { shared_->sessions.erase(this); }
 
   void run(http::request<http::empty_body> request) {
     shared_->sessions[this] = this->shared_from_this();
+    admission_->bind(this->shared_from_this());
     beast::get_lowest_layer(ws_).expires_never();  // the websocket's own timeouts take over
     auto timeouts = websocket::stream_base::timeout::suggested(beast::role_type::server);
     timeouts.handshake_timeout = std::chrono::seconds(shared_->options.handshake_timeout_seconds);
@@ -169,6 +268,12 @@ class WsSession final : public Connection,
 
   std::string peer() const override { return peer_; }
 
+  void authenticated() override {
+    authenticated_ = true;
+    hello_timer_.cancel();
+    admission_->authenticated();
+  }
+
   // Session
   void shutdown() override {
     if (state_ == State::kHandshaking) {
@@ -177,6 +282,12 @@ class WsSession final : public Connection,
       return;
     }
     close("shutting_down: the relay is stopping");
+  }
+
+  void evict() override {
+    admission_->authenticated();  // out of the list now; the socket goes next
+    ++shared_->counters.evicted_unauthenticated;
+    close_socket();
   }
 
  private:
@@ -197,11 +308,31 @@ class WsSession final : public Connection,
       close("shutting_down: the relay is stopping");
     else
       shared_->options.on_connection(this->shared_from_this(), ns_);
+    if (!authenticated_) {
+      hello_timer_.expires_after(std::chrono::seconds(shared_->options.hello_timeout_seconds));
+      hello_timer_.async_wait(
+          beast::bind_front_handler(&WsSession::on_hello_timeout, this->shared_from_this()));
+    }
     do_read();
   }
 
+  // No accepted hello in time: the socket is closed at once, without a closing handshake the
+  // peer could drag out.
+  void on_hello_timeout(beast::error_code ec) {
+    if (ec || authenticated_ || state_ == State::kClosed) return;
+    ++shared_->counters.hello_timeouts;
+    close_reason_ = "hello_timeout: no hello accepted within " +
+                    std::to_string(shared_->options.hello_timeout_seconds) + " s";
+    close_socket();
+    finish(close_reason_);
+  }
+
+  std::size_t frame_limit() const {
+    return authenticated_ ? shared_->options.max_frame_bytes : shared_->options.max_hello_bytes;
+  }
+
   void do_read() {
-    const std::size_t limit = shared_->options.max_frame_bytes;
+    const std::size_t limit = frame_limit();
     const std::size_t have = buffer_.size();
     // Read at most one byte past the limit: enough to know the message is too large.
     const std::size_t room = limit + 1 > have ? limit + 1 - have : 1;
@@ -226,12 +357,14 @@ class WsSession final : public Connection,
       buffer_.consume(buffer_.size());
       return do_read();
     }
-    const std::size_t limit = shared_->options.max_frame_bytes;
+    const std::size_t limit = frame_limit();
     if (buffer_.size() > limit) {
       buffer_.consume(buffer_.size());
+      buffer_.shrink_to_fit();
       reject(WireError::kFrameTooLarge, "a message of more than " + std::to_string(limit) +
                                             " bytes is over the frame size limit of " +
-                                            std::to_string(limit) + " bytes");
+                                            std::to_string(limit) + " bytes" +
+                                            (authenticated_ ? "" : " before authentication"));
       return do_read();
     }
     if (!ws_.is_message_done()) return do_read();
@@ -322,6 +455,7 @@ class WsSession final : public Connection,
     if (state_ == State::kClosed) return;
     const bool was_open = state_ != State::kHandshaking;
     state_ = State::kClosed;
+    hello_timer_.cancel();
     if (was_open) --shared_->open_websockets;
     if (!writing_) {
       queue_.clear();
@@ -334,9 +468,12 @@ class WsSession final : public Connection,
 
   std::shared_ptr<Shared> shared_;
   websocket::stream<Stream> ws_;
+  net::steady_timer hello_timer_;
   beast::flat_buffer buffer_;
   std::string peer_;
   std::string ns_;
+  std::unique_ptr<Admission> admission_;
+  bool authenticated_ = false;
   Handlers handlers_;
   State state_ = State::kHandshaking;
   std::deque<std::string> queue_;  // front() is being written while writing_
@@ -351,13 +488,18 @@ class WsSession final : public Connection,
 template <class Stream>
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
-  HttpSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer)
-      : shared_(std::move(shared)), stream_(std::move(stream)), peer_(std::move(peer)) {}
+  HttpSession(Stream&& stream, std::shared_ptr<Shared> shared, std::string peer,
+              std::unique_ptr<Admission> admission)
+      : shared_(std::move(shared)),
+        stream_(std::move(stream)),
+        peer_(std::move(peer)),
+        admission_(std::move(admission)) {}
 
   ~HttpSession() override { shared_->sessions.erase(this); }
 
   void run() {
     shared_->sessions[this] = this->shared_from_this();
+    admission_->bind(this->shared_from_this());
     if constexpr (kIsTls<Stream>) {
       expire_soon();
       stream_.async_handshake(
@@ -372,6 +514,12 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (upgraded_) return;
     beast::error_code ignored;
     beast::get_lowest_layer(stream_).socket().close(ignored);
+  }
+
+  void evict() override {
+    if (admission_) admission_->authenticated();
+    ++shared_->counters.evicted_unauthenticated;
+    shutdown();
   }
 
  private:
@@ -408,8 +556,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       target = target.substr(0, target.find('?'));
       std::string ns(target.empty() ? "" : target.substr(1));
       upgraded_ = true;
-      auto session = std::make_shared<WsSession<Stream>>(std::move(stream_), shared_,
-                                                         std::move(peer_), std::move(ns));
+      auto session = std::make_shared<WsSession<Stream>>(
+          std::move(stream_), shared_, std::move(peer_), std::move(ns), std::move(admission_));
       http::request<http::empty_body> header(std::move(request.base()));
       return session->run(std::move(header));
     }
@@ -467,6 +615,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::string peer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> response_;
+  std::unique_ptr<Admission> admission_;
   bool upgraded_ = false;
 };
 
@@ -479,7 +628,7 @@ void WebSocketServer::Shared::do_accept() {
 void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket) {
   if (stopping || !acceptor.is_open()) return;
   if (ec) {
-    log(std::string("accept: ") + ec.message());
+    log_throttled(std::string("accept: ") + ec.message());
     // Out of file descriptors and the like: try again shortly rather than spin.
     retry_timer.expires_after(std::chrono::milliseconds(100));
     retry_timer.async_wait([self = shared_from_this()](beast::error_code wait_ec) {
@@ -488,15 +637,42 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
     return;
   }
   beast::error_code ignored;
+  std::string source = address_text(socket);
+  // What an unauthenticated connection may hold is bounded before it costs a TLS handshake.
+  std::string refusal;
+  if (open_sockets >= options.max_connections)
+    refusal = std::to_string(open_sockets) + " connections are open, the most this relay takes";
+  else if (!admit_connect(source))
+    refusal = "more than " +
+              std::to_string(static_cast<int>(options.max_connects_per_source_per_second)) +
+              " new connections per second from this address";
+  else if (preauth_per_source[source] >= options.max_unauthenticated_per_source)
+    refusal = std::to_string(preauth_per_source[source]) +
+              " unauthenticated connections from this address already";
+  if (preauth_per_source[source] == 0) preauth_per_source.erase(source);
+  if (!refusal.empty()) {
+    ++counters.refused_at_accept;
+    log_throttled("refused a connection from " + source + ": " + refusal);
+    socket.close(ignored);
+    return do_accept();
+  }
+  // A full list makes room by closing the oldest: a device that completes its hello promptly
+  // gets in whatever an attacker holds.
+  while (!preauth.empty() && preauth.size() >= options.max_unauthenticated) {
+    auto oldest = preauth.front().session.lock();
+    if (!oldest) break;  // every session binds as it starts: not reached
+    oldest->evict();
+  }
   socket.set_option(tcp::no_delay(true), ignored);
   std::string peer = endpoint_text(socket);
+  auto admission = std::make_unique<Admission>(shared_from_this(), std::move(source));
   if (tls) {
     std::make_shared<HttpSession<TlsStream>>(TlsStream(std::move(socket), *tls), shared_from_this(),
-                                             std::move(peer))
+                                             std::move(peer), std::move(admission))
         ->run();
   } else {
     std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), shared_from_this(),
-                                               std::move(peer))
+                                               std::move(peer), std::move(admission))
         ->run();
   }
   do_accept();
@@ -516,9 +692,25 @@ WebSocketServer::WebSocketServer(boost::asio::io_context& io, WebSocketServerOpt
     s.tls.emplace(ssl::context::tls_server);
     s.tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
                        ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
-                       ssl::context::single_dh_use);
+                       ssl::context::single_dh_use | ssl::context::no_compression);
+    // Mozilla's "intermediate" profile, stricter: TLS 1.3 (preferred: OpenSSL negotiates the
+    // highest version both speak) and TLS 1.2 with AEAD suites and ECDHE only (no CBC, no SHA-1
+    // MAC, no static RSA key exchange, no DHE), for ECDSA and RSA certificates alike. No
+    // renegotiation, which a client could start over and over.
+    SSL_CTX* native = s.tls->native_handle();
+    SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+    SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_set_cipher_list(native,
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1 ||
+        SSL_CTX_set_ciphersuites(native,
+                                 "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                 "TLS_CHACHA20_POLY1305_SHA256") != 1 ||
+        SSL_CTX_set1_groups_list(native, "X25519:P-256:P-384") != 1)
+      throw Error(ErrorCode::kInternal, "OpenSSL refused the relay's TLS cipher configuration");
     // Idle connections give their TLS read and write buffers back (tens of KiB each).
-    SSL_CTX_set_mode(s.tls->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(native, SSL_MODE_RELEASE_BUFFERS);
     beast::error_code ec;
     s.tls->use_certificate_chain_file(opts.tls_cert_file, ec);
     if (ec)
@@ -570,6 +762,7 @@ void WebSocketServer::stop() {
 }
 
 std::size_t WebSocketServer::open_connections() const { return shared_->open_websockets; }
+std::size_t WebSocketServer::unauthenticated_connections() const { return shared_->preauth.size(); }
 const WebSocketServerCounters& WebSocketServer::counters() const { return shared_->counters; }
 
 }  // namespace lattice::transport

@@ -39,6 +39,28 @@ struct WebSocketServerOptions {
   // TLS handshake plus the HTTP request (or WebSocket upgrade) must complete within this.
   int handshake_timeout_seconds = 30;
 
+  // Until the hub calls Connection::authenticated() (its hello was accepted), a connection is
+  // unauthenticated and costs almost nothing, for a short while:
+  //  - its WebSocket messages may be at most this long (a hello is a few KiB); longer ones are
+  //    refused with frame_too_large as soon as the limit is passed;
+  std::size_t max_hello_bytes = 64u << 10;
+  //  - it must be authenticated within this many seconds of its WebSocket upgrade, or it is
+  //    closed (close code 1008, reason "hello_timeout: ...");
+  int hello_timeout_seconds = 10;
+  //  - one source address may hold at most this many unauthenticated connections (from TCP
+  //    accept on, TLS handshake included); further ones are closed at once;
+  std::size_t max_unauthenticated_per_source = 32;
+  //  - one source address may open at most this many connections per second (a burst of twice
+  //    as many), counted at accept: a reconnect loop is refused before its TLS handshake costs.
+  double max_connects_per_source_per_second = 5;
+  //  - all sources together at most this many: past it, the oldest unauthenticated connection
+  //    is closed to make room, so that an attacker holding its share cannot keep a device that
+  //    completes its hello promptly out.
+  std::size_t max_unauthenticated = 256;
+  // Open connections of any kind; past it, new ones are closed at once (lattice-relay sets it
+  // from its open-files limit, less a reserve for its own files).
+  std::size_t max_connections = 100'000;
+
   // A WebSocket upgrade for `/NAMESPACE` was accepted. `ns` is the path without its '/',
   // not validated (the hub refuses bad names with an error frame). Required.
   std::function<void(std::shared_ptr<Connection> connection, std::string ns)> on_connection;
@@ -54,6 +76,11 @@ struct WebSocketServerCounters {
   std::uint64_t http_requests = 0;
   std::uint64_t handshake_failures = 0;  // TLS or WebSocket handshakes that failed or timed out
   std::uint64_t slow_consumers = 0;      // connections dropped for a full outbound queue
+  // Connections closed before authentication: refused at accept (a full source or server),
+  // evicted to make room for newer ones, or without a hello in time.
+  std::uint64_t refused_at_accept = 0;
+  std::uint64_t evicted_unauthenticated = 0;
+  std::uint64_t hello_timeouts = 0;
   // Frames refused before they reached the hub, by wire error name ("frame_too_large",
   // "malformed" for text messages).
   std::map<std::string, std::uint64_t> rejected;
@@ -85,6 +112,8 @@ class WebSocketServer {
 
   // WebSocket connections currently open (handed out and not yet closed).
   std::size_t open_connections() const;
+  // Connections not yet authenticated (TCP, TLS, HTTP or WebSocket awaiting the hello).
+  std::size_t unauthenticated_connections() const;
   const WebSocketServerCounters& counters() const;
 
   struct Shared;

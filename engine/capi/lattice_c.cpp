@@ -273,6 +273,16 @@ lattice_code lattice_replica_replicate(lattice_replica* replica, const char* tab
   });
 }
 
+lattice_code lattice_replica_migrate(lattice_replica* replica, int64_t version, const char* sql,
+                                     bool* ran, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(sql, "sql");
+    const bool did = r.migrate(version, sql);
+    if (ran) *ran = did;
+  });
+}
+
 lattice_code lattice_replica_version_vector(lattice_replica* replica, lattice_buffer* out,
                                             lattice_error* error) noexcept {
   return guard(error, [&] {
@@ -651,6 +661,16 @@ lattice_sync* lattice_sync_start(const char* replica_path, const char* url, cons
                                   context = given.context](const lattice::engine::SyncStatus& s) {
         const lattice_sync_status status = to_c_status(s);
         callback(context, &status);
+      };
+    }
+    if (given.renew_token) {
+      client_options.renew_token = [callback = given.renew_token,
+                                    context = given.renew_context](const std::string& reason) {
+        // Room for the longest token a relay accepts (relay/token.hpp: 8 KiB) and its NUL.
+        std::string out(8193, '\0');
+        if (!callback(context, reason.c_str(), out.data(), out.size())) return std::string();
+        out.resize(::strnlen(out.data(), out.size() - 1));
+        return out;
       };
     }
     auto sync = std::make_unique<lattice_sync>();

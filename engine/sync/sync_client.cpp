@@ -135,12 +135,27 @@ struct SyncClient::Impl {
 
   void on_wire_error(const transport::ErrorFrame& frame) {
     session_error = true;
+    bool fatal = is_fatal(frame.code);
+    if (frame.code == transport::WireError::kUnauthorized && options.renew_token) {
+      // A renewed token makes an expired one no reason to stop; the reconnect uses it.
+      std::string renewed;
+      try {
+        renewed = options.renew_token(frame.message);
+      } catch (const std::exception& e) {
+        record_error(std::string("token renewal failed: ") + e.what());
+      }
+      if (!renewed.empty()) {
+        token = std::move(renewed);
+        backoff = options.min_backoff;
+        fatal = false;
+      }
+    }
     {
       std::lock_guard lock(mutex);
       status.last_error =
           std::string(transport::wire_error_name(frame.code)) + ": " + frame.message;
       status.last_wire_error = frame.code;
-      if (is_fatal(frame.code)) status.fatal = true;
+      if (fatal) status.fatal = true;
     }
     publish();
   }
@@ -258,7 +273,7 @@ struct SyncClient::Impl {
   // --- Configuration (set before the thread starts) -----------------------------------------
   const std::string path;
   const std::string url;
-  const std::string token;
+  std::string token;  // replaced by options.renew_token, on the client's thread
   const SyncClientOptions options;
   std::string ns;
 

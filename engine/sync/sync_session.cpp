@@ -4,6 +4,7 @@
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
+#include "transport/claims.hpp"
 
 namespace lattice::engine {
 
@@ -68,10 +69,10 @@ void SyncSession::start() {
   hello.schema_fingerprint = replica_.schema_description();
   hello.acked_seq = replica_.acknowledged();
   // The relay compares these with what it has of our site id after acked_seq, which another
-  // copy can only have extended from there. Half a million transactions (8 MB) keeps the hello
-  // under the frame limit after the longest offline stretch; past that, later ones are not
-  // compared (the relay treats a missing entry as agreeing).
-  constexpr std::uint64_t kMaxHelloLog = 500'000;
+  // copy can only have extended from there. A hello must be small (the relay's limit before
+  // authentication, docs/protocol.md): 1,024 entries (16 KiB); later transactions are compared
+  // when they are pushed, with each batch's origin log.
+  constexpr std::uint64_t kMaxHelloLog = 1'023;
   hello.own_log = replica_.local_log(
       hello.acked_seq, std::min(hello.held.get(hello.site), hello.acked_seq + kMaxHelloLog));
   send(hello);
@@ -89,16 +90,35 @@ void SyncSession::close(const std::string& reason) {
 
 void SyncSession::push_local_changes() {
   if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
+  const crdt::SiteId& own = replica_.site_id();
   crdt::VersionVector sent = relay_held_;
   for (const auto& [batch, until] : in_flight_) sent.merge(until);
-  const crdt::Changeset changeset = replica_.changes_since(sent, options_.max_batch_changes);
-  // A batch without rows still matters when it moves the relay's vector: writes that were
-  // superseded here before they went out leave nothing to send, but the relay must learn
-  // they are covered, or the two vectors never agree.
-  if (changeset.rows.empty() && sent.dominates(changeset.until)) return;
+  sent.merge(skipped_);
+  crdt::Changeset changeset;
+  for (;;) {
+    crdt::Changeset extracted = replica_.changes_since(sent, options_.max_batch_changes);
+    const crdt::VersionVector extracted_until = extracted.until;
+    // A device speaks only for its own site id (docs/protocol.md, "What a peer may claim"):
+    // other sites' changes that reached this file by other means go to the relay from their
+    // own device. They are stepped over for the rest of this connection.
+    for (const auto& [site, seq] : extracted_until.entries())
+      if (site != own) skipped_.advance(site, seq);
+    changeset = transport::own_changes_only(std::move(extracted), own);
+    // The origin log lists every own transaction the batch covers; past the log limit (many
+    // transactions whose writes were all superseded), the batch stops at the limit.
+    const std::uint64_t from = sent.get(own);
+    if (changeset.until.get(own) > from + transport::kMaxLogEntries)
+      changeset =
+          transport::clamp_own_claims(std::move(changeset), own, from + transport::kMaxLogEntries);
+    // A batch without rows still matters when it moves the relay's vector: writes that were
+    // superseded here before they went out leave nothing to send, but the relay must learn
+    // they are covered, or the two vectors never agree.
+    if (!changeset.rows.empty() || !sent.dominates(changeset.until)) break;
+    if (sent.dominates(extracted_until)) return;  // nothing left to send
+    sent.merge(extracted_until);                  // only other sites' changes: step over them
+  }
   const std::uint64_t batch = next_batch_++;
   in_flight_[batch] = changeset.until;
-  const crdt::SiteId& own = replica_.site_id();
   send(transport::Changes{batch, crdt::encode_changeset(changeset),
                           replica_.local_log(sent.get(own) + 1, changeset.until.get(own))});
   // The rest of a large backlog follows as its acknowledgements come back (on_frame, Ack), so
@@ -131,7 +151,11 @@ void SyncSession::on_frame(std::string_view bytes) {
     return close(std::string("malformed frame from relay: ") + e.what());
   }
   if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
-    relay_held_ = welcome->held;
+    const crdt::SiteId& own = replica_.site_id();
+    const std::uint64_t own_head = replica_.version_vector().get(own);
+    relay_held_ = crdt::VersionVector();
+    for (const auto& [site, seq] : welcome->held.entries())
+      relay_held_.advance(site, site == own ? std::min(seq, own_head) : seq);
     // The relay checked our history against its own before welcoming us (no rekey), so what
     // it holds of our site id is ours.
     acknowledge();
@@ -139,11 +163,14 @@ void SyncSession::on_frame(std::string_view bytes) {
     push_local_changes();
   } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
     try {
-      const crdt::Changeset changeset = crdt::decode_changeset(changes->changeset);
+      // The relay speaks for every site but ours: of our own it may tell us nothing we did not
+      // write, so no relay can move our sequence counter (docs/protocol.md).
+      const crdt::SiteId& own = replica_.site_id();
+      const crdt::Changeset changeset = transport::clamp_own_claims(
+          crdt::decode_changeset(changes->changeset), own, replica_.version_vector().get(own));
       replica_.apply(changeset);
       // What the relay holds of our own site id is learnt from its welcome and its
       // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
-      const crdt::SiteId& own = replica_.site_id();
       for (const auto& [site, seq] : changeset.until.entries())
         if (site != own) relay_held_.advance(site, seq);
     } catch (const Error& e) {

@@ -81,6 +81,9 @@ class SyncSession {
   crdt::VersionVector relay_held_;
   std::uint64_t next_batch_ = 1;
   std::map<std::uint64_t, crdt::VersionVector> in_flight_;  // batch -> its `until`
+  // Other sites' changes this replica holds beyond what the relay does (from changeset files):
+  // never sent, stepped over when extracting what to send.
+  crdt::VersionVector skipped_;
   std::uint64_t next_nonce_ = 1;
   std::map<std::uint64_t, std::function<void(const std::string&)>> digest_waiters_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -33,7 +33,13 @@ struct MergedRow {
   bool was_alive = false;  // alive in the replicated state before this merge
   // The columns whose value the merge changed (every column when the row came alive).
   std::vector<std::pair<const ColumnInfo*, crdt::Value>> changed;
+  // The same for future columns (TableInfo::future_columns), kept in lattice_future_values.
+  std::vector<std::pair<crdt::ColumnId, crdt::Value>> future;
 };
+
+// A held row's values as lattice_held.vals keeps them (by column id), and back as a row of `t`.
+std::string pack_held(const TableInfo& t, const std::vector<crdt::Value>& row);
+std::vector<crdt::Value> held_row(const TableInfo& t, std::string_view vals, std::string_view pk);
 
 class Projection {
  public:
@@ -95,6 +101,7 @@ class Projection {
   // the values `held`, its foreign-key children with it.
   void hold_shown(TableInfo& t, const std::string& pk, const Row& held, const Row& shown,
                   const Refusal& why);
+  void place_future(const MergedRow& m);
   bool changes_parent_key(const TableInfo& t,
                           const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& changed);
   void record_held(TableInfo& t, const std::string& pk, const Row& row, const Refusal& why);

@@ -3,10 +3,12 @@
 // catalog.cpp (lattice_replicate and the catalog), merge.cpp (apply) and extract.cpp
 // (changes_since). Not part of the public interface.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,19 @@
 
 namespace lattice::storage {
 
+// An ALTER TABLE statement as Replica::exec reads it before running it (migrate.cpp).
+struct AlterStatement {
+  enum class Kind { kRenameTable, kRenameColumn, kAddColumn, kDropColumn, kDropTable };
+  Kind kind = Kind::kAddColumn;
+  std::string table;
+  std::string column;    // renamed, added or dropped
+  std::string new_name;  // of a rename
+};
+
+// The ALTER TABLE or DROP TABLE statement `sql` begins with, or nothing when it begins with
+// something else.
+std::optional<AlterStatement> parse_alter(std::string_view sql);
+
 using crdt::Affinity;
 using crdt::affinity_name;
 
@@ -28,6 +43,7 @@ struct ColumnInfo {
   int key_position = 0;    // 1-based position in the primary key, 0 when not a key column
   int table_position = 0;  // index among the table's columns (for the pre-update hook)
   Affinity affinity = Affinity::kBlob;
+  bool affinity_known = true;  // false for a future column learnt from a format-1 changeset
 };
 
 // A UNIQUE constraint or unique index of a replicated table other than its primary key: the
@@ -60,6 +76,15 @@ struct TableInfo {
   std::vector<ColumnInfo> columns;  // key columns first, in key order
   std::size_t key_count = 0;
   bool has_counters = false;  // any counter column: else the counters table is never read
+  // A table newer peers replicate and this replica does not have yet: its rows are merged and
+  // kept (metadata as for any table, every non-key value in lattice_future_values) and travel
+  // on; `columns` holds its key columns only. lattice_replicate of a table with its name
+  // adopts it (migrate.cpp).
+  bool future_table = false;
+  // Columns newer peers have and this replica's table does not have yet (a later schema
+  // version): their cells are merged and kept (values in lattice_future_values) and travel on;
+  // they join the table when a migration adds a column of that name (migrate.cpp).
+  std::vector<ColumnInfo> future_columns;
 
   std::string rows_table() const { return "lattice_rows_" + std::to_string(id); }
   std::string cells_table() const { return "lattice_cells_" + std::to_string(id); }
@@ -71,12 +96,20 @@ struct TableInfo {
   bool rowid_key = false;
   std::vector<UniqueIndex> uniques;
   std::vector<ForeignKey> foreign_keys;
+  // Columns dropped since the table was replicated: their ids stay reserved, and changes a
+  // peer still sends for them are dropped (migrate.cpp).
+  std::set<crdt::ColumnId> dropped_columns;
   // Unique indexes Lattice cannot check at merge (on expressions), by name: lattice_replicate
   // refuses them; one created later is reported by `lattice check`.
   std::vector<std::string> unsupported_indexes;
   std::vector<std::string> key_collations;  // per key column, as the primary key compares it
 
+  // A column of the table or a future one, by id; nullptr for a dropped or unknown id.
   const ColumnInfo* column(crdt::ColumnId column_id) const;
+  bool is_future(const ColumnInfo* c) const {
+    return !future_columns.empty() && c >= future_columns.data() &&
+           c < future_columns.data() + future_columns.size();
+  }
   crdt::TableSchema schema() const;
   std::string key_where() const;  // "k1" = ? AND "k2" = ?
 
@@ -97,6 +130,8 @@ struct Replica::Impl {
 
   std::map<crdt::TableId, std::unique_ptr<TableInfo>> tables;
   std::map<std::string, TableInfo*> tables_by_name;  // lower-case names
+  std::set<crdt::TableId> dropped_tables;            // dropped from replication (migrate.cpp)
+  std::map<std::string, TableInfo*> future_tables_by_name;  // a later version's tables
   std::int64_t catalog_schema_version = -1;
   bool any_foreign_keys = false;  // some table of the file declares a foreign key
 
@@ -115,6 +150,12 @@ struct Replica::Impl {
   std::string merge_target_pk;
   // Lattice's own DDL on its triggers and views, which the authorizer otherwise refuses.
   bool internal_ddl = false;
+  // Set while Replica::exec prepares and runs a schema change of a replicated table (alter).
+  bool altering = false;
+  // Columns added in the open transaction: lattice_replicate may still make them counters
+  // (unless they were adopted: a later version's column keeps the type it has there).
+  std::set<std::pair<crdt::TableId, crdt::ColumnId>> added_this_transaction;
+  std::set<std::pair<crdt::TableId, crdt::ColumnId>> adopted_this_transaction;
   // A local write transaction committed since held rows were last retried (settle).
   bool local_commit = false;
   std::uint64_t txn_seq = 0;  // 0 until the current transaction's first captured write
@@ -156,6 +197,19 @@ struct Replica::Impl {
   crdt::VersionVector version_vector();
 
   void replicate(std::string_view table, std::string_view column_types_json);
+  // Runs `run`, the application's ALTER TABLE of a replicated table, with the catalog and the
+  // capture triggers kept in step (migrate.cpp). In a savepoint: all of it or nothing.
+  void alter(const AlterStatement& statement, const std::function<void()>& run);
+  // Records a column the live table has and the catalog lacks, as last-writer-wins.
+  void add_column(TableInfo& table, const std::string& column);
+  void update_kinds(TableInfo& table, const std::map<std::string, crdt::ColumnKind>& types);
+  // Gives the table the values its newly joined future columns have (insert_rows: a future
+  // table that joined, whose live rows all go in), then forgets them (migrate.cpp).
+  void fill_from_future(TableInfo& table, const std::set<crdt::ColumnId>& columns,
+                        bool insert_rows);
+  void adopt_future_table(TableInfo& future, const TableInfo& local);
+  void recreate_table_triggers(const TableInfo& table);
+  void drop_table_triggers(crdt::TableId id);
   // Drops and recreates every replicated table's capture triggers (after an upgrade that
   // changed them). Inside the caller's transaction.
   void recreate_triggers();

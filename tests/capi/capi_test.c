@@ -350,8 +350,11 @@ static void test_statements(void) {
   CHECK_FAILS(lattice_replica_exec(r, "CREATE TABLE t(x); SELEC 1", &error), &error,
               LATTICE_ERR_SQL);
   CHECK(contains(error.message, "SELEC 1"));
-  CHECK_FAILS(lattice_replica_exec(r, "ALTER TABLE todo ADD COLUMN y", &error), &error,
+  CHECK_FAILS(lattice_replica_exec(r, "ALTER TABLE todo RENAME COLUMN id TO key", &error), &error,
               LATTICE_ERR_SCHEMA);
+  /* Schema changes of a replicated table go through exec or migrate, not a statement. */
+  CHECK(lattice_stmt_prepare(r, "ALTER TABLE todo ADD COLUMN y", &error) == NULL);
+  CHECK(error.code == LATTICE_ERR_SCHEMA && contains(error.message, "lattice_replica_exec"));
   CHECK_FAILS(lattice_replica_exec(r, NULL, &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_replica_replicate(r, "t", NULL, &error), &error, LATTICE_ERR_SCHEMA);
   CHECK(contains(error.message, "PRIMARY KEY"));
@@ -467,12 +470,14 @@ static void test_changesets_and_subscriptions(void) {
               LATTICE_ERR_INVALID_ARGUMENT);
   CHECK(query_int(b, "SELECT count(*) FROM todo") == 3);
 
-  /* A replica that does not replicate the table refuses the changes. */
+  /* A replica that does not replicate the table yet (an older schema version) keeps the
+   * changes; replicating the table later shows them. */
   lattice_replica* bare = lattice_replica_open(":memory:", NULL, &error);
   CHECK(bare != NULL);
-  CHECK_FAILS(lattice_replica_apply(bare, changes.data, changes.size, NULL, &error), &error,
-              LATTICE_ERR_UNKNOWN_TABLE);
-  CHECK(contains(error.message, "todo"));
+  CHECK_OK(lattice_replica_apply(bare, changes.data, changes.size, NULL, E));
+  CHECK_OK(lattice_replica_exec(bare, kSchema, E));
+  CHECK_OK(lattice_replica_replicate(bare, "todo", "{\"votes\": \"counter\"}", E));
+  CHECK(query_int(bare, "SELECT count(*) FROM todo") == 3);
   lattice_replica_free(bare);
 
   /* Not inside an open transaction. */
@@ -692,6 +697,30 @@ static void test_import_export(void) {
   lattice_replica_free(r);
 }
 
+/* Migrations run once; a column added to a replicated table is captured. */
+static void test_migrate(void) {
+  g_case = "migrate";
+  lattice_error error;
+  lattice_replica* r = lattice_replica_open(":memory:", NULL, NULL);
+  CHECK(r != NULL);
+  if (!r) return;
+  bool ran = false;
+  CHECK_OK(lattice_replica_migrate(
+      r, 1, "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT); SELECT lattice_replicate('note')",
+      &ran, E));
+  CHECK(ran);
+  CHECK_OK(lattice_replica_migrate(r, 2, "ALTER TABLE note ADD COLUMN pinned INTEGER", &ran, E));
+  CHECK(ran);
+  CHECK_OK(lattice_replica_migrate(r, 2, "ALTER TABLE note ADD COLUMN pinned INTEGER", &ran, E));
+  CHECK(!ran);
+  CHECK_FAILS(lattice_replica_migrate(r, 2, "SELECT 1", NULL, &error), &error, LATTICE_ERR_SCHEMA);
+  CHECK_FAILS(lattice_replica_migrate(r, 3, NULL, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_OK(lattice_replica_exec(r, "INSERT INTO note VALUES ('a', 'hi', 1)", E));
+  CHECK(query_int(r, "SELECT pinned FROM note") == 1);
+  lattice_replica_free(r);
+}
+
 static void test_use_after_close(void) {
   g_case = "use after close";
   lattice_error error;
@@ -832,6 +861,7 @@ static bool start_relay(const char* relay_path, Relay* relay) {
   if (!f) return false;
   fputs("k1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", f);
   fclose(f);
+  chmod(keys, 0600); /* the relay refuses a key file other users may read */
   f = fopen(schema, "w");
   if (!f) return false;
   fprintf(f, "%s;\nSELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n", kSchema);
@@ -903,6 +933,33 @@ static void on_status(void* context, const lattice_sync_status* status) {
   if (status->state == LATTICE_SYNC_LIVE) atomic_store(&seen->saw_live, 1);
   if (status->fatal && status->last_error && status->last_error[0])
     atomic_store(&seen->saw_fatal, 1);
+}
+
+/* A token renewal callback: mints a fresh token with the lattice-relay CLI. */
+typedef struct {
+  const char* relay_path;
+  const char* keys;
+  atomic_int calls;
+} Renewer;
+
+static bool renew_token(void* context, const char* reason, char* out, size_t capacity) {
+  Renewer* renewer = (Renewer*)context;
+  atomic_fetch_add(&renewer->calls, 1);
+  if (!strstr(reason, "expired")) return false;
+  char* argv[] = {(char*)renewer->relay_path,
+                  "token",
+                  "--key-file",
+                  (char*)renewer->keys,
+                  "--ns",
+                  "board",
+                  "--rights",
+                  "read,write",
+                  "--ttl",
+                  "1h",
+                  NULL};
+  if (run_capture(argv, out, capacity, 20) != 0) return false;
+  out[strcspn(out, "\r\n")] = '\0';
+  return true;
 }
 
 static void test_sync(const char* relay_path) {
@@ -998,6 +1055,37 @@ static void test_sync(const char* relay_path) {
   CHECK(last_error.data != NULL && last_error.data[last_error.size] == '\0');
   lattice_buffer_free(&last_error);
 
+  /* A token that expires on the open connection is renewed through the callback (API 2). */
+  {
+    char short_token[1024];
+    char* short_argv[] = {(char*)relay_path, "token",      "--key-file", keys, "--ns", "board",
+                          "--rights",        "read,write", "--ttl",      "2s", NULL};
+    CHECK(run_capture(short_argv, short_token, sizeof short_token, 20) == 0);
+    short_token[strcspn(short_token, "\r\n")] = '\0';
+    Renewer renewer = {relay_path, keys, 0};
+    atomic_init(&renewer.calls, 0);
+    lattice_sync_options renewing = LATTICE_SYNC_OPTIONS_INIT;
+    renewing.min_backoff_ms = 50;
+    renewing.poll_interval_ms = 20;
+    renewing.renew_token = renew_token;
+    renewing.renew_context = &renewer;
+    lattice_replica* tablet = open_todo("tablet.db");
+    char tablet_path[512];
+    path_in_dir(tablet_path, sizeof tablet_path, "tablet.db");
+    lattice_sync* tablet_sync =
+        lattice_sync_start(tablet_path, url, short_token, &renewing, &error);
+    CHECK(tablet_sync != NULL);
+    CHECK_OK(lattice_sync_wait_in_sync(tablet_sync, 20000, &in_sync, E));
+    CHECK(in_sync);
+    sleep_ms(3000); /* the first token expires while connected */
+    CHECK_OK(lattice_replica_exec(tablet, "INSERT INTO todo(id, title) VALUES ('t', 'late')", E));
+    CHECK_OK(lattice_sync_wait_in_sync(tablet_sync, 20000, &in_sync, E));
+    CHECK(in_sync);
+    CHECK(atomic_load(&renewer.calls) == 1);
+    lattice_sync_free(tablet_sync);
+    lattice_replica_free(tablet);
+  }
+
   /* Stopped: the getters still answer, waiting is refused. */
   lattice_sync_stop(phone_sync);
   lattice_sync_stop(phone_sync); /* idempotent */
@@ -1084,6 +1172,7 @@ int main(int argc, char** argv) {
   test_changesets_and_subscriptions();
   test_held_rows();
   test_import_export();
+  test_migrate();
   test_use_after_close();
   test_sync(relay_path);
   nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -424,12 +424,15 @@ TEST_CASE("a failing command exits non-zero with one line on stderr naming the p
     CHECK(line.rfind("lattice: corrupt: ", 0) == 0);
     CHECK(contains(line, "truncated at byte " + std::to_string(bytes.size() / 2)));
   }
-  SUBCASE("a changeset of a table the replica does not have") {
+  SUBCASE("a changeset of a table with another primary key here") {
     const std::string other = box.path("other.db");
-    box.ok({"exec", other, "SELECT 1"});
+    box.ok({"exec", other,
+            "CREATE TABLE todo(id TEXT, title TEXT, done INTEGER NOT NULL DEFAULT 0, votes "
+            "INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (id, title));"
+            "SELECT lattice_replicate('todo', '{\"votes\":\"counter\"}')"});
     const std::string line = box.fails({"apply", other, good});
-    CHECK(line.rfind("lattice: unknown_table: ", 0) == 0);
-    CHECK(contains(line, "'todo'"));
+    CHECK(line.rfind("lattice: schema: ", 0) == 0);
+    CHECK(contains(line, "primary key is (id), this replica's is (id, title)"));
   }
   SUBCASE("a malformed version vector file") {
     write_all(box.path("bad.vv"), "{\"not a site\": 1}\n");

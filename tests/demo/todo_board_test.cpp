@@ -6,9 +6,13 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
+
+#include "demo-app/web_server.hpp"
 
 namespace lattice::demo {
 namespace {
@@ -86,6 +90,41 @@ TEST_CASE("changed_elsewhere notices another connection's commits, not its own")
     CHECK(app.items().size() == 2);
   }
   std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace lattice::demo
+
+namespace lattice::demo {
+namespace {
+
+TEST_CASE("a remote +Infinity or invalid UTF-8 still makes valid JSON") {
+  // Issue 10, finding 10: a remote +Infinity in a number column made the state JSON invalid and
+  // every board went blank.
+  TodoBoard board(":memory:");
+  const std::string id = board.add("fine");
+  board.replica().query("UPDATE todo SET position = 9e999, title = ? WHERE id = ?",
+                        {std::string("bad \xff\xc0\x80 \x7f \"q\" \xe2\x82\xac"), id});
+  const std::string json = board.items_json();
+  CHECK(json.find("\"position\":null") != std::string::npos);
+  CHECK(json.find("inf") == std::string::npos);
+  CHECK(json.find("\\ufffd\\ufffd\\ufffd \\u007f \\\"q\\\" \xe2\x82\xac") != std::string::npos);
+  CHECK(json_number(-std::numeric_limits<double>::infinity()) == "null");
+  CHECK(json_number(std::nan("")) == "null");
+  CHECK(json_number(0.5) == "0.5");
+}
+
+TEST_CASE("the board is served to this machine only, whatever the Host header says") {
+  // Issue 10, finding 10: listening on a non-loopback address, the app accepted a request from
+  // another machine that claimed Host: 127.0.0.1.
+  CHECK(trusted_request("127.0.0.1", "127.0.0.1:8080", "", true));
+  CHECK(trusted_request("::1", "[::1]:8080", "", false));
+  CHECK(trusted_request("::ffff:127.0.0.1", "localhost:8080", "http://localhost:8080", true));
+  CHECK_FALSE(trusted_request("192.168.1.20", "127.0.0.1:8080", "", false));
+  CHECK_FALSE(trusted_request("10.0.0.5", "localhost:8080", "", true));
+  CHECK_FALSE(trusted_request("127.0.0.1", "evil.example:8080", "", false));
+  CHECK_FALSE(trusted_request("127.0.0.1", "127.0.0.1:8080", "http://evil.example", true));
+  CHECK_FALSE(trusted_request("not an address", "127.0.0.1:8080", "", false));
 }
 
 }  // namespace

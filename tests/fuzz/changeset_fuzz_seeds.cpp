@@ -2,14 +2,12 @@
 // the first argument, and creates any further folders named (libFuzzer's working corpus).
 
 #include <cstdint>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "crdt/changeset_codec.hpp"
+#include "tests/fuzz/seed_writer.hpp"
 
 using namespace lattice::crdt;
 
@@ -60,22 +58,7 @@ std::vector<Changeset> seeds() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s SEED_DIR [EXTRA_DIR...]\n", argv[0]);
-    return 2;
-  }
-  for (int i = 1; i < argc; ++i) std::filesystem::create_directories(argv[i]);
-  const std::vector<Changeset> all = seeds();
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    const std::filesystem::path path =
-        std::filesystem::path(argv[1]) / ("seed-" + std::to_string(i) + ".lcs");
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    const std::string bytes = encode_changeset(all[i]);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) {
-      std::fprintf(stderr, "cannot write %s\n", path.c_str());
-      return 1;
-    }
-  }
-  return 0;
+  std::vector<std::string> bytes;
+  for (const auto& seed : seeds()) bytes.push_back(encode_changeset(seed));
+  return lattice::fuzz::write_seeds(argc, argv, bytes, "lcs");
 }

@@ -2,13 +2,11 @@
 // the first argument, and creates any further folders named (libFuzzer's working corpus).
 
 #include <cstdint>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "tests/fuzz/seed_writer.hpp"
 #include "transport/frame.hpp"
 
 using namespace lattice::transport;
@@ -45,22 +43,7 @@ std::vector<Frame> seeds() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s SEED_DIR [EXTRA_DIR...]\n", argv[0]);
-    return 2;
-  }
-  for (int i = 1; i < argc; ++i) std::filesystem::create_directories(argv[i]);
-  const std::vector<Frame> all = seeds();
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    const std::filesystem::path path =
-        std::filesystem::path(argv[1]) / ("seed-" + std::to_string(i) + ".frame");
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    const std::string bytes = encode_frame(all[i]);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) {
-      std::fprintf(stderr, "cannot write %s\n", path.c_str());
-      return 1;
-    }
-  }
-  return 0;
+  std::vector<std::string> bytes;
+  for (const auto& seed : seeds()) bytes.push_back(encode_frame(seed));
+  return lattice::fuzz::write_seeds(argc, argv, bytes, "frame");
 }

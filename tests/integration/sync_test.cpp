@@ -109,6 +109,8 @@ class Process {
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
 
+  pid_t pid() const { return pid_; }
+
   void signal(int sig) {
     if (!exited_) ::kill(pid_, sig);
   }
@@ -196,6 +198,8 @@ class RelayFixture {
                     "-out", box_.path("c.pem")}),
          "openssl req");
     std::ofstream(box_.path("keys")) << "k1 0123456789abcdef0123456789abcdef0123456789abcdef\n";
+    std::filesystem::permissions(box_.path("keys"), std::filesystem::perms::owner_read |
+                                                        std::filesystem::perms::owner_write);
     std::ofstream(box_.path("schema.sql")) << kSchema << "\n";
     fs::create_directories(box_.path("data"));
   }
@@ -238,9 +242,10 @@ class RelayFixture {
   std::string ca_file() const { return box_.path("c.pem"); }
   std::string relay_file() const { return box_.path(std::string("data/") + kNamespace + ".db"); }
 
-  std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write") {
+  std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write",
+                    const std::string& ttl = "1h") {
     return trim(must(run(box_, {LATTICE_RELAY_PATH, "token", "--key-file", box_.path("keys"),
-                                "--ns", ns, "--rights", rights, "--ttl", "1h"}),
+                                "--ns", ns, "--rights", rights, "--ttl", ttl}),
                      "lattice-relay token"));
   }
 
@@ -284,10 +289,20 @@ std::string dump_todo(const std::string& path) {
   return out;
 }
 
+// A token file for `lattice sync --token-file`: 0600, the token on its first line.
+std::string token_file(Sandbox& box, const std::string& token) {
+  static int count = 0;
+  const std::string path = box.path("token-" + std::to_string(++count));
+  std::ofstream(path) << token << "\n";
+  std::filesystem::permissions(
+      path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  return path;
+}
+
 std::string sync_once(Sandbox& box, RelayFixture& relay, const std::string& db,
                       const std::string& token) {
-  const Result r = lattice(box, {"sync", db, relay.url(), "--token", token, "--once", "--ca-file",
-                                 relay.ca_file(), "--timeout", "60"});
+  const Result r = lattice(box, {"sync", db, relay.url(), "--token-file", token_file(box, token),
+                                 "--once", "--ca-file", relay.ca_file(), "--timeout", "60"});
   INFO("sync " << db << "\nstdout: " << r.out << "\nstderr: " << r.err);
   CHECK(r.status == 0);
   CHECK(r.err.empty());
@@ -344,8 +359,8 @@ TEST_CASE("three devices that edited offline converge with each other and the re
 
   // --verify compares digests with the relay's.
   for (const auto& d : {d1, d2, d3}) {
-    const Result r = lattice(box, {"sync", d, relay.url(), "--token", token, "--verify",
-                                   "--ca-file", relay.ca_file(), "--timeout", "60"});
+    const Result r = lattice(box, {"sync", d, relay.url(), "--token-file", token_file(box, token),
+                                   "--verify", "--ca-file", relay.ca_file(), "--timeout", "60"});
     INFO("verify " << d << "\nstdout: " << r.out << "\nstderr: " << r.err);
     CHECK(r.status == 0);
     CHECK(r.out.rfind("verified: ", 0) == 0);
@@ -374,8 +389,8 @@ TEST_CASE("three devices that edited offline converge with each other and the re
     REQUIRE(sqlite3_exec(plain, "UPDATE todo SET title = 'tampered' WHERE id = 'x'", nullptr,
                          nullptr, nullptr) == SQLITE_OK);
     sqlite3_close(plain);
-    const Result r = lattice(box, {"sync", d3, relay.url(), "--token", token, "--verify",
-                                   "--ca-file", relay.ca_file(), "--timeout", "60"});
+    const Result r = lattice(box, {"sync", d3, relay.url(), "--token-file", token_file(box, token),
+                                   "--verify", "--ca-file", relay.ca_file(), "--timeout", "60"});
     INFO("stdout: " << r.out << "\nstderr: " << r.err);
     CHECK(r.status == 1);
     CHECK(r.out.find("differs: table todo: 3 rows here, 3 there, contents differ") !=
@@ -461,9 +476,9 @@ TEST_CASE("a write on one connected device shows up on another while both are co
   engine::SyncClient client_a(a, relay.url(), token, options);
   client_a.start();
   REQUIRE(client_a.wait_until_in_sync(seconds(20)));
-  Process b_sync(
-      {LATTICE_CLI_PATH, "sync", b, relay.url(), "--token", token, "--ca-file", relay.ca_file()},
-      box.path("b-sync.out"), box.path("b-sync.err"));
+  Process b_sync({LATTICE_CLI_PATH, "sync", b, relay.url(), "--token-file", token_file(box, token),
+                  "--ca-file", relay.ca_file()},
+                 box.path("b-sync.out"), box.path("b-sync.err"));
   REQUIRE_MESSAGE(b_sync.wait_for_line("state: live", seconds(20)),
                   "b never went live: " << b_sync.out() << b_sync.err());
 
@@ -500,6 +515,50 @@ TEST_CASE("a write on one connected device shows up on another while both are co
   CHECK(b_sync.out().find("state: live") != std::string::npos);
   client_a.stop();
   CHECK(dump_todo(a) == dump_todo(b));
+}
+
+TEST_CASE("a token that expires on an open connection is renewed through the token callback") {
+  // Issue 10, finding 5: an expired token kept merging changes on its open connection.
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string a = relay.device("a");
+  std::atomic<int> renewals{0};
+  std::string renew_reason;
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.renew_token = [&](const std::string& reason) {
+    renew_reason = reason;
+    ++renewals;
+    return relay.token(kNamespace, "read,write", "1h");
+  };
+  engine::SyncClient client(a, relay.url(), relay.token(kNamespace, "read,write", "2s"), options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+  std::this_thread::sleep_for(seconds(3));  // past the first token's expiry, still connected
+  must(lattice(box, {"exec", a, "INSERT INTO todo(id, title) VALUES ('late', 'after expiry')"}),
+       "write on a");
+  // The relay refuses the expired token on the open connection; the client renews and resends.
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+  CHECK(renewals == 1);
+  CHECK(renew_reason.find("token expired") != std::string::npos);
+  CHECK(client.status().last_wire_error == transport::WireError::kUnauthorized);
+  CHECK_FALSE(client.status().fatal);
+  client.stop();
+  // Without a callback the refusal is final.
+  const std::string b = relay.device("b");
+  engine::SyncClientOptions plain;
+  plain.ca_file = relay.ca_file();
+  engine::SyncClient stuck(b, relay.url(), relay.token(kNamespace, "read,write", "2s"), plain);
+  stuck.start();
+  REQUIRE(stuck.wait_until_in_sync(seconds(20)));
+  std::this_thread::sleep_for(seconds(3));
+  must(lattice(box, {"exec", b, "INSERT INTO todo(id, title) VALUES ('never', 'x')"}),
+       "write on b");
+  CHECK_FALSE(stuck.wait_until_in_sync(seconds(5)));
+  CHECK(stuck.status().fatal);
+  CHECK(stuck.status().last_error.find("token expired") != std::string::npos);
+  stuck.stop();
 }
 
 TEST_CASE("a relay killed during a stream of writes loses nothing it acknowledged") {
@@ -590,16 +649,17 @@ TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certifica
 
   SUBCASE("ws:// to a host that is not loopback is refused before connecting") {
     // 10.255.255.1 does not answer: a connection attempt would hang until the timeout.
-    const Result r = lattice(box, {"sync", db, "ws://10.255.255.1:9/board", "--token", "t",
-                                   "--once", "--timeout", "20"});
+    const Result r = lattice(box, {"sync", db, "ws://10.255.255.1:9/board", "--token-file",
+                                   token_file(box, "t"), "--once", "--timeout", "20"});
     CHECK(r.status == 1);
     CHECK(r.err.rfind("lattice: invalid_argument: refusing ws://", 0) == 0);
     CHECK(r.err.find("loopback") != std::string::npos);
     CHECK(r.seconds < 5);
   }
   SUBCASE("a bad token gets unauthorized and exit status 1") {
-    const Result r = lattice(box, {"sync", db, relay.url(), "--token", "not-a-token", "--once",
-                                   "--ca-file", relay.ca_file(), "--timeout", "20"});
+    const Result r =
+        lattice(box, {"sync", db, relay.url(), "--token-file", token_file(box, "not-a-token"),
+                      "--once", "--ca-file", relay.ca_file(), "--timeout", "20"});
     INFO("stderr: " << r.err);
     CHECK(r.status == 1);
     CHECK(r.err.rfind("lattice: unauthorized: ", 0) == 0);
@@ -607,19 +667,69 @@ TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certifica
     CHECK(r.seconds < 10);
   }
   SUBCASE("a token for another namespace gets unauthorized") {
-    const Result r = lattice(box, {"sync", db, relay.url(), "--token", relay.token("other"),
-                                   "--once", "--ca-file", relay.ca_file(), "--timeout", "20"});
+    const Result r = lattice(
+        box, {"sync", db, relay.url(), "--token-file", token_file(box, relay.token("other")),
+              "--once", "--ca-file", relay.ca_file(), "--timeout", "20"});
     INFO("stderr: " << r.err);
     CHECK(r.status == 1);
     CHECK(r.err.rfind("lattice: unauthorized: ", 0) == 0);
   }
   SUBCASE("without --ca-file the self-signed certificate is not trusted") {
-    const Result r = lattice(
-        box, {"sync", db, relay.url(), "--token", relay.token(), "--once", "--timeout", "2"});
+    const Result r = lattice(box, {"sync", db, relay.url(), "--token-file",
+                                   token_file(box, relay.token()), "--once", "--timeout", "2"});
     INFO("stderr: " << r.err);
     CHECK(r.status == 1);
     CHECK(r.err.rfind("lattice: timed_out: ", 0) == 0);
     CHECK(r.err.find("certificate verify failed") != std::string::npos);
+  }
+  relay.stop();
+}
+
+TEST_CASE("the token stays secret: from a file or LATTICE_TOKEN, never echoed") {
+  // Issue 10, finding 8: --token put it in the process list, and URL errors echoed credentials.
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string db = relay.device("d");
+  const std::string token = relay.token();
+  SUBCASE("--token-file: synced, and the token is not on the command line") {
+    Process sync({LATTICE_CLI_PATH, "sync", db, relay.url(), "--token-file", token_file(box, token),
+                  "--ca-file", relay.ca_file()},
+                 box.path("sync.out"), box.path("sync.err"));
+    REQUIRE(sync.wait_for_line("state: live", seconds(20)));
+    std::ifstream cmdline("/proc/" + std::to_string(sync.pid()) + "/cmdline", std::ios::binary);
+    const std::string args((std::istreambuf_iterator<char>(cmdline)), {});
+    CHECK(args.find("sync") != std::string::npos);
+    CHECK(args.find(token) == std::string::npos);
+    sync.signal(SIGTERM);
+    CHECK(sync.wait(seconds(10)) == 0);
+  }
+  SUBCASE("LATTICE_TOKEN") {
+    ::setenv("LATTICE_TOKEN", token.c_str(), 1);
+    const Result r = lattice(
+        box, {"sync", db, relay.url(), "--once", "--ca-file", relay.ca_file(), "--timeout", "30"});
+    ::unsetenv("LATTICE_TOKEN");
+    CHECK(r.status == 0);
+    CHECK(r.out == "in sync\n");
+  }
+  SUBCASE("a token in the wrong place is not echoed") {
+    const Result r = lattice(box, {"sync", db, relay.url(), token});
+    CHECK(r.status == 2);
+    CHECK(r.err.find(token) == std::string::npos);
+    CHECK(r.err.find("unexpected argument #4") != std::string::npos);
+  }
+  SUBCASE("URL errors do not echo credentials") {
+    for (const std::string& url :
+         {std::string("wss://alice:s3cret@127.0.0.1:1/board"),
+          std::string("wss://127.0.0.1:1/board?token=s3cret"), std::string("wss://s3cret@/x/y")}) {
+      CAPTURE(url);
+      const Result r =
+          lattice(box, {"sync", db, url, "--token-file", token_file(box, token), "--once"});
+      CHECK(r.status == 1);
+      CHECK(r.err.find("invalid_argument") != std::string::npos);
+      CHECK(r.err.find("s3cret") == std::string::npos);
+      CHECK(r.err.find(token) == std::string::npos);
+    }
   }
   relay.stop();
 }

@@ -42,11 +42,24 @@ TEST_CASE("another copy's transactions at the same sequence numbers: keep the sh
 TEST_CASE("the relay holding more of the site than the file wrote means a copy or a backup") {
   // The file's history is a prefix of the relay's: keep all of it, move nothing.
   CHECK(fork_point(hello_with(2, 0, {{1, 10}, {2, 20}}), {{1, 10}, {2, 20}, {3, 30}}, 3) == 2u);
-  // The relay's vector says more even without log entries.
-  CHECK(fork_point(hello_with(2, 0, {{1, 10}, {2, 20}}), {}, 5) == 2u);
+  // The relay's vector says more without log entries: it counts transactions nobody tagged
+  // (a forged claim), so the device keeps only what the logs agree on.
+  CHECK(fork_point(hello_with(2, 0, {{1, 10}, {2, 20}}), {}, 5) == 0u);
   // A restored backup that wrote after the restore: keep what agrees.
   CHECK(fork_point(hello_with(3, 1, {{1, 10}, {2, 21}, {3, 31}}), {{1, 10}, {2, 20}, {3, 30}}, 3) ==
         1u);
+}
+
+TEST_CASE("a transaction the relay counts without its tag is not the device's") {
+  // Another device claimed transactions 2 to 4 of this site id without listing them: the relay
+  // counts them, but this device's own 2 and 3 were never merged. They move to a new site id
+  // instead of being taken as held.
+  CHECK(fork_point(hello_with(3, 0, {{1, 10}, {2, 20}, {3, 30}}), {{1, 10}}, 4) == 1u);
+  // At or before acked_seq the relay's acknowledgement stands (a relay restored from a backup
+  // may lack the tags).
+  CHECK(!fork_point(hello_with(3, 2, {{2, 20}, {3, 30}}), {{3, 30}}, 3));
+  // Transactions the relay does not count yet are simply not there yet.
+  CHECK(!fork_point(hello_with(3, 0, {{1, 10}, {2, 20}, {3, 30}}), {{1, 10}}, 1));
 }
 
 TEST_CASE("first_difference names the first table or column that differs") {

@@ -1,8 +1,13 @@
 // The deterministic simulation: the relay's hub and 8 devices in one process over loopback
 // connections with seeded delays, reordering, duplicated frames, dropped connections, devices
 // offline for long stretches, relay restarts from its file, and replica files copied to new
-// devices (which then write under the copied site id until the relay has them rekey). After the
-// storm, every device must hold exactly the relay's rows. A failing seed is printed;
+// devices (which then write under the copied site id until the relay has them rekey). One more
+// device, with a write token, is hostile: it forges every claim a frame can make (hellos that
+// present others' site ids, vectors, logs and acked_seq; changes whose until, since, origin log
+// and stamps lie). After the storm, every honest device must hold exactly the relay's rows, and
+// nothing an honest device wrote may be lost: every row of its ledger (rows only it inserts and
+// votes on) is at the relay with all its votes, and no sequence counter left its sane range
+// (docs/protocol.md, "What a peer may claim"). A failing seed is printed;
 // LATTICE_SIM_SEED=<seed> replays it alone, exactly (site ids and clocks come from the seed and the
 // virtual clock).
 
@@ -12,12 +17,17 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <limits>
+#include <map>
 #include <random>
+#include <set>
 
+#include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "engine/sync/sync_session.hpp"
 #include "relay/hub.hpp"
 #include "tests/storage/test_support.hpp"
+#include "transport/claims.hpp"
 #include "transport/loopback.hpp"
 
 namespace lattice {
@@ -35,6 +45,22 @@ struct Device {
   std::unique_ptr<SyncSession> session;
   bool wants_online = true;
   bool connect_pending = false;
+  std::vector<std::string> ledger;  // rows only this device inserted and votes on
+  bool copied = false;              // a copy of its file exists, or it is one
+};
+
+// A device with a valid write token that lies in every frame (see the file comment). It speaks
+// raw frames over its loopback connection, with a replica of its own for real-looking content.
+struct Hostile {
+  std::unique_ptr<storage::Replica> replica;
+  std::shared_ptr<transport::Connection> connection;
+  crdt::SiteId presented;          // the site id of its current hello: its own or a victim's
+  crdt::VersionVector relay_held;  // from the welcome
+  bool live = false;
+  bool connect_pending = false;
+  std::uint64_t batch = 0;
+  std::size_t frames = 0;   // forged changes frames sent
+  std::size_t refused = 0;  // connections the relay closed on a refusal
 };
 
 class World {
@@ -50,9 +76,12 @@ class World {
       devices_.push_back(std::move(d));
     }
     for (auto& d : devices_) connect(d);
+    hostile_.replica = test::open_todo_replica(":memory:", replica_options());
+    hostile_connect();
   }
 
   ~World() {
+    if (hostile_.connection) hostile_.connection->set_handlers({});
     for (auto& d : devices_) d.session.reset();
     hub_.reset();
     std::filesystem::remove_all(dir_);
@@ -80,6 +109,11 @@ class World {
         restart_relay();
       } else if (action < 67 && clones_ < 2) {
         clone(devices_[pick(devices_.size())]);
+      } else if (action < 75) {
+        hostile_act();
+      } else if (action < 82) {
+        Device& d = devices_[pick(devices_.size())];
+        write_ledger(d);
       }
       net_.run_until(net_.now() + pick(15));
     }
@@ -89,6 +123,8 @@ class World {
   // settle.
   void heal() {
     faults_ = LoopbackNetwork::Faults{1, 1, 0};
+    healing_ = true;  // the hostile device stops and stays away
+    if (hostile_.connection) hostile_.connection->close("healing");
     if (!hub_) start_relay();
     net_.run_until(net_.now() + 5000);
     for (auto& d : devices_) {
@@ -112,6 +148,21 @@ class World {
       REQUIRE(d.session);
       REQUIRE(d.session->in_sync());
     }
+    // Nothing an honest device wrote is lost: every ledger row with every vote. Rows of copied
+    // files are left out: when three copies share unacknowledged transactions and a third
+    // history got in first, two copies move the same transactions to two new site ids and a
+    // counter counts them twice (a limit of rekey, not of what the relay believes).
+    for (const auto& [key, votes] : ledger_votes_) {
+      if (uncheckable_.count(key)) continue;
+      INFO("ledger row " << key);
+      const auto row = relay.query("SELECT votes FROM todo WHERE id = ?", {key});
+      REQUIRE(row.rows.size() == 1);
+      REQUIRE(std::get<std::int64_t>(row.rows[0][0]) == votes);
+    }
+    // No claim moved a sequence counter: every entry anywhere is at most the writes made.
+    const std::uint64_t most = writes_ + ledger_writes_;
+    for (const auto& [site, seq] : relay_held.entries())
+      if (site != hostile_.replica->site_id()) REQUIRE(seq <= most);
     // The digests agree too, asked of the relay over the protocol.
     const std::string relay_digest = relay.digest();
     for (auto& d : devices_) {
@@ -124,6 +175,8 @@ class World {
   }
 
   std::size_t writes() const { return writes_; }
+  std::size_t hostile_frames() const { return hostile_.frames; }
+  std::size_t hostile_refused() const { return hostile_.refused; }
   int clones() const { return clones_; }
   int rekeys() const { return rekeys_; }
 
@@ -195,8 +248,11 @@ class World {
     REQUIRE(sqlite3_backup_step(backup, -1) == SQLITE_DONE);
     sqlite3_backup_finish(backup);
     sqlite3_close(file);
+    d.copied = true;
+    for (const std::string& key : d.ledger) uncheckable_.insert(key);
     Device copy;
-    copy.name = d.name + "-copy";
+    copy.copied = true;
+    copy.name = d.name + "-copy" + std::to_string(clones_);
     copy.replica = storage::Replica::open(path.string(), replica_options());
     REQUIRE(copy.replica->site_id() == d.replica->site_id());
     devices_.push_back(std::move(copy));
@@ -241,6 +297,155 @@ class World {
     if (d.session) d.session->push_local_changes();
   }
 
+  // A row only `d` inserts, or a vote on one of its rows; the expected votes are kept.
+  void write_ledger(Device& d) {
+    if (d.ledger.empty() || pick(3) == 0) {
+      const std::string key = "L-" + d.name + "-" + std::to_string(d.ledger.size());
+      d.replica->query("INSERT INTO todo(id, title) VALUES (?, 'ledger')", {key});
+      d.ledger.push_back(key);
+      ledger_votes_[key] = 0;
+      if (d.copied) uncheckable_.insert(key);
+    } else {
+      const std::string& key = d.ledger[pick(d.ledger.size())];
+      d.replica->query("UPDATE todo SET votes = votes + 1 WHERE id = ?", {key});
+      ++ledger_votes_[key];
+    }
+    ++ledger_writes_;
+    if (d.session) d.session->push_local_changes();
+  }
+
+  // ---- The hostile device ----------------------------------------------------------------
+
+  std::uint64_t wild_seq(std::uint64_t near) {
+    switch (pick(6)) {
+      case 0:
+        return 0;
+      case 1:
+        return near + 1 + pick(3);
+      case 2:
+        return near + 1 + pick(100'000);
+      case 3:
+        return transport::kMaxSequence;
+      case 4:
+        return std::numeric_limits<std::uint64_t>::max() >> 1;  // 2^63 - 1
+      default:
+        return near > 0 ? pick(near) + 1 : 1;
+    }
+  }
+
+  const crdt::SiteId& victim() { return devices_[pick(devices_.size())].replica->site_id(); }
+
+  std::vector<crdt::TxnTag> wild_log(std::uint64_t after, std::uint64_t through) {
+    std::vector<crdt::TxnTag> log;
+    if (pick(2) == 0 && through > after && through - after <= 64) {
+      for (std::uint64_t seq = after + 1; seq <= through; ++seq) log.push_back({seq, rng_()});
+    } else {
+      for (std::size_t i = pick(5); i > 0; --i) log.push_back({wild_seq(after), rng_()});
+    }
+    return log;
+  }
+
+  void hostile_connect() {
+    if (hostile_.connection || healing_) return;
+    if (!hub_) return hostile_reconnect_later();
+    auto [client, server] = net_.connect("hostile", faults_);
+    hub_->accept(server, kNamespace);
+    hostile_.connection = client;
+    hostile_.live = false;
+    std::weak_ptr<transport::Connection> weak = client;
+    client->set_handlers(transport::Connection::Handlers{
+        [this, weak](std::string_view bytes) {
+          if (weak.lock() != hostile_.connection) return;
+          const transport::Frame frame = transport::decode_frame(bytes);
+          if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
+            hostile_.relay_held = welcome->held;
+            hostile_.live = true;
+          } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
+            // It learns what the relay holds, to aim its lies just past it.
+            hostile_.relay_held.merge(crdt::decode_changeset(changes->changeset).until);
+          }
+        },
+        [this, weak](const std::string& reason) {
+          // The loopback drops frames in flight at a close, error frames included: the hub's
+          // close reason names the refusal instead.
+          if (reason.rfind("bad_changeset", 0) == 0 || reason.rfind("malformed", 0) == 0)
+            ++hostile_.refused;
+          net_.post(0, [this, weak] {
+            if (weak.lock() != hostile_.connection) return;
+            hostile_.connection.reset();
+            hostile_.live = false;
+            hostile_reconnect_later();
+          });
+        },
+        {}});
+    // Its own site id or a victim's, with a vector, acked_seq and log that may all lie.
+    transport::Hello hello;
+    hello.site = pick(3) == 0 ? victim() : hostile_.replica->site_id();
+    hostile_.presented = hello.site;
+    hello.ns = kNamespace;
+    hello.token = "device-token";
+    hello.held = hostile_.replica->version_vector();
+    if (pick(2) == 0) hello.held.advance(hello.site, wild_seq(hello.held.get(hello.site)));
+    if (pick(3) == 0) hello.held.advance(victim(), wild_seq(0));
+    hello.schema_fingerprint = hostile_.replica->schema_description();
+    hello.acked_seq = pick(2) == 0 ? 0 : wild_seq(hello.held.get(hello.site));
+    hello.own_log = wild_log(hello.acked_seq, hello.held.get(hello.site));
+    client->send(transport::encode_frame(hello));
+  }
+
+  void hostile_reconnect_later() {
+    if (hostile_.connect_pending || healing_) return;
+    hostile_.connect_pending = true;
+    net_.post(10 + pick(100), [this] {
+      hostile_.connect_pending = false;
+      hostile_connect();
+    });
+  }
+
+  // Writes something of its own, then sends a changes frame that lies in one or more ways.
+  void hostile_act() {
+    if (pick(2) == 0)
+      hostile_.replica->query(
+          "INSERT INTO todo(id, title) VALUES (?, 'x') ON CONFLICT(id) DO "
+          "UPDATE SET votes = votes + 1",
+          {"k" + std::to_string(pick(30))});
+    if (!hostile_.live || !hostile_.connection) return;
+    const crdt::VersionVector& held = hostile_.relay_held;
+    crdt::Changeset c =
+        hostile_.replica->changes_since(pick(2) == 0 ? held : crdt::VersionVector());
+    const crdt::SiteId& own = hostile_.replica->site_id();
+    const crdt::SiteId& site = hostile_.presented;
+    // Its writes stamped as someone else's.
+    if (site != own || pick(3) == 0) {
+      const crdt::SiteId as = site != own ? site : victim();
+      for (auto& id : c.sites)
+        if (id == own) id = as;
+    }
+    if (pick(2) == 0) {
+      const crdt::SiteId& v = victim();
+      c.until.advance(v, wild_seq(held.get(v)));
+    }
+    if (pick(2) == 0) c.until.advance(site, wild_seq(held.get(site)));
+    if (pick(3) == 0) c.rows.clear();  // claims without content
+    switch (pick(4)) {
+      case 0:
+        c.since = crdt::VersionVector();
+        break;
+      case 1:
+        c.since = held;
+        break;
+      case 2:
+        c.since.advance(site, wild_seq(held.get(site)));
+        break;
+      default:
+        break;
+    }
+    std::vector<crdt::TxnTag> log = wild_log(c.since.get(site), c.until.get(site));
+    ++hostile_.frames;
+    hostile_.connection->send(transport::encode_frame(
+        transport::Changes{++hostile_.batch, crdt::encode_changeset(c), std::move(log)}));
+  }
+
   std::uint64_t seed_;
   LoopbackNetwork net_;
   std::filesystem::path dir_;
@@ -249,6 +454,11 @@ class World {
   std::unique_ptr<relay::Hub> hub_;
   std::deque<Device> devices_;  // stable references: callbacks hold them
   std::size_t writes_ = 0;
+  std::size_t ledger_writes_ = 0;
+  std::map<std::string, std::int64_t> ledger_votes_;
+  std::set<std::string> uncheckable_;  // ledger rows of copied files
+  Hostile hostile_;
+  bool healing_ = false;
   int clones_ = 0;
   int rekeys_ = 0;
 };
@@ -256,6 +466,8 @@ class World {
 struct SeedStats {
   int clones = 0;
   int rekeys = 0;
+  std::size_t hostile_frames = 0;
+  std::size_t hostile_refused = 0;
 };
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
@@ -266,7 +478,7 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
   world.storm(steps);
   world.heal();
   world.check();
-  return {world.clones(), world.rekeys()};
+  return {world.clones(), world.rekeys(), world.hostile_frames(), world.hostile_refused()};
 }
 
 TEST_CASE("after a storm of faults every device holds exactly the relay's rows") {
@@ -281,12 +493,18 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     const SeedStats stats = run_seed(seed, 300);  // REQUIREs inside stop at the first failure
     total.clones += stats.clones;
     total.rekeys += stats.rekeys;
+    total.hostile_frames += stats.hostile_frames;
+    total.hostile_refused += stats.hostile_refused;
   }
-  MESSAGE(total.clones << " replica files copied, " << total.rekeys << " rekeys");
+  MESSAGE(total.clones << " replica files copied, " << total.rekeys << " rekeys, "
+                       << total.hostile_frames << " forged changes frames, "
+                       << total.hostile_refused << " refusals of the hostile device");
   // The storm did copy files, and some copies wrote before the relay told them apart.
   if (seeds >= 50) {
     CHECK(total.clones > 0);
     CHECK(total.rekeys > 0);
+    CHECK(total.hostile_frames > 0);
+    CHECK(total.hostile_refused > 0);
   }
 }
 

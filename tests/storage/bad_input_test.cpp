@@ -278,41 +278,21 @@ TEST_CASE("a changeset of a newer format version is refused as unsupported") {
   }
 }
 
-TEST_CASE("a changeset of a table the replica does not replicate is refused, naming the table") {
-  auto source = open_source();
-  source->exec(
-      "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);"
-      "SELECT lattice_replicate('notes');"
-      "INSERT INTO notes VALUES (1, 'hello');");
+TEST_CASE("a changeset row whose table is missing from the changeset's tables is refused") {
   auto target = open_target();
-  const crdt::Changeset cs = source->changes_since({});
-  REQUIRE(cs.tables.size() == 2);
-  SUBCASE("through the codec") {
-    const std::string bytes = crdt::encode_changeset(cs);
-    expect_rejected(*target, ErrorCode::kUnknownTable, "'notes'",
-                    [&] { target->apply(crdt::decode_changeset(bytes)); });
-  }
-  SUBCASE("a row whose table id is missing from the changeset's tables") {
-    crdt::Changeset bad = open_source()->changes_since({});
-    bad.rows.back().table = 12345;
-    expect_rejected(*target, ErrorCode::kUnknownTable, "table id 12345",
-                    [&] { target->apply(bad); });
-  }
+  crdt::Changeset bad = open_source()->changes_since({});
+  bad.rows.back().table = 12345;
+  expect_rejected(*target, ErrorCode::kUnknownTable, "table id 12345", [&] { target->apply(bad); });
 }
 
-TEST_CASE("a changeset of a column the replica's table lacks is refused, naming the column") {
+TEST_CASE("a changeset row writing a column absent from the changeset's schema is refused") {
   auto source = open_source();
   // The target's todo has no `done` column.
   auto target = open_target(
       "CREATE TABLE todo(id TEXT PRIMARY KEY, title TEXT, votes INTEGER NOT NULL DEFAULT 0);"
       "SELECT lattice_replicate('todo', '{\"votes\":\"counter\"}');");
   const crdt::Changeset cs = source->changes_since({});
-  SUBCASE("named in the changeset's schema") {
-    const std::string bytes = crdt::encode_changeset(cs);
-    expect_rejected(*target, ErrorCode::kUnknownColumn, "'todo.done'",
-                    [&] { target->apply(crdt::decode_changeset(bytes)); });
-  }
-  SUBCASE("written by a row but absent from the changeset's schema") {
+  {
     crdt::Changeset bad = cs;
     const crdt::ColumnId done = column_id(bad, "done");
     auto& columns = bad.tables.at(0).columns;

@@ -41,6 +41,7 @@ static jmethodID g_change_dispatch; /* dev.lattice.Replica$Dispatcher.dispatch(C
 static jclass g_status_class;       /* dev.lattice.SyncStatus */
 static jmethodID g_status_init;
 static jmethodID g_status_dispatch; /* dev.lattice.SyncListener.onStatus(SyncStatus) */
+static jmethodID g_token_renew;     /* dev.lattice.TokenRenewer.renew(String) */
 static jmethodID g_throwable_add_suppressed;
 static pthread_key_t g_detach_key;
 
@@ -96,6 +97,11 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM* vm, void* reserved) {
   if (!listener) return JNI_ERR;
   g_status_dispatch = (*env)->GetMethodID(env, listener, "onStatus", "(Ldev/lattice/SyncStatus;)V");
   (*env)->DeleteLocalRef(env, listener);
+  jclass renewer = (*env)->FindClass(env, "dev/lattice/TokenRenewer");
+  if (!renewer) return JNI_ERR;
+  g_token_renew =
+      (*env)->GetMethodID(env, renewer, "renew", "(Ljava/lang/String;)Ljava/lang/String;");
+  (*env)->DeleteLocalRef(env, renewer);
   jclass throwable = (*env)->FindClass(env, "java/lang/Throwable");
   if (!throwable) return JNI_ERR;
   g_throwable_add_suppressed =
@@ -112,7 +118,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM* vm, void* reserved) {
   (*env)->DeleteLocalRef(env, charsets);
   if (!g_exception_init || !g_string_init || !g_string_get_bytes || !g_long_value_of ||
       !g_double_value_of || !g_change_init || !g_status_init || !g_change_dispatch ||
-      !g_status_dispatch || !g_throwable_add_suppressed || !g_utf8)
+      !g_status_dispatch || !g_token_renew || !g_throwable_add_suppressed || !g_utf8)
     return JNI_ERR;
   return JNI_VERSION_1_6;
 }
@@ -348,6 +354,22 @@ JNIEXPORT void JNICALL Java_dev_lattice_Native_replicaReplicate(JNIEnv* env, jcl
   }
   free(c_table);
   free(c_types);
+}
+
+JNIEXPORT jboolean JNICALL Java_dev_lattice_Native_replicaMigrate(JNIEnv* env, jclass cls, jlong h,
+                                                                  jlong version, jstring sql) {
+  (void)cls;
+  char* c_sql = NULL;
+  bool ran = false;
+  if (to_utf8(env, sql, &c_sql, NULL)) {
+    lattice_error error;
+    if (lattice_replica_migrate(HANDLE(JReplica, h)->replica, (int64_t)version, c_sql, &ran,
+                                &error) != LATTICE_OK)
+      throw_error(env, &error);
+  }
+  free(c_sql);
+  rethrow_listener_error(env);
+  return ran ? JNI_TRUE : JNI_FALSE;
 }
 
 JNIEXPORT jstring JNICALL Java_dev_lattice_Native_replicaVersionVector(JNIEnv* env, jclass cls,
@@ -631,7 +653,38 @@ JNIEXPORT void JNICALL Java_dev_lattice_Native_stmtFinalize(JNIEnv* env, jclass 
 typedef struct JSync {
   lattice_sync* sync;
   jobject listener; /* global ref to the SyncListener, or NULL */
+  jobject renewer;  /* global ref to the TokenRenewer, or NULL */
 } JSync;
+
+/* Runs on the sync client's own thread when the relay refused the token. */
+static bool renew_token(void* context, const char* reason, char* out, size_t capacity) {
+  JSync* s = (JSync*)context;
+  JNIEnv* env = current_env();
+  if (!env) return false;
+  if ((*env)->PushLocalFrame(env, 8) != 0) {
+    (*env)->ExceptionClear(env);
+    return false;
+  }
+  bool renewed = false;
+  jstring why = new_string(env, reason, strlen(reason));
+  jstring token =
+      why ? (jstring)(*env)->CallObjectMethod(env, s->renewer, g_token_renew, why) : NULL;
+  if ((*env)->ExceptionCheck(env)) {
+    (*env)->ExceptionDescribe(env);
+    (*env)->ExceptionClear(env);
+  } else if (token) {
+    char* c_token = NULL;
+    size_t size = 0;
+    if (to_utf8(env, token, &c_token, &size) && c_token && size > 0 && size < capacity) {
+      memcpy(out, c_token, size + 1);
+      renewed = true;
+    }
+    free(c_token);
+    if ((*env)->ExceptionCheck(env)) (*env)->ExceptionClear(env);
+  }
+  (*env)->PopLocalFrame(env, NULL);
+  return renewed;
+}
 
 /* Runs on the sync client's own thread, one call at a time. */
 static void on_status(void* context, const lattice_sync_status* status) {
@@ -665,7 +718,7 @@ static void on_status(void* context, const lattice_sync_status* status) {
 JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
     JNIEnv* env, jclass cls, jstring path, jstring url, jstring token, jstring ca_file,
     jboolean allow_insecure_remote, jint min_backoff_ms, jint max_backoff_ms, jint poll_interval_ms,
-    jint connect_timeout_ms, jobject listener) {
+    jint connect_timeout_ms, jobject listener, jobject renewer) {
   (void)cls;
   char *c_path = NULL, *c_url = NULL, *c_token = NULL, *c_ca = NULL;
   JSync* s = NULL;
@@ -693,10 +746,22 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
     options.on_status = on_status;
     options.context = s;
   }
+  if (renewer) {
+    if (!(s->renewer = (*env)->NewGlobalRef(env, renewer))) {
+      if (s->listener) (*env)->DeleteGlobalRef(env, s->listener);
+      free(s);
+      s = NULL;
+      throw_code(env, LATTICE_ERR_INTERNAL, "out of memory");
+      goto done;
+    }
+    options.renew_token = renew_token;
+    options.renew_context = s;
+  }
   lattice_error error;
   s->sync = lattice_sync_start(c_path, c_url, c_token, &options, &error);
   if (!s->sync) {
     if (s->listener) (*env)->DeleteGlobalRef(env, s->listener);
+    if (s->renewer) (*env)->DeleteGlobalRef(env, s->renewer);
     free(s);
     s = NULL;
     throw_error(env, &error);
@@ -732,6 +797,7 @@ JNIEXPORT void JNICALL Java_dev_lattice_Native_syncFree(JNIEnv* env, jclass cls,
   if (!s || refuse_in_callback(env, s, "SyncClient.close()")) return;
   lattice_sync_free(s->sync); /* joins the thread: no callback runs after this */
   if (s->listener) (*env)->DeleteGlobalRef(env, s->listener);
+  if (s->renewer) (*env)->DeleteGlobalRef(env, s->renewer);
   free(s);
 }
 

@@ -192,6 +192,14 @@ LATTICE_API lattice_code lattice_replica_replicate(lattice_replica* replica, con
                                                    const char* column_types_json,
                                                    lattice_error* error) LATTICE_NOEXCEPT;
 
+/* Runs `sql`, the migration numbered `version` (1 and up), once: in one transaction, unless
+ * the replica's schema version is already `version` or later (docs/schema-evolution.md).
+ * `*ran` (may be NULL) says whether it ran. LATTICE_ERR_SCHEMA when migration `version` ran
+ * before with other SQL; nothing of a failing migration is applied. */
+LATTICE_API lattice_code lattice_replica_migrate(lattice_replica* replica, int64_t version,
+                                                 const char* sql, bool* ran,
+                                                 lattice_error* error) LATTICE_NOEXCEPT;
+
 /* This replica's version vector as JSON, {"<32 hex digits site id>": seq, ...}, into `out`
  * (OWNED: free with lattice_buffer_free; NUL-terminated). */
 LATTICE_API lattice_code lattice_replica_version_vector(lattice_replica* replica,
@@ -411,6 +419,15 @@ typedef struct lattice_sync_status {
  * not block for long and must not call lattice_sync_stop() or lattice_sync_free(). */
 typedef void (*lattice_sync_status_callback)(void* context, const lattice_sync_status* status);
 
+/* Called on the sync client's thread when the relay refuses the token as unauthorized (it
+ * expired on an open connection, or at a hello), with the relay's reason (BORROWED for the call).
+ * Write a new NUL-terminated token into `out` (`capacity` bytes, room for any token a relay
+ * accepts) and return true to reconnect with it at once; return false to give up (the client then
+ * stays offline: fatal). It may block while it fetches a token (the client's I/O waits) and must
+ * not call lattice_sync_stop() or lattice_sync_free(). Added in API version 2. */
+typedef bool (*lattice_sync_token_callback)(void* context, const char* reason, char* out,
+                                            size_t capacity);
+
 typedef struct lattice_sync_options {
   size_t struct_size;         /* sizeof(lattice_sync_options) */
   const char* ca_file;        /* PEM certificates to trust besides the system's; NULL: none */
@@ -419,11 +436,13 @@ typedef struct lattice_sync_options {
   int max_backoff_ms;         /* largest reconnect delay; 0: 30000 */
   int poll_interval_ms;       /* how often other connections' writes are looked for; 0: 50 */
   int connect_timeout_ms;     /* bound on one connection attempt; 0: 10000 */
-  lattice_sync_status_callback on_status; /* NULL: none */
-  void* context;                          /* passed to on_status */
+  lattice_sync_status_callback on_status;  /* NULL: none */
+  void* context;                           /* passed to on_status */
+  lattice_sync_token_callback renew_token; /* NULL: an unauthorized token is fatal (API 2) */
+  void* renew_context;                     /* passed to renew_token (API 2) */
 } lattice_sync_options;
 #define LATTICE_SYNC_OPTIONS_INIT \
-  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL }
+  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL, NULL, NULL }
 
 /* Starts keeping the replica file at `replica_path` in sync with the relay at `url`
  * (wss://HOST:PORT/NAMESPACE, or ws:// to loopback) using bearer `token`; `options` may be NULL.

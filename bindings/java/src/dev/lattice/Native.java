@@ -30,6 +30,8 @@ final class Native {
 
   static native void replicaReplicate(long replica, String table, String columnTypesJson);
 
+  static native boolean replicaMigrate(long replica, long version, String sql);
+
   static native String replicaVersionVector(long replica);
 
   static native byte[] replicaChangesSince(long replica, String sinceJson, long maxChanges);
@@ -71,7 +73,7 @@ final class Native {
 
   static native long syncStart(String replicaPath, String url, String token, String caFile,
       boolean allowInsecureRemote, int minBackoffMs, int maxBackoffMs, int pollIntervalMs,
-      int connectTimeoutMs, SyncListener listener);
+      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer);
 
   static native void syncStop(long sync);
 

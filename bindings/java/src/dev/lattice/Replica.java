@@ -46,6 +46,15 @@ public final class Replica implements AutoCloseable {
     Native.replicaReplicate(live(), Objects.requireNonNull(table, "table"), columnTypesJson);
   }
 
+  /**
+   * Runs {@code sql}, the migration numbered {@code version} (1 and up), once, in one
+   * transaction; returns whether it ran (false when the schema is already at that version or
+   * later). Throws SCHEMA when migration {@code version} ran before with other SQL.
+   */
+  public synchronized boolean migrate(long version, String sql) {
+    return Native.replicaMigrate(live(), version, Objects.requireNonNull(sql, "sql"));
+  }
+
   /** This replica's version vector as JSON, {"<site id>": seq, ...}. */
   public synchronized String versionVector() {
     return Native.replicaVersionVector(live());

@@ -18,6 +18,7 @@ public final class SyncClient implements AutoCloseable {
     int pollIntervalMs;
     int connectTimeoutMs;
     SyncListener listener;
+    TokenRenewer tokenRenewer;
 
     /** PEM certificates to trust besides the system's (a self-signed relay). */
     public Options caFile(String path) {
@@ -47,6 +48,12 @@ public final class SyncClient implements AutoCloseable {
     /** Bound on one connection attempt (0: 10000 ms). */
     public Options connectTimeoutMs(int ms) {
       connectTimeoutMs = ms;
+      return this;
+    }
+
+    /** Asked for a new token when the relay refuses the current one (it expired). */
+    public Options tokenRenewer(TokenRenewer renewer) {
+      tokenRenewer = renewer;
       return this;
     }
 
@@ -108,7 +115,7 @@ public final class SyncClient implements AutoCloseable {
     Dispatcher dispatcher = o.listener != null ? new Dispatcher(o.listener) : null;
     return new SyncClient(Native.syncStart(replicaPath, url, token, o.caFile,
                               o.allowInsecureRemote, o.minBackoffMs, o.maxBackoffMs,
-                              o.pollIntervalMs, o.connectTimeoutMs, dispatcher),
+                              o.pollIntervalMs, o.connectTimeoutMs, dispatcher, o.tokenRenewer),
         dispatcher);
   }
 

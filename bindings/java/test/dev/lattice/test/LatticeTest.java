@@ -314,6 +314,7 @@ public final class LatticeTest {
     Path schema = dir.resolve("schema.sql");
     Files.write(keys, "k1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n"
         .getBytes(StandardCharsets.UTF_8));
+    Files.setPosixFilePermissions(keys, java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
     Files.write(schema, (SCHEMA + ";\nSELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n")
         .getBytes(StandardCharsets.UTF_8));
     Process relay = new ProcessBuilder(relayPath, "serve", "--listen", "127.0.0.1:0", "--data",
@@ -414,6 +415,24 @@ public final class LatticeTest {
           check(waitFor(() -> !refused.isEmpty(), 5000)
                   && refused.get(0).code() == LatticeException.STATE,
               "stop() from the listener refused: " + refused);
+        }
+        // A token that expires on the open connection is renewed by the TokenRenewer, on the
+        // sync thread.
+        String shortToken = run(List.of(relayPath, "token", "--key-file", keys.toString(), "--ns",
+            "board", "--rights", "read,write", "--ttl", "2s"), 20);
+        List<String> renewReasons = new CopyOnWriteArrayList<>();
+        try (SyncClient renewing = SyncClient.start(phonePath, url, shortToken,
+                 new SyncClient.Options().backoffMs(50, 500).pollIntervalMs(20).tokenRenewer(
+                     reason -> {
+                       renewReasons.add(reason);
+                       return token;
+                     }))) {
+          check(renewing.waitInSync(20_000), "in sync with the short token");
+          Thread.sleep(3000);
+          phone.exec("INSERT INTO todo(id, title) VALUES ('late', 'after expiry')");
+          check(renewing.waitInSync(20_000), "in sync again after renewal: " + renewing.lastError());
+          check(renewReasons.size() == 1 && renewReasons.get(0).contains("expired"),
+              "renewed once: " + renewReasons);
         }
         checkThrows(LatticeException.INVALID_ARGUMENT,
             () -> SyncClient.start(phonePath, "http://127.0.0.1:1/board", token, null),
