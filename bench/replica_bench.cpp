@@ -671,7 +671,7 @@ int run_import(const Options& options) {
       // The same import through the capture triggers: what the direct path saves.
       auto captured = open_replica(dir / "captured.db");
       lattice::ImportOptions statements;
-      statements.path = lattice::BulkPath::kStatements;
+      statements.bulk_path = lattice::BulkPath::kStatements;
       start = Clock::now();
       lattice::import_file(*captured, "t", csv.string(), statements);
       const double captured_ms = elapsed_ms(start);

@@ -812,6 +812,42 @@ std::string check_date_format(std::string_view pattern) {
   return {};
 }
 
+SourceValue source_from_json(const boost::json::value* value, std::string& storage) {
+  namespace json = boost::json;
+  SourceValue source;
+  source.from_json = true;
+  if (!value) return source;  // kMissing
+  switch (value->kind()) {
+    case json::kind::null:
+      source.kind = SourceValue::Kind::kNull;
+      break;
+    case json::kind::string:
+      source.kind = SourceValue::Kind::kText;
+      source.text = std::string_view(value->get_string().data(), value->get_string().size());
+      source.quoted = true;
+      break;
+    case json::kind::int64:
+      source.kind = SourceValue::Kind::kInteger;
+      source.integer = value->get_int64();
+      break;
+    case json::kind::uint64:
+    case json::kind::double_:
+      source.kind = SourceValue::Kind::kReal;
+      source.real = value->to_number<double>();
+      break;
+    case json::kind::bool_:
+      source.kind = SourceValue::Kind::kBoolean;
+      source.boolean = value->get_bool();
+      break;
+    default:
+      source.kind = SourceValue::Kind::kStructured;
+      storage = json::serialize(*value);
+      source.text = storage;
+      source.json = value;
+  }
+  return source;
+}
+
 std::optional<crdt::Value> convert_value(const ValueFormat& format, const SourceValue& source,
                                          std::string& error) {
   using Kind = SourceValue::Kind;

@@ -76,6 +76,10 @@ struct ValueFormat {
   std::optional<crdt::Value> default_value;  // for a missing or NULL value; already converted
 };
 
+// A JSON value (nullptr: a missing member) as a SourceValue. An object or array is serialized
+// into `storage`, which the result's text then views; both must outlive the result.
+SourceValue source_from_json(const boost::json::value* value, std::string& storage);
+
 // Converts `source` by `format`: the value to store, or nullopt with `error` set to a short
 // reason naming the value ("'2024-13-45' is not a date: month 13", "'12a' is not an integer").
 // A missing value, JSON null, an unquoted empty CSV field, or a text in null_texts is the

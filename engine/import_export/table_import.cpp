@@ -105,6 +105,8 @@ class Importer {
   void finish_plan();
   void import_csv(std::FILE* f);
   void import_json(std::FILE* f);
+  const json::value* locate(const Target& target, const json::value& record) const;
+  std::string unknown_member(const json::object& object) const;
   std::optional<crdt::Value> value_for(const Target& target, const SourceValue& source,
                                        std::string& error) const;
   void add_row(std::uint64_t record, std::uint64_t line, std::vector<crdt::Value> row);
@@ -401,7 +403,7 @@ void Importer::add_row(std::uint64_t record, std::uint64_t line, std::vector<crd
 void Importer::flush() {
   if (!rows_.empty()) {
     const storage::BulkResult written =
-        replica_.bulk_write(table_, target_names_, rows_, options_.path);
+        replica_.bulk_write(table_, target_names_, rows_, options_.bulk_path);
     result_.inserted += written.inserted;
     result_.updated += written.updated;
     result_.unchanged += written.unchanged;
@@ -507,6 +509,34 @@ void Importer::import_csv(std::FILE* f) {
   }
 }
 
+// The value a target takes from a JSON record: its Pointer, or its member (without a mapping,
+// matched without regard to case as columns are), or nullptr.
+const json::value* Importer::locate(const Target& t, const json::value& record) const {
+  if (!t.pointer.empty()) {
+    json::error_code ec;
+    return record.find_pointer(json::string_view(t.pointer.data(), t.pointer.size()), ec);
+  }
+  const json::object& object = record.get_object();
+  if (const auto* v = object.if_contains(json::string_view(t.member.data(), t.member.size())))
+    return v;
+  if (!mapping_)
+    for (const auto& member : object)
+      if (lower(std::string_view(member.key().data(), member.key().size())) == lower(t.member))
+        return &member.value();
+  return nullptr;
+}
+
+// Without a mapping, a member that names no column: a misspelt name would otherwise be dropped
+// silently. Empty when there is none.
+std::string Importer::unknown_member(const json::object& object) const {
+  if (mapping_) return {};
+  for (const auto& member : object) {
+    const std::string_view key(member.key().data(), member.key().size());
+    if (!column_named(key)) return std::string(key);
+  }
+  return {};
+}
+
 void Importer::import_json(std::FILE* f) {
   JsonRecordReader reader(source_of(f, path_),
                           options_.format == DataFormat::kJson ? JsonRecordReader::Layout::kArray
@@ -525,82 +555,26 @@ void Importer::import_json(std::FILE* f) {
       reject({record.number, record.line, "", record.error, data()});
       continue;
     }
-    const json::object& object = record.value.get_object();
-    if (!mapping_) {
-      // Every member must be a column: a misspelt name would otherwise be dropped silently.
-      std::string unknown;
-      for (const auto& member : object)
-        if (!column_named(std::string_view(member.key().data(), member.key().size()))) {
-          unknown = std::string(member.key().data(), member.key().size());
-          break;
-        }
-      if (!unknown.empty()) {
-        reject({record.number, record.line, "",
-                "the member '" + unknown + "' is no column of table " + table_ +
-                    "; map the file's members with a mapping file (--map)",
-                data()});
-        continue;
-      }
+    if (const std::string unknown = unknown_member(record.value.get_object()); !unknown.empty()) {
+      reject({record.number, record.line, "",
+              "the member '" + unknown + "' is no column of table " + table_ +
+                  "; map the file's members with a mapping file (--map)",
+              data()});
+      continue;
     }
     std::vector<crdt::Value> row;
     row.reserve(targets_.size());
     bool ok = true;
-    for (std::size_t i = 0; i < targets_.size(); ++i) {
-      const Target& t = targets_[i];
-      const json::value* v = nullptr;
-      if (!t.pointer.empty()) {
-        json::error_code ec;
-        v = record.value.find_pointer(json::string_view(t.pointer.data(), t.pointer.size()), ec);
-      } else {
-        v = object.if_contains(json::string_view(t.member.data(), t.member.size()));
-        if (!v && !mapping_)
-          for (const auto& member : object)
-            if (lower(std::string_view(member.key().data(), member.key().size())) ==
-                lower(t.member))
-              v = &member.value();
-      }
-      SourceValue source;
-      source.from_json = true;
-      if (!v) {
-        source.kind = SourceValue::Kind::kMissing;
-      } else {
-        switch (v->kind()) {
-          case json::kind::null:
-            source.kind = SourceValue::Kind::kNull;
-            break;
-          case json::kind::string:
-            source.kind = SourceValue::Kind::kText;
-            source.text = std::string_view(v->get_string().data(), v->get_string().size());
-            source.quoted = true;
-            break;
-          case json::kind::int64:
-            source.kind = SourceValue::Kind::kInteger;
-            source.integer = v->get_int64();
-            break;
-          case json::kind::uint64:
-          case json::kind::double_:
-            source.kind = SourceValue::Kind::kReal;
-            source.real = v->to_number<double>();
-            break;
-          case json::kind::bool_:
-            source.kind = SourceValue::Kind::kBoolean;
-            source.boolean = v->get_bool();
-            break;
-          default:
-            source.kind = SourceValue::Kind::kStructured;
-            storage[i] = json::serialize(*v);
-            source.text = storage[i];
-            source.json = v;
-        }
-      }
+    for (std::size_t i = 0; i < targets_.size() && ok; ++i) {
+      const SourceValue source = source_from_json(locate(targets_[i], record.value), storage[i]);
       std::string error;
-      auto value = value_for(t, source, error);
-      if (!value) {
-        reject({record.number, record.line, t.column->name, error, data()});
+      auto value = value_for(targets_[i], source, error);
+      if (value) {
+        row.push_back(std::move(*value));
+      } else {
+        reject({record.number, record.line, targets_[i].column->name, error, data()});
         ok = false;
-        break;
       }
-      row.push_back(std::move(*value));
     }
     if (ok) add_row(record.number, record.line, std::move(row));
   }

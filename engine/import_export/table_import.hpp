@@ -57,7 +57,7 @@ struct ImportOptions {
   // Called on the calling thread after each batch commits, and once before the first.
   std::function<void(const ImportProgress&)> on_progress;
   // How rows are written (storage::Replica::bulk_write); kStatements is for tests.
-  storage::BulkPath path = storage::BulkPath::kAuto;
+  storage::BulkPath bulk_path = storage::BulkPath::kAuto;
 };
 
 struct ImportResult {

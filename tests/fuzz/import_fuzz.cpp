@@ -4,7 +4,6 @@
 // never a crash, a hang or memory beyond the limits. Built only with -DLATTICE_FUZZ=ON under
 // clang; see tests/fuzz/CMakeLists.txt.
 
-#include <boost/json/serialize.hpp>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -77,31 +76,8 @@ void read_json(const std::string& bytes, JsonRecordReader::Layout layout) {
   while (reader.next(record)) {
     if (!record.error.empty()) continue;
     for (const auto& member : record.value.get_object()) {
-      const auto& v = member.value();
-      SourceValue value;
-      value.from_json = true;
-      std::string text;
-      if (v.is_string()) {
-        value.kind = SourceValue::Kind::kText;
-        value.text = std::string_view(v.get_string().data(), v.get_string().size());
-        value.quoted = true;
-      } else if (v.is_int64()) {
-        value.kind = SourceValue::Kind::kInteger;
-        value.integer = v.get_int64();
-      } else if (v.is_number()) {
-        value.kind = SourceValue::Kind::kReal;
-        value.real = v.to_number<double>();
-      } else if (v.is_bool()) {
-        value.kind = SourceValue::Kind::kBoolean;
-        value.boolean = v.get_bool();
-      } else if (v.is_null()) {
-        value.kind = SourceValue::Kind::kNull;
-      } else {
-        value.kind = SourceValue::Kind::kStructured;
-        text = boost::json::serialize(v);
-        value.text = text;
-        value.json = &v;
-      }
+      std::string storage;
+      const SourceValue value = source_from_json(&member.value(), storage);
       convert_all(value);
     }
   }
