@@ -1,12 +1,13 @@
 #include "engine/import_export/conversion.hpp"
 
 #include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
+
+#include "crdt/json.hpp"
 
 namespace lattice::engine {
 
@@ -642,21 +643,26 @@ std::optional<crdt::Value> to_blob(const ValueFormat& format, const SourceValue&
 
 std::optional<crdt::Value> to_json(const SourceValue& source, std::string& error) {
   namespace json = boost::json;
-  if (source.kind == SourceValue::Kind::kText && !source.from_json) {
-    // A CSV field holds JSON text: it must be JSON.
-    json::error_code ec;
-    const json::value parsed =
-        json::parse(json::string_view(source.text.data(), source.text.size()), ec);
-    if (ec) {
-      error = shown(source.text) + " is not JSON (" + ec.message() + ")";
-      return std::nullopt;
+  switch (source.kind) {
+    case SourceValue::Kind::kText: {
+      if (source.from_json) return crdt::Value{crdt::json_quote(source.text)};
+      // A CSV field holds JSON text: it must be JSON.
+      json::error_code ec;
+      const json::value parsed =
+          json::parse(json::string_view(source.text.data(), source.text.size()), ec);
+      if (ec) {
+        error = shown(source.text) + " is not JSON (" + ec.message() + ")";
+        return std::nullopt;
+      }
+      return crdt::Value{json_text(parsed)};
     }
-    return crdt::Value{json::serialize(parsed)};
+    case SourceValue::Kind::kReal:
+      return crdt::Value{crdt::json_value(crdt::Value{source.real})};
+    case SourceValue::Kind::kStructured:
+      return crdt::Value{std::string(source.text)};
+    default:
+      return crdt::Value{scalar_text(source)};
   }
-  if (source.kind == SourceValue::Kind::kText)
-    return crdt::Value{
-        json::serialize(json::value(json::string_view(source.text.data(), source.text.size())))};
-  return crdt::Value{scalar_text(source)};
 }
 
 // The file's own type (ValueType::kAny).
@@ -812,6 +818,44 @@ std::string check_date_format(std::string_view pattern) {
   return {};
 }
 
+std::string json_text(const boost::json::value& value) {
+  namespace json = boost::json;
+  switch (value.kind()) {
+    case json::kind::object: {
+      std::string out = "{";
+      for (const auto& member : value.get_object()) {
+        if (out.size() > 1) out += ',';
+        out += crdt::json_quote(std::string_view(member.key().data(), member.key().size()));
+        out += ':';
+        out += json_text(member.value());
+      }
+      return out + "}";
+    }
+    case json::kind::array: {
+      std::string out = "[";
+      for (const auto& element : value.get_array()) {
+        if (out.size() > 1) out += ',';
+        out += json_text(element);
+      }
+      return out + "]";
+    }
+    case json::kind::string:
+      return crdt::json_quote(
+          std::string_view(value.get_string().data(), value.get_string().size()));
+    case json::kind::int64:
+      return std::to_string(value.get_int64());
+    case json::kind::uint64:
+      return std::to_string(value.get_uint64());
+    case json::kind::double_:
+      return crdt::json_value(crdt::Value{value.get_double()});
+    case json::kind::bool_:
+      return value.get_bool() ? "true" : "false";
+    case json::kind::null:
+      break;
+  }
+  return "null";
+}
+
 SourceValue source_from_json(const boost::json::value* value, std::string& storage) {
   namespace json = boost::json;
   SourceValue source;
@@ -841,7 +885,7 @@ SourceValue source_from_json(const boost::json::value* value, std::string& stora
       break;
     default:
       source.kind = SourceValue::Kind::kStructured;
-      storage = json::serialize(*value);
+      storage = json_text(*value);
       source.text = storage;
       source.json = value;
   }

@@ -76,6 +76,10 @@ struct ValueFormat {
   std::optional<crdt::Value> default_value;  // for a missing or NULL value; already converted
 };
 
+// `value` as compact JSON text, the form an import stores JSON in: no spaces, numbers as
+// crdt::json_value writes them (`1.5`, `100.0`, `12`; not Boost.JSON's `1.5E0`, `1E2`).
+std::string json_text(const boost::json::value& value);
+
 // A JSON value (nullptr: a missing member) as a SourceValue. An object or array is serialized
 // into `storage`, which the result's text then views; both must outlive the result.
 SourceValue source_from_json(const boost::json::value* value, std::string& storage);

@@ -5,7 +5,6 @@
 
 #include "engine/import_export/table_import.hpp"
 
-#include <boost/json/serialize.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -549,7 +548,7 @@ void Importer::import_json(std::FILE* f) {
     auto data = [&] {
       return !record.text.empty()     ? record.text
              : record.value.is_null() ? std::string()
-                                      : cut(json::serialize(record.value));
+                                      : cut(json_text(record.value));
     };
     if (!record.error.empty()) {
       reject({record.number, record.line, "", record.error, data()});

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <filesystem>
 #include <fstream>
@@ -283,6 +284,19 @@ TEST_CASE("booleans, blobs and JSON") {
   CHECK(convert(base64, text("a!")) == "!'a!' is not base64");
   CHECK(convert(of(ValueType::kJson), text("{\"a\": [1, 2]}", true)) == "text:{\"a\":[1,2]}");
   CHECK(convert(of(ValueType::kJson), text("{oops")).rfind("!'{oops' is not JSON", 0) == 0);
+  // Numbers keep their ordinary form, not Boost.JSON's 1.5E0, whether the JSON comes from a CSV
+  // field or from a JSON record's member.
+  CHECK(convert(of(ValueType::kJson), text("{\"x\": 1.5, \"y\": 100.0, \"z\": [1e3, -7]}")) ==
+        "text:{\"x\":1.5,\"y\":100.0,\"z\":[1000.0,-7]}");
+  const boost::json::value record = boost::json::parse(
+      "{\"o\": {\"x\": 0.1, \"big\": 18446744073709551615, \"s\": \"\\u00e9\"}, \"r\": 2.5}");
+  std::string storage;
+  CHECK(convert(of(ValueType::kJson), engine::source_from_json(&record.at("o"), storage)) ==
+        "text:{\"x\":0.1,\"big\":18446744073709551615,\"s\":\"\xC3\xA9\"}");
+  CHECK(convert(of(ValueType::kJson), engine::source_from_json(&record.at("r"), storage)) ==
+        "text:2.5");
+  CHECK(convert(of(ValueType::kText), engine::source_from_json(&record.at("o"), storage)) ==
+        "text:{\"x\":0.1,\"big\":18446744073709551615,\"s\":\"\xC3\xA9\"}");
 }
 
 TEST_CASE("dates: ISO 8601 or a pattern, checked against the calendar") {
