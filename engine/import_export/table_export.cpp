@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <boost/json/parse.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include "crdt/json.hpp"
 #include "engine/import_export/conversion.hpp"
 #include "engine/import_export/csv.hpp"
+#include "engine/import_export/mapping.hpp"
 #include "storage/sqlite.hpp"
 
 namespace lattice::engine {
@@ -48,8 +50,10 @@ class Writer {
   Writer(DataFormat format, const std::function<void(std::string_view)>& write)
       : format_(format), write_(write) {}
 
-  void begin(const std::vector<std::string>& names) {
+  // `json_columns[i]`: column i is declared JSON, so its text is written as the JSON it holds.
+  void begin(const std::vector<std::string>& names, const std::vector<bool>& json_columns) {
     names_ = names;
+    json_columns_ = json_columns;
     if (format_ == DataFormat::kCsv) {
       for (std::size_t i = 0; i < names.size(); ++i) {
         if (i) out_ += ',';
@@ -84,7 +88,7 @@ class Writer {
         if (i) out_ += ", ";
         out_ += quoted_names_[i];
         out_ += ": ";
-        out_ += crdt::json_value(values[i]);
+        append_json(i, values[i]);
       }
       out_ += '}';
       if (format_ == DataFormat::kNdjson) out_ += '\n';
@@ -98,6 +102,22 @@ class Writer {
   }
 
  private:
+  // A JSON column's text as the JSON it holds (import reads it back into the same text when it
+  // is compact, as import stores it); any other value, or text that is not JSON, as it is.
+  void append_json(std::size_t column, const crdt::Value& value) {
+    const auto* text = std::get_if<std::string>(&value);
+    if (text && json_columns_[column]) {
+      boost::json::error_code ec;
+      const boost::json::value parsed =
+          boost::json::parse(boost::json::string_view(text->data(), text->size()), ec);
+      if (!ec && !parsed.is_null()) {
+        out_ += json_text(parsed);
+        return;
+      }
+    }
+    out_ += crdt::json_value(value);
+  }
+
   void flush() {
     if (out_.empty()) return;
     write_(out_);
@@ -107,6 +127,7 @@ class Writer {
   DataFormat format_;
   const std::function<void(std::string_view)>& write_;
   std::vector<std::string> names_, quoted_names_;
+  std::vector<bool> json_columns_;
   std::string out_;
 };
 
@@ -138,12 +159,17 @@ ExportResult export_rows(storage::Replica& replica, std::string_view table_or_qu
       throw Error(ErrorCode::kInvalidArgument,
                   what + ": export runs only statements that read rows (a SELECT)");
     std::vector<std::string> names;
+    std::vector<bool> json_columns;
     for (int i = 0; i < sqlite3_column_count(raw); ++i) {
       const char* name = sqlite3_column_name(raw, i);
       names.emplace_back(name ? name : "");
+      const char* declared = sqlite3_column_decltype(raw, i);
+      json_columns.push_back(declared &&
+                             default_type(declared, storage::affinity_of_declared_type(declared),
+                                          false) == ValueType::kJson);
     }
     Writer writer(format, write);
-    writer.begin(names);
+    writer.begin(names, json_columns);
     std::vector<crdt::Value> values(names.size());
     for (;;) {
       const int step = sqlite3_step(raw);

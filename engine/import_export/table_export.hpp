@@ -28,7 +28,8 @@ struct ExportResult {
 // statement that returns rows. CSV: a header line of the column names, then a line per row:
 // NULL as an empty field, text always quoted, integers in decimal, reals in the shortest form
 // that reads back exactly, blobs as \x and hex digits. NDJSON: an object per line. JSON: one
-// array of objects. In JSON, members follow the columns' order; blobs are {"blob": "<hex>"}.
+// array of objects. In JSON, members follow the columns' order; blobs are {"blob": "<hex>"};
+// the text of a column declared JSON is written as the JSON it holds.
 //
 // Throws Error: kInvalidArgument (not a table, a view or one read-only statement returning
 // rows; a text value that is not UTF-8, which JSON cannot carry, naming its row and column),

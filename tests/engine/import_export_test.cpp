@@ -728,6 +728,34 @@ TEST_CASE("what export writes, import reads back to the same rows, in every form
   }
 }
 
+TEST_CASE("a JSON column is exported as the JSON it holds, and reads back to the same text") {
+  TempDir dir;
+  constexpr const char* kSchema =
+      "CREATE TABLE d(id TEXT PRIMARY KEY, body JSON);"
+      "SELECT lattice_replicate('d');";
+  auto source_replica = storage::Replica::open((dir.path / "source.db").string());
+  source_replica->exec(kSchema);
+  source_replica->exec(
+      "INSERT INTO d VALUES ('a', '{\"tags\":[\"x\",\"y\"],\"n\":1.5}'), ('b', '\"text\"'), "
+      "('c', '5'), ('d', '[]'), ('e', NULL)");
+  std::string ndjson;
+  engine::export_rows(*source_replica, "SELECT * FROM d WHERE id = 'a'", DataFormat::kNdjson,
+                      [&](std::string_view bytes) { ndjson += bytes; });
+  CHECK(ndjson == "{\"id\": \"a\", \"body\": {\"tags\":[\"x\",\"y\"],\"n\":1.5}}\n");
+  for (DataFormat format : {DataFormat::kCsv, DataFormat::kNdjson, DataFormat::kJson}) {
+    CAPTURE(engine::data_format_name(format));
+    const std::string name = engine::data_format_name(format);
+    const std::string path = (dir.path / ("d." + name)).string();
+    CHECK(engine::export_file(*source_replica, "d", format, path).rows == 5);
+    auto copy = storage::Replica::open((dir.path / ("copy-" + name + ".db")).string());
+    copy->exec(kSchema);
+    engine::ImportOptions options;
+    options.format = format;
+    CHECK(engine::import_file(*copy, "d", path, options).rejected == 0);
+    CHECK(test::dump_table(*copy, "d") == test::dump_table(*source_replica, "d"));
+  }
+}
+
 TEST_CASE("export writes a table in key order, or a query's rows, and refuses anything else") {
   TempDir dir;
   auto replica = storage::Replica::open((dir.path / "r.db").string());
