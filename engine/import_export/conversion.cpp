@@ -537,6 +537,7 @@ std::string scalar_text(const SourceValue& source) {
     case SourceValue::Kind::kInteger:
       return std::to_string(source.integer);
     case SourceValue::Kind::kReal: {
+      if (!source.text.empty()) return std::string(source.text);
       char buffer[32];
       auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, source.real);
       return std::string(buffer, end);
@@ -557,10 +558,13 @@ std::optional<crdt::Value> to_integer(const ValueFormat& format, const SourceVal
     case Kind::kBoolean:
       return crdt::Value{std::int64_t{source.boolean ? 1 : 0}};
     case Kind::kReal:
-      if (std::trunc(source.real) == source.real && source.real >= -9223372036854775808.0 &&
-          source.real < 9223372036854775808.0)
+      if (std::trunc(source.real) != source.real) {
+        error = scalar_text(source) + " is not an integer";
+      } else if (source.real < -9223372036854775808.0 || source.real >= 9223372036854775808.0) {
+        error = scalar_text(source) + " is out of the range of a 64-bit integer";
+      } else {
         return crdt::Value{static_cast<std::int64_t>(source.real)};
-      error = scalar_text(source) + " is not an integer";
+      }
       return std::nullopt;
     case Kind::kText:
       if (auto v = parse_integer(format, source.text, error)) return crdt::Value{*v};
@@ -657,6 +661,7 @@ std::optional<crdt::Value> to_json(const SourceValue& source, std::string& error
       return crdt::Value{json_text(parsed)};
     }
     case SourceValue::Kind::kReal:
+      if (!source.text.empty()) return crdt::Value{std::string(source.text)};
       return crdt::Value{crdt::json_value(crdt::Value{source.real})};
     case SourceValue::Kind::kStructured:
       return crdt::Value{std::string(source.text)};
@@ -875,9 +880,15 @@ SourceValue source_from_json(const boost::json::value* value, std::string& stora
       source.integer = value->get_int64();
       break;
     case json::kind::uint64:
+      // Over the range of int64: a real, whose text keeps every digit for text and messages.
+      source.kind = SourceValue::Kind::kReal;
+      source.real = static_cast<double>(value->get_uint64());
+      storage = std::to_string(value->get_uint64());
+      source.text = storage;
+      break;
     case json::kind::double_:
       source.kind = SourceValue::Kind::kReal;
-      source.real = value->to_number<double>();
+      source.real = value->get_double();
       break;
     case json::kind::bool_:
       source.kind = SourceValue::Kind::kBoolean;
@@ -897,6 +908,11 @@ std::optional<crdt::Value> convert_value(const ValueFormat& format, const Source
   using Kind = SourceValue::Kind;
   const crdt::Value null_or_default = format.default_value.value_or(crdt::Value{});
   if (source.kind == Kind::kMissing || source.kind == Kind::kNull) return null_or_default;
+  if (source.kind == Kind::kReal && !std::isfinite(source.real)) {
+    // A JSON number past a double's range (1e999), which Boost.JSON reads as an infinity.
+    error = "a number is out of the range of a real";
+    return std::nullopt;
+  }
   if (source.kind == Kind::kText) {
     if (!source.quoted && source.text.empty()) return null_or_default;
     const std::string_view t = trimmed(source.text);

@@ -267,6 +267,23 @@ TEST_CASE("numbers: integers and reals, with the separators a mapping names") {
   CHECK(convert(of(ValueType::kInteger), three) == "integer:3");
   three.real = 3.5;
   CHECK(convert(of(ValueType::kInteger), three) == "!3.5 is not an integer");
+  // JSON numbers past int64 or past a double: named as written, never stored changed.
+  const boost::json::value record =
+      boost::json::parse("{\"u\": 12345678901234567890, \"d\": -1e30, \"inf\": 1e999}");
+  std::string storage;
+  const SourceValue u = engine::source_from_json(&record.at("u"), storage);
+  CHECK(convert(of(ValueType::kInteger), u) ==
+        "!12345678901234567890 is out of the range of a 64-bit integer");
+  CHECK(convert(of(ValueType::kText), u) == "text:12345678901234567890");
+  CHECK(convert(of(ValueType::kJson), u) == "text:12345678901234567890");
+  CHECK(convert(of(ValueType::kReal), u) == "real:1.23457e+19");
+  std::string storage2;
+  CHECK(convert(of(ValueType::kInteger), engine::source_from_json(&record.at("d"), storage2)) ==
+        "!-1e+30 is out of the range of a 64-bit integer");
+  const SourceValue inf = engine::source_from_json(&record.at("inf"), storage2);
+  for (ValueType type :
+       {ValueType::kReal, ValueType::kNumber, ValueType::kAny, ValueType::kText, ValueType::kJson})
+    CHECK(convert(of(type), inf) == "!a number is out of the range of a real");
 }
 
 TEST_CASE("booleans, blobs and JSON") {
