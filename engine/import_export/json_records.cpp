@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "crdt/error.hpp"
+#include "engine/import_export/conversion.hpp"
 
 namespace lattice::engine {
 
@@ -37,6 +38,13 @@ const char* kind_name(const json::value& v) {
 }
 
 struct ArrayHandler;
+
+// Where, in the `parsed` bytes of `text` the parser read before refusing it, a byte is not UTF-8
+// (Boost.JSON calls those a "syntax error" too), or npos.
+std::size_t bad_utf8_before(std::string_view text, std::size_t parsed) {
+  const std::size_t bad = invalid_utf8_at(text);
+  return bad < parsed ? bad : std::string_view::npos;
+}
 
 }  // namespace
 
@@ -252,6 +260,13 @@ void JsonRecordReader::State::feed(const char* data, std::size_t size, bool more
                                               std::to_string(limits.max_depth) + " levels");
       if (ec == json::error::incomplete)
         throw Error(ErrorCode::kCorrupt, "the file ends before its JSON array does");
+      const std::size_t bad = bad_utf8_before(std::string_view(data + offset, piece), used + 1);
+      if (ec && bad != std::string_view::npos)
+        throw Error(ErrorCode::kCorrupt,
+                    "line " + std::to_string(line) + " (byte " +
+                        std::to_string(consumed + static_cast<std::size_t>(data - buffer.data()) +
+                                       offset + bad + 1) +
+                        "): not valid JSON: the text is not valid UTF-8");
       throw Error(ErrorCode::kCorrupt, "line " + std::to_string(line) + ": not valid JSON (" +
                                            (ec ? ec.message() : std::string("extra data")) + ")");
     }
@@ -331,7 +346,11 @@ bool JsonRecordReader::State::next_line(JsonRecord& record) {
         record.error =
             "the record nests deeper than " + std::to_string(limits.max_depth) + " levels";
       } else if (ec) {
-        record.error = "not valid JSON (" + ec.message() + ")";
+        const std::size_t bad = bad_utf8_before(text, text.size());
+        record.error = bad == std::string::npos ? "not valid JSON (" + ec.message() + ")"
+                                                : "not valid JSON: the text is not valid UTF-8 "
+                                                  "(byte " +
+                                                      std::to_string(bad + 1) + " of the line)";
       } else if (!record.value.is_object()) {
         record.error = std::string("the record is ") + kind_name(record.value) + ", not an object";
       }

@@ -150,14 +150,16 @@ TEST_CASE("NDJSON: one object a line; a bad line is refused alone") {
       "{\"long\": \"" +
       std::string(50, 'x') +
       "\"}\r\n"
-      "  {\"id\": \"\\u00e9\"}  \n";
+      "  {\"id\": \"\\u00e9\"}  \n"
+      "{\"id\": \"\xff\"}\n";
   const std::string expected =
       "1@1 {\"id\":1,\"a\":{\"b\":[1,2]}}\n"
       "2@3!not valid JSON (incomplete JSON)\n"
       "3@4!the record is an array, not an object\n"
       "4@5!the record nests deeper than 3 levels\n"
       "5@6!the line is longer than 40 bytes\n"
-      "6@7 {\"id\":\"\xC3\xA9\"}\n";
+      "6@7 {\"id\":\"\xC3\xA9\"}\n"
+      "7@8!not valid JSON: the text is not valid UTF-8 (byte 9 of the line)\n";
   CHECK(json_records(text, true, 1 << 16, limits) == expected);
   CHECK(json_records(text, true, 1, limits) == expected);
 }
@@ -204,6 +206,7 @@ TEST_CASE("a JSON array file that is not one is refused as a whole, naming the l
   CHECK(code == ErrorCode::kTooLarge);
   std::tie(code, message) = refuse("[{\"a\": \"\xff\"}]");
   CHECK(code == ErrorCode::kCorrupt);
+  CHECK(message == "line 1 (byte 9): not valid JSON: the text is not valid UTF-8");
 }
 
 // --- Conversions ------------------------------------------------------------------------------
