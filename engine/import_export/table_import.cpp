@@ -11,8 +11,10 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 #include "engine/import_export/conversion.hpp"
 #include "engine/import_export/csv.hpp"
 #include "engine/import_export/json_records.hpp"
@@ -111,6 +113,7 @@ class Importer {
   void add_row(std::uint64_t record, std::uint64_t line, std::vector<crdt::Value> row);
   void reject(ImportRejection rejection);
   void flush();
+  void drop_superseded();
   void progress();
   const TableColumn* column_named(std::string_view name) const;
 
@@ -399,7 +402,45 @@ void Importer::add_row(std::uint64_t record, std::uint64_t line, std::vector<crd
   if (rows_.size() >= options_.batch_rows || batch_bytes_ >= kBatchBytes) flush();
 }
 
+// Leaves in the batch only the last row of each key (the later record wins), so that a file
+// giving a key twice is written once, and importing it again writes nothing. The rows left out
+// count as unchanged. A row with a NULL key stays, for bulk_write to reject.
+void Importer::drop_superseded() {
+  std::unordered_map<std::string, std::size_t> last;  // key -> its last row
+  std::vector<bool> keep(rows_.size(), true);
+  std::size_t dropped = 0;
+  for (std::size_t r = 0; r < rows_.size(); ++r) {
+    std::string key;
+    bool null_key = false;
+    for (std::size_t i = 0; i < targets_.size(); ++i) {
+      if (targets_[i].column->key_position == 0) continue;
+      null_key = null_key || rows_[r][i].index() == 0;
+      key += crdt::json_value(rows_[r][i]);
+      key += '\0';
+    }
+    if (null_key) continue;
+    auto [it, inserted] = last.try_emplace(std::move(key), r);
+    if (!inserted) {
+      keep[it->second] = false;
+      it->second = r;
+      ++dropped;
+    }
+  }
+  if (dropped == 0) return;
+  std::size_t out = 0;
+  for (std::size_t r = 0; r < rows_.size(); ++r) {
+    if (!keep[r]) continue;
+    rows_[out] = std::move(rows_[r]);
+    row_records_[out] = row_records_[r];
+    ++out;
+  }
+  rows_.resize(out);
+  row_records_.resize(out);
+  result_.unchanged += dropped;
+}
+
 void Importer::flush() {
+  drop_superseded();
   if (!rows_.empty()) {
     const storage::BulkResult written =
         replica_.bulk_write(table_, target_names_, rows_, options_.bulk_path);

@@ -529,6 +529,32 @@ TEST_CASE("importing the same file again changes nothing; a changed file updates
   CHECK(replica->digest() == other->digest());
 }
 
+TEST_CASE("a key the file gives twice is written once, by its later record; again, not at all") {
+  TempDir dir;
+  auto replica = storage::Replica::open((dir.path / "r.db").string());
+  replica->exec(test::kTodoSchema);
+  const std::string path = dir.file("todo.csv",
+                                    "id,title,votes\n"
+                                    "a,first,1\n"
+                                    "b,walk,0\n"
+                                    "a,second,2\n"
+                                    ",no key,0\n"
+                                    ",no key either,0\n");
+  engine::ImportResult r = engine::import_file(*replica, "todo", path);
+  CHECK(r.inserted == 2);
+  CHECK(r.unchanged == 1);  // the first 'a', which the later one replaces
+  CHECK(r.rejected == 2);   // NULL keys are each rejected, never merged
+  CHECK(test::dump_table(*replica, "todo") ==
+        "text:a|text:second|int:0|int:2|\ntext:b|text:walk|int:0|int:0|\n");
+  const auto vector = replica->version_vector();
+  const std::string everything = test::dump_everything(*replica);
+  r = engine::import_file(*replica, "todo", path);
+  CHECK(r.unchanged == 3);
+  CHECK(r.inserted + r.updated == 0);
+  CHECK(replica->version_vector() == vector);
+  CHECK(test::dump_everything(*replica) == everything);
+}
+
 TEST_CASE("a hostile file is refused as a whole, and the replica stays exactly as it was") {
   TempDir dir;
   auto replica = storage::Replica::open((dir.path / "r.db").string());
