@@ -80,7 +80,7 @@ test:
 # The decoders of untrusted bytes under libFuzzer (clang), briefly: the fuzz tree instruments
 # every target, so only the fuzz executables are built in it.
 FUZZ_TARGETS := changeset_fuzz changeset_fuzz_seeds frame_fuzz frame_fuzz_seeds hello_fuzz \
-                hello_fuzz_seeds
+                hello_fuzz_seeds import_fuzz import_fuzz_seeds
 test-fuzz:
 	@if [[ ! -f $(FUZZ_DIR)/CMakeCache.txt ]]; then \
 	  cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

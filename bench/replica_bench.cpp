@@ -7,12 +7,18 @@
 // is the median of the per-repetition ratios (each pair runs back to back, which cancels most
 // of a shared machine's drift). Prints one JSON object on stdout, progress on stderr.
 // docs/benchmarks.md explains the figures and the goals they are held to.
+//
+// With --import, it measures instead import_file() of a CSV file of the same rows into a
+// replicated table against the sqlite3 shell's .import of the same file, in the same run.
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -49,9 +55,14 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage = R"(usage: lattice-bench [--rows N] [--repeats N] [--dir DIR]
-  --rows N      rows in the table (default 100000)
-  --repeats N   repetitions of every step, fresh files each time; medians reported (default 3)
-  --dir DIR     where to create the temporary directory (default $TMPDIR or /tmp)
+       lattice-bench --import [--rows N] [--repeats N] [--dir DIR] [--sqlite3 PATH] [--captured]
+  --rows N        rows in the table (default 100000; with --import 1000000)
+  --repeats N     repetitions of every step, fresh files each time; medians reported (default 3)
+  --dir DIR       where to create the temporary directory (default $TMPDIR or /tmp)
+  --import        instead: `import_file` of a CSV file of the rows into a replicated table,
+                  against `sqlite3 .import` of the same file into a plain table
+  --sqlite3 PATH  the sqlite3 shell for --import (default: sqlite3 on the PATH)
+  --captured      with --import, also import through the captured statements (slow)
 Prints one JSON object on stdout; progress goes to stderr.
 )";
 
@@ -63,9 +74,12 @@ constexpr const char* kConstrainedSchema =
     "CHECK (b >= 0), c REAL CHECK (c < 1e12))";
 
 struct Options {
-  std::size_t rows = 100000;
+  std::size_t rows = 0;  // 0: the mode's default
   int repeats = 3;
   std::string dir;
+  bool import = false;
+  bool captured = false;
+  std::string sqlite3 = "sqlite3";
 };
 
 struct Row {
@@ -331,6 +345,12 @@ Options parse_options(int argc, char** argv) {
       options.repeats = static_cast<int>(count(1));
     } else if (arg == "--dir") {
       options.dir = value();
+    } else if (arg == "--import") {
+      options.import = true;
+    } else if (arg == "--captured") {
+      options.captured = true;
+    } else if (arg == "--sqlite3") {
+      options.sqlite3 = value();
     } else if (arg == "-h" || arg == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -338,7 +358,29 @@ Options parse_options(int argc, char** argv) {
       throw std::invalid_argument("unknown argument '" + arg + "'");
     }
   }
+  if (options.captured && !options.import)
+    throw std::invalid_argument("--captured goes with --import");
+  if (options.rows == 0) options.rows = options.import ? 1'000'000 : 100'000;
   return options;
+}
+
+// What a reader needs to trust a figure: the commit, the build, the machine, and how busy it was
+// (the 1-minute load average when the run ends; the machine is shared). JSON members, each
+// line ending with a comma but the last.
+std::string run_facts() {
+  std::ostringstream out;
+  out << "  \"commit\": " << json_string(source_commit()) << ",\n";
+  out << "  \"source_modified\": " << (source_modified() ? "true" : "false") << ",\n";
+  out << "  \"build_type\": " << json_string(LATTICE_BUILD_TYPE) << ",\n";
+  out << "  \"compiler\": " << json_string(LATTICE_BENCH_COMPILER) << ",\n";
+  out << "  \"sqlite_version\": " << json_string(sqlite3_libversion()) << ",\n";
+  double load[1] = {-1};
+  if (getloadavg(load, 1) != 1) load[0] = -1;
+  char loadavg[32];
+  std::snprintf(loadavg, sizeof loadavg, "%.2f", load[0]);
+  out << "  \"machine\": {\"nproc\": " << sysconf(_SC_NPROCESSORS_ONLN)
+      << ", \"model\": " << json_string(cpu_model()) << ", \"load_1min\": " << loadavg << "}\n";
+  return out.str();
 }
 
 // A temporary directory, removed with everything in it when the run ends.
@@ -519,14 +561,140 @@ int run(const Options& options) {
   for (const char* key : {"size_after_updates_plain_bytes", "size_after_updates_replicated_bytes"})
     out << "  " << figure(key, 0) << ",\n";
   out << "  " << figure("size_after_updates_ratio", 2) << ",\n";
-  out << "  \"commit\": " << json_string(source_commit()) << ",\n";
-  out << "  \"source_modified\": " << (source_modified() ? "true" : "false") << ",\n";
-  out << "  \"build_type\": " << json_string(LATTICE_BUILD_TYPE) << ",\n";
-  out << "  \"compiler\": " << json_string(LATTICE_BENCH_COMPILER) << ",\n";
-  out << "  \"sqlite_version\": " << json_string(sqlite3_libversion()) << ",\n";
-  out << "  \"machine\": {\"nproc\": " << sysconf(_SC_NPROCESSORS_ONLN)
-      << ", \"model\": " << json_string(cpu_model()) << "}\n";
-  out << "}\n";
+  out << run_facts() << "}\n";
+  std::fputs(out.str().c_str(), stdout);
+  return 0;
+}
+
+// --- The import benchmark (--import): docs/benchmarks.md, "Import 1,000,000 CSV rows".
+
+// The rows as a CSV file with a header, as an export would write them (the `a` column holds a
+// comma, so it is quoted).
+void write_csv(const std::vector<Row>& rows, const fs::path& path) {
+  std::ofstream out(path, std::ios::binary);
+  out << "id,a,b,c\n";
+  char real[32];
+  for (const Row& r : rows) {
+    auto [end, ec] = std::to_chars(real, real + sizeof real, r.c);
+    out << r.id << ",\"" << r.a << "\"," << r.b << ',' << std::string_view(real, end - real)
+        << '\n';
+  }
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+// Runs a program with its output in `log`; returns the elapsed milliseconds. Throws when it
+// fails.
+double run_program(const std::vector<std::string>& args, const fs::path& log) {
+  std::vector<char*> argv;
+  std::vector<std::string> storage = args;
+  for (auto& a : storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const auto start = Clock::now();
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+    }
+    execvp(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const double ms = elapsed_ms(start);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    throw std::runtime_error(args[0] + " failed (" + std::to_string(WEXITSTATUS(status)) +
+                             "): " + text.str());
+  }
+  return ms;
+}
+
+int run_import(const Options& options) {
+  TempDir temp(options.dir);
+  const fs::path csv = temp.path() / "t.csv";
+  {
+    const std::vector<Row> rows = make_rows(options.rows);
+    write_csv(rows, csv);
+  }
+  std::map<std::string, std::vector<double>> samples;
+  std::string expected;
+  for (int rep = 0; rep < options.repeats; ++rep) {
+    const fs::path dir = temp.path() / ("rep" + std::to_string(rep));
+    fs::create_directory(dir);
+    std::fprintf(stderr, "lattice-bench --import: repetition %d of %d, %zu rows\n", rep + 1,
+                 options.repeats, options.rows);
+
+    // The baseline: the sqlite3 shell's .import, as one runs it, into a plain table of the same
+    // schema (a key, so the same index is built), and into a table it makes itself (all text,
+    // no key: the least work it can do).
+    const double sqlite3_ms =
+        run_program({options.sqlite3, (dir / "plain.db").string(), "-cmd", kSchema,
+                     ".import --csv --skip 1 " + csv.string() + " t"},
+                    dir / "sqlite3.log");
+    const double untyped_ms = run_program(
+        {options.sqlite3, (dir / "untyped.db").string(), ".import --csv " + csv.string() + " t"},
+        dir / "sqlite3-untyped.log");
+
+    auto replica = open_replica(dir / "replica.db");
+    auto start = Clock::now();
+    const lattice::ImportResult imported = lattice::import_file(*replica, "t", csv.string());
+    const double lattice_ms = elapsed_ms(start);
+    if (imported.inserted != options.rows || imported.rejected != 0)
+      throw std::runtime_error("the import inserted " + std::to_string(imported.inserted) +
+                               " rows and rejected " + std::to_string(imported.rejected));
+    start = Clock::now();
+    const lattice::ImportResult again = lattice::import_file(*replica, "t", csv.string());
+    const double reimport_ms = elapsed_ms(start);
+    if (again.unchanged != options.rows)
+      throw std::runtime_error("importing the file again changed rows");
+
+    PlainDb plain(dir / "plain.db");
+    if (fingerprint(plain.get()) != fingerprint(replica->connection()))
+      throw std::runtime_error(
+          "the imported table differs from sqlite3's: " + fingerprint(replica->connection()) +
+          " vs " + fingerprint(plain.get()));
+    if (!replica->check().problems.empty())
+      throw std::runtime_error("lattice check: " + replica->check().problems.front());
+    samples["sqlite3_import_ms"].push_back(sqlite3_ms);
+    samples["sqlite3_import_untyped_ms"].push_back(untyped_ms);
+    samples["lattice_import_ms"].push_back(lattice_ms);
+    samples["import_ratio"].push_back(lattice_ms / sqlite3_ms);
+    samples["import_vs_untyped_ratio"].push_back(lattice_ms / untyped_ms);
+    samples["reimport_unchanged_ms"].push_back(reimport_ms);
+
+    if (options.captured) {
+      // The same import through the capture triggers: what the direct path saves.
+      auto captured = open_replica(dir / "captured.db");
+      lattice::ImportOptions statements;
+      statements.bulk_path = lattice::BulkPath::kStatements;
+      start = Clock::now();
+      lattice::import_file(*captured, "t", csv.string(), statements);
+      const double captured_ms = elapsed_ms(start);
+      if (captured->digest() != replica->digest())
+        throw std::runtime_error("the captured import differs from the direct one");
+      samples["captured_import_ms"].push_back(captured_ms);
+      samples["captured_vs_direct_ratio"].push_back(captured_ms / lattice_ms);
+    }
+  }
+
+  std::ostringstream out;
+  out << "{\n";
+  out << "  \"mode\": \"import\",\n";
+  out << "  \"rows\": " << options.rows << ",\n";
+  out << "  \"repeats\": " << options.repeats << ",\n";
+  out << "  \"csv_bytes\": " << fs::file_size(csv) << ",\n";
+  for (const auto& [key, values] : samples) {
+    char buffer[64];
+    const bool ratio = key.find("ratio") != std::string::npos;
+    std::snprintf(buffer, sizeof buffer, "%.*f", ratio ? 2 : 1, median(values));
+    out << "  \"" << key << "\": " << buffer << ",\n";
+  }
+  out << run_facts() << "}\n";
   std::fputs(out.str().c_str(), stdout);
   return 0;
 }
@@ -535,7 +703,9 @@ int run(const Options& options) {
 
 int main(int argc, char** argv) {
   try {
-    return run(parse_options(argc, argv));
+    const Options options = parse_options(argc, argv);
+    if (options.import) return run_import(options);
+    return run(options);
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "lattice-bench: %s\n%s", e.what(), kUsage);
     return 2;

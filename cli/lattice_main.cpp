@@ -1,9 +1,10 @@
-// The `lattice` command-line tool: a replica's SQL shell, changeset exchange by files, and sync
-// with a relay.
+// The `lattice` command-line tool: a replica's SQL shell, changeset exchange by files, sync
+// with a relay, and import and export of tables as CSV and JSON files.
 // Its contract (commands, output, exit status) is in README.md and docs/cli.md.
 
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -35,6 +36,10 @@ constexpr const char* kUsage = R"(usage:
                [--timeout SECONDS] [--allow-insecure-remote]
                                                sync with a relay at wss://HOST:PORT/NAMESPACE;
                                                the token from FILE or $LATTICE_TOKEN
+  lattice import DB TABLE FILE [--format csv|ndjson|json] [--map MAPFILE] [--errors FILE]
+               [--batch N] [--progress]        import a file's records as rows, by primary key
+  lattice export DB TABLE|QUERY [--format csv|ndjson|json] [--out FILE]
+                                               write a table's or a query's rows
 )";
 
 struct UsageError : std::runtime_error {
@@ -422,6 +427,142 @@ int run_apply(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The format named by --format, else by the file's extension (.csv, .ndjson or .jsonl, .json).
+lattice::DataFormat format_of(const std::string& given, const std::string& file,
+                              const char* command, bool csv_by_default) {
+  if (!given.empty()) {
+    if (auto format = lattice::data_format_from_name(given)) return *format;
+    throw UsageError("--format takes csv, ndjson or json, not '" + given + "'");
+  }
+  const std::string extension = std::filesystem::path(file).extension().string();
+  if (extension == ".csv") return lattice::DataFormat::kCsv;
+  if (extension == ".ndjson" || extension == ".jsonl") return lattice::DataFormat::kNdjson;
+  if (extension == ".json") return lattice::DataFormat::kJson;
+  if (csv_by_default) return lattice::DataFormat::kCsv;
+  throw UsageError(std::string("'") + command + "' needs --format csv|ndjson|json for '" + file +
+                   "'");
+}
+
+// `lattice import`: see docs/cli.md and docs/import-export.md.
+int run_import(const std::vector<std::string>& args) {
+  if (args.size() < 4) throw UsageError("'import' needs DB, TABLE and FILE");
+  std::string format_name, map_file;
+  bool always_progress = false;
+  lattice::ImportOptions options;
+  for (std::size_t i = 4; i < args.size(); ++i) {
+    if (args[i] == "--format" && i + 1 < args.size()) {
+      format_name = args[++i];
+    } else if (args[i] == "--map" && i + 1 < args.size()) {
+      map_file = args[++i];
+    } else if (args[i] == "--errors" && i + 1 < args.size()) {
+      options.errors_path = args[++i];
+    } else if (args[i] == "--batch" && i + 1 < args.size()) {
+      const std::string& text = args[++i];
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), options.batch_rows);
+      if (ec != std::errc() || end != text.data() + text.size() || options.batch_rows == 0 ||
+          options.batch_rows > 10'000'000)
+        throw UsageError("--batch takes a number of rows from 1 to 10000000, not '" + text + "'");
+    } else if (args[i] == "--progress") {
+      always_progress = true;
+    } else {
+      throw UsageError("unexpected argument '" + args[i] + "' to 'import'");
+    }
+  }
+  options.format = format_of(format_name, args[3], "import", false);
+  if (!map_file.empty()) {
+    try {
+      options.mapping = read_file(map_file, 1 << 20);
+    } catch (const lattice::Error& e) {
+      throw lattice::Error(e.code(), std::string(e.what()) + " (the mapping file)");
+    }
+  }
+  auto replica = open_existing(args[1]);
+
+  // A progress line on stderr once the import has run a second (at once with --progress),
+  // then at most once a second: rewritten in place on a terminal, a line each time otherwise.
+  using Clock = std::chrono::steady_clock;
+  const auto started = Clock::now();
+  auto last = started;
+  const bool terminal = isatty(STDERR_FILENO) != 0;
+  bool printed = false;
+  options.on_progress = [&](const lattice::ImportProgress& p) {
+    const auto now = Clock::now();
+    if (!always_progress && now - started < std::chrono::seconds(1)) return;
+    if (printed && now - last < std::chrono::seconds(1) && p.records < p.total_records) return;
+    last = now;
+    printed = true;
+    const double percent = p.total_records ? 100.0 * p.records / p.total_records : 100.0;
+    std::fprintf(stderr, "%simporting %s: %llu of %llu records (%.0f%%), %llu rejected%s",
+                 terminal ? "\r" : "", args[2].c_str(), static_cast<unsigned long long>(p.records),
+                 static_cast<unsigned long long>(p.total_records), percent,
+                 static_cast<unsigned long long>(p.rejected), terminal ? "" : "\n");
+    std::fflush(stderr);
+  };
+  const lattice::ImportResult r = [&] {
+    try {
+      return lattice::import_file(*replica, args[2], args[3], options);
+    } catch (...) {
+      if (printed && terminal) std::fputc('\n', stderr);
+      throw;
+    }
+  }();
+  if (printed && terminal) std::fputc('\n', stderr);
+  std::printf(
+      "imported %llu records into %s: %llu inserted, %llu updated, %llu unchanged, %llu "
+      "rejected%s%s%s\n",
+      static_cast<unsigned long long>(r.records), args[2].c_str(),
+      static_cast<unsigned long long>(r.inserted), static_cast<unsigned long long>(r.updated),
+      static_cast<unsigned long long>(r.unchanged), static_cast<unsigned long long>(r.rejected),
+      r.rejected && !options.errors_path.empty() ? " (see " : "",
+      r.rejected && !options.errors_path.empty() ? options.errors_path.c_str() : "",
+      r.rejected && !options.errors_path.empty() ? ")" : "");
+  if (r.rejected == 0) return 0;
+  if (options.errors_path.empty()) {
+    const std::size_t shown = std::min<std::size_t>(r.first_rejections.size(), 10);
+    for (std::size_t i = 0; i < shown; ++i) {
+      const auto& x = r.first_rejections[i];
+      std::fprintf(stderr, "rejected: record %llu (line %llu)%s%s: %s\n",
+                   static_cast<unsigned long long>(x.record),
+                   static_cast<unsigned long long>(x.line), x.column.empty() ? "" : ", column ",
+                   x.column.c_str(), one_line(x.reason).c_str());
+    }
+    if (r.rejected > shown)
+      std::fprintf(stderr, "rejected: %llu more; write them all with --errors FILE\n",
+                   static_cast<unsigned long long>(r.rejected - shown));
+  }
+  return 3;
+}
+
+// `lattice export`: see docs/cli.md and docs/import-export.md.
+int run_export(const std::vector<std::string>& args) {
+  if (args.size() < 3) throw UsageError("'export' needs DB and TABLE or QUERY");
+  std::string format_name, out_file;
+  for (std::size_t i = 3; i < args.size(); ++i) {
+    if (args[i] == "--format" && i + 1 < args.size()) {
+      format_name = args[++i];
+    } else if (args[i] == "--out" && i + 1 < args.size()) {
+      out_file = args[++i];
+    } else {
+      throw UsageError("unexpected argument '" + args[i] + "' to 'export'");
+    }
+  }
+  const lattice::DataFormat format = format_of(format_name, out_file, "export", true);
+  auto replica = open_existing(args[1]);
+  if (!out_file.empty()) {
+    const lattice::ExportResult r = lattice::export_file(*replica, args[2], format, out_file);
+    std::printf("exported %llu rows to %s\n", static_cast<unsigned long long>(r.rows),
+                out_file.c_str());
+    return 0;
+  }
+  lattice::export_rows(*replica, args[2], format, [](std::string_view bytes) {
+    if (std::fwrite(bytes.data(), 1, bytes.size(), stdout) != bytes.size())
+      throw lattice::Error(lattice::ErrorCode::kIo, "cannot write to standard output");
+  });
+  if (std::fflush(stdout) != 0)
+    throw lattice::Error(lattice::ErrorCode::kIo, "cannot write to standard output");
+  return 0;
+}
+
 int run(const std::vector<std::string>& args) {
   if (args.empty()) throw UsageError("missing command");
   const std::string& command = args[0];
@@ -524,6 +665,8 @@ int run(const std::vector<std::string>& args) {
     return 0;
   }
   if (command == "sync") return run_sync(args);
+  if (command == "import") return run_import(args);
+  if (command == "export") return run_export(args);
   if (command == "help" || command == "--help" || command == "-h") {
     std::fputs(kUsage, stdout);
     return 0;

@@ -19,6 +19,8 @@ PACKAGES=(
   clang clang-14 libclang-rt-14-dev clang-format
   libsqlite3-dev sqlite3
   libboost1.81-dev
+  libboost-json1.81-dev  # Boost.JSON, which imports read JSON with (engine/import_export/);
+                         # compiled from its sources in one file, so nothing links its library
   libssl-dev openssl
   doctest-dev
   python3

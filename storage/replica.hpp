@@ -52,6 +52,11 @@ struct ChangeEvent {
   std::string conflict;
 };
 
+// SQLite's type affinity of a column from its declared type (https://sqlite.org/datatype3.html,
+// "Determination Of Column Affinity"). Two replicas must agree on it, or the same value would be
+// stored differently on each.
+crdt::Affinity affinity_of_declared_type(std::string_view declared_type);
+
 // Where two digests (Replica::digest) differ, one sentence per table, e.g.
 // "table todo: 12 rows here, 13 there, contents differ"; empty when they agree.
 std::vector<std::string> compare_digests(const std::string& here, const std::string& there);
@@ -92,6 +97,30 @@ struct CheckReport {
 struct QueryResult {
   std::vector<std::string> columns;
   std::vector<std::vector<crdt::Value>> rows;
+};
+
+// A row Replica::bulk_write() left out, and why.
+struct BulkRowError {
+  std::size_t row = 0;  // index into the rows given
+  std::string column;   // the column at fault when one is known ("a, b" for several), else empty
+  std::string reason;   // one sentence: SQLite's constraint message or Lattice's refusal
+};
+
+struct BulkResult {
+  std::size_t inserted = 0;          // rows whose key was absent from the table
+  std::size_t updated = 0;           // rows present, with some given column different
+  std::size_t unchanged = 0;         // rows present with every given column equal: nothing written
+  std::vector<BulkRowError> errors;  // in row order
+};
+
+// How Replica::bulk_write() writes a replicated table.
+enum class BulkPath {
+  // The fastest path that gives the same result: the direct one (capture suspended, metadata
+  // written by bulk.cpp) for a table no application trigger or ON CONFLICT clause acts on, the
+  // statements otherwise.
+  kAuto,
+  // Always the statements, captured by the triggers like any application write.
+  kStatements,
 };
 
 // A replica file. Not thread-safe: one thread at a time uses one Replica. Several processes
@@ -159,6 +188,32 @@ class Replica {
   // checks it; any error rolls all of them back. The results add up.
   using ChangesetSource = std::function<const crdt::Changeset&(std::size_t)>;
   ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at);
+
+  // --- Bulk writes (imports, docs/import-export.md) ------------------------------------------
+
+  // Writes `rows` (each one value per name in `columns`) into `table` in one transaction, each
+  // row as this statement would, in the order given:
+  //   INSERT INTO table(columns) VALUES (...) ON CONFLICT(<primary key>) DO UPDATE
+  //     SET <each non-key column> = excluded.<column> WHERE <any of them differs>
+  // so a row whose key is absent is inserted (columns not given take their defaults), a present
+  // row gets the given values, and a row equal in every given column (type and bytes, as the
+  // capture triggers compare) is left alone. For a replicated table the writes are this
+  // replica's own, with the metadata the capture triggers would record, all under one sequence
+  // number; when nothing changed, no sequence number is taken and nothing is written. Listeners
+  // get the events of the rows written.
+  //
+  // A row SQLite refuses (NOT NULL, CHECK, UNIQUE, FOREIGN KEY, a STRICT type, a trigger) or
+  // Lattice refuses (a NULL key, an id SQLite would pick, a counter value that is not an
+  // integer) is left out entirely and reported in BulkResult::errors; the others commit.
+  //
+  // `table` needs a primary key (replicated or not); `columns` names each of its columns at
+  // most once, all of its key columns included. Throws Error, and then nothing was written:
+  // kInvalidArgument (an unknown, repeated or generated column, a missing key column, a row of
+  // another size), kSchema (no such table, no primary key), kState (inside an open
+  // transaction), kBusy, kSql or kIo for a failure that is not one row's.
+  BulkResult bulk_write(std::string_view table, const std::vector<std::string>& columns,
+                        const std::vector<std::vector<crdt::Value>>& rows,
+                        BulkPath path = BulkPath::kAuto);
 
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 

@@ -34,29 +34,38 @@ Statement::~Statement() {
   if (stmt_) sqlite3_finalize(stmt_);
 }
 
-Statement& Statement::bind(int index, const crdt::Value& value) {
-  int rc = SQLITE_OK;
+namespace {
+
+int bind_value(sqlite3_stmt* stmt, int index, const crdt::Value& value,
+               sqlite3_destructor_type bytes) {
   switch (value.index()) {
     case 0:
-      rc = sqlite3_bind_null(stmt_, index);
-      break;
+      return sqlite3_bind_null(stmt, index);
     case 1:
-      rc = sqlite3_bind_int64(stmt_, index, std::get<std::int64_t>(value));
-      break;
+      return sqlite3_bind_int64(stmt, index, std::get<std::int64_t>(value));
     case 2:
-      rc = sqlite3_bind_double(stmt_, index, std::get<double>(value));
-      break;
+      return sqlite3_bind_double(stmt, index, std::get<double>(value));
     case 3: {
       const auto& s = std::get<std::string>(value);
-      rc = sqlite3_bind_text64(stmt_, index, s.data(), s.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
-      break;
+      return sqlite3_bind_text64(stmt, index, s.data(), s.size(), bytes, SQLITE_UTF8);
     }
-    case 4: {
+    default: {
       const auto& b = std::get<crdt::Blob>(value).bytes;
-      rc = sqlite3_bind_blob64(stmt_, index, b.data(), b.size(), SQLITE_TRANSIENT);
-      break;
+      return sqlite3_bind_blob64(stmt, index, b.data(), b.size(), bytes);
     }
   }
+}
+
+}  // namespace
+
+Statement& Statement::bind(int index, const crdt::Value& value) {
+  const int rc = bind_value(stmt_, index, value, SQLITE_TRANSIENT);
+  if (rc != SQLITE_OK) throw_sqlite(db_, rc, "binding a parameter");
+  return *this;
+}
+
+Statement& Statement::bind_borrowed(int index, const crdt::Value& value) {
+  const int rc = bind_value(stmt_, index, value, SQLITE_STATIC);
   if (rc != SQLITE_OK) throw_sqlite(db_, rc, "binding a parameter");
   return *this;
 }

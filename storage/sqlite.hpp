@@ -30,6 +30,9 @@ class Statement {
 
   // Binds parameter `index` (1-based). Returns *this so calls chain.
   Statement& bind(int index, const crdt::Value& value);
+  // The same without copying text or blob bytes: `value` must stay as it is until the statement
+  // is reset or bound again (bulk writes bind many values that outlive their step).
+  Statement& bind_borrowed(int index, const crdt::Value& value);
   Statement& bind(int index, std::int64_t value);
   Statement& bind(int index, std::string_view text);
   Statement& bind(int index, const std::string& text) {

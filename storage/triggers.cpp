@@ -89,14 +89,18 @@ class TriggerWriter {
   }
 
   // Keeps the local counter component as it was before this transaction first changed it, so
-  // that Replica::rekey can split later increments off to a new site id.
+  // that Replica::rekey can split later increments off to a new site id. An upsert clause, not
+  // INSERT OR IGNORE: inside a trigger, the conflict policy of the statement that fired it
+  // overrides OR IGNORE, and an application's INSERT ... ON CONFLICT DO UPDATE that changed a
+  // counter twice in one transaction then failed on the second entry.
   std::string counter_undo(const ColumnInfo& c, const std::string& key) const {
     const std::string col = std::to_string(c.id);
-    return "INSERT OR IGNORE INTO lattice_counter_undo(seq, table_id, pk, col, had, cl, "
-           "part_seq, total) SELECT lattice_seq(), " +
+    return "INSERT INTO lattice_counter_undo(seq, table_id, pk, col, had, cl, part_seq, total) "
+           "SELECT lattice_seq(), " +
            id_ + ", " + key + ", " + col +
            ", x.pk IS NOT NULL, x.cl, x.seq, x.total FROM (SELECT 1) LEFT JOIN " + counters_ +
-           " x ON x.pk = " + key + " AND x.col = " + col + " AND x.site = 0;\n";
+           " x ON x.pk = " + key + " AND x.col = " + col +
+           " AND x.site = 0 WHERE true ON CONFLICT DO NOTHING;\n";
   }
 
   // INTEGER PRIMARY KEY: an id SQLite picks itself (max + 1) would be picked again by every

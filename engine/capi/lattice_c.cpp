@@ -21,6 +21,8 @@
 #include "crdt/error.hpp"
 #include "crdt/version_vector.hpp"
 #include "engine/capi/detail/guard.hpp"
+#include "engine/import_export/table_export.hpp"
+#include "engine/import_export/table_import.hpp"
 #include "engine/sync/sync_client.hpp"
 #include "lattice/lattice.h"
 #include "storage/replica.hpp"
@@ -358,6 +360,74 @@ lattice_code lattice_replica_unsubscribe(lattice_replica* replica, int subscript
       throw_error(ErrorCode::kInvalidArgument,
                   "no subscription " + std::to_string(subscription) + " on this replica");
     r.unsubscribe(subscription);
+  });
+}
+
+// ---- Import and export ----------------------------------------------------------------------
+
+lattice_code lattice_replica_import(lattice_replica* replica, const char* table, const char* path,
+                                    const lattice_import_options* options,
+                                    lattice_import_result* result, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(table, "table");
+    require(path, "path");
+    const lattice_import_options given = read_options(
+        options, lattice_import_options LATTICE_IMPORT_OPTIONS_INIT, "lattice_import_options");
+    lattice::engine::ImportOptions import;
+    if (given.format) {
+      auto format = lattice::engine::data_format_from_name(given.format);
+      if (!format)
+        throw_error(ErrorCode::kInvalidArgument,
+                    "format must be csv, ndjson or json, not '" + std::string(given.format) + "'");
+      import.format = *format;
+    }
+    if (given.mapping_json) import.mapping = given.mapping_json;
+    if (given.errors_path) import.errors_path = given.errors_path;
+    if (given.batch_rows) import.batch_rows = given.batch_rows;
+    if (given.on_progress) {
+      import.on_progress = [ callback = given.on_progress,
+                             context = given.context ](const lattice::engine::ImportProgress& p) {
+        callback(context, p.records, p.total_records, p.rejected);
+    };
+    }
+    const lattice::engine::ImportResult imported =
+        lattice::engine::import_file(r, table, path, import);
+    if (result) {
+    result->records = imported.records;
+    result->inserted = imported.inserted;
+    result->updated = imported.updated;
+    result->unchanged = imported.unchanged;
+    result->rejected = imported.rejected;
+    }
+});
+}
+
+lattice_code lattice_replica_export(lattice_replica* replica, const char* table_or_query,
+                                    const char* format, const char* path, lattice_buffer* out,
+                                    uint64_t* rows, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(table_or_query, "table_or_query");
+    if (!path && !out) throw_error(ErrorCode::kInvalidArgument, "path and out are both NULL");
+    lattice::engine::DataFormat data_format = lattice::engine::DataFormat::kCsv;
+    if (format) {
+      auto parsed = lattice::engine::data_format_from_name(format);
+      if (!parsed)
+        throw_error(ErrorCode::kInvalidArgument,
+                    "format must be csv, ndjson or json, not '" + std::string(format) + "'");
+      data_format = *parsed;
+    }
+    lattice::engine::ExportResult exported;
+    if (path) {
+      exported = lattice::engine::export_file(r, table_or_query, data_format, path);
+    } else {
+      std::string bytes;
+      exported = lattice::engine::export_rows(r, table_or_query, data_format,
+                                              [&](std::string_view piece) { bytes += piece; });
+      *out = make_buffer(bytes);
+    }
+    if (rows) *rows = exported.rows;
   });
 }
 

@@ -36,11 +36,6 @@ std::optional<AlterStatement> parse_alter(std::string_view sql);
 using crdt::Affinity;
 using crdt::affinity_name;
 
-// SQLite's type affinity of a column from its declared type (https://sqlite.org/datatype3.html,
-// "Determination Of Column Affinity"). Two replicas must agree on it, or the same value would be
-// stored differently on each.
-Affinity affinity_of_declared_type(std::string_view declared_type);
-
 struct ColumnInfo {
   crdt::ColumnId id = 0;
   std::string name;

@@ -598,6 +598,105 @@ static void test_held_rows(void) {
   lattice_replica_free(b);
 }
 
+/* Writes `text` to the file `name` in the test directory; returns its path in `out`. */
+static const char* write_test_file(char* out, size_t size, const char* name, const char* text) {
+  path_in_dir(out, size, name);
+  FILE* f = fopen(out, "wb");
+  CHECK(f != NULL);
+  if (!f) return out;
+  fputs(text, f);
+  fclose(f);
+  return out;
+}
+
+static void on_import_progress(void* context, uint64_t records, uint64_t total, uint64_t rejected) {
+  uint64_t* last = (uint64_t*)context;
+  last[0] = records;
+  last[1] = total;
+  last[2] = rejected;
+}
+
+static void test_import_export(void) {
+  g_case = "import and export";
+  lattice_replica* r = open_todo("import.db");
+  lattice_error error;
+  char csv[512], rejected_path[512];
+  write_test_file(csv, sizeof csv, "todo.csv",
+                  "id,title,votes,done\n"
+                  "a,\"buy milk, eggs\",3,0.5\n"
+                  "b,walk,notanint,1\n"
+                  "c,\"\",,\n");
+  path_in_dir(rejected_path, sizeof rejected_path, "rejected.csv");
+
+  lattice_import_options options = LATTICE_IMPORT_OPTIONS_INIT;
+  uint64_t progress[3] = {0, 0, 0};
+  options.errors_path = rejected_path;
+  options.on_progress = on_import_progress;
+  options.context = progress;
+  lattice_import_result result;
+  CHECK_OK(lattice_replica_import(r, "todo", csv, &options, &result, E));
+  CHECK(result.records == 3 && result.inserted == 1 && result.rejected == 2);
+  CHECK(progress[0] == 3 && progress[1] == 3 && progress[2] == 2);
+  char text[512];
+  CHECK(strcmp(query_text(r, "SELECT title FROM todo WHERE id = 'a'", text, sizeof text),
+               "buy milk, eggs") == 0);
+  FILE* f = fopen(rejected_path, "rb");
+  CHECK(f != NULL);
+  if (f) {
+    char buffer[1024] = {0};
+    CHECK(fread(buffer, 1, sizeof buffer - 1, f) > 0);
+    fclose(f);
+    CHECK(contains(buffer, "record,line,column,reason,data"));
+    CHECK(contains(buffer, "2,3,votes,'notanint' is not an integer"));
+    CHECK(contains(buffer, "3,4,votes,\"counter column todo.votes takes integer values only"));
+  }
+  /* Again: nothing changes. */
+  CHECK_OK(lattice_replica_import(r, "todo", csv, &options, &result, E));
+  CHECK(result.unchanged == 1 && result.inserted == 0 && result.updated == 0);
+
+  /* Export into a buffer and into a file; the file reads back the same rows. */
+  lattice_buffer out = {NULL, 0};
+  uint64_t rows = 0;
+  CHECK_OK(lattice_replica_export(r, "todo", "ndjson", NULL, &out, &rows, E));
+  CHECK(rows == 1);
+  CHECK(out.data && contains((const char*)out.data, "\"title\": \"buy milk, eggs\""));
+  lattice_buffer_free(&out);
+  char exported[512];
+  path_in_dir(exported, sizeof exported, "todo.json");
+  CHECK_OK(lattice_replica_export(r, "SELECT * FROM todo", "json", exported, NULL, &rows, E));
+  lattice_replica* copy = open_todo("import-copy.db");
+  lattice_import_options json = LATTICE_IMPORT_OPTIONS_INIT;
+  json.format = "json";
+  CHECK_OK(lattice_replica_import(copy, "todo", exported, &json, &result, E));
+  CHECK(result.inserted == 1);
+  CHECK(query_int(copy, "SELECT votes FROM todo WHERE id = 'a'") == 3);
+
+  /* Errors: a file that is not text is refused whole; bad arguments. */
+  char binary[512];
+  write_test_file(binary, sizeof binary, "binary.csv", "id,title\nx,\001\002");
+  f = fopen(binary, "ab");
+  if (f) {
+    fputc(0, f);
+    fclose(f);
+  }
+  CHECK_FAILS(lattice_replica_import(r, "todo", binary, NULL, &result, &error), &error,
+              LATTICE_ERR_CORRUPT);
+  CHECK(contains(error.message, "binary.csv") && contains(error.message, "NUL"));
+  CHECK(query_int(r, "SELECT count(*) FROM todo") == 1);
+  json.format = "xml";
+  CHECK_FAILS(lattice_replica_import(r, "todo", csv, &json, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_FAILS(lattice_replica_import(r, "nope", csv, NULL, NULL, &error), &error,
+              LATTICE_ERR_SCHEMA);
+  CHECK_FAILS(lattice_replica_export(r, "todo", "csv", NULL, NULL, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_FAILS(lattice_replica_export(r, "DELETE FROM todo", NULL, NULL, &out, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK(query_int(r, "SELECT count(*) FROM todo") == 1);
+  lattice_replica_free(copy);
+  lattice_replica_free(r);
+}
+
 /* Migrations run once; a column added to a replicated table is captured. */
 static void test_migrate(void) {
   g_case = "migrate";
@@ -645,6 +744,10 @@ static void test_use_after_close(void) {
   CHECK_FAILS(lattice_replica_version_vector(r, &out, &error), &error, LATTICE_ERR_STATE);
   CHECK_FAILS(lattice_replica_changes_since(r, NULL, 0, &out, &error), &error, LATTICE_ERR_STATE);
   CHECK_FAILS(lattice_replica_apply(r, "x", 1, NULL, &error), &error, LATTICE_ERR_STATE);
+  CHECK_FAILS(lattice_replica_import(r, "todo", "x.csv", NULL, NULL, &error), &error,
+              LATTICE_ERR_STATE);
+  CHECK_FAILS(lattice_replica_export(r, "todo", NULL, NULL, &out, NULL, &error), &error,
+              LATTICE_ERR_STATE);
   CHECK_FAILS(lattice_replica_subscribe(r, on_change, &seen, &sub, &error), &error,
               LATTICE_ERR_STATE);
   CHECK_FAILS(lattice_replica_unsubscribe(r, sub, &error), &error, LATTICE_ERR_STATE);
@@ -667,6 +770,10 @@ static void test_use_after_close(void) {
   CHECK_FAILS(lattice_replica_close(NULL, &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_replica_exec(NULL, "SELECT 1", &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_replica_apply(NULL, "x", 1, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_FAILS(lattice_replica_import(NULL, "todo", "x.csv", NULL, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK_FAILS(lattice_replica_export(NULL, "todo", NULL, NULL, &out, NULL, &error), &error,
               LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_stmt_step(NULL, &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
   CHECK_FAILS(lattice_stmt_reset(NULL, &error), &error, LATTICE_ERR_INVALID_ARGUMENT);
@@ -1064,6 +1171,7 @@ int main(int argc, char** argv) {
   test_statements();
   test_changesets_and_subscriptions();
   test_held_rows();
+  test_import_export();
   test_migrate();
   test_use_after_close();
   test_sync(relay_path);

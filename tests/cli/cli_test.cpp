@@ -453,5 +453,147 @@ TEST_CASE("a failing command exits non-zero with one line on stderr naming the p
   }
 }
 
+TEST_CASE("import writes a CSV file's records by key; a second import changes nothing") {
+  Sandbox box;
+  box.ok({"exec", "t.db", kSchema});
+  write_all(box.path("todo.csv"),
+            "id,title,done,votes\n"
+            "a,buy milk,0,1\n"
+            "b,\"walk, then run\",1,2\n");
+  CHECK(box.ok({"import", "t.db", "todo", "todo.csv"}) ==
+        "imported 2 records into todo: 2 inserted, 0 updated, 0 unchanged, 0 rejected\n");
+  CHECK(box.ok({"exec", "t.db", "SELECT * FROM todo ORDER BY id"}) ==
+        "a\tbuy milk\t0\t1\nb\twalk, then run\t1\t2\n");
+  const std::string vv = box.ok({"vv", "t.db"});
+  CHECK(box.ok({"import", "t.db", "todo", "todo.csv", "--format", "csv"}) ==
+        "imported 2 records into todo: 0 inserted, 0 updated, 2 unchanged, 0 rejected\n");
+  CHECK(box.ok({"vv", "t.db"}) == vv);
+
+  // The imported rows travel in a changeset like any write.
+  box.ok({"exec", "u.db", kSchema});
+  box.ok({"changes", "t.db", "--out", "t.cs"});
+  CHECK(box.ok({"apply", "u.db", "t.cs"}) == "applied 6 of 6 changes\n");
+  CHECK(box.ok({"exec", "u.db", "SELECT * FROM todo ORDER BY id"}) ==
+        "a\tbuy milk\t0\t1\nb\twalk, then run\t1\t2\n");
+}
+
+TEST_CASE("import exits 3 when records were rejected, and writes them to --errors") {
+  Sandbox box;
+  box.ok({"exec", "t.db", kSchema});
+  write_all(box.path("todo.ndjson"),
+            "{\"id\": \"a\", \"title\": \"ok\"}\n"
+            "{\"id\": \"b\", \"done\": \"notanint\"}\n"
+            "not json\n"
+            "{\"id\": \"c\", \"votes\": 4}\n");
+  Result r = box.run({"import", "t.db", "todo", "todo.ndjson", "--errors", "rejected.csv"});
+  CHECK(r.status == 3);
+  CHECK(r.err.empty());
+  CHECK(r.out ==
+        "imported 4 records into todo: 2 inserted, 0 updated, 0 unchanged, 2 rejected (see "
+        "rejected.csv)\n");
+  CHECK(read_all(box.path("rejected.csv")) ==
+        "record,line,column,reason,data\n"
+        "2,2,done,'notanint' is not an integer,\"{\"\"id\"\": \"\"b\"\", \"\"done\"\": "
+        "\"\"notanint\"\"}\"\n"
+        "3,3,,not valid JSON (syntax error),not json\n");
+  // Without --errors, the rejections go to stderr, one a line.
+  r = box.run({"import", "t.db", "todo", "todo.ndjson"});
+  CHECK(r.status == 3);
+  CHECK(r.err ==
+        "rejected: record 2 (line 2), column done: 'notanint' is not an integer\n"
+        "rejected: record 3 (line 3): not valid JSON (syntax error)\n");
+}
+
+TEST_CASE("import refuses a hostile file with one line naming it, and writes nothing") {
+  Sandbox box;
+  box.ok({"exec", "t.db", kSchema});
+  box.ok({"exec", "t.db", "INSERT INTO todo(id, title) VALUES ('x', 'keep')"});
+  const std::string before =
+      box.ok({"exec", "t.db", "SELECT * FROM todo; SELECT * FROM lattice_local"});
+  std::string binary = "id,title\na,ok\n";
+  for (int i = 0; i < 64; ++i) binary += static_cast<char>(i * 4);
+  write_all(box.path("binary.csv"), binary);
+  CHECK(box.fails({"import", "t.db", "todo", "binary.csv"}) ==
+        "lattice: corrupt: 'binary.csv': line 3 (byte 15) holds a NUL byte: this is not a text "
+        "file");
+  write_all(box.path("deep.json"), "[{\"id\": \"a\"},\n{\"id\": " + std::string(100, '[') + "]}]");
+  CHECK(box.fails({"import", "t.db", "todo", "deep.json"}) ==
+        "lattice: too_large: 'deep.json': line 2: a record nests deeper than 32 levels");
+  write_all(box.path("bad.csv"), "id,titel\na,b\n");
+  CHECK(box.fails({"import", "t.db", "todo", "bad.csv"})
+            .rfind("lattice: invalid_argument: 'bad.csv': the header's column 'titel' is no "
+                   "column of table todo",
+                   0) == 0);
+  CHECK(box.ok({"exec", "t.db", "SELECT * FROM todo; SELECT * FROM lattice_local"}) == before);
+  CHECK(box.fails({"import", "t.db", "todo", "missing.csv"}) ==
+        "lattice: io: cannot read 'missing.csv': no such file");
+  CHECK(box.fails({"import", "t.db", "todo", "data.txt"}) ==
+        "lattice: usage: 'import' needs --format csv|ndjson|json for 'data.txt' (run 'lattice "
+        "help')");
+  CHECK(box.fails({"import", "t.db", "todo", "bad.csv", "--format", "xml"}) ==
+        "lattice: usage: --format takes csv, ndjson or json, not 'xml' (run 'lattice help')");
+  CHECK(box.fails({"import", "missing.db", "todo", "bad.csv"}) ==
+        "lattice: io: no replica at 'missing.db'");
+}
+
+TEST_CASE("import --map reads the mapping file; --progress prints progress on stderr") {
+  Sandbox box;
+  box.ok({"exec", "t.db",
+          "CREATE TABLE people(id INTEGER PRIMARY KEY, email TEXT, born DATE);"
+          "SELECT lattice_replicate('people')"});
+  write_all(box.path("people.csv"),
+            "Number;E-mail;Birthday\n"
+            "1; Ann@X.org ;05/03/1990\n"
+            "2;bo@x.org;31/02/1990\n");
+  write_all(box.path("map.json"),
+            R"({"csv": {"delimiter": ";"},
+                "columns": {"id": "Number",
+                            "email": {"source": "E-mail", "trim": true, "case": "lower"},
+                            "born": {"source": "Birthday", "format": "%d/%m/%Y"}}})");
+  const Result r = box.run({"import", "t.db", "people", "people.csv", "--map", "map.json",
+                            "--progress", "--batch", "1"});
+  CHECK(r.status == 3);
+  CHECK(r.out ==
+        "imported 2 records into people: 1 inserted, 0 updated, 0 unchanged, 1 rejected\n");
+  CHECK(r.err.find("importing people: 0 of 2 records (0%), 0 rejected\n") != std::string::npos);
+  CHECK(r.err.find("importing people: 2 of 2 records (100%), 1 rejected\n") != std::string::npos);
+  CHECK(r.err.find("rejected: record 2 (line 3), column born: '31/02/1990' is not a date: day 31 "
+                   "of month 2\n") != std::string::npos);
+  CHECK(box.ok({"exec", "t.db", "SELECT * FROM people"}) == "1\tann@x.org\t1990-03-05\n");
+  write_all(box.path("bad-map.json"), R"({"columns": {"id": {"type": "intger"}}})");
+  CHECK(box.fails({"import", "t.db", "people", "people.csv", "--map", "bad-map.json"})
+            .rfind("lattice: invalid_argument: mapping: column 'id', \"type\": unknown type "
+                   "'intger'",
+                   0) == 0);
+}
+
+TEST_CASE("export writes a table or a query as CSV, NDJSON or JSON, to stdout or --out") {
+  Sandbox box;
+  box.ok({"exec", "t.db", kSchema});
+  box.ok(
+      {"exec", "t.db",
+       "INSERT INTO todo(id, title, votes) VALUES ('b', 'say \"hi\", twice', 2), ('a', NULL, 1)"});
+  CHECK(box.ok({"export", "t.db", "todo"}) ==
+        "id,title,done,votes\n\"a\",,0,1\n\"b\",\"say \"\"hi\"\", twice\",0,2\n");
+  CHECK(box.ok({"export", "t.db", "SELECT id, votes FROM todo WHERE votes > 1", "--format",
+                "ndjson"}) == "{\"id\": \"b\", \"votes\": 2}\n");
+  CHECK(box.ok({"export", "t.db", "todo", "--out", "todo.json"}) ==
+        "exported 2 rows to todo.json\n");
+  CHECK(read_all(box.path("todo.json")) ==
+        "[\n{\"id\": \"a\", \"title\": null, \"done\": 0, \"votes\": 1},\n"
+        "{\"id\": \"b\", \"title\": \"say \\\"hi\\\", twice\", \"done\": 0, \"votes\": 2}\n]\n");
+  // What export wrote imports back to the same rows.
+  box.ok({"exec", "u.db", kSchema});
+  box.ok({"export", "t.db", "todo", "--out", "todo.csv"});
+  box.ok({"import", "u.db", "todo", "todo.csv"});
+  CHECK(box.ok({"exec", "u.db", "SELECT * FROM todo ORDER BY id"}) ==
+        box.ok({"exec", "t.db", "SELECT * FROM todo ORDER BY id"}));
+  CHECK(box.fails({"export", "t.db", "DELETE FROM todo"}) ==
+        "lattice: invalid_argument: 'DELETE FROM todo': export runs only statements that read rows "
+        "(a SELECT)");
+  CHECK(box.fails({"export", "t.db", "todo", "--format", "yaml"}) ==
+        "lattice: usage: --format takes csv, ndjson or json, not 'yaml' (run 'lattice help')");
+}
+
 }  // namespace
 }  // namespace lattice

@@ -443,5 +443,21 @@ TEST_CASE("a catch-up in small chunks ends where one whole changeset would") {
   CHECK(b->version_vector().to_json() == a->version_vector().to_json());
 }
 
+// Regression: the capture trigger's INSERT OR IGNORE into lattice_counter_undo took the upsert's
+// conflict policy, so a second ON CONFLICT DO UPDATE of one counter in a transaction failed
+// with "UNIQUE constraint failed: lattice_counter_undo...".
+TEST_CASE("two upserts of one counter in one transaction are captured") {
+  auto replica = test::open_todo_replica();
+  replica->exec(
+      "BEGIN;"
+      "INSERT INTO todo(id, votes) VALUES ('a', 1) ON CONFLICT(id) DO UPDATE SET votes = 1;"
+      "INSERT INTO todo(id, votes) VALUES ('a', 2) ON CONFLICT(id) DO UPDATE SET votes = 2;"
+      "INSERT INTO todo(id, votes) VALUES ('a', 3) ON CONFLICT(id) DO UPDATE SET votes = 3;"
+      "COMMIT");
+  auto fresh = test::open_todo_replica();
+  fresh->apply(replica->changes_since(crdt::VersionVector{}));
+  CHECK(test::dump_table(*fresh, "todo") == "text:a|null|int:0|int:3|\n");
+}
+
 }  // namespace
 }  // namespace lattice

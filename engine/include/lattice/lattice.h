@@ -66,7 +66,7 @@
 #define LATTICE_NOEXCEPT
 #endif
 
-#define LATTICE_API_VERSION 2
+#define LATTICE_API_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -231,6 +231,66 @@ typedef struct lattice_apply_result {
 LATTICE_API lattice_code lattice_replica_apply(lattice_replica* replica, const void* bytes,
                                                size_t size, lattice_apply_result* result,
                                                lattice_error* error) LATTICE_NOEXCEPT;
+
+/* ---- Import and export (docs/import-export.md) ------------------------------------------------
+ */
+
+/* Called after each batch an import commits, and once before the first, on the thread that
+ * called lattice_replica_import(): `records` read so far of `total` in the file, `rejected` of
+ * them refused. It must not call the replica. */
+typedef void (*lattice_import_progress_callback)(void* context, uint64_t records, uint64_t total,
+                                                 uint64_t rejected);
+
+typedef struct lattice_import_options {
+  size_t struct_size;       /* sizeof(lattice_import_options) */
+  const char* format;       /* "csv", "ndjson" or "json"; NULL: "csv" */
+  const char* mapping_json; /* the mapping file's text (JSON); NULL: columns matched by name */
+  const char* errors_path;  /* where to write the rejected records as CSV; NULL: not written */
+  size_t batch_rows;        /* rows per transaction; 0: 100000 */
+  lattice_import_progress_callback on_progress; /* NULL: none */
+  void* context;                                /* passed to on_progress */
+} lattice_import_options;
+#define LATTICE_IMPORT_OPTIONS_INIT \
+  { sizeof(lattice_import_options), NULL, NULL, NULL, 0, NULL, NULL }
+
+typedef struct lattice_import_result {
+  uint64_t records;   /* records in the file */
+  uint64_t inserted;  /* rows that were not in the table */
+  uint64_t updated;   /* rows that were, with some imported column different */
+  uint64_t unchanged; /* rows equal in every imported column: nothing written */
+  uint64_t rejected;  /* records refused, each a line of the errors file */
+} lattice_import_result;
+
+/* Imports the file at `path` (CSV, NDJSON or JSON) into `table`, which needs a primary key: each
+ * record becomes a row, inserted when its key is new, updated when it differs, left alone when
+ * equal, as this replica's own writes, in one transaction per batch. A record that does not fit
+ * (a value that does not convert to its column's type, a constraint, a trigger's refusal) is
+ * rejected alone and, with `errors_path`, written there with its record and line numbers, the
+ * column and the reason; the call still returns LATTICE_OK (see result->rejected). A file that
+ * cannot be read to its end is refused before anything is written: LATTICE_ERR_CORRUPT (not a
+ * text file, an unclosed quote, JSON that is not an array of objects), LATTICE_ERR_TOO_LARGE
+ * (over a limit); also LATTICE_ERR_IO, LATTICE_ERR_INVALID_ARGUMENT (a bad mapping, a header or
+ * mapping naming no column, a key column not imported, an unknown format),
+ * LATTICE_ERR_SCHEMA (no such table), LATTICE_ERR_STATE (inside an open transaction).
+ * `options` and `result` may be NULL. Importing the same file again changes nothing. */
+LATTICE_API lattice_code lattice_replica_import(lattice_replica* replica, const char* table,
+                                                const char* path,
+                                                const lattice_import_options* options,
+                                                lattice_import_result* result,
+                                                lattice_error* error) LATTICE_NOEXCEPT;
+
+/* Exports the rows of `table_or_query` (a table or view name, in primary-key order for a table,
+ * or one read-only SQL statement) as `format` ("csv", "ndjson" or "json"; NULL: "csv"): into the
+ * file at `path` (written through PATH.tmp and a rename), or, when `path` is NULL, into `out`
+ * (OWNED: free with lattice_buffer_free). Sets `*rows` (may be NULL) to the number of rows.
+ * LATTICE_ERR_INVALID_ARGUMENT for a name that is neither, a statement that writes, text that
+ * JSON cannot carry (not UTF-8), or neither `path` nor `out`; LATTICE_ERR_SQL when the query
+ * fails; LATTICE_ERR_IO when the file cannot be written. */
+LATTICE_API lattice_code lattice_replica_export(lattice_replica* replica,
+                                                const char* table_or_query, const char* format,
+                                                const char* path, lattice_buffer* out,
+                                                uint64_t* rows,
+                                                lattice_error* error) LATTICE_NOEXCEPT;
 
 /* ---- Change subscriptions ------------------------------------------------------------------ */
 

@@ -13,7 +13,8 @@
 //   sync.start();  // keeps todo.db in sync on its own thread until sync.stop()
 //
 // Replica is documented in storage/replica.hpp, Changeset and VersionVector in crdt/,
-// SyncClient in engine/sync/sync_client.hpp.
+// SyncClient in engine/sync/sync_client.hpp, import_file and export_rows in
+// engine/import_export/table_import.hpp and table_export.hpp.
 
 #include <string>
 #include <string_view>
@@ -22,6 +23,8 @@
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "crdt/version_vector.hpp"
+#include "engine/import_export/table_export.hpp"
+#include "engine/import_export/table_import.hpp"
 #include "engine/sync/sync_client.hpp"
 #include "storage/replica.hpp"
 
@@ -31,12 +34,27 @@ using crdt::Changeset;
 using crdt::SiteId;
 using crdt::Value;
 using crdt::VersionVector;
+using engine::data_format_from_name;
+using engine::data_format_name;
+using engine::DataFormat;
+using engine::export_file;
+using engine::export_rows;
+using engine::ExportResult;
+using engine::import_file;
+using engine::ImportOptions;
+using engine::ImportProgress;
+using engine::ImportRejection;
+using engine::ImportResult;
+using engine::ReadLimits;
 using engine::sync_state_name;
 using engine::SyncClient;
 using engine::SyncClientOptions;
 using engine::SyncState;
 using engine::SyncStatus;
 using storage::ApplyResult;
+using storage::BulkPath;
+using storage::BulkResult;
+using storage::BulkRowError;
 using storage::ChangeEvent;
 using storage::CheckReport;
 using storage::compare_digests;
