@@ -508,11 +508,12 @@ int run_import(const std::vector<std::string>& args) {
   }();
   if (printed && terminal) std::fputc('\n', stderr);
   std::printf(
-      "imported %llu records into %s: %llu inserted, %llu updated, %llu unchanged, %llu "
+      "imported %llu %s into %s: %llu inserted, %llu updated, %llu unchanged, %llu "
       "rejected%s%s%s\n",
-      static_cast<unsigned long long>(r.records), args[2].c_str(),
-      static_cast<unsigned long long>(r.inserted), static_cast<unsigned long long>(r.updated),
-      static_cast<unsigned long long>(r.unchanged), static_cast<unsigned long long>(r.rejected),
+      static_cast<unsigned long long>(r.records), r.records == 1 ? "record" : "records",
+      args[2].c_str(), static_cast<unsigned long long>(r.inserted),
+      static_cast<unsigned long long>(r.updated), static_cast<unsigned long long>(r.unchanged),
+      static_cast<unsigned long long>(r.rejected),
       r.rejected && !options.errors_path.empty() ? " (see " : "",
       r.rejected && !options.errors_path.empty() ? options.errors_path.c_str() : "",
       r.rejected && !options.errors_path.empty() ? ")" : "");

@@ -475,6 +475,10 @@ TEST_CASE("import writes a CSV file's records by key; a second import changes no
   CHECK(box.ok({"apply", "u.db", "t.cs"}) == "applied 6 of 6 changes\n");
   CHECK(box.ok({"exec", "u.db", "SELECT * FROM todo ORDER BY id"}) ==
         "a\tbuy milk\t0\t1\nb\twalk, then run\t1\t2\n");
+
+  write_all(box.path("one.csv"), "id,title\nc,call mum\n");
+  CHECK(box.ok({"import", "t.db", "todo", "one.csv"}) ==
+        "imported 1 record into todo: 1 inserted, 0 updated, 0 unchanged, 0 rejected\n");
 }
 
 TEST_CASE("import exits 3 when records were rejected, and writes them to --errors") {
