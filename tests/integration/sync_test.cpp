@@ -700,6 +700,74 @@ TEST_CASE("a transaction over the relay's --max-transaction-bytes is refused nam
   sync_once(box, relay, b, token);
 }
 
+TEST_CASE("a device killed while it sends its unsent writes loses none of them") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string path = relay.device("phone");
+  int written = 0;
+  // Writes made offline by the application's own connection: many small transactions, or one
+  // large one (which travels in pieces).
+  auto write_rows = [&](int count, bool one_transaction) {
+    auto app = storage::Replica::open(path);
+    if (one_transaction) {
+      app->exec("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+                std::to_string(count - 1) + ") INSERT INTO todo(id, title) SELECT 'w' || (" +
+                std::to_string(written) + " + i), 'x' FROM n");
+      written += count;
+    }
+    for (int i = 0; i < count && !one_transaction; ++i, ++written)
+      app->exec("INSERT INTO todo(id, title) VALUES ('w" + std::to_string(written) + "', 'x')");
+  };
+  // Offline writes, then `lattice sync` SIGKILLed this long after it says it is syncing: part-way
+  // through sending them, or through the pieces of the large transaction.
+  std::string held_after_kills;
+  struct Round {
+    int rows;
+    bool one_transaction;
+    int after_ms;
+  };
+  for (const Round& round :
+       {Round{3'000, false, 0}, Round{3'000, false, 40}, Round{3'000, false, 150},
+        Round{60'000, true, 200}, Round{60'000, true, 700}, Round{3'000, false, 400}}) {
+    write_rows(round.rows, round.one_transaction);
+    Process sync({LATTICE_CLI_PATH, "sync", path, relay.url(), "--token-file",
+                  token_file(box, token), "--ca-file", relay.ca_file()},
+                 box.path("kill" + std::to_string(written) + ".out"),
+                 box.path("kill" + std::to_string(written) + ".err"));
+    REQUIRE_MESSAGE(sync.wait_for_line("state: syncing", seconds(30)),
+                    "sync never started: " << sync.out() << sync.err());
+    std::this_thread::sleep_for(milliseconds(round.after_ms));
+    sync.signal(SIGKILL);
+    REQUIRE(sync.wait(seconds(10)).has_value());
+    // (No file yet when the relay has not heard from the device.)
+    const std::string at_relay =
+        fs::exists(relay.relay_file()) ? dump_todo(relay.relay_file()) : std::string();
+    held_after_kills += " " + std::to_string(std::count(at_relay.begin(), at_relay.end(), '\n')) +
+                        "/" + std::to_string(written);
+  }
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* check = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &check, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(check) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(check, 0))) == "ok");
+    sqlite3_finalize(check);
+    sqlite3_close(db);
+  }
+  MESSAGE("rows at the relay after each kill:" << held_after_kills);
+  // The next sync sends the rest; another device receives everything.
+  sync_once(box, relay, path, token);
+  const std::string rows = dump_todo(path);
+  CHECK(std::count(rows.begin(), rows.end(), '\n') == written);
+  CHECK(dump_todo(relay.relay_file()) == rows);
+  const std::string other = relay.device("tablet");
+  sync_once(box, relay, other, token);
+  CHECK(dump_todo(other) == rows);
+}
+
 TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {
   Sandbox box;
   RelayFixture relay(box);
