@@ -47,6 +47,13 @@ constexpr const char* kSchema =
     "votes INTEGER NOT NULL DEFAULT 0); SELECT lattice_replicate('todo', "
     "'{\"votes\":\"counter\"}');";
 constexpr const char* kNamespace = "board";
+// Large transactions are this many times smaller under the sanitizers, where merging and
+// extracting 100,000 rows takes the relay's one thread long enough for connections to time out.
+#ifdef LATTICE_SANITIZED
+constexpr int kLargeDivisor = 5;
+#else
+constexpr int kLargeDivisor = 1;
+#endif
 
 std::string read_all(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -654,23 +661,25 @@ TEST_CASE("a transaction of 100,000 rows syncs whole, both ways, through a real 
   relay.start();
   const std::string token = relay.token();
   const std::string a = relay.device("a"), b = relay.device("b");
+  const int kRows = 100'000 / kLargeDivisor;
   const std::string insert =
-      "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
-      "INSERT INTO todo(id, title) SELECT printf('r%06d', i), 'task ' || i FROM n";
-  must(lattice(box, {"exec", a, insert}), "insert 100,000 rows on a");
+      "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+      std::to_string(kRows) +
+      ") INSERT INTO todo(id, title) SELECT printf('r%06d', i), 'task ' || i FROM n";
+  must(lattice(box, {"exec", a, insert}), "insert the rows on a");
   sync_once(box, relay, a, token);
   sync_once(box, relay, b, token);
   const std::string rows = dump_todo(a);
-  CHECK(std::count(rows.begin(), rows.end(), '\n') == 100'000);
+  CHECK(std::count(rows.begin(), rows.end(), '\n') == kRows);
   CHECK(dump_todo(b) == rows);
 
-  // Back the other way: one update of every row on b (200,000 column changes).
+  // Back the other way: one update of every row on b (two column changes a row).
   must(lattice(box, {"exec", b, "UPDATE todo SET done = 1, votes = votes + 2"}), "update on b");
   sync_once(box, relay, b, token);
   sync_once(box, relay, a, token);
   const std::string updated = dump_todo(a);
   CHECK(updated == dump_todo(b));
-  CHECK(updated.find("r099999|task 99999|1|2\n") != std::string::npos);
+  CHECK(updated.find("r020000|task 20000|1|2\n") != std::string::npos);
   CHECK(updated.find("|0|0\n") == std::string::npos);
   CHECK(dump_todo(relay.relay_file()) == updated);
 }
@@ -728,9 +737,9 @@ TEST_CASE("a device killed while it sends its unsent writes loses none of them")
     bool one_transaction;
     int after_ms;
   };
-  for (const Round& round :
-       {Round{3'000, false, 0}, Round{3'000, false, 40}, Round{3'000, false, 150},
-        Round{60'000, true, 200}, Round{60'000, true, 700}, Round{3'000, false, 400}}) {
+  for (const Round& round : {Round{3'000, false, 0}, Round{3'000, false, 40},
+                             Round{3'000, false, 150}, Round{60'000 / kLargeDivisor, true, 200},
+                             Round{60'000 / kLargeDivisor, true, 700}, Round{3'000, false, 400}}) {
     write_rows(round.rows, round.one_transaction);
     Process sync({LATTICE_CLI_PATH, "sync", path, relay.url(), "--token-file",
                   token_file(box, token), "--ca-file", relay.ca_file()},
