@@ -218,10 +218,15 @@ class Replica {
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 
   // This replica's own transactions with `from` <= seq <= `through`, from the local log, in
-  // order. The log keeps every transaction after the last acknowledged one, and that one.
+  // order. The log keeps the last acknowledged transaction and every later one.
   std::vector<TxnTag> local_log(std::uint64_t from, std::uint64_t through);
   // The highest own sequence number a relay has acknowledged holding (0: none).
   std::uint64_t acknowledged();
+  // The highest own sequence number whose tag the log may no longer hold: acknowledged(), or,
+  // in a file whose triggers predate version 6 (which kept only the last 10,000 own
+  // transactions), the last one the log dropped. What a hello calls acked_seq: a relay counts
+  // the transactions up to it without tags.
+  std::uint64_t untagged_through();
   // Records that a relay durably holds this replica's own transactions up to `seq`, and drops
   // the log entries that can no longer be needed. Never moves backwards.
   void acknowledge(std::uint64_t seq);

@@ -44,6 +44,19 @@ std::vector<TxnTag> Replica::local_log(std::uint64_t from, std::uint64_t through
 
 std::uint64_t Replica::acknowledged() { return meta_uint(impl_->db, "acknowledged_seq"); }
 
+std::uint64_t Replica::untagged_through() {
+  sqlite3* db = impl_->db;
+  const std::uint64_t acked = acknowledged();
+  Statement head(db, "SELECT seq FROM lattice_local WHERE id = 0");
+  const auto own_head = head.step() ? static_cast<std::uint64_t>(head.column_int(0)) : 0;
+  Statement first(db, "SELECT coalesce(min(seq), 0) FROM lattice_local_log");
+  first.step();
+  const auto first_logged = static_cast<std::uint64_t>(first.column_int(0));
+  // No entry at all: none of the transactions has its tag (a file from before the log).
+  if (first_logged == 0) return std::max(acked, own_head);
+  return std::max(acked, first_logged - 1);
+}
+
 void Replica::acknowledge(std::uint64_t seq) {
   sqlite3* db = impl_->db;
   if (seq <= acknowledged()) return;

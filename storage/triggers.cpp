@@ -349,19 +349,15 @@ class TriggerWriter {
 std::string capture_triggers_sql(const TableInfo& t) { return TriggerWriter(t).all(); }
 
 // Every own transaction's tag in lattice_local_log (docs/protocol.md, "Rekey"). The log and the
-// counter undo log keep the last kKeptTransactions own transactions even when no relay ever
-// acknowledges them (a replica synced only by files), so they stay bounded; a relay's
-// acknowledgement trims them further (Replica::acknowledge).
+// counter undo log keep every transaction no relay has acknowledged: a relay asks the tag of
+// each one it counts, and a rekey splits counters through the undo log. Only an
+// acknowledgement trims them (Replica::acknowledge). Before triggers version 6 they kept only
+// the last 10,000, and a device with more unsent transactions could never send them.
 std::string local_log_trigger_sql() {
-  const std::string kept = std::to_string(kKeptTransactions);
   return "CREATE TRIGGER lattice_local_logged AFTER UPDATE OF seq ON lattice_local "
          "WHEN lattice_capture_enabled() AND NEW.seq > OLD.seq BEGIN\n"
          "INSERT OR REPLACE INTO lattice_local_log(seq, tag) VALUES (NEW.seq, lattice_txn_tag());\n"
-         "DELETE FROM lattice_local_log WHERE seq <= NEW.seq - " +
-         kept +
-         ";\n"
-         "DELETE FROM lattice_counter_undo WHERE seq <= NEW.seq - " +
-         kept + ";\nEND;\n";
+         "END;\n";
 }
 
 // Rowid tables with a UNIQUE key rather than WITHOUT ROWID: a captured write then appends to

@@ -69,7 +69,10 @@ void SyncSession::start() {
   hello.token = options_.token;
   hello.held = replica_.version_vector();
   hello.schema_fingerprint = replica_.schema_description();
-  hello.acked_seq = replica_.acknowledged();
+  // Acknowledged, or (in files from before triggers version 6) older than the log kept:
+  // transactions whose tags the relay cannot be shown, which it would otherwise refuse to count
+  // for ever.
+  hello.acked_seq = replica_.untagged_through();
   // The relay compares these with what it has of our site id after acked_seq, which another
   // copy can only have extended from there. A hello must be small (the relay's limit before
   // authentication, docs/protocol.md): 1,024 entries (16 KiB); later transactions are compared

@@ -270,8 +270,7 @@ std::string lower_case(std::string_view text);
 // its capture triggers, lattice_pk(<row>.k1, ...) for its key, and a string literal.
 std::string metadata_tables_sql(const TableInfo& t);
 std::string capture_triggers_sql(const TableInfo& t);
-// The trigger that logs own transactions, keeping the last kKeptTransactions.
-constexpr std::uint64_t kKeptTransactions = 10000;
+// The trigger that logs own transactions (kept until a relay acknowledges them).
 std::string local_log_trigger_sql();
 std::string key_expression(const TableInfo& t, const char* row);
 std::string sql_literal(std::string_view text);
