@@ -35,6 +35,8 @@ ALLOWED="
 21 pthread_setspecific pthread_sigmask recv recvmsg sendmsg setsockopt shutdown sigfillset
 21 snprintf socket sprintf strcat strchr strcmp strerror_r strlen strncpy strnlen strtod strtoul
 21 timerfd_create timerfd_settime tolower toupper vsnprintf write
+# stdio and errno text, for import and export files (engine/import_export/)
+21 fclose ferror fflush fopen fputs fread fseek fwrite remove rename strerror
 23 __cxa_thread_atexit_impl
 # SQLite's own calls, when it is compiled in from an amalgamation (-DLATTICE_SQLITE_AMALGAMATION)
 21 access fchmod fchown fstat64 fsync ftruncate64 getcwd getenv geteuid getpid localtime
