@@ -115,10 +115,12 @@ void SyncSession::push_local_changes() {
     // written both within and after the batch's last transaction is extracted as it is now:
     // its parts from later transactions wait for their own batch, since the relay accepts
     // nothing of ours past the batch's `until`.
+    // (The limit is read before the call: arguments are evaluated in no fixed order, and the
+    // first one moves the changeset away.)
     const std::uint64_t from = sent.get(own);
-    changeset = transport::clamp_own_claims(
-        std::move(changeset), own,
-        std::min(changeset.until.get(own), from + transport::kMaxLogEntries));
+    const std::uint64_t limit =
+        std::min(changeset.until.get(own), from + transport::kMaxLogEntries);
+    changeset = transport::clamp_own_claims(std::move(changeset), own, limit);
     // A batch without rows still matters when it moves the relay's vector: writes that were
     // superseded here before they went out leave nothing to send, but the relay must learn
     // they are covered, or the two vectors never agree.
