@@ -123,6 +123,7 @@ struct Hub::Impl {
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
+  // A device's changes and their pieces, from a token with the write right (on_frame checks).
   void on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece);
   void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
   // The changeset of a device's changes frame, joined with its pieces, decoded and within the
@@ -315,8 +316,13 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
     return;
   if (std::holds_alternative<transport::Hello>(frame))
     return fail(*peer, WireError::kMalformed, "a second hello on one connection");
-  if (auto* changes = std::get_if<transport::Changes>(&frame)) return on_changes(peer, *changes);
-  if (auto* part = std::get_if<transport::ChangesPiece>(&frame)) return on_piece(peer, *part);
+  auto* changes = std::get_if<transport::Changes>(&frame);
+  auto* part = std::get_if<transport::ChangesPiece>(&frame);
+  if ((changes || part) && !(peer->grant.rights & kGrantWrite))
+    return fail(*peer, WireError::kForbidden,
+                "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
+  if (changes) return on_changes(peer, *changes);
+  if (part) return on_piece(peer, *part);
   if (auto* ping = std::get_if<transport::Ping>(&frame))
     return send(*peer, transport::Pong{ping->nonce});
   if (auto* request = std::get_if<transport::DigestRequest>(&frame)) {
@@ -501,9 +507,6 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
 }
 
 void Hub::Impl::on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece) {
-  if (!(peer->grant.rights & kGrantWrite))
-    return fail(*peer, WireError::kForbidden,
-                "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
   if (peer->protocol < 3)
     return fail(*peer, WireError::kMalformed,
                 "changes_piece frames need protocol 3; this connection speaks " +
@@ -593,9 +596,6 @@ std::optional<crdt::Changeset> Hub::Impl::receive_batch(Peer& peer, transport::C
 }
 
 void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes) {
-  if (!(peer->grant.rights & kGrantWrite))
-    return fail(*peer, WireError::kForbidden,
-                "token of '" + peer->grant.subject + "' lacks the write right; changes refused");
   std::optional<crdt::Changeset> received = receive_batch(*peer, changes);
   if (!received) return;
   crdt::Changeset& changeset = *received;
