@@ -366,6 +366,16 @@ void Replica::Impl::load_catalog() {
   }
 }
 
+crdt::TableId Replica::Impl::table_id_for(std::string_view name) const {
+  auto hint = table_id_hints.find(lower_case(name));
+  return hint != table_id_hints.end() ? hint->second : stable_id(name);
+}
+
+crdt::ColumnId Replica::Impl::column_id_for(crdt::TableId table, std::string_view name) const {
+  auto hint = column_id_hints.find({table, lower_case(name)});
+  return hint != column_id_hints.end() ? hint->second : stable_id(name);
+}
+
 void Replica::Impl::replicate(std::string_view table_name, std::string_view column_types_json) {
   const std::string table(table_name);
   auto types = parse_column_types(column_types_json, table);
@@ -394,7 +404,7 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
 
   TableInfo info;
   info.name = name;
-  info.id = stable_id(name);
+  info.id = table_id_for(name);
   info.columns = read_columns(db, name, true);
   info.key_count = static_cast<std::size_t>(std::count_if(
       info.columns.begin(), info.columns.end(), [](const auto& c) { return c.key_position; }));
@@ -406,7 +416,7 @@ void Replica::Impl::replicate(std::string_view table_name, std::string_view colu
 
   std::set<crdt::ColumnId> used_ids;
   for (auto& c : info.columns) {
-    c.id = stable_id(c.name);
+    c.id = column_id_for(info.id, c.name);
     if (!used_ids.insert(c.id).second)
       throw Error(ErrorCode::kSchema, "table '" + name + "' cannot be replicated: column '" +
                                           c.name +
@@ -616,7 +626,7 @@ void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
   std::string name = column;
   for (const auto& live : read_columns(db, t.name, false))
     if (lower_case(live.name) == lower_case(column)) name = live.name;
-  const crdt::ColumnId id = stable_id(name);
+  const crdt::ColumnId id = column_id_for(t.id, name);
   Affinity affinity = Affinity::kBlob;
   for (const auto& live : read_columns(db, t.name, false))
     if (lower_case(live.name) == lower_case(name)) affinity = live.affinity;

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 #include "storage/detail/projection.hpp"
 #include "storage/detail/replica_impl.hpp"
 #include "storage/primary_key.hpp"
@@ -345,16 +346,145 @@ void Replica::Impl::fill_from_future(TableInfo& t, const std::set<crdt::ColumnId
                         std::make_move_iterator(events.end()));
 }
 
+namespace {
+
+// The declared type that gives a column the affinity a manifest names.
+std::string declared_type(const ManifestColumn& c) {
+  static const std::map<std::string, std::string> kDeclared = {{"none", ""},
+                                                               {"text", " TEXT"},
+                                                               {"numeric", " NUMERIC"},
+                                                               {"integer", " INTEGER"},
+                                                               {"real", " REAL"}};
+  auto it = kDeclared.find(c.affinity);
+  return (it == kDeclared.end() ? std::string() : it->second) +
+         (c.kind == "counter" ? " NOT NULL DEFAULT 0" : "");
+}
+
+// SELECT lattice_replicate(table, '{"c": "counter", ...}') for the table's counters, or "".
+std::string replicate_sql(const std::string& table, const std::vector<const ManifestColumn*>& all,
+                          bool always) {
+  std::string types;
+  for (const ManifestColumn* c : all)
+    if (c->kind == "counter")
+      types += (types.empty() ? "" : ", ") + crdt::json_quote(c->name) + ": \"counter\"";
+  if (types.empty() && !always) return "";
+  return "SELECT lattice_replicate(" + quote_literal(table) + ", " +
+         quote_literal("{" + types + "}") + ");\n";
+}
+
+std::vector<const ManifestColumn*> key_columns(const ManifestTable& t) {
+  std::vector<const ManifestColumn*> out;
+  for (const auto& c : t.columns)
+    if (c.kind == "key") out.push_back(&c);
+  return out;
+}
+
+// The statements that take a replica from `from` to `to`, matching tables and columns by id:
+// drops first (their names may be taken again), then renames, then additions. The ids of what
+// is added go into `table_hints` and `column_hints`.
+std::string migration_sql(
+    const SchemaManifest& from, const SchemaManifest& to,
+    std::map<std::string, crdt::TableId>& table_hints,
+    std::map<std::pair<crdt::TableId, std::string>, crdt::ColumnId>& column_hints) {
+  auto fail = [](const std::string& why) {
+    return Error(ErrorCode::kSchema, "cannot migrate to the other schema: " + why);
+  };
+  std::string sql;
+  for (const auto& t : from.tables)
+    if (!to.table(t.id)) sql += "DROP TABLE " + quote_identifier(t.name) + ";\n";
+  for (const auto& t : to.tables) {
+    const ManifestTable* have = from.table(t.id);
+    if (!have) continue;
+    const auto keys = key_columns(t), had_keys = key_columns(*have);
+    bool same_key = keys.size() == had_keys.size();
+    for (std::size_t i = 0; same_key && i < keys.size(); ++i)
+      same_key = keys[i]->id == had_keys[i]->id && keys[i]->affinity == had_keys[i]->affinity;
+    if (!same_key) throw fail("table '" + t.name + "' has another primary key");
+    const std::string table = quote_identifier(t.name);
+    if (have->name != t.name)
+      sql += "ALTER TABLE " + quote_identifier(have->name) + " RENAME TO " + table + ";\n";
+    for (const auto& c : have->columns)
+      if (!t.column(c.id))
+        sql += "ALTER TABLE " + table + " DROP COLUMN " + quote_identifier(c.name) + ";\n";
+    std::vector<const ManifestColumn*> added;
+    for (const auto& c : t.columns) {
+      if (c.kind == "key") {
+        if (have->column(c.id)->name != c.name)
+          throw fail("key column '" + t.name + "." + c.name + "' has another name");
+        continue;
+      }
+      const ManifestColumn* mine = have->column(c.id);
+      if (!mine) {
+        auto dropped = from.dropped_columns.find(t.id);
+        if (dropped != from.dropped_columns.end() && dropped->second.count(c.id))
+          throw fail("column '" + t.name + "." + c.name +
+                     "' has the id of a column dropped here, which stays reserved");
+        added.push_back(&c);
+        continue;
+      }
+      if (mine->affinity != c.affinity || mine->kind != c.kind)
+        throw fail("column '" + t.name + "." + c.name + "' is " + mine->affinity + " " +
+                   mine->kind + " here but " + c.affinity + " " + c.kind + " there");
+      if (mine->name != c.name)
+        sql += "ALTER TABLE " + table + " RENAME COLUMN " + quote_identifier(mine->name) + " TO " +
+               quote_identifier(c.name) + ";\n";
+    }
+    for (const ManifestColumn* c : added) {
+      sql += "ALTER TABLE " + table + " ADD COLUMN " + quote_identifier(c->name) +
+             declared_type(*c) + ";\n";
+      column_hints[{t.id, c->name}] = c->id;
+    }
+    sql += replicate_sql(t.name, added, false);
+  }
+  for (const auto& t : to.tables) {
+    if (from.table(t.id)) continue;
+    if (from.dropped_tables.count(t.id))
+      throw fail("table '" + t.name + "' has the id of a table dropped here, which stays reserved");
+    std::string columns, keys;
+    std::vector<const ManifestColumn*> all;
+    for (const auto& c : t.columns) {
+      columns += (columns.empty() ? "" : ", ") + quote_identifier(c.name) + declared_type(c);
+      if (c.kind == "key") keys += (keys.empty() ? "" : ", ") + quote_identifier(c.name);
+      column_hints[{t.id, c.name}] = c.id;
+      all.push_back(&c);
+    }
+    table_hints[t.name] = t.id;
+    sql += "CREATE TABLE " + quote_identifier(t.name) + "(" + columns + ", PRIMARY KEY (" + keys +
+           "));\n" + replicate_sql(t.name, all, true);
+  }
+  return sql;
+}
+
+}  // namespace
+
 std::int64_t Replica::schema_version() {
   Statement select(impl_->db, "SELECT coalesce(max(version), 0) FROM lattice_migrations");
   select.step();
   return select.column_int(0);
 }
 
+std::string Replica::schema_manifest_at(std::int64_t version) {
+  Statement select(impl_->db, "SELECT manifest FROM lattice_schema_history WHERE version = ?");
+  select.bind(1, version);
+  return select.step() ? select.column_text(0) : std::string();
+}
+
 bool Replica::migrate(std::int64_t version, std::string_view sql) {
   if (version < 1)
     throw Error(ErrorCode::kInvalidArgument,
                 "migration versions start at 1, not " + std::to_string(version));
+  return run_migration(version, sql, nullptr);
+}
+
+bool Replica::migrate_to(std::int64_t version, const SchemaManifest& target) {
+  if (version < 0)
+    throw Error(ErrorCode::kInvalidArgument,
+                "migration versions start at 1 (0: none), not " + std::to_string(version));
+  return run_migration(version, {}, &target);
+}
+
+bool Replica::run_migration(std::int64_t version, std::string_view sql,
+                            const SchemaManifest* target) {
   sqlite3* db = impl_->db;
   if (!sqlite3_get_autocommit(db))
     throw Error(ErrorCode::kState, "migrate cannot run inside an open transaction; commit first");
@@ -362,29 +492,62 @@ bool Replica::migrate(std::int64_t version, std::string_view sql) {
   try {
     Statement before(db, "SELECT sql FROM lattice_migrations WHERE version = ?");
     before.bind(1, version);
-    if (before.step()) {
-      if (before.column_text(0) != sql)
+    if (version > 0 && before.step()) {
+      const std::string ran_before = before.column_text(0);
+      before = Statement();
+      if (target) {
+        const std::string had = schema_manifest_at(version);
+        if (had != format_manifest(*target))
+          throw Error(ErrorCode::kSchema,
+                      "migration " + std::to_string(version) +
+                          " ran here before with another result: " +
+                          (had.empty() ? std::string("its schema was not recorded")
+                                       : manifest_difference(parse_manifest(had), *target,
+                                                             "replica", "other side")));
+      } else if (ran_before != sql) {
         throw Error(ErrorCode::kSchema, "migration " + std::to_string(version) +
                                             " ran before with other SQL; a migration's number "
                                             "names one change: give this one a new number");
-      before = Statement();
+      }
       exec_sql(db, "COMMIT");
       return false;
     }
     before = Statement();
-    if (version <= schema_version()) {
+    if (version > 0 && version <= schema_version()) {
       exec_sql(db, "COMMIT");
       return false;
     }
-    exec(sql);
-    Statement record(db,
-                     "INSERT INTO lattice_migrations(version, sql, applied_at) VALUES (?, ?, ?)");
-    record.bind(1, version)
-        .bind(2, sql)
-        .bind(3, static_cast<std::int64_t>(impl_->clock.wall_ms()))
-        .run();
+    std::string ran(sql);
+    if (target) {
+      ran =
+          migration_sql(schema_manifest(), *target, impl_->table_id_hints, impl_->column_id_hints);
+      exec(ran);
+      impl_->table_id_hints.clear();
+      impl_->column_id_hints.clear();
+      const SchemaManifest now = schema_manifest();
+      if (format_manifest(now) != format_manifest(*target))
+        throw Error(ErrorCode::kSchema,
+                    "migrating to the other schema left a difference: " +
+                        manifest_difference(now, *target, "replica", "other side"));
+    } else {
+      exec(sql);
+    }
+    if (version > 0) {
+      Statement record(db,
+                       "INSERT INTO lattice_migrations(version, sql, applied_at) VALUES (?, ?, ?)");
+      record.bind(1, version)
+          .bind(2, ran)
+          .bind(3, static_cast<std::int64_t>(impl_->clock.wall_ms()))
+          .run();
+      Statement history(db,
+                        "INSERT OR REPLACE INTO lattice_schema_history(version, manifest) "
+                        "VALUES (?, ?)");
+      history.bind(1, version).bind(2, format_manifest(schema_manifest())).run();
+    }
     exec_sql(db, "COMMIT");
   } catch (...) {
+    impl_->table_id_hints.clear();
+    impl_->column_id_hints.clear();
     sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
     impl_->load_catalog();
     impl_->catalog_schema_version = -1;

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS lattice_columns(
   PRIMARY KEY (table_id, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lattice_migrations(
   version INTEGER PRIMARY KEY, sql TEXT NOT NULL, applied_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lattice_schema_history(
+  version INTEGER PRIMARY KEY, manifest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lattice_future_values(
   table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL, value ANY,
   PRIMARY KEY (table_id, pk, col)) WITHOUT ROWID;
@@ -708,6 +710,27 @@ std::string Replica::schema_description() {
              (c.key_position ? "key" : crdt::column_kind_name(c.kind));
     }
     out += ')';
+  }
+  return out;
+}
+
+SchemaManifest Replica::schema_manifest() {
+  impl_->refresh();
+  SchemaManifest out;
+  out.dropped_tables = impl_->dropped_tables;
+  for (const auto& [id, table] : impl_->tables) {
+    if (table->future_table) continue;
+    ManifestTable t{id, lower_case(table->name), {}};
+    for (const ColumnInfo& c : table->columns)
+      t.columns.push_back({c.id, lower_case(c.name), affinity_word(c.affinity),
+                           c.key_position ? "key" : crdt::column_kind_name(c.kind)});
+    // Key columns in key order, the others by id: the order format_manifest writes.
+    std::stable_sort(t.columns.begin(), t.columns.end(), [](const auto& a, const auto& b) {
+      if ((a.kind == "key") != (b.kind == "key")) return a.kind == "key";
+      return a.kind != "key" && a.id < b.id;
+    });
+    if (!table->dropped_columns.empty()) out.dropped_columns[id] = table->dropped_columns;
+    out.tables.push_back(std::move(t));
   }
   return out;
 }

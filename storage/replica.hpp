@@ -18,6 +18,7 @@
 #include "crdt/txn_tag.hpp"
 #include "crdt/value.hpp"
 #include "crdt/version_vector.hpp"
+#include "storage/schema_manifest.hpp"
 
 namespace lattice::storage {
 
@@ -160,6 +161,22 @@ class Replica {
   // The version of the last migration run (0: none).
   std::int64_t schema_version();
 
+  // The replicated schema with its stable ids (schema_manifest.hpp), dropped ids included.
+  SchemaManifest schema_manifest();
+  // The manifest this replica had right after migration `version` ran (migrate or migrate_to),
+  // "" if no migration of that number ran here. Every version is kept.
+  std::string schema_manifest_at(std::int64_t version);
+
+  // Brings this replica's replicated schema to `target` as migration `version` (0: no number),
+  // in one transaction: renames, added and dropped columns and tables, by id, so a renamed
+  // column keeps its cells; new tables and columns take the ids `target` gives them. This is how
+  // a relay follows the schema of an admin device. Returns whether it ran (false when `version`
+  // ran before with the same result, or the replica is at a later version). Throws
+  // Error(kSchema) naming the table or column when `target` cannot be reached (a key or a
+  // column type that differs, an id a dropped table or column reserved) or when migration
+  // `version` ran before with another result; nothing is applied then.
+  bool migrate_to(std::int64_t version, const SchemaManifest& target);
+
   // Makes `table` replicated; `column_types_json` maps column names to "lww" or "counter"
   // (absent columns are "lww"). The same as SELECT lattice_replicate(...). Throws Error(kSchema)
   // naming the table and the reason when it cannot be replicated.
@@ -282,6 +299,8 @@ class Replica {
 
  private:
   explicit Replica(std::unique_ptr<Impl> impl);
+  // migrate (target null) and migrate_to share one transaction's steps.
+  bool run_migration(std::int64_t version, std::string_view sql, const SchemaManifest* target);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -75,5 +75,7 @@ void result_value(sqlite3_context* ctx, const crdt::Value& value);
 
 // "name" with embedded quotes doubled: safe to splice into SQL as an identifier.
 std::string quote_identifier(std::string_view name);
+// 'text' with embedded quotes doubled: safe to splice into SQL as a string literal.
+std::string quote_literal(std::string_view text);
 
 }  // namespace lattice::storage

@@ -155,6 +155,12 @@ struct Replica::Impl {
   // Columns added in the open transaction: lattice_replicate may still make them counters
   // (unless they were adopted: a later version's column keeps the type it has there).
   std::set<std::pair<crdt::TableId, crdt::ColumnId>> added_this_transaction;
+  // While migrate_to runs: the ids its target gives new tables (by lower-case name) and new
+  // columns (by table id and lower-case name), in place of the ids their names give.
+  std::map<std::string, crdt::TableId> table_id_hints;
+  std::map<std::pair<crdt::TableId, std::string>, crdt::ColumnId> column_id_hints;
+  crdt::TableId table_id_for(std::string_view name) const;
+  crdt::ColumnId column_id_for(crdt::TableId table, std::string_view name) const;
   std::set<std::pair<crdt::TableId, crdt::ColumnId>> adopted_this_transaction;
   // A local write transaction committed since held rows were last retried (settle).
   bool local_commit = false;
