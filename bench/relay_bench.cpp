@@ -586,7 +586,7 @@ class Fleet {
       : setup_(setup), relay_(relay), writer_window_(writer_window), hello_(hello) {
     auto templ = storage::Replica::open(":memory:");
     templ->exec(kSchema);
-    fingerprint_ = templ->schema_description();
+    fingerprint_ = storage::format_manifest(templ->schema_manifest());
     for (int i = 0; i < devices; ++i) {
       auto device = std::make_unique<Device>();
       device->fleet = this;
@@ -1110,7 +1110,7 @@ std::string merge(Context& ctx) {
           hello.site = replica->site_id();
           hello.ns = kNamespace;
           hello.token = ctx.setup.token;
-          hello.schema_fingerprint = replica->schema_description();
+          hello.schema_fingerprint = storage::format_manifest(replica->schema_manifest());
           connection->send(transport::encode_frame(hello));
         });
   });

@@ -1,6 +1,7 @@
 #include "relay/hub.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,45 @@ namespace {
 
 using transport::valid_namespace;
 using transport::WireError;
+
+// The operator's numbered migrations of a namespace, DIR/NAME/<number>[-words].sql, run in
+// order, each once: those at or below the replica's schema version are skipped (a device with
+// an admin token may have brought that version first).
+void run_operator_migrations(storage::Replica& replica, const std::filesystem::path& dir) {
+  std::map<std::int64_t, std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    std::size_t digits = 0;
+    while (digits < name.size() && std::isdigit(static_cast<unsigned char>(name[digits]))) ++digits;
+    const bool sql = name.size() > 4 && name.compare(name.size() - 4, 4, ".sql") == 0;
+    if (!sql) continue;
+    if (digits == 0 || digits > 15 ||
+        (digits < name.size() - 4 && name[digits] != '-' && name[digits] != '_'))
+      throw Error(ErrorCode::kInvalidArgument,
+                  "migration file '" + entry.path().string() +
+                      "' is not named <number>.sql or <number>-<words>.sql");
+    const std::int64_t version = std::stoll(name.substr(0, digits));
+    if (version < 1)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "migration file '" + entry.path().string() + "': numbers start at 1");
+    if (!files.emplace(version, entry.path()).second)
+      throw Error(ErrorCode::kInvalidArgument, "migrations '" + files[version].string() +
+                                                   "' and '" + entry.path().string() +
+                                                   "' have the same number");
+  }
+  for (const auto& [version, file] : files) {
+    if (version <= replica.schema_version()) continue;
+    std::ifstream in(file, std::ios::binary);
+    std::ostringstream sql;
+    sql << in.rdbuf();
+    if (!in) throw Error(ErrorCode::kIo, "cannot read the migration file '" + file.string() + "'");
+    try {
+      replica.migrate(version, sql.str());
+    } catch (const Error& e) {
+      throw Error(e.code(), "migration file '" + file.string() + "': " + e.what());
+    }
+  }
+}
 
 }  // namespace
 
@@ -49,6 +89,7 @@ struct Peer : std::enable_shared_from_this<Peer> {
   bool catching_up = false;
   std::size_t catch_up_changes = 0;  // changes per catch-up frame, halved while too large
   std::uint32_t protocol = 0;        // the version spoken on this connection
+  std::uint64_t schema_version = 0;  // the hello's: the device's last migration
   // A batch arriving in pieces: its number and the bytes so far (counted in the token's
   // TokenBudget::buffered).
   std::optional<std::uint64_t> incoming_batch;
@@ -123,6 +164,9 @@ struct Hub::Impl {
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello);
+  // The device's schema against the namespace's; false once the peer failed.
+  bool check_schema(Peer& peer, Namespace& space, const transport::Hello& hello);
+  bool check_schema_description(Peer& peer, Namespace& space, const transport::Hello& hello);
   // A device's changes and their pieces, from a token with the write right (on_frame checks).
   void on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece);
   void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
@@ -175,7 +219,10 @@ Namespace& Hub::Impl::space(const std::string& ns) {
         file.string() + suffix,
         std::filesystem::perms::owner_read | std::filesystem::perms::owner_write, ignored);
   }
-  if (space->replica->schema_description().empty()) {
+  const auto migrations = std::filesystem::path(options.schema_dir) / ns;
+  if (!options.schema_dir.empty() && std::filesystem::is_directory(migrations)) {
+    run_operator_migrations(*space->replica, migrations);
+  } else if (space->replica->schema_description().empty()) {
     const auto schema_file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
     if (!options.schema_dir.empty() && std::filesystem::exists(schema_file)) {
       std::ifstream in(schema_file, std::ios::binary);
@@ -386,6 +433,102 @@ void Hub::Impl::on_first_frame(const std::shared_ptr<Peer>& peer, std::string_vi
   on_hello(peer, std::get<transport::Hello>(frame));
 }
 
+bool Hub::Impl::check_schema_description(Peer& peer, Namespace& space,
+                                         const transport::Hello& hello) {
+  // Protocol 2 and 3: the description must equal the namespace's.
+  if (space.schema.empty() && !hello.schema_fingerprint.empty()) {
+    if (!(peer.grant.rights & kGrantAdmin)) {
+      fail(peer, WireError::kSchemaMismatch,
+           "namespace '" + peer.ns +
+               "' has no replicated tables yet: the relay's operator sets them (--schema) or a "
+               "device with an admin token connects first");
+      return false;
+    }
+    try {
+      space.replica->exec(adoption_sql(hello.schema_fingerprint));
+    } catch (const Error& e) {
+      fail(peer, WireError::kSchemaMismatch, e.what());
+      return false;
+    }
+    space.schema = space.replica->schema_description();
+  }
+  if (hello.schema_fingerprint != space.schema) {
+    fail(peer, WireError::kSchemaMismatch,
+         "the device's replicated schema differs from namespace '" + peer.ns +
+             "': " + first_difference(space.schema, hello.schema_fingerprint));
+    return false;
+  }
+  return true;
+}
+
+bool Hub::Impl::check_schema(Peer& peer, Namespace& space, const transport::Hello& hello) {
+  using Kind = SchemaVerdict::Kind;
+  if (hello.protocol_version < 4) return check_schema_description(peer, space, hello);
+  storage::SchemaManifest device;
+  try {
+    device = storage::parse_manifest(hello.schema_fingerprint);
+  } catch (const Error& e) {
+    fail(peer, WireError::kMalformed, std::string("hello.schema_fingerprint: ") + e.what());
+    return false;
+  }
+  const bool admin = peer.grant.rights & kGrantAdmin;
+  storage::Replica& replica = *space.replica;
+  const storage::SchemaManifest relay = replica.schema_manifest();
+  const std::int64_t relay_version = replica.schema_version();
+  if (hello.schema_version > static_cast<std::uint64_t>(INT64_MAX)) {
+    fail(peer, WireError::kMalformed, "hello.schema_version is past 2^63-1");
+    return false;
+  }
+  const auto device_version = static_cast<std::int64_t>(hello.schema_version);
+  SchemaVerdict verdict;
+  if (relay.empty() && !device.empty()) {
+    // A namespace without a schema takes the first admin device's; nobody else creates tables.
+    if (!admin) {
+      fail(peer, WireError::kSchemaMismatch,
+           "namespace '" + peer.ns +
+               "' has no replicated tables yet: the relay's operator sets them (--schema) or a "
+               "device with an admin token connects first");
+      return false;
+    }
+    verdict.kind = Kind::kAhead;
+  } else {
+    verdict = judge_schema(
+        relay, relay_version,
+        device_version < relay_version ? replica.schema_manifest_at(device_version) : std::string(),
+        device, device_version);
+  }
+  switch (verdict.kind) {
+    case Kind::kSame:
+    case Kind::kBehind:
+      break;
+    case Kind::kAhead:
+      if (!admin) {
+        fail(peer, WireError::kSchemaAhead,
+             "namespace '" + peer.ns +
+                 "' does not have the device's schema version yet: " + verdict.why +
+                 "; the device keeps its changes and waits until a device with an admin token "
+                 "or the relay's operator brings that version");
+        return false;
+      }
+      try {
+        replica.migrate_to(device_version, device);
+      } catch (const Error& e) {
+        fail(peer, WireError::kSchemaMismatch,
+             "namespace '" + peer.ns + "' cannot take the device's schema: " + e.what());
+        return false;
+      }
+      ++counters.schema_changes;
+      space.schema = replica.schema_description();
+      break;
+    case Kind::kMismatch:
+      fail(peer, WireError::kSchemaMismatch,
+           "the device's replicated schema conflicts with namespace '" + peer.ns +
+               "': " + verdict.why);
+      return false;
+  }
+  return true;
+}
+
 void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
   // on_first_frame checked the version, the namespace and the token (peer->grant).
   if (auto why = transport::check_vector(hello.held, "hello.held"))
@@ -422,24 +565,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   } catch (const Error& e) {
     return fail(*peer, WireError::kMalformed, e.what());
   }
-  // A namespace without a schema takes the first admin device's; nobody else creates tables.
-  if (space->schema.empty() && !hello.schema_fingerprint.empty()) {
-    if (!(peer->grant.rights & kGrantAdmin))
-      return fail(*peer, WireError::kSchemaMismatch,
-                  "namespace '" + peer->ns +
-                      "' has no replicated tables yet: the relay's operator sets them (--schema) "
-                      "or a device with an admin token connects first");
-    try {
-      space->replica->exec(adoption_sql(hello.schema_fingerprint));
-    } catch (const Error& e) {
-      return fail(*peer, WireError::kSchemaMismatch, e.what());
-    }
-    space->schema = space->replica->schema_description();
-  }
-  if (hello.schema_fingerprint != space->schema)
-    return fail(*peer, WireError::kSchemaMismatch,
-                "the device's replicated schema differs from namespace '" + peer->ns +
-                    "': " + first_difference(space->schema, hello.schema_fingerprint));
+  if (!check_schema(*peer, *space, hello)) return;
 
   // A copy of a replica file presents its site id with a history of its own; the first to
   // arrive keeps the id, this one is told to move its later transactions to a new one.
@@ -464,6 +590,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   space->peers.insert(peer);
   peer->connection->authenticated();
   peer->protocol = std::min(hello.protocol_version, transport::kProtocolVersion);
+  peer->schema_version = hello.schema_version;
   send(*peer, transport::Welcome{peer->protocol, relay_held});
   // What the device lacks, in frames of bounded size, a round at a time; the first frame always
   // goes (empty or not) so the device knows when it has caught up.
@@ -760,6 +887,13 @@ storage::Replica& Hub::replica(const std::string& ns) { return *impl_->space(ns)
 
 std::size_t Hub::connection_count() const { return impl_->peers.size(); }
 std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }
+
+std::map<std::uint64_t, std::size_t> Hub::devices_by_schema_version() const {
+  std::map<std::uint64_t, std::size_t> out;
+  for (const auto& peer : impl_->peers)
+    if (peer->phase == Peer::Phase::kLive) ++out[peer->schema_version];
+  return out;
+}
 const HubCounters& Hub::counters() const { return impl_->counters; }
 
 }  // namespace lattice::relay

@@ -93,6 +93,7 @@ struct HubCounters {
   std::uint64_t rekeys = 0;             // devices told to take a new site id (copied replica files)
   std::uint64_t pieced_batches_in = 0;  // device batches that arrived in pieces (protocol 3)
   std::uint64_t pieced_changesets_out = 0;  // changesets sent to devices in pieces
+  std::uint64_t schema_changes = 0;         // namespaces brought to an admin device's schema
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name
@@ -119,6 +120,8 @@ class Hub {
 
   std::size_t connection_count() const;
   std::size_t namespace_count() const;
+  // Live device connections by the schema version their hello gave (0: none, or protocol 3).
+  std::map<std::uint64_t, std::size_t> devices_by_schema_version() const;
   const HubCounters& counters() const;
 
   struct Impl;

@@ -56,6 +56,16 @@ void MetricsWriter::counter(std::string_view name, std::string_view help, std::u
   text_.append(name).append(" ").append(std::to_string(value)).append("\n");
 }
 
+void MetricsWriter::labeled_gauge(std::string_view name, std::string_view help,
+                                  std::string_view label,
+                                  const std::map<std::string, double>& values) {
+  header(name, help, "gauge");
+  for (const auto& [key, value] : values) {
+    text_.append(name).append("{").append(label).append("=\"");
+    text_.append(escape_label_value(key)).append("\"} ").append(number(value)).append("\n");
+  }
+}
+
 void MetricsWriter::labeled_counter(std::string_view name, std::string_view help,
                                     std::string_view label,
                                     const std::map<std::string, std::uint64_t>& values) {

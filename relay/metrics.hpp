@@ -21,6 +21,9 @@ class MetricsWriter {
   // no entries only HELP and TYPE are written.
   void labeled_counter(std::string_view name, std::string_view help, std::string_view label,
                        const std::map<std::string, std::uint64_t>& values);
+  // The same for a gauge.
+  void labeled_gauge(std::string_view name, std::string_view help, std::string_view label,
+                     const std::map<std::string, double>& values);
 
   // A histogram from per-bucket (not cumulative) counts: `counts` has one more entry than
   // `bounds`, the last for values above the largest bound. Written with cumulative `_bucket`

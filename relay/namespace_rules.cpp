@@ -59,6 +59,69 @@ std::string first_difference(const std::string& relay, const std::string& device
   return "schemas differ";
 }
 
+namespace {
+
+// "" when every table and column of `device` is in `relay` (by id, perhaps renamed) with the
+// same key, type and kind, or was dropped there; else the first that is not.
+std::string behind_difference(const storage::SchemaManifest& relay,
+                              const storage::SchemaManifest& device) {
+  for (const auto& t : device.tables) {
+    const storage::ManifestTable* mine = relay.table(t.id);
+    if (!mine) {
+      if (relay.dropped_tables.count(t.id)) continue;
+      return "table '" + t.name + "' is not in the namespace";
+    }
+    auto dropped = relay.dropped_columns.find(t.id);
+    for (std::size_t i = 0; i < t.columns.size(); ++i) {
+      const storage::ManifestColumn& c = t.columns[i];
+      const storage::ManifestColumn* m = mine->column(c.id);
+      if (!m) {
+        if (dropped != relay.dropped_columns.end() && dropped->second.count(c.id)) continue;
+        return "column '" + t.name + "." + c.name + "' is not in the namespace";
+      }
+      if (m->affinity != c.affinity || m->kind != c.kind)
+        return "column '" + t.name + "." + c.name + "' is " + c.affinity + " " + c.kind +
+               " on the device but " + m->affinity + " " + m->kind + " ('" + mine->name + "." +
+               m->name + "') in the namespace";
+      if (c.kind == "key" && (i >= mine->columns.size() || mine->columns[i].id != c.id))
+        return "table '" + t.name + "' has its key columns in another order";
+    }
+    for (const auto& m : mine->columns)
+      if (m.kind == "key" && !t.column(m.id))
+        return "table '" + t.name + "' lacks key column '" + m.name + "' on the device";
+  }
+  return "";
+}
+
+}  // namespace
+
+SchemaVerdict judge_schema(const storage::SchemaManifest& relay, std::int64_t relay_version,
+                           const std::string& recorded, const storage::SchemaManifest& device,
+                           std::int64_t device_version) {
+  using Kind = SchemaVerdict::Kind;
+  const std::string device_text = storage::format_manifest(device);
+  if (device_text == storage::format_manifest(relay)) return {Kind::kSame, ""};
+  const std::string versions = " (namespace at version " + std::to_string(relay_version) +
+                               ", device at version " + std::to_string(device_version) + ")";
+  if (device_version > relay_version)
+    return {Kind::kAhead,
+            storage::manifest_difference(relay, device, "namespace", "device") + versions};
+  if (device_version == relay_version)
+    return {Kind::kMismatch,
+            "version " + std::to_string(device_version) +
+                " differs: " + storage::manifest_difference(relay, device, "namespace", "device")};
+  if (!recorded.empty()) {
+    if (recorded == device_text) return {Kind::kBehind, ""};
+    return {Kind::kMismatch, "version " + std::to_string(device_version) +
+                                 " of the namespace differs: " +
+                                 storage::manifest_difference(storage::parse_manifest(recorded),
+                                                              device, "namespace", "device")};
+  }
+  std::string why = behind_difference(relay, device);
+  if (why.empty()) return {Kind::kBehind, ""};
+  return {Kind::kMismatch, why + versions};
+}
+
 std::string adoption_sql(const std::string& description) {
   auto bad = [&](const std::string& why) {
     return Error(ErrorCode::kSchema, "cannot adopt the schema '" + description + "': " + why);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "crdt/txn_tag.hpp"
+#include "storage/schema_manifest.hpp"
 #include "transport/frame.hpp"
 
 namespace lattice::relay {
@@ -23,6 +24,25 @@ std::string first_difference(const std::string& relay, const std::string& device
 // and constraints are the device's business; the relay only merges. Throws Error(kSchema)
 // naming what does not parse.
 std::string adoption_sql(const std::string& description);
+
+// How a device's replicated schema (protocol 4: its manifest and migration number) stands to
+// the namespace's (docs/relay.md, "Schema versions"):
+//   kSame      the same tables and columns, whatever the numbers say;
+//   kBehind    an older version whose every table and column the namespace has (perhaps
+//              renamed) or has dropped: it syncs, and keeps aside what it has no place for yet;
+//   kAhead     a newer version: an admin device brings it to the namespace, others wait;
+//   kMismatch  a version the namespace had with another schema, or tables or columns that
+//              conflict (another key, type or kind), or a schema no version of it had.
+// `recorded` is the namespace's manifest text at the device's version ("" if none recorded).
+// `why` names the first difference, for the error frame.
+struct SchemaVerdict {
+  enum class Kind { kSame, kBehind, kAhead, kMismatch };
+  Kind kind = Kind::kSame;
+  std::string why;
+};
+SchemaVerdict judge_schema(const storage::SchemaManifest& relay, std::int64_t relay_version,
+                           const std::string& recorded, const storage::SchemaManifest& device,
+                           std::int64_t device_version);
 
 // Whether the device's own history in `hello` agrees with what the relay holds of its site id:
 // nullopt when it does, else the last own transaction the two share, which the device keeps

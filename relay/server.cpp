@@ -141,6 +141,15 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
           static_cast<double>(hub.connection_count()));
   m.gauge("lattice_relay_namespaces", "Namespaces whose replica is open.",
           static_cast<double>(hub.namespace_count()));
+  std::map<std::string, double> by_version;
+  for (const auto& [version, devices] : hub.devices_by_schema_version())
+    by_version[std::to_string(version)] = static_cast<double>(devices);
+  m.labeled_gauge("lattice_relay_devices",
+                  "Connected devices by the schema version (last migration) they run.",
+                  "schema_version", by_version);
+  m.counter("lattice_relay_schema_changes_total",
+            "Schemas a namespace took from a device with an admin token (its first included).",
+            hc.schema_changes);
   m.counter("lattice_relay_connections_accepted_total", "WebSocket connections accepted.",
             hc.connections_accepted);
   m.counter("lattice_relay_changes_merged_total",

@@ -36,7 +36,7 @@ constexpr std::size_t kSiteIdBytes = 16;
 constexpr std::size_t kMaxDepth = 2;
 // Elements of the longest frame (hello: the type and eight fields). No frame holds an array
 // below the top level, so no array anywhere may be longer.
-constexpr std::size_t kMaxElements = 9;
+constexpr std::size_t kMaxElements = 10;
 // A transaction log (hello.own_log, changes.origin_log) is a bin of big-endian (seq, tag) pairs.
 constexpr std::size_t kTxnTagBytes = 16;
 // The smallest valid version vector entry: a 16-byte bin (2 header bytes) and a 1-byte uint.
@@ -46,26 +46,28 @@ constexpr std::size_t kMinEntryBytes = 2 + kSiteIdBytes + 1;
 struct Layout {
   const char* name;
   std::size_t elements;                          // including the type
+  std::size_t min_elements;                      // fewer: an older protocol's frame
   std::array<const char*, kMaxElements> fields;  // by position; [0] is the type
   std::size_t vector_field;                      // position of a version vector, 0 if none
 };
 
 constexpr Layout kLayouts[] = {
     {"hello",
-     9,
+     10,
+     9,  // protocol 2 and 3: no schema_version
      {"type", "protocol_version", "site", "ns", "token", "held", "schema_fingerprint", "acked_seq",
-      "own_log"},
+      "own_log", "schema_version"},
      5},
-    {"welcome", 3, {"type", "protocol_version", "held"}, 2},
-    {"changes", 4, {"type", "batch", "changeset", "origin_log"}, 0},
-    {"ack", 3, {"type", "batch", "held"}, 2},
-    {"error", 3, {"type", "code", "message"}, 0},
-    {"ping", 2, {"type", "nonce"}, 0},
-    {"pong", 2, {"type", "nonce"}, 0},
-    {"rekey", 3, {"type", "reason", "keep_through"}, 0},
-    {"digest_request", 2, {"type", "nonce"}, 0},
-    {"digest", 3, {"type", "nonce", "summary"}, 0},
-    {"changes_piece", 4, {"type", "batch", "offset", "piece"}, 0},
+    {"welcome", 3, 3, {"type", "protocol_version", "held"}, 2},
+    {"changes", 4, 4, {"type", "batch", "changeset", "origin_log"}, 0},
+    {"ack", 3, 3, {"type", "batch", "held"}, 2},
+    {"error", 3, 3, {"type", "code", "message"}, 0},
+    {"ping", 2, 2, {"type", "nonce"}, 0},
+    {"pong", 2, 2, {"type", "nonce"}, 0},
+    {"rekey", 3, 3, {"type", "reason", "keep_through"}, 0},
+    {"digest_request", 2, 2, {"type", "nonce"}, 0},
+    {"digest", 3, 3, {"type", "nonce", "summary"}, 0},
+    {"changes_piece", 4, 4, {"type", "batch", "offset", "piece"}, 0},
 };
 static_assert(std::size(kLayouts) == std::variant_size_v<Frame>);
 
@@ -130,7 +132,11 @@ struct Encoder {
   }
 
   void operator()(const Hello& f) {
-    header(1);
+    // A hello of protocol 2 or 3 has no schema_version, as those relays expect.
+    const bool versioned = f.protocol_version >= 4;
+    pk.pack_array(
+        static_cast<std::uint32_t>(versioned ? kLayouts[0].elements : kLayouts[0].min_elements));
+    pk.pack_uint8(1);
     pk.pack_uint32(f.protocol_version);
     pack_bin(pk, f.site.as_bytes(), "hello.site");
     pack_str(pk, f.ns, "hello.ns");
@@ -139,6 +145,7 @@ struct Encoder {
     pack_str(pk, f.schema_fingerprint, "hello.schema_fingerprint");
     pk.pack_uint64(f.acked_seq);
     pack_log(pk, f.own_log, "hello.own_log");
+    if (versioned) pk.pack_uint64(f.schema_version);
   }
   void operator()(const Welcome& f) {
     header(2);
@@ -322,10 +329,13 @@ std::size_t read_header(std::string_view bytes, std::size_t* end = nullptr) {
     fail(ErrorCode::kCorrupt, "unknown frame type " + std::to_string(type));
   }
   const Layout& layout = kLayouts[type - 1];
-  if (count != layout.elements) {
+  if (count < layout.min_elements || count > layout.elements) {
     fail(ErrorCode::kCorrupt, std::string(layout.name) + ": expected an array of " +
-                                  std::to_string(layout.elements) + " elements, got " +
-                                  std::to_string(count));
+                                  (layout.min_elements == layout.elements
+                                       ? std::to_string(layout.elements)
+                                       : std::to_string(layout.min_elements) + " or " +
+                                             std::to_string(layout.elements)) +
+                                  " elements, got " + std::to_string(count));
   }
   if (end) *end = c.pos;
   return static_cast<std::size_t>(type - 1);
@@ -523,6 +533,7 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       h.schema_fingerprint = read_str(f[6], at(6));
       h.acked_seq = read_uint(f[7], at(7));
       h.own_log = read_log(f[8], at(8));
+      if (root.via.array.size > 9) h.schema_version = read_uint(f[9], at(9));
       return h;
     }
     case 1: {
@@ -609,6 +620,8 @@ const char* wire_error_name(WireError code) {
       return "shutting_down";
     case WireError::kInternal:
       return "internal";
+    case WireError::kSchemaAhead:
+      return "schema_ahead";
   }
   return "unknown";
 }

@@ -17,7 +17,7 @@ namespace lattice::transport {
 
 // Protocol versions this build speaks. A hello with another version is refused with an error
 // frame that names these.
-constexpr std::uint32_t kProtocolVersion = 3;
+constexpr std::uint32_t kProtocolVersion = 4;
 constexpr std::uint32_t kMinProtocolVersion = 2;
 
 // Codes of error frames. Stable numbers: clients switch on them.
@@ -35,6 +35,7 @@ enum class WireError : std::uint32_t {
   kSlowConsumer = 11,        // the outbound queue overflowed; reconnect to catch up
   kShuttingDown = 12,        // the relay is stopping
   kInternal = 13,            // a relay-side failure
+  kSchemaAhead = 14,         // the device's schema is a version the namespace does not have yet
 };
 
 // "unauthorized", "frame_too_large", ...
@@ -46,12 +47,16 @@ struct Hello {
   crdt::SiteId site;
   std::string ns;  // namespace
   std::string token;
-  crdt::VersionVector held;        // what the device holds
-  std::string schema_fingerprint;  // see storage's schema description
+  crdt::VersionVector held;  // what the device holds
+  // Protocol 4 on: the device's schema manifest (storage/schema_manifest.hpp); before: its
+  // schema description.
+  std::string schema_fingerprint;
   // The device's own history since the relay last acknowledged it: the highest own sequence
   // number acknowledged, and its own transactions from that one through held[site].
   std::uint64_t acked_seq = 0;
   std::vector<crdt::TxnTag> own_log;
+  // Protocol 4 on: the number of the device's last migration (0: none). Not on the wire before.
+  std::uint64_t schema_version = 0;
   bool operator==(const Hello&) const = default;
 };
 

@@ -150,6 +150,9 @@ struct SyncClient::Impl {
         fatal = false;
       }
     }
+    // The relay lacks this device's schema version until an admin device or its operator
+    // brings it: retrying often would not help, and the changes wait here meanwhile.
+    if (frame.code == transport::WireError::kSchemaAhead) backoff = options.max_backoff;
     {
       std::lock_guard lock(mutex);
       status.last_error =

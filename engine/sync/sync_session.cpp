@@ -68,7 +68,11 @@ void SyncSession::start() {
   hello.ns = options_.ns;
   hello.token = options_.token;
   hello.held = replica_.version_vector();
-  hello.schema_fingerprint = replica_.schema_description();
+  // The schema with its ids and the last migration's number: the relay tells an older or newer
+  // version from a conflicting one (docs/protocol.md, "Schema versions").
+  hello_schema_ = storage::format_manifest(replica_.schema_manifest());
+  hello.schema_fingerprint = hello_schema_;
+  hello.schema_version = static_cast<std::uint64_t>(replica_.schema_version());
   // Acknowledged, or (in files from before triggers version 6) older than the log kept:
   // transactions whose tags the relay cannot be shown, which it would otherwise refuse to count
   // for ever.
@@ -96,6 +100,9 @@ void SyncSession::close(const std::string& reason) {
 void SyncSession::push_local_changes() {
   if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
   if (outgoing_) return;  // after its last piece (send_pieces)
+  // A migration since the hello: the relay judges the new version before it takes its writes.
+  if (storage::format_manifest(replica_.schema_manifest()) != hello_schema_)
+    return close("the replica's schema changed: reconnecting to present its new version");
   const crdt::SiteId& own = replica_.site_id();
   crdt::VersionVector sent = relay_held_;
   for (const auto& [batch, until] : in_flight_) sent.merge(until);

@@ -89,6 +89,7 @@ class SyncSession {
   bool closed_ = false;
   crdt::VersionVector relay_held_;
   std::uint64_t next_batch_ = 1;
+  std::string hello_schema_;  // the schema manifest the hello presented
   std::map<std::uint64_t, crdt::VersionVector> in_flight_;  // batch -> its `until`
   std::uint32_t protocol_ = 0;                              // from the welcome
   // A batch going out in pieces: the changes frame of its last bytes, and how far it has gone.

@@ -441,7 +441,9 @@ struct Peer {
   crdt::Changeset catch_up;
   std::uint64_t batch = 0;
 
-  Peer(std::uint16_t port, const std::string& ns, const std::string& token) {
+  Peer(std::uint16_t port, const std::string& ns, const std::string& token,
+       std::unique_ptr<storage::Replica> own = nullptr) {
+    if (own) replica = std::move(own);
     device = std::make_unique<Device>(port, ns);
     device->send(hello(ns, token));
     welcome = device->expect<transport::Welcome>();
@@ -451,12 +453,18 @@ struct Peer {
   }
 
   transport::Hello hello(const std::string& ns, const std::string& token) {
+    return hello_of(*replica, ns, token);
+  }
+
+  static transport::Hello hello_of(storage::Replica& replica, const std::string& ns,
+                                   const std::string& token) {
     transport::Hello h;
-    h.site = replica->site_id();
+    h.site = replica.site_id();
     h.ns = ns;
     h.token = token;
-    h.held = replica->version_vector();
-    h.schema_fingerprint = replica->schema_description();
+    h.held = replica.version_vector();
+    h.schema_fingerprint = storage::format_manifest(replica.schema_manifest());
+    h.schema_version = static_cast<std::uint64_t>(replica.schema_version());
     return h;
   }
 
@@ -509,7 +517,7 @@ transport::Hello good_hello(const std::string& token) {
   hello.site = replica->site_id();
   hello.ns = "board";
   hello.token = token;
-  hello.schema_fingerprint = replica->schema_description();
+  hello.schema_fingerprint = storage::format_manifest(replica->schema_manifest());
   return hello;
 }
 
@@ -538,10 +546,9 @@ TEST_CASE("a namespace without a schema adopts the first admin device's; nobody 
   other->exec(
       "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT); SELECT lattice_replicate('note')");
   transport::Hello hello = good_hello(cli_token("board", "read,write,admin"));
-  hello.schema_fingerprint = other->schema_description();
+  hello.schema_fingerprint = storage::format_manifest(other->schema_manifest());
   const auto mismatch = refused_hello(relay, hello, transport::WireError::kSchemaMismatch);
-  CHECK(mismatch.message.find("table 'note' is not replicated by this namespace") !=
-        std::string::npos);
+  CHECK(mismatch.message.find("table 'note' is on the device only") != std::string::npos);
 }
 
 TEST_CASE("--schema-dir gives each namespace its own schema file") {
@@ -557,6 +564,98 @@ TEST_CASE("--schema-dir gives each namespace its own schema file") {
   hello.ns = "notes";
   device.send(hello);
   CHECK(device.expect_error_and_close().code == transport::WireError::kSchemaMismatch);
+}
+
+// Three versions of an app's schema, as numbered migrations.
+constexpr const char* kNoteV1 =
+    "CREATE TABLE note(id TEXT PRIMARY KEY, body TEXT, pinned INTEGER);"
+    "SELECT lattice_replicate('note')";
+constexpr const char* kNoteV2 =
+    "ALTER TABLE note RENAME COLUMN body TO text; ALTER TABLE note ADD COLUMN due TEXT;"
+    "ALTER TABLE note ADD COLUMN likes INTEGER NOT NULL DEFAULT 0;"
+    "SELECT lattice_replicate('note', '{\"likes\": \"counter\"}');"
+    "CREATE TABLE label(note TEXT, name TEXT, PRIMARY KEY (note, name));"
+    "SELECT lattice_replicate('label')";
+constexpr const char* kNoteV3 = "ALTER TABLE note DROP COLUMN pinned";
+
+std::unique_ptr<storage::Replica> note_device(int version) {
+  auto r = storage::Replica::open(":memory:");
+  const char* steps[] = {kNoteV1, kNoteV2, kNoteV3};
+  for (int v = 1; v <= version; ++v) r->migrate(v, steps[v - 1]);
+  return r;
+}
+
+crdt::Value cell(storage::Replica& r, const std::string& sql) {
+  const auto rows = r.query(sql).rows;
+  return rows.empty() ? crdt::Value{} : rows.at(0).at(0);
+}
+
+TEST_CASE("devices on older schema versions keep syncing; newer ones wait for an admin device") {
+  RelayProcess relay({}, /*default_schema=*/false);
+  const std::string admin = cli_token("board", "read,write,admin");
+  const std::string writer = cli_token("board", "read,write");
+  Peer first(relay.port(), "board", admin, note_device(1));  // adopts version 1
+  Peer old(relay.port(), "board", writer, note_device(1));
+  old.replica->exec("INSERT INTO note(id, body, pinned) VALUES ('n1', 'from v1', 1)");
+  old.push();
+  old.device->expect<transport::Ack>();
+
+  // A write token on version 2 cannot bring it: schema_ahead, with the reason.
+  transport::Hello ahead = Peer::hello_of(*note_device(2), "board", writer);
+  const auto waits = refused_hello(relay, ahead, transport::WireError::kSchemaAhead);
+  CHECK(waits.message.find("version 1, device at version 2") != std::string::npos);
+  CHECK(waits.message.find("keeps its changes and waits") != std::string::npos);
+
+  // An admin device on version 2 brings it; the renamed column keeps the v1 device's write.
+  Peer second(relay.port(), "board", admin, note_device(2));
+  CHECK(cell(*second.replica, "SELECT text FROM note WHERE id = 'n1'") == crdt::Value{"from v1"});
+  second.replica->exec(
+      "UPDATE note SET text = 'edited on v2', due = '2027-03-01', likes = likes + 4 "
+      "WHERE id = 'n1'; INSERT INTO label(note, name) VALUES ('n1', 'work')");
+  second.push();
+  second.device->expect<transport::Ack>();
+
+  // The version-1 device is behind and still welcome: what it has no column for is kept aside
+  // and joins when it migrates; its writes to the columns it has reach version 2.
+  Peer late(relay.port(), "board", writer, note_device(1));
+  CHECK(cell(*late.replica, "SELECT body FROM note WHERE id = 'n1'") ==
+        crdt::Value{"edited on v2"});
+  late.replica->exec("UPDATE note SET body = 'v1 again' WHERE id = 'n1'");
+  late.push();
+  late.device->expect<transport::Ack>();
+  late.replica->migrate(2, kNoteV2);
+  CHECK(cell(*late.replica, "SELECT due FROM note WHERE id = 'n1'") == crdt::Value{"2027-03-01"});
+  CHECK(cell(*late.replica, "SELECT likes FROM note WHERE id = 'n1'") ==
+        crdt::Value{std::int64_t{4}});
+  CHECK(cell(*late.replica, "SELECT name FROM label") == crdt::Value{"work"});
+  Peer now_v2(relay.port(), "board", writer, note_device(2));
+  CHECK(cell(*now_v2.replica, "SELECT text FROM note WHERE id = 'n1'") == crdt::Value{"v1 again"});
+
+  // Another migration under number 2 is refused naming the difference.
+  auto conflicting = note_device(1);
+  conflicting->migrate(2, "ALTER TABLE note ADD COLUMN color TEXT");
+  const auto mismatch = refused_hello(relay, Peer::hello_of(*conflicting, "board", admin),
+                                      transport::WireError::kSchemaMismatch);
+  CHECK(mismatch.message.find("version 2 differs") != std::string::npos);
+
+  const auto metrics = https_get(relay.port(), "/metrics").body;
+  CHECK(metrics.find("lattice_relay_schema_changes_total 2") != std::string::npos);  // 1, then 2
+  CHECK(metrics.find("lattice_relay_devices{schema_version=\"2\"}") != std::string::npos);
+  CHECK(metrics.find("lattice_relay_devices{schema_version=\"1\"}") != std::string::npos);
+}
+
+TEST_CASE("--schema-dir DIR/NAME/ holds the operator's numbered migrations of a namespace") {
+  const fs::path dir = env().dir / "migrations";
+  fs::create_directories(dir / "board");
+  std::ofstream(dir / "board" / "1.sql") << kNoteV1;
+  std::ofstream(dir / "board" / "2-rename-and-labels.sql") << kNoteV2;
+  RelayProcess relay({"--schema-dir", dir.string()}, /*default_schema=*/false);
+  const std::string writer = cli_token("board", "read,write");
+  Peer v2(relay.port(), "board", writer, note_device(2));
+  Peer v1(relay.port(), "board", writer, note_device(1));
+  const auto ahead = refused_hello(relay, Peer::hello_of(*note_device(3), "board", writer),
+                                   transport::WireError::kSchemaAhead);
+  CHECK(ahead.message.find("column 'pinned'") != std::string::npos);
 }
 
 TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket port") {
@@ -658,7 +757,7 @@ TEST_CASE("an old protocol version is refused naming the versions the relay spea
   auto hello = good_hello(cli_token("board", "read,write"));
   hello.protocol_version = transport::kMinProtocolVersion - 1;
   const auto error = refused_hello(relay, hello, transport::WireError::kProtocolVersion);
-  CHECK(error.message.find("versions 2 to 3") != std::string::npos);
+  CHECK(error.message.find("versions 2 to 4") != std::string::npos);
   check_still_serves(relay);
 }
 
@@ -670,9 +769,11 @@ TEST_CASE("a device newer than the relay is welcomed in the relay's newest versi
   device.send(hello);
   CHECK(device.expect<transport::Welcome>().protocol_version == transport::kProtocolVersion);
   device.expect<transport::Changes>();
-  // A device of the oldest version still spoken gets that version.
+  // A device of the oldest version still spoken gets that version; before protocol 4 its hello
+  // carries the schema's description (no ids, no version number).
   Device old(relay.port(), "board");
   hello.protocol_version = transport::kMinProtocolVersion;
+  hello.schema_fingerprint = test::open_todo_replica()->schema_description();
   old.send(hello);
   CHECK(old.expect<transport::Welcome>().protocol_version == transport::kMinProtocolVersion);
 }

@@ -103,5 +103,50 @@ TEST_CASE("a schema description that does not parse is refused naming the part")
   }
 }
 
+std::unique_ptr<storage::Replica> at_version(int version) {
+  const char* steps[] = {
+      "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b INTEGER); SELECT lattice_replicate('t')",
+      "ALTER TABLE t RENAME COLUMN a TO aa; ALTER TABLE t ADD COLUMN c REAL",
+      "ALTER TABLE t DROP COLUMN b; CREATE TABLE u(k INTEGER PRIMARY KEY);"
+      "SELECT lattice_replicate('u')"};
+  auto r = storage::Replica::open(":memory:");
+  for (int v = 1; v <= version; ++v) r->migrate(v, steps[v - 1]);
+  return r;
+}
+
+TEST_CASE("judge_schema tells same, behind, ahead and conflicting schemas apart") {
+  using Kind = SchemaVerdict::Kind;
+  auto v1 = at_version(1), v2 = at_version(2), v3 = at_version(3);
+  const auto m1 = v1->schema_manifest(), m2 = v2->schema_manifest(), m3 = v3->schema_manifest();
+  CHECK(judge_schema(m2, 2, "", m2, 2).kind == Kind::kSame);
+  CHECK(judge_schema(m2, 0, "", m2, 7).kind == Kind::kSame);  // numbers alone do not matter
+  // Behind: by the recorded version, or (none recorded) by ids, renames and drops included.
+  CHECK(judge_schema(m3, 3, v3->schema_manifest_at(1), m1, 1).kind == Kind::kBehind);
+  CHECK(judge_schema(m3, 3, "", m1, 1).kind == Kind::kBehind);
+  CHECK(judge_schema(m3, 3, "", m2, 0).kind == Kind::kBehind);
+  const auto ahead = judge_schema(m1, 1, "", m3, 3);
+  CHECK(ahead.kind == Kind::kAhead);
+  CHECK(ahead.why.find("namespace at version 1, device at version 3") != std::string::npos);
+
+  // The same number with another schema; an older one that another version recorded.
+  auto other = at_version(1);
+  other->migrate(2, "ALTER TABLE t ADD COLUMN d TEXT");
+  const auto same_number = judge_schema(m2, 2, "", other->schema_manifest(), 2);
+  CHECK(same_number.kind == Kind::kMismatch);
+  CHECK(same_number.why.find("version 2 differs") != std::string::npos);
+  const auto recorded = judge_schema(m3, 3, v3->schema_manifest_at(2), other->schema_manifest(), 2);
+  CHECK(recorded.kind == Kind::kMismatch);
+  CHECK(recorded.why.find("version 2 of the namespace differs") != std::string::npos);
+  // Unrecorded and unknown: a column the namespace never had, or another type.
+  const auto unknown = judge_schema(m3, 3, "", other->schema_manifest(), 2);
+  CHECK(unknown.kind == Kind::kMismatch);
+  CHECK(unknown.why.find("column 't.d' is not in the namespace") != std::string::npos);
+  auto typed = storage::Replica::open(":memory:");
+  typed->migrate(1,
+                 "CREATE TABLE t(id TEXT PRIMARY KEY, a INTEGER); SELECT lattice_replicate('t')");
+  CHECK(judge_schema(m3, 3, "", typed->schema_manifest(), 1)
+            .why.find("is integer lww on the device") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace lattice::relay

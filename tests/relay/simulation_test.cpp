@@ -535,7 +535,7 @@ class World {
     hello.held = hostile_.replica->version_vector();
     if (pick(2) == 0) hello.held.advance(hello.site, wild_seq(hello.held.get(hello.site)));
     if (pick(3) == 0) hello.held.advance(victim(), wild_seq(0));
-    hello.schema_fingerprint = hostile_.replica->schema_description();
+    hello.schema_fingerprint = storage::format_manifest(hostile_.replica->schema_manifest());
     hello.acked_seq = pick(2) == 0 ? 0 : wild_seq(hello.held.get(hello.site));
     hello.own_log = wild_log(hello.acked_seq, hello.held.get(hello.site));
     client->send(transport::encode_frame(hello));

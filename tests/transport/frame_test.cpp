@@ -106,6 +106,7 @@ std::vector<Frame> sample_frames() {
   future.ns = std::string(300, 'n');
   future.token = std::string(70000, 't');
   future.schema_fingerprint = std::string("\0\xff", 2);
+  future.schema_version = kMax64;  // protocol 4 on
   frames.push_back(future);
 
   frames.push_back(Welcome{});
@@ -119,7 +120,7 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Ack{});
   frames.push_back(Ack{42, vector_of({{1, kMax64}})});
 
-  for (std::uint32_t code = 1; code <= 13; ++code) {
+  for (std::uint32_t code = 1; code <= 14; ++code) {
     frames.push_back(ErrorFrame{static_cast<WireError>(code), "code " + std::to_string(code)});
   }
   frames.push_back(ErrorFrame{static_cast<WireError>(0), ""});
@@ -199,11 +200,12 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
   h.token = "t";
   h.schema_fingerprint = "f";
   h.acked_seq = 3;
-  CHECK(encode_frame(h) == std::string("\x99\x01\x03\xc4\x10", 5) +
+  h.schema_version = 2;
+  CHECK(encode_frame(h) == std::string("\x9a\x01\x04\xc4\x10", 5) +
                                std::string(site(0).as_bytes()) +
                                std::string("\xa1n\xa1t\x80\xa1"
-                                           "f\x03\xc4\x00",
-                                           10));
+                                           "f\x03\xc4\x00\x02",
+                                           11));
 }
 
 TEST_CASE("a transaction log that is not whole (seq, tag) pairs is refused naming the field") {
@@ -319,6 +321,20 @@ TEST_CASE("a claimed 4-billion-element container in 10 bytes is refused without 
   CHECK(contains(inner.what(), "rekey.reason"));
 }
 
+TEST_CASE("a hello carries its schema version from protocol 4 on, and older hellos still decode") {
+  Hello h = full_hello();
+  h.protocol_version = 3;
+  h.schema_version = 7;
+  const std::string old = encode_frame(h);
+  CHECK(static_cast<unsigned char>(old[0]) ==
+        0x99);  // nine elements: what a protocol-3 relay reads
+  CHECK(std::get<Hello>(decode_frame(old)).schema_version == 0);
+  h.protocol_version = 4;
+  const std::string now = encode_frame(h);
+  CHECK(static_cast<unsigned char>(now[0]) == 0x9a);
+  CHECK(std::get<Hello>(decode_frame(now)) == h);
+}
+
 TEST_CASE("a wrong element count is refused naming the frame type") {
   const Error fewer = decode_error(packed([](auto& pk) {
     pk.pack_array(6), pk.pack_uint8(1), pk.pack_uint8(1);
@@ -326,7 +342,7 @@ TEST_CASE("a wrong element count is refused naming the frame type") {
     pack_str(pk, "ns"), pack_str(pk, "token"), pk.pack_map(0);
   }));
   CHECK(fewer.code() == ErrorCode::kCorrupt);
-  CHECK(std::string(fewer.what()) == "hello: expected an array of 9 elements, got 6");
+  CHECK(std::string(fewer.what()) == "hello: expected an array of 9 or 10 elements, got 6");
 
   const Error more = decode_error(packed(
       [](auto& pk) { pk.pack_array(3), pk.pack_uint8(6), pk.pack_uint8(1), pk.pack_uint8(2); }));
@@ -496,12 +512,12 @@ TEST_CASE("every wire error code has its stable name") {
                          "frame_too_large",  "batch_too_large",
                          "rate_limited",     "too_many_connections",
                          "slow_consumer",    "shutting_down",
-                         "internal"};
-  for (std::uint32_t code = 1; code <= 13; ++code) {
+                         "internal",         "schema_ahead"};
+  for (std::uint32_t code = 1; code <= 14; ++code) {
     CAPTURE(code);
     CHECK(std::string(wire_error_name(static_cast<WireError>(code))) == names[code - 1]);
   }
   CHECK(std::string(wire_error_name(static_cast<WireError>(0))) == "unknown");
-  CHECK(std::string(wire_error_name(static_cast<WireError>(14))) == "unknown");
+  CHECK(std::string(wire_error_name(static_cast<WireError>(15))) == "unknown");
   CHECK(static_cast<std::uint32_t>(WireError::kSlowConsumer) == 11);
 }
