@@ -19,6 +19,7 @@
 #include <iostream>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -800,6 +801,119 @@ TEST_CASE("more than 10,000 transactions written offline sync, even from a log a
   CHECK(std::count(rows.begin(), rows.end(), '\n') == 10'150);
   CHECK(dump_todo(b) == rows);
   CHECK(dump_todo(relay.relay_file()) == rows);
+}
+
+// The todo board's next two versions.
+constexpr const char* kTodoV1 = "ALTER TABLE todo ADD COLUMN due TEXT";
+constexpr const char* kTodoV2 =
+    "ALTER TABLE todo RENAME COLUMN title TO summary;"
+    "CREATE TABLE tag(todo TEXT, name TEXT, PRIMARY KEY (todo, name));"
+    "SELECT lattice_replicate('tag')";
+
+// A device file at `version` of the todo board's schema.
+std::string device_at(RelayFixture& relay, const std::string& name, int version) {
+  const std::string path = relay.device(name);
+  auto replica = storage::Replica::open(path);
+  if (version >= 1) replica->migrate(1, kTodoV1);
+  if (version >= 2) replica->migrate(2, kTodoV2);
+  return path;
+}
+
+std::string manifest_of(const std::string& path) {
+  return storage::format_manifest(storage::Replica::open(path)->schema_manifest());
+}
+
+TEST_CASE(
+    "a device ahead of the relay keeps its writes until an admin device brings the version; "
+    "relay kills around the migration lose nothing") {
+  Sandbox box;
+  RelayFixture relay(box);
+  const int port = relay.start();
+  const std::string writer = relay.token(), admin = relay.token(kNamespace, "read,write,admin");
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.min_backoff = milliseconds(50);
+  options.max_backoff = milliseconds(400);
+
+  // b runs version 1 of the app before the relay has it: told why it waits, it keeps its write.
+  const std::string b = device_at(relay, "b", 1);
+  storage::Replica::open(b)->exec(
+      "INSERT INTO todo(id, title, due) VALUES ('b1', 'from b', '2027-01-01')");
+  engine::SyncClient client_b(b, relay.url(), writer, options);
+  client_b.start();
+  const auto deadline = Clock::now() + seconds(15);
+  while (client_b.status().last_error.find("schema_ahead") == std::string::npos &&
+         Clock::now() < deadline)
+    std::this_thread::sleep_for(milliseconds(20));
+  const engine::SyncStatus waiting = client_b.status();
+  CHECK(waiting.last_error.find("schema_ahead") != std::string::npos);
+  CHECK(waiting.last_error.find("keeps its changes and waits") != std::string::npos);
+  CHECK_FALSE(waiting.fatal);
+  CHECK(waiting.pending == 1);
+  CHECK(dump_todo(relay.relay_file()).empty());
+
+  // An admin device on version 1 brings it; b gets through on its next try.
+  const std::string first_admin = device_at(relay, "admin1", 1);
+  {
+    engine::SyncClient client(first_admin, relay.url(), admin, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(20)));
+  }
+  REQUIRE(client_b.wait_until_in_sync(seconds(30)));
+  CHECK(dump_todo(relay.relay_file()) == "b1|from b|0|0\n");
+
+  // Version 2 comes from another admin device; the relay is SIGKILLed at random moments around
+  // its migration and restarted. Its file is always whole: at version 1 or at version 2, never
+  // between, and it keeps every write it acknowledged.
+  const std::string v1_manifest = manifest_of(first_admin);
+  const std::string second_admin = device_at(relay, "admin2", 2);
+  const std::string v2_manifest = manifest_of(second_admin);
+  std::mt19937 rng(static_cast<std::uint32_t>(std::random_device{}()));
+  int kills = 0;
+  bool migrated = false;
+  while (!migrated && kills < 40) {
+    {
+      engine::SyncClient client(second_admin, relay.url(), admin, options);
+      client.start();
+      // Later each time, with jitter: the kills sweep the handshake, the hello and the migration.
+      std::this_thread::sleep_for(
+          milliseconds(3 * kills + std::uniform_int_distribution<int>(0, 3)(rng)));
+      relay.kill9();
+      ++kills;
+    }
+    {
+      auto file = storage::Replica::open(relay.relay_file());
+      const std::string now = storage::format_manifest(file->schema_manifest());
+      migrated = now == v2_manifest;
+      CHECK((migrated || now == v1_manifest));
+      CHECK(file->schema_version() == (migrated ? 2 : 1));
+      CHECK(file->query("PRAGMA integrity_check").rows.at(0).at(0) == crdt::Value{"ok"});
+      CHECK(file->query("SELECT count(*) FROM todo WHERE id = 'b1'").rows.at(0).at(0) ==
+            crdt::Value{std::int64_t{1}});
+    }
+    REQUIRE(relay.start(port) == port);
+  }
+  MESSAGE("relay killed " << kills
+                          << " times; version 2 durable before the last kill: " << migrated);
+  {
+    engine::SyncClient client(second_admin, relay.url(), admin, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(20)));
+  }
+
+  // b, still on version 1, writes through the old column name; it lands in the renamed one.
+  storage::Replica::open(b)->exec("UPDATE todo SET title = 'edited on v1' WHERE id = 'b1'");
+  REQUIRE(client_b.wait_until_in_sync(seconds(30)));
+  auto b_file = storage::Replica::open(b);
+  b_file->migrate(2, kTodoV2);  // the client reconnects and presents version 2
+  b_file->exec("INSERT INTO tag(todo, name) VALUES ('b1', 'urgent')");
+  REQUIRE(client_b.wait_until_in_sync(seconds(30)));
+  client_b.stop();
+  relay.stop();
+  auto relay_file = storage::Replica::open(relay.relay_file());
+  CHECK(relay_file->query("SELECT summary FROM todo WHERE id = 'b1'").rows.at(0).at(0) ==
+        crdt::Value{"edited on v1"});
+  CHECK(relay_file->digest() == b_file->digest());
 }
 
 TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {
