@@ -284,6 +284,9 @@ void read_constraints(sqlite3* db, TableInfo& t) {
 }
 
 void Replica::Impl::load_catalog() {
+  // The projection's statements are cached by table and column ids, and their SQL names the
+  // tables and columns: after a rename the same key would run SQL with the old names.
+  merge_statements.clear();
   tables.clear();
   tables_by_name.clear();
   {

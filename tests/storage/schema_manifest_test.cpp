@@ -145,6 +145,26 @@ TEST_CASE("a replica steps through versions with migrate_to, and refuses what ca
   CHECK(relay->schema_version() == 2);
 }
 
+TEST_CASE("a replica that merged before a migration merges after it, under the new names") {
+  for (const bool by_manifest : {false, true}) {
+    CAPTURE(by_manifest);
+    auto v1 = device_at(1), v2 = device_at(2);
+    auto relay = device_at(1);
+    v1->exec("INSERT INTO task(id, title, note) VALUES ('a', 'before', 'n')");
+    relay->apply(v1->changes_since(relay->version_vector()));  // statements prepared, cached
+    if (by_manifest)
+      relay->migrate_to(2, v2->schema_manifest());
+    else
+      relay->migrate(2, kV2);
+    v2->exec("INSERT INTO job(id, summary, votes) VALUES ('b', 'after', 2)");
+    relay->apply(v2->changes_since(relay->version_vector()));
+    CHECK(one(*relay, "SELECT summary FROM job WHERE id = 'b'") == crdt::Value{"after"});
+    v1->exec("UPDATE task SET title = 'old name' WHERE id = 'a'");
+    relay->apply(v1->changes_since(relay->version_vector()));
+    CHECK(one(*relay, "SELECT summary FROM job WHERE id = 'a'") == crdt::Value{"old name"});
+  }
+}
+
 TEST_CASE("manifest_difference names the first difference and the side") {
   auto v1 = device_at(1), v2 = device_at(2);
   auto a = v1->schema_manifest(), b = v2->schema_manifest();
