@@ -852,6 +852,20 @@ TEST_CASE(
   CHECK(waiting.pending == 1);
   CHECK(dump_todo(relay.relay_file()).empty());
 
+  // c, also ahead, is SIGKILLed while it waits: its writes stay queued in its file.
+  const std::string c = device_at(relay, "c", 1);
+  storage::Replica::open(c)->exec(
+      "INSERT INTO todo(id, title, due) VALUES ('c1', 'from c', NULL), ('c2', 'also c', 'x')");
+  {
+    Process sync({LATTICE_CLI_PATH, "sync", c, relay.url(), "--token-file", token_file(box, writer),
+                  "--ca-file", relay.ca_file()},
+                 box.path("c.out"), box.path("c.err"));
+    REQUIRE_MESSAGE(sync.wait_for_line("error: schema_ahead", seconds(30)),
+                    "no schema_ahead: " << sync.out() << sync.err());
+    sync.signal(SIGKILL);
+    REQUIRE(sync.wait(seconds(10)).has_value());
+  }
+
   // An admin device on version 1 brings it; b gets through on its next try.
   const std::string first_admin = device_at(relay, "admin1", 1);
   {
@@ -861,6 +875,8 @@ TEST_CASE(
   }
   REQUIRE(client_b.wait_until_in_sync(seconds(30)));
   CHECK(dump_todo(relay.relay_file()) == "b1|from b|0|0\n");
+  sync_once(box, relay, c, writer);
+  CHECK(dump_todo(relay.relay_file()) == "b1|from b|0|0\nc1|from c|0|0\nc2|also c|0|0\n");
 
   // Version 2 comes from another admin device; the relay is SIGKILLed at random moments around
   // its migration and restarted. Its file is always whole: at version 1 or at version 2, never
