@@ -69,6 +69,7 @@ struct Reader {
                                 : h >= 'A' && h <= 'F' ? static_cast<unsigned>(h - 'A' + 10)
                                                        : (fail("a bad %XX escape"), 0u));
         }
+        if (value == 0) fail("a name holds a NUL byte");
         out += static_cast<char>(value);
         pos += 3;
       } else {

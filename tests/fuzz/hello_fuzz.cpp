@@ -2,9 +2,9 @@
 // authenticated (relay/hub.cpp, on_first_frame, and docs/protocol.md, "The relay's limits"):
 // the size limit, peek_hello (the version, namespace and token, read without decoding the
 // rest), the token check, then the full decode and the hello's claims (check_vector, the fork
-// point against an empty origin log). Any bytes must end in a lattice::Error or pass; peek_hello
-// must agree with decode_frame on every frame both read. Built only with -DLATTICE_FUZZ=ON under
-// clang; see tests/fuzz/CMakeLists.txt.
+// point against an empty origin log, the schema manifest and its judgement). Any bytes must end in
+// a lattice::Error or pass; peek_hello must agree with decode_frame on every frame both read. Built
+// only with -DLATTICE_FUZZ=ON under clang; see tests/fuzz/CMakeLists.txt.
 
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +17,7 @@
 #include "crdt/error.hpp"
 #include "relay/namespace_rules.hpp"
 #include "relay/token.hpp"
+#include "storage/schema_manifest.hpp"
 #include "tests/fuzz/hello_fuzz_key.hpp"
 #include "transport/claims.hpp"
 #include "transport/frame.hpp"
@@ -73,5 +74,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     die("peek_hello and decode_frame disagree on a hello's first fields");
   (void)transport::check_vector(hello->held, "hello.held");
   (void)relay::fork_point(*hello, {}, hello->acked_seq);
+  // The schema manifest an authenticated device presents (protocol 4), judged against a
+  // namespace's: it parses or is refused with an Error, and a parsed one reads back the same.
+  try {
+    const auto device = storage::parse_manifest(hello->schema_fingerprint);
+    const std::string text = storage::format_manifest(device);
+    if (storage::format_manifest(storage::parse_manifest(text)) != text)
+      die("a schema manifest does not read back as written");
+    static const auto namespace_schema =
+        storage::parse_manifest("todo#1(id#2 text key,title#3 text lww,votes#4 integer counter)");
+    (void)relay::judge_schema(namespace_schema, 2, "", device,
+                              static_cast<std::int64_t>(hello->schema_version >> 1));
+  } catch (const Error&) {
+  }
   return 0;
 }

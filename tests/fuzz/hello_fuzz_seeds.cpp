@@ -38,7 +38,10 @@ std::vector<transport::Frame> seeds() {
   hello.token = token(fuzz::kNow - 10, fuzz::kNow + 3600, fuzz::kSecret);
   hello.held.advance(hello.site, 5);
   hello.held.advance(site(40), 12);
-  hello.schema_fingerprint = "todo(id key,title lww,votes counter)";
+  hello.schema_fingerprint =
+      "todo#1(id#2 text key,title#3 text lww,votes#4 integer counter);"
+      "n%20te#9(k#2 integer key,k2#5 none key,body#6 real lww)";
+  hello.schema_version = 3;
   hello.acked_seq = 2;
   hello.own_log = {{2, 20}, {3, 30}, {4, 40}, {5, 50}};
   out.push_back(hello);

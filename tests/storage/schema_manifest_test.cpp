@@ -81,6 +81,7 @@ TEST_CASE("a malformed manifest is refused naming what is wrong") {
   refused("t#1(id#2 text sum)", "unknown kind");
   refused("T#1(id#2 text key)", "expected a name");
   refused("t%4#1(id#2 text key)", "escape");
+  refused("t%00#1(id#2 text key)", "NUL byte");
   refused("t#1(id#2 text key)x", "expected ';'");
   CHECK(storage::parse_manifest("").empty());
 }
