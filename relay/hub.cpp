@@ -221,7 +221,11 @@ Namespace& Hub::Impl::space(const std::string& ns) {
   }
   const auto migrations = std::filesystem::path(options.schema_dir) / ns;
   if (!options.schema_dir.empty() && std::filesystem::is_directory(migrations)) {
-    run_operator_migrations(*space->replica, migrations);
+    try {
+      run_operator_migrations(*space->replica, migrations);
+    } catch (const Error& e) {
+      throw Error(ErrorCode::kSchema, e.what());  // the operator's to fix, not the device's
+    }
   } else if (space->replica->schema_description().empty()) {
     const auto schema_file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
     if (!options.schema_dir.empty() && std::filesystem::exists(schema_file)) {
@@ -563,7 +567,11 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   try {
     space = &this->space(peer->ns);
   } catch (const Error& e) {
-    return fail(*peer, WireError::kMalformed, e.what());
+    // A namespace name the relay refuses, or one it cannot open (its file, its migrations).
+    return fail(
+        *peer,
+        e.code() == ErrorCode::kInvalidArgument ? WireError::kMalformed : WireError::kInternal,
+        e.what());
   }
   if (!check_schema(*peer, *space, hello)) return;
 

@@ -504,7 +504,7 @@ void check_still_serves_small(const RelayProcess& relay) { check_still_serves(re
 // A device that sends a hello crafted by `hello_for` and expects an error of `code`.
 transport::ErrorFrame refused_hello(const RelayProcess& relay, transport::Hello hello,
                                     transport::WireError code) {
-  Device device(relay.port(), "board");
+  Device device(relay.port(), hello.ns);
   device.send(hello);
   const auto error = device.expect_error_and_close();
   CHECK_MESSAGE(error.code == code, transport::wire_error_name(error.code), ": ", error.message);
@@ -656,6 +656,17 @@ TEST_CASE("--schema-dir DIR/NAME/ holds the operator's numbered migrations of a 
   const auto ahead = refused_hello(relay, Peer::hello_of(*note_device(3), "board", writer),
                                    transport::WireError::kSchemaAhead);
   CHECK(ahead.message.find("column 'pinned'") != std::string::npos);
+
+  // A migration that fails keeps its namespace closed, naming the file; the others serve on.
+  fs::create_directories(dir / "broken");
+  std::ofstream(dir / "broken" / "1.sql") << kNoteV1;
+  std::ofstream(dir / "broken" / "2.sql") << "ALTER TABLE nowhere ADD COLUMN x TEXT";
+  transport::Hello broken = Peer::hello_of(*note_device(2), "broken", writer);
+  broken.token = cli_token("broken", "read,write");
+  const auto refused = refused_hello(relay, broken, transport::WireError::kInternal);
+  CHECK(refused.message.find("broken/2.sql") != std::string::npos);
+  CHECK(refused.message.find("nowhere") != std::string::npos);
+  Peer still(relay.port(), "board", writer, note_device(1));
 }
 
 TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket port") {
