@@ -3,8 +3,9 @@
 // ("Try it") and docs/demo-app.md.
 //
 //   lattice-todo --name alice --db alice.db [--relay wss://HOST:PORT/NS --token-file F
-//                [--ca-file F] [--offline]] [--listen 127.0.0.1:0] [--web DIR]
-//   lattice-todo --print-schema
+//                [--ca-file F] [--offline]] [--schema-version 1|2] [--listen 127.0.0.1:0]
+//                [--web DIR]
+//   lattice-todo --print-migration N
 //
 // Prints one line, `listening on http://HOST:PORT/`, once the page can be opened; runs until
 // SIGINT or SIGTERM. Exit status 0 after a signal, 1 on an error, 2 on a usage error.
@@ -47,6 +48,7 @@ struct Options {
   unsigned short port = 0;
   std::string web_dir;
   bool start_offline = false;
+  int schema_version = kTodoSchemaVersion;
 };
 
 struct UsageError : std::runtime_error {
@@ -68,7 +70,7 @@ class App {
   App(asio::io_context& io, Options options)
       : io_(io),
         options_(std::move(options)),
-        board_(options_.db),
+        board_(options_.db, options_.schema_version),
         server_(io, options_.host, options_.port, options_.web_dir,
                 [this](const HttpRequest& request) { return api(request); }),
         timer_(io) {
@@ -114,6 +116,18 @@ class App {
       found = board_.remove(id);
     } else if (request.path == "/api/move") {
       found = board_.move_after(id, param("after"));
+    } else if (request.path == "/api/due" || request.path == "/api/assign") {
+      if (board_.schema_version() < 2)
+        return error_response(409,
+                              "due dates and assignees need schema version 2; this device "
+                              "runs version 1 (--schema-version)");
+      try {
+        found = request.path == "/api/due" ? board_.set_due(id, param("due"))
+                                           : board_.assign(id, param("assignee"));
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::kInvalidArgument) throw;
+        return error_response(400, e.what());
+      }
     } else if (request.path == "/api/offline") {
       if (options_.relay_url.empty())
         return error_response(409, "this device has no relay (--relay) to go online to");
@@ -180,6 +194,7 @@ class App {
         ",\"state\":" + json_string(client_ ? sync_state_name(status_.state) : "offline") +
         ",\"offline\":" + (client_ ? "false" : "true") +
         ",\"has_relay\":" + (options_.relay_url.empty() ? "false" : "true") +
+        ",\"schema_version\":" + std::to_string(board_.schema_version()) +
         ",\"pending\":" + std::to_string(pending()) +
         ",\"last_error\":" + json_string(status_.last_error) + ",\"items\":" + board_.items_json() +
         "}";
@@ -215,6 +230,13 @@ std::string read_token_file(const std::string& path) {
   return token;
 }
 
+int parse_schema_version(const std::string& text) {
+  if (text.size() == 1 && text[0] >= '1' && text[0] - '0' <= kTodoSchemaVersion)
+    return text[0] - '0';
+  throw UsageError("schema version '" + text + "' is not one of 1 to " +
+                   std::to_string(kTodoSchemaVersion));
+}
+
 Options parse_options(int argc, char** argv) {
   Options options;
   std::string token_file;
@@ -240,6 +262,8 @@ Options parse_options(int argc, char** argv) {
       options.web_dir = value();
     } else if (flag == "--offline") {
       options.start_offline = true;
+    } else if (flag == "--schema-version") {
+      options.schema_version = parse_schema_version(value());
     } else if (flag == "--listen") {
       const std::string listen = value();
       const std::size_t colon = listen.rfind(':');
@@ -270,8 +294,8 @@ Options parse_options(int argc, char** argv) {
 }
 
 int run(int argc, char** argv) {
-  if (argc == 2 && std::string(argv[1]) == "--print-schema") {
-    std::fputs(kTodoSchemaSql, stdout);
+  if (argc == 3 && std::string(argv[1]) == "--print-migration") {
+    std::fputs(todo_migration(parse_schema_version(argv[2])), stdout);
     return 0;
   }
   const Options options = parse_options(argc, argv);
@@ -297,8 +321,9 @@ int main(int argc, char** argv) {
   } catch (const lattice::demo::UsageError& e) {
     std::fprintf(stderr,
                  "lattice-todo: %s\nusage: lattice-todo --name NAME --db FILE [--relay URL "
-                 "--token-file FILE [--ca-file FILE] [--offline]] [--listen HOST:PORT] "
-                 "[--web DIR]\n",
+                 "--token-file FILE [--ca-file FILE] [--offline]] [--schema-version 1|2] "
+                 "[--listen HOST:PORT] [--web DIR]\n"
+                 "       lattice-todo --print-migration N\n",
                  e.what());
     return 2;
   } catch (const lattice::Error& e) {

@@ -6,13 +6,37 @@
 
 namespace lattice::demo {
 
-const char* const kTodoSchemaSql =
+namespace {
+
+// Never edit a migration once released: a number names one change on every device and on the
+// relay (Replica::migrate refuses other SQL under a number that ran). Add the next one instead.
+const char* const kMigrations[kTodoSchemaVersion] = {
+    // 1: the first release. IF NOT EXISTS: files made before the app numbered its schema
+    // already have the table, and take this number without a change.
     "CREATE TABLE IF NOT EXISTS todo(id TEXT PRIMARY KEY, title TEXT NOT NULL DEFAULT '', "
     "done INTEGER NOT NULL DEFAULT 0, votes INTEGER NOT NULL DEFAULT 0, "
     "position REAL NOT NULL DEFAULT 0);\n"
-    "SELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n";
+    "SELECT lattice_replicate('todo', '{\"votes\": \"counter\"}');\n",
+    // 2: a due date and an assignee; `title` becomes `summary` (same column id, so its history
+    // and version 1 devices' writes to `title` land in it).
+    "ALTER TABLE todo ADD COLUMN due TEXT;\n"
+    "ALTER TABLE todo ADD COLUMN assignee TEXT;\n"
+    "ALTER TABLE todo RENAME COLUMN title TO summary;\n",
+};
 
-namespace {
+bool valid_date(const std::string& date) {
+  if (date.size() != 10 || date[4] != '-' || date[7] != '-') return false;
+  for (std::size_t i : {0, 1, 2, 3, 5, 6, 8, 9})
+    if (date[i] < '0' || date[i] > '9') return false;
+  const int month = std::stoi(date.substr(5, 2)), day = std::stoi(date.substr(8, 2));
+  return month >= 1 && month <= 12 && day >= 1 && day <= 31;
+}
+
+// "" as SQL NULL: no due date, nobody assigned.
+Value text_or_null(const std::string& text) {
+  if (text.empty()) return Value(std::monostate{});
+  return Value(text);
+}
 
 std::string random_id() {
   std::random_device random;
@@ -39,6 +63,10 @@ std::string as_text(const Value& value) {
 }
 
 }  // namespace
+
+const char* todo_migration(int version) {
+  return version >= 1 && version <= kTodoSchemaVersion ? kMigrations[version - 1] : nullptr;
+}
 
 std::string json_string(const std::string& text) {
   std::string out = "\"";
@@ -86,19 +114,45 @@ std::string json_number(double value) {
   return buffer;
 }
 
-TodoBoard::TodoBoard(const std::string& path) : replica_(Replica::open(path)) {
-  replica_->exec(kTodoSchemaSql);
+TodoBoard::TodoBoard(const std::string& path, int schema_version)
+    : schema_version_(schema_version), title_column_(schema_version >= 2 ? "summary" : "title") {
+  if (!todo_migration(schema_version))
+    throw Error(ErrorCode::kInvalidArgument, "schema version " + std::to_string(schema_version) +
+                                                 " is not one of 1 to " +
+                                                 std::to_string(kTodoSchemaVersion));
+  replica_ = Replica::open(path);
+  if (replica_->schema_version() > schema_version)
+    throw Error(ErrorCode::kInvalidArgument,
+                "the board '" + path + "' is at schema version " +
+                    std::to_string(replica_->schema_version()) + ", newer than this app's " +
+                    std::to_string(schema_version) + ": a newer release of the app wrote it");
+  for (int version = 1; version <= schema_version; ++version)
+    replica_->migrate(version, todo_migration(version));
   changed_elsewhere();  // the baseline
 }
 
+void TodoBoard::require_version_2(const char* what) const {
+  if (schema_version_ < 2)
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string(what) + " come with schema version 2; this board runs version " +
+                    std::to_string(schema_version_));
+}
+
 std::vector<TodoItem> TodoBoard::items() {
+  const bool v2 = schema_version_ >= 2;
   const QueryResult result =
-      replica_->query("SELECT id, title, done, votes, position FROM todo ORDER BY position, id");
+      replica_->query("SELECT id, " + title_column_ + ", done, votes, position" +
+                      (v2 ? ", due, assignee" : "") + " FROM todo ORDER BY position, id");
   std::vector<TodoItem> items;
   items.reserve(result.rows.size());
-  for (const auto& row : result.rows)
+  for (const auto& row : result.rows) {
     items.push_back(
         {as_text(row[0]), as_text(row[1]), as_int(row[2]) != 0, as_int(row[3]), as_real(row[4])});
+    if (v2) {
+      items.back().due = as_text(row[5]);
+      items.back().assignee = as_text(row[6]);
+    }
+  }
   return items;
 }
 
@@ -109,15 +163,31 @@ bool TodoBoard::exists(const std::string& id) {
 std::string TodoBoard::add(const std::string& title) {
   const std::string id = random_id();
   replica_->query(
-      "INSERT INTO todo(id, title, position) "
-      "VALUES (?, ?, coalesce((SELECT max(position) FROM todo), 0) + 1)",
+      "INSERT INTO todo(id, " + title_column_ +
+          ", position) VALUES (?, ?, coalesce((SELECT max(position) FROM todo), 0) + 1)",
       {id, title});
   return id;
 }
 
 bool TodoBoard::rename(const std::string& id, const std::string& title) {
   if (!exists(id)) return false;
-  replica_->query("UPDATE todo SET title = ? WHERE id = ?", {title, id});
+  replica_->query("UPDATE todo SET " + title_column_ + " = ? WHERE id = ?", {title, id});
+  return true;
+}
+
+bool TodoBoard::set_due(const std::string& id, const std::string& due) {
+  require_version_2("due dates");
+  if (!due.empty() && !valid_date(due))
+    throw Error(ErrorCode::kInvalidArgument, "a due date is YYYY-MM-DD, not '" + due + "'");
+  if (!exists(id)) return false;
+  replica_->query("UPDATE todo SET due = ? WHERE id = ?", {text_or_null(due), id});
+  return true;
+}
+
+bool TodoBoard::assign(const std::string& id, const std::string& assignee) {
+  require_version_2("assignees");
+  if (!exists(id)) return false;
+  replica_->query("UPDATE todo SET assignee = ? WHERE id = ?", {text_or_null(assignee), id});
   return true;
 }
 
@@ -173,7 +243,10 @@ std::string TodoBoard::items_json() {
     json += "{\"id\":" + json_string(item.id) + ",\"title\":" + json_string(item.title) +
             ",\"done\":" + (item.done ? "true" : "false") +
             ",\"votes\":" + std::to_string(item.votes) +
-            ",\"position\":" + json_number(item.position) + "}";
+            ",\"position\":" + json_number(item.position);
+    if (schema_version_ >= 2)
+      json += ",\"due\":" + json_string(item.due) + ",\"assignee\":" + json_string(item.assignee);
+    json += '}';
   }
   return json + "]";
 }
@@ -182,12 +255,14 @@ std::string TodoBoard::text() {
   std::string out;
   for (const auto& item : items()) {
     char votes[48];
-    std::snprintf(votes, sizeof votes, " (%lld vote%s)", static_cast<long long>(item.votes),
+    std::snprintf(votes, sizeof votes, " (%lld vote%s", static_cast<long long>(item.votes),
                   item.votes == 1 ? "" : "s");
     out += item.done ? "[x] " : "[ ] ";
     out += item.title;
     out += votes;
-    out += '\n';
+    if (!item.due.empty()) out += ", due " + item.due;
+    if (!item.assignee.empty()) out += ", @" + item.assignee;
+    out += ")\n";
   }
   return out;
 }

@@ -40,6 +40,13 @@ function itemElement(item) {
     if (title.value.trim()) post('/api/rename', {id: item.id, title: title.value.trim()});
   });
   title.addEventListener('keydown', (e) => { if (e.key === 'Enter') title.blur(); });
+  // Schema version 2 only (hidden on version 1: the board has no such columns).
+  const due = li.querySelector('.due-input');
+  due.addEventListener('change', () => post('/api/due', {id: item.id, due: due.value}));
+  const assignee = li.querySelector('.assignee-input');
+  assignee.addEventListener('change', () =>
+    post('/api/assign', {id: item.id, assignee: assignee.value.trim()}));
+  assignee.addEventListener('keydown', (e) => { if (e.key === 'Enter') assignee.blur(); });
   li.querySelector('.vote-button').addEventListener('click', () => post('/api/vote', {id: item.id}));
   li.querySelector('.delete').addEventListener('click', () => post('/api/delete', {id: item.id}));
   li.querySelector('.up').addEventListener('click', () => move(item.id, -1));
@@ -62,6 +69,8 @@ function render(state) {
   $('#device').textContent = state.device;
   $('#sync-state').textContent = state.state;
   $('#pending').textContent = state.pending;
+  $('#schema-version').textContent = state.schema_version;
+  document.body.classList.toggle('v1', state.schema_version < 2);
   const toggle = $('#offline-toggle');
   toggle.checked = state.offline;
   toggle.disabled = !state.has_relay;
@@ -76,6 +85,10 @@ function render(state) {
     li.querySelector('.done-toggle').checked = item.done;
     const title = li.querySelector('.title-input');
     if (document.activeElement !== title) title.value = item.title;
+    const due = li.querySelector('.due-input');
+    if (document.activeElement !== due) due.value = item.due || '';
+    const assignee = li.querySelector('.assignee-input');
+    if (document.activeElement !== assignee) assignee.value = item.assignee || '';
     li.querySelector('.votes').textContent = item.votes;
     if (board.children[index] !== li) board.insertBefore(li, board.children[index] || null);
   });

@@ -1,7 +1,8 @@
 // The browser test of lattice-todo: headless Chromium (Debian's, /usr/bin/chromium) driven by
 // playwright-core opens alice's and bob's pages, adds and votes on items on both, switches bob
 // offline, edits on both, switches him back, and checks that both pages show the same board
-// (and the one the merge rules predict). Saves a screenshot of each page.
+// (and the one the merge rules predict), then sets a due date and an assignee (schema version 2)
+// on one page and waits for the other. Saves a screenshot of each page.
 //
 // Run by the browser_board test through `scripts/demo.sh --exec`, which starts the relay and
 // both devices and sets ALICE_URL and BOB_URL. LATTICE_ARTIFACTS_DIR is where the screenshots
@@ -157,6 +158,19 @@ try {
   await waitForBoard(bob, final);
   if (!same(await readBoard(alice), await readBoard(bob))) throw new Error('the boards differ');
   step('both pages show the same board');
+
+  step('on schema version 2, alice gives the venue a due date and an assignee: bob\'s page shows them');
+  if (await text(alice, '#schema-version') !== '2') throw new Error('alice\'s page does not show schema version 2');
+  const venue = await itemByTitle(alice, 'book the venue');
+  await venue.locator('.due-input').fill('2026-12-20');
+  await venue.locator('.due-input').blur();
+  await venue.locator('.assignee-input').fill('bob');
+  await venue.locator('.assignee-input').press('Enter');
+  await waitUntil(bob, 'the venue\'s due date and assignee', async (p) => {
+    const item = await itemByTitle(p, 'book the venue');
+    return await item.locator('.due-input').inputValue() === '2026-12-20' &&
+           await item.locator('.assignee-input').inputValue() === 'bob';
+  });
 } catch (e) {
   failed = true;
   console.error(`board_test: FAILED: ${e.message}`);

@@ -6,10 +6,12 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "demo-app/web_server.hpp"
@@ -103,7 +105,7 @@ TEST_CASE("a remote +Infinity or invalid UTF-8 still makes valid JSON") {
   // every board went blank.
   TodoBoard board(":memory:");
   const std::string id = board.add("fine");
-  board.replica().query("UPDATE todo SET position = 9e999, title = ? WHERE id = ?",
+  board.replica().query("UPDATE todo SET position = 9e999, summary = ? WHERE id = ?",
                         {std::string("bad \xff\xc0\x80 \x7f \"q\" \xe2\x82\xac"), id});
   const std::string json = board.items_json();
   CHECK(json.find("\"position\":null") != std::string::npos);
@@ -125,6 +127,114 @@ TEST_CASE("the board is served to this machine only, whatever the Host header sa
   CHECK_FALSE(trusted_request("127.0.0.1", "evil.example:8080", "", false));
   CHECK_FALSE(trusted_request("127.0.0.1", "127.0.0.1:8080", "http://evil.example", true));
   CHECK_FALSE(trusted_request("not an address", "127.0.0.1:8080", "", false));
+}
+
+}  // namespace
+}  // namespace lattice::demo
+
+namespace lattice::demo {
+namespace {
+
+struct TempDir {
+  TempDir() {
+    char pattern[] = "/tmp/lattice-todo-versions-XXXXXX";
+    REQUIRE(mkdtemp(pattern) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+TEST_CASE("a board on schema version 1 and one on version 2 share items and lose nothing") {
+  // Issue 11: alice runs version 2 (due, assignee, title renamed summary), bob version 1; both
+  // edit apart, then bob upgrades.
+  TempDir dir;
+  const std::string bob_file = dir.path + "/bob.db";
+  TodoBoard alice(":memory:", 2);
+  std::string milk, venue, cake;
+  {
+    TodoBoard bob(bob_file, 1);
+    CHECK(bob.schema_version() == 1);
+    milk = alice.add("buy milk");
+    venue = alice.add("book the venue");
+    send(alice, bob);
+    REQUIRE(titles(bob) == titles(alice));
+
+    CHECK(alice.set_due(venue, "2026-12-20"));
+    CHECK(alice.assign(venue, "bob"));
+    CHECK(alice.rename(milk, "buy oat milk"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a clearly later write
+    CHECK(bob.rename(milk, "buy soy milk"));  // wins, through the old column name
+    CHECK(bob.rename(venue, "book the town hall"));
+    cake = bob.add("bake a cake");
+    CHECK_THROWS_AS(bob.set_due(milk, "2026-12-01"), Error);
+    CHECK_THROWS_AS(bob.assign(milk, "alice"), Error);
+    send(alice, bob);
+    send(bob, alice);
+
+    // Bob's writes to `title` are in alice's `summary`; bob keeps alice's due and assignee
+    // aside, without columns to show them in.
+    CHECK(alice.replica().query("SELECT summary FROM todo WHERE id = ?", {venue}).rows[0][0] ==
+          Value(std::string("book the town hall")));
+    CHECK(bob.text() ==
+          "[ ] buy soy milk (0 votes)\n[ ] book the town hall (0 votes)\n"
+          "[ ] bake a cake (0 votes)\n");
+    CHECK(bob.items_json().find("\"due\"") == std::string::npos);
+  }
+  TodoBoard bob(bob_file, 2);  // bob upgrades
+  CHECK(bob.schema_version() == 2);
+  CHECK(alice.text() ==
+        "[ ] buy soy milk (0 votes)\n[ ] book the town hall (0 votes, due 2026-12-20, @bob)\n"
+        "[ ] bake a cake (0 votes)\n");
+  CHECK(bob.text() == alice.text());
+  CHECK(bob.items_json() == alice.items_json());
+
+  // Clearing works on both, and travels.
+  CHECK(bob.set_due(venue, ""));
+  CHECK(bob.assign(venue, ""));
+  send(bob, alice);
+  CHECK(alice.text() == bob.text());
+  CHECK(alice.items()[1].due.empty());
+}
+
+TEST_CASE("schema versions: unknown ones, files a newer app wrote, and bad due dates say so") {
+  CHECK_THROWS_AS(TodoBoard(":memory:", 0), Error);
+  CHECK_THROWS_AS(TodoBoard(":memory:", kTodoSchemaVersion + 1), Error);
+  CHECK(todo_migration(0) == nullptr);
+  CHECK(todo_migration(kTodoSchemaVersion + 1) == nullptr);
+
+  TempDir dir;
+  const std::string file = dir.path + "/board.db";
+  {
+    TodoBoard board(file, 2);
+    const std::string id = board.add("buy milk");
+    CHECK_THROWS_AS(board.set_due(id, "tomorrow"), Error);
+    CHECK_THROWS_AS(board.set_due(id, "2026-13-01"), Error);
+    CHECK_FALSE(board.set_due("no such id", "2026-12-01"));
+    CHECK(board.set_due(id, "2026-12-01"));
+  }
+  try {
+    TodoBoard board(file, 1);
+    FAIL("a version 1 app opened a version 2 board");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("schema version 2") != std::string::npos);
+  }
+  TodoBoard again(file, 2);  // the same version again: nothing to run
+  CHECK(again.text() == "[ ] buy milk (0 votes, due 2026-12-01)\n");
+}
+
+TEST_CASE("a board made before the schema was numbered takes migration 1 as it is") {
+  TempDir dir;
+  const std::string file = dir.path + "/old.db";
+  {
+    auto old = Replica::open(file);
+    old->exec(todo_migration(1));  // what earlier releases ran at every start, unnumbered
+    old->exec("INSERT INTO todo(id, title, position) VALUES ('a', 'from before', 1)");
+    CHECK(old->schema_version() == 0);
+  }
+  TodoBoard board(file, 2);
+  CHECK(board.replica().schema_version() == 2);
+  CHECK(board.text() == "[ ] from before (0 votes)\n");
 }
 
 }  // namespace
