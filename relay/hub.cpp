@@ -516,6 +516,12 @@ bool Hub::Impl::check_schema(Peer& peer, Namespace& space, const transport::Hell
       }
       try {
         replica.migrate_to(device_version, device);
+        // (migrate_to does nothing for a number the namespace has passed: an empty namespace
+        // whose operator's migrations dropped every table, say.)
+        if (storage::format_manifest(replica.schema_manifest()) != storage::format_manifest(device))
+          throw Error(ErrorCode::kSchema, "the namespace is at version " +
+                                              std::to_string(replica.schema_version()) +
+                                              " already, with another schema");
       } catch (const Error& e) {
         fail(peer, WireError::kSchemaMismatch,
              "namespace '" + peer.ns + "' cannot take the device's schema: " + e.what());
