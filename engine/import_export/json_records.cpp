@@ -314,9 +314,12 @@ void JsonRecordReader::State::feed(const char* data, std::size_t size, bool more
 
 void JsonRecordReader::State::lone_surrogate(std::string_view piece, std::size_t used,
                                              json::error_code ec) const {
-  const std::string window = tail + std::string(piece.substr(0, used + kKeptTail));
+  // The tail may start inside a UTF-8 sequence, which would read as invalid UTF-8.
+  std::size_t from = 0;
+  while (from < tail.size() && (static_cast<unsigned char>(tail[from]) & 0xC0) == 0x80) ++from;
+  const std::string window = tail.substr(from) + std::string(piece.substr(0, used + kKeptTail));
   const storage::JsonProblem problem =
-      storage::describe_json_error(window, tail.size() + used, ec, limits.max_depth);
+      storage::describe_json_error(window, tail.size() - from + used, ec, limits.max_depth);
   if (problem.kind != storage::JsonProblem::Kind::kSurrogate) return;
   std::string where;
   if (level >= 2) {
