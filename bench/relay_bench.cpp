@@ -58,6 +58,7 @@
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 #include "engine/sync/sync_session.hpp"
 #include "storage/replica.hpp"
 #include "transport/frame.hpp"
@@ -156,23 +157,6 @@ std::string command_output(const std::string& command) {
   return trim(out);
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buffer[8];
-      std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
-      out += buffer;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
 std::string fixed(double value, int digits = 2) {
   if (!std::isfinite(value)) return "null";
   char buffer[64];
@@ -190,11 +174,11 @@ class Json {
     return raw(key, std::to_string(value));
   }
   Json& str(const std::string& key, const std::string& value) {
-    return raw(key, json_string(value));
+    return raw(key, crdt::json_quote(value));
   }
   Json& boolean(const std::string& key, bool value) { return raw(key, value ? "true" : "false"); }
   Json& raw(const std::string& key, const std::string& value) {
-    text_ += (text_.empty() ? "{" : ", ") + json_string(key) + ": " + value;
+    text_ += (text_.empty() ? "{" : ", ") + crdt::json_quote(key) + ": " + value;
     return *this;
   }
   std::string text() const { return text_.empty() ? "{}" : text_ + "}"; }

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "crdt/json.hpp"
 #include "lattice/lattice.hpp"
 
 #ifndef LATTICE_SOURCE_DIR
@@ -260,23 +261,6 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buffer[8];
-      std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
-      out += buffer;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
 std::string trim(std::string s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
   std::size_t i = 0;
@@ -369,17 +353,18 @@ Options parse_options(int argc, char** argv) {
 // line ending with a comma but the last.
 std::string run_facts() {
   std::ostringstream out;
-  out << "  \"commit\": " << json_string(source_commit()) << ",\n";
+  out << "  \"commit\": " << lattice::crdt::json_quote(source_commit()) << ",\n";
   out << "  \"source_modified\": " << (source_modified() ? "true" : "false") << ",\n";
-  out << "  \"build_type\": " << json_string(LATTICE_BUILD_TYPE) << ",\n";
-  out << "  \"compiler\": " << json_string(LATTICE_BENCH_COMPILER) << ",\n";
-  out << "  \"sqlite_version\": " << json_string(sqlite3_libversion()) << ",\n";
+  out << "  \"build_type\": " << lattice::crdt::json_quote(LATTICE_BUILD_TYPE) << ",\n";
+  out << "  \"compiler\": " << lattice::crdt::json_quote(LATTICE_BENCH_COMPILER) << ",\n";
+  out << "  \"sqlite_version\": " << lattice::crdt::json_quote(sqlite3_libversion()) << ",\n";
   double load[1] = {-1};
   if (getloadavg(load, 1) != 1) load[0] = -1;
   char loadavg[32];
   std::snprintf(loadavg, sizeof loadavg, "%.2f", load[0]);
   out << "  \"machine\": {\"nproc\": " << sysconf(_SC_NPROCESSORS_ONLN)
-      << ", \"model\": " << json_string(cpu_model()) << ", \"load_1min\": " << loadavg << "}\n";
+      << ", \"model\": " << lattice::crdt::json_quote(cpu_model()) << ", \"load_1min\": " << loadavg
+      << "}\n";
   return out.str();
 }
 

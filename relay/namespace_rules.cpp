@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 
 namespace lattice::relay {
 
@@ -14,15 +15,6 @@ std::string quote_literal(const std::string& text) {
   std::string out = "'";
   for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
   return out + '\'';
-}
-
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + '"';
 }
 
 std::string quote_identifier(const std::string& name) {
@@ -168,7 +160,7 @@ std::string adoption_sql(const std::string& description) {
                  (kind == "counter" ? " NOT NULL DEFAULT 0" : "");
       if (kind == "key") keys += (keys.empty() ? "" : ", ") + quote_identifier(name);
       if (kind == "counter")
-        types += (types.empty() ? "" : ",") + json_string(name) + ":\"counter\"";
+        types += (types.empty() ? "" : ",") + crdt::json_quote(name) + ":\"counter\"";
     }
     if (keys.empty()) throw bad("table '" + table + "' has no key column");
     sql += "CREATE TABLE " + quote_identifier(table) + "(" + columns + ", PRIMARY KEY (" + keys +

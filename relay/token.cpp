@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "crdt/error.hpp"
+#include "crdt/json.hpp"
 #include "relay/detail/json.hpp"
 
 namespace lattice::relay {
@@ -416,12 +417,11 @@ std::string KeyRing::sign(const TokenClaims& claims) const {
             ") no later than it is issued (" + iso_time(claims.issued_at) + ")");
   }
   const Key& key = keys_.front();
-  std::string header = R"({"alg":"HS256","typ":"JWT","kid":)" + detail::json_quote(key.name) + "}";
-  std::string payload = "{\"sub\":" + detail::json_quote(claims.subject) +
-                        ",\"ns\":" + detail::json_quote(claims.ns) +
-                        ",\"rights\":" + detail::json_quote(rights) +
-                        ",\"iat\":" + std::to_string(claims.issued_at) +
-                        ",\"exp\":" + std::to_string(claims.expires_at) + "}";
+  std::string header = R"({"alg":"HS256","typ":"JWT","kid":)" + crdt::json_quote(key.name) + "}";
+  std::string payload =
+      "{\"sub\":" + crdt::json_quote(claims.subject) + ",\"ns\":" + crdt::json_quote(claims.ns) +
+      ",\"rights\":" + crdt::json_quote(rights) + ",\"iat\":" + std::to_string(claims.issued_at) +
+      ",\"exp\":" + std::to_string(claims.expires_at) + "}";
   // json_quote passes bytes through; reading the payload back catches text that is not
   // UTF-8, which verify() would refuse.
   try {

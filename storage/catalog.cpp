@@ -3,12 +3,14 @@
 // triggers' effect; docs/crdt-semantics.md says what each write means.
 
 #include <algorithm>
+#include <boost/json/value.hpp>
 #include <cctype>
 #include <optional>
 #include <set>
 
 #include "crdt/error.hpp"
 #include "storage/detail/replica_impl.hpp"
+#include "storage/json_reader.hpp"
 
 namespace lattice::storage {
 
@@ -26,65 +28,39 @@ std::uint32_t stable_id(std::string_view name) {
   return hash == 0 ? 1 : hash;
 }
 
-// Parses {"column": "lww" | "counter", ...}.
+// Parses {"column": "lww" | "counter", ...}. Column names are SQLite's, so two members naming
+// one column in different case are as much a repeat as the same name twice.
 std::map<std::string, crdt::ColumnKind> parse_column_types(std::string_view json,
                                                            std::string_view table) {
   auto fail = [&](const std::string& why) -> Error {
     return Error(ErrorCode::kInvalidArgument,
                  "column types for table '" + std::string(table) + "': " + why);
   };
-  std::map<std::string, crdt::ColumnKind> out;
-  std::size_t i = 0;
-  auto skip = [&] {
-    while (i < json.size() && std::isspace(static_cast<unsigned char>(json[i]))) ++i;
-  };
-  auto expect = [&](char c) {
-    skip();
-    if (i >= json.size() || json[i] != c)
-      throw fail(std::string("expected '") + c + "' at offset " + std::to_string(i));
-    ++i;
-  };
-  auto string = [&] {
-    skip();
-    if (i >= json.size() || json[i] != '"')
-      throw fail("expected a string at offset " + std::to_string(i));
-    std::string s;
-    for (++i; i < json.size() && json[i] != '"'; ++i) {
-      if (json[i] == '\\') {
-        if (++i >= json.size()) break;
-      }
-      s += json[i];
-    }
-    if (i >= json.size()) throw fail("unterminated string");
-    ++i;
-    return s;
-  };
-  expect('{');
-  skip();
-  if (i < json.size() && json[i] == '}') {
-    ++i;
-  } else {
-    for (;;) {
-      std::string column = string();
-      expect(':');
-      std::string kind = string();
-      if (kind == "lww")
-        out[lower_case(column)] = crdt::ColumnKind::kLww;
-      else if (kind == "counter")
-        out[lower_case(column)] = crdt::ColumnKind::kCounter;
-      else
-        throw fail("column '" + column + "' has unknown type '" + kind + "' (known: lww, counter)");
-      skip();
-      if (i < json.size() && json[i] == ',') {
-        ++i;
-        continue;
-      }
-      expect('}');
-      break;
-    }
+  boost::json::value document;
+  if (auto problem = read_json(json, 2, document)) {
+    if (problem->kind == JsonProblem::Kind::kDuplicate)
+      throw fail("column '" + problem->member + "' is given twice");
+    throw fail("not valid JSON: " + problem->what + " at byte " + std::to_string(problem->offset));
   }
-  skip();
-  if (i != json.size()) throw fail("unexpected text at offset " + std::to_string(i));
+  if (!document.is_object())
+    throw fail("expected a JSON object of column names and types, like {\"votes\": \"counter\"}");
+  std::map<std::string, crdt::ColumnKind> out;
+  for (const auto& member : document.get_object()) {
+    const std::string column(member.key());
+    const boost::json::string* kind = member.value().if_string();
+    if (kind == nullptr)
+      throw fail("column '" + column + "' has a type that is not a string (known: lww, counter)");
+    crdt::ColumnKind parsed;
+    if (*kind == "lww")
+      parsed = crdt::ColumnKind::kLww;
+    else if (*kind == "counter")
+      parsed = crdt::ColumnKind::kCounter;
+    else
+      throw fail("column '" + column + "' has unknown type '" + std::string(*kind) +
+                 "' (known: lww, counter)");
+    if (!out.emplace(lower_case(column), parsed).second)
+      throw fail("column '" + column + "' is given twice");
+  }
   return out;
 }
 

@@ -10,10 +10,7 @@
 #include <vector>
 
 #include "crdt/value.hpp"
-
-namespace boost::json {
-class value;
-}  // namespace boost::json
+#include "storage/json_reader.hpp"
 
 namespace lattice::engine {
 
@@ -95,6 +92,6 @@ std::optional<crdt::Value> convert_value(const ValueFormat& format, const Source
 std::string check_date_format(std::string_view pattern);
 
 // The offset of the first byte of `text` that is not part of valid UTF-8, or npos.
-std::size_t invalid_utf8_at(std::string_view text);
+using storage::invalid_utf8_at;  // storage/json_reader.hpp
 
 }  // namespace lattice::engine

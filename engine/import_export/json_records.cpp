@@ -2,7 +2,6 @@
 
 #include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/error.hpp>
-#include <boost/json/parse.hpp>
 #include <boost/json/value_stack.hpp>
 #include <cstring>
 #include <deque>
@@ -10,6 +9,7 @@
 
 #include "crdt/error.hpp"
 #include "engine/import_export/conversion.hpp"
+#include "storage/json_reader.hpp"
 
 namespace lattice::engine {
 
@@ -19,6 +19,18 @@ namespace {
 
 constexpr std::size_t kBufferBytes = 1 << 16;
 constexpr std::size_t kKeptText = 4096;
+// Bytes of an array file kept from the pieces already fed, so that a \u escape cut between two
+// pieces is still found when the parser refuses it (storage::describe_json_error).
+constexpr std::size_t kKeptTail = 16;
+
+std::string repeated_member(const std::string& name) {
+  return "the member '" + name + "' is given twice";
+}
+
+// A lone surrogate's phrase, with the member that held it when there is one.
+std::string surrogate(const storage::JsonProblem& problem) {
+  return problem.what + (problem.member.empty() ? "" : " in member '" + problem.member + "'");
+}
 
 const char* kind_name(const json::value& v) {
   switch (v.kind()) {
@@ -88,6 +100,9 @@ struct JsonRecordReader::State {
   std::uint64_t element_line = 0;
   std::string top_error;
   json::value_stack stack;
+  storage::JsonMembers members;  // level 0 the array, 1 an element
+  std::string repeated;          // a member the current element gives twice
+  std::string tail;              // the last kKeptTail bytes fed before the current piece
 
   bool open_value(bool object) {
     if (level == 0) {
@@ -98,10 +113,12 @@ struct JsonRecordReader::State {
         return false;
       }
       level = 1;
+      members.open(false);
       return true;
     }
     if (level == 1) start_element(object);
     ++level;
+    members.open(object);
     return true;
   }
   void start_element(bool object) {
@@ -109,11 +126,13 @@ struct JsonRecordReader::State {
     too_large = false;
     element_bytes = 0;
     element_line = line;
+    repeated.clear();
     building = keep_values && object;
     if (building) stack.reset();
   }
   bool close_value(bool object, std::size_t n) {
     --level;
+    members.close();
     if (level == 0) return true;  // the array itself
     if (building) object ? stack.push_object(n) : stack.push_array(n);
     if (level == 1) finish_element();
@@ -128,6 +147,8 @@ struct JsonRecordReader::State {
     } else if (too_large) {
       record.error =
           "the record is longer than " + std::to_string(limits.max_record_bytes) + " bytes";
+    } else if (!repeated.empty()) {
+      record.error = repeated_member(repeated);
     } else if (building) {
       record.value = stack.release();
     }
@@ -159,6 +180,8 @@ struct JsonRecordReader::State {
   }
   bool next_element(JsonRecord& record);
   void feed(const char* data, std::size_t size, bool more);
+  // Throws, naming the record and member, when the parser stopped at a lone surrogate.
+  void lone_surrogate(std::string_view piece, std::size_t used, json::error_code ec) const;
 };
 
 namespace {
@@ -184,12 +207,17 @@ struct ArrayHandler {
   bool on_object_end(std::size_t n, json::error_code&) { return s->close_value(true, n); }
   bool on_array_begin(json::error_code& ec) { return s->open_value(false) || fail(ec); }
   bool on_array_end(std::size_t n, json::error_code&) { return s->close_value(false, n); }
+  // Member names are remembered, to find one given twice, while the element is within the
+  // record limit: memory stays bounded by it.
   bool on_key_part(json::string_view sv, std::size_t, json::error_code&) {
     if (s->count(sv.size())) s->stack.push_chars(sv);
+    if (!s->too_large) s->members.key_part(sv);
     return true;
   }
   bool on_key(json::string_view sv, std::size_t, json::error_code&) {
     if (s->count(sv.size())) s->stack.push_key(sv);
+    if (!s->too_large && !s->members.key(sv) && s->repeated.empty())
+      s->repeated = s->members.repeated();
     return true;
   }
   bool on_string_part(json::string_view sv, std::size_t, json::error_code&) {
@@ -199,6 +227,7 @@ struct ArrayHandler {
   bool on_string(json::string_view sv, std::size_t, json::error_code& ec) {
     if (s->level <= 1) return top_scalar("a string", ec);
     if (s->count(sv.size())) s->stack.push_string(sv);
+    s->members.value();
     return true;
   }
   bool on_number_part(json::string_view sv, json::error_code&) {
@@ -208,26 +237,31 @@ struct ArrayHandler {
   bool on_int64(std::int64_t i, json::string_view sv, json::error_code& ec) {
     if (s->level <= 1) return top_scalar("a number", ec);
     if (s->count(sv.size())) s->stack.push_int64(i);
+    s->members.value();
     return true;
   }
   bool on_uint64(std::uint64_t u, json::string_view sv, json::error_code& ec) {
     if (s->level <= 1) return top_scalar("a number", ec);
     if (s->count(sv.size())) s->stack.push_uint64(u);
+    s->members.value();
     return true;
   }
   bool on_double(double d, json::string_view sv, json::error_code& ec) {
     if (s->level <= 1) return top_scalar("a number", ec);
     if (s->count(sv.size())) s->stack.push_double(d);
+    s->members.value();
     return true;
   }
   bool on_bool(bool b, json::error_code& ec) {
     if (s->level <= 1) return top_scalar("a boolean", ec);
     if (s->count(5)) s->stack.push_bool(b);
+    s->members.value();
     return true;
   }
   bool on_null(json::error_code& ec) {
     if (s->level <= 1) return top_scalar("null", ec);
     if (s->count(4)) s->stack.push_null();
+    s->members.value();
     return true;
   }
   bool on_comment_part(json::string_view, json::error_code&) { return true; }
@@ -260,6 +294,7 @@ void JsonRecordReader::State::feed(const char* data, std::size_t size, bool more
                                               std::to_string(limits.max_depth) + " levels");
       if (ec == json::error::incomplete)
         throw Error(ErrorCode::kCorrupt, "the file ends before its JSON array does");
+      if (ec) lone_surrogate(std::string_view(data + offset, piece), used, ec);
       const std::size_t bad = bad_utf8_before(std::string_view(data + offset, piece), used + 1);
       if (ec && bad != std::string_view::npos)
         throw Error(ErrorCode::kCorrupt,
@@ -270,9 +305,29 @@ void JsonRecordReader::State::feed(const char* data, std::size_t size, bool more
       throw Error(ErrorCode::kCorrupt, "line " + std::to_string(line) + ": not valid JSON (" +
                                            (ec ? ec.message() : std::string("extra data")) + ")");
     }
+    tail.append(data + offset, piece);
+    if (tail.size() > kKeptTail) tail.erase(0, tail.size() - kKeptTail);
     if (newline) ++line;
     offset += piece;
   } while (offset < size);
+}
+
+void JsonRecordReader::State::lone_surrogate(std::string_view piece, std::size_t used,
+                                             json::error_code ec) const {
+  // The tail may start inside a UTF-8 sequence, which would read as invalid UTF-8.
+  std::size_t from = 0;
+  while (from < tail.size() && (static_cast<unsigned char>(tail[from]) & 0xC0) == 0x80) ++from;
+  const std::string window = tail.substr(from) + std::string(piece.substr(0, used + kKeptTail));
+  const storage::JsonProblem problem =
+      storage::describe_json_error(window, tail.size() - from + used, ec, limits.max_depth);
+  if (problem.kind != storage::JsonProblem::Kind::kSurrogate) return;
+  std::string where;
+  if (level >= 2) {
+    if (const auto member = members.member_at(1)) where = " in member '" + *member + "'";
+    where += " of record " + std::to_string(records + 1);
+  }
+  throw Error(ErrorCode::kCorrupt,
+              "line " + std::to_string(line) + ": not valid JSON: " + problem.what + where);
 }
 
 bool JsonRecordReader::State::next_element(JsonRecord& record) {
@@ -337,22 +392,28 @@ bool JsonRecordReader::State::next_line(JsonRecord& record) {
       record.error =
           "the line is longer than " + std::to_string(limits.max_record_bytes) + " bytes";
     } else if (keep_values) {
-      json::parse_options options;
-      options.max_depth = limits.max_depth;
-      json::error_code ec;
-      record.value = json::parse(json::string_view(text.data(), text.size()), ec,
-                                 json::storage_ptr(), options);
-      if (ec == json::error::too_deep) {
+      const auto problem = storage::read_json(text, limits.max_depth, record.value);
+      using Kind = storage::JsonProblem::Kind;
+      if (!problem) {
+        if (!record.value.is_object())
+          record.error =
+              std::string("the record is ") + kind_name(record.value) + ", not an object";
+      } else if (problem->kind == Kind::kTooDeep) {
         record.error =
             "the record nests deeper than " + std::to_string(limits.max_depth) + " levels";
-      } else if (ec) {
-        const std::size_t bad = bad_utf8_before(text, text.size());
-        record.error = bad == std::string::npos ? "not valid JSON (" + ec.message() + ")"
-                                                : "not valid JSON: the text is not valid UTF-8 "
-                                                  "(byte " +
-                                                      std::to_string(bad + 1) + " of the line)";
-      } else if (!record.value.is_object()) {
-        record.error = std::string("the record is ") + kind_name(record.value) + ", not an object";
+      } else if (problem->kind == Kind::kDuplicate) {
+        record.error = repeated_member(problem->member);
+      } else if (problem->kind == Kind::kUtf8) {
+        record.error = "not valid JSON: the text is not valid UTF-8 (byte " +
+                       std::to_string(problem->offset + 1) + " of the line)";
+      } else if (problem->kind == Kind::kSurrogate) {
+        record.error = "not valid JSON: " + surrogate(*problem) + " (byte " +
+                       std::to_string(problem->offset + 1) + " of the line)";
+      } else if (problem->offset >= text.size()) {
+        record.error = "not valid JSON: the line ends before its JSON value does";
+      } else {
+        record.error = "not valid JSON: " + problem->what + " (byte " +
+                       std::to_string(problem->offset + 1) + " of the line)";
       }
       if (!record.error.empty()) record.value = nullptr;
     }

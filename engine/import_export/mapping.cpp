@@ -1,9 +1,9 @@
 #include "engine/import_export/mapping.hpp"
 
-#include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
 #include "crdt/error.hpp"
+#include "storage/json_reader.hpp"
 
 namespace lattice::engine {
 
@@ -182,12 +182,12 @@ void read_limits(const json::value& v, ReadLimits& limits) {
 }  // namespace
 
 Mapping parse_mapping(std::string_view text, ReadLimits& limits) {
-  json::parse_options options;
-  options.max_depth = 8;
-  json::error_code ec;
-  const json::value root =
-      json::parse(json::string_view(text.data(), text.size()), ec, json::storage_ptr(), options);
-  if (ec) fail("", "not valid JSON (" + ec.message() + ")");
+  json::value root;
+  if (const auto problem = storage::read_json(text, 8, root)) {
+    if (problem->kind == storage::JsonProblem::Kind::kDuplicate)
+      fail("", "the member \"" + problem->member + "\" is given twice");
+    fail("", "not valid JSON: " + problem->what + " at byte " + std::to_string(problem->offset));
+  }
   if (!root.is_object()) fail("", "expected a JSON object with \"columns\"");
   Mapping mapping;
   const json::value* columns = nullptr;

@@ -1,8 +1,8 @@
 #pragma once
-// A small, strict JSON reader and writer for the flat objects a JWT header or payload is
-// (RFC 8259 syntax; RFC 7519 shapes). Not a general JSON library: the top level must be an
-// object, members are scalars, and nested objects or arrays are checked for syntax and then
-// kept only as "nested" (their contents are not exposed). Private to lattice::relay.
+// The flat objects a JWT header or payload is (RFC 7519 shapes), read with the strict JSON reader
+// (storage/json_reader.hpp). The top level must be an object; members are scalars, and nested
+// objects or arrays are checked and then kept only as "nested" (their contents are not exposed).
+// Private to lattice::relay. JSON strings are written with crdt::json_quote (crdt/json.hpp).
 
 #include <cstdint>
 #include <functional>
@@ -34,13 +34,9 @@ const char* json_kind_name(JsonValue::Kind kind) noexcept;
 using JsonObject = std::map<std::string, JsonValue, std::less<>>;
 
 // Parses `text`, which must be exactly one JSON object (whitespace around it allowed).
-// Refuses, with Error(kInvalidArgument) naming the byte offset: bad syntax, trailing bytes,
-// invalid UTF-8, unescaped control characters, lone UTF-16 surrogates in \u escapes,
-// duplicate member names, and nesting deeper than 16 levels.
+// Refuses, with Error(kInvalidArgument) "JSON: <what was wrong> at byte N of M": bad syntax,
+// trailing bytes, invalid UTF-8, unescaped control characters, lone UTF-16 surrogates in \u
+// escapes, duplicate member names, and nesting deeper than 16 levels (the object counts as one).
 JsonObject parse_json_object(std::string_view text);
-
-// `text` as a JSON string literal, quotes included: `"`, `\` and control characters are
-// escaped; other bytes (UTF-8 assumed) are copied as they are.
-std::string json_quote(std::string_view text);
 
 }  // namespace lattice::relay::detail

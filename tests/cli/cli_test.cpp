@@ -499,13 +499,14 @@ TEST_CASE("import exits 3 when records were rejected, and writes them to --error
         "record,line,column,reason,data\n"
         "2,2,done,'notanint' is not an integer,\"{\"\"id\"\": \"\"b\"\", \"\"done\"\": "
         "\"\"notanint\"\"}\"\n"
-        "3,3,,not valid JSON (syntax error),not json\n");
+        "3,3,,not valid JSON: unexpected character 'n' (byte 1 of the line),not json\n");
   // Without --errors, the rejections go to stderr, one a line.
   r = box.run({"import", "t.db", "todo", "todo.ndjson"});
   CHECK(r.status == 3);
   CHECK(r.err ==
         "rejected: record 2 (line 2), column done: 'notanint' is not an integer\n"
-        "rejected: record 3 (line 3): not valid JSON (syntax error)\n");
+        "rejected: record 3 (line 3): not valid JSON: unexpected character 'n' (byte 1 of the "
+        "line)\n");
 }
 
 TEST_CASE("import refuses a hostile file with one line naming it, and writes nothing") {

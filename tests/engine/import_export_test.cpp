@@ -154,7 +154,7 @@ TEST_CASE("NDJSON: one object a line; a bad line is refused alone") {
       "{\"id\": \"\xff\"}\n";
   const std::string expected =
       "1@1 {\"id\":1,\"a\":{\"b\":[1,2]}}\n"
-      "2@3!not valid JSON (incomplete JSON)\n"
+      "2@3!not valid JSON: the line ends before its JSON value does\n"
       "3@4!the record is an array, not an object\n"
       "4@5!the record nests deeper than 3 levels\n"
       "5@6!the line is longer than 40 bytes\n"
@@ -207,6 +207,59 @@ TEST_CASE("a JSON array file that is not one is refused as a whole, naming the l
   std::tie(code, message) = refuse("[{\"a\": \"\xff\"}]");
   CHECK(code == ErrorCode::kCorrupt);
   CHECK(message == "line 1 (byte 9): not valid JSON: the text is not valid UTF-8");
+}
+
+TEST_CASE("a record that gives a member twice is rejected alone, naming the member") {
+  // Boost.JSON alone would keep the later value silently.
+  const std::string lines =
+      "{\"id\": 1, \"title\": \"a\", \"title\": \"b\"}\n"
+      "{\"id\": 2, \"tags\": {\"x\": 1, \"x\": 2}}\n"
+      "{\"id\": 3, \"title\": \"c\"}\n";
+  const std::string lines_expected =
+      "1@1!the member 'title' is given twice\n"
+      "2@2!the member 'x' is given twice\n"
+      "3@3 {\"id\":3,\"title\":\"c\"}\n";
+  CHECK(json_records(lines, true) == lines_expected);
+  CHECK(json_records(lines, true, 1) == lines_expected);
+  const std::string array =
+      "[{\"id\": 1, \"title\": \"a\", \"title\": \"b\"},\n"
+      " {\"id\": 2, \"tags\": [{\"x\": 1}, {\"x\": 2}]},\n"
+      " {\"id\": 3, \"tags\": {\"x\": 1, \"x\": 2}}]\n";
+  const std::string array_expected =
+      "1@1!the member 'title' is given twice\n"
+      "2@2 {\"id\":2,\"tags\":[{\"x\":1},{\"x\":2}]}\n"
+      "3@3!the member 'x' is given twice\n";
+  CHECK(json_records(array, false) == array_expected);
+  CHECK(json_records(array, false, 1) == array_expected);
+}
+
+TEST_CASE("a lone UTF-16 surrogate is named as such, with its record and member") {
+  const std::string lines =
+      "{\"id\": 1, \"title\": \"\\ud800\"}\n"
+      "{\"id\": 2, \"title\": \"x\\udc00\"}\n"
+      "{\"id\": 3, \"title\": \"\\ud83d\\ude00\"}\n";
+  const std::string lines_expected =
+      "1@1!not valid JSON: lone UTF-16 surrogate \\ud800 (a high surrogate not followed by a low "
+      "one) in member 'title' (byte 21 of the line)\n"
+      "2@2!not valid JSON: lone UTF-16 surrogate \\udc00 (a low surrogate without a high one "
+      "before it) in member 'title' (byte 22 of the line)\n"
+      "3@3 {\"id\":3,\"title\":\"\xF0\x9F\x98\x80\"}\n";
+  CHECK(json_records(lines, true) == lines_expected);
+  // An array file is refused as a whole, as for any text that is not JSON; at every chunk size,
+  // so with the escape cut between two reads.
+  const std::string array =
+      "[{\"id\": 1, \"title\": \"ok\"},\n"
+      " {\"id\": 2, \"title\": \"x\", \"note\": \"\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC"
+      "\xE2\x82\xAC\xE2\x82\xAC\\ud800\"}]\n";
+  // (The euro signs before it: a piece read earlier may end inside one.)
+  for (const std::size_t chunk : {std::size_t(1), std::size_t(7), std::size_t(1) << 16}) {
+    CAPTURE(chunk);
+    auto [code, message] = error_of([&] { json_records(array, false, chunk); });
+    CHECK(code == ErrorCode::kCorrupt);
+    CHECK(message ==
+          "line 2: not valid JSON: lone UTF-16 surrogate \\ud800 (a high surrogate not followed "
+          "by a low one) in member 'note' of record 2");
+  }
 }
 
 // --- Conversions ------------------------------------------------------------------------------
@@ -399,7 +452,11 @@ TEST_CASE("a mapping file's mistakes are refused, naming the member") {
         "mapping: column 'a': a column number as source needs \"csv\": {\"header\": false}");
   CHECK(refusal("{\"columns\": {\"a\": \"x\"}, \"limits\": {\"max_depth\": 0}}") ==
         "mapping: \"limits\", \"max_depth\": expected a positive integer");
-  CHECK(refusal("{\"columns\": {\"a\": \"x\"").rfind("mapping: not valid JSON", 0) == 0);
+  CHECK(refusal("{\"columns\": {\"a\": \"x\"") ==
+        "mapping: not valid JSON: unexpected end of the text at byte 21");
+  // Which of the two would a reader of the mapping believe?
+  CHECK(refusal("{\"columns\": {\"a\": \"x\", \"a\": \"y\"}}") ==
+        "mapping: the member \"a\" is given twice");
   const engine::Mapping m = engine::parse_mapping(
       R"({"csv": {"delimiter": ";", "header": false}, "limits": {"max_records": 5},
           "columns": {"id": 1, "name": {"source": 3, "trim": true, "default": "?"}}})",
@@ -719,6 +776,32 @@ TEST_CASE("JSON without a mapping: members are columns, a missing one takes the 
         "file (--map)");
   CHECK(test::dump_table(*replica, "todo") ==
         "text:a|text:t|int:0|int:2|\ntext:c|null|int:1|int:0|\n");
+}
+
+TEST_CASE("JSON records with a repeated member or a lone surrogate go to the errors file") {
+  TempDir dir;
+  auto replica = storage::Replica::open((dir.path / "r.db").string());
+  replica->exec(test::kTodoSchema);
+  engine::ImportOptions options;
+  options.format = DataFormat::kNdjson;
+  options.errors_path = (dir.path / "errors.csv").string();
+  const engine::ImportResult r =
+      engine::import_file(*replica, "todo",
+                          dir.file("t.ndjson",
+                                   "{\"id\": \"a\", \"title\": \"first\"}\n"
+                                   "{\"id\": \"b\", \"votes\": 1, \"votes\": 5}\n"
+                                   "{\"id\": \"c\", \"title\": \"\\udc00\"}\n"),
+                          options);
+  CHECK(r.inserted == 1);
+  CHECK(r.rejected == 2);
+  CHECK(dir.read("errors.csv") ==
+        "record,line,column,reason,data\n"
+        "2,2,,the member 'votes' is given twice,\"{\"\"id\"\": \"\"b\"\", \"\"votes\"\": 1, "
+        "\"\"votes\"\": 5}\"\n"
+        "3,3,,not valid JSON: lone UTF-16 surrogate \\udc00 (a low surrogate without a high one "
+        "before it) in member 'title' (byte 23 of the line),\"{\"\"id\"\": \"\"c\"\", "
+        "\"\"title\"\": \"\"\\udc00\"\"}\"\n");
+  CHECK(test::dump_table(*replica, "todo") == "text:a|text:first|int:0|int:0|\n");
 }
 
 TEST_CASE("progress is reported before the first batch and after each, with the total") {
