@@ -284,6 +284,9 @@ void read_constraints(sqlite3* db, TableInfo& t) {
 }
 
 void Replica::Impl::load_catalog() {
+  // The statements merges cache name a table's columns as they were when first prepared (keyed
+  // by table id): after a rename, an added or a dropped column they would write the old ones.
+  merge_statements.clear();
   tables.clear();
   tables_by_name.clear();
   {
