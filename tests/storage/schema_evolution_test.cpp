@@ -215,5 +215,39 @@ TEST_CASE("a replica merges after a migration with the columns it has now") {
   CHECK(one(*relay, "SELECT due FROM task WHERE id = 'b'") == crdt::Value{"monday"});
 }
 
+TEST_CASE("an old device's insert carries no value of a newer column it learnt from other rows") {
+  // The old device knew 'due' as a future column from row 'a'; its own insert of 'b' sent due
+  // = NULL at the insert's version, which won over the newer device's earlier value.
+  ManualClock clock;
+  auto newer = clock.open(2), old = clock.open(1);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'x', 'monday')");
+  sync(*newer, *old);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('b', 'y', 'tuesday')");
+  clock.now += 10;
+  old->exec("INSERT INTO task(id, title) VALUES ('b', 'z')");
+  sync(*old, *newer);
+  CHECK(one(*newer, "SELECT title FROM task WHERE id = 'b'") == crdt::Value{"z"});
+  CHECK(one(*newer, "SELECT due FROM task WHERE id = 'b'") == crdt::Value{"tuesday"});
+}
+
+TEST_CASE("an old device's INSERT OR REPLACE keeps the versions of newer columns") {
+  // The replace dropped the row's overrides and moved its version: the value the old device
+  // kept aside went out at the replace's version, over a later write it had not seen.
+  ManualClock clock;
+  auto newer = clock.open(2), old = clock.open(1);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'x', 'monday')");
+  sync(*newer, *old);
+  clock.now += 10;
+  newer->exec("UPDATE task SET due = 'friday' WHERE id = 'a'");
+  clock.now += 10;
+  old->exec("INSERT OR REPLACE INTO task(id, title) VALUES ('a', 'replaced')");
+  sync_both(*old, *newer);
+  for (Replica* r : {newer.get(), old.get()})
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'a'") == crdt::Value{"replaced"});
+  CHECK(one(*newer, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{"friday"});
+  old->migrate(2, kV2);
+  CHECK(one(*old, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{"friday"});
+}
+
 }  // namespace
 }  // namespace lattice
