@@ -367,6 +367,14 @@ void Replica::Impl::load_catalog() {
     }
     tables[info->id] = std::move(info);
   }
+  Statement added(db, "SELECT table_id, col, site, seq FROM lattice_column_added");
+  while (added.step()) {
+    auto table = tables.find(static_cast<crdt::TableId>(added.column_int(0)));
+    if (table == tables.end()) continue;
+    for (auto& c : table->second->columns)
+      if (c.id == static_cast<crdt::ColumnId>(added.column_int(1)))
+        c.added_after[added.column_int(2)] = static_cast<std::uint64_t>(added.column_int(3));
+  }
 }
 
 crdt::TableId Replica::Impl::table_id_for(std::string_view name) const {
@@ -671,6 +679,14 @@ void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
       .bind(2, static_cast<std::int64_t>(id))
       .bind(3, name)
       .run();
+  // The rows this replica holds now were written without the column: their versions are not
+  // its version (ColumnInfo::added_after). What it holds is recorded rather than marked row by
+  // row, so that adding a column stays instant.
+  Statement watermark(db,
+                      "INSERT OR REPLACE INTO lattice_column_added(table_id, col, site, seq) "
+                      "SELECT ?1, ?2, idx, seq FROM lattice_sites WHERE idx > 0 AND seq > 0 "
+                      "UNION ALL SELECT ?1, ?2, 0, seq FROM lattice_local WHERE seq > 0");
+  watermark.bind(1, static_cast<std::int64_t>(t.id)).bind(2, static_cast<std::int64_t>(id)).run();
   added_this_transaction.insert({t.id, id});
 }
 

@@ -153,6 +153,8 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
     const auto cl = row_meta.column_int(0);
     const bool alive = cl % 2 == 1;
     const bool liveness_lacked = lacks(row_meta.column_int(2), row_meta.column_int(3));
+    const std::int64_t row_site = row_meta.column_int(2);
+    const auto row_seq = static_cast<std::uint64_t>(row_meta.column_int(3));
     if (liveness_lacked) change.liveness = stamp(row_meta, 0);
     row_meta.reset();
 
@@ -215,7 +217,7 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       cell_meta.reset();
       if (liveness_lacked)
         for (std::size_t i = 0; i < lww.size(); ++i)
-          if (!overridden[i] && known[i])
+          if (!overridden[i] && known[i] && !lww[i]->predates(row_site, row_seq))
             change.liveness_values.emplace_back(lww[i]->id, current[i]);
 
       counter_meta.reset();

@@ -249,5 +249,24 @@ TEST_CASE("an old device's INSERT OR REPLACE keeps the versions of newer columns
   CHECK(one(*old, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{"friday"});
 }
 
+TEST_CASE("a column a migration adds is not at the versions of rows written without it") {
+  // The relay merged an old device's later insert, then migrated: the new column counted as
+  // written at that insert's version, and a newer device's earlier value of it lost.
+  ManualClock clock;
+  auto relay = clock.open(1), old = clock.open(1), newer = clock.open(2);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'x', 'monday')");
+  clock.now += 10;
+  old->exec("INSERT INTO task(id, title) VALUES ('a', 'y')");
+  sync(*old, *relay);
+  relay->migrate(2, kV2);
+  sync(*newer, *relay);
+  sync(*relay, *newer);
+  for (Replica* r : {relay.get(), newer.get()}) {
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'a'") == crdt::Value{"y"});
+    CHECK(one(*r, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{"monday"});
+  }
+  CHECK(relay->digest() == newer->digest());
+}
+
 }  // namespace
 }  // namespace lattice
