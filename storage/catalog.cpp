@@ -260,8 +260,8 @@ void read_constraints(sqlite3* db, TableInfo& t) {
 }
 
 void Replica::Impl::load_catalog() {
-  // The projection's statements are cached by table and column ids, and their SQL names the
-  // tables and columns: after a rename the same key would run SQL with the old names.
+  // The statements merges cache name a table's columns as they were when first prepared (keyed
+  // by table id): after a rename, an added or a dropped column they would write the old ones.
   merge_statements.clear();
   tables.clear();
   tables_by_name.clear();
@@ -342,6 +342,14 @@ void Replica::Impl::load_catalog() {
       tables_by_name[lower_case(info->name)] = info.get();
     }
     tables[info->id] = std::move(info);
+  }
+  Statement added(db, "SELECT table_id, col, site, seq FROM lattice_column_added");
+  while (added.step()) {
+    auto table = tables.find(static_cast<crdt::TableId>(added.column_int(0)));
+    if (table == tables.end()) continue;
+    for (auto& c : table->second->columns)
+      if (c.id == static_cast<crdt::ColumnId>(added.column_int(1)))
+        c.added_after[added.column_int(2)] = static_cast<std::uint64_t>(added.column_int(3));
   }
 }
 
@@ -647,6 +655,14 @@ void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
       .bind(2, static_cast<std::int64_t>(id))
       .bind(3, name)
       .run();
+  // The rows this replica holds now were written without the column: their versions are not
+  // its version (ColumnInfo::added_after). What it holds is recorded rather than marked row by
+  // row, so that adding a column stays instant.
+  Statement watermark(db,
+                      "INSERT OR REPLACE INTO lattice_column_added(table_id, col, site, seq) "
+                      "SELECT ?1, ?2, idx, seq FROM lattice_sites WHERE idx > 0 AND seq > 0 "
+                      "UNION ALL SELECT ?1, ?2, 0, seq FROM lattice_local WHERE seq > 0");
+  watermark.bind(1, static_cast<std::int64_t>(t.id)).bind(2, static_cast<std::int64_t>(id)).run();
   added_this_transaction.insert({t.id, id});
 }
 

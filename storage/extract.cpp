@@ -153,6 +153,8 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
     const auto cl = row_meta.column_int(0);
     const bool alive = cl % 2 == 1;
     const bool liveness_lacked = lacks(row_meta.column_int(2), row_meta.column_int(3));
+    const std::int64_t row_site = row_meta.column_int(2);
+    const auto row_seq = static_cast<std::uint64_t>(row_meta.column_int(3));
     if (liveness_lacked) change.liveness = stamp(row_meta, 0);
     row_meta.reset();
 
@@ -179,13 +181,21 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       }
       values.reset();
       current.resize(lww.size());
+      // A future column of which this replica received no value in this incarnation was never
+      // written at the row's version (an insert made here, by a version without the column):
+      // it goes without one, so that the row's version takes nothing from it.
+      std::vector<bool> known(lww.size(), true);
       if (lww.size() > r.app_lww) {
+        std::fill(known.begin() + static_cast<std::ptrdiff_t>(r.app_lww), known.end(), false);
         r.future_values.reset();
         r.future_values.bind(1, static_cast<std::int64_t>(t.id)).bind_blob(2, pk);
         while (r.future_values.step()) {
           const auto column = static_cast<crdt::ColumnId>(r.future_values.column_int(0));
           for (std::size_t i = r.app_lww; i < lww.size(); ++i)
-            if (lww[i]->id == column) current[i] = r.future_values.column(1);
+            if (lww[i]->id == column) {
+              current[i] = r.future_values.column(1);
+              known[i] = true;
+            }
         }
         r.future_values.reset();
       }
@@ -207,7 +217,8 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       cell_meta.reset();
       if (liveness_lacked)
         for (std::size_t i = 0; i < lww.size(); ++i)
-          if (!overridden[i]) change.liveness_values.emplace_back(lww[i]->id, current[i]);
+          if (!overridden[i] && known[i] && !lww[i]->predates(row_site, row_seq))
+            change.liveness_values.emplace_back(lww[i]->id, current[i]);
 
       counter_meta.reset();
       counter_meta.bind_blob(1, pk).bind(2, cl);

@@ -161,7 +161,10 @@ void RowMerger::load(const std::string& pk) {
     for (const auto& c : *columns) {
       if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
       auto it = stored_cells_.find(c.id);
-      cells_[c.id] = it != stored_cells_.end() ? it->second : row_;
+      if (it != stored_cells_.end())
+        cells_[c.id] = it->second;
+      else
+        cells_[c.id] = c.predates(row_.site, row_.seq) ? never_written : row_;
     }
 }
 

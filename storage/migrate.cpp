@@ -252,6 +252,7 @@ void Replica::Impl::alter(const AlterStatement& statement, const std::function<v
         const std::string where = " WHERE table_id = " + std::to_string(id);
         exec_sql(db,
                  "DELETE FROM lattice_held" + where + ";\nDELETE FROM lattice_superseded" + where +
+                     ";\nDELETE FROM lattice_column_added" + where +
                      ";\nDELETE FROM lattice_counter_undo" + where +
                      ";\nUPDATE lattice_tables SET dropped = 1 WHERE id = " + std::to_string(id));
         break;

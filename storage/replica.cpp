@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS lattice_migrations(
   version INTEGER PRIMARY KEY, sql TEXT NOT NULL, applied_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS lattice_schema_history(
   version INTEGER PRIMARY KEY, manifest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lattice_column_added(
+  table_id INTEGER NOT NULL, col INTEGER NOT NULL, site INTEGER NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY (table_id, col, site)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lattice_future_values(
   table_id INTEGER NOT NULL, pk BLOB NOT NULL, col INTEGER NOT NULL, value ANY,
   PRIMARY KEY (table_id, pk, col)) WITHOUT ROWID;
@@ -71,7 +74,7 @@ END;
 
 // The generation of the capture triggers this build creates. A replica whose triggers are older
 // gets them recreated when it is opened (lattice_meta 'triggers_version').
-constexpr std::int64_t kTriggersVersion = 6;
+constexpr std::int64_t kTriggersVersion = 7;
 
 Replica::Impl& impl_of(sqlite3_context* ctx) {
   return *static_cast<Replica::Impl*>(sqlite3_user_data(ctx));

@@ -44,6 +44,14 @@ struct ColumnInfo {
   int table_position = 0;  // index among the table's columns (for the pre-update hook)
   Affinity affinity = Affinity::kBlob;
   bool affinity_known = true;  // false for a future column learnt from a format-1 changeset
+  // A column a migration added here (lattice_column_added): what this replica held then, by
+  // local site index. A row whose version is at or below it was written without the column,
+  // so the column is not at the row's version: it was never written, until someone writes it.
+  std::map<std::int64_t, std::uint64_t> added_after;
+  bool predates(std::int64_t site, std::uint64_t seq) const {
+    auto it = added_after.find(site);
+    return it != added_after.end() && seq <= it->second;
+  }
 };
 
 // A UNIQUE constraint or unique index of a replicated table other than its primary key: the

@@ -18,18 +18,17 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
-#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <limits>
 #include <map>
-#include <random>
 #include <set>
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "engine/sync/sync_session.hpp"
 #include "relay/hub.hpp"
+#include "tests/relay/simulation_harness.hpp"
 #include "tests/storage/test_support.hpp"
 #include "transport/claims.hpp"
 #include "transport/loopback.hpp"
@@ -37,11 +36,8 @@
 namespace lattice {
 namespace {
 
-using engine::SyncSession;
+using sim::kNamespace;
 using transport::LoopbackNetwork;
-
-constexpr const char* kNamespace = "board";
-constexpr std::uint64_t kEpochMs = 1'800'000'000'000;  // virtual time 0
 
 // The schema of odd seeds. Ledger writes (inserts, votes up) break none of its constraints.
 constexpr const char* kConstrainedSchema = R"sql(
@@ -58,12 +54,7 @@ SELECT lattice_replicate('todo', '{"votes": "counter"}');
 SELECT lattice_replicate('tag');
 )sql";
 
-struct Device {
-  std::string name;
-  std::unique_ptr<storage::Replica> replica;
-  std::unique_ptr<SyncSession> session;
-  bool wants_online = true;
-  bool connect_pending = false;
+struct Device : sim::SimDevice {
   std::vector<std::string> ledger;  // rows only this device inserted and votes on
   bool copied = false;              // a copy of its file exists, or it is one
 };
@@ -83,14 +74,10 @@ struct Hostile {
   std::size_t refused = 0;  // connections the relay closed on a refusal
 };
 
-class World {
+class World : sim::Harness {
  public:
   World(std::uint64_t seed, const std::filesystem::path& dir)
-      : seed_(seed),
-        constrained_(seed % 2 == 1),
-        net_(seed),
-        dir_(dir),
-        rng_(seed ^ 0x9e3779b97f4a7c15ull) {
+      : Harness(seed), seed_(seed), constrained_(seed % 2 == 1), dir_(dir) {
     std::filesystem::remove_all(dir_);
     start_relay();
     for (int i = 0; i < 8; ++i) {
@@ -104,7 +91,7 @@ class World {
     hostile_connect();
   }
 
-  ~World() {
+  ~World() override {
     if (hostile_.connection) hostile_.connection->set_handlers({});
     for (auto& d : devices_) d.session.reset();
     hub_.reset();
@@ -237,26 +224,9 @@ class World {
     return out;
   }
 
-  std::size_t pick(std::size_t n) {
-    return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng_);
-  }
-
-  storage::ReplicaOptions replica_options() {
-    storage::ReplicaOptions options;
-    options.physical_clock = [this] { return kEpochMs + static_cast<std::uint64_t>(net_.now()); };
-    options.new_site_id = [this] { return crdt::SiteId::random(rng_); };
-    options.synchronous = "OFF";  // durability is not what this test is about
-    return options;
-  }
-
   void start_relay() {
-    relay::HubOptions options;
-    options.data_dir = dir_.string();
+    relay::HubOptions options = hub_options(dir_);
     options.schema_sql = constrained_ ? kConstrainedSchema : test::kTodoSchema;
-    options.replica_options = replica_options();
-    options.limits.max_outgoing_batch_changes = 25;
-    options.limits.catch_up_round_bytes = 4096;  // catch-ups in several rounds, paced by delivery
-    options.limits.piece_bytes = 700;            // larger changesets in pieces (protocol 3)
     options.authenticate = [](std::string_view token) {
       if (token != "device-token") throw Error(ErrorCode::kUnauthorized, "unknown token");
       return relay::Grant{"device", kNamespace, relay::kGrantRead | relay::kGrantWrite};
@@ -273,30 +243,7 @@ class World {
     });
   }
 
-  void connect(Device& d) {
-    if (d.session || !d.wants_online) return;
-    if (!hub_) {
-      schedule_reconnect(d);
-      return;
-    }
-    auto [client, server] = net_.connect(d.name, link_faults());
-    hub_->accept(server, kNamespace);
-    SyncSession::Events events;
-    events.on_rekey = [this](const transport::Rekey&) { ++rekeys_; };
-    events.on_closed = [this, &d](const std::string&) {
-      // The session may not be destroyed from inside its own callback.
-      net_.post(0, [this, &d] {
-        d.session.reset();
-        schedule_reconnect(d);
-      });
-    };
-    // Small batches and pieces, so backlogs and catch-ups go in chunks and transactions of more
-    // than 20 changes or 500 bytes in pieces.
-    SyncSession::Options options{kNamespace, "device-token", 20};
-    options.piece_bytes = 500;
-    d.session = std::make_unique<SyncSession>(*d.replica, client, options, events);
-    d.session->start();
-  }
+  void on_rekey(sim::SimDevice&) override { ++rekeys_; }
 
   // A copy of `d`'s replica file becomes a new device: same site id, same history so far.
   void clone(Device& d) {
@@ -318,27 +265,6 @@ class World {
     REQUIRE(copy.replica->site_id() == d.replica->site_id());
     devices_.push_back(std::move(copy));
     connect(devices_.back());
-  }
-
-  // Half the connections are like TCP: delayed, in order, never duplicated; the other half
-  // also reorder and duplicate frames, which no WebSocket does but which stresses merges. On
-  // those, changesets in pieces mostly arrive out of order: refused, the device reconnects.
-  LoopbackNetwork::Faults link_faults() {
-    LoopbackNetwork::Faults f = faults_;
-    if (pick(2) == 0) {
-      f.in_order = true;
-      f.duplicate = 0;
-    }
-    return f;
-  }
-
-  void schedule_reconnect(Device& d) {
-    if (d.connect_pending) return;
-    d.connect_pending = true;
-    net_.post(10 + pick(200), [this, &d] {
-      d.connect_pending = false;
-      connect(d);
-    });
   }
 
   void write(Device& d) {
@@ -596,11 +522,7 @@ class World {
 
   std::uint64_t seed_;
   bool constrained_;  // odd seeds: kConstrainedSchema
-  LoopbackNetwork net_;
   std::filesystem::path dir_;
-  std::mt19937_64 rng_;
-  LoopbackNetwork::Faults faults_{1, 40, 0.03};
-  std::unique_ptr<relay::Hub> hub_;
   std::deque<Device> devices_;  // stable references: callbacks hold them
   std::size_t writes_ = 0;
   std::size_t ledger_writes_ = 0;
@@ -626,9 +548,7 @@ struct SeedStats {
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
   INFO("seed " << seed << " (replay with LATTICE_SIM_SEED=" << seed << ")");
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("lattice-sim-" + std::to_string(::getpid()) + "-" + std::to_string(seed));
-  World world(seed, dir);
+  World world(seed, sim::seed_directory("lattice-sim", seed));
   world.storm(steps);
   world.heal();
   world.check();
@@ -638,12 +558,11 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
 }
 
 TEST_CASE("after a storm of faults every device holds exactly the relay's rows") {
-  if (const char* replay = std::getenv("LATTICE_SIM_SEED")) {
-    run_seed(std::strtoull(replay, nullptr, 10), 300);
+  if (const auto replay = sim::replayed_seed()) {
+    run_seed(*replay, 300);
     return;
   }
-  const char* count_text = std::getenv("LATTICE_SIM_SEEDS");
-  const std::uint64_t seeds = count_text ? std::strtoull(count_text, nullptr, 10) : 1000;
+  const std::uint64_t seeds = sim::seed_count(1000);
   SeedStats total;
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
     const SeedStats stats = run_seed(seed, 300);  // REQUIREs inside stop at the first failure

@@ -8,8 +8,6 @@
 
 namespace lattice::test {
 
-namespace {
-
 std::string typed(const crdt::Value& v) {
   std::ostringstream out;
   switch (v.index()) {
@@ -42,8 +40,6 @@ std::string dump_query(storage::Replica& replica, const std::string& sql) {
   }
   return out;
 }
-
-}  // namespace
 
 std::unique_ptr<storage::Replica> open_todo_replica(const std::string& path,
                                                     storage::ReplicaOptions options) {

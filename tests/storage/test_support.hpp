@@ -21,6 +21,12 @@ constexpr const char* kTodoSchema =
 std::unique_ptr<storage::Replica> open_todo_replica(const std::string& path = ":memory:",
                                                     storage::ReplicaOptions options = {});
 
+// A value with its type, e.g. "int:1", "text:a", "null".
+std::string typed(const crdt::Value& value);
+
+// The rows `sql` returns, one line per row of typed values.
+std::string dump_query(storage::Replica& replica, const std::string& sql);
+
 // Every row of `table`, ordered by primary key, one line per row (typed values, so 1 and '1'
 // differ).
 std::string dump_table(storage::Replica& replica, const std::string& table);

@@ -1,0 +1,89 @@
+#include "tests/relay/simulation_harness.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+namespace lattice::sim {
+
+storage::ReplicaOptions Harness::replica_options() {
+  storage::ReplicaOptions options;
+  options.physical_clock = [this] { return kEpochMs + static_cast<std::uint64_t>(net_.now()); };
+  options.new_site_id = [this] { return crdt::SiteId::random(rng_); };
+  options.synchronous = "OFF";  // durability is not what these tests are about
+  return options;
+}
+
+relay::HubOptions Harness::hub_options(const std::filesystem::path& data_dir) {
+  relay::HubOptions options;
+  options.data_dir = data_dir.string();
+  options.replica_options = replica_options();
+  options.limits.max_outgoing_batch_changes = 25;
+  options.limits.catch_up_round_bytes = 4096;  // catch-ups in several rounds, paced by delivery
+  options.limits.piece_bytes = 700;            // larger changesets in pieces (protocol 3)
+  return options;
+}
+
+transport::LoopbackNetwork::Faults Harness::link_faults() {
+  transport::LoopbackNetwork::Faults f = faults_;
+  if (pick(2) == 0) {
+    f.in_order = true;
+    f.duplicate = 0;
+  }
+  return f;
+}
+
+void Harness::connect(SimDevice& d) {
+  if (d.session || !d.wants_online) return;
+  if (!hub_) {
+    schedule_reconnect(d);
+    return;
+  }
+  const transport::LoopbackNetwork::Faults faults = link_faults();
+  d.link_in_order = faults.in_order;
+  auto [client, server] = net_.connect(d.name, faults);
+  hub_->accept(server, kNamespace);
+  engine::SyncSession::Events events;
+  events.on_rekey = [this, &d](const transport::Rekey&) { on_rekey(d); };
+  events.on_closed = [this, &d](const std::string& reason) {
+    d.closed_because = reason;
+    // The session may not be destroyed from inside its own callback.
+    net_.post(0, [this, &d] {
+      d.session.reset();
+      schedule_reconnect(d);
+    });
+  };
+  // Small batches and pieces, so backlogs and catch-ups go in chunks and transactions of more
+  // than 20 changes or 500 bytes in pieces.
+  engine::SyncSession::Options options{kNamespace, d.token, 20};
+  options.piece_bytes = 500;
+  d.session = std::make_unique<engine::SyncSession>(*d.replica, client, options, events);
+  d.session->start();
+}
+
+void Harness::schedule_reconnect(SimDevice& d) {
+  if (d.connect_pending) return;
+  d.connect_pending = true;
+  net_.post(reconnect_delay(d), [this, &d] {
+    d.connect_pending = false;
+    connect(d);
+  });
+}
+
+std::optional<std::uint64_t> replayed_seed() {
+  if (const char* replay = std::getenv("LATTICE_SIM_SEED"))
+    return std::strtoull(replay, nullptr, 10);
+  return std::nullopt;
+}
+
+std::uint64_t seed_count(std::uint64_t fallback) {
+  const char* count_text = std::getenv("LATTICE_SIM_SEEDS");
+  return count_text ? std::strtoull(count_text, nullptr, 10) : fallback;
+}
+
+std::filesystem::path seed_directory(const std::string& prefix, std::uint64_t seed) {
+  return std::filesystem::temp_directory_path() /
+         (prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(seed));
+}
+
+}  // namespace lattice::sim
