@@ -4,6 +4,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -67,8 +68,20 @@ std::string Replica::digest() {
       throw Error(ErrorCode::kInternal, "cannot start a SHA-256 digest");
     std::uint64_t count = 0;
     std::vector<crdt::Value> values(table->columns.size());
+    // Columns hashed keys first, in key order, then the others by id: tables whose columns lie
+    // in another physical order (a relay that created them from a schema manifest, a device
+    // that added them in another migration order) hash alike.
+    std::vector<std::size_t> order(table->columns.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      const ColumnInfo &x = table->columns[a], &y = table->columns[b];
+      if ((x.key_position != 0) != (y.key_position != 0)) return x.key_position != 0;
+      return x.key_position == 0 && x.id < y.id;
+    });
+    std::vector<crdt::Value> canonical(order.size());
     auto add = [&](const std::vector<crdt::Value>& row) {
-      const std::string packed = pack_values(row);
+      for (std::size_t i = 0; i < order.size(); ++i) canonical[i] = row[order[i]];
+      const std::string packed = pack_values(canonical);
       EVP_DigestUpdate(sha.get(), packed.data(), packed.size());
       ++count;
     };
