@@ -575,6 +575,14 @@ void prepare_for_versions(Replica::Impl& impl, const crdt::Changeset& changeset,
     }
     impl.load_catalog();
     impl.catalog_schema_version = -1;
+    // Their tables' capture triggers now keep the future columns' versions (triggers.cpp).
+    std::set<crdt::TableId> tables;
+    for (const auto& [table, column] : plan.future_columns) tables.insert(table);
+    for (crdt::TableId table : tables) {
+      auto it = impl.tables.find(table);
+      if (it != impl.tables.end() && !it->second->future_table)
+        impl.recreate_table_triggers(*it->second);
+    }
   }
   for (crdt::TableId table : plan.pending_tables) {
     const crdt::TableSchema* schema = nullptr;

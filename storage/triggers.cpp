@@ -234,19 +234,25 @@ class TriggerWriter {
     // docs/schema-evolution.md) are not this write's: each keeps the version it had. One at
     // the row's version gets an override at it before the row takes this write's; in a new
     // incarnation, those of the last one are gone with it.
+    // Only tables that have future columns pay for them: merge.cpp recreates a table's
+    // triggers when its first future column arrives.
+    const bool has_future = !t_.future_columns.empty();
     const std::string future =
         "lattice_future_values WHERE table_id = " + id_ + " AND pk = " + new_key_;
-    sql_ += "INSERT OR IGNORE INTO " + cells_ + "(pk, col, cl, hlc, site, seq) SELECT r.pk, " +
-            "f.col, r.cl, r.hlc, r.site, r.seq FROM " + rows_ +
-            " r JOIN lattice_future_values f ON f.table_id = " + id_ +
-            " AND f.pk = r.pk WHERE r.pk = " + new_key_ + " AND r.cl % 2 = 1;\n";
-    sql_ += "DELETE FROM " + future + " AND NOT EXISTS (SELECT 1 FROM " + rows_ +
-            " WHERE pk = " + new_key_ + " AND cl % 2 = 1);\n";
+    if (has_future) {
+      sql_ += "INSERT OR IGNORE INTO " + cells_ + "(pk, col, cl, hlc, site, seq) SELECT r.pk, " +
+              "f.col, r.cl, r.hlc, r.site, r.seq FROM " + rows_ +
+              " r JOIN lattice_future_values f ON f.table_id = " + id_ +
+              " AND f.pk = r.pk WHERE r.pk = " + new_key_ + " AND r.cl % 2 = 1;\n";
+      sql_ += "DELETE FROM " + future + " AND NOT EXISTS (SELECT 1 FROM " + rows_ +
+              " WHERE pk = " + new_key_ + " AND cl % 2 = 1);\n";
+    }
     sql_ += "INSERT INTO " + rows_ + "(pk, cl, hlc, site, seq) VALUES (" + new_key_ +
             ", 1, lattice_hlc(), 0, lattice_seq()) ON CONFLICT(pk) DO UPDATE SET "
             "cl = cl + 1 - (cl % 2), hlc = excluded.hlc, site = 0, seq = excluded.seq;\n";
     sql_ += "DELETE FROM " + cells_ + " WHERE pk = " + new_key_ +
-            " AND col NOT IN (SELECT col FROM " + future + ");\n";
+            (has_future ? " AND col NOT IN (SELECT col FROM " + future + ")" : std::string()) +
+            ";\n";
     for (const auto& c : t_.columns) {
       if (c.kind != crdt::ColumnKind::kCounter) continue;
       const std::string col = std::to_string(c.id);
@@ -272,8 +278,9 @@ class TriggerWriter {
             "cl = cl + (cl % 2), hlc = excluded.hlc, site = 0, seq = excluded.seq;\n";
     sql_ += "DELETE FROM " + cells_ + " WHERE pk = " + old_key_ + ";\n";
     sql_ += "DELETE FROM " + counters_ + " WHERE pk = " + old_key_ + ";\n";
-    sql_ += "DELETE FROM lattice_future_values WHERE table_id = " + id_ + " AND pk = " + old_key_ +
-            ";\n";
+    if (!t_.future_columns.empty())
+      sql_ += "DELETE FROM lattice_future_values WHERE table_id = " + id_ +
+              " AND pk = " + old_key_ + ";\n";
     sql_ += "END;\n";
   }
 
