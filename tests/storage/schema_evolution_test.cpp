@@ -268,5 +268,23 @@ TEST_CASE("a column a migration adds is not at the versions of rows written with
   CHECK(relay->digest() == newer->digest());
 }
 
+TEST_CASE("an old device's delete and re-insert clears a newer column everywhere alike") {
+  auto newer = open_v1(), older = open_v1(), relay = open_v1();
+  newer->migrate(2, kV2);
+  relay->migrate(2, kV2);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'one', '2027-01-01')");
+  sync(*newer, *relay);
+  sync(*relay, *older);
+  // The old device deletes the row and inserts it again: a new incarnation without `due`.
+  older->exec("DELETE FROM task WHERE id = 'a'");
+  older->exec("INSERT INTO task(id, title) VALUES ('a', 'two')");
+  sync(*older, *relay);
+  sync(*relay, *newer);
+  CHECK(one(*relay, "SELECT title FROM task WHERE id = 'a'") == crdt::Value{"two"});
+  CHECK(one(*newer, "SELECT due FROM task WHERE id = 'a'") ==
+        one(*relay, "SELECT due FROM task WHERE id = 'a'"));
+  CHECK(newer->digest() == relay->digest());
+}
+
 }  // namespace
 }  // namespace lattice
