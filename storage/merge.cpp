@@ -312,20 +312,37 @@ void RowMerger::place(const crdt::RowChange& change, std::vector<crdt::Value> ke
   const bool new_incarnation =
       !stored_row_ || stored_row_->version.causal_length != row_.version.causal_length;
   if (merged.alive) {
-    for (const auto& c : t_.columns) {
-      if (c.key_position) continue;
-      if (c.kind == crdt::ColumnKind::kLww) {
+    // A last-writer-wins column shows the value of its version when that version belongs to
+    // the row's incarnation, and its default otherwise: nobody wrote it since the row was
+    // inserted again. Inserts of one schema version write every column, but an older
+    // version's insert does not write the columns it does not have, and a newer device's
+    // write to the incarnation that ended may arrive after the insert that ended it.
+    auto in_incarnation = [&](crdt::ColumnId column) {
+      auto it = cells_.find(column);
+      return it != cells_.end() && it->second.version.causal_length == row_.version.causal_length;
+    };
+    for (const auto* columns : {&t_.columns, &t_.future_columns})
+      for (const auto& c : *columns) {
+        if (c.key_position) continue;
+        const bool future = columns == &t_.future_columns;
+        if (c.kind != crdt::ColumnKind::kLww) {
+          if (!future && (new_incarnation || touched_counters_.count(c.id)))
+            merged.changed.emplace_back(&c, counter_value(c.id));
+          continue;
+        }
+        if (!in_incarnation(c.id)) {
+          // Left over from the incarnation that ended: back to its default.
+          if (new_incarnation && merged.was_alive) merged.unwritten.push_back(c.id);
+          continue;
+        }
         auto it = new_values_.find(c.id);
-        if (it != new_values_.end()) merged.changed.emplace_back(&c, it->second);
-      } else if (new_incarnation || touched_counters_.count(c.id)) {
-        merged.changed.emplace_back(&c, counter_value(c.id));
+        if (it == new_values_.end()) continue;
+        if (future) {
+          merged.future.emplace_back(c.id, it->second);  // aside until the column joins
+        } else {
+          merged.changed.emplace_back(&c, it->second);
+        }
       }
-    }
-    // Future columns (a later schema version's) keep their values aside until they join.
-    for (const auto& c : t_.future_columns) {
-      auto it = new_values_.find(c.id);
-      if (it != new_values_.end()) merged.future.emplace_back(c.id, it->second);
-    }
   }
   projection_.place(merged);
 }

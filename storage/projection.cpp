@@ -575,6 +575,15 @@ void Projection::place_future(const MergedRow& m) {
     gone.bind(1, static_cast<std::int64_t>(m.table->id)).bind_blob(2, m.pk).run();
     return;
   }
+  Statement& unwritten =
+      cached("DELETE FROM lattice_future_values WHERE table_id = ? AND pk = ? AND col = ?");
+  for (const crdt::ColumnId column : m.unwritten) {
+    unwritten.reset();
+    unwritten.bind(1, static_cast<std::int64_t>(m.table->id))
+        .bind_blob(2, m.pk)
+        .bind(3, static_cast<std::int64_t>(column))
+        .run();
+  }
   Statement& keep = cached(
       "INSERT OR REPLACE INTO lattice_future_values(table_id, pk, col, value) VALUES (?, ?, ?, ?)");
   for (const auto& [column, value] : m.future) {
@@ -599,7 +608,20 @@ bool Projection::changes_parent_key(
   return false;
 }
 
-void Projection::place(const MergedRow& m) {
+void Projection::place(const MergedRow& merged) {
+  // Columns a new incarnation left unwritten show their defaults: changes like any other.
+  std::optional<MergedRow> reset;
+  if (merged.alive && !merged.unwritten.empty() && !merged.table->future_table) {
+    reset = merged;
+    const Row defaulted = defaults(*merged.table, merged.key);
+    for (const crdt::ColumnId id : merged.unwritten) {
+      const ColumnInfo* c = merged.table->column(id);
+      if (!c || merged.table->is_future(c)) continue;
+      reset->changed.emplace_back(
+          c, defaulted[static_cast<std::size_t>(c - merged.table->columns.data())]);
+    }
+  }
+  const MergedRow& m = reset ? *reset : merged;
   TableInfo& t = *m.table;
   if (!t.future_columns.empty()) place_future(m);
   if (t.future_table) return;  // no table here yet: everything is in lattice_future_values

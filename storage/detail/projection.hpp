@@ -35,6 +35,10 @@ struct MergedRow {
   std::vector<std::pair<const ColumnInfo*, crdt::Value>> changed;
   // The same for future columns (TableInfo::future_columns), kept in lattice_future_values.
   std::vector<std::pair<crdt::ColumnId, crdt::Value>> future;
+  // Last-writer-wins columns (future ones too) that a new incarnation of a live row left
+  // unwritten: they go back to their default (an older version's insert does not write the
+  // columns it does not have).
+  std::vector<crdt::ColumnId> unwritten;
 };
 
 // A held row's values as lattice_held.vals keeps them (by column id), and back as a row of `t`.

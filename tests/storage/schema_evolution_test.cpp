@@ -286,5 +286,35 @@ TEST_CASE("an old device's delete and re-insert clears a newer column everywhere
   CHECK(newer->digest() == relay->digest());
 }
 
+TEST_CASE("a newer column written before an old device's re-insert is cleared in either order") {
+  // The newer device updated `due` while the old device deleted and inserted the row again. The
+  // relay merged the re-insert first and showed due NULL; the newer device, merging the
+  // re-insert over its live row, kept its own value from the incarnation that had ended.
+  ManualClock clock;
+  auto relay = clock.open(2), newer = clock.open(2), older = clock.open(1);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'one', 'monday')");
+  sync(*newer, *relay);
+  sync(*relay, *older);
+  clock.now += 10;
+  newer->exec("UPDATE task SET due = 'friday' WHERE id = 'a'");
+  clock.now += 10;
+  older->exec("DELETE FROM task WHERE id = 'a'");
+  older->exec("INSERT INTO task(id, title) VALUES ('a', 'two')");
+  sync(*older, *relay);
+  sync(*newer, *relay);
+  sync(*older, *newer);
+  for (Replica* r : {relay.get(), newer.get()}) {
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'a'") == crdt::Value{"two"});
+    CHECK(one(*r, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{});
+  }
+  CHECK(newer->digest() == relay->digest());
+  // The same for a device that keeps `due` aside as a future column, and then migrates.
+  auto middle = clock.open(1);
+  sync(*newer, *middle);  // learns due, then the re-insert
+  middle->migrate(2, kV2);
+  CHECK(one(*middle, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{});
+  CHECK(middle->digest() == relay->digest());
+}
+
 }  // namespace
 }  // namespace lattice
