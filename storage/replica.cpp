@@ -74,7 +74,7 @@ END;
 
 // The generation of the capture triggers this build creates. A replica whose triggers are older
 // gets them recreated when it is opened (lattice_meta 'triggers_version').
-constexpr std::int64_t kTriggersVersion = 7;
+constexpr std::int64_t kTriggersVersion = 8;
 
 Replica::Impl& impl_of(sqlite3_context* ctx) {
   return *static_cast<Replica::Impl*>(sqlite3_user_data(ctx));

@@ -158,8 +158,8 @@ class TriggerWriter {
                                             "(SELECT 1 FROM " +
                                             table_ + " x WHERE " + where + ") BEGIN\n");
     sql_ += "DELETE FROM " + replaced_ + ";\n";
-    sql_ += "INSERT OR IGNORE INTO " + replaced_ + " SELECT " + new_key_ + ", " +
-            key_expression(t_, "x") + keys + " FROM " + table_ + " x WHERE " + where + ";\nEND;\n";
+    sql_ += "INSERT INTO " + replaced_ + " SELECT " + new_key_ + ", " + key_expression(t_, "x") +
+            keys + " FROM " + table_ + " x WHERE " + where + " ON CONFLICT DO NOTHING;\nEND;\n";
   }
 
   std::string event_clause(const std::string& event) const {
@@ -240,10 +240,14 @@ class TriggerWriter {
     const std::string future =
         "lattice_future_values WHERE table_id = " + id_ + " AND pk = " + new_key_;
     if (has_future) {
-      sql_ += "INSERT OR IGNORE INTO " + cells_ + "(pk, col, cl, hlc, site, seq) SELECT r.pk, " +
+      // An upsert clause, not INSERT OR IGNORE, which an INSERT OR REPLACE that fired this
+      // trigger would turn into a replace: a second replace then gave the column the first
+      // one's version, as if this device had written a column it does not have.
+      sql_ += "INSERT INTO " + cells_ + "(pk, col, cl, hlc, site, seq) SELECT r.pk, " +
               "f.col, r.cl, r.hlc, r.site, r.seq FROM " + rows_ +
               " r JOIN lattice_future_values f ON f.table_id = " + id_ +
-              " AND f.pk = r.pk WHERE r.pk = " + new_key_ + " AND r.cl % 2 = 1;\n";
+              " AND f.pk = r.pk WHERE r.pk = " + new_key_ +
+              " AND r.cl % 2 = 1 ON CONFLICT DO NOTHING;\n";
       sql_ += "DELETE FROM " + future + " AND NOT EXISTS (SELECT 1 FROM " + rows_ +
               " WHERE pk = " + new_key_ + " AND cl % 2 = 1);\n";
     }

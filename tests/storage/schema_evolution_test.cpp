@@ -316,5 +316,28 @@ TEST_CASE("a newer column written before an old device's re-insert is cleared in
   CHECK(middle->digest() == relay->digest());
 }
 
+TEST_CASE("an old device's second INSERT OR REPLACE keeps a newer column's version too") {
+  // The first replace gave `due` an override at the version the row had; the second replaced
+  // it with the first replace's own version, as if the old device had written `due` then: its
+  // kept value went out over a newer device's later write.
+  ManualClock clock;
+  auto newer = clock.open(2), old = clock.open(1);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('a', 'x', 'monday')");
+  sync(*newer, *old);
+  clock.now += 10;
+  newer->exec("UPDATE task SET due = 'friday' WHERE id = 'a'");
+  clock.now += 10;
+  old->exec("INSERT OR REPLACE INTO task(id, title) VALUES ('a', 'first')");
+  clock.now += 10;
+  old->exec("INSERT OR REPLACE INTO task(id, title) VALUES ('a', 'second')");
+  sync_both(*old, *newer);
+  old->migrate(2, kV2);
+  for (Replica* r : {newer.get(), old.get()}) {
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'a'") == crdt::Value{"second"});
+    CHECK(one(*r, "SELECT due FROM task WHERE id = 'a'") == crdt::Value{"friday"});
+  }
+  CHECK(old->digest() == newer->digest());
+}
+
 }  // namespace
 }  // namespace lattice
