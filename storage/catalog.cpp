@@ -639,6 +639,16 @@ void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
           .bind(2, static_cast<std::int64_t>(t.id))
           .bind(3, static_cast<std::int64_t>(id))
           .run();
+      // A row that came with a value of the column holds it at its version: an override says
+      // so, since the watermark below would tell it apart from rows written here without it.
+      Statement kept(db, "INSERT INTO " + t.cells_table() +
+                             "(pk, col, cl, hlc, site, seq) SELECT r.pk, f.col, r.cl, r.hlc, "
+                             "r.site, r.seq FROM " +
+                             t.rows_table() +
+                             " r JOIN lattice_future_values f ON f.table_id = ?1 AND f.pk = r.pk "
+                             "AND f.col = ?2 WHERE r.cl % 2 = 1 ON CONFLICT DO NOTHING");
+      kept.bind(1, static_cast<std::int64_t>(t.id)).bind(2, static_cast<std::int64_t>(id)).run();
+      record_column_added(t.id, id);
       adopted_this_transaction.insert({t.id, id});
       return;
     }
@@ -655,15 +665,21 @@ void Replica::Impl::add_column(TableInfo& t, const std::string& column) {
       .bind(2, static_cast<std::int64_t>(id))
       .bind(3, name)
       .run();
-  // The rows this replica holds now were written without the column: their versions are not
-  // its version (ColumnInfo::added_after). What it holds is recorded rather than marked row by
-  // row, so that adding a column stays instant.
+  record_column_added(t.id, id);
+  added_this_transaction.insert({t.id, id});
+}
+
+// The rows this replica holds now were written without the column: their versions are not its
+// version (ColumnInfo::added_after). What it holds is recorded rather than marked row by row,
+// so that adding a column stays instant.
+void Replica::Impl::record_column_added(crdt::TableId table, crdt::ColumnId column) {
   Statement watermark(db,
                       "INSERT OR REPLACE INTO lattice_column_added(table_id, col, site, seq) "
                       "SELECT ?1, ?2, idx, seq FROM lattice_sites WHERE idx > 0 AND seq > 0 "
                       "UNION ALL SELECT ?1, ?2, 0, seq FROM lattice_local WHERE seq > 0");
-  watermark.bind(1, static_cast<std::int64_t>(t.id)).bind(2, static_cast<std::int64_t>(id)).run();
-  added_this_transaction.insert({t.id, id});
+  watermark.bind(1, static_cast<std::int64_t>(table))
+      .bind(2, static_cast<std::int64_t>(column))
+      .run();
 }
 
 // lattice_replicate of a table newer devices already replicate: its rows are here, merged as a

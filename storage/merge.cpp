@@ -120,6 +120,8 @@ void RowMerger::prepare() {
   t_.select_cells = Statement(db, "SELECT col, cl, hlc, site, seq FROM " + cells + " WHERE pk = ?");
   t_.select_counters =
       Statement(db, "SELECT col, site, cl, seq, total FROM " + counters + " WHERE pk = ?");
+  t_.select_future = Statement(db, "SELECT col FROM lattice_future_values WHERE table_id = " +
+                                       std::to_string(t_.id) + " AND pk = ?");
   t_.upsert_row = Statement(db, "INSERT OR REPLACE INTO " + rows + " VALUES (?, ?, ?, ?, ?)");
   t_.upsert_cell = Statement(db, "INSERT OR REPLACE INTO " + cells + " VALUES (?, ?, ?, ?, ?, ?)");
   t_.delete_cell = Statement(db, "DELETE FROM " + cells + " WHERE pk = ? AND col = ?");
@@ -156,15 +158,28 @@ void RowMerger::load(const std::string& pk) {
   }
   t_.select_counters.reset();
 
+  // A future column (a later schema version's) holds the row's version only if a value came
+  // with it: an insert made here, by a version without the column, never wrote it.
+  std::set<crdt::ColumnId> future_values;
+  if (!t_.future_columns.empty()) {
+    t_.select_future.reset();
+    t_.select_future.bind_blob(1, pk);
+    while (t_.select_future.step())
+      future_values.insert(static_cast<crdt::ColumnId>(t_.select_future.column_int(0)));
+    t_.select_future.reset();
+  }
+
   // Every last-writer-wins column's current version: its own override, else the row's.
   for (const auto* columns : {&t_.columns, &t_.future_columns})
     for (const auto& c : *columns) {
       if (c.key_position || c.kind != crdt::ColumnKind::kLww) continue;
       auto it = stored_cells_.find(c.id);
+      const bool unwritten = columns == &t_.future_columns ? !future_values.count(c.id)
+                                                           : c.predates(row_.site, row_.seq);
       if (it != stored_cells_.end())
         cells_[c.id] = it->second;
       else
-        cells_[c.id] = c.predates(row_.site, row_.seq) ? never_written : row_;
+        cells_[c.id] = unwritten ? never_written : row_;
     }
 }
 

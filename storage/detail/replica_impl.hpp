@@ -122,8 +122,8 @@ struct TableInfo {
   std::string key_where() const;  // "k1" = ? AND "k2" = ?
 
   // Prepared on first use.
-  Statement select_row, select_cells, select_counters, upsert_row, upsert_cell, delete_cell,
-      upsert_counter, select_values, delete_user_row, select_user_row;
+  Statement select_row, select_cells, select_counters, select_future, upsert_row, upsert_cell,
+      delete_cell, upsert_counter, select_values, delete_user_row, select_user_row;
   std::map<std::string, Statement> write_user_row;  // keyed by "i:" / "u:" and column ids
 };
 
@@ -216,6 +216,7 @@ struct Replica::Impl {
   void alter(const AlterStatement& statement, const std::function<void()>& run);
   // Records a column the live table has and the catalog lacks, as last-writer-wins.
   void add_column(TableInfo& table, const std::string& column);
+  void record_column_added(crdt::TableId table, crdt::ColumnId column);
   void update_kinds(TableInfo& table, const std::map<std::string, crdt::ColumnKind>& types);
   // Gives the table the values its newly joined future columns have (insert_rows: a future
   // table that joined, whose live rows all go in), then forgets them (migrate.cpp).

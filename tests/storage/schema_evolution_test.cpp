@@ -339,5 +339,34 @@ TEST_CASE("an old device's second INSERT OR REPLACE keeps a newer column's versi
   CHECK(old->digest() == newer->digest());
 }
 
+TEST_CASE(
+    "an old device's own insert never wrote a newer column it keeps aside, before or after it "
+    "migrates") {
+  // The old device knew `due` as a future column. Its insert of a row counted as writing `due`
+  // at the insert's version: a newer device's earlier value of it lost in the old device's
+  // merge, and once the old device had migrated it sent due = NULL at that version.
+  ManualClock clock;
+  auto newer = clock.open(2), old = clock.open(1);
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('known', 'x', 'monday')");
+  sync(*newer, *old);  // `due` is a future column on the old device now
+  clock.now += 10;
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('c', 'newer', 'tuesday')");
+  newer->exec("INSERT INTO task(id, title, due) VALUES ('d', 'newer', 'wednesday')");
+  clock.now += 10;
+  old->exec("INSERT INTO task(id, title) VALUES ('c', 'old')");
+  old->exec("INSERT INTO task(id, title) VALUES ('d', 'old')");
+  sync(*newer, *old);  // the old device merges c before it migrates
+  old->exec("UPDATE task SET title = 'old again' WHERE id = 'd'");
+  old->migrate(2, kV2);  // and sends d after it migrated
+  sync(*old, *newer);
+  for (Replica* r : {newer.get(), old.get()}) {
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'c'") == crdt::Value{"old"});
+    CHECK(one(*r, "SELECT due FROM task WHERE id = 'c'") == crdt::Value{"tuesday"});
+    CHECK(one(*r, "SELECT title FROM task WHERE id = 'd'") == crdt::Value{"old again"});
+    CHECK(one(*r, "SELECT due FROM task WHERE id = 'd'") == crdt::Value{"wednesday"});
+  }
+  CHECK(old->digest() == newer->digest());
+}
+
 }  // namespace
 }  // namespace lattice
