@@ -343,6 +343,12 @@ void Replica::Impl::load_catalog() {
     }
     tables[info->id] = std::move(info);
   }
+  load_column_added();
+}
+
+void Replica::Impl::load_column_added() {
+  for (auto& [id, table] : tables)
+    for (auto& c : table->columns) c.added_after.clear();
   Statement added(db, "SELECT table_id, col, site, seq FROM lattice_column_added");
   while (added.step()) {
     auto table = tables.find(static_cast<crdt::TableId>(added.column_int(0)));

@@ -164,6 +164,14 @@ void Replica::Impl::rekey(std::uint64_t keep_through, const crdt::SiteId& new_si
                        counters + " SET seq = seq - " + k + " WHERE site = 0");
     }
     exec_sql(db, "DROP TABLE IF EXISTS temp.lattice_rekey_split");
+    // What this replica held when a migration added a column, split the same way: the old
+    // site's part up to the fork, the new site's renumbered.
+    exec_sql(db,
+             "INSERT OR REPLACE INTO lattice_column_added(table_id, col, site, seq) SELECT "
+             "table_id, col, " +
+                 old_idx + ", min(seq, " + k + ") FROM lattice_column_added WHERE site = 0 AND " +
+                 k + " > 0;\nUPDATE lattice_column_added SET seq = seq - " + k +
+                 " WHERE site = 0;\nDELETE FROM lattice_column_added WHERE seq <= 0;");
 
     Statement local(db, "UPDATE lattice_local SET seq = ? WHERE id = 0");
     local.bind(1, static_cast<std::int64_t>(head) - keep);
@@ -180,6 +188,7 @@ void Replica::Impl::rekey(std::uint64_t keep_through, const crdt::SiteId& new_si
     throw;
   }
   load_sites();
+  load_column_added();
 }
 
 // A peer refuses a stamp more than its drift bound ahead of its own wall clock, so an own write

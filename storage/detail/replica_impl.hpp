@@ -217,6 +217,7 @@ struct Replica::Impl {
   // Records a column the live table has and the catalog lacks, as last-writer-wins.
   void add_column(TableInfo& table, const std::string& column);
   void record_column_added(crdt::TableId table, crdt::ColumnId column);
+  void load_column_added();  // into ColumnInfo::added_after
   void update_kinds(TableInfo& table, const std::map<std::string, crdt::ColumnKind>& types);
   // Gives the table the values its newly joined future columns have (insert_rows: a future
   // table that joined, whose live rows all go in), then forgets them (migrate.cpp).
