@@ -83,7 +83,10 @@ struct Peer : std::enable_shared_from_this<Peer> {
   // The device's own transactions the relay has seen listed (hello and pushes): seq -> tag.
   std::map<std::uint64_t, std::uint64_t> own_history;
   std::string token;
-  crdt::VersionVector known;  // what the device is known to hold
+  // What the device is known to hold. While `at_head`, only a lower bound: the device holds
+  // everything the relay holds, and fan-out sends it each merge without comparing vectors.
+  crdt::VersionVector known;
+  bool at_head = false;
   // Still receiving its catch-up or the pieces of a large changeset, paced by the
   // connection's on_drained; fan-out skips it.
   bool catching_up = false;
@@ -175,7 +178,11 @@ struct Hub::Impl {
   std::optional<crdt::Changeset> receive_batch(Peer& peer, transport::Changes& changes);
   // Sends every other live device of the namespace what the merge that moved the relay from
   // `before` added.
-  void fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before);
+  void fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before,
+               const crdt::VersionVector& after);
+  // A device at the relay's head that is not sent the next merge whole: from now on, `known`
+  // says what it holds (`held`, the relay's vector it had reached).
+  void leave_head(Peer& peer, const crdt::VersionVector& held);
   // The bytes of a peer's unfinished batch, taken from it; they no longer count against its
   // token's TokenBudget::buffered.
   std::string take_pieces(Peer& peer);
@@ -306,11 +313,15 @@ bool Hub::Impl::expired(Peer& peer) {
 void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
                              std::shared_ptr<const std::string> bytes) {
   // Nothing more goes to a device whose token has expired, even if it never sends a frame.
-  if (expired(peer)) return;
+  if (expired(peer)) return leave_head(peer, changeset.since);
   counters.changes_sent += changeset.change_count();
+  // At the head, the changeset is the delta of the relay's last merge: the device holds its
+  // `since` already, and will hold its `until` once it arrives whole.
+  const bool whole = peer.protocol < 3 || bytes->size() <= options.limits.piece_bytes;
+  if (peer.at_head && whole) return send(peer, transport::Changes{0, *bytes, {}});
+  leave_head(peer, changeset.since);
   peer.known.merge(changeset.until);
-  if (peer.protocol < 3 || bytes->size() <= options.limits.piece_bytes)
-    return send(peer, transport::Changes{0, *bytes, {}});
+  if (whole) return send(peer, transport::Changes{0, *bytes, {}});
   // Too large for one frame: in pieces, a round at a time, and nothing else for this device
   // until they are out (continue_catch_up then sends what was merged meanwhile).
   ++counters.pieced_changesets_out;
@@ -318,6 +329,12 @@ void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
   peer.outgoing_at = 0;
   peer.catching_up = true;
   send_pieces(peer, 0);
+}
+
+void Hub::Impl::leave_head(Peer& peer, const crdt::VersionVector& held) {
+  if (!peer.at_head) return;
+  peer.at_head = false;
+  peer.known.merge(held);  // what the relay held, all of which the device has
 }
 
 std::size_t Hub::Impl::send_pieces(Peer& peer, std::size_t sent) {
@@ -645,6 +662,7 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
     if (peer.phase != Peer::Phase::kLive || peer.outgoing) return;
   }
   peer.catching_up = false;
+  peer.at_head = true;  // it has everything the relay holds: fan-out keeps it there
 }
 
 void Hub::Impl::on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece) {
@@ -774,7 +792,8 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes
       std::chrono::duration<double>(std::chrono::steady_clock::now() - merge_start).count());
   counters.changes_merged += result.applied;
   const crdt::VersionVector after = space.replica->version_vector();
-  peer->known.merge(changeset.until);
+  // A device at the relay's head stays there: this merge's delta is its own changes.
+  if (!peer->at_head) peer->known.merge(changeset.until);
   peer->confirmed_own = std::max(peer->confirmed_own, changeset.until.get(peer->site));
   for (const crdt::TxnTag& t : changes.origin_log) peer->own_history[t.seq] = t.tag;
   // Only what the relay does not hold yet can matter to shared_prefix().
@@ -789,26 +808,36 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes
       if (other != peer && other->phase == Peer::Phase::kLive && other->site == peer->site)
         rekey(*other, shared_prefix(*other));
   if (result.applied == 0 && after == before) return;
-  fan_out(space, *peer, before);
+  fan_out(space, *peer, before, after);
 }
 
-void Hub::Impl::fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before) {
-  // The same delta serves every device that held everything the relay held before this merge;
-  // a device still catching up gets its own.
-  const crdt::Changeset delta = space.replica->changes_since(before);
-  const auto delta_bytes = std::make_shared<const std::string>(crdt::encode_changeset(delta));
+void Hub::Impl::fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before,
+                        const crdt::VersionVector& after) {
+  // The relay's merges of a namespace are totally ordered, and a device at the relay's head
+  // held everything it held before this one: the same delta, extracted and encoded once,
+  // serves every such device, with no vector compared (a namespace collects a site per device
+  // that ever wrote, so a comparison per device per merge grows with both). A device still
+  // catching up gets its own (continue_catch_up); one behind for another reason, its own here.
+  std::optional<crdt::Changeset> delta;
+  std::shared_ptr<const std::string> delta_bytes;
   for (const auto& other :
        std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
     if (other.get() == &from || other->phase != Peer::Phase::kLive || other->catching_up) continue;
-    // Rows or not: a device must also learn when the relay's vector moves.
-    if (other->known.dominates(before)) {
-      if (!delta.rows.empty() || !other->known.dominates(delta.until))
-        send_changes(*other, delta, delta_bytes);
-    } else {
-      const crdt::Changeset own = space.replica->changes_since(other->known);
-      if (!own.rows.empty() || !other->known.dominates(own.until))
-        send_changes(*other, own, std::make_shared<const std::string>(crdt::encode_changeset(own)));
+    if (other->at_head) {
+      if (!delta) {
+        delta = space.replica->changes_since(before);
+        delta_bytes = std::make_shared<const std::string>(crdt::encode_changeset(*delta));
+      }
+      // Rows or not: a device must also learn when the relay's vector moves. Should the delta
+      // not reach it whole in one frame, the device leaves the head with its vector.
+      send_changes(*other, *delta, delta_bytes);
+      continue;
     }
+    const crdt::Changeset own = space.replica->changes_since(other->known);
+    if (!own.rows.empty() || !other->known.dominates(own.until))
+      send_changes(*other, own, std::make_shared<const std::string>(crdt::encode_changeset(own)));
+    if (other->phase == Peer::Phase::kLive && !other->catching_up && other->known.dominates(after))
+      other->at_head = true;
   }
 }
 
