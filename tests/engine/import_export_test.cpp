@@ -536,7 +536,7 @@ TEST_CASE("every kind of bad record is rejected alone with its record, line, col
         "3,4,born,'2024-13-45' is not a date: month 13,\"3,di@x,20,2024-13-45,red,,0\"\n"
         "4,5,,\"the record has 3 fields, the header 7\",\"4,ed@x,20\"\n"
         "5,6,email,UNIQUE constraint failed: people.email,\"5,\"\"ann@x\"\",20,,\"\"blue\"\",,0\"\n"
-        "6,7,,CHECK constraint failed: age >= 0,\"6,\"\"fi@x\"\",-3,,\"\"blue\"\",,0\"\n"
+        "6,7,age,CHECK constraint failed: age >= 0,\"6,\"\"fi@x\"\",-3,,\"\"blue\"\",,0\"\n"
         "7,8,,FOREIGN KEY constraint failed,\"7,\"\"gu@x\"\",5,,\"\"green\"\",,0\"\n"
         "8,9,,no bob,\"8,\"\"bob@x\"\",5,,\"\"red\"\",,0\"\n"
         "9,10,email,NOT NULL constraint failed: people.email,\"9,,5,,\"\"red\"\",,0\"\n"

@@ -185,6 +185,7 @@ TEST_CASE("bulk_write leaves out whole every row SQLite or Lattice refuses, and 
   CHECK(r.errors[0].reason.find("UNIQUE constraint failed: users.email") != std::string::npos);
   CHECK(r.errors[1].row == 2);
   CHECK(r.errors[1].reason.find("CHECK constraint failed") != std::string::npos);
+  CHECK(r.errors[1].column == "age");  // the columns its expression names
   CHECK(r.errors[2].row == 3);
   CHECK(r.errors[2].reason.find("FOREIGN KEY constraint failed") != std::string::npos);
   CHECK(r.errors[3].row == 4);
@@ -196,6 +197,22 @@ TEST_CASE("bulk_write leaves out whole every row SQLite or Lattice refuses, and 
   CHECK(r.errors[5].reason.find("datatype mismatch") != std::string::npos);
   CHECK(test::dump_table(*twins.direct, "users") ==
         "int:1|text:ann@x|int:31|text:blue|null|\nint:2|text:bob@x|int:20|text:blue|null|\n");
+}
+
+TEST_CASE("bulk_write names the columns of a named CHECK constraint a row breaks") {
+  auto r = storage::Replica::open(":memory:");
+  r->exec(
+      "CREATE TABLE item(sku TEXT PRIMARY KEY, qty INTEGER, price REAL CONSTRAINT positive_price "
+      "CHECK (price > 0), CONSTRAINT \"sane order\" CHECK (qty < 100 OR (price < 10)));"
+      "SELECT lattice_replicate('item');");
+  const BulkResult result =
+      r->bulk_write("item", {"sku", "qty", "price"},
+                    {{"a", std::int64_t{1}, 0.0}, {"b", std::int64_t{200}, 20.0}});
+  REQUIRE(result.errors.size() == 2);
+  CHECK(result.errors[0].column == "price");
+  CHECK(result.errors[0].reason == "CHECK constraint failed: positive_price");
+  CHECK(result.errors[1].column == "qty, price");
+  CHECK(r->query("SELECT count(*) FROM item").rows.at(0).at(0) == crdt::Value{std::int64_t{0}});
 }
 
 TEST_CASE("bulk_write refuses a counter value that is not an integer, and one past 2^63-1") {
