@@ -100,6 +100,9 @@ void SyncSession::close(const std::string& reason) {
 void SyncSession::push_local_changes() {
   if (closed_ || (state_ != SyncState::kSyncing && state_ != SyncState::kLive)) return;
   if (outgoing_) return;  // after its last piece (send_pieces)
+  // One batch in flight at a time: what is written meanwhile goes together in the next one,
+  // when the acknowledgement comes back (on_frame, Ack), in one frame instead of one per write.
+  if (!in_flight_.empty()) return;
   // A migration since the hello: the relay judges the new version before it takes its writes.
   if (storage::format_manifest(replica_.schema_manifest()) != hello_schema_)
     return close("the replica's schema changed: reconnecting to present its new version");
@@ -148,8 +151,7 @@ void SyncSession::push_local_changes() {
     return send_pieces();
   }
   send(frame);
-  // The rest of a large backlog follows as its acknowledgements come back (on_frame, Ack), so
-  // at most a few batches are in flight at once.
+  // The rest of a large backlog follows when this batch is acknowledged (on_frame, Ack).
 }
 
 void SyncSession::send_pieces() {

@@ -470,11 +470,22 @@ class World : sim::Harness {
                 static_cast<std::uint64_t>(std::get<std::int64_t>(p[1]));
         }
         crdt::Value expected = column == "votes" ? crdt::Value{std::int64_t(0)} : crdt::Value{};
-        for (const CellWrite& w : writes_[{key, column}]) {
+        // A cell a site wrote again in a transaction the relay does not hold yet: the earlier
+        // write went to the relay only if it was pushed before the later one was made (a batch
+        // carries a row as it is when extracted, and a later transaction's parts wait for their
+        // own batch), so the relay may hold either value until then.
+        bool uncertain = false;
+        const auto& cell_writes = writes_[{key, column}];
+        for (std::size_t i = 0; i < cell_writes.size(); ++i) {
+          const CellWrite& w = cell_writes[i];
           if (held.get(w.site) < w.seq) {
             REQUIRE(!everything);
             continue;
           }
+          if (column != "votes")
+            for (std::size_t j = i + 1; j < cell_writes.size(); ++j)
+              if (cell_writes[j].site == w.site && held.get(w.site) < cell_writes[j].seq)
+                uncertain = true;
           if (column == "votes" && component[w.site.to_hex()] < w.seq) {
             REQUIRE(!everything);  // pushed later, with the site's next increments
             continue;
@@ -485,6 +496,7 @@ class World : sim::Harness {
             expected = w.value;
           }
         }
+        if (uncertain) continue;
         INFO("todo." << column << " of row " << key);
         REQUIRE(test::typed(row.rows[0][0]) == test::typed(expected));
         ++stats_.protected_cells;
