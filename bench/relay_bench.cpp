@@ -355,15 +355,25 @@ class RelayProcess {
       : tls_(tls),
         out_(setup.dir / ("relay" + std::to_string(++starts_) + ".out")),
         err_(setup.dir / ("relay" + std::to_string(starts_) + ".err")) {
-    std::vector<std::string> argv = {
-        setup.relay, "serve", "--listen", "127.0.0.1:0", "--data", data.string(), "--key-file",
-        setup.keys().string(), "--schema", setup.schema().string(), "--max-connections-per-token",
-        "100000",
-        // Every device of the load comes from 127.0.0.1, with one
-        // token: the per-source and per-token defaults that
-        // protect a relay from one address would refuse it.
-        "--max-connects-per-source-per-second", "1000000", "--max-unauthenticated-per-source",
-        "1000000", "--max-hellos-per-minute", "1000000"};
+    std::vector<std::string> argv = {setup.relay,
+                                     "serve",
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--data",
+                                     data.string(),
+                                     "--key-file",
+                                     setup.keys().string(),
+                                     "--schema",
+                                     setup.schema().string(),
+                                     "--max-connections-per-token",
+                                     "100000"};
+    // Every device of the load comes from 127.0.0.1 with one token: the per-source and
+    // per-token limits that protect a relay from one address would refuse most of them.
+    for (const char* limit : {"--max-connects-per-source-per-second",
+                              "--max-unauthenticated-per-source", "--max-hellos-per-minute"}) {
+      argv.push_back(limit);
+      argv.push_back("1000000");
+    }
     if (tls) {
       for (const std::string& arg : {std::string("--tls-cert"), setup.cert().string(),
                                      std::string("--tls-key"), setup.key().string()})

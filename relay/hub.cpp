@@ -316,11 +316,10 @@ void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
   if (expired(peer)) return leave_head(peer, changeset.since);
   counters.changes_sent += changeset.change_count();
   // At the head, the changeset is the delta of the relay's last merge: the device holds its
-  // `since` already, and will hold its `until` once it arrives whole.
+  // `since` already, and stays at the head if it arrives whole.
   const bool whole = peer.protocol < 3 || bytes->size() <= options.limits.piece_bytes;
-  if (peer.at_head && whole) return send(peer, transport::Changes{0, *bytes, {}});
-  leave_head(peer, changeset.since);
-  peer.known.merge(changeset.until);
+  if (!whole) leave_head(peer, changeset.since);
+  if (!peer.at_head) peer.known.merge(changeset.until);
   if (whole) return send(peer, transport::Changes{0, *bytes, {}});
   // Too large for one frame: in pieces, a round at a time, and nothing else for this device
   // until they are out (continue_catch_up then sends what was merged meanwhile).

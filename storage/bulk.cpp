@@ -54,28 +54,24 @@ std::string columns_named(std::string_view message, std::string_view table) {
   return out;
 }
 
-// The columns a CHECK constraint's message names: SQLite gives the expression ("CHECK
-// constraint failed: qty >= 0") or the constraint's name; every identifier in it that is a
-// column of the table, in the table's order.
+// SQLite's message for a row a CHECK constraint refuses: this, then the constraint's
+// expression, or its name when it has one.
+constexpr std::string_view kCheckFailed = "CHECK constraint failed: ";
+
+// The columns of the table that `expression` names, in the table's order.
 template <typename Table>
-std::string columns_checked(std::string_view message, const Table& t) {
-  constexpr std::string_view kCheck = "CHECK constraint failed: ";
-  if (message.substr(0, kCheck.size()) != kCheck) return "";
+std::string columns_in(std::string_view expression, const Table& t) {
+  const auto identifier = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+           static_cast<unsigned char>(c) >= 0x80;
+  };
   std::set<std::string> words;
-  const std::string expression = lower_case(message.substr(kCheck.size()));
-  for (std::size_t i = 0; i < expression.size();) {
-    const auto identifier = [&](char c) {
-      return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
-             static_cast<unsigned char>(c) >= 0x80;
-    };
-    if (!identifier(expression[i])) {
-      ++i;
-      continue;
-    }
+  const std::string lower = lower_case(expression);
+  for (std::size_t i = 0; i < lower.size();) {
     std::size_t end = i;
-    while (end < expression.size() && identifier(expression[end])) ++end;
-    words.insert(expression.substr(i, end - i));
-    i = end;
+    while (end < lower.size() && identifier(lower[end])) ++end;
+    if (end > i) words.insert(lower.substr(i, end - i));
+    i = std::max(end, i + 1);
   }
   std::string out;
   for (const auto& c : t.columns)
@@ -257,7 +253,7 @@ class BulkWriter {
   void first_write();
   void run_metadata(Statement& s);
   Refusal refusal_of(int rc, const std::string& message) const;
-  std::string columns_of_named_check(std::string_view message) const;
+  std::string named_check(std::string_view name) const;
   void event(std::vector<crdt::Value> key, std::vector<std::string> columns);
 
   const Column& key(std::size_t i) const { return t_.columns[i]; }
@@ -462,37 +458,37 @@ std::optional<std::vector<crdt::Value>> BulkWriter::stored_key(
 
 Refusal BulkWriter::refusal_of(int, const std::string& message) const {
   std::string column = columns_named(message, t_.name);
-  if (column.empty()) column = columns_checked(message, t_);
-  if (column.empty()) column = columns_of_named_check(message);
+  if (column.empty() && message.rfind(kCheckFailed, 0) == 0) {
+    const std::string_view checked = std::string_view(message).substr(kCheckFailed.size());
+    column = columns_in(checked, t_);
+    if (column.empty()) column = columns_in(named_check(checked), t_);
+  }
   return Refusal{column, message};
 }
 
-// "CHECK constraint failed: positive_price": the columns of that constraint's expression, read
-// from the table's declaration.
-std::string BulkWriter::columns_of_named_check(std::string_view message) const {
-  constexpr std::string_view kCheck = "CHECK constraint failed: ";
-  if (message.substr(0, kCheck.size()) != kCheck) return "";
-  const std::string name = lower_case(message.substr(kCheck.size()));
+// The expression of the CHECK constraint called `name` ("positive_price"), read from the
+// table's declaration; empty if there is none.
+std::string BulkWriter::named_check(std::string_view name) const {
   Statement declared(db_, "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?");
   declared.bind(1, t_.name);
   if (!declared.step()) return "";
   const std::string sql = declared.column_text(0), lower = lower_case(sql);
-  for (std::size_t at = lower.find(name); at != std::string::npos; at = lower.find(name, at + 1)) {
+  const std::string wanted = lower_case(name);
+  for (std::size_t at = lower.find(wanted); at != std::string::npos;
+       at = lower.find(wanted, at + 1)) {
     // CONSTRAINT name CHECK ( expression ), the name perhaps quoted.
     std::size_t before = lower.find_last_not_of(" \t\r\n\"`[", at == 0 ? 0 : at - 1);
     if (before == std::string::npos || before < 9 ||
         lower.compare(before - 9, 10, "constraint") != 0)
       continue;
-    std::size_t open = lower.find_first_not_of(" \t\r\n\"`]", at + name.size());
+    std::size_t open = lower.find_first_not_of(" \t\r\n\"`]", at + wanted.size());
     if (open == std::string::npos || lower.compare(open, 5, "check") != 0) continue;
     open = lower.find('(', open + 5);
     if (open == std::string::npos) continue;
     int depth = 0;
     for (std::size_t end = open; end < sql.size(); ++end) {
       if (sql[end] == '(') ++depth;
-      if (sql[end] == ')' && --depth == 0)
-        return columns_checked("CHECK constraint failed: " + sql.substr(open + 1, end - open - 1),
-                               t_);
+      if (sql[end] == ')' && --depth == 0) return sql.substr(open + 1, end - open - 1);
     }
   }
   return "";

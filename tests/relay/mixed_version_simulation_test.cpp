@@ -443,11 +443,11 @@ class World : sim::Harness {
     const crdt::VersionVector held = relay.version_vector();
     const storage::SchemaManifest manifest = relay.schema_manifest();
     std::set<std::string> columns;
-    std::string counters_table;
+    std::string todo_id;
     for (const auto& t : manifest.tables)
       if (t.name == "todo") {
         for (const auto& c : t.columns) columns.insert(c.name);
-        counters_table = "lattice_counters_" + std::to_string(t.id);
+        todo_id = std::to_string(t.id);
       }
     for (int i = 0; i < kProtectedRows; ++i) {
       const std::string key = "p" + std::to_string(i);
@@ -459,11 +459,10 @@ class World : sim::Harness {
         std::map<std::string, std::uint64_t> component;
         if (column == "votes") {
           const auto parts = relay.query(
-              "SELECT lower(hex(s.site_id)), c.seq FROM " + counters_table +
+              "SELECT lower(hex(s.site_id)), c.seq FROM lattice_counters_" + todo_id +
                   " c JOIN lattice_sites s ON s.idx = c.site WHERE c.pk = lattice_pk(?) AND "
                   "c.cl = (SELECT cl FROM lattice_rows_" +
-                  counters_table.substr(std::string("lattice_counters_").size()) +
-                  " WHERE pk = c.pk)",
+                  todo_id + " WHERE pk = c.pk)",
               {key});
           for (const auto& p : parts.rows)
             component[std::get<std::string>(p[0])] =
