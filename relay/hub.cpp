@@ -145,11 +145,29 @@ struct ByConnectOrder {
 };
 using PeerSet = std::set<std::shared_ptr<Peer>, ByConnectOrder>;
 
+// A device's changes frame, received whole and within the limits, awaiting its group commit.
+struct PendingBatch {
+  std::shared_ptr<Peer> peer;
+  std::uint64_t batch = 0;
+  crdt::Changeset changeset;
+  std::vector<crdt::TxnTag> origin_log;
+};
+
 struct Namespace {
   std::string name;
   std::unique_ptr<storage::Replica> replica;
   std::string schema;
-  PeerSet peers;  // live ones
+  PeerSet peers;                      // live ones
+  std::vector<PendingBatch> pending;  // in the order received
+  bool commit_scheduled = false;
+};
+
+// What a group commit does for one batch once the group is durable.
+struct Committed {
+  std::shared_ptr<Peer> peer;
+  std::uint64_t batch = 0;
+  bool merged = false;           // false: acknowledged only (it skipped own transactions)
+  std::uint64_t own_before = 0;  // the relay's entry for the peer's site before the merge
 };
 
 struct Hub::Impl {
@@ -160,6 +178,9 @@ struct Hub::Impl {
   std::uint64_t next_peer_id = 0;
   std::map<std::string, TokenBudget> tokens;
   bool stopping = false;
+  // Deferred tasks (HubOptions::defer) hold it weakly: one that runs after the hub is gone
+  // does nothing.
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
   Namespace& space(const std::string& ns);
   void send(Peer& peer, const transport::Frame& frame);
@@ -172,13 +193,21 @@ struct Hub::Impl {
   bool check_schema_description(Peer& peer, Namespace& space, const transport::Hello& hello);
   // A device's changes and their pieces, from a token with the write right (on_frame checks).
   void on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece);
+  // Queues the batch for the namespace's next group commit (HubOptions::defer), or, without
+  // defer, commits it at once.
   void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
+  // Group commit: merges every batch the namespace received since the last one, in order, in
+  // one transaction, then acknowledges each and fans out what they added.
+  void commit_pending(Namespace& space);
+  // One batch of a group: checked against what the relay holds so far (the group's earlier
+  // merges included) and merged; nullopt after refusing or rekeying the peer.
+  std::optional<Committed> merge_pending(Namespace& space, PendingBatch& pending);
   // The changeset of a device's changes frame, joined with its pieces, decoded and within the
   // limits; nullopt after refusing the peer.
   std::optional<crdt::Changeset> receive_batch(Peer& peer, transport::Changes& changes);
-  // Sends every other live device of the namespace what the merge that moved the relay from
-  // `before` added.
-  void fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before,
+  // Sends the live devices of the namespace what the group commit that moved the relay from
+  // `before` to `after` added; not to `from` (null: none), the sender of all of it.
+  void fan_out(Namespace& space, const Peer* from, const crdt::VersionVector& before,
                const crdt::VersionVector& after);
   // A device at the relay's head that is not sent the next merge whole: from now on, `known`
   // says what it holds (`held`, the relay's vector it had reached).
@@ -187,6 +216,8 @@ struct Hub::Impl {
   // token's TokenBudget::buffered.
   std::string take_pieces(Peer& peer);
   void on_close(const std::shared_ptr<Peer>& peer);
+  // Tells every device the relay is stopping and closes its connection.
+  void stop();
   // True (after closing it with unauthorized) when the peer's token has expired.
   bool expired(Peer& peer);
   // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
@@ -399,6 +430,7 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
                "digests per minute: " + std::to_string(static_cast<std::uint64_t>(
                                             options.limits.max_digests_per_minute))))
       return;
+    commit_pending(*peer->space);  // the digest covers every batch acknowledged before it
     return send(*peer, transport::Digest{request->nonce, peer->space->replica->digest()});
   }
   if (std::holds_alternative<transport::Pong>(frame)) return;
@@ -756,64 +788,121 @@ std::optional<crdt::Changeset> Hub::Impl::receive_batch(Peer& peer, transport::C
 void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes) {
   std::optional<crdt::Changeset> received = receive_batch(*peer, changes);
   if (!received) return;
-  crdt::Changeset& changeset = *received;
-
   Namespace& space = *peer->space;
+  space.pending.push_back(
+      PendingBatch{peer, changes.batch, std::move(*received), std::move(changes.origin_log)});
+  if (!options.defer) return commit_pending(space);
+  if (space.commit_scheduled) return;
+  space.commit_scheduled = true;
+  options.defer([this, alive = std::weak_ptr<bool>(alive), ns = space.name] {
+    if (alive.expired()) return;
+    auto it = spaces.find(ns);
+    if (it != spaces.end()) commit_pending(*it->second);
+  });
+}
+
+void Hub::Impl::commit_pending(Namespace& space) {
+  space.commit_scheduled = false;
+  if (space.pending.empty()) return;
+  std::vector<PendingBatch> batches;
+  batches.swap(space.pending);
+  storage::Replica& replica = *space.replica;
+  const auto start = std::chrono::steady_clock::now();
+  const crdt::VersionVector before = replica.version_vector();
+  std::vector<Committed> committed;
+  try {
+    replica.begin_group();
+    for (PendingBatch& pending : batches)
+      if (pending.peer->phase == Peer::Phase::kLive)
+        if (auto done = merge_pending(space, pending)) committed.push_back(std::move(*done));
+    replica.commit_group();
+  } catch (const Error& e) {
+    // The disk, not a device: nothing of the group was kept, nothing is acknowledged, and the
+    // devices send it again when they reconnect.
+    replica.rollback_group();
+    for (const PendingBatch& pending : batches)
+      fail(*pending.peer, WireError::kInternal,
+           "the relay could not store batch " + std::to_string(pending.batch) + ": " + e.what());
+    return;
+  }
+  counters.merge_seconds.observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  ++counters.group_commits;
+  counters.grouped_batches += batches.size();
+  // Nothing is acknowledged before it is durable.
+  const crdt::VersionVector after = replica.version_vector();
+  const Peer* sole_sender = nullptr;
+  std::size_t merges = 0;
+  for (const Committed& c : committed) {
+    send(*c.peer, transport::Ack{c.batch, after});
+    if (!c.merged) continue;
+    ++merges;
+    sole_sender = c.peer.get();
+    // Another live copy of this device's replica file now lags a history that is not its own:
+    // it must move its later transactions to a new site id before it writes over these.
+    if (after.get(c.peer->site) > c.own_before)
+      for (const auto& other :
+           std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end()))
+        if (other != c.peer && other->phase == Peer::Phase::kLive && other->site == c.peer->site)
+          rekey(*other, shared_prefix(*other));
+  }
+  if (after == before) return;
+  // A group of one merge is all its sender's: it holds that already.
+  fan_out(space, merges == 1 ? sole_sender : nullptr, before, after);
+}
+
+std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch& pending) {
+  Peer& peer = *pending.peer;
+  crdt::Changeset& changeset = pending.changeset;
+  const std::vector<crdt::TxnTag>& origin_log = pending.origin_log;
   const crdt::VersionVector before = space.replica->version_vector();
   // A batch that skips some of the device's own transactions (an earlier batch was lost or is
   // still on its way) is not merged: merged out of order, two copies' transactions under one
   // site id could interleave. The acknowledgement tells the device where to resend from.
-  if (changeset.since.get(peer->site) > before.get(peer->site))
-    return send(*peer, transport::Ack{changes.batch, before});
+  if (changeset.since.get(peer.site) > before.get(peer.site))
+    return Committed{pending.peer, pending.batch, false, before.get(peer.site)};
   // Nothing is merged on a claim the relay cannot check: a device speaks only for its own site.
-  if (auto why = transport::check_device_changes(changeset, changes.origin_log, peer->site, before,
-                                                 peer->untagged_through))
-    return fail(*peer, WireError::kBadChangeset, *why);
-  changeset = transport::without_held_own(std::move(changeset), peer->site, before.get(peer->site));
-  // A copy that got its own transactions in first was told apart by the live-copy check below;
-  // this catches one that pushes a history the relay's origin log contradicts.
-  if (!changes.origin_log.empty()) {
-    const auto logged =
-        origin_tags(*peer, changes.origin_log.front().seq, changes.origin_log.size());
-    for (const crdt::TxnTag& t : changes.origin_log) {
+  if (auto why = transport::check_device_changes(changeset, origin_log, peer.site, before,
+                                                 peer.untagged_through)) {
+    fail(peer, WireError::kBadChangeset, *why);
+    return std::nullopt;
+  }
+  changeset = transport::without_held_own(std::move(changeset), peer.site, before.get(peer.site));
+  // A copy that got its own transactions in first was told apart by the live-copy check
+  // (commit_pending); this catches one that pushes a history the relay's origin log
+  // contradicts.
+  if (!origin_log.empty()) {
+    const auto logged = origin_tags(peer, origin_log.front().seq, origin_log.size());
+    for (const crdt::TxnTag& t : origin_log) {
       auto it = logged.find(t.seq);
-      if (it != logged.end() && it->second != t.tag) return rekey(*peer, t.seq - 1);
+      if (it != logged.end() && it->second != t.tag) {
+        rekey(peer, t.seq - 1);
+        return std::nullopt;
+      }
     }
   }
   storage::ApplyResult result;
-  const auto merge_start = std::chrono::steady_clock::now();
   try {
-    result = space.replica->apply(changeset, storage::OriginTxns{peer->site, changes.origin_log});
+    result = space.replica->merge_in_group(changeset, storage::OriginTxns{peer.site, origin_log});
   } catch (const Error& e) {
-    return fail(*peer, WireError::kBadChangeset, e.what());
+    fail(peer, WireError::kBadChangeset, e.what());
+    return std::nullopt;
   }
-  counters.merge_seconds.observe(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - merge_start).count());
   counters.changes_merged += result.applied;
-  const crdt::VersionVector after = space.replica->version_vector();
   // A device at the relay's head stays there: this merge's delta is its own changes.
-  if (!peer->at_head) peer->known.merge(changeset.until);
-  peer->confirmed_own = std::max(peer->confirmed_own, changeset.until.get(peer->site));
-  for (const crdt::TxnTag& t : changes.origin_log) peer->own_history[t.seq] = t.tag;
+  if (!peer.at_head) peer.known.merge(changeset.until);
+  peer.confirmed_own = std::max(peer.confirmed_own, changeset.until.get(peer.site));
+  for (const crdt::TxnTag& t : origin_log) peer.own_history[t.seq] = t.tag;
   // Only what the relay does not hold yet can matter to shared_prefix().
-  peer->own_history.erase(peer->own_history.begin(),
-                          peer->own_history.upper_bound(peer->confirmed_own));
-  send(*peer, transport::Ack{changes.batch, after});
-  // Another live copy of this device's replica file now lags a history that is not its own:
-  // it must move its later transactions to a new site id before it writes over these.
-  if (after.get(peer->site) > before.get(peer->site))
-    for (const auto& other :
-         std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end()))
-      if (other != peer && other->phase == Peer::Phase::kLive && other->site == peer->site)
-        rekey(*other, shared_prefix(*other));
-  if (result.applied == 0 && after == before) return;
-  fan_out(space, *peer, before, after);
+  peer.own_history.erase(peer.own_history.begin(),
+                         peer.own_history.upper_bound(peer.confirmed_own));
+  return Committed{pending.peer, pending.batch, true, before.get(peer.site)};
 }
 
-void Hub::Impl::fan_out(Namespace& space, const Peer& from, const crdt::VersionVector& before,
+void Hub::Impl::fan_out(Namespace& space, const Peer* from, const crdt::VersionVector& before,
                         const crdt::VersionVector& after) {
-  // The relay's merges of a namespace are totally ordered, and a device at the relay's head
-  // held everything it held before this one: the same delta, extracted and encoded once,
+  // The relay's group commits of a namespace are totally ordered, and a device at the relay's
+  // head held everything it held before this one: the same delta, extracted and encoded once,
   // serves every such device, with no vector compared (a namespace collects a site per device
   // that ever wrote, so a comparison per device per merge grows with both). A device still
   // catching up gets its own (continue_catch_up); one behind for another reason, its own here.
@@ -821,7 +910,7 @@ void Hub::Impl::fan_out(Namespace& space, const Peer& from, const crdt::VersionV
   std::shared_ptr<const std::string> delta_bytes;
   for (const auto& other :
        std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
-    if (other.get() == &from || other->phase != Peer::Phase::kLive || other->catching_up) continue;
+    if (other.get() == from || other->phase != Peer::Phase::kLive || other->catching_up) continue;
     if (other->at_head) {
       if (!delta) {
         delta = space.replica->changes_since(before);
@@ -890,7 +979,9 @@ Hub::Hub(HubOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
 }
 
-Hub::~Hub() { shutdown(); }
+// Like a relay killed between reading frames and their commit: batches awaiting their group
+// commit are dropped unacknowledged (their devices send them again). shutdown() commits them.
+Hub::~Hub() { impl_->stop(); }
 
 void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::string& ns) {
   auto peer = std::make_shared<Peer>();
@@ -916,11 +1007,17 @@ void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::s
 }
 
 void Hub::shutdown() {
-  impl_->stopping = true;
-  for (const auto& peer :
-       std::vector<std::shared_ptr<Peer>>(impl_->peers.begin(), impl_->peers.end())) {
-    impl_->fail(*peer, WireError::kShuttingDown, "the relay is stopping");
-    impl_->on_close(peer);
+  // What was received is merged and acknowledged before the devices are told.
+  if (!impl_->stopping)
+    for (auto& [name, space] : impl_->spaces) impl_->commit_pending(*space);
+  impl_->stop();
+}
+
+void Hub::Impl::stop() {
+  stopping = true;
+  for (const auto& peer : std::vector<std::shared_ptr<Peer>>(peers.begin(), peers.end())) {
+    fail(*peer, WireError::kShuttingDown, "the relay is stopping");
+    on_close(peer);
     peer->connection->set_handlers({});  // the hub may be gone when the close completes
   }
 }

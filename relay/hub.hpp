@@ -73,10 +73,16 @@ struct HubOptions {
   // The Unix time in seconds, for tokens' expiry on open connections. Empty: not enforced.
   std::function<std::int64_t()> unix_now;
   storage::ReplicaOptions replica_options;
+  // Runs `task` later on the hub's thread, after the frames already received (lattice-relay:
+  // asio::post). With it, the hub commits in groups: the changes frames a namespace received
+  // meanwhile are merged in one transaction with one disk sync, then each is acknowledged and
+  // what they added is fanned out once. Empty: each changes frame is merged when it arrives.
+  std::function<void(std::function<void()>)> defer;
 };
 
-// Durations of merges (Replica::apply on the relay, commit included), in seconds, for the
-// merge latency histogram of /metrics. Counts are per bucket, not cumulative.
+// Durations of the relay's merges, in seconds, for the merge latency histogram of /metrics:
+// one per group commit (every changes frame merged in it, the commit included). Counts are per
+// bucket, not cumulative.
 struct LatencyHistogram {
   static constexpr std::array<double, 13> kBounds = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
@@ -97,7 +103,9 @@ struct HubCounters {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::map<std::string, std::uint64_t> rejected;  // by wire error name
-  LatencyHistogram merge_seconds;                 // every merge of a device's changes frame
+  LatencyHistogram merge_seconds;                 // every group commit
+  std::uint64_t group_commits = 0;                // commits of merged changes frames
+  std::uint64_t grouped_batches = 0;              // changes frames merged in them
 };
 
 class Hub {
@@ -111,7 +119,9 @@ class Hub {
   // until it closes.
   void accept(std::shared_ptr<transport::Connection> connection, const std::string& ns);
 
-  // Sends every device a shutting_down error and closes its connection.
+  // Merges and acknowledges the changes frames awaiting their group commit, then sends every
+  // device a shutting_down error and closes its connection. Destroying the hub without it
+  // drops those frames unacknowledged, as a relay killed before its commit would.
   void shutdown();
 
   // The relay's replica of `ns`, created (with the schema) on first use. Throws Error

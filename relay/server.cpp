@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -192,9 +193,15 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
   m.counter("lattice_relay_hello_timeouts_total",
             "WebSocket connections closed for sending no accepted hello in time.",
             sc.hello_timeouts);
+  m.counter("lattice_relay_group_commits_total",
+            "Commits of merged changes frames (each frame a namespace received meanwhile in "
+            "one transaction and one disk sync).",
+            hc.group_commits);
+  m.counter("lattice_relay_grouped_batches_total", "Changes frames merged by those commits.",
+            hc.grouped_batches);
   m.histogram("lattice_relay_merge_seconds",
-              "Time to merge one changes frame into a namespace's replica, durable commit "
-              "included.",
+              "Time of one group commit: merging the changes frames a namespace received "
+              "meanwhile into its replica, durable commit included.",
               LatencyHistogram::kBounds, hc.merge_seconds.counts, hc.merge_seconds.sum);
   return m.text();
 }
@@ -367,6 +374,8 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   hub_options.replica_options.synchronous = "FULL";
 
   boost::asio::io_context io(1);
+  // Group commit: the changes frames read before the posted task runs share its commit.
+  hub_options.defer = [&io](std::function<void()> task) { boost::asio::post(io, std::move(task)); };
   Hub hub(std::move(hub_options));
 
   transport::WebSocketServerOptions server_options;

@@ -750,6 +750,85 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
   return result;
 }
 
+struct Replica::Impl::MergeGroup {
+  explicit MergeGroup(Replica::Impl& impl) : mode(impl) {}
+  MergeMode mode;  // first: constructed outside the transaction (PRAGMA foreign_keys)
+  std::vector<ChangeEvent> events;
+  std::unique_ptr<Projection> projection;
+  crdt::Hlc newest;
+};
+
+void Replica::Impl::MergeGroupDelete::operator()(MergeGroup* group) const { delete group; }
+
+void Replica::Impl::begin_group() {
+  if (group || !sqlite3_get_autocommit(db))
+    throw Error(ErrorCode::kState, "a group of merges cannot start inside an open transaction");
+  refresh();
+  group.reset(new MergeGroup(*this));
+  try {
+    exec_sql(db, "BEGIN IMMEDIATE");
+    group->projection = std::make_unique<Projection>(*this, group->events);
+  } catch (...) {
+    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    group.reset();
+    throw;
+  }
+}
+
+ApplyResult Replica::Impl::merge_in_group(const crdt::Changeset& changeset,
+                                          const OriginTxns& origin) {
+  if (!group) throw Error(ErrorCode::kState, "merge_in_group() needs an open group");
+  SchemaPlan plan;
+  const crdt::Hlc newest = validate(*this, changeset, plan);  // writes nothing
+  const std::size_t events_before = group->events.size();
+  ApplyResult result;
+  exec_sql(db, "SAVEPOINT lattice_group_merge");
+  try {
+    merge_changeset(*this, changeset, &origin, plan, *group->projection, result);
+    exec_sql(db, "RELEASE lattice_group_merge");
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK TO lattice_group_merge; RELEASE lattice_group_merge", nullptr,
+                 nullptr, nullptr);
+    // What the merge left in memory goes with it: its events, the projection's counts of held
+    // rows, the sites it added and the catalog entries of a later version's columns.
+    group->events.resize(events_before);
+    group->projection = std::make_unique<Projection>(*this, group->events);
+    catalog_schema_version = -1;
+    refresh();
+    throw;
+  }
+  group->newest = std::max(group->newest, newest);
+  return result;
+}
+
+void Replica::Impl::commit_group() {
+  if (!group) throw Error(ErrorCode::kState, "commit_group() needs an open group");
+  try {
+    // As apply_all() does once for all its changesets.
+    if (group->projection->any_held()) group->projection->settle();
+    Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
+    keep_clock.bind(1, static_cast<std::int64_t>(group->newest.value)).run();
+    exec_sql(db, "COMMIT");
+  } catch (...) {
+    rollback_group();
+    throw;
+  }
+  clock.observe(group->newest);
+  std::vector<ChangeEvent> events = std::move(group->events);
+  group.reset();
+  pending_events.insert(pending_events.end(), std::make_move_iterator(events.begin()),
+                        std::make_move_iterator(events.end()));
+  deliver_events();
+}
+
+void Replica::Impl::rollback_group() {
+  if (!group) return;
+  if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  group.reset();
+  catalog_schema_version = -1;
+  refresh();
+}
+
 ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {
   return apply_all(
       1, [&](std::size_t) -> const crdt::Changeset& { return changeset; }, origin);

@@ -334,6 +334,10 @@ Replica::Impl::Impl(ReplicaOptions opts)
     : options(std::move(opts)), clock(options.physical_clock, options.max_clock_drift_ms) {}
 
 Replica::Impl::~Impl() {
+  if (group) {  // an open group is undone; no catalog reload on the way out
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    group.reset();
+  }
   // Statements must be finalized before the connection closes.
   merge_statements.clear();
   tables.clear();
@@ -671,6 +675,16 @@ ApplyResult Replica::apply(const crdt::Changeset& changeset, const OriginTxns& o
 ApplyResult Replica::apply_all(std::size_t count, const ChangesetSource& changeset_at) {
   return impl_->apply_all(count, changeset_at, nullptr);
 }
+
+void Replica::begin_group() { impl_->begin_group(); }
+
+ApplyResult Replica::merge_in_group(const crdt::Changeset& changeset, const OriginTxns& origin) {
+  return impl_->merge_in_group(changeset, origin);
+}
+
+void Replica::commit_group() { impl_->commit_group(); }
+void Replica::rollback_group() { impl_->rollback_group(); }
+bool Replica::group_open() const { return impl_->group != nullptr; }
 
 crdt::VersionVector Replica::version_vector() { return impl_->version_vector(); }
 

@@ -206,6 +206,25 @@ class Replica {
   using ChangesetSource = std::function<const crdt::Changeset&(std::size_t)>;
   ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at);
 
+  // --- Group commit (a relay merging what several devices sent, docs/protocol.md) ------------
+
+  // Opens a group: one transaction in which merge_in_group() merges changesets one at a time,
+  // each whole or not at all, and commit_group() makes all of them durable with one commit (one
+  // disk sync instead of one per changeset). Until the group ends, version_vector() and
+  // origin_log() see the merges made in it, and nothing else may write through this Replica
+  // (apply() and apply_all() throw kState). Throws Error(kState) inside an open transaction.
+  void begin_group();
+  // Merges `changeset` in the open group, recording `origin` as apply() does. Throws the errors
+  // apply() throws, and then this changeset alone is undone: the group stays open with the
+  // merges made before it. kState without an open group.
+  ApplyResult merge_in_group(const crdt::Changeset& changeset, const OriginTxns& origin);
+  // Commits the group; listeners then get the events of all its merges. On Error (kIo, kBusy,
+  // kSql) nothing of the group was kept, and the group is closed.
+  void commit_group();
+  // Undoes every merge of the open group and closes it. Destroying the Replica does the same.
+  void rollback_group();
+  bool group_open() const;
+
   // --- Bulk writes (imports, docs/import-export.md) ------------------------------------------
 
   // Writes `rows` (each one value per name in `columns`) into `table` in one transaction, each

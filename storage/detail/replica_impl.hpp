@@ -238,6 +238,16 @@ struct Replica::Impl {
   using ChangesetSource = Replica::ChangesetSource;
   ApplyResult apply_all(std::size_t count, const ChangesetSource& changeset_at,
                         const OriginTxns* origin);
+  // Group commit (Replica::begin_group, merge.cpp): the open group's transaction and merge mode.
+  struct MergeGroup;
+  struct MergeGroupDelete {
+    void operator()(MergeGroup* group) const;
+  };
+  std::unique_ptr<MergeGroup, MergeGroupDelete> group;
+  void begin_group();
+  ApplyResult merge_in_group(const crdt::Changeset& changeset, const OriginTxns& origin);
+  void commit_group();
+  void rollback_group();
   void rekey(std::uint64_t keep_through, const crdt::SiteId& new_site);
   // When this replica's own clock ran more than the drift bound ahead of its wall clock (a
   // clock set wrong for a while), stamps the own writes that no peer can have accepted again,

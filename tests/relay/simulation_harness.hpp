@@ -50,7 +50,8 @@ class Harness {
   storage::ReplicaOptions replica_options();
 
   // The hub's options for a relay keeping its files in `data_dir`: small outgoing batches,
-  // catch-ups in rounds and changesets in pieces, so that every path runs. No authenticator.
+  // catch-ups in rounds and changesets in pieces, group commits on the virtual clock, so that
+  // every path runs. No authenticator.
   relay::HubOptions hub_options(const std::filesystem::path& data_dir);
 
   // Half the connections are like TCP: delayed, in order, never duplicated; the other half

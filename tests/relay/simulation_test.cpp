@@ -194,6 +194,11 @@ class World : sim::Harness {
     return pieced_ +
            (hub_ ? hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out : 0);
   }
+  // Changes frames that shared a group commit with an earlier one.
+  std::uint64_t shared_commits() const {
+    return shared_commits_ +
+           (hub_ ? hub_->counters().grouped_batches - hub_->counters().group_commits : 0);
+  }
   std::size_t refused_locally() const { return refused_locally_; }
   std::size_t held_at_end() {
     return std::get<std::int64_t>(hub_->replica(kNamespace)
@@ -235,8 +240,10 @@ class World : sim::Harness {
   }
 
   void restart_relay() {
-    if (hub_)
+    if (hub_) {
       pieced_ += hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out;
+      shared_commits_ += hub_->counters().grouped_batches - hub_->counters().group_commits;
+    }
     hub_.reset();
     net_.post(50 + pick(500), [this] {
       if (!hub_) start_relay();
@@ -533,7 +540,8 @@ class World : sim::Harness {
   int clones_ = 0;
   int rekeys_ = 0;
   std::size_t refused_locally_ = 0;
-  std::uint64_t pieced_ = 0;  // batches and changesets in pieces, by relays since restarted
+  std::uint64_t pieced_ = 0;          // batches and changesets in pieces, by relays since restarted
+  std::uint64_t shared_commits_ = 0;  // the same for shared_commits()
 };
 
 struct SeedStats {
@@ -541,9 +549,10 @@ struct SeedStats {
   int rekeys = 0;
   std::size_t hostile_frames = 0;
   std::size_t hostile_refused = 0;
-  std::size_t refused_locally = 0;  // constrained seeds: writes SQLite refused on the device
-  std::size_t held = 0;             // constrained seeds: rows held back at the end
-  std::uint64_t pieced = 0;         // batches and changesets that travelled in pieces
+  std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
+  std::size_t held = 0;              // constrained seeds: rows held back at the end
+  std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
+  std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
 };
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
@@ -554,7 +563,7 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
   world.check();
   return {world.clones(),          world.rekeys(),          world.hostile_frames(),
           world.hostile_refused(), world.refused_locally(), world.held_at_end(),
-          world.pieced()};
+          world.pieced(),          world.shared_commits()};
 }
 
 TEST_CASE("after a storm of faults every device holds exactly the relay's rows") {
@@ -573,13 +582,15 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     total.refused_locally += stats.refused_locally;
     total.held += stats.held;
     total.pieced += stats.pieced;
+    total.shared_commits += stats.shared_commits;
   }
   MESSAGE(total.clones << " replica files copied, " << total.rekeys << " rekeys, "
                        << total.hostile_frames << " forged changes frames, "
                        << total.hostile_refused << " refusals of the hostile device, "
                        << total.refused_locally << " writes refused by a constraint, " << total.held
                        << " rows held back at the end, " << total.pieced
-                       << " changesets in pieces");
+                       << " changesets in pieces, " << total.shared_commits
+                       << " changes frames that shared a group commit");
   // The storm did copy files, and some copies wrote before the relay told them apart.
   if (seeds >= 50) {
     CHECK(total.clones > 0);
@@ -589,6 +600,7 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     CHECK(total.refused_locally > 0);
     CHECK(total.held > 0);
     CHECK(total.pieced > 0);
+    CHECK(total.shared_commits > 0);
   }
 }
 

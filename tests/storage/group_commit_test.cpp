@@ -1,0 +1,141 @@
+// Group commit (Replica::begin_group): what a relay relies on when it merges the batches of
+// several devices in one transaction and acknowledges each only after the commit.
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+#include "crdt/error.hpp"
+#include "storage/replica.hpp"
+#include "tests/storage/test_support.hpp"
+
+namespace lattice {
+namespace {
+
+using storage::Replica;
+
+storage::OriginTxns origin_of(Replica& device) { return storage::OriginTxns{device.site_id(), {}}; }
+
+// Three devices' changes: a and b insert rows, c deletes the row both a and the group's replica
+// hold already (so merging c's changeset deletes a row).
+struct Devices {
+  std::unique_ptr<Replica> a = test::open_todo_replica();
+  std::unique_ptr<Replica> b = test::open_todo_replica();
+  std::unique_ptr<Replica> c = test::open_todo_replica();
+  Devices() {
+    a->exec("INSERT INTO todo(id, title, votes) VALUES ('kettle', 'descale', 2)");
+    b->exec("INSERT INTO todo(id, title) VALUES ('plant', 'water')");
+    c->exec("INSERT INTO todo(id, title) VALUES ('bin', 'empty')");
+  }
+};
+
+TEST_CASE("a group merges every batch in one commit, each seeing the merges before it") {
+  Devices d;
+  auto relay = test::open_todo_replica();
+  int deliveries = 0;
+  relay->subscribe([&](const std::vector<storage::ChangeEvent>&) { ++deliveries; });
+
+  const crdt::Changeset from_a = d.a->changes_since({});
+  const crdt::Changeset from_b = d.b->changes_since({});
+  relay->begin_group();
+  CHECK(relay->group_open());
+  CHECK(relay->merge_in_group(from_a, origin_of(*d.a)).applied > 0);
+  // The relay checks the next batch against what it holds, this group's merges included.
+  CHECK(relay->version_vector().get(d.a->site_id()) == 1);
+  CHECK(relay->merge_in_group(from_b, origin_of(*d.b)).applied > 0);
+  CHECK(relay->version_vector().get(d.b->site_id()) == 1);
+  CHECK(deliveries == 0);  // listeners hear of nothing before the commit
+  relay->commit_group();
+  CHECK_FALSE(relay->group_open());
+  CHECK(deliveries == 1);
+
+  // The same as merging them one by one.
+  auto one_by_one = test::open_todo_replica();
+  one_by_one->apply(from_a);
+  one_by_one->apply(from_b);
+  CHECK(test::dump_table(*relay, "todo") == test::dump_table(*one_by_one, "todo"));
+  CHECK(relay->digest() == one_by_one->digest());
+}
+
+TEST_CASE("a batch refused inside a group is undone alone; the others commit") {
+  Devices d;
+  auto relay = test::open_todo_replica();
+  // A row the relay holds, which device c then deletes.
+  d.c->apply(d.a->changes_since({}));
+  relay->apply(d.a->changes_since({}));
+  d.c->exec("DELETE FROM todo WHERE id = 'kettle'");
+  // The application's trigger refuses deletes, so merging c's batch fails halfway: after its
+  // metadata was written, at the delete of the row.
+  relay->exec(
+      "CREATE TRIGGER keep_todos BEFORE DELETE ON todo BEGIN SELECT RAISE(ABORT, 'kept'); END");
+  auto expected = test::open_todo_replica();
+  expected->apply(d.a->changes_since({}));
+  expected->apply(d.b->changes_since({}));
+
+  relay->begin_group();
+  relay->merge_in_group(d.b->changes_since(relay->version_vector()), origin_of(*d.b));
+  const auto after_b = relay->version_vector();
+  CHECK_THROWS_AS(
+      relay->merge_in_group(d.c->changes_since(relay->version_vector()), origin_of(*d.c)), Error);
+  CHECK(relay->group_open());
+  CHECK(relay->version_vector() == after_b);  // nothing of c's batch is left
+  // A batch the relay cannot read at all is refused before anything is written.
+  crdt::Changeset unknown = d.a->changes_since({});
+  unknown.rows.at(0).table = 999;
+  CHECK_THROWS_AS(relay->merge_in_group(unknown, origin_of(*d.a)), Error);
+  relay->commit_group();
+
+  CHECK(test::dump_table(*relay, "todo") == test::dump_table(*expected, "todo"));
+  CHECK(relay->version_vector() == after_b);
+  CHECK(relay->version_vector().get(d.c->site_id()) == 0);
+}
+
+TEST_CASE("a group rolled back, or never committed, leaves the file exactly as it was") {
+  Devices d;
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("lattice-group-test-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "relay.db").string();
+  std::string before;
+  {
+    auto relay = test::open_todo_replica(file);
+    relay->apply(d.a->changes_since({}));
+    before = test::dump_everything(*relay);
+    relay->begin_group();
+    relay->merge_in_group(d.b->changes_since({}), origin_of(*d.b));
+    // Nothing else writes while the group is open.
+    CHECK_THROWS_AS(relay->apply(d.c->changes_since({})), Error);
+    CHECK_THROWS_AS(relay->begin_group(), Error);
+    relay->rollback_group();
+    CHECK_FALSE(relay->group_open());
+    CHECK(test::dump_everything(*relay) == before);
+
+    relay->begin_group();
+    relay->merge_in_group(d.c->changes_since({}), origin_of(*d.c));
+    // Closed with the group open: like a relay killed before its commit.
+  }
+  auto reopened = Replica::open(file);
+  CHECK(test::dump_everything(*reopened) == before);
+  // The file takes merges again afterwards.
+  reopened->begin_group();
+  reopened->merge_in_group(d.c->changes_since({}), origin_of(*d.c));
+  reopened->commit_group();
+  CHECK(reopened->version_vector().get(d.c->site_id()) == 1);
+  reopened.reset();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("merge_in_group and commit_group need an open group") {
+  Devices d;
+  auto relay = test::open_todo_replica();
+  CHECK_THROWS_AS(relay->merge_in_group(d.a->changes_since({}), origin_of(*d.a)), Error);
+  CHECK_THROWS_AS(relay->commit_group(), Error);
+  relay->rollback_group();  // nothing to undo: no effect
+  relay->exec("BEGIN");
+  CHECK_THROWS_AS(relay->begin_group(), Error);
+  relay->exec("ROLLBACK");
+}
+
+}  // namespace
+}  // namespace lattice
