@@ -77,6 +77,11 @@ using CancelConnect = std::function<void()>;
 CancelConnect connect_websocket(boost::asio::io_context& io, std::string_view url,
                                 ClientOptions options, ConnectHandler on_connected);
 
+// The TLS contexts connect_websocket has made in this process. Connections share one per CA
+// file (loading the system's trust store costs tens of milliseconds of CPU); a CA file changed
+// on disk since gets a new one.
+std::uint64_t client_tls_contexts_made();
+
 // Throws Error(kInvalidArgument) when connect_websocket would refuse `url` before connecting:
 // a malformed URL, or ws:// to a host that is not loopback without allow_insecure_remote.
 WebSocketUrl check_url(std::string_view url, const ClientOptions& options);

@@ -27,6 +27,7 @@
 
 #include "engine/sync/sync_client.hpp"
 #include "storage/replica.hpp"
+#include "transport/websocket_client.hpp"
 
 #ifndef LATTICE_CLI_PATH
 #error "LATTICE_CLI_PATH must name the lattice executable"
@@ -527,6 +528,37 @@ TEST_CASE("a write on one connected device shows up on another while both are co
   CHECK(b_sync.out().find("state: live") != std::string::npos);
   client_a.stop();
   CHECK(dump_todo(a) == dump_todo(b));
+}
+
+TEST_CASE("devices of one process share a TLS context per CA file until the file changes") {
+  // Loading the system's trust store into a context costs tens of milliseconds of CPU: a process
+  // syncing several replicas, or reconnecting, must not pay it per connection.
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::uint64_t made_before = transport::client_tls_contexts_made();
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  const std::string a_file = relay.device("a");
+  auto a = std::make_unique<engine::SyncClient>(a_file, relay.url(), token, options);
+  engine::SyncClient b(relay.device("b"), relay.url(), token, options);
+  a->start();
+  b.start();
+  REQUIRE(a->wait_until_in_sync(seconds(20)));
+  REQUIRE(b.wait_until_in_sync(seconds(20)));
+  CHECK(transport::client_tls_contexts_made() == made_before + 1);
+  a.reset();
+
+  // A renewed CA file (here: the same certificate, written again later) is read again.
+  const auto modified = fs::last_write_time(relay.ca_file());
+  fs::last_write_time(relay.ca_file(), modified + std::chrono::seconds(2));
+  a = std::make_unique<engine::SyncClient>(a_file, relay.url(), token, options);
+  a->start();
+  REQUIRE(a->wait_until_in_sync(seconds(20)));
+  CHECK(transport::client_tls_contexts_made() == made_before + 2);
+  a->stop();
+  b.stop();
 }
 
 TEST_CASE("a token that expires on an open connection is renewed through the token callback") {
