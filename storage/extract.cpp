@@ -37,11 +37,14 @@ class Extractor {
   crdt::VersionVector extract_limited(std::size_t max_changes, const crdt::VersionVector& full);
 
  private:
-  // The statements that read one table's rows, prepared once per extraction.
+  // The statements that read one table's rows, kept for the connection's life
+  // (Replica::Impl::cached); `values` is null for a future table, `future_values` without
+  // future columns.
   struct Reader {
     std::vector<const ColumnInfo*> lww;  // the table's, then future ones
     std::size_t app_lww = 0;             // how many of them the table has
-    Statement row_meta, cell_meta, counter_meta, values, future_values;
+    Statement *row_meta = nullptr, *cell_meta = nullptr, *counter_meta = nullptr;
+    Statement *values = nullptr, *future_values = nullptr;
   };
   Reader& reader(TableInfo& t);
 
@@ -74,7 +77,6 @@ class Extractor {
 };
 
 void Extractor::extract(TableInfo& t) {
-  sqlite3* db = impl_.db;
   const std::string rows = t.rows_table(), cells = t.cells_table(), counters = t.counters_table();
 
   // The rows with at least one write the holder lacks.
@@ -82,11 +84,11 @@ void Extractor::extract(TableInfo& t) {
   const bool everything =
       std::all_of(thresholds_.begin(), thresholds_.end(), [](auto v) { return v == 0; });
   if (everything) {
-    Statement all(db, "SELECT pk FROM " + rows);
+    Statement& all = impl_.cached("SELECT pk FROM " + rows);
     while (all.step()) keys.emplace_back(all.column_blob(0));
   } else {
     for (const std::string& table : {rows, cells, counters}) {
-      Statement lacking(db, "SELECT pk FROM " + table + " WHERE site = ? AND seq > ?");
+      Statement& lacking = impl_.cached("SELECT pk FROM " + table + " WHERE site = ? AND seq > ?");
       for (std::size_t site = 0; site < thresholds_.size(); ++site) {
         lacking.reset();
         lacking.bind(1, static_cast<std::int64_t>(site))
@@ -103,7 +105,6 @@ void Extractor::extract(TableInfo& t) {
 Extractor::Reader& Extractor::reader(TableInfo& t) {
   auto found = readers_.find(t.id);
   if (found != readers_.end()) return found->second;
-  sqlite3* db = impl_.db;
   Reader r;
   std::string select_values = "SELECT ";
   for (const auto& c : t.columns) {
@@ -116,12 +117,12 @@ Extractor::Reader& Extractor::reader(TableInfo& t) {
   select_values += " FROM " + quote_identifier(t.name) + " WHERE ";
   for (std::size_t i = 0; i < t.key_count; ++i)
     select_values += std::string(i ? " AND " : "") + quote_identifier(t.columns[i].name) + " = ?";
-  r.row_meta = Statement(db, "SELECT cl, hlc, site, seq FROM " + t.rows_table() + " WHERE pk = ?");
+  r.row_meta = &impl_.cached("SELECT cl, hlc, site, seq FROM " + t.rows_table() + " WHERE pk = ?");
   r.cell_meta =
-      Statement(db, "SELECT col, cl, hlc, site, seq FROM " + t.cells_table() + " WHERE pk = ?");
-  r.counter_meta = Statement(db, "SELECT col, site, cl, seq, total FROM " + t.counters_table() +
-                                     " WHERE pk = ? AND cl = ?");
-  if (!t.future_table) r.values = Statement(db, select_values);
+      &impl_.cached("SELECT col, cl, hlc, site, seq FROM " + t.cells_table() + " WHERE pk = ?");
+  r.counter_meta = &impl_.cached("SELECT col, site, cl, seq, total FROM " + t.counters_table() +
+                                 " WHERE pk = ? AND cl = ?");
+  if (!t.future_table) r.values = &impl_.cached(select_values);
   // Future columns (a later schema version's) come after, their values from
   // lattice_future_values.
   r.app_lww = r.lww.size();
@@ -129,17 +130,16 @@ Extractor::Reader& Extractor::reader(TableInfo& t) {
     if (c.kind == crdt::ColumnKind::kLww) r.lww.push_back(&c);
   if (r.lww.size() > r.app_lww)
     r.future_values =
-        Statement(db, "SELECT col, value FROM lattice_future_values WHERE table_id = ? AND pk = ?");
+        &impl_.cached("SELECT col, value FROM lattice_future_values WHERE table_id = ? AND pk = ?");
   return readers_.emplace(t.id, std::move(r)).first->second;
 }
 
 std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) {
   Reader& r = reader(t);
   const auto& lww = r.lww;
-  Statement& row_meta = r.row_meta;
-  Statement& cell_meta = r.cell_meta;
-  Statement& counter_meta = r.counter_meta;
-  Statement& values = r.values;
+  Statement& row_meta = *r.row_meta;
+  Statement& cell_meta = *r.cell_meta;
+  Statement& counter_meta = *r.counter_meta;
   std::size_t added = 0;
 
   for (const std::string& pk : keys) {
@@ -160,15 +160,16 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
 
     if (alive) {
       std::vector<crdt::Value> current;
-      if (!t.future_table) {
-        values.reset();
+      Statement* values = r.values;  // null: a table this replica does not have yet
+      if (values) {
+        values->reset();
         const auto key = unpack_primary_key(pk, t.key_count);
-        for (std::size_t i = 0; i < key.size(); ++i) values.bind(static_cast<int>(i + 1), key[i]);
+        for (std::size_t i = 0; i < key.size(); ++i) values->bind(static_cast<int>(i + 1), key[i]);
       }
-      if (t.future_table) {
+      if (!values) {
         // Nothing to read from a table this replica does not have yet.
-      } else if (values.step()) {
-        for (int i = 0; i < static_cast<int>(r.app_lww); ++i) current.push_back(values.column(i));
+      } else if (values->step()) {
+        for (int i = 0; i < static_cast<int>(r.app_lww); ++i) current.push_back(values->column(i));
       } else if (auto held = Projection::held_values(impl_, t, pk)) {
         // Held out of its table by a constraint (docs/data-quality.md): its values travel all
         // the same, from lattice_held.
@@ -179,7 +180,7 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
                                               describe_primary_key(pk) +
                                               " that its metadata says is present");
       }
-      values.reset();
+      if (values) values->reset();
       current.resize(lww.size());
       // A future column of which this replica received no value in this incarnation was never
       // written at the row's version (an insert made here, by a version without the column):
@@ -187,17 +188,17 @@ std::size_t Extractor::emit(TableInfo& t, const std::vector<std::string>& keys) 
       std::vector<bool> known(lww.size(), true);
       if (lww.size() > r.app_lww) {
         std::fill(known.begin() + static_cast<std::ptrdiff_t>(r.app_lww), known.end(), false);
-        r.future_values.reset();
-        r.future_values.bind(1, static_cast<std::int64_t>(t.id)).bind_blob(2, pk);
-        while (r.future_values.step()) {
-          const auto column = static_cast<crdt::ColumnId>(r.future_values.column_int(0));
+        r.future_values->reset();
+        r.future_values->bind(1, static_cast<std::int64_t>(t.id)).bind_blob(2, pk);
+        while (r.future_values->step()) {
+          const auto column = static_cast<crdt::ColumnId>(r.future_values->column_int(0));
           for (std::size_t i = r.app_lww; i < lww.size(); ++i)
             if (lww[i]->id == column) {
-              current[i] = r.future_values.column(1);
+              current[i] = r.future_values->column(1);
               known[i] = true;
             }
         }
-        r.future_values.reset();
+        r.future_values->reset();
       }
 
       std::vector<bool> overridden(lww.size(), false);
@@ -266,8 +267,9 @@ crdt::VersionVector Extractor::extract_limited(std::size_t max_changes,
         for (auto& [table_id, table] : impl_.tables) {
           for (const std::string& meta :
                {table->rows_table(), table->cells_table(), table->counters_table()}) {
-            Statement select(impl_.db, "SELECT seq, pk FROM " + meta + " WHERE site = ? AND " +
-                                           where + " ORDER BY seq LIMIT ?");
+            Statement& select =
+                impl_.cached("SELECT seq, pk FROM " + meta + " WHERE site = ? AND " + where +
+                             " ORDER BY seq LIMIT ?");
             select.bind(1, static_cast<std::int64_t>(site))
                 .bind(2, static_cast<std::int64_t>(from))
                 .bind(3, limit);

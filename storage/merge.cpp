@@ -664,7 +664,6 @@ void prepare_for_versions(Replica::Impl& impl, const crdt::Changeset& changeset,
 void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
                      const OriginTxns* origin, const SchemaPlan& plan, Projection& projection,
                      ApplyResult& result) {
-  sqlite3* db = impl.db;
   result.received += changeset.change_count();
   prepare_for_versions(impl, changeset, plan);
   std::vector<std::int64_t> site_map;
@@ -680,11 +679,12 @@ void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
   // what it assumed we hold (`since`).
   const crdt::VersionVector held = impl.version_vector();
   if (held.dominates(changeset.since)) {
-    Statement raise_site(db, "UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
+    Statement& raise_site = impl.cached("UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
     for (const auto& [id, seq] : changeset.until.entries()) {
       if (seq <= held.get(id)) continue;
       if (id == impl.site) {
-        Statement raise_local(db, "UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
+        Statement& raise_local =
+            impl.cached("UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
         raise_local.bind(1, static_cast<std::int64_t>(seq)).run();
       } else {
         raise_site.reset();
@@ -694,8 +694,8 @@ void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
     }
   }
   if (origin && !origin->txns.empty()) {
-    Statement record(db,
-                     "INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
+    Statement& record =
+        impl.cached("INSERT OR IGNORE INTO lattice_origin_log(site, seq, tag) VALUES (?, ?, ?)");
     for (const TxnTag& txn : origin->txns) {
       record.reset();
       record.bind_blob(1, origin->site.as_bytes())
@@ -735,7 +735,7 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
     // Rows held before may stand now (a unique value freed, a parent arrived), and rows
     // shown may have to give way to held rows with an earlier claim.
     if (projection.any_held()) projection.settle();
-    Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
+    Statement& keep_clock = cached("UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(newest.value)).run();
     exec_sql(db, "COMMIT");
   } catch (...) {
@@ -806,7 +806,7 @@ void Replica::Impl::commit_group() {
   try {
     // As apply_all() does once for all its changesets.
     if (group->projection->any_held()) group->projection->settle();
-    Statement keep_clock(db, "UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
+    Statement& keep_clock = cached("UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(group->newest.value)).run();
     exec_sql(db, "COMMIT");
   } catch (...) {

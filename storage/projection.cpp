@@ -70,9 +70,7 @@ Projection::Projection(Replica::Impl& impl, std::vector<ChangeEvent>& events)
     held_counts_[static_cast<crdt::TableId>(counts.column_int(0))] = counts.column_int(1);
 }
 
-Statement& Projection::cached(const std::string& sql) {
-  return cached(sql, [&] { return sql; });
-}
+Statement& Projection::cached(const std::string& sql) { return impl_.cached(sql); }
 
 Statement& Projection::cached(const std::string& key, const std::function<std::string()>& sql) {
   auto it = impl_.merge_statements.find(key);

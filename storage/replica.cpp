@@ -403,15 +403,23 @@ TableInfo* Replica::Impl::table_by_name(std::string_view name) {
   return it == tables_by_name.end() ? nullptr : it->second;
 }
 
+Statement& Replica::Impl::cached(const std::string& sql) {
+  auto it = merge_statements.find(sql);
+  if (it == merge_statements.end()) it = merge_statements.emplace(sql, Statement(db, sql)).first;
+  it->second.reset();
+  return it->second;
+}
+
 crdt::VersionVector Replica::Impl::version_vector() {
   crdt::VersionVector vv;
   // Another connection to the file may have rekeyed it (Replica::rekey).
-  Statement own(db, "SELECT site_id FROM lattice_sites WHERE idx = 0");
+  Statement& own = cached("SELECT site_id FROM lattice_sites WHERE idx = 0");
   if (own.step()) site = crdt::SiteId::from_bytes(own.column_blob(0));
+  own.reset();
   read_local.reset();
   if (read_local.step()) vv.advance(site, static_cast<std::uint64_t>(read_local.column_int(0)));
   read_local.reset();
-  Statement select(db, "SELECT site_id, seq FROM lattice_sites WHERE idx > 0 AND seq > 0");
+  Statement& select = cached("SELECT site_id, seq FROM lattice_sites WHERE idx > 0 AND seq > 0");
   while (select.step())
     vv.advance(crdt::SiteId::from_bytes(select.column_blob(0)),
                static_cast<std::uint64_t>(select.column_int(1)));

@@ -84,9 +84,8 @@ void Replica::acknowledge(std::uint64_t seq) {
 
 std::vector<TxnTag> Replica::origin_log(const crdt::SiteId& site, std::uint64_t from,
                                         std::size_t max) {
-  Statement select(impl_->db,
-                   "SELECT seq, tag FROM lattice_origin_log WHERE site = ? AND seq >= ? "
-                   "ORDER BY seq LIMIT ?");
+  Statement& select = impl_->cached(
+      "SELECT seq, tag FROM lattice_origin_log WHERE site = ? AND seq >= ? ORDER BY seq LIMIT ?");
   select.bind_blob(1, site.as_bytes())
       .bind(2, static_cast<std::int64_t>(from))
       .bind(3, static_cast<std::int64_t>(max));

@@ -190,8 +190,13 @@ struct Replica::Impl {
   std::optional<Error> pending_error;
 
   Statement read_local, insert_site, any_held;
-  // Statements the projection prepares in merge mode, by SQL text (projection.cpp).
+  // Statements prepared once for the connection's life, by SQL text (cached(), and the
+  // projection's in merge mode, projection.cpp).
   std::map<std::string, Statement> merge_statements;
+  // The statement of `sql`, prepared on first use and kept for the connection's life, reset.
+  // A caller that stops stepping before the last row resets it (an active statement keeps
+  // its read snapshot).
+  Statement& cached(const std::string& sql);
 
   explicit Impl(ReplicaOptions opts);
   ~Impl();
