@@ -723,6 +723,8 @@ TEST_CASE("a device's batch is acknowledged and fanned out to the other device, 
   const auto metrics = https_get(relay.port(), "/metrics").body;
   CHECK(metrics.find("lattice_relay_connections 2") != std::string::npos);
   CHECK(metrics.find("lattice_relay_merge_seconds_count 1") != std::string::npos);
+  CHECK(metrics.find("lattice_relay_group_commits_total 1") != std::string::npos);
+  CHECK(metrics.find("lattice_relay_grouped_batches_total 1") != std::string::npos);
 }
 
 TEST_CASE("malformed msgpack is refused as malformed and the relay serves on") {
