@@ -16,8 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -33,27 +31,23 @@
 #include <string>
 #include <vector>
 
+#include "bench/support.hpp"
 #include "crdt/json.hpp"
 #include "lattice/lattice.hpp"
-
-#ifndef LATTICE_SOURCE_DIR
-#define LATTICE_SOURCE_DIR ""
-#endif
-#ifndef LATTICE_BUILD_TYPE
-#define LATTICE_BUILD_TYPE "unknown"
-#endif
-#if defined(__clang__)
-#define LATTICE_BENCH_COMPILER "clang " __clang_version__
-#elif defined(__GNUC__)
-#define LATTICE_BENCH_COMPILER "g++ " __VERSION__
-#else
-#define LATTICE_BENCH_COMPILER "unknown"
-#endif
 
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using lattice::bench::build_type;
+using lattice::bench::Clock;
+using lattice::bench::compiler;
+using lattice::bench::cpu_model;
+using lattice::bench::median;
+using lattice::bench::ms_since;
+using lattice::bench::read_file;
+using lattice::bench::source_commit;
+using lattice::bench::source_modified;
+using lattice::bench::TempDir;
 
 constexpr const char* kUsage = R"(usage: lattice-bench [--rows N] [--repeats N] [--dir DIR]
        lattice-bench --import [--rows N] [--repeats N] [--dir DIR] [--sqlite3 PATH] [--captured]
@@ -249,60 +243,7 @@ std::string fingerprint(sqlite3* db) {
   return out.str();
 }
 
-double elapsed_ms(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
 // --- Reporting.
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  std::size_t i = 0;
-  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
-  return s.substr(i);
-}
-
-// The first line a shell command prints, or "" when it fails.
-std::string command_output(const std::string& command) {
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
-  if (!pipe) return "";
-  char buffer[256];
-  std::string out;
-  if (std::fgets(buffer, sizeof buffer, pipe.get())) out = buffer;
-  return trim(out);
-}
-
-std::string source_commit() {
-  const std::string dir = LATTICE_SOURCE_DIR;
-  const std::string git = dir.empty() ? "git" : "git -C '" + dir + "'";
-  std::string commit = command_output(git + " rev-parse --short HEAD 2>/dev/null");
-  return commit.empty() ? "unknown" : commit;
-}
-
-// True when the tree had uncommitted changes to tracked files: the commit alone does not name
-// what was measured.
-bool source_modified() {
-  const std::string dir = LATTICE_SOURCE_DIR;
-  const std::string git = dir.empty() ? "git" : "git -C '" + dir + "'";
-  return !command_output(git + " status --porcelain --untracked-files=no 2>/dev/null").empty();
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) return trim(line.substr(colon + 1));
-    }
-  return "unknown";
-}
 
 Options parse_options(int argc, char** argv) {
   Options options;
@@ -355,8 +296,8 @@ std::string run_facts() {
   std::ostringstream out;
   out << "  \"commit\": " << lattice::crdt::json_quote(source_commit()) << ",\n";
   out << "  \"source_modified\": " << (source_modified() ? "true" : "false") << ",\n";
-  out << "  \"build_type\": " << lattice::crdt::json_quote(LATTICE_BUILD_TYPE) << ",\n";
-  out << "  \"compiler\": " << lattice::crdt::json_quote(LATTICE_BENCH_COMPILER) << ",\n";
+  out << "  \"build_type\": " << lattice::crdt::json_quote(build_type()) << ",\n";
+  out << "  \"compiler\": " << lattice::crdt::json_quote(compiler()) << ",\n";
   out << "  \"sqlite_version\": " << lattice::crdt::json_quote(sqlite3_libversion()) << ",\n";
   double load[1] = {-1};
   if (getloadavg(load, 1) != 1) load[0] = -1;
@@ -368,25 +309,6 @@ std::string run_facts() {
   return out.str();
 }
 
-// A temporary directory, removed with everything in it when the run ends.
-class TempDir {
- public:
-  explicit TempDir(const std::string& parent) {
-    std::string pattern = (fs::path(parent) / "lattice-bench-XXXXXX").string();
-    if (!mkdtemp(pattern.data()))
-      throw std::runtime_error("cannot create a temporary directory in '" + parent + "'");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
 // Opens a replica holding an empty replicated t.
 std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char* schema = kSchema) {
   auto replica = lattice::Replica::open(path.string());
@@ -397,7 +319,7 @@ std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char*
 
 int run(const Options& options) {
   const std::vector<Row> rows = make_rows(options.rows);
-  TempDir temp(options.dir);
+  TempDir temp(options.dir, "lattice-bench-");
   std::map<std::string, std::vector<double>> samples;
   std::size_t changes = 0, changeset_bytes = 0;
 
@@ -430,11 +352,11 @@ int run(const Options& options) {
     // Extraction: everything, as a new peer would ask for it.
     auto start = Clock::now();
     const lattice::Changeset changeset = replica->changes_since({});
-    const double extract_ms = elapsed_ms(start);
+    const double extract_ms = ms_since(start);
     changes = changeset.change_count();
     start = Clock::now();
     const std::string bytes = lattice::encode(changeset);
-    const double encode_ms = elapsed_ms(start);
+    const double encode_ms = ms_since(start);
     changeset_bytes = bytes.size();
     samples["extract_ms"].push_back(extract_ms);
     samples["extract_changes_per_s"].push_back(static_cast<double>(changes) / extract_ms * 1000);
@@ -444,10 +366,10 @@ int run(const Options& options) {
     auto target = open_replica(dir / "target.db");
     start = Clock::now();
     const lattice::Changeset decoded = lattice::decode(bytes);
-    const double decode_ms = elapsed_ms(start);
+    const double decode_ms = ms_since(start);
     start = Clock::now();
     const lattice::ApplyResult applied = target->apply(decoded);
-    const double apply_ms = elapsed_ms(start);
+    const double apply_ms = ms_since(start);
     if (applied.applied != changes)
       throw std::runtime_error("apply took " + std::to_string(applied.applied) + " of " +
                                std::to_string(changes) + " changes into a fresh replica");
@@ -469,7 +391,7 @@ int run(const Options& options) {
     auto constrained = open_replica(dir / "constrained.db", kConstrainedSchema);
     start = Clock::now();
     const lattice::ApplyResult checked = constrained->apply(decoded);
-    const double constrained_ms = elapsed_ms(start);
+    const double constrained_ms = ms_since(start);
     if (checked.applied != changes ||
         fingerprint(constrained->connection()) != fingerprint(replicated))
       throw std::runtime_error("the merge into the constrained table differs from its source");
@@ -588,19 +510,16 @@ double run_program(const std::vector<std::string>& args, const fs::path& log) {
   }
   int status = 0;
   waitpid(pid, &status, 0);
-  const double ms = elapsed_ms(start);
+  const double ms = ms_since(start);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::ifstream in(log);
-    std::stringstream text;
-    text << in.rdbuf();
     throw std::runtime_error(args[0] + " failed (" + std::to_string(WEXITSTATUS(status)) +
-                             "): " + text.str());
+                             "): " + read_file(log));
   }
   return ms;
 }
 
 int run_import(const Options& options) {
-  TempDir temp(options.dir);
+  TempDir temp(options.dir, "lattice-bench-");
   const fs::path csv = temp.path() / "t.csv";
   {
     const std::vector<Row> rows = make_rows(options.rows);
@@ -628,13 +547,13 @@ int run_import(const Options& options) {
     auto replica = open_replica(dir / "replica.db");
     auto start = Clock::now();
     const lattice::ImportResult imported = lattice::import_file(*replica, "t", csv.string());
-    const double lattice_ms = elapsed_ms(start);
+    const double lattice_ms = ms_since(start);
     if (imported.inserted != options.rows || imported.rejected != 0)
       throw std::runtime_error("the import inserted " + std::to_string(imported.inserted) +
                                " rows and rejected " + std::to_string(imported.rejected));
     start = Clock::now();
     const lattice::ImportResult again = lattice::import_file(*replica, "t", csv.string());
-    const double reimport_ms = elapsed_ms(start);
+    const double reimport_ms = ms_since(start);
     if (again.unchanged != options.rows)
       throw std::runtime_error("importing the file again changed rows");
 
@@ -659,7 +578,7 @@ int run_import(const Options& options) {
       statements.bulk_path = lattice::BulkPath::kStatements;
       start = Clock::now();
       lattice::import_file(*captured, "t", csv.string(), statements);
-      const double captured_ms = elapsed_ms(start);
+      const double captured_ms = ms_since(start);
       if (captured->digest() != replica->digest())
         throw std::runtime_error("the captured import differs from the direct one");
       samples["captured_import_ms"].push_back(captured_ms);
