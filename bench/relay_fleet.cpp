@@ -398,25 +398,29 @@ void Fleet::on_frame(Device& device, std::string_view bytes) {
   if (auto* changes = std::get_if<transport::Changes>(&frame)) {
     const std::int64_t arrived = now_ns();
     crdt::Changeset changeset = crdt::decode_changeset(changes->changeset);
-    crdt::ColumnId sent_column = 0;
-    bool found = false;
+    std::optional<crdt::ColumnId> sent_column, writer_column;
     for (const auto& table : changeset.tables)
       if (table.name == "item")
-        for (const auto& column : table.columns)
-          if (column.name == "sent") {
-            sent_column = column.id;
-            found = true;
+        for (const auto& column : table.columns) {
+          if (column.name == "sent") sent_column = column.id;
+          if (column.name == "writer") writer_column = column.id;
+        }
+    if (sent_column)
+      for (const auto& row : changeset.rows) {
+        const std::int64_t* sent = nullptr;
+        bool own = false;  // a group commit's delta brings its senders' rows back to them too
+        for (const auto& [column, value] : row.liveness_values) {
+          if (column == *sent_column) sent = std::get_if<std::int64_t>(&value);
+          if (writer_column && column == *writer_column) {
+            const auto* writer = std::get_if<std::int64_t>(&value);
+            own = writer && *writer == device.index;
           }
-    if (found)
-      for (const auto& row : changeset.rows)
-        for (const auto& [column, value] : row.liveness_values)
-          if (column == sent_column) {
-            const auto* sent = std::get_if<std::int64_t>(&value);
-            if (sent && window_.contains(*sent)) {
-              ++stats.deliveries;
-              stats.latency_ms.push_back(static_cast<double>(arrived - *sent) / 1e6);
-            }
-          }
+        }
+        if (sent && !own && window_.contains(*sent)) {
+          ++stats.deliveries;
+          stats.latency_ms.push_back(static_cast<double>(arrived - *sent) / 1e6);
+        }
+      }
     if (!device.caught_up) {
       device.caught_up = true;
       ++ready_;
