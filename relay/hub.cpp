@@ -816,7 +816,7 @@ void Hub::Impl::commit_pending(Namespace& space) {
       if (pending.peer->phase == Peer::Phase::kLive)
         if (auto done = merge_pending(space, pending)) committed.push_back(std::move(*done));
     replica.commit_group();
-  } catch (const Error& e) {
+  } catch (const Error& e) {  // merge_pending rethrows only what ends the group
     // The disk, not a device: nothing of the group was kept, nothing is acknowledged, and the
     // devices send it again when they reconnect.
     replica.rollback_group();
@@ -885,7 +885,11 @@ std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch
   try {
     result = space.replica->merge_in_group(changeset, storage::OriginTxns{peer.site, origin_log});
   } catch (const Error& e) {
-    fail(peer, WireError::kBadChangeset, e.what());
+    // The relay's disk or state is not the device's fault: it may send the batch again.
+    const bool relay_side = e.code() == ErrorCode::kIo || e.code() == ErrorCode::kBusy ||
+                            e.code() == ErrorCode::kState || e.code() == ErrorCode::kInternal;
+    if (relay_side && !space.replica->group_open()) throw;  // the group is lost: fails them all
+    fail(peer, relay_side ? WireError::kInternal : WireError::kBadChangeset, e.what());
     return std::nullopt;
   }
   counters.changes_merged += result.applied;

@@ -778,6 +778,12 @@ void Replica::Impl::begin_group() {
 ApplyResult Replica::Impl::merge_in_group(const crdt::Changeset& changeset,
                                           const OriginTxns& origin) {
   if (!group) throw Error(ErrorCode::kState, "merge_in_group() needs an open group");
+  if (sqlite3_get_autocommit(db)) {
+    // SQLite rolled the whole transaction back after an earlier failure (a full disk, an I/O
+    // error): nothing more may merge outside it.
+    group.reset();
+    throw Error(ErrorCode::kState, "the group's transaction ended after an earlier error");
+  }
   SchemaPlan plan;
   const crdt::Hlc newest = validate(*this, changeset, plan);  // writes nothing
   const std::size_t events_before = group->events.size();
@@ -790,10 +796,15 @@ ApplyResult Replica::Impl::merge_in_group(const crdt::Changeset& changeset,
     sqlite3_exec(db, "ROLLBACK TO lattice_group_merge; RELEASE lattice_group_merge", nullptr,
                  nullptr, nullptr);
     // What the merge left in memory goes with it: its events, the projection's counts of held
-    // rows, the sites it added and the catalog entries of a later version's columns.
-    group->events.resize(events_before);
-    group->projection = std::make_unique<Projection>(*this, group->events);
+    // rows, the sites it added and the catalog entries of a later version's columns. When
+    // SQLite ended the whole transaction, the group ends with it.
     catalog_schema_version = -1;
+    if (sqlite3_get_autocommit(db)) {
+      group.reset();
+    } else {
+      group->events.resize(events_before);
+      group->projection = std::make_unique<Projection>(*this, group->events);
+    }
     refresh();
     throw;
   }
@@ -803,6 +814,10 @@ ApplyResult Replica::Impl::merge_in_group(const crdt::Changeset& changeset,
 
 void Replica::Impl::commit_group() {
   if (!group) throw Error(ErrorCode::kState, "commit_group() needs an open group");
+  if (sqlite3_get_autocommit(db)) {
+    group.reset();
+    throw Error(ErrorCode::kState, "the group's transaction ended after an earlier error");
+  }
   try {
     // As apply_all() does once for all its changesets.
     if (group->projection->any_held()) group->projection->settle();

@@ -216,7 +216,8 @@ class Replica {
   void begin_group();
   // Merges `changeset` in the open group, recording `origin` as apply() does. Throws the errors
   // apply() throws, and then this changeset alone is undone: the group stays open with the
-  // merges made before it. kState without an open group.
+  // merges made before it, unless SQLite itself ended the transaction (kIo, a full disk), which
+  // closes the group with nothing kept. kState without an open group.
   ApplyResult merge_in_group(const crdt::Changeset& changeset, const OriginTxns& origin);
   // Commits the group; listeners then get the events of all its merges. On Error (kIo, kBusy,
   // kSql) nothing of the group was kept, and the group is closed.

@@ -126,6 +126,37 @@ TEST_CASE("a group rolled back, or never committed, leaves the file exactly as i
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("a group whose disk fills keeps the merges before the failure, or none of the group") {
+  Devices d;
+  auto relay = test::open_todo_replica();
+  relay->apply(d.a->changes_since({}));
+  const std::string before = test::dump_everything(*relay);
+  // A batch far larger than the few pages left.
+  auto big = test::open_todo_replica();
+  big->exec("BEGIN");
+  for (int i = 0; i < 2000; ++i)
+    big->exec("INSERT INTO todo(id, title) VALUES ('row" + std::to_string(i) + "', '" +
+              std::string(200, 'x') + "')");
+  big->exec("COMMIT");
+  const auto pages = std::get<std::int64_t>(relay->query("PRAGMA page_count").rows.at(0).at(0));
+  relay->exec("PRAGMA max_page_count = " + std::to_string(pages + 8));
+
+  relay->begin_group();
+  relay->merge_in_group(d.b->changes_since({}), origin_of(*d.b));
+  const auto after_b = relay->version_vector();
+  CHECK_THROWS_AS(relay->merge_in_group(big->changes_since({}), origin_of(*big)), Error);
+  if (relay->group_open()) {
+    // SQLite undid the statement: the batch alone is undone, the group commits without it.
+    relay->commit_group();
+    CHECK(relay->version_vector() == after_b);
+  } else {
+    // SQLite ended the transaction: nothing of the group is kept, and nothing merges outside it.
+    CHECK_THROWS_AS(relay->merge_in_group(d.c->changes_since({}), origin_of(*d.c)), Error);
+    CHECK(test::dump_everything(*relay) == before);
+  }
+  CHECK(relay->version_vector().get(big->site_id()) == 0);
+}
+
 TEST_CASE("merge_in_group and commit_group need an open group") {
   Devices d;
   auto relay = test::open_todo_replica();
