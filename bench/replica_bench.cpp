@@ -1,11 +1,13 @@
 // lattice-bench: what replication costs, against plain SQLite measured in the same run.
 //
 // One table, t(id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL), N rows, on files in a fresh
-// temporary directory. The plain database and the replica use the same pragmas (WAL,
-// synchronous=NORMAL), the same prepared statements and one transaction per step. Every step
-// runs --repeats times on fresh files; a figure is the median of its repetitions, and a ratio
-// is the median of the per-repetition ratios (each pair runs back to back, which cancels most
-// of a shared machine's drift). Prints one JSON object on stdout, progress on stderr.
+// temporary directory; then the same steps on ti(id INTEGER PRIMARY KEY, ...), keys "ipk_...".
+// The plain database and the replica use the same pragmas (WAL, synchronous=NORMAL), the same
+// prepared statements and one transaction per step. Every step runs --repeats times on fresh
+// files; a figure is the median of its repetitions, and a ratio is the median of the
+// per-repetition ratios (each pair runs back to back, which cancels most of a shared machine's
+// drift). Prints one JSON object on stdout, progress on stderr. With --scale, also the main
+// ratios at 10,000 and 1,000,000 rows, under "scale".
 // docs/benchmarks.md explains the figures and the goals they are held to.
 //
 // With --import, it measures instead import_file() of a CSV file of the same rows into a
@@ -49,16 +51,23 @@ using lattice::bench::source_commit;
 using lattice::bench::source_modified;
 using lattice::bench::TempDir;
 
-constexpr const char* kUsage = R"(usage: lattice-bench [--rows N] [--repeats N] [--dir DIR]
+constexpr const char* kUsage =
+    R"(usage: lattice-bench [--rows N] [--repeats N] [--dir DIR] [--scale]
        lattice-bench --import [--rows N] [--repeats N] [--dir DIR] [--sqlite3 PATH] [--captured]
   --rows N        rows in the table (default 100000; with --import 1000000)
   --repeats N     repetitions of every step, fresh files each time; medians reported (default 3)
   --dir DIR       where to create the temporary directory (default $TMPDIR or /tmp)
+  --scale         also run the workload on t at 10,000 and 1,000,000 rows (minutes) and add
+                  "scale": one object per row count, ascending (--rows included), holding
+                  "rows" and the ratios insert, update_1col, update_3col, delete,
+                  apply_vs_plain_upsert, apply_updates_vs_plain_upsert, size, size_after_updates
   --import        instead: `import_file` of a CSV file of the rows into a replicated table,
                   against `sqlite3 .import` of the same file into a plain table
   --sqlite3 PATH  the sqlite3 shell for --import (default: sqlite3 on the PATH)
   --captured      with --import, also import through the captured statements (slow)
-Prints one JSON object on stdout; progress goes to stderr.
+Prints one JSON object on stdout; progress goes to stderr. Keys without a prefix are for
+t(id TEXT PRIMARY KEY, ...); keys "ipk_..." for the same steps on ti(id INTEGER PRIMARY KEY, ...)
+("ipk_refused" says why when a step on ti failed; its later steps are then missing).
 )";
 
 constexpr const char* kSchema = "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL)";
@@ -67,6 +76,20 @@ constexpr const char* kSchema = "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b I
 constexpr const char* kConstrainedSchema =
     "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT NOT NULL UNIQUE, b INTEGER NOT NULL "
     "CHECK (b >= 0), c REAL CHECK (c < 1e12))";
+// The same columns keyed by an INTEGER PRIMARY KEY (the rowid), every id given explicitly as a
+// replicated such table requires (docs/data-quality.md, "INTEGER PRIMARY KEY ids").
+constexpr const char* kIntegerKeySchema =
+    "CREATE TABLE ti(id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c REAL)";
+
+// A table the workload runs on, and the prefix of its keys in the JSON.
+struct Table {
+  const char* name;
+  const char* schema;
+  bool integer_key;  // id is `key` (INTEGER PRIMARY KEY), else `id` (TEXT)
+  const char* prefix;
+};
+constexpr Table kText{"t", kSchema, false, ""};
+constexpr Table kIntegerKey{"ti", kIntegerKeySchema, true, "ipk_"};
 
 struct Options {
   std::size_t rows = 0;  // 0: the mode's default
@@ -74,11 +97,13 @@ struct Options {
   std::string dir;
   bool import = false;
   bool captured = false;
+  bool scale = false;
   std::string sqlite3 = "sqlite3";
 };
 
 struct Row {
   std::string id;
+  std::int64_t key = 0;  // the id in ti: positive, scattered like lattice_id()'s
   std::string a;
   std::int64_t b = 0;
   double c = 0;
@@ -171,9 +196,11 @@ std::vector<Row> make_rows(std::size_t n) {
   };
   char buffer[64];
   for (std::size_t i = 0; i < n; ++i) {
-    std::snprintf(buffer, sizeof buffer, "%016llx-%06zu", static_cast<unsigned long long>(next()),
+    const std::uint64_t random = next();
+    std::snprintf(buffer, sizeof buffer, "%016llx-%06zu", static_cast<unsigned long long>(random),
                   i);
     rows[i].id = buffer;
+    rows[i].key = static_cast<std::int64_t>(random >> 1) | 1;
     std::snprintf(buffer, sizeof buffer, "item %zu, colour %llu", i,
                   static_cast<unsigned long long>(next() % 1000));
     rows[i].a = buffer;
@@ -192,34 +219,60 @@ double timed_transaction(sqlite3* db, const std::function<void()>& body) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-double insert_rows(sqlite3* db, const std::vector<Row>& rows, const char* verb = "INSERT") {
-  Stmt insert(db, std::string(verb) + " INTO t(id, a, b, c) VALUES (?, ?, ?, ?)");
+// Binds a row's id in `table` to parameter `i`.
+void bind_id(Stmt& stmt, int i, const Row& r, const Table& table) {
+  if (table.integer_key) {
+    stmt.integer(i, r.key);
+  } else {
+    stmt.text(i, r.id);
+  }
+}
+
+double insert_rows(sqlite3* db, const std::vector<Row>& rows, const char* verb = "INSERT",
+                   const Table& table = kText) {
+  Stmt insert(db, std::string(verb) + " INTO " + table.name + "(id, a, b, c) VALUES (?, ?, ?, ?)");
   return timed_transaction(db, [&] {
     for (const Row& r : rows) {
-      insert.text(1, r.id).text(2, r.a).integer(3, r.b).real(4, r.c);
+      bind_id(insert, 1, r, table);
+      insert.text(2, r.a).integer(3, r.b).real(4, r.c);
       insert.run();
     }
   });
 }
 
-double update_one_column(sqlite3* db, const std::vector<Row>& rows) {
-  Stmt update(db, "UPDATE t SET b = ? WHERE id = ?");
+double update_one_column(sqlite3* db, const std::vector<Row>& rows, const Table& table) {
+  Stmt update(db, std::string("UPDATE ") + table.name + " SET b = ? WHERE id = ?");
   return timed_transaction(db, [&] {
     for (const Row& r : rows) {
-      update.integer(1, r.b + 1).text(2, r.id);
+      update.integer(1, r.b + 1);
+      bind_id(update, 2, r, table);
       update.run();
     }
   });
 }
 
-double update_three_columns(sqlite3* db, const std::vector<Row>& rows) {
-  Stmt update(db, "UPDATE t SET a = ?, b = ?, c = ? WHERE id = ?");
+// The values update_three_columns() writes.
+Row edited(const Row& r) { return {r.id, r.key, r.a + " (edited)", r.b + 2, r.c + 1}; }
+
+double update_three_columns(sqlite3* db, const std::vector<Row>& rows, const Table& table) {
+  Stmt update(db, std::string("UPDATE ") + table.name + " SET a = ?, b = ?, c = ? WHERE id = ?");
   std::string a;
   return timed_transaction(db, [&] {
     for (const Row& r : rows) {
       a = r.a + " (edited)";
-      update.text(1, a).integer(2, r.b + 2).real(3, r.c + 1).text(4, r.id);
+      update.text(1, a).integer(2, r.b + 2).real(3, r.c + 1);
+      bind_id(update, 4, r, table);
       update.run();
+    }
+  });
+}
+
+double delete_rows(sqlite3* db, const std::vector<Row>& rows, const Table& table) {
+  Stmt remove(db, std::string("DELETE FROM ") + table.name + " WHERE id = ?");
+  return timed_transaction(db, [&] {
+    for (const Row& r : rows) {
+      bind_id(remove, 1, r, table);
+      remove.run();
     }
   });
 }
@@ -234,8 +287,8 @@ std::uintmax_t checkpointed_size(sqlite3* db, const fs::path& path) {
 }
 
 // count(*), sum(b), total(c): enough to see that a merge produced the same table.
-std::string fingerprint(sqlite3* db) {
-  Stmt s(db, "SELECT count(*), sum(b), total(c), sum(length(a)) FROM t");
+std::string fingerprint(sqlite3* db, const Table& table = kText) {
+  Stmt s(db, std::string("SELECT count(*), sum(b), total(c), sum(length(a)) FROM ") + table.name);
   s.step();
   std::ostringstream out;
   out << s.column_int(0) << "/" << s.column_int(1) << "/" << s.column_double(2) << "/"
@@ -272,6 +325,8 @@ Options parse_options(int argc, char** argv) {
       options.dir = value();
     } else if (arg == "--import") {
       options.import = true;
+    } else if (arg == "--scale") {
+      options.scale = true;
     } else if (arg == "--captured") {
       options.captured = true;
     } else if (arg == "--sqlite3") {
@@ -285,6 +340,7 @@ Options parse_options(int argc, char** argv) {
   }
   if (options.captured && !options.import)
     throw std::invalid_argument("--captured goes with --import");
+  if (options.scale && options.import) throw std::invalid_argument("--scale goes without --import");
   if (options.rows == 0) options.rows = options.import ? 1'000'000 : 100'000;
   return options;
 }
@@ -309,165 +365,275 @@ std::string run_facts() {
   return out.str();
 }
 
-// Opens a replica holding an empty replicated t.
-std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char* schema = kSchema) {
+// Opens a replica holding an empty replicated table (t unless `table` says otherwise).
+std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char* schema = kSchema,
+                                               const char* table = "t") {
   auto replica = lattice::Replica::open(path.string());
   replica->exec(schema);
-  replica->replicate("t");
+  replica->replicate(table);
   return replica;
 }
 
-int run(const Options& options) {
-  const std::vector<Row> rows = make_rows(options.rows);
-  TempDir temp(options.dir, "lattice-bench-");
-  std::map<std::string, std::vector<double>> samples;
-  std::size_t changes = 0, changeset_bytes = 0;
+using Samples = std::map<std::string, std::vector<double>>;
 
-  for (int rep = 0; rep < options.repeats; ++rep) {
-    const fs::path dir = temp.path() / ("rep" + std::to_string(rep));
-    fs::create_directory(dir);
-    std::fprintf(stderr, "lattice-bench: repetition %d of %d, %zu rows\n", rep + 1, options.repeats,
-                 options.rows);
-
-    PlainDb plain(dir / "plain.db");
-    exec(plain.get(), kSchema);
-    auto replica = open_replica(dir / "replica.db");
+// One repetition of the workload on `table`, on files in `dir`; adds its figures to `samples`
+// under the table's prefix. With `constrained`, also the merge into a table that declares
+// constraints (t only). An error names the step it happened in.
+void measure(const Table& table, const std::vector<Row>& rows, const fs::path& dir,
+             bool constrained, Samples& samples) {
+  const std::string prefix = table.prefix;
+  auto add = [&](const std::string& key, double value) { samples[prefix + key].push_back(value); };
+  auto file = [&](const std::string& name) { return dir / (prefix + name); };
+  std::string step = "open";
+  try {
+    PlainDb plain(file("plain.db"));
+    exec(plain.get(), table.schema);
+    auto replica = open_replica(file("replica.db"), table.schema, table.name);
     sqlite3* replicated = replica->connection();
+    // Step `name` on the plain table, then on the replicated one: "<name>_plain_ms",
+    // "<name>_replicated_ms" and "<name>_ratio".
+    auto compare = [&](const std::string& name, const std::function<double(sqlite3*)>& on) {
+      step = name;
+      const double plain_ms = on(plain.get());
+      const double replicated_ms = on(replicated);
+      add(name + "_plain_ms", plain_ms);
+      add(name + "_replicated_ms", replicated_ms);
+      add(name + "_ratio", replicated_ms / plain_ms);
+    };
+    // Both files' sizes: "<name>_plain_bytes", "<name>_replicated_bytes" and "<name>_ratio".
+    auto sizes = [&](const std::string& name) {
+      step = name;
+      const auto plain_bytes =
+          static_cast<double>(checkpointed_size(plain.get(), file("plain.db")));
+      const auto replicated_bytes =
+          static_cast<double>(checkpointed_size(replicated, file("replica.db")));
+      add(name + "_plain_bytes", plain_bytes);
+      add(name + "_replicated_bytes", replicated_bytes);
+      add(name + "_ratio", replicated_bytes / plain_bytes);
+    };
 
-    // Insert.
-    const double insert_plain = insert_rows(plain.get(), rows);
-    const double insert_replicated = insert_rows(replicated, rows);
-    samples["insert_plain_ms"].push_back(insert_plain);
-    samples["insert_replicated_ms"].push_back(insert_replicated);
-    samples["insert_ratio"].push_back(insert_replicated / insert_plain);
-
-    // Size, after the insert.
-    const auto size_plain = static_cast<double>(checkpointed_size(plain.get(), dir / "plain.db"));
-    const auto size_replicated =
-        static_cast<double>(checkpointed_size(replicated, dir / "replica.db"));
-    samples["size_plain_bytes"].push_back(size_plain);
-    samples["size_replicated_bytes"].push_back(size_replicated);
-    samples["size_ratio"].push_back(size_replicated / size_plain);
+    compare("insert", [&](sqlite3* db) { return insert_rows(db, rows, "INSERT", table); });
+    sizes("size");  // after the insert
 
     // Extraction: everything, as a new peer would ask for it.
+    step = "extract";
     auto start = Clock::now();
     const lattice::Changeset changeset = replica->changes_since({});
     const double extract_ms = ms_since(start);
-    changes = changeset.change_count();
+    const auto changes = static_cast<double>(changeset.change_count());
     start = Clock::now();
     const std::string bytes = lattice::encode(changeset);
     const double encode_ms = ms_since(start);
-    changeset_bytes = bytes.size();
-    samples["extract_ms"].push_back(extract_ms);
-    samples["extract_changes_per_s"].push_back(static_cast<double>(changes) / extract_ms * 1000);
-    samples["encode_ms"].push_back(encode_ms);
+    add("changes", changes);
+    add("changeset_bytes", static_cast<double>(bytes.size()));
+    add("extract_ms", extract_ms);
+    add("extract_changes_per_s", changes / extract_ms * 1000);
+    add("encode_ms", encode_ms);
 
     // Merge into a fresh replica, against a plain upsert of the same rows into a fresh table.
-    auto target = open_replica(dir / "target.db");
+    step = "apply";
+    auto target = open_replica(file("target.db"), table.schema, table.name);
     start = Clock::now();
     const lattice::Changeset decoded = lattice::decode(bytes);
     const double decode_ms = ms_since(start);
     start = Clock::now();
     const lattice::ApplyResult applied = target->apply(decoded);
     const double apply_ms = ms_since(start);
-    if (applied.applied != changes)
+    if (static_cast<double>(applied.applied) != changes)
       throw std::runtime_error("apply took " + std::to_string(applied.applied) + " of " +
-                               std::to_string(changes) + " changes into a fresh replica");
-    if (fingerprint(target->connection()) != fingerprint(replicated))
+                               std::to_string(changeset.change_count()) +
+                               " changes into a fresh replica");
+    if (fingerprint(target->connection(), table) != fingerprint(replicated, table))
       throw std::runtime_error(
-          "the merged table differs from its source: " + fingerprint(target->connection()) +
-          " vs " + fingerprint(replicated));
-    PlainDb upsert(dir / "upsert.db");
-    exec(upsert.get(), kSchema);
-    const double upsert_ms = insert_rows(upsert.get(), rows, "INSERT OR REPLACE");
+          "the merged table differs from its source: " + fingerprint(target->connection(), table) +
+          " vs " + fingerprint(replicated, table));
+    PlainDb upsert(file("upsert.db"));
+    exec(upsert.get(), table.schema);
+    const double upsert_ms = insert_rows(upsert.get(), rows, "INSERT OR REPLACE", table);
     const double merge_ms = decode_ms + apply_ms;
-    samples["decode_ms"].push_back(decode_ms);
-    samples["apply_ms"].push_back(apply_ms);
-    samples["apply_changes_per_s"].push_back(static_cast<double>(changes) / merge_ms * 1000);
-    samples["plain_upsert_ms"].push_back(upsert_ms);
-    samples["apply_vs_plain_upsert_ratio"].push_back(merge_ms / upsert_ms);
+    add("decode_ms", decode_ms);
+    add("apply_ms", apply_ms);
+    add("apply_changes_per_s", changes / merge_ms * 1000);
+    add("plain_upsert_ms", upsert_ms);
+    add("apply_vs_plain_upsert_ratio", merge_ms / upsert_ms);
 
-    // The same merge into a table that declares constraints (checked as rows are written).
-    auto constrained = open_replica(dir / "constrained.db", kConstrainedSchema);
-    start = Clock::now();
-    const lattice::ApplyResult checked = constrained->apply(decoded);
-    const double constrained_ms = ms_since(start);
-    if (checked.applied != changes ||
-        fingerprint(constrained->connection()) != fingerprint(replicated))
-      throw std::runtime_error("the merge into the constrained table differs from its source");
-    samples["apply_constrained_ms"].push_back(constrained_ms);
-    samples["apply_constrained_ratio"].push_back(constrained_ms / apply_ms);
-    // What the same constraints cost plain SQLite (the unique index above all): the part of
-    // the ratio above that is SQLite's own, not Lattice's.
-    PlainDb plain_constrained(dir / "plain-constrained.db");
-    exec(plain_constrained.get(), kConstrainedSchema);
-    PlainDb plain_free(dir / "plain-free.db");
-    exec(plain_free.get(), kSchema);
-    const double constrained_plain_ms = insert_rows(plain_constrained.get(), rows);
-    const double free_plain_ms = insert_rows(plain_free.get(), rows);
-    samples["plain_constrained_insert_ratio"].push_back(constrained_plain_ms / free_plain_ms);
+    if (constrained) {
+      // The same merge into a table that declares constraints (checked as rows are written).
+      step = "apply_constrained";
+      auto checked_replica = open_replica(file("constrained.db"), kConstrainedSchema);
+      start = Clock::now();
+      const lattice::ApplyResult checked = checked_replica->apply(decoded);
+      const double constrained_ms = ms_since(start);
+      if (static_cast<double>(checked.applied) != changes ||
+          fingerprint(checked_replica->connection()) != fingerprint(replicated))
+        throw std::runtime_error("the merge into the constrained table differs from its source");
+      add("apply_constrained_ms", constrained_ms);
+      add("apply_constrained_ratio", constrained_ms / apply_ms);
+      // What the same constraints cost plain SQLite (the unique index above all): the part of
+      // the ratio above that is SQLite's own, not Lattice's.
+      PlainDb plain_constrained(file("plain-constrained.db"));
+      exec(plain_constrained.get(), kConstrainedSchema);
+      PlainDb plain_free(file("plain-free.db"));
+      exec(plain_free.get(), kSchema);
+      const double constrained_plain_ms = insert_rows(plain_constrained.get(), rows);
+      const double free_plain_ms = insert_rows(plain_free.get(), rows);
+      add("plain_constrained_insert_ratio", constrained_plain_ms / free_plain_ms);
+    }
 
     // Updates of every row: one column, then three.
-    const double update1_plain = update_one_column(plain.get(), rows);
-    const double update1_replicated = update_one_column(replicated, rows);
-    samples["update_1col_plain_ms"].push_back(update1_plain);
-    samples["update_1col_replicated_ms"].push_back(update1_replicated);
-    samples["update_1col_ratio"].push_back(update1_replicated / update1_plain);
-    const double update3_plain = update_three_columns(plain.get(), rows);
-    const double update3_replicated = update_three_columns(replicated, rows);
-    samples["update_3col_plain_ms"].push_back(update3_plain);
-    samples["update_3col_replicated_ms"].push_back(update3_replicated);
-    samples["update_3col_ratio"].push_back(update3_replicated / update3_plain);
-    if (fingerprint(plain.get()) != fingerprint(replicated))
+    compare("update_1col", [&](sqlite3* db) { return update_one_column(db, rows, table); });
+    compare("update_3col", [&](sqlite3* db) { return update_three_columns(db, rows, table); });
+    if (fingerprint(plain.get(), table) != fingerprint(replicated, table))
       throw std::runtime_error("the replicated table differs from the plain one after updates");
 
     // Size again: every column of every row now has its own version.
-    const auto updated_plain =
-        static_cast<double>(checkpointed_size(plain.get(), dir / "plain.db"));
-    const auto updated_replicated =
-        static_cast<double>(checkpointed_size(replicated, dir / "replica.db"));
-    samples["size_after_updates_plain_bytes"].push_back(updated_plain);
-    samples["size_after_updates_replicated_bytes"].push_back(updated_replicated);
-    samples["size_after_updates_ratio"].push_back(updated_replicated / updated_plain);
-  }
+    sizes("size_after_updates");
 
-  auto figure = [&](const std::string& key, int decimals) {
-    char buffer[64];
-    std::snprintf(buffer, sizeof buffer, "%.*f", decimals, median(samples.at(key)));
-    return "\"" + key + "\": " + buffer;
-  };
+    // Merge of the updates into the replica that holds the rows from the merge above: what it
+    // lacks (the latest a, b and c of every row), against an upsert of the same new values into
+    // the plain table that holds the old rows.
+    step = "apply_updates";
+    const lattice::Changeset updates = replica->changes_since(target->version_vector());
+    const auto update_changes = static_cast<double>(updates.change_count());
+    start = Clock::now();
+    const lattice::ApplyResult merged = target->apply(updates);
+    const double apply_updates_ms = ms_since(start);
+    if (static_cast<double>(merged.applied) != update_changes ||
+        fingerprint(target->connection(), table) != fingerprint(replicated, table))
+      throw std::runtime_error("the merge of the updates differs from its source");
+    std::vector<Row> new_values;
+    new_values.reserve(rows.size());
+    for (const Row& r : rows) new_values.push_back(edited(r));
+    const double upsert_updates_ms =
+        insert_rows(upsert.get(), new_values, "INSERT OR REPLACE", table);
+    if (fingerprint(upsert.get(), table) != fingerprint(plain.get(), table))
+      throw std::runtime_error("the plain upsert of the updates differs from the updated table");
+    add("apply_updates_changes", update_changes);
+    add("apply_updates_ms", apply_updates_ms);
+    add("apply_updates_changes_per_s", update_changes / apply_updates_ms * 1000);
+    add("plain_upsert_updates_ms", upsert_updates_ms);
+    add("apply_updates_vs_plain_upsert_ratio", apply_updates_ms / upsert_updates_ms);
+
+    // Delete every row.
+    compare("delete", [&](sqlite3* db) { return delete_rows(db, rows, table); });
+    if (fingerprint(plain.get(), table) != fingerprint(replicated, table))
+      throw std::runtime_error("the replicated table differs from the plain one after deletes");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(table.name) + ", step " + step + ": " + e.what());
+  }
+}
+
+// The workload over `repeats` repetitions on fresh files: t, and with `full` also the constrained
+// merge and ti. A failure on ti goes to `ipk_refused` instead of ending the run.
+Samples measure_all(const Options& options, std::size_t n, bool full, std::string& ipk_refused) {
+  const std::vector<Row> rows = make_rows(n);
+  TempDir temp(options.dir, "lattice-bench-");
+  Samples samples;
+  for (int rep = 0; rep < options.repeats; ++rep) {
+    const fs::path dir = temp.path() / ("rep" + std::to_string(rep));
+    fs::create_directory(dir);
+    std::fprintf(stderr, "lattice-bench: repetition %d of %d, %zu rows\n", rep + 1, options.repeats,
+                 n);
+    measure(kText, rows, dir, full, samples);
+    if (!full || !ipk_refused.empty()) continue;
+    try {
+      measure(kIntegerKey, rows, dir, false, samples);
+    } catch (const std::exception& e) {
+      ipk_refused = e.what();
+      std::fprintf(stderr, "lattice-bench: %s\n", e.what());
+    }
+  }
+  return samples;
+}
+
+// The figures, in the order printed, with their decimals; a table's figures take its prefix.
+constexpr std::pair<const char*, int> kFigures[] = {
+    {"insert_plain_ms", 1},
+    {"insert_replicated_ms", 1},
+    {"insert_ratio", 2},
+    {"update_1col_plain_ms", 1},
+    {"update_1col_replicated_ms", 1},
+    {"update_1col_ratio", 2},
+    {"update_3col_plain_ms", 1},
+    {"update_3col_replicated_ms", 1},
+    {"update_3col_ratio", 2},
+    {"delete_plain_ms", 1},
+    {"delete_replicated_ms", 1},
+    {"delete_ratio", 2},
+    {"changes", 0},
+    {"changeset_bytes", 0},
+    {"extract_ms", 1},
+    {"extract_changes_per_s", 0},
+    {"encode_ms", 1},
+    {"decode_ms", 1},
+    {"apply_ms", 1},
+    {"apply_changes_per_s", 0},
+    {"plain_upsert_ms", 1},
+    {"apply_vs_plain_upsert_ratio", 2},
+    {"apply_constrained_ms", 1},
+    {"apply_constrained_ratio", 2},
+    {"plain_constrained_insert_ratio", 2},
+    {"apply_updates_changes", 0},
+    {"apply_updates_ms", 1},
+    {"apply_updates_changes_per_s", 0},
+    {"plain_upsert_updates_ms", 1},
+    {"apply_updates_vs_plain_upsert_ratio", 2},
+    {"size_plain_bytes", 0},
+    {"size_replicated_bytes", 0},
+    {"size_ratio", 2},
+    {"size_after_updates_plain_bytes", 0},
+    {"size_after_updates_replicated_bytes", 0},
+    {"size_after_updates_ratio", 2},
+};
+
+// What --scale reports per row count.
+constexpr const char* kScaleRatios[] = {
+    "insert_ratio", "update_1col_ratio",           "update_3col_ratio",
+    "delete_ratio", "apply_vs_plain_upsert_ratio", "apply_updates_vs_plain_upsert_ratio",
+    "size_ratio",   "size_after_updates_ratio",
+};
+
+// The scale figures of one row count as one JSON object.
+std::string scale_object(std::size_t n, const Samples& samples) {
+  lattice::bench::Json json;
+  json.integer("rows", static_cast<std::int64_t>(n));
+  for (const char* key : kScaleRatios) json.num(key, median(samples.at(key)));
+  return json.text();
+}
+
+int run(const Options& options) {
+  std::string ipk_refused;
+  const Samples samples = measure_all(options, options.rows, true, ipk_refused);
+
   std::ostringstream out;
   out << "{\n";
   out << "  \"rows\": " << options.rows << ",\n";
   out << "  \"repeats\": " << options.repeats << ",\n";
-  for (const char* key : {"insert_plain_ms", "insert_replicated_ms"})
-    out << "  " << figure(key, 1) << ",\n";
-  out << "  " << figure("insert_ratio", 2) << ",\n";
-  for (const char* key : {"update_1col_plain_ms", "update_1col_replicated_ms"})
-    out << "  " << figure(key, 1) << ",\n";
-  out << "  " << figure("update_1col_ratio", 2) << ",\n";
-  for (const char* key : {"update_3col_plain_ms", "update_3col_replicated_ms"})
-    out << "  " << figure(key, 1) << ",\n";
-  out << "  " << figure("update_3col_ratio", 2) << ",\n";
-  out << "  \"changes\": " << changes << ",\n";
-  out << "  \"changeset_bytes\": " << changeset_bytes << ",\n";
-  out << "  " << figure("extract_ms", 1) << ",\n";
-  out << "  " << figure("extract_changes_per_s", 0) << ",\n";
-  out << "  " << figure("encode_ms", 1) << ",\n";
-  out << "  " << figure("decode_ms", 1) << ",\n";
-  out << "  " << figure("apply_ms", 1) << ",\n";
-  out << "  " << figure("apply_changes_per_s", 0) << ",\n";
-  out << "  " << figure("plain_upsert_ms", 1) << ",\n";
-  out << "  " << figure("apply_vs_plain_upsert_ratio", 2) << ",\n";
-  out << "  " << figure("apply_constrained_ms", 1) << ",\n";
-  out << "  " << figure("apply_constrained_ratio", 2) << ",\n";
-  out << "  " << figure("plain_constrained_insert_ratio", 2) << ",\n";
-  for (const char* key : {"size_plain_bytes", "size_replicated_bytes"})
-    out << "  " << figure(key, 0) << ",\n";
-  out << "  " << figure("size_ratio", 2) << ",\n";
-  for (const char* key : {"size_after_updates_plain_bytes", "size_after_updates_replicated_bytes"})
-    out << "  " << figure(key, 0) << ",\n";
-  out << "  " << figure("size_after_updates_ratio", 2) << ",\n";
+  for (const char* prefix : {kText.prefix, kIntegerKey.prefix}) {
+    for (const auto& [name, decimals] : kFigures) {
+      const auto found = samples.find(prefix + std::string(name));
+      if (found == samples.end()) continue;
+      out << "  \"" << found->first
+          << "\": " << lattice::bench::fixed(median(found->second), decimals) << ",\n";
+    }
+  }
+  if (!ipk_refused.empty())
+    out << "  \"ipk_refused\": " << lattice::crdt::json_quote(ipk_refused) << ",\n";
+
+  if (options.scale) {
+    std::map<std::size_t, std::string> scale;
+    scale[options.rows] = scale_object(options.rows, samples);
+    for (const std::size_t n : {std::size_t{10'000}, std::size_t{1'000'000}}) {
+      if (scale.count(n)) continue;
+      std::string unused;
+      scale[n] = scale_object(n, measure_all(options, n, false, unused));
+    }
+    out << "  \"scale\": [\n";
+    std::size_t i = 0;
+    for (const auto& [n, object] : scale)
+      out << "    " << object << (++i < scale.size() ? ",\n" : "\n");
+    out << "  ],\n";
+  }
   out << run_facts() << "}\n";
   std::fputs(out.str().c_str(), stdout);
   return 0;
