@@ -809,6 +809,7 @@ void Hub::Impl::commit_pending(Namespace& space) {
   storage::Replica& replica = *space.replica;
   const auto start = std::chrono::steady_clock::now();
   const crdt::VersionVector before = replica.version_vector();
+  const std::uint64_t merged_before = counters.changes_merged;
   std::vector<Committed> committed;
   try {
     replica.begin_group();
@@ -820,6 +821,7 @@ void Hub::Impl::commit_pending(Namespace& space) {
     // The disk, not a device: nothing of the group was kept, nothing is acknowledged, and the
     // devices send it again when they reconnect.
     replica.rollback_group();
+    counters.changes_merged = merged_before;
     for (const PendingBatch& pending : batches)
       fail(*pending.peer, WireError::kInternal,
            "the relay could not store batch " + std::to_string(pending.batch) + ": " + e.what());
@@ -846,7 +848,7 @@ void Hub::Impl::commit_pending(Namespace& space) {
         if (other != c.peer && other->phase == Peer::Phase::kLive && other->site == c.peer->site)
           rekey(*other, shared_prefix(*other));
   }
-  if (after == before) return;
+  if (counters.changes_merged == merged_before && after == before) return;
   // A group of one merge is all its sender's: it holds that already.
   fan_out(space, merges == 1 ? sole_sender : nullptr, before, after);
 }
