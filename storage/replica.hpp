@@ -224,6 +224,7 @@ class Replica {
   void commit_group();
   // Undoes every merge of the open group and closes it. Destroying the Replica does the same.
   void rollback_group();
+  // True from begin_group() until the group is committed, rolled back or ended by SQLite.
   bool group_open() const;
 
   // --- Bulk writes (imports, docs/import-export.md) ------------------------------------------
