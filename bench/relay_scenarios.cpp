@@ -27,6 +27,20 @@ namespace lattice::bench {
 
 void progress(const std::string& line) { std::fprintf(stderr, "relay-bench: %s\n", line.c_str()); }
 
+namespace {
+
+// The client options of a device played by a scenario: trusts the relay's certificate, takes
+// frames up to 64 MiB, and closes after `idle` without a frame.
+transport::ClientOptions device_options(const Context& ctx, std::chrono::seconds idle) {
+  transport::ClientOptions options;
+  options.ca_file = ctx.setup.cert().string();
+  options.max_frame_bytes = 64u << 20;
+  options.idle_timeout = idle;
+  return options;
+}
+
+}  // namespace
+
 std::string fanout(Context& ctx, const std::string& name, int devices, int writers,
                    double writes_per_second) {
   const double seconds = ctx.options.quick ? 2 : ctx.options.seconds;
@@ -153,10 +167,7 @@ std::string merge(Context& ctx) {
   Clock::time_point sent_at;
   int acks = 0;
   std::string failure;
-  transport::ClientOptions options;
-  options.ca_file = ctx.setup.cert().string();
-  options.max_frame_bytes = 64u << 20;
-  options.idle_timeout = std::chrono::seconds(120);
+  const transport::ClientOptions options = device_options(ctx, std::chrono::seconds(120));
   bool welcome_set = false, done_set = false;
   Lane::StopOnExit stop_lane{lane};
   lane.start();
@@ -318,31 +329,6 @@ std::string idle_memory(Context& ctx) {
 
 namespace {
 
-// Wraps a connection to call `after_frame` after each frame its user handled.
-class TapConnection : public transport::Connection {
- public:
-  TapConnection(std::shared_ptr<transport::Connection> inner, std::function<void()> after_frame)
-      : inner_(std::move(inner)), after_frame_(std::move(after_frame)) {}
-  void set_handlers(Handlers handlers) override {
-    if (handlers.on_frame) {
-      auto on_frame = std::move(handlers.on_frame);
-      auto after = after_frame_;
-      handlers.on_frame = [on_frame, after](std::string_view bytes) {
-        on_frame(bytes);
-        after();
-      };
-    }
-    inner_->set_handlers(std::move(handlers));
-  }
-  void send(std::string frame) override { inner_->send(std::move(frame)); }
-  void close(const std::string& reason) override { inner_->close(reason); }
-  std::string peer() const override { return inner_->peer(); }
-
- private:
-  std::shared_ptr<transport::Connection> inner_;
-  std::function<void()> after_frame_;
-};
-
 // Builds DATA/bench.db offline: the relay's schema and `rows` rows written as one transaction
 // of the relay's own replica, checkpointed into the main file.
 std::size_t build_namespace(const fs::path& data, int rows) {
@@ -403,10 +389,7 @@ CatchupRun catch_up_once(Context& ctx, const fs::path& data, std::vector<std::st
   };
   CpuMeter relay_cpu(relay.pid()), device_cpu("self");
   const auto start = Clock::now();
-  transport::ClientOptions options;
-  options.ca_file = ctx.setup.cert().string();
-  options.max_frame_bytes = 64u << 20;
-  options.idle_timeout = std::chrono::seconds(300);
+  const transport::ClientOptions options = device_options(ctx, std::chrono::seconds(300));
   Lane::StopOnExit stop_lane{lane};
   lane.start();
   lane.call([&] {
@@ -414,7 +397,7 @@ CatchupRun catch_up_once(Context& ctx, const fs::path& data, std::vector<std::st
         lane.io, relay.url(), options,
         [&](std::optional<Error> error, std::shared_ptr<transport::Connection> c) {
           if (error) return finish(error->what());
-          auto tap = std::make_shared<TapConnection>(std::move(c), [&] {
+          auto tap = std::make_shared<transport::ObservedConnection>(std::move(c), [&] {
             ++run.frames;
             if (!session || finished_set) return;
             if (std::isnan(run.welcome_ms) && session->state() != engine::SyncState::kConnecting)

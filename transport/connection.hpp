@@ -4,6 +4,7 @@
 // simulation tests implement it, so the sync logic never sees a socket.
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,33 @@ class Connection {
   // limited to before that: the small frame limit, the deadline for the hello, its place among
   // the unauthenticated connections (transport/websocket_server.hpp). Default: nothing to lift.
   virtual void authenticated() {}
+};
+
+// Passes everything through to `inner`, and calls `after_frame` each time the user's on_frame
+// has returned, so an observer (a sync client's status, a benchmark's clock) sees what the
+// frame left behind.
+class ObservedConnection : public Connection {
+ public:
+  ObservedConnection(std::shared_ptr<Connection> inner, std::function<void()> after_frame)
+      : inner_(std::move(inner)), after_frame_(std::move(after_frame)) {}
+
+  void set_handlers(Handlers handlers) override {
+    if (!handlers.on_frame) return inner_->set_handlers(std::move(handlers));
+    inner_->set_handlers(Handlers{
+        [on_frame = std::move(handlers.on_frame), after = after_frame_](std::string_view frame) {
+          on_frame(frame);
+          after();
+        },
+        std::move(handlers.on_close), std::move(handlers.on_drained)});
+  }
+  void send(std::string frame) override { inner_->send(std::move(frame)); }
+  void close(const std::string& reason) override { inner_->close(reason); }
+  std::string peer() const override { return inner_->peer(); }
+  void authenticated() override { inner_->authenticated(); }
+
+ private:
+  std::shared_ptr<Connection> inner_;
+  std::function<void()> after_frame_;
 };
 
 }  // namespace lattice::transport

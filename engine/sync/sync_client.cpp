@@ -33,32 +33,6 @@ bool is_fatal(transport::WireError code) {
   }
 }
 
-// Passes everything through to `inner`, and calls `after_frame` once the session has handled
-// each frame, so the client can re-evaluate its status (pending, in sync) at that moment.
-class ObservedConnection : public transport::Connection {
- public:
-  ObservedConnection(std::shared_ptr<transport::Connection> inner,
-                     std::function<void()> after_frame)
-      : inner_(std::move(inner)), after_frame_(std::move(after_frame)) {}
-
-  void set_handlers(Handlers handlers) override {
-    if (!handlers.on_frame) return inner_->set_handlers(std::move(handlers));
-    inner_->set_handlers(Handlers{
-        [on_frame = std::move(handlers.on_frame), after = after_frame_](std::string_view frame) {
-          on_frame(frame);
-          after();
-        },
-        std::move(handlers.on_close), std::move(handlers.on_drained)});
-  }
-  void send(std::string frame) override { inner_->send(std::move(frame)); }
-  void close(const std::string& reason) override { inner_->close(reason); }
-  std::string peer() const override { return inner_->peer(); }
-
- private:
-  std::shared_ptr<transport::Connection> inner_;
-  std::function<void()> after_frame_;
-};
-
 }  // namespace
 
 struct SyncClient::Impl {
@@ -126,8 +100,8 @@ struct SyncClient::Impl {
       // Not from inside the session's own callback: the session is destroyed there.
       net::post(io, [this, reason] { on_session_closed(reason); });
     };
-    auto observed =
-        std::make_shared<ObservedConnection>(std::move(connection), [this] { update_status(); });
+    auto observed = std::make_shared<transport::ObservedConnection>(std::move(connection),
+                                                                    [this] { update_status(); });
     session = std::make_unique<SyncSession>(*replica, std::move(observed),
                                             SyncSession::Options{ns, token}, std::move(events));
     session->start();
