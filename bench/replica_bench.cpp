@@ -60,7 +60,8 @@ constexpr const char* kUsage =
   --scale         also run the workload on t at 10,000 and 1,000,000 rows (minutes) and add
                   "scale": one object per row count, ascending (--rows included), holding
                   "rows" and the ratios insert, update_1col, update_3col, delete,
-                  apply_vs_plain_upsert, apply_updates_vs_plain_upsert, size, size_after_updates
+                  apply_vs_plain_upsert, apply_updates_vs_plain_upsert, size, size_after_updates,
+                  snapshot_install_vs_copy, snapshot_install_vs_apply
   --import        instead: `import_file` of a CSV file of the rows into a replicated table,
                   against `sqlite3 .import` of the same file into a plain table
   --sqlite3 PATH  the sqlite3 shell for --import (default: sqlite3 on the PATH)
@@ -457,6 +458,31 @@ void measure(const Table& table, const std::vector<Row>& rows, const fs::path& d
     add("plain_upsert_ms", upsert_ms);
     add("apply_vs_plain_upsert_ratio", merge_ms / upsert_ms);
 
+    // The same state by snapshot (Replica::write_snapshot, install_snapshot) of the replica the
+    // changes merged into, as a relay holds them, against copying that replica's file
+    // (checkpointed, page cache warm) and against the merge above.
+    step = "snapshot";
+    checkpointed_size(target->connection(), file("target.db"));
+    start = Clock::now();
+    fs::copy_file(file("target.db"), file("copy.db"));
+    const double copy_ms = ms_since(start);
+    start = Clock::now();
+    target->write_snapshot(file("snapshot.db").string());
+    const double snapshot_write_ms = ms_since(start);
+    auto installed = open_replica(file("installed.db"), table.schema, table.name);
+    start = Clock::now();
+    installed->install_snapshot(file("snapshot.db").string());
+    const double snapshot_install_ms = ms_since(start);
+    if (fingerprint(installed->connection(), table) != fingerprint(replicated, table))
+      throw std::runtime_error("the installed snapshot differs from its source");
+    add("file_copy_ms", copy_ms);
+    add("snapshot_bytes", static_cast<double>(fs::file_size(file("snapshot.db"))));
+    add("snapshot_write_ms", snapshot_write_ms);
+    add("snapshot_install_ms", snapshot_install_ms);
+    add("snapshot_changes_per_s", changes / (snapshot_write_ms + snapshot_install_ms) * 1000);
+    add("snapshot_install_vs_copy_ratio", snapshot_install_ms / copy_ms);
+    add("snapshot_install_vs_apply_ratio", snapshot_install_ms / merge_ms);
+
     if (constrained) {
       // The same merge into a table that declares constraints (checked as rows are written).
       step = "apply_constrained";
@@ -570,6 +596,13 @@ constexpr std::pair<const char*, int> kFigures[] = {
     {"apply_changes_per_s", 0},
     {"plain_upsert_ms", 1},
     {"apply_vs_plain_upsert_ratio", 2},
+    {"file_copy_ms", 1},
+    {"snapshot_bytes", 0},
+    {"snapshot_write_ms", 1},
+    {"snapshot_install_ms", 1},
+    {"snapshot_changes_per_s", 0},
+    {"snapshot_install_vs_copy_ratio", 2},
+    {"snapshot_install_vs_apply_ratio", 2},
     {"apply_constrained_ms", 1},
     {"apply_constrained_ratio", 2},
     {"plain_constrained_insert_ratio", 2},
@@ -588,9 +621,16 @@ constexpr std::pair<const char*, int> kFigures[] = {
 
 // What --scale reports per row count.
 constexpr const char* kScaleRatios[] = {
-    "insert_ratio", "update_1col_ratio",           "update_3col_ratio",
-    "delete_ratio", "apply_vs_plain_upsert_ratio", "apply_updates_vs_plain_upsert_ratio",
-    "size_ratio",   "size_after_updates_ratio",
+    "insert_ratio",
+    "update_1col_ratio",
+    "update_3col_ratio",
+    "delete_ratio",
+    "apply_vs_plain_upsert_ratio",
+    "apply_updates_vs_plain_upsert_ratio",
+    "size_ratio",
+    "size_after_updates_ratio",
+    "snapshot_install_vs_copy_ratio",
+    "snapshot_install_vs_apply_ratio",
 };
 
 // The scale figures of one row count as one JSON object.

@@ -253,6 +253,31 @@ class Replica {
                         const std::vector<std::vector<crdt::Value>>& rows,
                         BulkPath path = BulkPath::kAuto);
 
+  // --- Snapshots (a new device's first sync, docs/architecture.md "Snapshots") ---------------
+
+  // Writes this replica's replicated state, as of one moment, to a new SQLite file at `path`:
+  // every replicated table with its metadata, the site table, held rows and the values kept for
+  // a later schema version. Not in it: non-replicated tables, the logs of own and of devices'
+  // transactions, migrations, superseded inserts. Returns the version vector the snapshot
+  // holds. Costs about as much as copying those tables (SQLite copies their records as they
+  // are). Throws Error: kIo when `path` exists or cannot be written (then it is removed),
+  // kState inside an open transaction or group.
+  crdt::VersionVector write_snapshot(const std::string& path);
+
+  // Installs the snapshot at `path` (write_snapshot) into this replica, which must have written
+  // and merged nothing yet (a new device whose schema is in place). Afterwards it holds the
+  // snapshot's rows, metadata and version vector, and keeps its own site id: its later writes
+  // are its own, and changes made after the snapshot merge as usual. Returns the new version
+  // vector. In one transaction: on any error the replica is exactly as it was. Listeners are
+  // not called for the rows installed; read the tables again. Throws Error: kState (not empty,
+  // inside a transaction or group, or an application trigger deleted replicated rows during
+  // the install), kSchema (the replicated schema differs, naming the first difference),
+  // kCorrupt (not a snapshot, views or triggers in it, metadata that disagrees with its rows,
+  // rows whose foreign-key parent is missing), kUnsupportedVersion (a newer snapshot format),
+  // kCopiedReplica (the snapshot holds changes under this replica's own site id), kClockDrift,
+  // kIo, kBusy.
+  crdt::VersionVector install_snapshot(const std::string& path);
+
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 
   // This replica's own transactions with `from` <= seq <= `through`, from the local log, in

@@ -100,19 +100,7 @@ crdt::ColumnId column_id(const crdt::Changeset& cs, std::string_view name) {
   return 0;
 }
 
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "lattice-bad-input-XXXXXX").string();
-    REQUIRE(mkdtemp(pattern.data()) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
+using test::TempDir;
 
 TEST_CASE("a truncated changeset is refused as corrupt, naming where it ends") {
   const std::string bytes = encoded_source_changeset();

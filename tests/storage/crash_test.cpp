@@ -49,19 +49,7 @@ constexpr int kRows = 200'000;
 // Whole-test budget for the kill attempts (the source and the full run come on top).
 constexpr auto kKillBudget = std::chrono::seconds(30);
 
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "lattice-crash-XXXXXX").string();
-    REQUIRE(mkdtemp(pattern.data()) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
+using test::TempDir;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();

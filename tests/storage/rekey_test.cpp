@@ -17,16 +17,7 @@ namespace fs = std::filesystem;
 using storage::Replica;
 using storage::TxnTag;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device entropy;
-    path = fs::temp_directory_path() / ("lattice-rekey-" + std::to_string(entropy()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using test::TempDir;
 
 // What a device sends a relay: every change the relay lacks, with the tags of its own
 // transactions among them. Returns how many own transactions went.

@@ -3,6 +3,7 @@
 // contents for "identical" and "unchanged" assertions.
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,17 @@ std::string dump_table(storage::Replica& replica, const std::string& table);
 // Every row of every table in the file, the lattice_* metadata included: equal dumps mean the
 // replica did not change at all.
 std::string dump_everything(storage::Replica& replica);
+
+// A new directory under the system's temporary directory, removed with everything in it when
+// the object goes.
+struct TempDir {
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path / name).string(); }
+  std::filesystem::path path;
+};
 
 // The value of the environment variable LATTICE_SEED, or `fallback`.
 std::uint64_t seed_from_env(std::uint64_t fallback);
