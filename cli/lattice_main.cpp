@@ -31,6 +31,9 @@ constexpr const char* kUsage = R"(usage:
   lattice vv DB                                print the replica's version vector as JSON
   lattice check DB                             check metadata against tables, list held rows
   lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
+  lattice snapshot DB FILE                     write DB's replicated state to a new file FILE
+  lattice install-snapshot DB FILE             install snapshot FILE into DB, a replica whose
+                                               schema is in place and that holds nothing yet
   lattice migrate DB VERSION SQL               run migration VERSION once (schema changes)
   lattice sync DB URL [--token-file FILE] [--once | --verify] [--ca-file FILE]
                [--timeout SECONDS] [--allow-insecure-remote]
@@ -663,6 +666,22 @@ int run(const std::vector<std::string>& args) {
         "ones moved to the new id\n",
         replica->site_id().to_hex().c_str(), static_cast<unsigned long long>(keep_through),
         old_site.c_str(), static_cast<unsigned long long>(head - std::min(head, keep_through)));
+    return 0;
+  }
+  if (command == "snapshot" || command == "install-snapshot") {
+    need(3);
+    if (args.size() > 3) throw UsageError("'" + command + "' takes DB and FILE only");
+    auto replica = open_existing(args[1]);
+    if (command == "snapshot") {
+      const lattice::VersionVector held = replica->write_snapshot(args[2]);
+      std::printf("wrote snapshot %s (%llu bytes) holding %s\n", args[2].c_str(),
+                  static_cast<unsigned long long>(std::filesystem::file_size(args[2])),
+                  held.to_json().c_str());
+    } else {
+      const lattice::VersionVector held = replica->install_snapshot(args[2]);
+      std::printf("installed snapshot %s; the replica holds %s under its own site id %s\n",
+                  args[2].c_str(), held.to_json().c_str(), replica->site_id().to_hex().c_str());
+    }
     return 0;
   }
   if (command == "sync") return run_sync(args);

@@ -280,6 +280,48 @@ TEST_CASE("a copied replica file is refused by its original until rekey separate
   CHECK(contains(box.fails({"rekey", copy, "--keep-through", "x"}), "--keep-through"));
 }
 
+TEST_CASE("snapshot and install-snapshot give a new replica the rows, then it syncs as itself") {
+  Sandbox box;
+  const std::string source = box.path("source.db"), fresh = box.path("fresh.db");
+  const std::string snapshot = box.path("todo.snapshot");
+  box.ok({"exec", source,
+          std::string(kSchema) +
+              "INSERT INTO todo(id, title, votes) VALUES ('a', 'one', 3), ('b', 'two', 1);"
+              "DELETE FROM todo WHERE id = 'b'; UPDATE todo SET votes = votes + 4"});
+  const std::string wrote = box.ok({"snapshot", source, snapshot});
+  CHECK(contains(wrote, "wrote snapshot " + snapshot + " ("));
+  CHECK(contains(wrote, box.ok({"vv", source}).substr(0, 10)));
+  // A file that exists is not overwritten.
+  CHECK(contains(box.fails({"snapshot", source, snapshot}), "lattice: io: "));
+
+  box.ok({"exec", fresh, kSchema});
+  const std::string fresh_site = box.ok({"exec", fresh,
+                                         "SELECT hex(site_id) FROM "
+                                         "lattice_sites WHERE idx = 0"});
+  const std::string installed = box.ok({"install-snapshot", fresh, snapshot});
+  CHECK(contains(installed, "installed snapshot " + snapshot));
+  CHECK(todo_rows(box, fresh) == todo_rows(box, source));
+  CHECK(contains(box.ok({"check", fresh}), "ok: metadata and tables agree"));
+  // Twice is refused: the replica is no longer empty.
+  CHECK(contains(box.fails({"install-snapshot", fresh, snapshot}), "lattice: state: "));
+
+  // The new replica writes under its own id; the source merges it, and the other way round.
+  box.ok({"exec", fresh, "UPDATE todo SET votes = votes + 10"});
+  box.ok({"exec", source, "INSERT INTO todo(id, title) VALUES ('c', 'three')"});
+  write_all(box.path("source.vv"), box.ok({"vv", source}));
+  write_all(box.path("fresh.vv"), box.ok({"vv", fresh}));
+  box.ok({"changes", fresh, "--since", box.path("source.vv"), "--out", box.path("f.cs")});
+  box.ok({"changes", source, "--since", box.path("fresh.vv"), "--out", box.path("s.cs")});
+  box.ok({"apply", source, box.path("f.cs")});
+  box.ok({"apply", fresh, box.path("s.cs")});
+  CHECK(todo_rows(box, fresh) == todo_rows(box, source));
+  CHECK(box.ok({"exec", source, "SELECT votes FROM todo WHERE id = 'a'"}) == "17\n");
+  CHECK(box.ok({"exec", fresh, "SELECT hex(site_id) FROM lattice_sites WHERE idx = 0"}) ==
+        fresh_site);
+  CHECK(contains(box.fails({"install-snapshot", box.path("none.db"), snapshot}),
+                 "lattice: io: no replica"));
+}
+
 TEST_CASE("check reports tables, conflicts and problems, and fails on a problem") {
   Sandbox box;
   const std::string a = box.path("a.db"), b = box.path("b.db");
