@@ -292,6 +292,26 @@ lattice_code lattice_replica_version_vector(lattice_replica* replica, lattice_bu
   });
 }
 
+lattice_code lattice_replica_write_snapshot(lattice_replica* replica, const char* path,
+                                            lattice_buffer* held, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(path, "path");
+    const std::string vector = r.write_snapshot(path).to_json();
+    if (held) *held = make_buffer(vector);
+  });
+}
+
+lattice_code lattice_replica_install_snapshot(lattice_replica* replica, const char* path,
+                                              lattice_buffer* held, lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(path, "path");
+    const std::string vector = r.install_snapshot(path).to_json();
+    if (held) *held = make_buffer(vector);
+  });
+}
+
 lattice_code lattice_replica_changes_since(lattice_replica* replica, const char* since_json,
                                            size_t max_changes, lattice_buffer* out,
                                            lattice_error* error) noexcept {

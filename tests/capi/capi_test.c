@@ -721,6 +721,46 @@ static void test_migrate(void) {
   lattice_replica_free(r);
 }
 
+/* A snapshot seeds a new replica with another's rows; it then writes as itself. */
+static void test_snapshots(void) {
+  g_case = "snapshots";
+  lattice_error error;
+  char path[512], vector[512];
+  lattice_replica* shop = open_todo("shop.db");
+  lattice_replica* phone = open_todo("phone.db");
+  if (!shop || !phone) return;
+  CHECK_OK(lattice_replica_exec(
+      shop, "INSERT INTO todo(id, title, votes) VALUES ('a', 'bread', 2), ('b', 'milk', 1)", E));
+  lattice_buffer held = {0};
+  path_in_dir(path, sizeof path, "shop.snapshot");
+  CHECK_OK(lattice_replica_write_snapshot(shop, path, &held, E));
+  snprintf(vector, sizeof vector, "%s", held.data ? (const char*)held.data : "");
+  lattice_buffer_free(&held);
+  CHECK(contains(vector, "\": 1}"));
+  CHECK_FAILS(lattice_replica_write_snapshot(shop, path, NULL, &error), &error, LATTICE_ERR_IO);
+
+  CHECK_OK(lattice_replica_install_snapshot(phone, path, &held, E));
+  CHECK(held.data != NULL && strcmp((const char*)held.data, vector) == 0);
+  lattice_buffer_free(&held);
+  CHECK(query_int(phone, "SELECT sum(votes) FROM todo") == 3);
+  CHECK_FAILS(lattice_replica_install_snapshot(phone, path, NULL, &error), &error,
+              LATTICE_ERR_STATE);
+  CHECK_FAILS(lattice_replica_install_snapshot(phone, NULL, NULL, &error), &error,
+              LATTICE_ERR_INVALID_ARGUMENT);
+
+  /* The phone's write is its own: a changeset of it merges into the shop. */
+  CHECK_OK(lattice_replica_exec(phone, "UPDATE todo SET votes = votes + 5 WHERE id = 'a'", E));
+  lattice_buffer changes = {0};
+  CHECK_OK(lattice_replica_changes_since(phone, vector, 0, &changes, E));
+  lattice_apply_result result = {0, 0};
+  CHECK_OK(lattice_replica_apply(shop, changes.data, changes.size, &result, E));
+  lattice_buffer_free(&changes);
+  CHECK(result.applied == 1);
+  CHECK(query_int(shop, "SELECT votes FROM todo WHERE id = 'a'") == 7);
+  lattice_replica_free(phone);
+  lattice_replica_free(shop);
+}
+
 static void test_use_after_close(void) {
   g_case = "use after close";
   lattice_error error;
@@ -1173,6 +1213,7 @@ int main(int argc, char** argv) {
   test_held_rows();
   test_import_export();
   test_migrate();
+  test_snapshots();
   test_use_after_close();
   test_sync(relay_path);
   nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -382,6 +382,21 @@ JNIEXPORT jstring JNICALL Java_dev_lattice_Native_replicaVersionVector(JNIEnv* e
   return text_result(env, code, &out, &error);
 }
 
+JNIEXPORT jstring JNICALL Java_dev_lattice_Native_replicaSnapshot(JNIEnv* env, jclass cls, jlong h,
+                                                                  jstring path, jboolean install) {
+  (void)cls;
+  char* c_path = NULL;
+  if (!to_utf8(env, path, &c_path, NULL)) return NULL;
+  lattice_buffer out = {NULL, 0};
+  lattice_error error;
+  lattice_replica* replica = HANDLE(JReplica, h)->replica;
+  const lattice_code code = install
+                                ? lattice_replica_install_snapshot(replica, c_path, &out, &error)
+                                : lattice_replica_write_snapshot(replica, c_path, &out, &error);
+  free(c_path);
+  return text_result(env, code, &out, &error);
+}
+
 JNIEXPORT jbyteArray JNICALL Java_dev_lattice_Native_replicaChangesSince(JNIEnv* env, jclass cls,
                                                                          jlong h, jstring since,
                                                                          jlong max_changes) {

@@ -66,7 +66,7 @@
 #define LATTICE_NOEXCEPT
 #endif
 
-#define LATTICE_API_VERSION 3
+#define LATTICE_API_VERSION 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -216,6 +216,30 @@ LATTICE_API lattice_code lattice_replica_changes_since(lattice_replica* replica,
                                                        const char* since_json, size_t max_changes,
                                                        lattice_buffer* out,
                                                        lattice_error* error) LATTICE_NOEXCEPT;
+
+/* Writes this replica's replicated state, as of one moment, to a new SQLite file at `path` (a
+ * snapshot: every replicated table with its metadata and held rows; docs/architecture.md,
+ * "Snapshots"). The version vector it holds, as JSON, into `held` (may be NULL; OWNED: free with
+ * lattice_buffer_free). LATTICE_ERR_IO when `path` exists or cannot be written (nothing is left
+ * there then); LATTICE_ERR_STATE inside an open transaction. */
+LATTICE_API lattice_code lattice_replica_write_snapshot(lattice_replica* replica, const char* path,
+                                                        lattice_buffer* held,
+                                                        lattice_error* error) LATTICE_NOEXCEPT;
+
+/* Installs the snapshot at `path` (lattice_replica_write_snapshot) into this replica, which must
+ * have its replicated schema in place and must not have written or merged anything yet: how an
+ * application seeds a new replica with a data set it ships or downloads, far faster than
+ * merging the same changes. Afterwards the replica holds what merging every change of the
+ * snapshot would give, under its own site id, and syncs from there; subscribers are not called
+ * for the rows installed. The new version vector, as JSON, into `held` (may be NULL; OWNED). On
+ * failure the replica is exactly as it was: LATTICE_ERR_STATE (not empty, or inside an open
+ * transaction), LATTICE_ERR_SCHEMA (another replicated schema; the message names the first
+ * difference), LATTICE_ERR_CORRUPT (not a snapshot, or one whose rows disagree with its
+ * metadata), LATTICE_ERR_UNSUPPORTED_VERSION, LATTICE_ERR_COPIED_REPLICA (it holds this
+ * replica's own changes), LATTICE_ERR_CLOCK_DRIFT, LATTICE_ERR_IO. */
+LATTICE_API lattice_code lattice_replica_install_snapshot(lattice_replica* replica,
+                                                          const char* path, lattice_buffer* held,
+                                                          lattice_error* error) LATTICE_NOEXCEPT;
 
 typedef struct lattice_apply_result {
   uint64_t received; /* column changes in the changeset */

@@ -34,6 +34,9 @@ final class Native {
 
   static native String replicaVersionVector(long replica);
 
+  /** lattice_replica_write_snapshot, or with {@code install} lattice_replica_install_snapshot. */
+  static native String replicaSnapshot(long replica, String path, boolean install);
+
   static native byte[] replicaChangesSince(long replica, String sinceJson, long maxChanges);
 
   /** {received, applied}. */

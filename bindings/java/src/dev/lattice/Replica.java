@@ -61,6 +61,27 @@ public final class Replica implements AutoCloseable {
   }
 
   /**
+   * Writes this replica's replicated state, as of one moment, to a new SQLite file at {@code
+   * path} (a snapshot); returns the version vector it holds. Throws IO when {@code path} exists.
+   */
+  public synchronized String writeSnapshot(String path) {
+    return Native.replicaSnapshot(live(), Objects.requireNonNull(path, "path"), false);
+  }
+
+  /**
+   * Installs the snapshot at {@code path} into this replica, which must have its replicated
+   * schema in place and must not have written or merged anything yet: how an app seeds a new
+   * replica with a data set it ships or downloads. Afterwards the replica holds the snapshot's
+   * rows under its own site id and syncs from there; subscribers are not called for them.
+   * Returns the new version vector. Throws STATE (not empty), SCHEMA (another replicated
+   * schema), CORRUPT (not a sound snapshot), COPIED_REPLICA, CLOCK_DRIFT or IO; the replica is
+   * then as it was.
+   */
+  public synchronized String installSnapshot(String path) {
+    return Native.replicaSnapshot(live(), Objects.requireNonNull(path, "path"), true);
+  }
+
+  /**
    * The changes a holder of {@code sinceJson} (a {@link #versionVector()}; null for everything)
    * lacks, as changeset bytes.
    */

@@ -221,6 +221,23 @@ public final class LatticeTest {
   }
 
   /** One replica shared by several threads: the binding serializes their calls. */
+  private static void testSnapshots() {
+    currentCase = "snapshots";
+    try (Replica shop = openTodo("shop.db"); Replica tablet = openTodo("tablet.db")) {
+      shop.exec("INSERT INTO todo(id, title, votes) VALUES ('a', 'bread', 2), ('b', 'jam', 1)");
+      String path = dir.resolve("shop.snapshot").toString();
+      String held = shop.writeSnapshot(path);
+      checkEquals(shop.versionVector(), held, "the snapshot's vector");
+      checkThrows(LatticeException.IO, () -> shop.writeSnapshot(path), "an existing file");
+      checkEquals(held, tablet.installSnapshot(path), "the installed vector");
+      checkEquals(dump(shop), dump(tablet), "the installed rows");
+      checkThrows(LatticeException.STATE, () -> tablet.installSnapshot(path), "a second install");
+      tablet.exec("UPDATE todo SET votes = votes + 4 WHERE id = 'a'");
+      checkEquals(1L, exchange(tablet, shop).applied, "the tablet's own write");
+      checkEquals(6L, queryLong(shop, "SELECT votes FROM todo WHERE id = 'a'"), "votes");
+    }
+  }
+
   private static void testThreads() throws Exception {
     currentCase = "threads";
     try (Replica shared = openTodo("threads.db")) {
@@ -451,6 +468,7 @@ public final class LatticeTest {
     dir = Files.createTempDirectory("lattice-java-test");
     try {
       testChangesets();
+      testSnapshots();
       testThreads();
       if (args.length > 0) {
         testSync(args[0]);
