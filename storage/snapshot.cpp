@@ -113,8 +113,8 @@ std::string create_in_snapshot(const std::string& sql, const std::string& kind) 
   return head + kSchema + "." + sql.substr(head.size());
 }
 
-// Every pair of rows the two queries (over main and over the snapshot) disagree on, described by
-// `describe` (at most a few).
+// Throws Error(kSchema) naming the first row that one of the two queries (over main and over the
+// snapshot) returns and the other does not.
 void require_same_rows(sqlite3* db, const std::string& select_main,
                        const std::string& select_snapshot, const std::string& what) {
   Statement diff(db, "SELECT * FROM (" + select_main + " EXCEPT " + select_snapshot +
@@ -309,6 +309,9 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
     // What the snapshot claims, checked: each table's live rows are shown or held, foreign keys
     // hold, and no clock is further ahead than a merge would take.
     for (const auto& [id, t] : impl.tables) {
+      for (const std::string& meta : {t->rows_table(), t->cells_table()})
+        newest = std::max(newest, crdt::Hlc{static_cast<std::uint64_t>(scalar(
+                                      db, "SELECT coalesce(max(hlc), 0) FROM main." + meta))});
       if (t->future_table) continue;
       const std::int64_t live =
           scalar(db, "SELECT count(*) FROM main." + t->rows_table() + " WHERE cl % 2 = 1");
@@ -322,11 +325,9 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
                                              " live rows in its metadata but " +
                                              std::to_string(shown) + " in the table and " +
                                              std::to_string(held) + " held");
-      for (const std::string& meta : {t->rows_table(), t->cells_table()})
-        newest = std::max(newest, crdt::Hlc{static_cast<std::uint64_t>(scalar(
-                                      db, "SELECT coalesce(max(hlc), 0) FROM main." + meta))});
     }
-    if (impl.any_foreign_keys && scalar(db, "SELECT count(*) FROM pragma_foreign_key_check") != 0)
+    if (impl.any_foreign_keys &&
+        scalar(db, "SELECT count(*) FROM main.pragma_foreign_key_check") != 0)
       throw Error(ErrorCode::kCorrupt,
                   "install_snapshot: rows of the snapshot refer to parent rows it lacks");
     impl.clock.check_drift(newest);
