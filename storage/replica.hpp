@@ -271,9 +271,11 @@ class Replica {
   // vector. In one transaction: on any error the replica is exactly as it was. Listeners are
   // not called for the rows installed; read the tables again. Throws Error: kState (not empty,
   // inside a transaction or group, or an application trigger deleted replicated rows during
-  // the install), kSchema (the replicated schema differs, naming the first difference),
-  // kCorrupt (not a snapshot, views or triggers in it, metadata that disagrees with its rows,
-  // rows whose foreign-key parent is missing), kUnsupportedVersion (a newer snapshot format),
+  // the install), kSchema (the replicated schema differs, naming the first difference; or rows
+  // break a constraint, foreign keys included, that this replica declares and the snapshot's
+  // source did not: a merge would hold them, so sync change by change), kCorrupt (not a
+  // snapshot, views or triggers in it, metadata that disagrees with its rows),
+  // kUnsupportedVersion (a newer snapshot format),
   // kCopiedReplica (the snapshot holds changes under this replica's own site id), kClockDrift,
   // kIo, kBusy.
   crdt::VersionVector install_snapshot(const std::string& path);

@@ -78,8 +78,9 @@ void copy_table(sqlite3* db, const std::string& from_schema, const std::string& 
                 const std::string& table) {
   auto columns = [&](const std::string& schema) {
     std::vector<std::string> out;
-    Statement info(db, "SELECT name, hidden FROM " + schema + ".pragma_table_xinfo(?)");
-    info.bind(1, table);
+    // The schema goes as the argument: "schema.pragma_table_xinfo(t)" reads main's table.
+    Statement info(db, "SELECT name, hidden FROM pragma_table_xinfo(?, ?)");
+    info.bind(1, table).bind(2, schema);
     bool generated = false;
     while (info.step()) {
       if (info.column_int(1) != 0) generated = true;
@@ -96,8 +97,8 @@ void copy_table(sqlite3* db, const std::string& from_schema, const std::string& 
     return;
   }
   std::string list;
-  Statement info(db, "SELECT name FROM " + to_schema + ".pragma_table_xinfo(?) WHERE hidden = 0");
-  info.bind(1, table);
+  Statement info(db, "SELECT name FROM pragma_table_xinfo(?, ?) WHERE hidden = 0");
+  info.bind(1, table).bind(2, to_schema);
   while (info.step())
     list += std::string(list.empty() ? "" : ", ") + quote_identifier(info.column_text(0));
   exec_sql(db, "INSERT INTO " + target + "(" + list + ") SELECT " + list + " FROM " + source);
@@ -132,6 +133,18 @@ void require_same_rows(sqlite3* db, const std::string& select_main,
                   what + ": " + row +
                   "); migrate this replica to the snapshot's schema version, "
                   "or sync it change by change");
+}
+
+// A snapshot's rows that this replica's own constraints refuse: its source (a relay whose tables
+// declare fewer constraints than the application's) shows rows that this replica would hold. A
+// merge holds them (docs/data-quality.md); an install cannot, so it is refused, and the replica
+// syncs change by change instead.
+Error stricter(const std::string& table, const std::string& what) {
+  return Error(ErrorCode::kSchema,
+               "install_snapshot: rows of table " + table +
+                   " in the snapshot break a constraint of this replica (" + what +
+                   "); its source does not declare it, so sync this replica change by change, "
+                   "which holds such rows");
 }
 
 }  // namespace
@@ -283,7 +296,12 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
     for (const auto& [id, t] : impl.tables)
       if (!t->future_table) impl.drop_table_triggers(id);
     for (const auto& [id, t] : impl.tables) {
-      for (const auto& name : tables_of(*t)) copy_table(db, kSchema, "main", name);
+      try {
+        for (const auto& name : tables_of(*t)) copy_table(db, kSchema, "main", name);
+      } catch (const Error&) {
+        if ((sqlite3_errcode(db) & 0xff) != SQLITE_CONSTRAINT) throw;
+        throw stricter(t->name, sqlite3_errmsg(db));
+      }
       // Only a snapshot of a replica that wrote has changes of index 0. Asked of the snapshot:
       // the same UPDATE on the table just filled costs as much as its copy, even to change
       // nothing.
@@ -326,10 +344,15 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
                                              std::to_string(shown) + " in the table and " +
                                              std::to_string(held) + " held");
     }
-    if (impl.any_foreign_keys &&
-        scalar(db, "SELECT count(*) FROM main.pragma_foreign_key_check") != 0)
-      throw Error(ErrorCode::kCorrupt,
-                  "install_snapshot: rows of the snapshot refer to parent rows it lacks");
+    if (impl.any_foreign_keys) {
+      Statement orphans(db,
+                        "SELECT \"table\", \"parent\", count(*) FROM "
+                        "main.pragma_foreign_key_check GROUP BY 1, 2 LIMIT 1");
+      if (orphans.step())
+        throw stricter(orphans.column_text(0),
+                       std::to_string(orphans.column_int(2)) + " row(s) refer to rows of " +
+                           orphans.column_text(1) + " that the snapshot lacks");
+    }
     impl.clock.check_drift(newest);
     Statement keep_clock(db, "UPDATE main.lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(newest.value)).run();
@@ -343,6 +366,10 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
   impl.clock.observe(newest);
   impl.load_catalog();
   impl.load_sites();
+  // Rows the snapshot's source held for a constraint this replica does not declare may stand
+  // here: retried as after a local write.
+  impl.local_commit = true;
+  impl.settle_after_local_writes();
   return impl.version_vector();
 }
 

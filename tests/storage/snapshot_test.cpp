@@ -132,6 +132,34 @@ TEST_CASE("an installed snapshot holds what merging every change gives, under th
   CHECK(device->check().problems.empty());
 }
 
+TEST_CASE("a relay's snapshot installs into a device whose tables order their columns otherwise") {
+  // A relay creates a namespace's tables from the schema manifest, columns in id order; the
+  // device's tables have them in the order its CREATE TABLE gave.
+  Kitchen k;
+  auto relay = Replica::open(":memory:");
+  relay->migrate_to(1, k.a->schema_manifest());
+  REQUIRE(test::dump_query(*relay, "SELECT group_concat(name) FROM pragma_table_info('recipe')") !=
+          test::dump_query(*k.a, "SELECT group_concat(name) FROM pragma_table_info('recipe')"));
+  pull(*relay, *k.relay);
+  test::TempDir dir;
+  // The relay's cook table lacks the device's UNIQUE handle: it shows both cooks called Ana,
+  // of which a device holds one. The install refuses; the device syncs change by change.
+  relay->write_snapshot(dir.file("both"));
+  auto device = open_kitchen();
+  check_refused(*device, dir.file("both"), ErrorCode::kSchema,
+                "rows of table cook in the snapshot break a constraint of this replica (UNIQUE "
+                "constraint failed: cook.handle)");
+  // Once the relay holds what devices can show, the snapshot installs.
+  relay->exec("DELETE FROM cook WHERE id = 3");
+  pull(*k.relay, *relay);
+  relay->write_snapshot(dir.file("one"));
+  device->install_snapshot(dir.file("one"));
+  CHECK(test::dump_table(*device, "recipe") == test::dump_table(*k.relay, "recipe"));
+  CHECK(test::dump_table(*device, "cook") == test::dump_table(*k.relay, "cook"));
+  CHECK(device->digest() == k.relay->digest());
+  CHECK(device->check().problems.empty());
+}
+
 TEST_CASE("a snapshot of a device carries the device's own changes under its id") {
   auto writer = open_kitchen();
   writer->exec("INSERT INTO cook(id, handle, stars) VALUES (7, 'Cy', 4)");
@@ -236,7 +264,7 @@ TEST_CASE("what is not a sound snapshot is refused, and nothing changes") {
     k.relay->write_snapshot(path);
     tamper("DELETE FROM cook WHERE id = 2; DELETE FROM " + cook_rows +
            " WHERE pk = (SELECT pk FROM " + cook_rows + " ORDER BY rowid LIMIT 1 OFFSET 1)");
-    refused(ErrorCode::kCorrupt, "parent");
+    refused(ErrorCode::kSchema, "rows of table recipe in the snapshot break a constraint");
   }
 }
 

@@ -233,8 +233,9 @@ LATTICE_API lattice_code lattice_replica_write_snapshot(lattice_replica* replica
  * snapshot would give, under its own site id, and syncs from there; subscribers are not called
  * for the rows installed. The new version vector, as JSON, into `held` (may be NULL; OWNED). On
  * failure the replica is exactly as it was: LATTICE_ERR_STATE (not empty, or inside an open
- * transaction), LATTICE_ERR_SCHEMA (another replicated schema; the message names the first
- * difference), LATTICE_ERR_CORRUPT (not a snapshot, or one whose rows disagree with its
+ * transaction), LATTICE_ERR_SCHEMA (another replicated schema, or rows that break a constraint
+ * this replica declares and the snapshot's source did not: sync change by change; the message
+ * names the table), LATTICE_ERR_CORRUPT (not a snapshot, or one whose rows disagree with its
  * metadata), LATTICE_ERR_UNSUPPORTED_VERSION, LATTICE_ERR_COPIED_REPLICA (it holds this
  * replica's own changes), LATTICE_ERR_CLOCK_DRIFT, LATTICE_ERR_IO. */
 LATTICE_API lattice_code lattice_replica_install_snapshot(lattice_replica* replica,
