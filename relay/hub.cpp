@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -160,6 +162,9 @@ struct Namespace {
   PeerSet peers;                      // live ones
   std::vector<PendingBatch> pending;  // in the order received
   bool commit_scheduled = false;
+  // The last snapshot written (Hub::snapshot) and when, by the steady clock.
+  std::optional<SnapshotFile> snapshot;
+  std::chrono::steady_clock::time_point snapshot_at;
 };
 
 // What a group commit does for one batch once the group is durable.
@@ -983,6 +988,12 @@ void LatencyHistogram::observe(double seconds) {
 
 Hub::Hub(HubOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
+  // Snapshots of an earlier run are stale, and no download of them can be in progress.
+  if (!impl_->options.data_dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(std::filesystem::path(impl_->options.data_dir) / "snapshots",
+                                ignored);
+  }
 }
 
 // Like a relay killed between reading frames and their commit: batches awaiting their group
@@ -1029,6 +1040,31 @@ void Hub::Impl::stop() {
 }
 
 storage::Replica& Hub::replica(const std::string& ns) { return *impl_->space(ns).replica; }
+
+SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
+  Namespace& space = impl_->space(ns);
+  const auto now = std::chrono::steady_clock::now();
+  if (space.snapshot &&
+      std::chrono::duration<double>(now - space.snapshot_at).count() < max_age_seconds)
+    return *space.snapshot;
+  // What devices were told is merged is in the snapshot too.
+  if (!space.pending.empty()) impl_->commit_pending(space);
+  const std::filesystem::path dir = std::filesystem::path(impl_->options.data_dir) / "snapshots";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw Error(ErrorCode::kIo, "cannot create '" + dir.string() + "': " + ec.message());
+  std::random_device entropy;
+  char id[33];
+  std::snprintf(id, sizeof id, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
+  SnapshotFile file{(dir / (ns + "." + id + ".snapshot")).string(), std::string("\"") + id + "\""};
+  space.replica->write_snapshot(file.path);
+  // A download of the previous one keeps reading the file it opened.
+  if (space.snapshot) std::filesystem::remove(space.snapshot->path, ec);
+  space.snapshot = file;
+  space.snapshot_at = now;
+  ++impl_->counters.snapshots_written;
+  return file;
+}
 
 std::size_t Hub::connection_count() const { return impl_->peers.size(); }
 std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }

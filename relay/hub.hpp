@@ -106,6 +106,13 @@ struct HubCounters {
   LatencyHistogram merge_seconds;                 // every group commit
   std::uint64_t group_commits = 0;                // commits of merged changes frames
   std::uint64_t grouped_batches = 0;              // changes frames merged in them
+  std::uint64_t snapshots_written = 0;            // namespace snapshots written (Hub::snapshot)
+};
+
+// A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.
+struct SnapshotFile {
+  std::string path;
+  std::string etag;  // quoted, unique to this file: a download resumes only on the same file
 };
 
 class Hub {
@@ -127,6 +134,14 @@ class Hub {
   // The relay's replica of `ns`, created (with the schema) on first use. Throws Error
   // (kInvalidArgument) for a namespace name other than 1 to 64 of [A-Za-z0-9_-].
   storage::Replica& replica(const std::string& ns);
+
+  // A snapshot of `ns` (storage::Replica::write_snapshot) under <data_dir>/snapshots/, for a new
+  // device to download instead of catching up change by change (docs/relay.md, "Snapshots").
+  // The changes frames awaiting their group commit are committed first. The same file is given
+  // again while it is younger than `max_age_seconds`, so that downloads cost the relay one
+  // snapshot per period however many devices ask; a newer one replaces it (a download in
+  // progress keeps reading the file it opened). Throws Error as replica() does, and kIo.
+  SnapshotFile snapshot(const std::string& ns, double max_age_seconds);
 
   std::size_t connection_count() const;
   std::size_t namespace_count() const;

@@ -199,6 +199,14 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             hc.group_commits);
   m.counter("lattice_relay_grouped_batches_total", "Changes frames merged by those commits.",
             hc.grouped_batches);
+  m.counter("lattice_relay_snapshots_written_total",
+            "Namespace snapshots written for GET /snapshot/NAMESPACE (at most one per namespace "
+            "per --snapshot-max-age).",
+            hc.snapshots_written);
+  m.counter("lattice_relay_snapshots_sent_total", "Snapshot downloads completed, whole or resumed.",
+            sc.snapshots_sent);
+  m.counter("lattice_relay_snapshot_bytes_sent_total", "Snapshot bytes sent.",
+            sc.snapshot_bytes_sent);
   m.histogram("lattice_relay_merge_seconds",
               "Time of one group commit: merging the changes frames a namespace received "
               "meanwhile into its replica, durable commit included.",
@@ -233,7 +241,8 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "max-digests-per-minute",
                           "max-hellos-per-minute",
                           "max-catch-up-bytes-per-second",
-                          "max-connects-per-source-per-second"},
+                          "max-connects-per-source-per-second",
+                          "snapshot-max-age"},
                          {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
@@ -277,6 +286,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
         static_cast<int>(parse_duration(flags.get("handshake-timeout")));
   if (flags.has("shutdown-grace"))
     config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
+  if (flags.has("snapshot-max-age"))
+    config.snapshot_max_age_seconds =
+        static_cast<int>(parse_duration(flags.get("snapshot-max-age")));
   auto rate = [&](const char* flag, double& into) {
     if (flags.has(flag))
       into = static_cast<double>(parse_count(flag, flags.get(flag), 1, 1ull << 40));
@@ -361,10 +373,11 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   // A catch-up round must fit in the connection's queue with room for the frames around it.
   hub_options.limits.catch_up_round_bytes =
       std::min(hub_options.limits.catch_up_round_bytes, config.max_queue_bytes / 4);
-  hub_options.authenticate = [ring](std::string_view token) {
+  const Authenticator hub_authenticate = [ring](std::string_view token) {
     const TokenClaims claims = ring.verify(token, unix_now());
     return Grant{claims.subject, claims.ns, claims.rights, claims.expires_at};
   };
+  hub_options.authenticate = hub_authenticate;
   hub_options.unix_now = unix_now;
   hub_options.now_seconds = [] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
@@ -404,6 +417,30 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
   server_options.on_connection = [&hub](std::shared_ptr<transport::Connection> connection,
                                         std::string ns) { hub.accept(std::move(connection), ns); };
+  // GET /snapshot/NAMESPACE: the token of a device that may read the namespace.
+  server_options.snapshot = [&hub, &hub_authenticate, max_age = config.snapshot_max_age_seconds](
+                                const std::string& ns, const std::string& token) {
+    using transport::SnapshotAnswer;
+    if (token.empty())
+      return SnapshotAnswer{401, "", "", "a snapshot needs the header Authorization: Bearer TOKEN"};
+    Grant grant;
+    try {
+      grant = hub_authenticate(token);
+    } catch (const Error& e) {
+      return SnapshotAnswer{401, "", "", e.what()};
+    }
+    if (grant.ns != ns)
+      return SnapshotAnswer{403, "", "",
+                            "token is for namespace '" + grant.ns + "', not '" + ns + "'"};
+    if (!(grant.rights & kGrantRead))
+      return SnapshotAnswer{403, "", "", "token lacks the read right"};
+    try {
+      const SnapshotFile file = hub.snapshot(ns, max_age);
+      return SnapshotAnswer{200, file.path, file.etag, ""};
+    } catch (const Error& e) {
+      return SnapshotAnswer{e.code() == ErrorCode::kInvalidArgument ? 404 : 500, "", "", e.what()};
+    }
+  };
   const transport::WebSocketServer* server_view = nullptr;
   server_options.metrics = [&hub, &server_view] { return render_metrics(hub, *server_view); };
   server_options.log = write_log;

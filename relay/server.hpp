@@ -29,6 +29,8 @@ struct ServeConfig {
   std::size_t max_queue_bytes = 8u << 20;  // per connection outbound queue
   int handshake_timeout_seconds = 30;
   int shutdown_grace_seconds = 10;  // after SIGTERM, the longest wait for peers' close frames
+  // GET /snapshot/NAMESPACE gives the same file while it is younger than this (Hub::snapshot).
+  int snapshot_max_age_seconds = 60;
   // Before authentication (transport/websocket_server.hpp): the hello's deadline after the
   // WebSocket upgrade, and unauthenticated connections per source address and in all. The total
   // is lowered further to a quarter of what the open-files limit leaves after a reserve.

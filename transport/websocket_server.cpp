@@ -9,12 +9,14 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
+#include <charconv>
 #include <chrono>
 #include <deque>
 #include <list>
 #include <optional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "crdt/error.hpp"
 
@@ -569,7 +571,123 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (target == "/metrics" && shared_->options.metrics)
       return respond(request, http::status::ok, shared_->options.metrics(),
                      "text/plain; version=0.0.4; charset=utf-8");
+    constexpr std::string_view kSnapshot = "/snapshot/";
+    if (target.rfind(kSnapshot, 0) == 0 && shared_->options.snapshot)
+      return send_snapshot(request, std::string(target.substr(kSnapshot.size())));
     respond(request, http::status::not_found, "not found\n");
+  }
+
+  // GET /snapshot/NAMESPACE: asks the owner (options.snapshot) with the bearer token, then
+  // streams the file it names, whole or from the byte a Range asks for.
+  template <class Request>
+  void send_snapshot(const Request& request, const std::string& ns) {
+    std::string token;
+    const auto authorization = request[http::field::authorization];
+    constexpr std::string_view kBearer = "Bearer ";
+    if (authorization.size() > kBearer.size() &&
+        beast::iequals(authorization.substr(0, kBearer.size()), kBearer))
+      token = std::string(authorization.substr(kBearer.size()));
+    SnapshotAnswer answer;
+    try {
+      answer = shared_->options.snapshot(ns, token);
+    } catch (const std::exception& e) {
+      answer = SnapshotAnswer{500, "", "", e.what()};
+    }
+    if (answer.status != 200)
+      return respond(request, static_cast<http::status>(answer.status), answer.message + "\n");
+    beast::error_code ec;
+    file_.emplace();
+    file_->open(answer.path.c_str(), beast::file_mode::scan, ec);
+    const std::uint64_t size = ec ? 0 : file_->size(ec);
+    if (ec) {
+      file_.reset();
+      return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
+    }
+    // "Range: bytes=N-" resumes a download; with an If-Range naming another file, the whole
+    // current one goes instead. Any other range is ignored (RFC 9110 allows it): whole file.
+    std::uint64_t from = 0;
+    const auto range = request[http::field::range];
+    const auto if_range = request[http::field::if_range];
+    constexpr std::string_view kBytes = "bytes=";
+    if (range.size() > kBytes.size() + 1 && range.substr(0, kBytes.size()) == kBytes &&
+        range.back() == '-' && (if_range.empty() || if_range == answer.etag)) {
+      const std::string_view digits = range.substr(kBytes.size(), range.size() - kBytes.size() - 1);
+      std::uint64_t n = 0;
+      auto [end, parse_error] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+      if (parse_error == std::errc() && end == digits.data() + digits.size()) {
+        if (n >= size) {
+          file_.reset();
+          return respond(request, http::status::range_not_satisfiable,
+                         "the snapshot has " + std::to_string(size) + " bytes\n");
+        }
+        from = n;
+      }
+    }
+    if (from > 0) file_->seek(from, ec);
+    if (ec) {
+      file_.reset();
+      return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
+    }
+    file_response_.emplace(from > 0 ? http::status::partial_content : http::status::ok,
+                           request.version());
+    auto& response = *file_response_;
+    response.set(http::field::server, "lattice");
+    response.set(http::field::content_type, "application/vnd.sqlite3");
+    response.set(http::field::etag, answer.etag);
+    response.set(http::field::accept_ranges, "bytes");
+    if (from > 0)
+      response.set(http::field::content_range, "bytes " + std::to_string(from) + "-" +
+                                                   std::to_string(size - 1) + "/" +
+                                                   std::to_string(size));
+    response.content_length(size - from);
+    response.keep_alive(request.keep_alive() && !shared_->stopping);
+    file_left_ = request.method() == http::verb::head ? 0 : size - from;
+    file_chunk_.resize(64 << 10);
+    file_serializer_.emplace(response);
+    if (request.method() == http::verb::head) {
+      expire_soon();
+      return http::async_write_header(
+          stream_, *file_serializer_,
+          beast::bind_front_handler(&HttpSession::on_snapshot_sent, this->shared_from_this()));
+    }
+    send_snapshot_chunk();
+  }
+
+  void send_snapshot_chunk() {
+    beast::error_code ec;
+    const auto n =
+        static_cast<std::size_t>(std::min<std::uint64_t>(file_left_, file_chunk_.size()));
+    if (n > 0) file_->read(file_chunk_.data(), n, ec);
+    if (ec) return shared_->fail(ec, peer_, "snapshot read");
+    file_left_ -= n;
+    shared_->counters.snapshot_bytes_sent += n;
+    auto& body = file_response_->body();
+    body.data = n > 0 ? file_chunk_.data() : nullptr;
+    body.size = n;
+    body.more = file_left_ > 0;
+    expire_soon();
+    http::async_write(
+        stream_, *file_serializer_,
+        beast::bind_front_handler(&HttpSession::on_snapshot_chunk, this->shared_from_this()));
+  }
+
+  void on_snapshot_chunk(beast::error_code ec, std::size_t) {
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) return shared_->fail(ec, peer_, "snapshot write");
+    if (!file_serializer_->is_done()) return send_snapshot_chunk();
+    ++shared_->counters.snapshots_sent;
+    on_snapshot_sent({}, 0);
+  }
+
+  void on_snapshot_sent(beast::error_code ec, std::size_t) {
+    if (ec) return shared_->fail(ec, peer_, "snapshot write");
+    const bool keep_alive = file_response_->keep_alive();
+    file_serializer_.reset();
+    file_response_.reset();
+    file_.reset();
+    file_chunk_ = {};
+    if (!keep_alive) return do_eof();
+    do_read();
   }
 
   template <class Request>
@@ -615,6 +733,12 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::string peer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> response_;
+  // A snapshot on its way out: the file, what is left of it, one chunk, the response.
+  std::optional<beast::file> file_;
+  std::uint64_t file_left_ = 0;
+  std::vector<char> file_chunk_;
+  std::optional<http::response<http::buffer_body>> file_response_;
+  std::optional<http::response_serializer<http::buffer_body>> file_serializer_;
   std::unique_ptr<Admission> admission_;
   bool upgraded_ = false;
 };

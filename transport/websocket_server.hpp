@@ -1,7 +1,7 @@
 #pragma once
 // The relay's network front: one TCP port serving WebSocket connections (one per device, the
-// namespace in the URL path) and plain HTTP (`GET /healthz`, `GET /metrics`), over TLS or, when
-// configured insecure, in the clear. Each accepted WebSocket is handed out as a
+// namespace in the URL path) and plain HTTP (`GET /healthz`, `GET /metrics`, `GET /snapshot/NS`),
+// over TLS or, when configured insecure, in the clear. Each accepted WebSocket is handed out as a
 // transport::Connection; the sync logic never sees Beast.
 //
 // Threading: the server and every connection it hands out run on one io_context, driven by one
@@ -20,6 +20,14 @@
 #include "transport/frame.hpp"
 
 namespace lattice::transport {
+
+// What `GET /snapshot/NAMESPACE` sends (docs/relay.md, "Snapshots"): a file, or a refusal.
+struct SnapshotAnswer {
+  int status = 404;     // 200: send the file at `path`; else the HTTP status of the refusal
+  std::string path;     // the snapshot file
+  std::string etag;     // names this file, quoted ("\"...\""): a resumed download must name it
+  std::string message;  // a refusal's body, one line
+};
 
 struct WebSocketServerOptions {
   std::string host = "127.0.0.1";  // a literal address to listen on ("0.0.0.0", "::1", ...)
@@ -66,6 +74,12 @@ struct WebSocketServerOptions {
   std::function<void(std::shared_ptr<Connection> connection, std::string ns)> on_connection;
   // The body of `GET /metrics` (Prometheus text format). Empty function: 404.
   std::function<std::string()> metrics;
+  // `GET /snapshot/NAMESPACE`: given the namespace (the path after /snapshot/, not validated)
+  // and the token of an `Authorization: Bearer TOKEN` header (empty without one). A 200 answer's
+  // file is sent whole, or from byte N with `Range: bytes=N-` (206; a `Range` with an
+  // `If-Range` that names another ETag gets the whole file), 64 KiB at a time. Empty function:
+  // 404.
+  std::function<SnapshotAnswer(const std::string& ns, const std::string& token)> snapshot;
   // One line per notable event (failed handshakes, dropped slow consumers). May be empty.
   std::function<void(const std::string& line)> log;
 };
@@ -74,8 +88,10 @@ struct WebSocketServerOptions {
 struct WebSocketServerCounters {
   std::uint64_t websocket_accepted = 0;
   std::uint64_t http_requests = 0;
-  std::uint64_t handshake_failures = 0;  // TLS or WebSocket handshakes that failed or timed out
-  std::uint64_t slow_consumers = 0;      // connections dropped for a full outbound queue
+  std::uint64_t snapshots_sent = 0;       // snapshot downloads completed (whole or resumed)
+  std::uint64_t snapshot_bytes_sent = 0;  // snapshot bytes written, completed downloads or not
+  std::uint64_t handshake_failures = 0;   // TLS or WebSocket handshakes that failed or timed out
+  std::uint64_t slow_consumers = 0;       // connections dropped for a full outbound queue
   // Connections closed before authentication: refused at accept (a full source or server),
   // evicted to make room for newer ones, or without a hello in time.
   std::uint64_t refused_at_accept = 0;

@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -292,9 +293,12 @@ void drive(net::io_context& io, const Done& done, std::chrono::milliseconds time
 struct HttpReply {
   unsigned status = 0;
   std::string body;
+  std::map<std::string, std::string> headers;  // the response's, by lower-case name
 };
 
-HttpReply https_get(std::uint16_t port, const std::string& target) {
+// GET `target` with `headers` (name, value) over TLS; the body is read whole (at most 256 MiB).
+HttpReply https_get(std::uint16_t port, const std::string& target,
+                    const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   net::io_context io;
   ssl::context tls = client_tls();
   beast::ssl_stream<beast::tcp_stream> stream(io, tls);
@@ -302,7 +306,10 @@ HttpReply https_get(std::uint16_t port, const std::string& target) {
   beast::get_lowest_layer(stream).expires_after(kWait);
   http::request<http::empty_body> request(http::verb::get, target, 11);
   request.set(http::field::host, "127.0.0.1");
-  http::response<http::string_body> response;
+  for (const auto& [name, value] : headers) request.set(name, value);
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(256u << 20);
+  auto& response = parser.get();
   beast::flat_buffer buffer;
   std::optional<beast::error_code> result;
   auto fail_or = [&](beast::error_code ec, auto next) {
@@ -318,7 +325,7 @@ HttpReply https_get(std::uint16_t port, const std::string& target) {
             fail_or(ec2, [&] {
               http::async_write(stream, request, [&](beast::error_code ec3, std::size_t) {
                 fail_or(ec3, [&] {
-                  http::async_read(stream, buffer, response,
+                  http::async_read(stream, buffer, parser,
                                    [&](beast::error_code ec4, std::size_t) { result = ec4; });
                 });
               });
@@ -330,7 +337,14 @@ HttpReply https_get(std::uint16_t port, const std::string& target) {
       io, [&] { return result.has_value(); }, kWait);
   if (!result) throw std::runtime_error("GET " + target + " timed out");
   if (*result) throw std::runtime_error("GET " + target + ": " + result->message());
-  return {response.result_int(), response.body()};
+  HttpReply reply{response.result_int(), response.body(), {}};
+  for (const auto& field : response) {
+    std::string name(field.name_string());
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    reply.headers[name] = std::string(field.value());
+  }
+  return reply;
 }
 
 // One device's WebSocket to the relay, speaking raw frames.
@@ -685,6 +699,80 @@ TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket por
         "lattice_relay_merge_seconds_bucket{le=\"+Inf\"} 0", "lattice_relay_merge_seconds_count 0"})
     CHECK_MESSAGE(metrics.body.find(name) != std::string::npos, name);
   CHECK(https_get(relay.port(), "/nothing-here").status == 404);
+}
+
+TEST_CASE("GET /snapshot/NAMESPACE gives a reader the namespace as a snapshot, resumable") {
+  RelayProcess relay;
+  const std::string token = cli_token("board", "read,write");
+  std::unique_ptr<storage::Replica> source;  // the writer's replica: what the relay holds
+  {
+    Peer writer(relay.port(), "board", token);
+    writer.replica->exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+        "INSERT INTO todo(id, title, votes) SELECT 'task ' || i, printf('%0200d', i), i % 7 "
+        "FROM n");
+    writer.replica->exec("DELETE FROM todo WHERE id LIKE '%5'");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+    writer.replica->exec("UPDATE todo SET votes = votes + 1 WHERE id = 'task 12'");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+    source = std::move(writer.replica);
+  }
+  const std::string bearer = "Bearer " + token;
+
+  // Who may not have it: no token, a bad one, another namespace's, one without the read right.
+  CHECK(https_get(relay.port(), "/snapshot/board").status == 401);
+  CHECK(https_get(relay.port(), "/snapshot/board", {{"Authorization", "Bearer nonsense"}}).status ==
+        401);
+  const HttpReply elsewhere = https_get(
+      relay.port(), "/snapshot/board", {{"Authorization", "Bearer " + cli_token("other", "read")}});
+  CHECK(elsewhere.status == 403);
+  CHECK(elsewhere.body.find("namespace 'other'") != std::string::npos);
+  CHECK(https_get(relay.port(), "/snapshot/board",
+                  {{"Authorization", "Bearer " + cli_token("board", "write")}})
+            .status == 403);
+
+  // A reader gets a file that a new replica installs, holding what the relay holds.
+  const HttpReply whole = https_get(relay.port(), "/snapshot/board", {{"Authorization", bearer}});
+  REQUIRE(whole.status == 200);
+  const std::string etag = whole.headers.at("etag");
+  CHECK(whole.headers.at("accept-ranges") == "bytes");
+  CHECK(whole.body.size() > 300'000);
+  test::TempDir dir;
+  const auto write = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir.file(name), std::ios::binary) << bytes;
+    return dir.file(name);
+  };
+  auto device = test::open_todo_replica();
+  device->install_snapshot(write("whole.snapshot", whole.body));
+  CHECK(device->digest() == source->digest());
+  CHECK(device->version_vector() == source->version_vector());
+
+  // The same file again while it is young; a download broken off resumes where it stopped.
+  const std::size_t cut = whole.body.size() / 3;
+  const HttpReply rest = https_get(relay.port(), "/snapshot/board",
+                                   {{"Authorization", bearer},
+                                    {"Range", "bytes=" + std::to_string(cut) + "-"},
+                                    {"If-Range", etag}});
+  REQUIRE(rest.status == 206);
+  CHECK(rest.headers.at("etag") == etag);
+  CHECK(rest.headers.at("content-range") == "bytes " + std::to_string(cut) + "-" +
+                                                std::to_string(whole.body.size() - 1) + "/" +
+                                                std::to_string(whole.body.size()));
+  CHECK(whole.body.substr(0, cut) + rest.body == whole.body);
+  // A resume that names another file gets the whole current one; a range past the end, 416.
+  CHECK(https_get(relay.port(), "/snapshot/board",
+                  {{"Authorization", bearer}, {"Range", "bytes=10-"}, {"If-Range", "\"old\""}})
+            .status == 200);
+  CHECK(https_get(relay.port(), "/snapshot/board",
+                  {{"Authorization", bearer},
+                   {"Range", "bytes=" + std::to_string(whole.body.size()) + "-"}})
+            .status == 416);
+
+  const std::string metrics = https_get(relay.port(), "/metrics").body;
+  CHECK(metrics.find("lattice_relay_snapshots_written_total 1") != std::string::npos);
+  CHECK(metrics.find("lattice_relay_snapshots_sent_total 3") != std::string::npos);
 }
 
 TEST_CASE("a valid hello gets a welcome and then the namespace's changes") {
