@@ -592,6 +592,15 @@ bool Hub::Impl::check_schema(Peer& peer, Namespace& space, const transport::Hell
   return true;
 }
 
+std::optional<Error> read_refusal(const Grant& grant, const std::string& ns) {
+  if (grant.ns != ns)
+    return Error(ErrorCode::kUnauthorized,
+                 "token is for namespace '" + grant.ns + "', not '" + ns + "'");
+  if (!(grant.rights & kGrantRead))
+    return Error(ErrorCode::kForbidden, "token lacks the read right");
+  return std::nullopt;
+}
+
 void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hello& hello) {
   // on_first_frame checked the version, the namespace and the token (peer->grant).
   if (auto why = transport::check_vector(hello.held, "hello.held"))
@@ -601,11 +610,11 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
                 "hello.acked_seq " + std::to_string(hello.acked_seq) +
                     " is past the device's own last transaction " +
                     std::to_string(hello.held.get(hello.site)));
-  if (peer->grant.ns != peer->ns)
-    return fail(*peer, WireError::kUnauthorized,
-                "token is for namespace '" + peer->grant.ns + "', not '" + peer->ns + "'");
-  if (!(peer->grant.rights & kGrantRead))
-    return fail(*peer, WireError::kForbidden, "token lacks the read right");
+  if (auto refusal = read_refusal(peer->grant, peer->ns))
+    return fail(
+        *peer,
+        refusal->code() == ErrorCode::kForbidden ? WireError::kForbidden : WireError::kUnauthorized,
+        refusal->what());
   peer->token = hello.token;
   const HubLimits& limits = options.limits;
   if (++tokens[hello.token].connections > limits.max_connections_per_token)

@@ -11,9 +11,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "crdt/error.hpp"
 #include "storage/replica.hpp"
 #include "transport/connection.hpp"
 
@@ -30,6 +32,11 @@ constexpr unsigned kGrantRead = 1, kGrantWrite = 2, kGrantAdmin = 4;
 
 // Checks a bearer token. Throws Error(kUnauthorized) naming why it is not valid.
 using Authenticator = std::function<Grant(std::string_view token)>;
+
+// Why `grant` may not read namespace `ns`: Error(kUnauthorized) for a token of another
+// namespace, Error(kForbidden) for one without the read right; nothing when it may. What a
+// hello and GET /snapshot/NAMESPACE check.
+std::optional<Error> read_refusal(const Grant& grant, const std::string& ns);
 
 struct HubLimits {
   std::size_t max_frame_bytes = 16u << 20;

@@ -429,11 +429,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     } catch (const Error& e) {
       return SnapshotAnswer{401, "", "", e.what()};
     }
-    if (grant.ns != ns)
-      return SnapshotAnswer{403, "", "",
-                            "token is for namespace '" + grant.ns + "', not '" + ns + "'"};
-    if (!(grant.rights & kGrantRead))
-      return SnapshotAnswer{403, "", "", "token lacks the read right"};
+    if (auto refusal = read_refusal(grant, ns)) return SnapshotAnswer{403, "", "", refusal->what()};
     try {
       const SnapshotFile file = hub.snapshot(ns, max_age);
       return SnapshotAnswer{200, file.path, file.etag, ""};

@@ -595,14 +595,13 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
     if (answer.status != 200)
       return respond(request, static_cast<http::status>(answer.status), answer.message + "\n");
+    // Opened here, kept by the session (file_) only once it is to be sent.
     beast::error_code ec;
-    file_.emplace();
-    file_->open(answer.path.c_str(), beast::file_mode::scan, ec);
-    const std::uint64_t size = ec ? 0 : file_->size(ec);
-    if (ec) {
-      file_.reset();
+    beast::file file;
+    file.open(answer.path.c_str(), beast::file_mode::scan, ec);
+    const std::uint64_t size = ec ? 0 : file.size(ec);
+    if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
-    }
     // "Range: bytes=N-" resumes a download; with an If-Range naming another file, the whole
     // current one goes instead. Any other range is ignored (RFC 9110 allows it): whole file.
     std::uint64_t from = 0;
@@ -615,19 +614,16 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       std::uint64_t n = 0;
       auto [end, parse_error] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
       if (parse_error == std::errc() && end == digits.data() + digits.size()) {
-        if (n >= size) {
-          file_.reset();
+        if (n >= size)
           return respond(request, http::status::range_not_satisfiable,
                          "the snapshot has " + std::to_string(size) + " bytes\n");
-        }
         from = n;
       }
     }
-    if (from > 0) file_->seek(from, ec);
-    if (ec) {
-      file_.reset();
+    if (from > 0) file.seek(from, ec);
+    if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
-    }
+    file_.emplace(std::move(file));
     file_response_.emplace(from > 0 ? http::status::partial_content : http::status::ok,
                            request.version());
     auto& response = *file_response_;
