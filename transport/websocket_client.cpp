@@ -1,10 +1,6 @@
 #include "transport/websocket_client.hpp"
 
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
-
 #include <algorithm>
-#include <atomic>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -16,11 +12,10 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <cctype>
 #include <deque>
-#include <filesystem>
-#include <map>
-#include <mutex>
 #include <sstream>
 #include <type_traits>
+
+#include "transport/client_tls.hpp"
 
 namespace lattice::transport {
 namespace {
@@ -56,18 +51,6 @@ bool starts_with_nocase(std::string_view text, std::string_view prefix) {
   for (std::size_t i = 0; i < prefix.size(); ++i)
     if (std::tolower(static_cast<unsigned char>(text[i])) != prefix[i]) return false;
   return true;
-}
-
-bool is_loopback_address(const net::ip::address& address) {
-  if (address.is_v6() && address.to_v6().is_v4_mapped())
-    return net::ip::make_address_v4(net::ip::v4_mapped, address.to_v6()).is_loopback();
-  return address.is_loopback();
-}
-
-bool is_ip_address(const std::string& host) {
-  error_code ec;
-  net::ip::make_address(host, ec);
-  return !ec;
 }
 
 }  // namespace
@@ -159,7 +142,7 @@ bool is_loopback_host(std::string_view host) {
   if (lower == "localhost") return true;
   error_code ec;
   const net::ip::address address = net::ip::make_address(lower, ec);
-  return !ec && is_loopback_address(address);
+  return !ec && detail::is_loopback_address(address);
 }
 
 WebSocketUrl check_url(std::string_view url, const ClientOptions& options) {
@@ -240,11 +223,9 @@ class WebSocketConnection : public Connection,
     if constexpr (kSecure) {
       // OpenSSL's error says "certificate verify failed"; its verify result says why.
       if (!open_ && tls_started_) {
-        const long verify = SSL_get_verify_result(ws_.next_layer().native_handle());
-        if (host_mismatch_)
-          reason += " (the certificate is not for '" + url_.host + "')";
-        else if (verify != X509_V_OK)
-          reason += std::string(" (") + X509_verify_cert_error_string(verify) + ")";
+        const std::string detail = detail::verify_failure_detail(ws_.next_layer().native_handle(),
+                                                                 url_.host, host_mismatch_);
+        if (!detail.empty()) reason += " " + detail;
       }
     }
     finish(reason);
@@ -255,7 +236,7 @@ class WebSocketConnection : public Connection,
     if (!url_.secure && !options_.allow_insecure_remote) {
       // "localhost" passed check_url by name; make sure it also means loopback here.
       for (const auto& entry : results)
-        if (!is_loopback_address(entry.endpoint().address()))
+        if (!detail::is_loopback_address(entry.endpoint().address()))
           return finish("refusing ws:// to '" + url_.host + "': it resolves to " +
                             entry.endpoint().address().to_string() +
                             ", which is not a loopback address",
@@ -276,19 +257,8 @@ class WebSocketConnection : public Connection,
     // Frames are small and latency matters more than packet count.
     beast::get_lowest_layer(ws_).socket().set_option(tcp::no_delay(true), ec);
     if constexpr (kSecure) {
-      SSL* ssl_handle = ws_.next_layer().native_handle();
-      // SNI carries host names only; RFC 6066 forbids IP literals there.
-      if (!is_ip_address(url_.host) && !SSL_set_tlsext_host_name(ssl_handle, url_.host.c_str()))
-        return finish("TLS handshake with " + url_.authority() + ": cannot set SNI");
-      ws_.next_layer().set_verify_mode(ssl::verify_peer);
-      ws_.next_layer().set_verify_callback(
-          [this, verify = ssl::host_name_verification(url_.host)](
-              bool preverified, ssl::verify_context& context) mutable {
-            const bool ok = verify(preverified, context);
-            // host_name_verification fails a pre-verified chain only for the name.
-            if (preverified && !ok) host_mismatch_ = true;
-            return ok;
-          });
+      if (auto problem = detail::prepare_client_tls(ws_.next_layer(), url_.host, &host_mismatch_))
+        return finish("TLS handshake with " + url_.authority() + ": " + *problem);
       tls_started_ = true;
       ws_.next_layer().async_handshake(
           ssl::stream_base::client,
@@ -462,52 +432,7 @@ class WebSocketConnection : public Connection,
   bool closed_ = false;         // finished: the handler or on_close has been called
 };
 
-std::atomic<std::uint64_t> contexts_made{0};
-
-// The TLS context of client connections that trust the system's roots and `ca_file`: one per
-// CA file for the life of the process, shared by its connections. Loading the system's trust
-// store costs tens of milliseconds of CPU (144 certificates, 38 ms here), too much for every
-// connection of a device that reconnects. A CA file changed on disk since (its modification
-// time or size) gets a new context; connections hold theirs until they close.
-std::shared_ptr<ssl::context> client_tls_context(const std::string& ca_file) {
-  struct Cached {
-    std::filesystem::file_time_type modified;
-    std::uintmax_t size = 0;
-    std::shared_ptr<ssl::context> context;
-  };
-  static std::mutex mutex;
-  static std::map<std::string, Cached> cache;
-  std::error_code stat_error;
-  Cached fresh;
-  if (!ca_file.empty()) {
-    fresh.modified = std::filesystem::last_write_time(ca_file, stat_error);
-    fresh.size = std::filesystem::file_size(ca_file, stat_error);
-  }
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(ca_file);
-  if (it != cache.end() && it->second.modified == fresh.modified && it->second.size == fresh.size)
-    return it->second.context;
-  auto tls = std::make_shared<ssl::context>(ssl::context::tls_client);
-  tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  error_code ec;
-  // Without system roots a --ca-file can still verify the relay; a missing --ca-file cannot.
-  tls->set_default_verify_paths(ec);
-  if (!ca_file.empty()) {
-    tls->load_verify_file(ca_file, ec);
-    if (ec)
-      throw Error(ErrorCode::kIo, "cannot load the CA file '" + ca_file + "': " + ec.message());
-  }
-  tls->set_verify_mode(ssl::verify_peer);
-  fresh.context = tls;
-  cache[ca_file] = std::move(fresh);
-  ++contexts_made;
-  return tls;
-}
-
 }  // namespace
-
-std::uint64_t client_tls_contexts_made() { return contexts_made.load(); }
 
 CancelConnect connect_websocket(boost::asio::io_context& io, std::string_view url,
                                 ClientOptions options, ConnectHandler on_connected) {
@@ -533,7 +458,7 @@ CancelConnect connect_websocket(boost::asio::io_context& io, std::string_view ur
 
   std::shared_ptr<ssl::context> tls;
   try {
-    tls = client_tls_context(options.ca_file);
+    tls = detail::client_tls_context(options.ca_file);
   } catch (const Error& e) {
     return report(e);
   }
