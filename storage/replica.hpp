@@ -280,6 +280,11 @@ class Replica {
   // kIo, kBusy.
   crdt::VersionVector install_snapshot(const std::string& path);
 
+  // True when install_snapshot would not refuse this replica as not empty: it has written and
+  // merged nothing and holds no replicated row. Another connection may write in the meantime;
+  // install_snapshot checks again. Throws Error: kIo, kBusy.
+  bool accepts_snapshot();
+
   // --- Telling copies of a replica file apart (docs/protocol.md, "Rekey") ---------------------
 
   // This replica's own transactions with `from` <= seq <= `through`, from the local log, in

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "storage/detail/replica_impl.hpp"
@@ -139,6 +140,23 @@ void require_same_rows(sqlite3* db, const std::string& select_main,
 // declare fewer constraints than the application's) shows rows that this replica would hold. A
 // merge holds them (docs/data-quality.md); an install cannot, so it is refused, and the replica
 // syncs change by change instead.
+// Why install_snapshot refuses this replica as not empty ("it has written changes"), or
+// nothing when it holds nothing replicated: no own change, no other site, no row.
+std::optional<std::string> why_not_empty(Replica::Impl& impl) {
+  sqlite3* db = impl.db;
+  if (scalar(db, "SELECT seq FROM main.lattice_local WHERE id = 0") != 0)
+    return "it has written changes";
+  if (scalar(db, "SELECT count(*) FROM main.lattice_sites") != 1) return "it has merged changes";
+  if (scalar(db, "SELECT count(*) FROM main.lattice_held") != 0 ||
+      scalar(db, "SELECT count(*) FROM main.lattice_future_values") != 0)
+    return "it holds rows";
+  for (const auto& [id, t] : impl.tables)
+    for (const auto& name : tables_of(*t))
+      if (scalar(db, "SELECT EXISTS (SELECT 1 FROM main." + quote_identifier(name) + ")"))
+        return "table " + name + " has rows";
+  return std::nullopt;
+}
+
 Error stricter(const std::string& table, const std::string& what) {
   return Error(ErrorCode::kSchema,
                "install_snapshot: rows of table " + table +
@@ -208,6 +226,12 @@ crdt::VersionVector Replica::write_snapshot(const std::string& path) {
   return vector;
 }
 
+bool Replica::accepts_snapshot() {
+  Impl& impl = *impl_;
+  impl.refresh();
+  return !why_not_empty(impl);
+}
+
 crdt::VersionVector Replica::install_snapshot(const std::string& path) {
   Impl& impl = *impl_;
   sqlite3* db = impl.db;
@@ -250,22 +274,10 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
     exec_sql(db, "BEGIN IMMEDIATE");
     impl.refresh();
 
-    // This replica holds nothing replicated: no own change, no other site, no row.
-    auto refuse = [](const std::string& why) {
-      throw Error(ErrorCode::kState, "install_snapshot: this replica is not empty (" + why +
+    if (auto why = why_not_empty(impl))
+      throw Error(ErrorCode::kState, "install_snapshot: this replica is not empty (" + *why +
                                          "); a snapshot is installed only into a replica that "
                                          "has written and merged nothing");
-    };
-    if (scalar(db, "SELECT seq FROM main.lattice_local WHERE id = 0") != 0)
-      refuse("it has written changes");
-    if (scalar(db, "SELECT count(*) FROM main.lattice_sites") != 1) refuse("it has merged changes");
-    if (scalar(db, "SELECT count(*) FROM main.lattice_held") != 0 ||
-        scalar(db, "SELECT count(*) FROM main.lattice_future_values") != 0)
-      refuse("it holds rows");
-    for (const auto& [id, t] : impl.tables)
-      for (const auto& name : tables_of(*t))
-        if (scalar(db, "SELECT EXISTS (SELECT 1 FROM main." + quote_identifier(name) + ")"))
-          refuse("table " + name + " has rows");
 
     // The same replicated schema, id for id.
     require_same_rows(db, "SELECT id, name, dropped, future FROM main.lattice_tables",
