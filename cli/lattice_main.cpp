@@ -36,9 +36,10 @@ constexpr const char* kUsage = R"(usage:
                                                schema is in place and that holds nothing yet
   lattice migrate DB VERSION SQL               run migration VERSION once (schema changes)
   lattice sync DB URL [--token-file FILE] [--once | --verify] [--ca-file FILE]
-               [--timeout SECONDS] [--allow-insecure-remote]
+               [--timeout SECONDS] [--allow-insecure-remote] [--no-snapshot]
                                                sync with a relay at wss://HOST:PORT/NAMESPACE;
-                                               the token from FILE or $LATTICE_TOKEN
+                                               the token from FILE or $LATTICE_TOKEN; an
+                                               empty DB starts from the relay's snapshot
   lattice import DB TABLE FILE [--format csv|ndjson|json] [--map MAPFILE] [--errors FILE]
                [--batch N] [--progress]        import a file's records as rows, by primary key
   lattice export DB TABLE|QUERY [--format csv|ndjson|json] [--out FILE]
@@ -178,6 +179,8 @@ int run_sync(const std::vector<std::string>& args) {
       timeout_seconds = parse_seconds(args[++i]);
     } else if (args[i] == "--allow-insecure-remote") {
       options.allow_insecure_remote = true;
+    } else if (args[i] == "--no-snapshot") {
+      options.bootstrap_from_snapshot = false;
     } else {
       // Not echoed: a token put in the wrong place would land in the terminal and its logs.
       throw UsageError("unexpected argument #" + std::to_string(i + 1) + " to 'sync'" +

@@ -671,6 +671,7 @@ lattice_sync* lattice_sync_start(const char* replica_path, const char* url, cons
     lattice::engine::SyncClientOptions client_options;
     if (given.ca_file) client_options.ca_file = given.ca_file;
     client_options.allow_insecure_remote = given.allow_insecure_remote;
+    client_options.bootstrap_from_snapshot = !given.no_snapshot;
     client_options.min_backoff = duration_option(given.min_backoff_ms, 100, "min_backoff_ms");
     client_options.max_backoff = duration_option(given.max_backoff_ms, 30'000, "max_backoff_ms");
     client_options.poll_interval = duration_option(given.poll_interval_ms, 50, "poll_interval_ms");

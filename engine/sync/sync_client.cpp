@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "crdt/error.hpp"
+#include "transport/snapshot_download.hpp"
 #include "transport/websocket_client.hpp"
 
 namespace lattice::engine {
@@ -70,6 +71,7 @@ struct SyncClient::Impl {
   void connect() {
     if (stopping) return;
     set_state(SyncState::kConnecting);
+    if (snapshot_wanted) return fetch_snapshot();
     cancel_connect = transport::connect_websocket(
         io, url, client_options(),
         [this](std::optional<Error> error, std::shared_ptr<transport::Connection> connection) {
@@ -105,6 +107,68 @@ struct SyncClient::Impl {
     session = std::make_unique<SyncSession>(*replica, std::move(observed),
                                             SyncSession::Options{ns, token}, std::move(events));
     session->start();
+  }
+
+  // --- Starting from a snapshot (SyncClientOptions::bootstrap_from_snapshot) ------------------
+
+  std::string snapshot_path() const { return path + "-snapshot"; }
+
+  void fetch_snapshot() {
+    try {
+      // The application may have written since the last look: then there is nothing to gain.
+      if (!replica->accepts_snapshot()) return give_up_snapshot("");
+    } catch (const Error& e) {
+      return give_up_snapshot(e.what());
+    }
+    set_state(SyncState::kSyncing);
+    transport::SnapshotDownloadOptions download;
+    download.client = client_options();
+    download.max_bytes = options.max_snapshot_bytes;
+    cancel_connect = transport::download_snapshot(
+        io, url, token, snapshot_path(), std::move(download),
+        [this](std::optional<Error> error, transport::SnapshotDownloadResult result) {
+          on_snapshot_downloaded(std::move(error), result);
+        });
+  }
+
+  void on_snapshot_downloaded(std::optional<Error> error,
+                              const transport::SnapshotDownloadResult& result) {
+    cancel_connect = nullptr;
+    if (stopping) return mark_shut_down();
+    if (error) {
+      // A network failure is tried again after the usual backoff, from where it stopped. It
+      // counts against snapshot_attempts only when the relay answered and sent nothing (a relay
+      // or proxy failing): a device offline at its first start must not give up on the
+      // snapshot, nor one whose downloads progress. A refusal would be repeated.
+      const bool counts = result.answered && result.received_bytes == 0;
+      if (error->code() == ErrorCode::kIo &&
+          (!counts || ++snapshot_failures < options.snapshot_attempts)) {
+        record_error(error->what());
+        set_state(SyncState::kOffline);
+        return schedule_reconnect();
+      }
+      give_up_snapshot(error->what());
+      return connect();
+    }
+    try {
+      replica->install_snapshot(snapshot_path());
+      std::lock_guard lock(mutex);
+      status.snapshot_installed_bytes = result.file_bytes;
+    } catch (const Error& e) {
+      // Not empty any more, or a schema this snapshot's rows do not fit: change by change.
+      give_up_snapshot(e.what());
+      return connect();
+    }
+    give_up_snapshot("");
+    update_status();
+    connect();
+  }
+
+  // Change by change from now on; `why`, if not empty, becomes the last error.
+  void give_up_snapshot(const std::string& why) {
+    snapshot_wanted = false;
+    transport::remove_snapshot_files(snapshot_path());
+    if (!why.empty()) record_error(why + "; syncing change by change");
   }
 
   void on_wire_error(const transport::ErrorFrame& frame) {
@@ -227,7 +291,8 @@ struct SyncClient::Impl {
     const bool changed =
         !published || now.state != last_published.state || now.pending != last_published.pending ||
         now.last_error != last_published.last_error || now.fatal != last_published.fatal ||
-        now.in_sync != last_published.in_sync || !(now.relay_held == last_published.relay_held);
+        now.in_sync != last_published.in_sync || !(now.relay_held == last_published.relay_held) ||
+        now.snapshot_installed_bytes != last_published.snapshot_installed_bytes;
     if (!changed) return;
     published = true;
     last_published = now;
@@ -261,9 +326,11 @@ struct SyncClient::Impl {
   net::steady_timer poll_timer{io};
   net::steady_timer retry_timer{io};
   std::unique_ptr<storage::Replica> replica;
-  std::unique_ptr<SyncSession> session;  // after replica: destroyed before it
-  transport::CancelConnect cancel_connect;
-  crdt::VersionVector relay_held;  // what the relay held when the last session ended
+  std::unique_ptr<SyncSession> session;     // after replica: destroyed before it
+  transport::CancelConnect cancel_connect;  // of a connection attempt or snapshot download
+  bool snapshot_wanted = false;             // start from a snapshot (fetch_snapshot)
+  std::uint32_t snapshot_failures = 0;      // downloads that failed on the network
+  crdt::VersionVector relay_held;           // what the relay held when the last session ended
   std::int64_t data_version = -1;
   std::mt19937_64 rng;
   milliseconds backoff;
@@ -301,6 +368,9 @@ void SyncClient::start() {
   }
   d.ns = transport::check_url(d.url, d.client_options()).ns;
   d.replica = storage::Replica::open(d.path, d.options.replica_options);
+  // Leftovers of a download are resumed only while the replica can still take the snapshot.
+  d.snapshot_wanted = d.options.bootstrap_from_snapshot && d.replica->accepts_snapshot();
+  if (!d.snapshot_wanted) transport::remove_snapshot_files(d.snapshot_path());
   {
     std::lock_guard lock(d.mutex);
     d.started = true;

@@ -47,6 +47,9 @@ struct SyncStatus {
   // True when the relay has acknowledged every local change and this replica holds what the
   // relay said it held (SyncSession::in_sync).
   bool in_sync = false;
+  // Set once this replica started from a snapshot of the namespace
+  // (SyncClientOptions::bootstrap_from_snapshot): the snapshot's size in bytes. 0 otherwise.
+  std::uint64_t snapshot_installed_bytes = 0;
 };
 
 struct SyncClientOptions {
@@ -77,6 +80,22 @@ struct SyncClientOptions {
   // offline: SyncStatus::fatal). Empty function: an unauthorized error is fatal. It may block
   // while it fetches a token (the client's I/O waits), but must not call stop().
   std::function<std::string(const std::string& reason)> renew_token;
+  // A replica that has written and merged nothing (storage::Replica::accepts_snapshot) starts
+  // from a snapshot of the namespace instead of receiving every change: the client downloads
+  // the relay's snapshot (GET /snapshot/NAMESPACE, same host, TLS and token) into
+  // `<replica_path>-snapshot`, installs it (storage::Replica::install_snapshot), removes the
+  // file, then syncs what changed since as usual. The state meanwhile is kSyncing. A download
+  // cut off resumes where it stopped at the next attempt, after a restart too. The client syncs
+  // change by change instead, and does not try again, when the relay offers no snapshot (a
+  // relay older than protocol 4, a refused token), the install refuses it (the application
+  // wrote meanwhile, or its schema declares a constraint the relay's does not and its rows
+  // break it), or after snapshot_attempts downloads that the relay answered with an error or
+  // cut off before any byte (an unreachable relay is waited for, as for the WebSocket). Off:
+  // always change by change.
+  bool bootstrap_from_snapshot = true;
+  std::uint32_t snapshot_attempts = 3;
+  // Largest snapshot downloaded; a larger one is synced change by change.
+  std::uint64_t max_snapshot_bytes = std::uint64_t{64} << 30;
 };
 
 class SyncClient {

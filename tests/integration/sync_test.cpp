@@ -27,6 +27,7 @@
 
 #include "engine/sync/sync_client.hpp"
 #include "storage/replica.hpp"
+#include "transport/snapshot_download.hpp"
 #include "transport/websocket_client.hpp"
 
 #ifndef LATTICE_CLI_PATH
@@ -1054,6 +1055,296 @@ TEST_CASE("the token stays secret: from a file or LATTICE_TOKEN, never echoed") 
       CHECK(r.err.find(token) == std::string::npos);
     }
   }
+  relay.stop();
+}
+
+// The relay's current snapshot of `kNamespace` (data/snapshots/board.ID.snapshot) and the ETag
+// naming it; empty when it has written none.
+std::pair<std::string, std::string> relay_snapshot(Sandbox& box) {
+  const fs::path dir = box.path("data/snapshots");
+  if (!fs::exists(dir)) return {};
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const std::string prefix = std::string(kNamespace) + ".";
+    if (name.rfind(prefix, 0) == 0 && entry.path().extension() == ".snapshot")
+      return {entry.path().string(),
+              "\"" + name.substr(prefix.size(), name.size() - prefix.size() - 9) + "\""};
+  }
+  return {};
+}
+
+std::size_t relay_snapshots(Sandbox& box) {
+  const fs::path dir = box.path("data/snapshots");
+  if (!fs::exists(dir)) return 0;
+  return static_cast<std::size_t>(
+      std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+}
+
+void insert_rows(Sandbox& box, const std::string& db, const std::string& prefix, int count) {
+  must(lattice(box, {"exec", db,
+                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+                         std::to_string(count) + ") INSERT INTO todo(id, title, votes) SELECT '" +
+                         prefix + "' || i, 'task ' || i, i % 7 FROM n"}),
+       "insert into " + db);
+}
+
+TEST_CASE("a new device starts from the relay's snapshot, then receives what changed since") {
+  Sandbox box;
+  RelayFixture relay(box);
+  // One snapshot for the whole test: devices joining later get it, and the rest change by change.
+  relay.start(0, {"--snapshot-max-age", "1h"});
+  const std::string token = relay.token();
+  engine::SyncClientOptions writer_options;
+  writer_options.ca_file = relay.ca_file();
+  writer_options.bootstrap_from_snapshot = false;
+  const std::string a = relay.device("a");
+  engine::SyncClient writer(a, relay.url(), token, writer_options);
+  writer.start();
+  insert_rows(box, a, "r", 3000);
+  must(lattice(box, {"exec", a, "UPDATE todo SET done = 1 WHERE id IN ('r1', 'r2')"}), "update");
+  REQUIRE(writer.wait_until_in_sync(seconds(30)));
+  CHECK(writer.status().snapshot_installed_bytes == 0);
+  // `lattice sync --no-snapshot` syncs an empty replica change by change.
+  const std::string n = relay.device("n");
+  must(lattice(box, {"sync", n, relay.url(), "--token-file", token_file(box, token), "--once",
+                     "--ca-file", relay.ca_file(), "--no-snapshot"}),
+       "sync --no-snapshot");
+  CHECK(dump_todo(n) == dump_todo(a));
+  CHECK(relay_snapshots(box) == 0);
+
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  const std::string b = relay.device("b");
+  {
+    engine::SyncClient client(b, relay.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    const auto [file, etag] = relay_snapshot(box);
+    REQUIRE(!file.empty());
+    CHECK(client.status().snapshot_installed_bytes == fs::file_size(file));
+    CHECK(client.status().last_error.empty());
+    client.stop();
+  }
+  CHECK(dump_todo(b) == dump_todo(a));
+  CHECK_FALSE(fs::exists(b + "-snapshot"));
+  CHECK_FALSE(fs::exists(b + "-snapshot.etag"));
+
+  // Written after the snapshot: a later device gets the same snapshot and these one by one.
+  insert_rows(box, a, "late", 20);
+  must(lattice(box, {"exec", a,
+                     "UPDATE todo SET title = 'edited' WHERE id = 'r3'; "
+                     "DELETE FROM todo WHERE id = 'r4'; "
+                     "UPDATE todo SET votes = votes + 5 WHERE id = 'r5'"}),
+       "edits after the snapshot");
+  REQUIRE(writer.wait_until_in_sync(seconds(30)));
+  const std::string c = relay.device("c");
+  {
+    engine::SyncClient client(c, relay.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    CHECK(client.status().snapshot_installed_bytes > 0);
+    // The new device writes under its own site id; the writer receives it.
+    must(lattice(box, {"exec", c,
+                       "INSERT INTO todo(id, title) VALUES ('from-c', 'mine'); "
+                       "UPDATE todo SET votes = votes + 1 WHERE id = 'r5'"}),
+         "write on c");
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    REQUIRE(eventually(seconds(10), [&] { return has_row(a, "from-c"); }));
+    REQUIRE(writer.wait_until_in_sync(seconds(30)));
+    const auto digests = client.digests(seconds(10));
+    REQUIRE(digests);
+    CHECK(storage::compare_digests(digests->local, digests->relay).empty());
+    client.stop();
+  }
+  CHECK(dump_todo(c) == dump_todo(a));
+  CHECK(dump_todo(c).find("r5|task 5|0|11\n") != std::string::npos);
+  CHECK(relay_snapshots(box) == 1);
+
+  // A device that wrote before its first sync does not take a snapshot: change by change.
+  const std::string d = relay.device("d");
+  must(lattice(box, {"exec", d, "INSERT INTO todo(id, title) VALUES ('from-d', 'offline')"}),
+       "write on d");
+  {
+    engine::SyncClient client(d, relay.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    CHECK(client.status().snapshot_installed_bytes == 0);
+    client.stop();
+  }
+  REQUIRE(writer.wait_until_in_sync(seconds(30)));
+  writer.stop();
+  CHECK(dump_todo(d) == dump_todo(a));
+  relay.stop();
+}
+
+TEST_CASE("a snapshot download cut off resumes where it stopped; a stale part starts over") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start(0, {"--snapshot-max-age", "1h"});
+  const std::string token = relay.token();
+  const std::string a = relay.device("a");
+  insert_rows(box, a, "r", 2000);
+  sync_once(box, relay, a, token);
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  {
+    // The first download makes the relay write its snapshot.
+    const std::string b = relay.device("b");
+    engine::SyncClient client(b, relay.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    client.stop();
+  }
+  const auto [file, etag] = relay_snapshot(box);
+  REQUIRE(!file.empty());
+  const std::string whole = read_all(file);
+  REQUIRE(whole.size() > 3 * 4096);
+
+  // download_snapshot itself: what it receives, and what it refuses.
+  auto download = [&](const std::string& path, const std::string& with_token) {
+    boost::asio::io_context io;
+    transport::SnapshotDownloadOptions download_options;
+    download_options.client.ca_file = relay.ca_file();
+    std::optional<Error> error;
+    transport::SnapshotDownloadResult result;
+    bool done = false;
+    transport::download_snapshot(io, relay.url(), with_token, path, download_options,
+                                 [&](std::optional<Error> e, transport::SnapshotDownloadResult r) {
+                                   error = std::move(e);
+                                   result = r;
+                                   done = true;
+                                 });
+    io.run_for(seconds(30));
+    REQUIRE(done);
+    return std::make_pair(error, result);
+  };
+  const std::string part = box.path("part.snapshot");
+  SUBCASE("a third received earlier: the rest only") {
+    std::ofstream(part, std::ios::binary) << whole.substr(0, whole.size() / 3);
+    std::ofstream(part + ".etag") << etag << "\n";
+    const auto [error, result] = download(part, token);
+    REQUIRE_FALSE(error);
+    CHECK(result.resumed);
+    CHECK(result.file_bytes == whole.size());
+    CHECK(result.received_bytes == whole.size() - whole.size() / 3);
+    CHECK(read_all(part) == whole);
+  }
+  SUBCASE("a part of an older snapshot: the whole current one") {
+    std::ofstream(part, std::ios::binary) << std::string(5000, 'x');
+    std::ofstream(part + ".etag") << "\"older\"\n";
+    const auto [error, result] = download(part, token);
+    REQUIRE_FALSE(error);
+    CHECK_FALSE(result.resumed);
+    CHECK(result.received_bytes == whole.size());
+    CHECK(read_all(part) == whole);
+    CHECK(trim(read_all(part + ".etag")) == etag);
+  }
+  SUBCASE("a part without its ETag cannot be trusted: the whole file") {
+    std::ofstream(part, std::ios::binary) << whole.substr(0, 100);
+    const auto [error, result] = download(part, token);
+    REQUIRE_FALSE(error);
+    CHECK_FALSE(result.resumed);
+    CHECK(read_all(part) == whole);
+  }
+  SUBCASE("a part longer than the file is dropped, and the next try starts over") {
+    std::ofstream(part, std::ios::binary) << whole << "more";
+    std::ofstream(part + ".etag") << etag << "\n";
+    const auto [error, result] = download(part, token);
+    REQUIRE(error);
+    CHECK(error->code() == ErrorCode::kIo);
+    CHECK(std::string(error->what()).find("HTTP 416") != std::string::npos);
+    CHECK_FALSE(fs::exists(part));
+    const auto [again, second] = download(part, token);
+    REQUIRE_FALSE(again);
+    CHECK(read_all(part) == whole);
+  }
+  SUBCASE("refusals name the relay's reason and leave the part as it was") {
+    std::ofstream(part, std::ios::binary) << whole.substr(0, 100);
+    std::ofstream(part + ".etag") << etag << "\n";
+    const auto [unauthorized, r1] = download(part, "not-a-token");
+    REQUIRE(unauthorized);
+    CHECK(unauthorized->code() == ErrorCode::kUnauthorized);
+    CHECK(std::string(unauthorized->what()).find("HTTP 401") != std::string::npos);
+    const auto [forbidden, r2] = download(part, relay.token("elsewhere", "read"));
+    REQUIRE(forbidden);
+    CHECK(forbidden->code() == ErrorCode::kForbidden);
+    CHECK(read_all(part) == whole.substr(0, 100));
+  }
+  SUBCASE("a SyncClient resumes the part a killed process left") {
+    const std::string e = relay.device("e");
+    std::ofstream(e + "-snapshot", std::ios::binary) << whole.substr(0, whole.size() / 2);
+    std::ofstream(e + "-snapshot.etag") << etag << "\n";
+    engine::SyncClient client(e, relay.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    CHECK(client.status().snapshot_installed_bytes == whole.size());
+    client.stop();
+    CHECK(dump_todo(e) == dump_todo(a));
+    CHECK_FALSE(fs::exists(e + "-snapshot"));
+  }
+  SUBCASE("a device whose relay is unreachable at its first start still starts from a snapshot") {
+    const int port = relay.port();
+    relay.stop();
+    const std::string e = relay.device("e");
+    engine::SyncClientOptions quick = options;
+    quick.min_backoff = milliseconds(20);
+    quick.max_backoff = milliseconds(100);
+    engine::SyncClient client(e, relay.url(), token, quick);
+    client.start();
+    // Many more failed attempts than snapshot_attempts.
+    std::this_thread::sleep_for(milliseconds(1500));
+    CHECK(client.status().last_error.find("snapshot of 'board'") != std::string::npos);
+    relay.start(port, {"--snapshot-max-age", "1h"});
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    CHECK(client.status().snapshot_installed_bytes > 0);
+    client.stop();
+    CHECK(dump_todo(e) == dump_todo(a));
+  }
+  SUBCASE("leftovers beside a replica that wrote meanwhile are removed, not installed") {
+    const std::string e = relay.device("e");
+    std::ofstream(e + "-snapshot", std::ios::binary) << whole;
+    std::ofstream(e + "-snapshot.etag") << etag << "\n";
+    must(lattice(box, {"exec", e, "INSERT INTO todo(id, title) VALUES ('from-e', 'x')"}), "write");
+    engine::SyncClient client(e, relay.url(), token, options);
+    client.start();
+    CHECK_FALSE(fs::exists(e + "-snapshot"));
+    REQUIRE(client.wait_until_in_sync(seconds(30)));
+    CHECK(client.status().snapshot_installed_bytes == 0);
+    client.stop();
+    CHECK(has_row(e, "r1"));
+    CHECK(has_row(e, "from-e"));
+  }
+  relay.stop();
+}
+
+TEST_CASE("a snapshot the device's schema refuses gives way to syncing change by change") {
+  // The device declares a UNIQUE index the relay's schema lacks, and the relay holds two rows
+  // with one title: installing them would break it. Merging holds one of them back instead
+  // (docs/data-quality.md).
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string token = relay.token();
+  const std::string a = relay.device("a");
+  insert_rows(box, a, "r", 100);
+  must(lattice(box, {"exec", a, "UPDATE todo SET title = 'same' WHERE id IN ('r1', 'r2')"}),
+       "duplicate titles");
+  sync_once(box, relay, a, token);
+  const std::string b = relay.device("b");
+  must(lattice(box, {"exec", b, "CREATE UNIQUE INDEX todo_title ON todo(title)"}), "index");
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  engine::SyncClient client(b, relay.url(), token, options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(30)));
+  const engine::SyncStatus status = client.status();
+  client.stop();
+  CHECK(status.snapshot_installed_bytes == 0);
+  CHECK(status.last_error.find("todo") != std::string::npos);
+  CHECK(status.last_error.find("syncing change by change") != std::string::npos);
+  CHECK(has_row(b, "r3"));
+  CHECK(has_row(b, "r1") != has_row(b, "r2"));
+  CHECK_FALSE(fs::exists(b + "-snapshot"));
   relay.stop();
 }
 

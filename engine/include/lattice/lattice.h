@@ -66,7 +66,7 @@
 #define LATTICE_NOEXCEPT
 #endif
 
-#define LATTICE_API_VERSION 4
+#define LATTICE_API_VERSION 5
 
 #ifdef __cplusplus
 extern "C" {
@@ -465,9 +465,14 @@ typedef struct lattice_sync_options {
   void* context;                           /* passed to on_status */
   lattice_sync_token_callback renew_token; /* NULL: an unauthorized token is fatal (API 2) */
   void* renew_context;                     /* passed to renew_token (API 2) */
+  /* A replica that has written and merged nothing starts from a snapshot of the namespace the
+   * relay serves, downloaded into `<replica_path>-snapshot` (resumed after an interruption) and
+   * installed, then syncs what changed since; on any refusal it syncs change by change. True
+   * turns this off: always change by change. Added in API version 5. */
+  bool no_snapshot;
 } lattice_sync_options;
 #define LATTICE_SYNC_OPTIONS_INIT \
-  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL, NULL, NULL }
+  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL, NULL, NULL, false }
 
 /* Starts keeping the replica file at `replica_path` in sync with the relay at `url`
  * (wss://HOST:PORT/NAMESPACE, or ws:// to loopback) using bearer `token`; `options` may be NULL.
