@@ -21,6 +21,14 @@ namespace lattice::relay {
 
 namespace {
 
+// The transactions a changeset covers: its sequence numbers past `since`, over every site.
+std::uint64_t transactions_in(const crdt::Changeset& changeset) {
+  std::uint64_t count = 0;
+  for (const auto& [site, seq] : changeset.until.entries())
+    count += seq - std::min(seq, changeset.since.get(site));
+  return count;
+}
+
 using transport::valid_namespace;
 using transport::WireError;
 
@@ -685,15 +693,19 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
   while (first || !peer.known.dominates(held)) {
     first = false;
     if (sent >= options.limits.catch_up_round_bytes) return;  // on_drained calls again
-    // A frame must fit a round: halve the changes per frame until it does (a transaction is
-    // never cut, so one larger than a round still goes whole).
+    // A frame must fit a round: halve the changes per frame until it does. A transaction is
+    // never cut, so one larger than a round goes whole (in pieces), extracted once: halving
+    // would extract it again and again, holding the relay's thread for as many times as long.
     crdt::Changeset chunk;
     std::string bytes;
     for (;;) {
       chunk = peer.space->replica->changes_since(peer.known, peer.catch_up_changes);
+      ++counters.catch_up_extractions;
       bytes = crdt::encode_changeset(chunk);
       const std::size_t count = chunk.change_count();
-      if (bytes.size() <= options.limits.catch_up_round_bytes || count <= 1) break;
+      if (bytes.size() <= options.limits.catch_up_round_bytes || count <= 1 ||
+          transactions_in(chunk) <= 1)
+        break;
       const std::size_t fewer = std::min(peer.catch_up_changes, count) / 2;
       if (fewer == 0 || fewer == peer.catch_up_changes) break;
       peer.catch_up_changes = fewer;

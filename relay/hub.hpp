@@ -114,6 +114,7 @@ struct HubCounters {
   std::uint64_t group_commits = 0;                // commits of merged changes frames
   std::uint64_t grouped_batches = 0;              // changes frames merged in them
   std::uint64_t snapshots_written = 0;            // namespace snapshots written (Hub::snapshot)
+  std::uint64_t catch_up_extractions = 0;         // changes_since calls for devices catching up
 };
 
 // A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.
