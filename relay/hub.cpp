@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -142,7 +143,7 @@ constexpr double kCatchUpBurst = 16u << 20;
 // connection that presents it, so that opening more connections buys nothing.
 struct TokenBudget {
   std::size_t connections = 0;
-  Bucket changes, bytes, digests, hellos, catch_up;
+  Bucket changes, bytes, digests, hellos, catch_up, snapshots;
   std::size_t buffered = 0;  // bytes of batches arriving in pieces (HubLimits)
 };
 
@@ -1061,6 +1062,23 @@ void Hub::Impl::stop() {
 }
 
 storage::Replica& Hub::replica(const std::string& ns) { return *impl_->space(ns).replica; }
+
+std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::uint64_t bytes,
+                                               std::uint64_t file_bytes) {
+  if (!impl_->options.now_seconds) return std::nullopt;
+  const double rate = impl_->options.limits.max_catch_up_bytes_per_second;
+  const double capacity = 4 * static_cast<double>(file_bytes);
+  // The entry stays while the token owes anything (as for its connections' budgets); tokens are
+  // the relay's own signed ones, so their number is bounded by what it issued.
+  Bucket& bucket = impl_->tokens[token].snapshots;
+  if (bucket.take(static_cast<double>(bytes), capacity, rate, impl_->options.now_seconds()))
+    return std::nullopt;
+  const double wait = rate > 0 ? (static_cast<double>(bytes) - bucket.level) / rate : 0;
+  return "over this token's budget of snapshot bytes (" +
+         std::to_string(static_cast<std::uint64_t>(rate)) +
+         " per second after four snapshots at once); retry in " +
+         std::to_string(static_cast<std::uint64_t>(std::ceil(wait))) + " s";
+}
 
 SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
   Namespace& space = impl_->space(ns);

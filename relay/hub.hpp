@@ -151,6 +151,15 @@ class Hub {
   // progress keeps reading the file it opened). Throws Error as replica() does, and kIo.
   SnapshotFile snapshot(const std::string& ns, double max_age_seconds);
 
+  // Whether `token` may be sent `bytes` of a snapshot of `file_bytes` (a whole one or the rest
+  // of one): a budget per token of snapshot bytes, four whole files at once (a download, its
+  // retry, devices of one token joining together), refilled at
+  // HubLimits::max_catch_up_bytes_per_second, so that a reader cannot make the relay send its
+  // namespace faster than a catch-up would. Returns why not, with when to retry. Without
+  // HubOptions::now_seconds: always.
+  std::optional<std::string> admit_snapshot(const std::string& token, std::uint64_t bytes,
+                                            std::uint64_t file_bytes);
+
   std::size_t connection_count() const;
   std::size_t namespace_count() const;
   // Live device connections by the schema version their hello gave (0: none, or protocol 3).

@@ -422,19 +422,26 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
                                 const std::string& ns, const std::string& token) {
     using transport::SnapshotAnswer;
     if (token.empty())
-      return SnapshotAnswer{401, "", "", "a snapshot needs the header Authorization: Bearer TOKEN"};
+      return SnapshotAnswer{
+          401, "", "", "a snapshot needs the header Authorization: Bearer TOKEN", {}};
     Grant grant;
     try {
       grant = hub_authenticate(token);
     } catch (const Error& e) {
-      return SnapshotAnswer{401, "", "", e.what()};
+      return SnapshotAnswer{401, "", "", e.what(), {}};
     }
-    if (auto refusal = read_refusal(grant, ns)) return SnapshotAnswer{403, "", "", refusal->what()};
+    if (auto refusal = read_refusal(grant, ns))
+      return SnapshotAnswer{403, "", "", refusal->what(), {}};
     try {
       const SnapshotFile file = hub.snapshot(ns, max_age);
-      return SnapshotAnswer{200, file.path, file.etag, ""};
+      SnapshotAnswer answer{200, file.path, file.etag, "", {}};
+      answer.admit = [&hub, token](std::uint64_t bytes, std::uint64_t file_bytes) {
+        return hub.admit_snapshot(token, bytes, file_bytes);
+      };
+      return answer;
     } catch (const Error& e) {
-      return SnapshotAnswer{e.code() == ErrorCode::kInvalidArgument ? 404 : 500, "", "", e.what()};
+      return SnapshotAnswer{
+          e.code() == ErrorCode::kInvalidArgument ? 404 : 500, "", "", e.what(), {}};
     }
   };
   const transport::WebSocketServer* server_view = nullptr;

@@ -177,6 +177,7 @@ class SnapshotDownloader : public std::enable_shared_from_this<SnapshotDownloade
     if (ec) return fail(ec, "read the response");
     receiving_ = true;
     result_.answered = true;
+    result_.http_status = header_->get().result_int();
     timer_.cancel();
     const auto& response = header_->get();
     const unsigned status = response.result_int();

@@ -29,6 +29,7 @@ struct SnapshotDownloadResult {
   std::uint64_t received_bytes = 0;  // bytes of it this call wrote to the file
   bool resumed = false;              // the relay sent the rest of a file begun earlier
   bool answered = false;             // the relay's response arrived (its header at least)
+  unsigned http_status = 0;          // its status (0 before it came)
 };
 
 // Called once, on the io_context's thread: with an error (the result says how far it got), or
@@ -47,8 +48,8 @@ using SnapshotHandler =
 // be resumed. On success both files stay; the caller removes them (remove_snapshot_files) once
 // the snapshot is installed.
 //
-// Errors: kIo for a network failure, a timeout, a cancellation or a relay error (HTTP 5xx, 429)
-// (worth retrying later); kUnauthorized (401) and kForbidden (403) with the relay's reason;
+// Errors: kIo for a network failure, a timeout, a cancellation, a relay error (HTTP 5xx) or a
+// token over its snapshot budget (429) (worth retrying later); kUnauthorized (401) and kForbidden (403) with the relay's reason;
 // kState (404: a relay that offers no snapshots, or a namespace it has not opened);
 // kTooLarge over options.max_bytes; kInvalidArgument for a refused URL, as connect_websocket.
 // The returned function cancels the download (the handler then gets kIo); call it on the

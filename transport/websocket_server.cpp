@@ -591,7 +591,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     try {
       answer = shared_->options.snapshot(ns, token);
     } catch (const std::exception& e) {
-      answer = SnapshotAnswer{500, "", "", e.what()};
+      answer = SnapshotAnswer{500, "", "", e.what(), {}};
     }
     if (answer.status != 200)
       return respond(request, static_cast<http::status>(answer.status), answer.message + "\n");
@@ -620,6 +620,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
         from = n;
       }
     }
+    if (answer.admit)
+      if (auto refusal = answer.admit(size - from, size))
+        return respond(request, http::status::too_many_requests, *refusal + "\n");
     if (from > 0) file.seek(from, ec);
     if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "transport/connection.hpp"
@@ -27,6 +28,9 @@ struct SnapshotAnswer {
   std::string path;     // the snapshot file
   std::string etag;     // names this file, quoted ("\"...\""): a resumed download must name it
   std::string message;  // a refusal's body, one line
+  // Asked, once the request's range is known, whether `bytes` of the file's `file_bytes` may
+  // go; a message refuses them with 429 Too Many Requests. Empty: always.
+  std::function<std::optional<std::string>(std::uint64_t bytes, std::uint64_t file_bytes)> admit;
 };
 
 struct WebSocketServerOptions {

@@ -137,10 +137,12 @@ struct SyncClient::Impl {
     if (stopping) return mark_shut_down();
     if (error) {
       // A network failure is tried again after the usual backoff, from where it stopped. It
-      // counts against snapshot_attempts only when the relay answered and sent nothing (a relay
-      // or proxy failing): a device offline at its first start must not give up on the
-      // snapshot, nor one whose downloads progress. A refusal would be repeated.
-      const bool counts = result.answered && result.received_bytes == 0;
+      // counts against snapshot_attempts only when the relay answered with an error and sent
+      // nothing (a relay or proxy failing): a device offline at its first start must not give
+      // up on the snapshot, nor one whose downloads progress, nor one told to wait for its
+      // token's budget (429). A refusal would be repeated.
+      const bool counts =
+          result.answered && result.received_bytes == 0 && result.http_status != 429;
       if (error->code() == ErrorCode::kIo &&
           (!counts || ++snapshot_failures < options.snapshot_attempts)) {
         record_error(error->what());

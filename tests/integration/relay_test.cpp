@@ -775,6 +775,47 @@ TEST_CASE("GET /snapshot/NAMESPACE gives a reader the namespace as a snapshot, r
   CHECK(metrics.find("lattice_relay_snapshots_sent_total 3") != std::string::npos);
 }
 
+TEST_CASE("a token gets four snapshots at once, then snapshot bytes at the catch-up rate") {
+  // A reader must not make the relay send its namespace over and over faster than a catch-up
+  // would (HubLimits::max_catch_up_bytes_per_second; here 1 byte per second).
+  RelayProcess relay({"--max-catch-up-bytes-per-second", "1"});
+  const std::string token = cli_token("board", "read,write");
+  {
+    Peer writer(relay.port(), "board", token);
+    writer.replica->exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) "
+        "INSERT INTO todo(id, title) SELECT 'task ' || i, 'a title' FROM n");
+    writer.push();
+    writer.device->expect<transport::Ack>();
+  }
+  const std::string reader = cli_token("board", "read");
+  const auto get = [&](const std::string& with_token,
+                       std::vector<std::pair<std::string, std::string>> headers = {}) {
+    headers.emplace_back("Authorization", "Bearer " + with_token);
+    return https_get(relay.port(), "/snapshot/board", headers);
+  };
+  const HttpReply first = get(reader);
+  REQUIRE(first.status == 200);
+  REQUIRE(first.body.size() % 2 == 0);  // whole pages: two halves make exactly one file
+  // Two whole files and the rest of a third...
+  CHECK(get(reader).status == 200);
+  const std::size_t cut = first.body.size() / 2;
+  CHECK(get(reader, {{"Range", "bytes=" + std::to_string(cut) + "-"},
+                     {"If-Range", first.headers.at("etag")}})
+            .status == 206);
+  CHECK(get(reader).status == 200);
+  // ...leave half a file of the four: the rest of one still goes, a whole one does not.
+  CHECK(get(reader, {{"Range", "bytes=" + std::to_string(cut) + "-"},
+                     {"If-Range", first.headers.at("etag")}})
+            .status == 206);
+  const HttpReply refused = get(reader);
+  CHECK(refused.status == 429);
+  CHECK(refused.body.find("snapshot bytes") != std::string::npos);
+  CHECK(refused.body.find("retry in") != std::string::npos);
+  // Another token has its own budget.
+  CHECK(get(token).status == 200);
+}
+
 TEST_CASE("a valid hello gets a welcome and then the namespace's changes") {
   RelayProcess relay;
   Peer peer(relay.port(), "board", cli_token("board", "read,write"));
