@@ -475,7 +475,8 @@ SnapshotRun snapshot_bootstrap(Context& ctx, const fs::path& data, const fs::pat
     if (status.snapshot_installed_bytes == 0) run.failure = "no snapshot: " + status.last_error;
     run.snapshot_bytes = status.snapshot_installed_bytes;
     if (!run.failure.empty()) break;
-    const auto count = storage::Replica::open(device_file.string())->query("SELECT count(*) FROM item");
+    const auto count =
+        storage::Replica::open(device_file.string())->query("SELECT count(*) FROM item");
     if (std::get<std::int64_t>(count.rows[0][0]) != rows) run.failure = "rows missing";
   }
   run.relay_cpu_s = relay_cpu.seconds();
@@ -551,18 +552,19 @@ std::string catchup(Context& ctx) {
       .num("copy_ms", copy_ms[1], 2)
       .raw("default_limits", run_json(with_defaults))
       .raw("max_queue_2gib", run_json(raised))
-      .raw("snapshot", [&] {
-        Json json;
-        json.boolean("ok", snapshot.failure.empty());
-        if (!snapshot.failure.empty()) json.str("reason", snapshot.failure);
-        json.num("first_ms", snapshot.first_ms, 0)
-            .num("second_ms", snapshot.second_ms, 0)
-            .num("ratio_to_copy", snapshot.second_ms / copy_ms[1], 0)
-            .integer("snapshot_bytes", static_cast<std::int64_t>(snapshot.snapshot_bytes))
-            .num("relay_cpu_s", snapshot.relay_cpu_s, 2)
-            .num("device_cpu_s", snapshot.device_cpu_s, 2);
-        return json.text();
-      }())
+      .raw("snapshot",
+           [&] {
+             Json json;
+             json.boolean("ok", snapshot.failure.empty());
+             if (!snapshot.failure.empty()) json.str("reason", snapshot.failure);
+             json.num("first_ms", snapshot.first_ms, 0)
+                 .num("second_ms", snapshot.second_ms, 0)
+                 .num("ratio_to_copy", snapshot.second_ms / copy_ms[1], 0)
+                 .integer("snapshot_bytes", static_cast<std::int64_t>(snapshot.snapshot_bytes))
+                 .num("relay_cpu_s", snapshot.relay_cpu_s, 2)
+                 .num("device_cpu_s", snapshot.device_cpu_s, 2);
+             return json.text();
+           }())
       .str("loadavg", loadavg())
       .text();
 }
