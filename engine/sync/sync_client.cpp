@@ -135,6 +135,10 @@ struct SyncClient::Impl {
                               const transport::SnapshotDownloadResult& result) {
     cancel_connect = nullptr;
     if (stopping) return mark_shut_down();
+    if (error && error->code() == ErrorCode::kUnauthorized && renew(error->what())) {
+      set_state(SyncState::kOffline);
+      return schedule_reconnect();  // the download again, with the new token
+    }
     if (error) {
       // A network failure is tried again after the usual backoff, from where it stopped. It
       // counts against snapshot_attempts only when the relay answered with an error and sent
@@ -176,20 +180,8 @@ struct SyncClient::Impl {
   void on_wire_error(const transport::ErrorFrame& frame) {
     session_error = true;
     bool fatal = is_fatal(frame.code);
-    if (frame.code == transport::WireError::kUnauthorized && options.renew_token) {
-      // A renewed token makes an expired one no reason to stop; the reconnect uses it.
-      std::string renewed;
-      try {
-        renewed = options.renew_token(frame.message);
-      } catch (const std::exception& e) {
-        record_error(std::string("token renewal failed: ") + e.what());
-      }
-      if (!renewed.empty()) {
-        token = std::move(renewed);
-        backoff = options.min_backoff;
-        fatal = false;
-      }
-    }
+    // A renewed token makes an expired one no reason to stop; the reconnect uses it.
+    if (frame.code == transport::WireError::kUnauthorized && renew(frame.message)) fatal = false;
     // The relay lacks this device's schema version until an admin device or its operator
     // brings it: retrying often would not help, and the changes wait here meanwhile.
     if (frame.code == transport::WireError::kSchemaAhead) backoff = options.max_backoff;
@@ -201,6 +193,22 @@ struct SyncClient::Impl {
       if (fatal) status.fatal = true;
     }
     publish();
+  }
+
+  // Asks options.renew_token for a new token after the relay refused this one as unauthorized;
+  // true when it gave one (the next connection or download uses it).
+  bool renew(const std::string& reason) {
+    if (!options.renew_token) return false;
+    std::string renewed;
+    try {
+      renewed = options.renew_token(reason);
+    } catch (const std::exception& e) {
+      record_error(std::string("token renewal failed: ") + e.what());
+    }
+    if (renewed.empty()) return false;
+    token = std::move(renewed);
+    backoff = options.min_backoff;
+    return true;
   }
 
   void on_session_closed(const std::string& reason) {

@@ -75,7 +75,8 @@ struct SyncClientOptions {
   // For the client's own Replica.
   storage::ReplicaOptions replica_options;
   // Called on the client's own thread when the relay refuses the token as unauthorized (it
-  // expired, on an open connection or at a hello), with the relay's reason. Return a new token
+  // expired, on an open connection, at a hello or at a snapshot download), with the relay's
+  // reason. Return a new token
   // to reconnect with it at once; return an empty string to give up (the client then stays
   // offline: SyncStatus::fatal). Empty function: an unauthorized error is fatal. It may block
   // while it fetches a token (the client's I/O waits), but must not call stop().

@@ -1317,6 +1317,33 @@ TEST_CASE("a snapshot download cut off resumes where it stopped; a stale part st
   relay.stop();
 }
 
+TEST_CASE("a snapshot download refused for an expired token goes on with a renewed one") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string a = relay.device("a");
+  insert_rows(box, a, "r", 500);
+  sync_once(box, relay, a, relay.token());
+  const std::string expired = relay.token(kNamespace, "read,write", "1s");
+  std::this_thread::sleep_for(milliseconds(2100));
+  std::atomic<int> renewals{0};
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.renew_token = [&](const std::string&) {
+    ++renewals;
+    return relay.token();
+  };
+  const std::string b = relay.device("b");
+  engine::SyncClient client(b, relay.url(), expired, options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(30)));
+  CHECK(renewals == 1);
+  CHECK(client.status().snapshot_installed_bytes > 0);
+  client.stop();
+  CHECK(dump_todo(b) == dump_todo(a));
+  relay.stop();
+}
+
 TEST_CASE("a snapshot the device's schema refuses gives way to syncing change by change") {
   // The device declares a UNIQUE index the relay's schema lacks, and the relay holds two rows
   // with one title: installing them would break it. Merging holds one of them back instead
