@@ -49,11 +49,11 @@ using SnapshotHandler =
 // the snapshot is installed.
 //
 // Errors: kIo for a network failure, a timeout, a cancellation, a relay error (HTTP 5xx) or a
-// token over its snapshot budget (429) (worth retrying later); kUnauthorized (401) and kForbidden (403) with the relay's reason;
-// kState (404: a relay that offers no snapshots, or a namespace it has not opened);
-// kTooLarge over options.max_bytes; kInvalidArgument for a refused URL, as connect_websocket.
-// The returned function cancels the download (the handler then gets kIo); call it on the
-// io_context's thread.
+// token over its snapshot budget (429) (worth retrying later); kUnauthorized (401) and kForbidden
+// (403) with the relay's reason; kState (404: a relay that offers no snapshots, or a namespace it
+// has not opened); kTooLarge over options.max_bytes; kInvalidArgument for a refused URL, as
+// connect_websocket. The returned function cancels the download (the handler then gets kIo); call
+// it on the io_context's thread.
 CancelConnect download_snapshot(boost::asio::io_context& io, std::string_view url,
                                 std::string token, std::string path,
                                 SnapshotDownloadOptions options, SnapshotHandler on_done);
