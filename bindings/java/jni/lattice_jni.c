@@ -733,7 +733,7 @@ static void on_status(void* context, const lattice_sync_status* status) {
 JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
     JNIEnv* env, jclass cls, jstring path, jstring url, jstring token, jstring ca_file,
     jboolean allow_insecure_remote, jint min_backoff_ms, jint max_backoff_ms, jint poll_interval_ms,
-    jint connect_timeout_ms, jobject listener, jobject renewer) {
+    jint connect_timeout_ms, jobject listener, jobject renewer, jboolean no_snapshot) {
   (void)cls;
   char *c_path = NULL, *c_url = NULL, *c_token = NULL, *c_ca = NULL;
   JSync* s = NULL;
@@ -751,6 +751,7 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
   options.max_backoff_ms = max_backoff_ms;
   options.poll_interval_ms = poll_interval_ms;
   options.connect_timeout_ms = connect_timeout_ms;
+  options.no_snapshot = no_snapshot;
   if (listener) {
     if (!(s->listener = (*env)->NewGlobalRef(env, listener))) {
       free(s);

@@ -76,7 +76,7 @@ final class Native {
 
   static native long syncStart(String replicaPath, String url, String token, String caFile,
       boolean allowInsecureRemote, int minBackoffMs, int maxBackoffMs, int pollIntervalMs,
-      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer);
+      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer, boolean noSnapshot);
 
   static native void syncStop(long sync);
 

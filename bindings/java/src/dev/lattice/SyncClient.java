@@ -19,6 +19,7 @@ public final class SyncClient implements AutoCloseable {
     int connectTimeoutMs;
     SyncListener listener;
     TokenRenewer tokenRenewer;
+    boolean noSnapshot;
 
     /** PEM certificates to trust besides the system's (a self-signed relay). */
     public Options caFile(String path) {
@@ -54,6 +55,15 @@ public final class SyncClient implements AutoCloseable {
     /** Asked for a new token when the relay refuses the current one (it expired). */
     public Options tokenRenewer(TokenRenewer renewer) {
       tokenRenewer = renewer;
+      return this;
+    }
+
+    /**
+     * Sync change by change even when the replica is empty. By default an empty replica starts
+     * from the relay's snapshot of the namespace, then syncs what changed since.
+     */
+    public Options noSnapshot(boolean off) {
+      noSnapshot = off;
       return this;
     }
 
@@ -115,7 +125,8 @@ public final class SyncClient implements AutoCloseable {
     Dispatcher dispatcher = o.listener != null ? new Dispatcher(o.listener) : null;
     return new SyncClient(Native.syncStart(replicaPath, url, token, o.caFile,
                               o.allowInsecureRemote, o.minBackoffMs, o.maxBackoffMs,
-                              o.pollIntervalMs, o.connectTimeoutMs, dispatcher, o.tokenRenewer),
+                              o.pollIntervalMs, o.connectTimeoutMs, dispatcher, o.tokenRenewer,
+                              o.noSnapshot),
         dispatcher);
   }
 

@@ -363,7 +363,7 @@ public final class LatticeTest {
                    listenerCalls.incrementAndGet();
                  }));
              SyncClient laptopSync = SyncClient.start(laptopPath, url, token,
-                 new SyncClient.Options().backoffMs(50, 500).pollIntervalMs(20))) {
+                 new SyncClient.Options().backoffMs(50, 500).pollIntervalMs(20).noSnapshot(true))) {
           check(phoneSync.waitInSync(20_000), "phone in sync");
           checkEquals(0L, phoneSync.pending(), "nothing pending");
           check(waitFor(() -> queryLong(laptop, "SELECT count(*) FROM todo WHERE id = 'p'") == 1,
