@@ -1067,7 +1067,7 @@ std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::ui
                                                std::uint64_t file_bytes) {
   if (!impl_->options.now_seconds) return std::nullopt;
   const double rate = impl_->options.limits.max_catch_up_bytes_per_second;
-  const double capacity = 4 * static_cast<double>(file_bytes);
+  const double capacity = std::max(kCatchUpBurst, 4 * static_cast<double>(file_bytes));
   // The entry stays while the token owes anything (as for its connections' budgets); tokens are
   // the relay's own signed ones, so their number is bounded by what it issued.
   Bucket& bucket = impl_->tokens[token].snapshots;

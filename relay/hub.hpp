@@ -153,7 +153,7 @@ class Hub {
 
   // Whether `token` may be sent `bytes` of a snapshot of `file_bytes` (a whole one or the rest
   // of one): a budget per token of snapshot bytes, four whole files at once (a download, its
-  // retry, devices of one token joining together), refilled at
+  // retry, devices of one token joining together) or a catch-up's burst if more, refilled at
   // HubLimits::max_catch_up_bytes_per_second, so that a reader cannot make the relay send its
   // namespace faster than a catch-up would. Returns why not, with when to retry. Without
   // HubOptions::now_seconds: always.
