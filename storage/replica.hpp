@@ -274,7 +274,7 @@ class Replica {
   // the install), kSchema (the replicated schema differs, naming the first difference; or rows
   // break a constraint, foreign keys included, that this replica declares and the snapshot's
   // source did not: a merge would hold them, so sync change by change), kCorrupt (not a
-  // snapshot, views or triggers in it, metadata that disagrees with its rows),
+  // snapshot, a file cut short, views or triggers in it, metadata that disagrees with its rows),
   // kUnsupportedVersion (a newer snapshot format),
   // kCopiedReplica (the snapshot holds changes under this replica's own site id), kClockDrift,
   // kIo, kBusy.

@@ -246,9 +246,28 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
     MergeMode mode(impl);
     Attached attached(db, path, "a Lattice snapshot");
 
-    // What the file is: a snapshot of a format this build reads, nothing in it that would run.
+    // What the file is: whole, a snapshot of a format this build reads, nothing in it that
+    // would run.
     {
-      std::int64_t found = 0;
+      // A download broken off leaves a prefix of the file. SQLite finds most prefixes
+      // malformed, but not one that ends inside the last page: it reads that page with zeros
+      // for the missing bytes, and the rows in it would install garbled, or leave the replica
+      // malformed. SQLite writes whole pages, so the file is its page count times its page
+      // size, exactly.
+      std::int64_t pages = 0, page_size = 0, found = 0;
+      try {
+        pages = scalar(db, "PRAGMA " + std::string(kSchema) + ".page_count");
+        page_size = scalar(db, "PRAGMA " + std::string(kSchema) + ".page_size");
+      } catch (const Error& e) {
+        throw Error(ErrorCode::kCorrupt, "install_snapshot: '" + path +
+                                             "' is not a Lattice snapshot (" + e.what() + ")");
+      }
+      const std::uintmax_t size = std::filesystem::file_size(path, ec);
+      if (ec || size != static_cast<std::uintmax_t>(pages * page_size))
+        throw Error(ErrorCode::kCorrupt,
+                    "install_snapshot: '" + path + "' is cut short or damaged: " +
+                        std::to_string(size) + " bytes, where its header counts " +
+                        std::to_string(pages) + " pages of " + std::to_string(page_size));
       try {
         Statement format(
             db, "SELECT value FROM " + in("lattice_snapshot_info") + " WHERE key = 'format'");

@@ -268,6 +268,45 @@ TEST_CASE("what is not a sound snapshot is refused, and nothing changes") {
   }
 }
 
+// A download broken off: any prefix of the file. SQLite reads a prefix that ends inside the
+// last page as the whole file with zeros at its end; before install_snapshot compared the
+// file's size with its pages, such a cut installed garbled rows, or left the replica malformed.
+TEST_CASE("a snapshot cut short anywhere is refused as corrupt, and nothing changes") {
+  Kitchen k;
+  // Tables of several pages: the copy appends their pages, the last one among them.
+  k.b->exec(
+      "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+      "INSERT INTO recipe(id, cook_id, title, minutes) SELECT 'r' || i, 1 + i % 2, "
+      "printf('Recipe %04d', i), i FROM n");
+  pull(*k.relay, *k.b);
+  test::TempDir dir;
+  k.relay->write_snapshot(dir.file("s"));
+  std::string whole;
+  {
+    std::ifstream in(dir.file("s"), std::ios::binary);
+    whole.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  constexpr std::size_t kPage = 4096;  // SQLite's default
+  REQUIRE(whole.size() % kPage == 0);
+  REQUIRE(whole.size() >= 3 * kPage);
+  std::vector<std::size_t> cuts = {0, 1, 15, 16, 99, 100, 101, kPage - 1};
+  for (std::size_t page = kPage; page < whole.size(); page += kPage)
+    for (std::size_t in_page : {std::size_t(0), std::size_t(1), kPage / 2, kPage - 1})
+      cuts.push_back(page + in_page);
+  const std::string cut_path = dir.file("cut");
+  auto device = open_kitchen();
+  for (const std::size_t cut : cuts) {
+    INFO("the first " << cut << " of " << whole.size() << " bytes");
+    std::ofstream(cut_path, std::ios::binary | std::ios::trunc).write(whole.data(), cut);
+    // SQLite itself finds a file with fewer pages than its header counts malformed, and one
+    // shorter than the header not a database; a cut inside the last page, the size check.
+    const bool inside_last_page = cut > whole.size() - kPage && cut % kPage != 0;
+    check_refused(*device, cut_path, ErrorCode::kCorrupt, inside_last_page ? "cut short" : "");
+  }
+  device->install_snapshot(dir.file("s"));
+  CHECK(device->digest() == k.relay->digest());
+}
+
 TEST_CASE("a snapshot holding this replica's own site id is a copy, refused") {
   Kitchen k;
   test::TempDir dir;
