@@ -335,11 +335,15 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
       }
       // Only a snapshot of a replica that wrote has changes of index 0. Asked of the snapshot:
       // the same UPDATE on the table just filled costs as much as its copy, even to change
-      // nothing.
+      // nothing. Seq 0 is no change: the version a merge stores for a column never written
+      // (cl 0, no stamp, site 0, seq 0) names no site on any replica, and a relay, which writes
+      // nothing, has such cells (a row whose delete arrived before any insert); moved to
+      // source_index, which only a writer's snapshot gives a site, they named a site the
+      // replica does not have, and the next merge into the row failed.
       for (const std::string& meta : {t->rows_table(), t->cells_table(), t->counters_table()})
-        if (scalar(db, "SELECT EXISTS (SELECT 1 FROM " + in(meta) + " WHERE site = 0)"))
+        if (scalar(db, "SELECT EXISTS (SELECT 1 FROM " + in(meta) + " WHERE site = 0 AND seq > 0)"))
           exec_sql(db, "UPDATE main." + meta + " SET site = " + std::to_string(source_index) +
-                           " WHERE site = 0");
+                           " WHERE site = 0 AND seq > 0");
     }
     exec_sql(db,
              "INSERT OR REPLACE INTO main.lattice_column_added(table_id, col, site, seq) "
