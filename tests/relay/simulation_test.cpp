@@ -1,7 +1,12 @@
 // The deterministic simulation: the relay's hub and 8 devices in one process over loopback
 // connections with seeded delays, reordering, duplicated frames, dropped connections, devices
-// offline for long stretches, relay restarts from its file, and replica files copied to new
-// devices (which then write under the copied site id until the relay has them rekey). One more
+// offline for long stretches, relay restarts from its file, replica files copied to new
+// devices (which then write under the copied site id until the relay has them rekey), and new
+// devices that join from the relay's snapshot of the namespace (Hub::snapshot, installed with
+// Replica::install_snapshot): a fresh snapshot, or an older one the relay gives again, whose
+// later changes arrive in the hello's catch-up; some downloads break off, and a prefix of the
+// file must be refused as corrupt with the replica left empty, after which the device syncs
+// change by change. One more
 // device, with a write token, is hostile: it forges every claim a frame can make (hellos that
 // present others' site ids, vectors, logs and acked_seq; changes whose until, since, origin log
 // and stamps lie). After the storm, every honest device must hold exactly the relay's rows, and
@@ -18,6 +23,7 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <limits>
@@ -120,6 +126,8 @@ class World : sim::Harness {
         restart_relay();
       } else if (action < 67 && clones_ < 2) {
         clone(devices_[pick(devices_.size())]);
+      } else if (action == 67 && joiners_ < 2) {
+        join_from_snapshot();
       } else if (action < 75) {
         hostile_act();
       } else if (action < 82) {
@@ -190,6 +198,10 @@ class World : sim::Harness {
   std::size_t hostile_refused() const { return hostile_.refused; }
   int clones() const { return clones_; }
   int rekeys() const { return rekeys_; }
+  int joiners() const { return joiners_; }
+  int snapshot_installs() const { return snapshot_installs_; }
+  int stale_installs() const { return stale_installs_; }
+  int cut_downloads() const { return cut_downloads_; }
   std::uint64_t pieced() const {
     return pieced_ +
            (hub_ ? hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out : 0);
@@ -271,6 +283,79 @@ class World : sim::Harness {
     copy.replica = storage::Replica::open(path.string(), replica_options());
     REQUIRE(copy.replica->site_id() == d.replica->site_id());
     devices_.push_back(std::move(copy));
+    connect(devices_.back());
+  }
+
+  // A new device joins from the relay's snapshot of the namespace instead of syncing change by
+  // change: it installs the file, then connects like the others; its hello's catch-up brings
+  // what the relay merged after the snapshot. Sometimes the download breaks off: the device
+  // holds a prefix of the file, which must be refused and leave it empty; it then syncs change
+  // by change.
+  void join_from_snapshot() {
+    if (!hub_) return;  // nowhere to download from
+    // Hub::snapshot gives its last file again while it is younger than the age asked, by the
+    // steady clock, not the virtual one. Asked 0 s, it always writes a new one; asked 1e9 s,
+    // it gives the one this relay wrote before, if any (a restarted relay has none): so the
+    // run never depends on wall time.
+    const double max_age = pick(2) == 0 ? 0 : 1e9;
+    const relay::SnapshotFile file = hub_->snapshot(kNamespace, max_age);
+    const crdt::VersionVector relay_now = hub_->replica(kNamespace).version_vector();
+    Device d;
+    d.name = "joiner" + std::to_string(joiners_++);
+    d.replica = open_replica();
+    storage::Replica& r = *d.replica;
+    if (pick(3) == 0) {
+      // A prefix: empty, inside the SQLite header or the first page, anywhere, or inside the
+      // last page (which SQLite alone reads as if zeros followed).
+      const auto size = static_cast<std::size_t>(std::filesystem::file_size(file.path));
+      std::size_t cut = 0;
+      switch (pick(4)) {
+        case 0:
+          break;
+        case 1:
+          cut = pick(std::min<std::size_t>(size, 4096));
+          break;
+        case 2:
+          cut = pick(size);
+          break;
+        default:
+          cut = size - 1 - pick(std::min<std::size_t>(size, 4096));
+          break;
+      }
+      const std::filesystem::path part = dir_ / (d.name + ".snapshot.part");
+      std::filesystem::copy_file(file.path, part);
+      std::filesystem::resize_file(part, cut);
+      INFO(d.name << " installs the first " << cut << " of " << size << " bytes");
+      const std::string before = test::dump_everything(r);
+      const std::string digest_before = r.digest();
+      try {
+        r.install_snapshot(part.string());
+        FAIL("a snapshot cut short installed");
+      } catch (const Error& e) {
+        // Always kCorrupt: a file shorter than its header fails to attach, or SQLite finds it
+        // malformed or not a database (re-thrown as "not a Lattice snapshot"); one cut inside
+        // its last page, which SQLite would read with zeros for the missing bytes, fails
+        // install_snapshot's size check ("cut short"). Not kIo: that would be a malformed page
+        // met during the copy, which the size check now stops before.
+        INFO(e.what());
+        REQUIRE(e.code() == ErrorCode::kCorrupt);
+      }
+      // Exactly as it was: empty.
+      REQUIRE(test::dump_everything(r) == before);
+      REQUIRE(r.digest() == digest_before);
+      REQUIRE(r.version_vector().empty());
+      REQUIRE(test::dump_table(r, "todo").empty());
+      if (constrained_) REQUIRE(test::dump_table(r, "tag").empty());
+      std::filesystem::remove(part);
+      ++cut_downloads_;
+    } else {
+      const crdt::VersionVector installed = r.install_snapshot(file.path);
+      REQUIRE(installed == r.version_vector());
+      REQUIRE(relay_now.dominates(installed));
+      ++snapshot_installs_;
+      if (installed != relay_now) ++stale_installs_;  // the catch-up has work to do
+    }
+    devices_.push_back(std::move(d));
     connect(devices_.back());
   }
 
@@ -539,6 +624,10 @@ class World : sim::Harness {
   bool healing_ = false;
   int clones_ = 0;
   int rekeys_ = 0;
+  int joiners_ = 0;            // devices that joined from a snapshot download
+  int snapshot_installs_ = 0;  // of them: installed it
+  int stale_installs_ = 0;     // of those: a snapshot the relay had moved past since
+  int cut_downloads_ = 0;      // of them: the download broke off, the prefix was refused
   std::size_t refused_locally_ = 0;
   std::uint64_t pieced_ = 0;          // batches and changesets in pieces, by relays since restarted
   std::uint64_t shared_commits_ = 0;  // the same for shared_commits()
@@ -547,6 +636,10 @@ class World : sim::Harness {
 struct SeedStats {
   int clones = 0;
   int rekeys = 0;
+  int joiners = 0;            // new devices that joined from the relay's snapshot
+  int snapshot_installs = 0;  // of them: installed it
+  int stale_installs = 0;     // of those: a snapshot older than the relay's state
+  int cut_downloads = 0;      // of them: a prefix of the file, refused
   std::size_t hostile_frames = 0;
   std::size_t hostile_refused = 0;
   std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
@@ -561,8 +654,11 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
   world.storm(steps);
   world.heal();
   world.check();
-  return {world.clones(),          world.rekeys(),          world.hostile_frames(),
-          world.hostile_refused(), world.refused_locally(), world.held_at_end(),
+  return {world.clones(),          world.rekeys(),
+          world.joiners(),         world.snapshot_installs(),
+          world.stale_installs(),  world.cut_downloads(),
+          world.hostile_frames(),  world.hostile_refused(),
+          world.refused_locally(), world.held_at_end(),
           world.pieced(),          world.shared_commits()};
 }
 
@@ -577,6 +673,10 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     const SeedStats stats = run_seed(seed, 300);  // REQUIREs inside stop at the first failure
     total.clones += stats.clones;
     total.rekeys += stats.rekeys;
+    total.joiners += stats.joiners;
+    total.snapshot_installs += stats.snapshot_installs;
+    total.stale_installs += stats.stale_installs;
+    total.cut_downloads += stats.cut_downloads;
     total.hostile_frames += stats.hostile_frames;
     total.hostile_refused += stats.hostile_refused;
     total.refused_locally += stats.refused_locally;
@@ -584,17 +684,24 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     total.pieced += stats.pieced;
     total.shared_commits += stats.shared_commits;
   }
-  MESSAGE(total.clones << " replica files copied, " << total.rekeys << " rekeys, "
-                       << total.hostile_frames << " forged changes frames, "
-                       << total.hostile_refused << " refusals of the hostile device, "
-                       << total.refused_locally << " writes refused by a constraint, " << total.held
-                       << " rows held back at the end, " << total.pieced
-                       << " changesets in pieces, " << total.shared_commits
-                       << " changes frames that shared a group commit");
-  // The storm did copy files, and some copies wrote before the relay told them apart.
+  MESSAGE(
+      total.clones << " replica files copied, " << total.rekeys << " rekeys, " << total.joiners
+                   << " devices joined from a snapshot (" << total.snapshot_installs
+                   << " installed it, " << total.stale_installs << " of them older than the relay; "
+                   << total.cut_downloads << " downloads cut short and refused), "
+                   << total.hostile_frames << " forged changes frames, " << total.hostile_refused
+                   << " refusals of the hostile device, " << total.refused_locally
+                   << " writes refused by a constraint, " << total.held
+                   << " rows held back at the end, " << total.pieced << " changesets in pieces, "
+                   << total.shared_commits << " changes frames that shared a group commit");
+  // The storm did copy files, and some copies wrote before the relay told them apart; devices
+  // joined from snapshots, some older than the relay, and some downloads broke off.
   if (seeds >= 50) {
     CHECK(total.clones > 0);
     CHECK(total.rekeys > 0);
+    CHECK(total.snapshot_installs > 0);
+    CHECK(total.stale_installs > 0);
+    CHECK(total.cut_downloads > 0);
     CHECK(total.hostile_frames > 0);
     CHECK(total.hostile_refused > 0);
     CHECK(total.refused_locally > 0);
