@@ -136,10 +136,6 @@ void require_same_rows(sqlite3* db, const std::string& select_main,
                   "or sync it change by change");
 }
 
-// A snapshot's rows that this replica's own constraints refuse: its source (a relay whose tables
-// declare fewer constraints than the application's) shows rows that this replica would hold. A
-// merge holds them (docs/data-quality.md); an install cannot, so it is refused, and the replica
-// syncs change by change instead.
 // Why install_snapshot refuses this replica as not empty ("it has written changes"), or
 // nothing when it holds nothing replicated: no own change, no other site, no row.
 std::optional<std::string> why_not_empty(Replica::Impl& impl) {
@@ -157,6 +153,10 @@ std::optional<std::string> why_not_empty(Replica::Impl& impl) {
   return std::nullopt;
 }
 
+// A snapshot's rows that this replica's own constraints refuse: its source (a relay whose tables
+// declare fewer constraints than the application's) shows rows that this replica would hold. A
+// merge holds them (docs/data-quality.md); an install cannot, so it is refused, and the replica
+// syncs change by change instead.
 Error stricter(const std::string& table, const std::string& what) {
   return Error(ErrorCode::kSchema,
                "install_snapshot: rows of table " + table +

@@ -339,7 +339,7 @@ struct SyncClient::Impl {
   std::unique_ptr<SyncSession> session;     // after replica: destroyed before it
   transport::CancelConnect cancel_connect;  // of a connection attempt or snapshot download
   bool snapshot_wanted = false;             // start from a snapshot (fetch_snapshot)
-  std::uint32_t snapshot_failures = 0;      // downloads that failed on the network
+  std::uint32_t snapshot_failures = 0;      // downloads the relay answered with an error
   crdt::VersionVector relay_held;           // what the relay held when the last session ended
   std::int64_t data_version = -1;
   std::mt19937_64 rng;
