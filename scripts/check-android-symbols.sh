@@ -38,6 +38,9 @@ ALLOWED="
 # stdio and errno text, for import and export files (engine/import_export/)
 21 fclose ferror fflush fopen fputs fread fseek fwrite remove rename strerror
 23 __cxa_thread_atexit_impl
+# Boost.Beast's file_body, which the snapshot download writes its file with
+# (transport/snapshot_download.cpp): open and fstat since always, posix_fadvise since 21
+21 fstat open posix_fadvise
 # SQLite's own calls, when it is compiled in from an amalgamation (-DLATTICE_SQLITE_AMALGAMATION)
 21 access fchmod fchown fstat64 fsync ftruncate64 getcwd getenv geteuid getpid localtime
 21 lstat64 mkdir mmap64 mremap munmap nanosleep open64 pread64 pthread_mutex_trylock
