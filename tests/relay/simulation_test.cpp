@@ -1,24 +1,26 @@
 // The deterministic simulation: the relay's hub and 8 devices in one process over loopback
 // connections with seeded delays, reordering, duplicated frames, dropped connections, devices
-// offline for long stretches, relay restarts from its file, replica files copied to new
-// devices (which then write under the copied site id until the relay has them rekey), and new
-// devices that join from the relay's snapshot of the namespace (Hub::snapshot, installed with
-// Replica::install_snapshot): a fresh snapshot, or an older one the relay gives again, whose
-// later changes arrive in the hello's catch-up; some downloads break off, and a prefix of the
-// file must be refused as corrupt with the replica left empty, after which the device syncs
-// change by change. One more
-// device, with a write token, is hostile: it forges every claim a frame can make (hellos that
-// present others' site ids, vectors, logs and acked_seq; changes whose until, since, origin log
-// and stamps lie). After the storm, every honest device must hold exactly the relay's rows, and
-// nothing an honest device wrote may be lost: every row of its ledger (rows only it inserts and
-// votes on) is at the relay with all its votes, and no sequence counter left its sane range
-// (docs/protocol.md, "What a peer may claim"). Odd seeds run on a schema with the constraints
-// applications declare (CHECKs on a counter and a flag, a NOCASE two-column UNIQUE, a foreign key
-// with ON DELETE CASCADE, an application trigger), on the devices and the relay alike: there the
-// devices must also hold back the same rows for the same reasons as the relay, and sometimes
-// resolve them (docs/data-quality.md). A failing seed is printed;
-// LATTICE_SIM_SEED=<seed> replays it alone, exactly (site ids and clocks come from the seed and the
-// virtual clock).
+// offline for long stretches, relay restarts from its file, replica files copied to new devices
+// (which then write under the copied site id until the relay has them rekey), and new devices that
+// join from the relay's snapshot of the namespace (Hub::snapshot, installed with
+// Replica::install_snapshot). A joiner downloads the file in chunks on the virtual clock while the
+// storm goes on, as over HTTP: the relay reads the file it opened even after a newer snapshot
+// replaced it, a relay restart breaks the response off, and some responses break by themselves.
+// Each prefix must be refused as corrupt with the replica left empty; the device then resumes
+// (Range/If-Range: the rest of the same file, or a newer file whole if the relay replaced it) or
+// gives up and syncs change by change. What it installs is mostly older than the relay by then,
+// and the rest arrives in the hello's catch-up. One more device, with a write token, is hostile:
+// it forges every claim a frame can make (hellos that present others' site ids, vectors, logs and
+// acked_seq; changes whose until, since, origin log and stamps lie). After the storm, every honest
+// device must hold exactly the relay's rows, and nothing an honest device wrote may be lost: every
+// row of its ledger (rows only it inserts and votes on) is at the relay with all its votes, and no
+// sequence counter left its sane range (docs/protocol.md, "What a peer may claim"). Odd seeds run
+// on a schema with the constraints applications declare (CHECKs on a counter and a flag, a NOCASE
+// two-column UNIQUE, a foreign key with ON DELETE CASCADE, an application trigger), on the devices
+// and the relay alike: there the devices must also hold back the same rows for the same reasons as
+// the relay, and sometimes resolve them (docs/data-quality.md). A failing seed is printed;
+// LATTICE_SIM_SEED=<seed> replays it alone, exactly (site ids and clocks come from the seed and
+// the virtual clock).
 
 #include <doctest/doctest.h>
 #include <sqlite3.h>
@@ -26,9 +28,11 @@
 #include <algorithm>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
@@ -63,6 +67,25 @@ SELECT lattice_replicate('tag');
 struct Device : sim::SimDevice {
   std::vector<std::string> ledger;  // rows only this device inserted and votes on
   bool copied = false;              // a copy of its file exists, or it is one
+};
+
+// A new device downloading the relay's snapshot, and the response it is receiving.
+struct Download {
+  Device device;               // joins devices_ once it installed the file or gave up
+  std::filesystem::path part;  // what it received so far, as the sync client's DB-snapshot
+  std::string etag;            // of the file the part is a prefix of: If-Range on a resume
+  std::uint64_t size = 0;      // that file's size
+  std::uint64_t had = 0;       // bytes in the part
+  // The response: the file the relay opened, the byte at which it stops (the size, or where the
+  // connection breaks), the chunks it has left, and which start of the relay sends it.
+  std::ifstream served;
+  std::string served_path;
+  std::uint64_t end = 0;
+  int chunks_left = 0;
+  int served_by = 0;
+  bool outlived = false;  // the relay removed the file while the response was reading it
+  int breaks = 0;
+  bool done = false;
 };
 
 // A device with a valid write token that lies in every frame (see the file comment). It speaks
@@ -145,7 +168,10 @@ class World : sim::Harness {
     healing_ = true;  // the hostile device stops and stays away
     if (hostile_.connection) hostile_.connection->close("healing");
     if (!hub_) start_relay();
+    // Downloads in progress end meanwhile: no response breaks any more and the relay stays up,
+    // so a device resumes at most once more, or has given up already.
     net_.run_until(net_.now() + 5000);
+    for (const auto& dl : downloads_) REQUIRE(dl.done);
     for (auto& d : devices_) {
       d.wants_online = true;
       if (d.session) d.session->close("healing");
@@ -182,6 +208,8 @@ class World : sim::Harness {
     const std::uint64_t most = writes_ + ledger_writes_;
     for (const auto& [site, seq] : relay_held.entries())
       if (site != hostile_.replica->site_id()) REQUIRE(seq <= most);
+    // The relay lost nothing a device installed from its snapshots, restarts included.
+    for (const auto& installed : installed_) REQUIRE(relay_held.dominates(installed));
     // The digests agree too, asked of the relay over the protocol.
     const std::string relay_digest = relay.digest();
     for (auto& d : devices_) {
@@ -202,6 +230,11 @@ class World : sim::Harness {
   int snapshot_installs() const { return snapshot_installs_; }
   int stale_installs() const { return stale_installs_; }
   int cut_downloads() const { return cut_downloads_; }
+  int resumed_downloads() const { return resumed_downloads_; }
+  int restarted_downloads() const { return restarted_downloads_; }
+  int restarts_during_download() const { return restarts_during_download_; }
+  int outlived_files() const { return outlived_files_; }
+  int gave_up() const { return gave_up_; }
   std::uint64_t pieced() const {
     return pieced_ +
            (hub_ ? hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out : 0);
@@ -249,6 +282,7 @@ class World : sim::Harness {
       return relay::Grant{"device", kNamespace, relay::kGrantRead | relay::kGrantWrite};
     };
     hub_ = std::make_unique<relay::Hub>(options);
+    ++relay_starts_;
   }
 
   void restart_relay() {
@@ -287,75 +321,166 @@ class World : sim::Harness {
   }
 
   // A new device joins from the relay's snapshot of the namespace instead of syncing change by
-  // change: it installs the file, then connects like the others; its hello's catch-up brings
-  // what the relay merged after the snapshot. Sometimes the download breaks off: the device
-  // holds a prefix of the file, which must be refused and leave it empty; it then syncs change
-  // by change.
+  // change, downloading it as the sync client does over HTTP (transport/snapshot_download.cpp),
+  // in chunks on the virtual clock while the storm goes on. It is not among devices_ until it
+  // connects: no storm action writes to or connects a device that has yet to install.
   void join_from_snapshot() {
     if (!hub_) return;  // nowhere to download from
+    std::filesystem::create_directories(dir_);
+    Download& dl = downloads_.emplace_back();
+    dl.device.name = "joiner" + std::to_string(joiners_++);
+    dl.device.replica = open_replica();
+    dl.part = dir_ / (dl.device.name + ".snapshot.part");
+    request_snapshot(dl);
+  }
+
+  // GET /snapshot/NAMESPACE as transport/websocket_server.cpp answers it: the relay names its
+  // current snapshot (Hub::snapshot) and opens it; a device holding part of a file asks for the
+  // rest (Range) of that file only (If-Range, its ETag), which it gets (206) if the relay still
+  // gives that file, or else the whole current one (200), which replaces the part.
+  void request_snapshot(Download& dl) {
+    if (!hub_) {
+      // Connection refused: tried again later, as the sync client retries a network failure.
+      net_.post(10 + pick(200), [this, &dl] { request_snapshot(dl); });
+      return;
+    }
     // Hub::snapshot gives its last file again while it is younger than the age asked, by the
     // steady clock, not the virtual one. Asked 0 s, it always writes a new one; asked 1e9 s,
     // it gives the one this relay wrote before, if any (a restarted relay has none): so the
     // run never depends on wall time.
     const double max_age = pick(2) == 0 ? 0 : 1e9;
     const relay::SnapshotFile file = hub_->snapshot(kNamespace, max_age);
-    const crdt::VersionVector relay_now = hub_->replica(kNamespace).version_vector();
-    Device d;
-    d.name = "joiner" + std::to_string(joiners_++);
-    d.replica = open_replica();
-    storage::Replica& r = *d.replica;
-    if (pick(3) == 0) {
-      // A prefix: empty, inside the SQLite header or the first page, anywhere, or inside the
-      // last page (which SQLite alone reads as if zeros followed).
-      const auto size = static_cast<std::size_t>(std::filesystem::file_size(file.path));
-      std::size_t cut = 0;
+    // The relay holds the file open for the whole response: a newer snapshot, or the next
+    // relay's start, removes it from the directory, and the response still reads it to the end
+    // (POSIX keeps an unlinked file readable while it is open), as Beast's file body does.
+    dl.served.close();
+    dl.served.clear();
+    dl.served.open(file.path, std::ios::binary);
+    REQUIRE(dl.served.is_open());
+    const auto size = static_cast<std::uint64_t>(std::filesystem::file_size(file.path));
+    if (dl.had > 0 && file.etag == dl.etag) {
+      ++resumed_downloads_;  // 206: the rest of the same file
+      REQUIRE(dl.had < size);
+      dl.served.seekg(static_cast<std::streamoff>(dl.had));
+    } else {
+      if (dl.had > 0) ++restarted_downloads_;  // 200: the part was of a file the relay replaced
+      std::ofstream(dl.part, std::ios::binary | std::ios::trunc);
+      dl.had = 0;
+    }
+    dl.etag = file.etag;
+    dl.size = size;
+    dl.served_path = file.path;
+    dl.served_by = relay_starts_;
+    dl.end = size;
+    if (!healing_ && pick(3) == 0) {
+      // The connection breaks after a prefix: empty, inside the SQLite header or the first
+      // page, anywhere, or inside the last page (which SQLite alone reads as if zeros followed);
+      // for a resumed response, anywhere in the rest.
+      std::uint64_t cut = 0;
       switch (pick(4)) {
         case 0:
           break;
         case 1:
-          cut = pick(std::min<std::size_t>(size, 4096));
+          cut = pick(std::min<std::uint64_t>(size, 4096));
           break;
         case 2:
           cut = pick(size);
           break;
         default:
-          cut = size - 1 - pick(std::min<std::size_t>(size, 4096));
+          cut = size - 1 - pick(std::min<std::uint64_t>(size, 4096));
           break;
       }
-      const std::filesystem::path part = dir_ / (d.name + ".snapshot.part");
-      std::filesystem::copy_file(file.path, part);
-      std::filesystem::resize_file(part, cut);
-      INFO(d.name << " installs the first " << cut << " of " << size << " bytes");
-      const std::string before = test::dump_everything(r);
-      const std::string digest_before = r.digest();
-      try {
-        r.install_snapshot(part.string());
-        FAIL("a snapshot cut short installed");
-      } catch (const Error& e) {
-        // Always kCorrupt: a file shorter than its header fails to attach, or SQLite finds it
-        // malformed or not a database (re-thrown as "not a Lattice snapshot"); one cut inside
-        // its last page, which SQLite would read with zeros for the missing bytes, fails
-        // install_snapshot's size check ("cut short"). Not kIo: that would be a malformed page
-        // met during the copy, which the size check now stops before.
-        INFO(e.what());
-        REQUIRE(e.code() == ErrorCode::kCorrupt);
-      }
-      // Exactly as it was: empty.
-      REQUIRE(test::dump_everything(r) == before);
-      REQUIRE(r.digest() == digest_before);
-      REQUIRE(r.version_vector().empty());
-      REQUIRE(test::dump_table(r, "todo").empty());
-      if (constrained_) REQUIRE(test::dump_table(r, "tag").empty());
-      std::filesystem::remove(part);
-      ++cut_downloads_;
-    } else {
-      const crdt::VersionVector installed = r.install_snapshot(file.path);
-      REQUIRE(installed == r.version_vector());
-      REQUIRE(relay_now.dominates(installed));
-      ++snapshot_installs_;
-      if (installed != relay_now) ++stale_installs_;  // the catch-up has work to do
+      if (cut < dl.had) cut = dl.had + pick(size - dl.had);
+      dl.end = cut;
     }
-    devices_.push_back(std::move(d));
+    dl.chunks_left = 2 + static_cast<int>(pick(4));
+    net_.post(10 + pick(80), [this, &dl] { receive_chunk(dl); });
+  }
+
+  // The next chunk of the response arrives and is appended to the part file.
+  void receive_chunk(Download& dl) {
+    if (!hub_ || relay_starts_ != dl.served_by) {
+      // The relay that was sending stopped: the connection closed mid-way.
+      ++restarts_during_download_;
+      return broken_off(dl);
+    }
+    if (!std::filesystem::exists(dl.served_path)) dl.outlived = true;
+    const std::uint64_t n =
+        dl.chunks_left > 1 ? (dl.end - dl.had) / dl.chunks_left : dl.end - dl.had;
+    --dl.chunks_left;
+    std::string bytes(n, '\0');
+    dl.served.read(bytes.data(), static_cast<std::streamsize>(n));
+    REQUIRE(static_cast<std::uint64_t>(dl.served.gcount()) == n);
+    std::ofstream(dl.part, std::ios::binary | std::ios::app)
+        .write(bytes.data(), static_cast<std::streamsize>(n));
+    dl.had += n;
+    if (dl.had == dl.size) return install(dl);
+    if (dl.had == dl.end) return broken_off(dl);
+    net_.post(10 + pick(80), [this, &dl] { receive_chunk(dl); });
+  }
+
+  // The download broke off: the device holds a prefix of the file, which must be refused and
+  // leave it empty. It then resumes, or gives up and syncs change by change.
+  void broken_off(Download& dl) {
+    dl.served.close();
+    if (dl.outlived) ++outlived_files_;
+    dl.outlived = false;
+    ++cut_downloads_;
+    storage::Replica& r = *dl.device.replica;
+    INFO(dl.device.name << " installs the first " << dl.had << " of " << dl.size << " bytes");
+    const std::string before = test::dump_everything(r);
+    const std::string digest_before = r.digest();
+    try {
+      r.install_snapshot(dl.part.string());
+      FAIL("a snapshot cut short installed");
+    } catch (const Error& e) {
+      // Always kCorrupt: a file shorter than its header fails to attach, or SQLite finds it
+      // malformed or not a database (re-thrown as "not a Lattice snapshot"); one cut inside
+      // its last page, which SQLite would read with zeros for the missing bytes, fails
+      // install_snapshot's size check ("cut short"). Not kIo: that would be a malformed page
+      // met during the copy, which the size check now stops before.
+      INFO(e.what());
+      REQUIRE(e.code() == ErrorCode::kCorrupt);
+    }
+    // Exactly as it was: empty.
+    REQUIRE(test::dump_everything(r) == before);
+    REQUIRE(r.digest() == digest_before);
+    REQUIRE(r.version_vector().empty());
+    REQUIRE(test::dump_table(r, "todo").empty());
+    if (constrained_) REQUIRE(test::dump_table(r, "tag").empty());
+    // The part stays for a resume, which a device tries a few times at most; or it gives up on
+    // the snapshot, as the sync client does on a refusal, and syncs change by change.
+    if (++dl.breaks < 4 && pick(3) != 0) {
+      net_.post(10 + pick(200), [this, &dl] { request_snapshot(dl); });
+    } else {
+      ++gave_up_;
+      std::filesystem::remove(dl.part);
+      join(dl);
+    }
+  }
+
+  void install(Download& dl) {
+    dl.served.close();
+    if (dl.outlived) ++outlived_files_;
+    storage::Replica& r = *dl.device.replica;
+    const crdt::VersionVector installed = r.install_snapshot(dl.part.string());
+    REQUIRE(installed == r.version_vector());
+    // The relay that sent the last chunk is up: it holds all it wrote into the file, and more
+    // if it merged since; its file survives a restart, so check() asks the last relay again.
+    const crdt::VersionVector relay_now = hub_->replica(kNamespace).version_vector();
+    REQUIRE(relay_now.dominates(installed));
+    installed_.push_back(installed);
+    ++snapshot_installs_;
+    if (installed != relay_now) ++stale_installs_;  // the catch-up has work to do
+    std::filesystem::remove(dl.part);
+    join(dl);
+  }
+
+  // The joiner connects like the others; its hello's catch-up brings what the relay merged
+  // after the snapshot it installed, or everything if it installed none.
+  void join(Download& dl) {
+    dl.done = true;
+    devices_.push_back(std::move(dl.device));
     connect(devices_.back());
   }
 
@@ -624,10 +749,18 @@ class World : sim::Harness {
   bool healing_ = false;
   int clones_ = 0;
   int rekeys_ = 0;
-  int joiners_ = 0;            // devices that joined from a snapshot download
-  int snapshot_installs_ = 0;  // of them: installed it
-  int stale_installs_ = 0;     // of those: a snapshot the relay had moved past since
-  int cut_downloads_ = 0;      // of them: the download broke off, the prefix was refused
+  std::deque<Download> downloads_;              // stable references: events hold them
+  std::vector<crdt::VersionVector> installed_;  // what each install gave
+  int relay_starts_ = 0;
+  int joiners_ = 0;                   // devices that joined from a snapshot download
+  int snapshot_installs_ = 0;         // of them: installed it
+  int stale_installs_ = 0;            // of those: a snapshot the relay had moved past since
+  int cut_downloads_ = 0;             // responses that broke off; each prefix was refused
+  int resumed_downloads_ = 0;         // requests that got the rest of the same file (206)
+  int restarted_downloads_ = 0;       // requests to resume that got a newer file whole (200)
+  int restarts_during_download_ = 0;  // responses broken off by a relay restart
+  int outlived_files_ = 0;            // responses that read a file the relay had removed
+  int gave_up_ = 0;                   // joiners that synced change by change instead
   std::size_t refused_locally_ = 0;
   std::uint64_t pieced_ = 0;          // batches and changesets in pieces, by relays since restarted
   std::uint64_t shared_commits_ = 0;  // the same for shared_commits()
@@ -636,16 +769,42 @@ class World : sim::Harness {
 struct SeedStats {
   int clones = 0;
   int rekeys = 0;
-  int joiners = 0;            // new devices that joined from the relay's snapshot
-  int snapshot_installs = 0;  // of them: installed it
-  int stale_installs = 0;     // of those: a snapshot older than the relay's state
-  int cut_downloads = 0;      // of them: a prefix of the file, refused
+  int joiners = 0;                   // new devices that downloaded the relay's snapshot
+  int snapshot_installs = 0;         // of them: installed it
+  int stale_installs = 0;            // of those: a snapshot older than the relay's state
+  int cut_downloads = 0;             // responses broken off; each prefix refused
+  int resumed_downloads = 0;         // resumes that got the rest of the same file
+  int restarted_downloads = 0;       // resumes that got a newer file whole
+  int restarts_during_download = 0;  // responses broken off by a relay restart
+  int outlived_files = 0;            // responses that read a file the relay had removed
+  int gave_up = 0;                   // joiners that synced change by change instead
   std::size_t hostile_frames = 0;
   std::size_t hostile_refused = 0;
   std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
   std::size_t held = 0;              // constrained seeds: rows held back at the end
   std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
   std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
+
+  SeedStats& operator+=(const SeedStats& o) {
+    clones += o.clones;
+    rekeys += o.rekeys;
+    joiners += o.joiners;
+    snapshot_installs += o.snapshot_installs;
+    stale_installs += o.stale_installs;
+    cut_downloads += o.cut_downloads;
+    resumed_downloads += o.resumed_downloads;
+    restarted_downloads += o.restarted_downloads;
+    restarts_during_download += o.restarts_during_download;
+    outlived_files += o.outlived_files;
+    gave_up += o.gave_up;
+    hostile_frames += o.hostile_frames;
+    hostile_refused += o.hostile_refused;
+    refused_locally += o.refused_locally;
+    held += o.held;
+    pieced += o.pieced;
+    shared_commits += o.shared_commits;
+    return *this;
+  }
 };
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
@@ -654,54 +813,69 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
   world.storm(steps);
   world.heal();
   world.check();
-  return {world.clones(),          world.rekeys(),
-          world.joiners(),         world.snapshot_installs(),
-          world.stale_installs(),  world.cut_downloads(),
-          world.hostile_frames(),  world.hostile_refused(),
-          world.refused_locally(), world.held_at_end(),
-          world.pieced(),          world.shared_commits()};
+  SeedStats s;
+  s.clones = world.clones();
+  s.rekeys = world.rekeys();
+  s.joiners = world.joiners();
+  s.snapshot_installs = world.snapshot_installs();
+  s.stale_installs = world.stale_installs();
+  s.cut_downloads = world.cut_downloads();
+  s.resumed_downloads = world.resumed_downloads();
+  s.restarted_downloads = world.restarted_downloads();
+  s.restarts_during_download = world.restarts_during_download();
+  s.outlived_files = world.outlived_files();
+  s.gave_up = world.gave_up();
+  s.hostile_frames = world.hostile_frames();
+  s.hostile_refused = world.hostile_refused();
+  s.refused_locally = world.refused_locally();
+  s.held = world.held_at_end();
+  s.pieced = world.pieced();
+  s.shared_commits = world.shared_commits();
+  return s;
+}
+
+std::string describe(const SeedStats& t) {
+  std::ostringstream out;
+  out << t.clones << " replica files copied, " << t.rekeys << " rekeys, " << t.joiners
+      << " devices downloaded a snapshot (" << t.snapshot_installs << " installed it, "
+      << t.stale_installs << " of them older than the relay; " << t.gave_up
+      << " gave up and synced change by change; " << t.cut_downloads
+      << " responses cut short and refused, " << t.restarts_during_download
+      << " of them by a relay restart; " << t.resumed_downloads << " resumed on the same file, "
+      << t.restarted_downloads << " started over on a newer one; " << t.outlived_files
+      << " responses read a file the relay had removed), " << t.hostile_frames
+      << " forged changes frames, " << t.hostile_refused << " refusals of the hostile device, "
+      << t.refused_locally << " writes refused by a constraint, " << t.held
+      << " rows held back at the end, " << t.pieced << " changesets in pieces, " << t.shared_commits
+      << " changes frames that shared a group commit";
+  return out.str();
 }
 
 TEST_CASE("after a storm of faults every device holds exactly the relay's rows") {
   if (const auto replay = sim::replayed_seed()) {
-    run_seed(*replay, 300);
+    MESSAGE(describe(run_seed(*replay, 300)));
     return;
   }
   const std::uint64_t seeds = sim::seed_count(1000);
   SeedStats total;
-  for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
-    const SeedStats stats = run_seed(seed, 300);  // REQUIREs inside stop at the first failure
-    total.clones += stats.clones;
-    total.rekeys += stats.rekeys;
-    total.joiners += stats.joiners;
-    total.snapshot_installs += stats.snapshot_installs;
-    total.stale_installs += stats.stale_installs;
-    total.cut_downloads += stats.cut_downloads;
-    total.hostile_frames += stats.hostile_frames;
-    total.hostile_refused += stats.hostile_refused;
-    total.refused_locally += stats.refused_locally;
-    total.held += stats.held;
-    total.pieced += stats.pieced;
-    total.shared_commits += stats.shared_commits;
-  }
-  MESSAGE(
-      total.clones << " replica files copied, " << total.rekeys << " rekeys, " << total.joiners
-                   << " devices joined from a snapshot (" << total.snapshot_installs
-                   << " installed it, " << total.stale_installs << " of them older than the relay; "
-                   << total.cut_downloads << " downloads cut short and refused), "
-                   << total.hostile_frames << " forged changes frames, " << total.hostile_refused
-                   << " refusals of the hostile device, " << total.refused_locally
-                   << " writes refused by a constraint, " << total.held
-                   << " rows held back at the end, " << total.pieced << " changesets in pieces, "
-                   << total.shared_commits << " changes frames that shared a group commit");
+  for (std::uint64_t seed = 1; seed <= seeds; ++seed)
+    total += run_seed(seed, 300);  // REQUIREs inside stop at the first failure
+  MESSAGE(describe(total));
   // The storm did copy files, and some copies wrote before the relay told them apart; devices
-  // joined from snapshots, some older than the relay, and some downloads broke off.
+  // downloaded snapshots while the storm went on, installed some older than the relay by then,
+  // and some downloads broke off (some at a relay restart), some to resume and some to be given
+  // up; some responses went on reading a file a newer snapshot had replaced.
   if (seeds >= 50) {
     CHECK(total.clones > 0);
     CHECK(total.rekeys > 0);
     CHECK(total.snapshot_installs > 0);
     CHECK(total.stale_installs > 0);
     CHECK(total.cut_downloads > 0);
+    CHECK(total.resumed_downloads > 0);
+    CHECK(total.restarted_downloads > 0);
+    CHECK(total.restarts_during_download > 0);
+    CHECK(total.outlived_files > 0);
+    CHECK(total.gave_up > 0);
     CHECK(total.hostile_frames > 0);
     CHECK(total.hostile_refused > 0);
     CHECK(total.refused_locally > 0);
