@@ -144,7 +144,8 @@ constexpr double kCatchUpBurst = 16u << 20;
 struct TokenBudget {
   std::size_t connections = 0;
   Bucket changes, bytes, digests, hellos, catch_up, snapshots;
-  std::size_t buffered = 0;  // bytes of batches arriving in pieces (HubLimits)
+  double snapshots_capacity = 0;  // of the last snapshot admitted (it grows with the file)
+  std::size_t buffered = 0;       // bytes of batches arriving in pieces (HubLimits)
 };
 
 // Peers in the order they connected, not by address, so that fan-out order (and with it a
@@ -191,6 +192,8 @@ struct Hub::Impl {
   PeerSet peers;  // every open connection
   std::uint64_t next_peer_id = 0;
   std::map<std::string, TokenBudget> tokens;
+  // forget_settled_tokens runs when `tokens` reaches this many entries.
+  std::size_t sweep_tokens_at = 64;
   bool stopping = false;
   // Deferred tasks (HubOptions::defer) hold it weakly: one that runs after the hub is gone
   // does nothing.
@@ -236,6 +239,12 @@ struct Hub::Impl {
   bool expired(Peer& peer);
   // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
   // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
+  // Whether any of `budget`'s buckets is still below full at `now`: the token owes the relay
+  // time, and forgetting it would refill its budgets.
+  bool owes(TokenBudget& budget, double now) const;
+  // Drops the entries of tokens without connections that owe nothing: a token that only
+  // downloaded snapshots has no connection whose close would drop it.
+  void forget_settled_tokens();
   bool spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity, double rate,
              const std::string& what, bool debt = false);
   void rekey(Peer& peer, std::uint64_t keep_through);
@@ -972,6 +981,28 @@ bool Hub::Impl::spend(Peer& peer, Bucket TokenBudget::*which, double amount, dou
   return false;
 }
 
+bool Hub::Impl::owes(TokenBudget& b, double now) const {
+  const HubLimits& l = options.limits;
+  auto below = [now](Bucket& bucket, double capacity, double rate) {
+    return bucket.refill(capacity, rate, now) < capacity;
+  };
+  return below(b.changes, static_cast<double>(l.max_batch_changes), l.max_changes_per_second) ||
+         below(b.bytes, static_cast<double>(l.max_frame_bytes), l.max_bytes_per_second) ||
+         below(b.digests, kDigestBurst, l.max_digests_per_minute / 60) ||
+         below(b.hellos, kHelloBurst, l.max_hellos_per_minute / 60) ||
+         below(b.catch_up, kCatchUpBurst, l.max_catch_up_bytes_per_second) ||
+         (b.snapshots_capacity > 0 &&
+          below(b.snapshots, b.snapshots_capacity, l.max_catch_up_bytes_per_second));
+}
+
+void Hub::Impl::forget_settled_tokens() {
+  const double now = options.now_seconds();
+  for (auto it = tokens.begin(); it != tokens.end();)
+    it = it->second.connections == 0 && !owes(it->second, now) ? tokens.erase(it) : std::next(it);
+  // Amortized: the next sweep waits until as many entries again have come.
+  sweep_tokens_at = std::max<std::size_t>(64, 2 * tokens.size());
+}
+
 void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
   if (!peers.count(peer)) return;
   if (peer->space) peer->space->peers.erase(peer);
@@ -981,20 +1012,9 @@ void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
     // A token's budgets outlive its connections while it owes anything: reconnecting must not
     // refill them. Once every bucket is full again the entry goes.
     auto it = tokens.find(peer->token);
-    if (it != tokens.end() && --it->second.connections == 0) {
-      const double now = options.now_seconds ? options.now_seconds() : 0;
-      const HubLimits& l = options.limits;
-      TokenBudget& b = it->second;
-      const bool owes =
-          b.changes.refill(static_cast<double>(l.max_batch_changes), l.max_changes_per_second,
-                           now) < static_cast<double>(l.max_batch_changes) ||
-          b.bytes.refill(static_cast<double>(l.max_frame_bytes), l.max_bytes_per_second, now) <
-              static_cast<double>(l.max_frame_bytes) ||
-          b.digests.refill(kDigestBurst, l.max_digests_per_minute / 60, now) < kDigestBurst ||
-          b.hellos.refill(kHelloBurst, l.max_hellos_per_minute / 60, now) < kHelloBurst ||
-          b.catch_up.refill(kCatchUpBurst, l.max_catch_up_bytes_per_second, now) < kCatchUpBurst;
-      if (!owes || !options.now_seconds) tokens.erase(it);
-    }
+    if (it != tokens.end() && --it->second.connections == 0 &&
+        (!options.now_seconds || !owes(it->second, options.now_seconds())))
+      tokens.erase(it);
   }
   peer->phase = Peer::Phase::kClosed;
   peers.erase(peer);
@@ -1068,9 +1088,13 @@ std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::ui
   if (!impl_->options.now_seconds) return std::nullopt;
   const double rate = impl_->options.limits.max_catch_up_bytes_per_second;
   const double capacity = std::max(kCatchUpBurst, 4 * static_cast<double>(file_bytes));
-  // The entry stays while the token owes anything (as for its connections' budgets); tokens are
-  // the relay's own signed ones, so their number is bounded by what it issued.
-  Bucket& bucket = impl_->tokens[token].snapshots;
+  // The entry stays while the token owes anything (as for its connections' budgets), and is
+  // swept once it does not: devices renew their tokens, so a relay that runs for months sees
+  // many, and each download must not leave an entry behind for good.
+  if (impl_->tokens.size() >= impl_->sweep_tokens_at) impl_->forget_settled_tokens();
+  TokenBudget& budget = impl_->tokens[token];
+  budget.snapshots_capacity = capacity;
+  Bucket& bucket = budget.snapshots;
   if (bucket.take(static_cast<double>(bytes), capacity, rate, impl_->options.now_seconds()))
     return std::nullopt;
   const double wait = rate > 0 ? (static_cast<double>(bytes) - bucket.level) / rate : 0;
@@ -1104,6 +1128,8 @@ SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
   ++impl_->counters.snapshots_written;
   return file;
 }
+
+std::size_t Hub::token_budget_count() const { return impl_->tokens.size(); }
 
 std::size_t Hub::connection_count() const { return impl_->peers.size(); }
 std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }

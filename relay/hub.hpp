@@ -160,6 +160,9 @@ class Hub {
   std::optional<std::string> admit_snapshot(const std::string& token, std::uint64_t bytes,
                                             std::uint64_t file_bytes);
 
+  // Tokens the hub keeps budgets for: those with open connections, and those that still owe
+  // their budgets time (HubLimits); the others are forgotten as new ones come.
+  std::size_t token_budget_count() const;
   std::size_t connection_count() const;
   std::size_t namespace_count() const;
   // Live device connections by the schema version their hello gave (0: none, or protocol 3).

@@ -1,0 +1,72 @@
+// The hub's budgets per token outlive the token's connections while the token owes them time,
+// and no longer: a relay that runs for months sees every device's renewed tokens, and each
+// snapshot download must not leave an entry behind for good. The clock is the hub's injected
+// one (HubOptions::now_seconds), so that an hour of refill takes no time.
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "relay/hub.hpp"
+#include "tests/storage/test_support.hpp"
+
+namespace lattice {
+namespace {
+
+constexpr std::uint64_t kMiB = 1u << 20;
+
+struct Relay {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("lattice-token-budget-" + std::to_string(::getpid()));
+  double now = 1000;
+  std::unique_ptr<relay::Hub> hub;
+
+  Relay() {
+    std::filesystem::remove_all(dir);
+    relay::HubOptions options;
+    options.data_dir = dir.string();
+    options.schema_sql = test::kTodoSchema;
+    options.limits.max_catch_up_bytes_per_second = 1 * kMiB;
+    options.now_seconds = [this] { return now; };
+    hub = std::make_unique<relay::Hub>(options);
+  }
+  ~Relay() {
+    hub.reset();
+    std::filesystem::remove_all(dir);
+  }
+};
+
+TEST_CASE("tokens that only downloaded snapshots are forgotten once their budgets refill") {
+  Relay relay;
+  // A thousand devices, each with its own token, download a 1 MiB snapshot.
+  for (int i = 0; i < 1000; ++i)
+    REQUIRE_FALSE(relay.hub->admit_snapshot("device-" + std::to_string(i), kMiB, kMiB));
+  // They owe a second each: none is forgotten yet, or its next download would find a full
+  // budget.
+  CHECK(relay.hub->token_budget_count() == 1000);
+
+  // One token spends its whole budget (16 MiB: four files, or a catch-up's burst if more) and
+  // is refused.
+  REQUIRE_FALSE(relay.hub->admit_snapshot("greedy", 16 * kMiB, 4 * kMiB));
+  CHECK(relay.hub->admit_snapshot("greedy", kMiB, 4 * kMiB).has_value());
+
+  // Two seconds on, the thousand owe nothing; the greedy one has 2 MiB back, and owes 14 s. New
+  // tokens come and the settled ones go, while the greedy one is still refused a whole file
+  // (forgotten, it would find 16 MiB).
+  relay.now += 2;
+  for (int i = 0; i < 100; ++i)
+    REQUIRE_FALSE(relay.hub->admit_snapshot("renewed-" + std::to_string(i), kMiB, kMiB));
+  CHECK(relay.hub->token_budget_count() <= 101);
+  CHECK(relay.hub->token_budget_count() >= 1);
+  const auto refused = relay.hub->admit_snapshot("greedy", 4 * kMiB, 4 * kMiB);
+  REQUIRE(refused.has_value());
+  CHECK(refused->find("retry in") != std::string::npos);
+
+  // Once it has waited, it downloads again.
+  relay.now += 16;
+  CHECK_FALSE(relay.hub->admit_snapshot("greedy", 4 * kMiB, 4 * kMiB).has_value());
+}
+
+}  // namespace
+}  // namespace lattice
