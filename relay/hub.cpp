@@ -192,7 +192,7 @@ struct Hub::Impl {
   PeerSet peers;  // every open connection
   std::uint64_t next_peer_id = 0;
   std::map<std::string, TokenBudget> tokens;
-  // forget_settled_tokens runs when `tokens` reaches this many entries.
+  // budget_of forgets settled tokens when `tokens` has this many entries.
   std::size_t sweep_tokens_at = 64;
   bool stopping = false;
   // Deferred tasks (HubOptions::defer) hold it weakly: one that runs after the hub is gone
@@ -237,14 +237,16 @@ struct Hub::Impl {
   void stop();
   // True (after closing it with unauthorized) when the peer's token has expired.
   bool expired(Peer& peer);
-  // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
-  // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
+  // The budget of `token`, a new one if the hub has none. Before adding one, now and then
+  // (when the table has doubled since), forgets the tokens without connections that owe
+  // nothing: a token that owed something when its last connection closed, or that only
+  // downloaded snapshots, has no close left that would drop it, and devices renew their tokens.
+  TokenBudget& budget_of(const std::string& token);
   // Whether any of `budget`'s buckets is still below full at `now`: the token owes the relay
   // time, and forgetting it would refill its budgets.
   bool owes(TokenBudget& budget, double now) const;
-  // Drops the entries of tokens without connections that owe nothing: a token that only
-  // downloaded snapshots has no connection whose close would drop it.
-  void forget_settled_tokens();
+  // Takes `amount` from the bucket `which` of the peer's token; false (after refusing the peer
+  // with rate_limited, naming `what`) when over. Without a clock (now_seconds) budgets are off.
   bool spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity, double rate,
              const std::string& what, bool debt = false);
   void rekey(Peer& peer, std::uint64_t keep_through);
@@ -635,7 +637,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
         refusal->what());
   peer->token = hello.token;
   const HubLimits& limits = options.limits;
-  if (++tokens[hello.token].connections > limits.max_connections_per_token)
+  if (++budget_of(hello.token).connections > limits.max_connections_per_token)
     return fail(*peer, WireError::kTooManyConnections,
                 "more than " + std::to_string(limits.max_connections_per_token) +
                     " connections with one token");
@@ -995,12 +997,15 @@ bool Hub::Impl::owes(TokenBudget& b, double now) const {
           below(b.snapshots, b.snapshots_capacity, l.max_catch_up_bytes_per_second));
 }
 
-void Hub::Impl::forget_settled_tokens() {
-  const double now = options.now_seconds();
-  for (auto it = tokens.begin(); it != tokens.end();)
-    it = it->second.connections == 0 && !owes(it->second, now) ? tokens.erase(it) : std::next(it);
-  // Amortized: the next sweep waits until as many entries again have come.
-  sweep_tokens_at = std::max<std::size_t>(64, 2 * tokens.size());
+TokenBudget& Hub::Impl::budget_of(const std::string& token) {
+  if (options.now_seconds && tokens.size() >= sweep_tokens_at && !tokens.count(token)) {
+    const double now = options.now_seconds();
+    for (auto it = tokens.begin(); it != tokens.end();)
+      it = it->second.connections == 0 && !owes(it->second, now) ? tokens.erase(it) : std::next(it);
+    // Amortized: the next sweep waits until as many entries again have come.
+    sweep_tokens_at = std::max<std::size_t>(64, 2 * tokens.size());
+  }
+  return tokens[token];
 }
 
 void Hub::Impl::on_close(const std::shared_ptr<Peer>& peer) {
@@ -1091,8 +1096,7 @@ std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::ui
   // The entry stays while the token owes anything (as for its connections' budgets), and is
   // swept once it does not: devices renew their tokens, so a relay that runs for months sees
   // many, and each download must not leave an entry behind for good.
-  if (impl_->tokens.size() >= impl_->sweep_tokens_at) impl_->forget_settled_tokens();
-  TokenBudget& budget = impl_->tokens[token];
+  TokenBudget& budget = impl_->budget_of(token);
   budget.snapshots_capacity = capacity;
   Bucket& bucket = budget.snapshots;
   if (bucket.take(static_cast<double>(bytes), capacity, rate, impl_->options.now_seconds()))

@@ -9,7 +9,10 @@
 #include <string>
 
 #include "relay/hub.hpp"
+#include "storage/schema_manifest.hpp"
 #include "tests/storage/test_support.hpp"
+#include "transport/frame.hpp"
+#include "transport/loopback.hpp"
 
 namespace lattice {
 namespace {
@@ -29,7 +32,34 @@ struct Relay {
     options.schema_sql = test::kTodoSchema;
     options.limits.max_catch_up_bytes_per_second = 1 * kMiB;
     options.now_seconds = [this] { return now; };
+    options.authenticate = [](std::string_view token) {
+      return relay::Grant{std::string(token), "board", relay::kGrantRead | relay::kGrantWrite};
+    };
     hub = std::make_unique<relay::Hub>(options);
+  }
+
+  // A device connects with `token`, says hello, is welcomed, and disconnects.
+  void visit(transport::LoopbackNetwork& net, const std::string& token) {
+    static const auto replica = test::open_todo_replica();
+    auto [device, relay_end] = net.connect(token, {});
+    bool welcomed = false;
+    transport::Connection::Handlers handlers;
+    handlers.on_frame = [&welcomed](std::string_view bytes) {
+      if (std::holds_alternative<transport::Welcome>(transport::decode_frame(bytes, 1u << 20)))
+        welcomed = true;
+    };
+    device->set_handlers(std::move(handlers));
+    hub->accept(relay_end, "board");
+    transport::Hello hello;
+    hello.site = replica->site_id();
+    hello.ns = "board";
+    hello.token = token;
+    hello.schema_fingerprint = storage::format_manifest(replica->schema_manifest());
+    device->send(transport::encode_frame(hello));
+    REQUIRE(net.run_until_idle(10'000));
+    REQUIRE(welcomed);
+    device->close("done");
+    REQUIRE(net.run_until_idle(10'000));
   }
   ~Relay() {
     hub.reset();
@@ -66,6 +96,22 @@ TEST_CASE("tokens that only downloaded snapshots are forgotten once their budget
   // Once it has waited, it downloads again.
   relay.now += 16;
   CHECK_FALSE(relay.hub->admit_snapshot("greedy", 4 * kMiB, 4 * kMiB).has_value());
+}
+
+TEST_CASE("tokens whose connections closed while they owed are forgotten once refilled") {
+  Relay relay;
+  transport::LoopbackNetwork net(1);
+  // Each hello takes one of the token's 64 at once; closing within the refill (30 hellos a
+  // minute by default: two seconds) leaves the token owing, so its entry stays past the close.
+  for (int i = 0; i < 300; ++i) relay.visit(net, "device-" + std::to_string(i));
+  CHECK(relay.hub->connection_count() == 0);
+  CHECK(relay.hub->token_budget_count() == 300);
+  // An hour on, the next devices' hellos find them settled, and they go once the table has
+  // doubled since the last sweep (at 256 entries): the table stays within twice the tokens
+  // that are connected or owe.
+  relay.now += 3600;
+  for (int i = 0; i < 250; ++i) relay.visit(net, "renewed-" + std::to_string(i));
+  CHECK(relay.hub->token_budget_count() <= 250);
 }
 
 }  // namespace
