@@ -103,6 +103,48 @@ struct Hostile {
   std::size_t refused = 0;  // connections the relay closed on a refusal
 };
 
+// What a seed's storm did, summed over seeds and checked to have happened (see the test).
+struct SeedStats {
+  int clones = 0;
+  int rekeys = 0;
+  int joiners = 0;                   // new devices that downloaded the relay's snapshot
+  int snapshot_installs = 0;         // of them: installed it
+  int stale_installs = 0;            // of those: a snapshot older than the relay's state
+  int cut_downloads = 0;             // responses broken off; each prefix refused
+  int resumed_downloads = 0;         // resumes that got the rest of the same file
+  int restarted_downloads = 0;       // resumes that got a newer file whole
+  int restarts_during_download = 0;  // responses broken off by a relay restart
+  int outlived_files = 0;            // responses that read a file the relay had removed
+  int gave_up = 0;                   // joiners that synced change by change instead
+  std::size_t hostile_frames = 0;
+  std::size_t hostile_refused = 0;
+  std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
+  std::size_t held = 0;              // constrained seeds: rows held back at the end
+  std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
+  std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
+
+  SeedStats& operator+=(const SeedStats& o) {
+    clones += o.clones;
+    rekeys += o.rekeys;
+    joiners += o.joiners;
+    snapshot_installs += o.snapshot_installs;
+    stale_installs += o.stale_installs;
+    cut_downloads += o.cut_downloads;
+    resumed_downloads += o.resumed_downloads;
+    restarted_downloads += o.restarted_downloads;
+    restarts_during_download += o.restarts_during_download;
+    outlived_files += o.outlived_files;
+    gave_up += o.gave_up;
+    hostile_frames += o.hostile_frames;
+    hostile_refused += o.hostile_refused;
+    refused_locally += o.refused_locally;
+    held += o.held;
+    pieced += o.pieced;
+    shared_commits += o.shared_commits;
+    return *this;
+  }
+};
+
 class World : sim::Harness {
  public:
   World(std::uint64_t seed, const std::filesystem::path& dir)
@@ -147,9 +189,9 @@ class World : sim::Harness {
         });
       } else if (action < 66) {
         restart_relay();
-      } else if (action < 67 && clones_ < 2) {
+      } else if (action < 67 && counts_.clones < 2) {
         clone(devices_[pick(devices_.size())]);
-      } else if (action == 67 && joiners_ < 2) {
+      } else if (action == 67 && counts_.joiners < 2) {
         join_from_snapshot();
       } else if (action < 75) {
         hostile_act();
@@ -222,29 +264,22 @@ class World : sim::Harness {
   }
 
   std::size_t writes() const { return writes_; }
-  std::size_t hostile_frames() const { return hostile_.frames; }
-  std::size_t hostile_refused() const { return hostile_.refused; }
-  int clones() const { return clones_; }
-  int rekeys() const { return rekeys_; }
-  int joiners() const { return joiners_; }
-  int snapshot_installs() const { return snapshot_installs_; }
-  int stale_installs() const { return stale_installs_; }
-  int cut_downloads() const { return cut_downloads_; }
-  int resumed_downloads() const { return resumed_downloads_; }
-  int restarted_downloads() const { return restarted_downloads_; }
-  int restarts_during_download() const { return restarts_during_download_; }
-  int outlived_files() const { return outlived_files_; }
-  int gave_up() const { return gave_up_; }
-  std::uint64_t pieced() const {
-    return pieced_ +
-           (hub_ ? hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out : 0);
+  // What this seed did: the World's own counts, and what the hostile device and the relays
+  // counted.
+  SeedStats stats() {
+    SeedStats s = counts_;
+    s.hostile_frames = hostile_.frames;
+    s.hostile_refused = hostile_.refused;
+    s.held = held_at_end();
+    s.pieced =
+        pieced_ +
+        (hub_ ? hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out : 0);
+    // Changes frames that shared a group commit with an earlier one.
+    s.shared_commits =
+        shared_commits_ +
+        (hub_ ? hub_->counters().grouped_batches - hub_->counters().group_commits : 0);
+    return s;
   }
-  // Changes frames that shared a group commit with an earlier one.
-  std::uint64_t shared_commits() const {
-    return shared_commits_ +
-           (hub_ ? hub_->counters().grouped_batches - hub_->counters().group_commits : 0);
-  }
-  std::size_t refused_locally() const { return refused_locally_; }
   std::size_t held_at_end() {
     return std::get<std::int64_t>(hub_->replica(kNamespace)
                                       .query("SELECT count(*) FROM lattice_conflicts WHERE "
@@ -296,12 +331,12 @@ class World : sim::Harness {
     });
   }
 
-  void on_rekey(sim::SimDevice&) override { ++rekeys_; }
+  void on_rekey(sim::SimDevice&) override { ++counts_.rekeys; }
 
   // A copy of `d`'s replica file becomes a new device: same site id, same history so far.
   void clone(Device& d) {
     std::filesystem::create_directories(dir_);
-    const auto path = dir_ / ("clone" + std::to_string(clones_++) + ".db");
+    const auto path = dir_ / ("clone" + std::to_string(counts_.clones++) + ".db");
     sqlite3* file = nullptr;
     REQUIRE(sqlite3_open(path.string().c_str(), &file) == SQLITE_OK);
     sqlite3_backup* backup = sqlite3_backup_init(file, "main", d.replica->connection(), "main");
@@ -313,7 +348,7 @@ class World : sim::Harness {
     for (const std::string& key : d.ledger) uncheckable_.insert(key);
     Device copy;
     copy.copied = true;
-    copy.name = d.name + "-copy" + std::to_string(clones_);
+    copy.name = d.name + "-copy" + std::to_string(counts_.clones);
     copy.replica = storage::Replica::open(path.string(), replica_options());
     REQUIRE(copy.replica->site_id() == d.replica->site_id());
     devices_.push_back(std::move(copy));
@@ -328,7 +363,7 @@ class World : sim::Harness {
     if (!hub_) return;  // nowhere to download from
     std::filesystem::create_directories(dir_);
     Download& dl = downloads_.emplace_back();
-    dl.device.name = "joiner" + std::to_string(joiners_++);
+    dl.device.name = "joiner" + std::to_string(counts_.joiners++);
     dl.device.replica = open_replica();
     dl.part = dir_ / (dl.device.name + ".snapshot.part");
     request_snapshot(dl);
@@ -359,11 +394,12 @@ class World : sim::Harness {
     REQUIRE(dl.served.is_open());
     const auto size = static_cast<std::uint64_t>(std::filesystem::file_size(file.path));
     if (dl.had > 0 && file.etag == dl.etag) {
-      ++resumed_downloads_;  // 206: the rest of the same file
+      ++counts_.resumed_downloads;  // 206: the rest of the same file
       REQUIRE(dl.had < size);
       dl.served.seekg(static_cast<std::streamoff>(dl.had));
     } else {
-      if (dl.had > 0) ++restarted_downloads_;  // 200: the part was of a file the relay replaced
+      if (dl.had > 0)
+        ++counts_.restarted_downloads;  // 200: the part was of a file the relay replaced
       std::ofstream(dl.part, std::ios::binary | std::ios::trunc);
       dl.had = 0;
     }
@@ -401,7 +437,7 @@ class World : sim::Harness {
   void receive_chunk(Download& dl) {
     if (!hub_ || relay_starts_ != dl.served_by) {
       // The relay that was sending stopped: the connection closed mid-way.
-      ++restarts_during_download_;
+      ++counts_.restarts_during_download;
       return broken_off(dl);
     }
     if (!std::filesystem::exists(dl.served_path)) dl.outlived = true;
@@ -423,9 +459,9 @@ class World : sim::Harness {
   // leave it empty. It then resumes, or gives up and syncs change by change.
   void broken_off(Download& dl) {
     dl.served.close();
-    if (dl.outlived) ++outlived_files_;
+    if (dl.outlived) ++counts_.outlived_files;
     dl.outlived = false;
-    ++cut_downloads_;
+    ++counts_.cut_downloads;
     storage::Replica& r = *dl.device.replica;
     INFO(dl.device.name << " installs the first " << dl.had << " of " << dl.size << " bytes");
     const std::string before = test::dump_everything(r);
@@ -453,7 +489,7 @@ class World : sim::Harness {
     if (++dl.breaks < 4 && pick(3) != 0) {
       net_.post(10 + pick(200), [this, &dl] { request_snapshot(dl); });
     } else {
-      ++gave_up_;
+      ++counts_.gave_up;
       std::filesystem::remove(dl.part);
       join(dl);
     }
@@ -461,7 +497,7 @@ class World : sim::Harness {
 
   void install(Download& dl) {
     dl.served.close();
-    if (dl.outlived) ++outlived_files_;
+    if (dl.outlived) ++counts_.outlived_files;
     storage::Replica& r = *dl.device.replica;
     const crdt::VersionVector installed = r.install_snapshot(dl.part.string());
     REQUIRE(installed == r.version_vector());
@@ -470,8 +506,8 @@ class World : sim::Harness {
     const crdt::VersionVector relay_now = hub_->replica(kNamespace).version_vector();
     REQUIRE(relay_now.dominates(installed));
     installed_.push_back(installed);
-    ++snapshot_installs_;
-    if (installed != relay_now) ++stale_installs_;  // the catch-up has work to do
+    ++counts_.snapshot_installs;
+    if (installed != relay_now) ++counts_.stale_installs;  // the catch-up has work to do
     std::filesystem::remove(dl.part);
     join(dl);
   }
@@ -498,7 +534,7 @@ class World : sim::Harness {
       // A write SQLite refuses locally (a CHECK, a UNIQUE, a missing parent) is not made, as in
       // an application.
       if (!constrained_ || e.code() != ErrorCode::kSql) throw;
-      ++refused_locally_;
+      ++counts_.refused_locally;
     }
     ++writes_;
     if (d.session) d.session->push_local_changes();
@@ -747,64 +783,12 @@ class World : sim::Harness {
   std::set<std::string> uncheckable_;  // ledger rows of copied files
   Hostile hostile_;
   bool healing_ = false;
-  int clones_ = 0;
-  int rekeys_ = 0;
   std::deque<Download> downloads_;              // stable references: events hold them
   std::vector<crdt::VersionVector> installed_;  // what each install gave
   int relay_starts_ = 0;
-  int joiners_ = 0;                   // devices that joined from a snapshot download
-  int snapshot_installs_ = 0;         // of them: installed it
-  int stale_installs_ = 0;            // of those: a snapshot the relay had moved past since
-  int cut_downloads_ = 0;             // responses that broke off; each prefix was refused
-  int resumed_downloads_ = 0;         // requests that got the rest of the same file (206)
-  int restarted_downloads_ = 0;       // requests to resume that got a newer file whole (200)
-  int restarts_during_download_ = 0;  // responses broken off by a relay restart
-  int outlived_files_ = 0;            // responses that read a file the relay had removed
-  int gave_up_ = 0;                   // joiners that synced change by change instead
-  std::size_t refused_locally_ = 0;
+  SeedStats counts_;                  // what the World counts itself (stats() adds the rest)
   std::uint64_t pieced_ = 0;          // batches and changesets in pieces, by relays since restarted
-  std::uint64_t shared_commits_ = 0;  // the same for shared_commits()
-};
-
-struct SeedStats {
-  int clones = 0;
-  int rekeys = 0;
-  int joiners = 0;                   // new devices that downloaded the relay's snapshot
-  int snapshot_installs = 0;         // of them: installed it
-  int stale_installs = 0;            // of those: a snapshot older than the relay's state
-  int cut_downloads = 0;             // responses broken off; each prefix refused
-  int resumed_downloads = 0;         // resumes that got the rest of the same file
-  int restarted_downloads = 0;       // resumes that got a newer file whole
-  int restarts_during_download = 0;  // responses broken off by a relay restart
-  int outlived_files = 0;            // responses that read a file the relay had removed
-  int gave_up = 0;                   // joiners that synced change by change instead
-  std::size_t hostile_frames = 0;
-  std::size_t hostile_refused = 0;
-  std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
-  std::size_t held = 0;              // constrained seeds: rows held back at the end
-  std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
-  std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
-
-  SeedStats& operator+=(const SeedStats& o) {
-    clones += o.clones;
-    rekeys += o.rekeys;
-    joiners += o.joiners;
-    snapshot_installs += o.snapshot_installs;
-    stale_installs += o.stale_installs;
-    cut_downloads += o.cut_downloads;
-    resumed_downloads += o.resumed_downloads;
-    restarted_downloads += o.restarted_downloads;
-    restarts_during_download += o.restarts_during_download;
-    outlived_files += o.outlived_files;
-    gave_up += o.gave_up;
-    hostile_frames += o.hostile_frames;
-    hostile_refused += o.hostile_refused;
-    refused_locally += o.refused_locally;
-    held += o.held;
-    pieced += o.pieced;
-    shared_commits += o.shared_commits;
-    return *this;
-  }
+  std::uint64_t shared_commits_ = 0;  // changes frames that shared a group commit, the same
 };
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
@@ -813,25 +797,7 @@ SeedStats run_seed(std::uint64_t seed, int steps) {
   world.storm(steps);
   world.heal();
   world.check();
-  SeedStats s;
-  s.clones = world.clones();
-  s.rekeys = world.rekeys();
-  s.joiners = world.joiners();
-  s.snapshot_installs = world.snapshot_installs();
-  s.stale_installs = world.stale_installs();
-  s.cut_downloads = world.cut_downloads();
-  s.resumed_downloads = world.resumed_downloads();
-  s.restarted_downloads = world.restarted_downloads();
-  s.restarts_during_download = world.restarts_during_download();
-  s.outlived_files = world.outlived_files();
-  s.gave_up = world.gave_up();
-  s.hostile_frames = world.hostile_frames();
-  s.hostile_refused = world.hostile_refused();
-  s.refused_locally = world.refused_locally();
-  s.held = world.held_at_end();
-  s.pieced = world.pieced();
-  s.shared_commits = world.shared_commits();
-  return s;
+  return world.stats();
 }
 
 std::string describe(const SeedStats& t) {
