@@ -4,9 +4,12 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -165,6 +168,82 @@ struct PendingBatch {
   std::vector<crdt::TxnTag> origin_log;
 };
 
+// What a group commit does for one batch once the group is durable.
+struct Committed {
+  std::shared_ptr<Peer> peer;
+  std::uint64_t batch = 0;
+  bool merged = false;           // false: acknowledged only (it skipped own transactions)
+  std::uint64_t own_before = 0;  // the relay's entry for the peer's site before the merge
+};
+
+// A group's commit handed to HubOptions::offload. Whichever thread claims it first runs it: the
+// offload thread, or the hub's when something must see the namespace durable now (settle), so
+// that such a wait never queues behind the offload thread's other tasks, and a simulation whose
+// offload runs on the hub's own thread, later, never waits at all.
+class CommitJob {
+ public:
+  explicit CommitJob(storage::Replica& replica) : replica_(replica) {}
+
+  // Commits the group unless a thread claimed it already or the hub abandoned it.
+  void run() {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ != State::kQueued) return;
+      state_ = State::kRunning;
+    }
+    std::optional<std::string> error;
+    try {
+      replica_.commit_group();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    {
+      std::lock_guard lock(mutex_);
+      error_ = std::move(error);
+      state_ = State::kFinished;
+    }
+    finished_.notify_all();
+  }
+
+  // Runs the commit, or waits for the thread running it; returns why it failed, if it did.
+  std::optional<std::string> wait() {
+    run();
+    std::unique_lock lock(mutex_);
+    finished_.wait(lock, [this] { return state_ == State::kFinished; });
+    return error_;
+  }
+
+  // For a hub going away: true if the commit never started and now never will (the caller
+  // rolls the group back); else waits until it has run.
+  bool abandon() {
+    std::unique_lock lock(mutex_);
+    if (state_ == State::kQueued) {
+      state_ = State::kAbandoned;
+      return true;
+    }
+    finished_.wait(lock, [this] { return state_ == State::kFinished; });
+    return false;
+  }
+
+ private:
+  enum class State { kQueued, kRunning, kFinished, kAbandoned };
+  storage::Replica& replica_;
+  std::mutex mutex_;
+  std::condition_variable finished_;
+  State state_ = State::kQueued;
+  std::optional<std::string> error_;  // what commit_group() threw
+};
+
+// A group commit from its merges to its acknowledgements.
+struct Group {
+  std::vector<PendingBatch> batches;
+  std::vector<Committed> committed;  // the batches merged or acknowledged only, in order
+  crdt::VersionVector before;        // the relay's vector before the group
+  std::uint64_t merged = 0;          // column changes that won (HubCounters::changes_merged)
+  std::chrono::steady_clock::time_point start;
+  std::shared_ptr<CommitJob> job;  // the commit, when offloaded
+};
+
 struct Namespace {
   std::string name;
   std::unique_ptr<storage::Replica> replica;
@@ -172,17 +251,12 @@ struct Namespace {
   PeerSet peers;                      // live ones
   std::vector<PendingBatch> pending;  // in the order received
   bool commit_scheduled = false;
+  // The group whose commit runs on the offload thread: until it is settled, nothing else on
+  // the hub's thread uses the replica, and the next group waits.
+  std::optional<Group> committing;
   // The last snapshot written (Hub::snapshot) and when, by the steady clock.
   std::optional<SnapshotFile> snapshot;
   std::chrono::steady_clock::time_point snapshot_at;
-};
-
-// What a group commit does for one batch once the group is durable.
-struct Committed {
-  std::shared_ptr<Peer> peer;
-  std::uint64_t batch = 0;
-  bool merged = false;           // false: acknowledged only (it skipped own transactions)
-  std::uint64_t own_before = 0;  // the relay's entry for the peer's site before the merge
 };
 
 struct Hub::Impl {
@@ -214,8 +288,20 @@ struct Hub::Impl {
   // defer, commits it at once.
   void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
   // Group commit: merges every batch the namespace received since the last one, in order, in
-  // one transaction, then acknowledges each and fans out what they added.
+  // one transaction, then commits it (HubOptions::offload: on the other thread), acknowledges
+  // each batch and fans out what they added. Nothing while the previous group is committing:
+  // the commit's completion starts the next.
   void commit_pending(Namespace& space);
+  // The group's commit is done: acknowledges every batch and fans out what the group added.
+  void finish_group(Namespace& space, Group& group);
+  // The group is lost (the disk, not a device): rolls back what is left of it and fails each
+  // of its devices with kInternal; they send their batches again when they reconnect.
+  void abort_group(Namespace& space, Group& group, const std::string& why);
+  // Waits for the namespace's offloaded commit, if any, and finishes its group: afterwards the
+  // replica is the hub thread's to use.
+  void settle(Namespace& space);
+  // Everything received for the namespace so far is merged, durable and acknowledged.
+  void commit_now(Namespace& space);
   // One batch of a group: checked against what the relay holds so far (the group's earlier
   // merges included) and merged; nullopt after refusing or rekeying the peer.
   std::optional<Committed> merge_pending(Namespace& space, PendingBatch& pending);
@@ -455,7 +541,7 @@ void Hub::Impl::on_frame(const std::shared_ptr<Peer>& peer, std::string_view byt
                "digests per minute: " + std::to_string(static_cast<std::uint64_t>(
                                             options.limits.max_digests_per_minute))))
       return;
-    commit_pending(*peer->space);  // the digest covers every batch acknowledged before it
+    commit_now(*peer->space);  // the digest covers every batch acknowledged before it
     return send(*peer, transport::Digest{request->nonce, peer->space->replica->digest()});
   }
   if (std::holds_alternative<transport::Pong>(frame)) return;
@@ -661,6 +747,7 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
         e.code() == ErrorCode::kInvalidArgument ? WireError::kMalformed : WireError::kInternal,
         e.what());
   }
+  settle(*space);  // what follows reads the replica, and the welcome says what it holds
   if (!check_schema(*peer, *space, hello)) return;
 
   // A copy of a replica file presents its site id with a history of its own; the first to
@@ -701,6 +788,8 @@ void Hub::Impl::continue_catch_up(Peer& peer, bool first) {
   // (on_changes skips devices still catching up), so they go here.
   std::size_t sent = send_pieces(peer, 0);
   if (peer.outgoing) return;  // on_drained calls again
+  settle(*peer.space);
+  if (peer.phase != Peer::Phase::kLive) return;
   const crdt::VersionVector held = peer.space->replica->version_vector();
   while (first || !peer.known.dominates(held)) {
     first = false;
@@ -841,39 +930,76 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes
 
 void Hub::Impl::commit_pending(Namespace& space) {
   space.commit_scheduled = false;
-  if (space.pending.empty()) return;
-  std::vector<PendingBatch> batches;
-  batches.swap(space.pending);
+  if (space.committing || space.pending.empty()) return;
+  Group group;
+  group.batches.swap(space.pending);
   storage::Replica& replica = *space.replica;
-  const auto start = std::chrono::steady_clock::now();
-  const crdt::VersionVector before = replica.version_vector();
+  group.start = std::chrono::steady_clock::now();
+  group.before = replica.version_vector();
   const std::uint64_t merged_before = counters.changes_merged;
-  std::vector<Committed> committed;
   try {
     replica.begin_group();
-    for (PendingBatch& pending : batches)
+    for (PendingBatch& pending : group.batches)
       if (pending.peer->phase == Peer::Phase::kLive)
-        if (auto done = merge_pending(space, pending)) committed.push_back(std::move(*done));
-    replica.commit_group();
+        if (auto done = merge_pending(space, pending)) group.committed.push_back(std::move(*done));
+    group.merged = counters.changes_merged - merged_before;
+    if (!options.offload || !options.defer) replica.commit_group();
   } catch (const Error& e) {  // merge_pending rethrows only what ends the group
-    // The disk, not a device: nothing of the group was kept, nothing is acknowledged, and the
-    // devices send it again when they reconnect.
-    replica.rollback_group();
-    counters.changes_merged = merged_before;
-    for (const PendingBatch& pending : batches)
-      fail(*pending.peer, WireError::kInternal,
-           "the relay could not store batch " + std::to_string(pending.batch) + ": " + e.what());
-    return;
+    group.merged = counters.changes_merged - merged_before;
+    return abort_group(space, group, e.what());
   }
+  if (!options.offload || !options.defer) return finish_group(space, group);
+  // The disk sync runs on the offload thread; this one goes on with other frames. The task
+  // holds the job, not the hub: a hub destroyed meanwhile abandons the job first (~Hub).
+  group.job = std::make_shared<CommitJob>(replica);
+  space.committing = std::move(group);
+  options.offload([this, job = space.committing->job, defer = options.defer,
+                   alive = std::weak_ptr<bool>(alive), ns = space.name] {
+    job->run();
+    defer([this, job, alive, ns] {
+      if (alive.expired()) return;
+      auto it = spaces.find(ns);
+      if (it == spaces.end()) return;
+      Namespace& space = *it->second;
+      if (space.committing && space.committing->job == job) settle(space);
+      commit_pending(space);  // the frames that arrived during the sync
+    });
+  });
+}
+
+void Hub::Impl::settle(Namespace& space) {
+  if (!space.committing) return;
+  Group group = std::move(*space.committing);
+  space.committing.reset();
+  if (auto why = group.job->wait()) return abort_group(space, group, *why);
+  finish_group(space, group);
+}
+
+void Hub::Impl::commit_now(Namespace& space) {
+  settle(space);
+  commit_pending(space);
+  settle(space);
+}
+
+void Hub::Impl::abort_group(Namespace& space, Group& group, const std::string& why) {
+  // Nothing of the group was kept and nothing of it is acknowledged.
+  space.replica->rollback_group();
+  counters.changes_merged -= group.merged;
+  for (const PendingBatch& pending : group.batches)
+    fail(*pending.peer, WireError::kInternal,
+         "the relay could not store batch " + std::to_string(pending.batch) + ": " + why);
+}
+
+void Hub::Impl::finish_group(Namespace& space, Group& group) {
   counters.merge_seconds.observe(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - group.start).count());
   ++counters.group_commits;
-  counters.grouped_batches += batches.size();
+  counters.grouped_batches += group.batches.size();
   // Nothing is acknowledged before it is durable.
-  const crdt::VersionVector after = replica.version_vector();
+  const crdt::VersionVector after = space.replica->version_vector();
   const Peer* sole_sender = nullptr;
   std::size_t merges = 0;
-  for (const Committed& c : committed) {
+  for (const Committed& c : group.committed) {
     send(*c.peer, transport::Ack{c.batch, after});
     if (!c.merged) continue;
     ++merges;
@@ -886,9 +1012,9 @@ void Hub::Impl::commit_pending(Namespace& space) {
         if (other != c.peer && other->phase == Peer::Phase::kLive && other->site == c.peer->site)
           rekey(*other, shared_prefix(*other));
   }
-  if (counters.changes_merged == merged_before && after == before) return;
+  if (group.merged == 0 && after == group.before) return;
   // A group of one merge is all its sender's: it holds that already.
-  fan_out(space, merges == 1 ? sole_sender : nullptr, before, after);
+  fan_out(space, merges == 1 ? sole_sender : nullptr, group.before, after);
 }
 
 std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch& pending) {
@@ -1045,7 +1171,13 @@ Hub::Hub(HubOptions options) : impl_(std::make_unique<Impl>()) {
 
 // Like a relay killed between reading frames and their commit: batches awaiting their group
 // commit are dropped unacknowledged (their devices send them again). shutdown() commits them.
-Hub::~Hub() { impl_->stop(); }
+// A commit running on the offload thread is waited for (it may be durable, and is not
+// acknowledged); one not yet started is rolled back.
+Hub::~Hub() {
+  impl_->stop();
+  for (auto& [name, space] : impl_->spaces)
+    if (space->committing && space->committing->job->abandon()) space->replica->rollback_group();
+}
 
 void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::string& ns) {
   auto peer = std::make_shared<Peer>();
@@ -1073,7 +1205,7 @@ void Hub::accept(std::shared_ptr<transport::Connection> connection, const std::s
 void Hub::shutdown() {
   // What was received is merged and acknowledged before the devices are told.
   if (!impl_->stopping)
-    for (auto& [name, space] : impl_->spaces) impl_->commit_pending(*space);
+    for (auto& [name, space] : impl_->spaces) impl_->commit_now(*space);
   impl_->stop();
 }
 
@@ -1086,7 +1218,11 @@ void Hub::Impl::stop() {
   }
 }
 
-storage::Replica& Hub::replica(const std::string& ns) { return *impl_->space(ns).replica; }
+storage::Replica& Hub::replica(const std::string& ns) {
+  Namespace& space = impl_->space(ns);
+  impl_->settle(space);
+  return *space.replica;
+}
 
 std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::uint64_t bytes,
                                                std::uint64_t file_bytes) {
@@ -1115,7 +1251,7 @@ SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
       std::chrono::duration<double>(now - space.snapshot_at).count() < max_age_seconds)
     return *space.snapshot;
   // What devices were told is merged is in the snapshot too.
-  if (!space.pending.empty()) impl_->commit_pending(space);
+  impl_->commit_now(space);
   const std::filesystem::path dir = std::filesystem::path(impl_->options.data_dir) / "snapshots";
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -1136,6 +1272,11 @@ SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
 std::size_t Hub::token_budget_count() const { return impl_->tokens.size(); }
 
 std::size_t Hub::connection_count() const { return impl_->peers.size(); }
+std::size_t Hub::commits_in_flight() const {
+  std::size_t n = 0;
+  for (const auto& [name, space] : impl_->spaces) n += space->committing.has_value();
+  return n;
+}
 std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }
 
 std::map<std::uint64_t, std::size_t> Hub::devices_by_schema_version() const {

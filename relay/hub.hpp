@@ -4,7 +4,8 @@
 // It sees connections only through transport::Connection, so the deterministic simulation
 // runs it over loopback connections and lattice-relay over WebSocket/TLS.
 //
-// Not thread-safe: every call, and every connection callback, runs on one thread.
+// Not thread-safe: every call, and every connection callback, runs on one thread (the hub's);
+// only a group commit's disk sync may run on another (HubOptions::offload).
 
 #include <array>
 #include <cstdint>
@@ -85,6 +86,13 @@ struct HubOptions {
   // meanwhile are merged in one transaction with one disk sync, then each is acknowledged and
   // what they added is fanned out once. Empty: each changes frame is merged when it arrives.
   std::function<void(std::function<void()>)> defer;
+  // Runs `task` on another thread (lattice-relay: its disk thread), one task at a time, in the
+  // order given. With it and defer, a group's commit (its disk sync) runs there: the hub's thread
+  // goes on reading, acknowledging and fanning out the other namespaces' frames and queueing this
+  // one's for its next group, and acknowledges the group when the task hands it back (through
+  // defer). A hello, a digest, a catch-up round or a snapshot of the namespace waits for the
+  // sync first. Empty: the commit runs on the hub's thread.
+  std::function<void(std::function<void()>)> offload;
 };
 
 // Durations of the relay's merges, in seconds, for the merge latency histogram of /metrics:
@@ -164,6 +172,8 @@ class Hub {
   // their budgets time (HubLimits); the others are forgotten as new ones come.
   std::size_t token_budget_count() const;
   std::size_t connection_count() const;
+  // Namespaces whose last group commit runs on the offload thread, not yet acknowledged.
+  std::size_t commits_in_flight() const;
   std::size_t namespace_count() const;
   // Live device connections by the schema version their hello gave (0: none, or protocol 3).
   std::map<std::uint64_t, std::size_t> devices_by_schema_version() const;

@@ -8,6 +8,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -389,6 +390,12 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   boost::asio::io_context io(1);
   // Group commit: the changes frames read before the posted task runs share its commit.
   hub_options.defer = [&io](std::function<void()> task) { boost::asio::post(io, std::move(task)); };
+  // The commits' disk syncs run on their own thread, in order, so that the network is never
+  // held up by the disk. Declared before the hub: the hub waits for a commit it started.
+  boost::asio::thread_pool disk(1);
+  hub_options.offload = [&disk](std::function<void()> task) {
+    boost::asio::post(disk, std::move(task));
+  };
   Hub hub(std::move(hub_options));
 
   transport::WebSocketServerOptions server_options;

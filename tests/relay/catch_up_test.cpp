@@ -17,11 +17,7 @@ class CatchUp : sim::Harness {
   CatchUp() : Harness(7), dir_(sim::seed_directory("lattice-catch-up", 7)) {
     faults_ = transport::LoopbackNetwork::Faults{1, 1, 0, true};
     std::filesystem::remove_all(dir_);
-    relay::HubOptions options = hub_options(dir_);
-    options.schema_sql = test::kTodoSchema;
-    options.authenticate = [](std::string_view) {
-      return relay::Grant{"device", sim::kNamespace, relay::kGrantRead | relay::kGrantWrite};
-    };
+    relay::HubOptions options = device_hub_options(dir_, test::kTodoSchema);
     hub_ = std::make_unique<relay::Hub>(options);
   }
   ~CatchUp() override {

@@ -26,6 +26,22 @@ relay::HubOptions Harness::hub_options(const std::filesystem::path& data_dir) {
   options.defer = [this](std::function<void()> task) {
     net_.post(static_cast<double>(pick(5)), std::move(task));
   };
+  // The commit's disk sync on the relay's disk thread takes 0 to 3 ms, while frames keep
+  // arriving; then its acknowledgements wait for their turn on the relay's thread (defer). A
+  // relay killed meanwhile loses the group, or has it on disk unacknowledged.
+  options.offload = [this](std::function<void()> task) {
+    net_.post(static_cast<double>(pick(4)), std::move(task));
+  };
+  return options;
+}
+
+relay::HubOptions Harness::device_hub_options(const std::filesystem::path& data_dir,
+                                              const std::string& schema_sql) {
+  relay::HubOptions options = hub_options(data_dir);
+  options.schema_sql = schema_sql;
+  options.authenticate = [](std::string_view) {
+    return relay::Grant{"device", kNamespace, relay::kGrantRead | relay::kGrantWrite};
+  };
   return options;
 }
 

@@ -53,6 +53,10 @@ class Harness {
   // catch-ups in rounds and changesets in pieces, group commits on the virtual clock, so that
   // every path runs. No authenticator.
   relay::HubOptions hub_options(const std::filesystem::path& data_dir);
+  // The same, for a namespace created with `schema_sql` where every token is a device's with
+  // the read and write rights.
+  relay::HubOptions device_hub_options(const std::filesystem::path& data_dir,
+                                       const std::string& schema_sql);
 
   // Half the connections are like TCP: delayed, in order, never duplicated; the other half
   // also reorder and duplicate frames, which no WebSocket does but which stresses merges. On

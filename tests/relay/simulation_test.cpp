@@ -122,6 +122,7 @@ struct SeedStats {
   std::size_t held = 0;              // constrained seeds: rows held back at the end
   std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
   std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
+  int restarts_mid_commit = 0;       // relay restarts with a group commit not yet acknowledged
 
   SeedStats& operator+=(const SeedStats& o) {
     clones += o.clones;
@@ -141,6 +142,7 @@ struct SeedStats {
     held += o.held;
     pieced += o.pieced;
     shared_commits += o.shared_commits;
+    restarts_mid_commit += o.restarts_mid_commit;
     return *this;
   }
 };
@@ -324,6 +326,7 @@ class World : sim::Harness {
     if (hub_) {
       pieced_ += hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out;
       shared_commits_ += hub_->counters().grouped_batches - hub_->counters().group_commits;
+      if (hub_->commits_in_flight() > 0) ++counts_.restarts_mid_commit;
     }
     hub_.reset();
     net_.post(50 + pick(500), [this] {
@@ -813,7 +816,8 @@ std::string describe(const SeedStats& t) {
       << " forged changes frames, " << t.hostile_refused << " refusals of the hostile device, "
       << t.refused_locally << " writes refused by a constraint, " << t.held
       << " rows held back at the end, " << t.pieced << " changesets in pieces, " << t.shared_commits
-      << " changes frames that shared a group commit";
+      << " changes frames that shared a group commit, " << t.restarts_mid_commit
+      << " relay restarts with a group commit unacknowledged";
   return out.str();
 }
 
@@ -848,6 +852,7 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     CHECK(total.held > 0);
     CHECK(total.pieced > 0);
     CHECK(total.shared_commits > 0);
+    CHECK(total.restarts_mid_commit > 0);
   }
 }
 
