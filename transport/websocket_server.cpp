@@ -6,9 +6,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
-#include <boost/beast/websocket/ssl.hpp>
 #include <charconv>
 #include <chrono>
 #include <deque>
@@ -19,6 +17,7 @@
 #include <vector>
 
 #include "crdt/error.hpp"
+#include "transport/lean_tls.hpp"
 
 // The shape follows Boost.Beast's server examples (docs/relay.md): a listener, a session per
 // connection owning its stream and buffer, handlers named on_<step>, at most one async_write in
@@ -36,7 +35,8 @@ namespace ssl = boost::asio::ssl;
 using tcp = net::ip::tcp;
 
 using PlainStream = beast::tcp_stream;
-using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+// Not beast::ssl_stream: Asio's keeps 68 KiB of buffers per connection for its whole life.
+using TlsStream = LeanTlsStream;
 
 template <class Stream>
 constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
