@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 namespace lattice::sim {
@@ -100,6 +101,28 @@ std::optional<std::uint64_t> replayed_seed() {
 std::uint64_t seed_count(std::uint64_t fallback) {
   const char* count_text = std::getenv("LATTICE_SIM_SEEDS");
   return count_text ? std::strtoull(count_text, nullptr, 10) : fallback;
+}
+
+std::vector<std::uint64_t> seeds_to_run(std::uint64_t fallback, std::uint64_t min_share) {
+  const std::uint64_t count = seed_count(fallback);
+  std::uint64_t share = 1, shares = 1;
+  if (const char* shard = std::getenv("LATTICE_SIM_SHARD")) {
+    char* slash = nullptr;
+    share = std::strtoull(shard, &slash, 10);
+    shares = *slash == '/' ? std::strtoull(slash + 1, nullptr, 10) : 0;
+    if (shares == 0 || share == 0 || share > shares) {
+      std::fprintf(stderr, "LATTICE_SIM_SHARD=%s is not k/m with 1 <= k <= m\n", shard);
+      std::exit(2);
+    }
+  }
+  std::vector<std::uint64_t> seeds;
+  if (count / shares < min_share) {
+    if (share == 1)
+      for (std::uint64_t seed = 1; seed <= count; ++seed) seeds.push_back(seed);
+    return seeds;
+  }
+  for (std::uint64_t seed = share; seed <= count; seed += shares) seeds.push_back(seed);
+  return seeds;
 }
 
 std::filesystem::path seed_directory(const std::string& prefix, std::uint64_t seed) {

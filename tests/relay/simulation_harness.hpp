@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "engine/sync/sync_session.hpp"
 #include "relay/hub.hpp"
@@ -86,6 +87,11 @@ class Harness {
 // seeds 1 to LATTICE_SIM_SEEDS, or to `fallback` without it.
 std::optional<std::uint64_t> replayed_seed();
 std::uint64_t seed_count(std::uint64_t fallback);
+// The seeds of seed_count(fallback) this process runs. With LATTICE_SIM_SHARD=k/m (ctest runs
+// the m shares side by side, one per core), every m-th seed from k, when every share has at
+// least `min_share` seeds (a test checks what its storm did from that many on); otherwise share
+// 1 runs them all and the others none.
+std::vector<std::uint64_t> seeds_to_run(std::uint64_t fallback, std::uint64_t min_share);
 
 // A fresh directory for one seed's files, named after the process and the seed.
 std::filesystem::path seed_directory(const std::string& prefix, std::uint64_t seed);
