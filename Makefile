@@ -1,7 +1,7 @@
 # Lattice developer entry points. `make test` is what CI runs (.ci/run).
 #
-#   make test          setup, normal build + tests, ASan/UBSan build + tests, fuzzers, arm64
-#                      cross build + tests under qemu, format check
+#   make test          setup, normal build + tests, ASan/UBSan build + tests, TSan build + the
+#                      threaded tests, fuzzers, arm64 cross build + tests under qemu, format check
 #   make check         the quick tier for everyday work: build/ and its tests, the simulation
 #                      with 50 seeds instead of 1,000, and the format check (a few minutes on a
 #                      built tree)
@@ -11,15 +11,18 @@
 #   make bench         build, then run build/bench/lattice-bench if it exists
 #   make format        apply clang-format to every C/C++ file in the repo
 #   make format-check  fail if any C/C++ file is not clang-formatted
+#   make test-tsan     the relay's and the sync client's threads under ThreadSanitizer
 #   make test-arm64    C API cross-built for arm64, its tests under qemu-aarch64 (docs/android.md)
 #   make arm64-size    the stripped arm64 liblattice.so size of docs/benchmarks.md
-#   make clean         remove the build trees (build/, build-asan/, build-fuzz/, build-arm64*/)
+#   make clean         remove the build trees (build/, build-asan/, build-tsan/, build-fuzz/,
+#                      build-arm64*/)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
 BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
+TSAN_DIR  ?= build-tsan
 FUZZ_DIR  ?= build-fuzz
 JOBS      ?= 2
 
@@ -31,7 +34,7 @@ ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DLATTICE_BENCH=OFF -DCMAKE_BUILD_TYPE
 export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
 
-.PHONY: all test check build build-asan test-build test-asan test-fuzz demo bench format format-check setup clean
+.PHONY: all test check build build-asan test-build test-asan test-tsan test-fuzz demo bench format format-check setup clean
 .PHONY: test-arm64 arm64-size
 
 all: build
@@ -73,9 +76,29 @@ test:
 	$(MAKE) --no-print-directory setup
 	$(MAKE) --no-print-directory test-build
 	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-tsan
 	$(MAKE) --no-print-directory test-fuzz
 	$(MAKE) --no-print-directory test-arm64
 	$(MAKE) --no-print-directory format-check
+
+# ThreadSanitizer over what runs on several threads: the relay (its disk thread; the relay
+# processes of the integration tests are built in this tree too), its TLS stream, and the
+# device's SyncClient (a thread of its own). Only those tests are built. A race halts the process
+# with status 66, which fails the test. sync_integration_tests leaves out its two volume cases
+# (100,000 rows in one transaction, 10,000 transactions): minutes under TSan, no new interleaving.
+TSAN_TARGETS := lean_tls_tests relay_group_commit_tests relay_integration_tests \
+                sync_integration_tests
+test-tsan:
+	@if [[ ! -f $(TSAN_DIR)/CMakeCache.txt ]]; then \
+	  cmake -S . -B $(TSAN_DIR) -G Ninja -DLATTICE_TSAN=ON -DLATTICE_BENCH=OFF \
+	    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"; \
+	fi
+	cmake --build $(TSAN_DIR) -j $(JOBS) --target $(TSAN_TARGETS)
+	TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	  ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) \
+	    -R '^(lean_tls_tests|relay_group_commit_tests|relay_integration_tests)$$'
+	cd $(TSAN_DIR)/tests/integration && TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+	  ./sync_integration_tests --test-case-exclude='*100?000 rows*,*10?000 transactions*'
 
 # The decoders of untrusted bytes under libFuzzer (clang), briefly: the fuzz tree instruments
 # every target, so only the fuzz executables are built in it.
@@ -133,4 +156,4 @@ format-check:
 	bash scripts/format-check.sh
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR) $(ARM64_DIR) build-arm64-size
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(TSAN_DIR) $(FUZZ_DIR) $(ARM64_DIR) build-arm64-size

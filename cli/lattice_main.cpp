@@ -200,8 +200,13 @@ int run_sync(const std::vector<std::string>& args) {
   if (!has_token)
     throw UsageError("'sync' needs a token: --token-file FILE or the LATTICE_TOKEN variable");
   if (timeout_seconds < 0) timeout_seconds = once ? 60 : 0;
+  // Not made here: a device's replica needs the namespace's schema, which only it knows.
   if (!std::filesystem::exists(db))
-    throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + db + "'");
+    throw lattice::Error(lattice::ErrorCode::kIo,
+                         "no replica at '" + db +
+                             "'; a new device starts from a replica with the namespace's "
+                             "schema and no rows (lattice exec " +
+                             db + " SCHEMA_SQL), then the relay's snapshot fills it");
 
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();

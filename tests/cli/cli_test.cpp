@@ -581,6 +581,13 @@ TEST_CASE("import refuses a hostile file with one line naming it, and writes not
         "lattice: usage: --format takes csv, ndjson or json, not 'xml' (run 'lattice help')");
   CHECK(box.fails({"import", "missing.db", "todo", "bad.csv"}) ==
         "lattice: io: no replica at 'missing.db'");
+  // sync makes no replica either (only the device knows its schema), and says how to start one.
+  std::ofstream(box.path("token")) << "a token";
+  CHECK(box.fails({"sync", "new.db", "wss://127.0.0.1:9/board", "--token-file", "token"})
+            .rfind("lattice: io: no replica at 'new.db'; a new device starts from a replica with "
+                   "the namespace's schema and no rows (lattice exec new.db SCHEMA_SQL)",
+                   0) == 0);
+  CHECK_FALSE(std::filesystem::exists(box.path("new.db")));
 }
 
 TEST_CASE("import --map reads the mapping file; --progress prints progress on stderr") {
