@@ -121,7 +121,10 @@ std::vector<std::uint64_t> seeds_to_run(std::uint64_t fallback, std::uint64_t mi
       for (std::uint64_t seed = 1; seed <= count; ++seed) seeds.push_back(seed);
     return seeds;
   }
-  for (std::uint64_t seed = share; seed <= count; seed += shares) seeds.push_back(seed);
+  // Consecutive seeds, not every m-th: a simulation may vary its world by the seed's parity.
+  for (std::uint64_t seed = (share - 1) * count / shares + 1; seed <= share * count / shares;
+       ++seed)
+    seeds.push_back(seed);
   return seeds;
 }
 

@@ -88,9 +88,9 @@ class Harness {
 std::optional<std::uint64_t> replayed_seed();
 std::uint64_t seed_count(std::uint64_t fallback);
 // The seeds of seed_count(fallback) this process runs. With LATTICE_SIM_SHARD=k/m (ctest runs
-// the m shares side by side, one per core), every m-th seed from k, when every share has at
-// least `min_share` seeds (a test checks what its storm did from that many on); otherwise share
-// 1 runs them all and the others none.
+// the m shares side by side, one per core), the k-th of m runs of consecutive seeds, when
+// every share has at least `min_share` seeds (a test checks what its storm did from that many on);
+// otherwise share 1 runs them all and the others none.
 std::vector<std::uint64_t> seeds_to_run(std::uint64_t fallback, std::uint64_t min_share);
 
 // A fresh directory for one seed's files, named after the process and the seed.
