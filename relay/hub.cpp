@@ -284,8 +284,8 @@ struct Hub::Impl {
   bool check_schema_description(Peer& peer, Namespace& space, const transport::Hello& hello);
   // A device's changes and their pieces, from a token with the write right (on_frame checks).
   void on_piece(const std::shared_ptr<Peer>& peer, transport::ChangesPiece& piece);
-  // Queues the batch for the namespace's next group commit (HubOptions::defer), or commits it
-  // at once: without defer, or with offload when no commit of the namespace is running.
+  // Queues the batch for the namespace's next group commit (HubOptions::defer), or, without
+  // defer, commits it at once.
   void on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes);
   // Group commit: merges every batch the namespace received since the last one, in order, in
   // one transaction, then commits it (HubOptions::offload: on the other thread), acknowledges
@@ -919,14 +919,6 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes
   space.pending.push_back(
       PendingBatch{peer, changes.batch, std::move(*received), std::move(changes.origin_log)});
   if (!options.defer) return commit_pending(space);
-  if (options.offload) {
-    // A batch that finds the namespace's disk idle is merged now, and its sync starts; those
-    // that arrive during a sync form the next group, merged when it completes. So grouping
-    // costs no turn of the event loop (behind every other connection's work) when the disk is
-    // idle, and groups grow with the disk's latency when it is not.
-    if (!space.committing) commit_pending(space);
-    return;
-  }
   if (space.commit_scheduled) return;
   space.commit_scheduled = true;
   options.defer([this, alive = std::weak_ptr<bool>(alive), ns = space.name] {
