@@ -533,7 +533,14 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       h.schema_fingerprint = read_str(f[6], at(6));
       h.acked_seq = read_uint(f[7], at(7));
       h.own_log = read_log(f[8], at(8));
-      if (root.via.array.size > 9) h.schema_version = read_uint(f[9], at(9));
+      if (root.via.array.size > 9) {
+        // Protocol 4 on (the encoder leaves it out below): accepted below 4, it would not
+        // survive being encoded again.
+        if (h.protocol_version < 4)
+          fail_corrupt(at(9), "a hello of protocol " + std::to_string(h.protocol_version) +
+                                  " has no schema_version (protocol 4 on)");
+        h.schema_version = read_uint(f[9], at(9));
+      }
       return h;
     }
     case 1: {

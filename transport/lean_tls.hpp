@@ -80,11 +80,13 @@ class LeanTlsStream {
     ~State();
   };
 
-  // For the operations: the read of State::peek completed with `n` bytes and `ec`; true if
-  // `ec` is an error (the end of the stream is none: State::eof).
+  // The rest is for the operations (detail:: below), not for callers.
+
+  // The read of State::peek completed with `n` bytes and `ec`; true if `ec` is an error (the
+  // end of the stream is none: State::eof).
   bool received(std::size_t n, error_code& ec);
-  // Reads what the socket holds without blocking into
-  // `in`; true if it got anything or the end of the stream. A would_block is no error.
+  // Reads what the socket holds, without blocking, into State::in; true if it got anything or
+  // the end of the stream. A would_block is no error.
   bool drain(error_code& ec);
   // The error of a failed OpenSSL call.
   error_code ssl_error(int result);
