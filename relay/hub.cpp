@@ -111,9 +111,11 @@ struct Peer : std::enable_shared_from_this<Peer> {
   // TokenBudget::buffered).
   std::optional<std::uint64_t> incoming_batch;
   std::string incoming;
-  // A changeset going out in pieces, and how much of it has gone.
+  // A changeset going out in pieces, how much of it has gone, and its number on this
+  // connection (1, 2, 3, ...), carried by its pieces and its changes frame.
   std::shared_ptr<const std::string> outgoing;
   std::size_t outgoing_at = 0;
+  std::uint64_t outgoing_batch = 0;
 };
 
 // A token bucket: up to `capacity` at once, refilled at `rate` per second.
@@ -468,6 +470,7 @@ void Hub::Impl::send_changes(Peer& peer, const crdt::Changeset& changeset,
   ++counters.pieced_changesets_out;
   peer.outgoing = std::move(bytes);
   peer.outgoing_at = 0;
+  ++peer.outgoing_batch;
   peer.catching_up = true;
   send_pieces(peer, 0);
 }
@@ -485,12 +488,13 @@ std::size_t Hub::Impl::send_pieces(Peer& peer, std::size_t sent) {
     const std::string& bytes = *peer.outgoing;
     const std::size_t left = bytes.size() - peer.outgoing_at;
     if (left <= piece) {
-      send(peer, transport::Changes{0, bytes.substr(peer.outgoing_at), {}});
+      send(peer, transport::Changes{peer.outgoing_batch, bytes.substr(peer.outgoing_at), {}});
       peer.outgoing.reset();
       peer.outgoing_at = 0;
       return sent + left;
     }
-    send(peer, transport::ChangesPiece{0, peer.outgoing_at, bytes.substr(peer.outgoing_at, piece)});
+    send(peer, transport::ChangesPiece{peer.outgoing_batch, peer.outgoing_at,
+                                       bytes.substr(peer.outgoing_at, piece)});
     peer.outgoing_at += piece;
     sent += piece;
   }

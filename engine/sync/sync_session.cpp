@@ -236,9 +236,14 @@ void SyncSession::on_frame(std::string_view bytes) {
     set_state(SyncState::kSyncing);
     push_local_changes();
   } else if (auto* piece = std::get_if<transport::ChangesPiece>(&frame)) {
-    if (piece->offset != incoming_.size()) {
-      const std::string why = "a piece at offset " + std::to_string(piece->offset) + " where " +
-                              std::to_string(incoming_.size()) + " was next";
+    if (incoming_.empty()) incoming_batch_ = piece->batch;
+    if (piece->offset != incoming_.size() || piece->batch != incoming_batch_) {
+      const std::string why = piece->batch != incoming_batch_
+                                  ? "a piece of changeset " + std::to_string(piece->batch) +
+                                        " where changeset " + std::to_string(incoming_batch_) +
+                                        " was unfinished"
+                                  : "a piece at offset " + std::to_string(piece->offset) +
+                                        " where " + std::to_string(incoming_.size()) + " was next";
       send(transport::ErrorFrame{transport::WireError::kMalformed, why});
       return close("malformed frame from relay: " + why);
     }
@@ -250,6 +255,15 @@ void SyncSession::on_frame(std::string_view bytes) {
     }
     incoming_ += piece->piece;
   } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
+    // The last bytes of a changeset in pieces name it: joined to another's pieces, they could
+    // decode into rows neither changeset holds.
+    if (!incoming_.empty() && changes->batch != incoming_batch_) {
+      const std::string why = "a changes frame of changeset " + std::to_string(changes->batch) +
+                              " where changeset " + std::to_string(incoming_batch_) +
+                              " was unfinished";
+      send(transport::ErrorFrame{transport::WireError::kMalformed, why});
+      return close("malformed frame from relay: " + why);
+    }
     on_changes(*changes);
   } else if (auto* ack = std::get_if<transport::Ack>(&frame)) {
     // The relay's vector counts our site id's transactions that another copy of this file

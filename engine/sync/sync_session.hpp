@@ -95,7 +95,10 @@ class SyncSession {
   // A batch going out in pieces: the changes frame of its last bytes, and how far it has gone.
   std::optional<transport::Changes> outgoing_;
   std::size_t outgoing_at_ = 0;
-  std::string incoming_;  // pieces from the relay, until their changes frame
+  // Pieces from the relay, until their changes frame, and the number they carry (0 from a
+  // relay that does not number them).
+  std::string incoming_;
+  std::uint64_t incoming_batch_ = 0;
   // Other sites' changes this replica holds beyond what the relay does (from changeset files):
   // never sent, stepped over when extracting what to send.
   crdt::VersionVector skipped_;

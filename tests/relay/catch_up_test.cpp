@@ -5,12 +5,39 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <functional>
+#include <utility>
 
 #include "tests/relay/simulation_harness.hpp"
 #include "tests/storage/test_support.hpp"
 
 namespace lattice {
 namespace {
+
+// Between the hub and a device's session: every frame from the hub goes through `edit`, which
+// may change it, before the session sees it.
+class Tap : public transport::Connection {
+ public:
+  using Edit = std::function<void(transport::Frame&)>;
+  Tap(std::shared_ptr<transport::Connection> inner, Edit edit)
+      : inner_(std::move(inner)), edit_(std::move(edit)) {}
+  void set_handlers(Handlers handlers) override {
+    handlers.on_frame = [edit = edit_,
+                         on_frame = std::move(handlers.on_frame)](std::string_view bytes) {
+      transport::Frame frame = transport::decode_frame(bytes);
+      edit(frame);
+      on_frame(transport::encode_frame(frame));
+    };
+    inner_->set_handlers(std::move(handlers));
+  }
+  void send(std::string frame) override { inner_->send(std::move(frame)); }
+  void close(const std::string& reason) override { inner_->close(reason); }
+  std::string peer() const override { return inner_->peer(); }
+
+ private:
+  std::shared_ptr<transport::Connection> inner_;
+  Edit edit_;
+};
 
 class CatchUp : sim::Harness {
  public:
@@ -42,6 +69,23 @@ class CatchUp : sim::Harness {
     REQUIRE(net_.run_until_idle(1'000'000));
     REQUIRE(d.session);
     REQUIRE(d.session->in_sync());
+  }
+  // A session for `d` whose frames from the hub pass through `edit`; it does not reconnect
+  // after a close, whose reason `d.closed_because` keeps.
+  void connect_through(sim::SimDevice& d, Tap::Edit edit) {
+    auto [client, server] = net_.connect(d.name, faults_);
+    hub_->accept(server, sim::kNamespace);
+    engine::SyncSession::Events events;
+    events.on_closed = [this, &d](const std::string& reason) {
+      d.closed_because = reason;
+      net_.post(0, [&d] { d.session.reset(); });
+    };
+    engine::SyncSession::Options options{sim::kNamespace, d.token, 20};
+    options.piece_bytes = 500;
+    d.session = std::make_unique<engine::SyncSession>(
+        *d.replica, std::make_shared<Tap>(client, std::move(edit)), options, events);
+    d.session->start();
+    REQUIRE(net_.run_until_idle(1'000'000));
   }
   const relay::HubCounters& counters() { return hub_->counters(); }
 
@@ -76,6 +120,66 @@ TEST_CASE("one transaction larger than a catch-up round is extracted once, then 
   sim::SimDevice& third = world.device("third");
   world.sync(third);
   CHECK(test::dump_table(*third.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+}
+
+// Frames of one connection never overtake each other, but a device does not rely on it to
+// join pieces: joined to the pieces of another changeset, the last bytes of one can decode
+// into rows that neither holds, stored under versions that then never change.
+TEST_CASE("a changeset the relay sends in pieces is numbered, and a device joins only its own") {
+  CatchUp world;
+  sim::SimDevice& writer = world.device("writer");
+  auto big_transaction = [&](const std::string& prefix) {
+    writer.replica->exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+        "INSERT INTO todo(id, title, votes) SELECT '" +
+        prefix + "' || i, 'a title long enough', i FROM n");
+    world.sync(writer);
+  };
+  big_transaction("first");
+  sim::SimDevice& reader = world.device("reader");
+
+  SUBCASE("each changeset in pieces has its own number, on its pieces and its last frame") {
+    std::vector<std::pair<bool, std::uint64_t>> seen;  // (a piece, its number)
+    world.connect_through(reader, [&](transport::Frame& frame) {
+      if (auto* piece = std::get_if<transport::ChangesPiece>(&frame))
+        seen.emplace_back(true, piece->batch);
+      if (auto* changes = std::get_if<transport::Changes>(&frame))
+        seen.emplace_back(false, changes->batch);
+    });
+    REQUIRE(reader.session);
+    big_transaction("second");  // fanned out to the reader, in pieces too
+    REQUIRE(reader.session->in_sync());
+    CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+    // Pieces of changeset 1 then its last frame, the same for changeset 2.
+    std::vector<std::uint64_t> pieced;
+    for (std::size_t i = 0; i < seen.size(); ++i)
+      if (seen[i].first && (i == 0 || !seen[i - 1].first || seen[i - 1].second != seen[i].second))
+        pieced.push_back(seen[i].second);
+    CHECK(pieced == std::vector<std::uint64_t>{1, 2});
+    for (std::size_t i = 0; i + 1 < seen.size(); ++i)
+      if (seen[i].first) CHECK(seen[i + 1].second == seen[i].second);
+  }
+
+  SUBCASE("the last bytes of another changeset are refused, and nothing of either is merged") {
+    bool in_pieces = false, edited = false;
+    world.connect_through(reader, [&](transport::Frame& frame) {
+      if (std::get_if<transport::ChangesPiece>(&frame)) in_pieces = true;
+      auto* changes = std::get_if<transport::Changes>(&frame);
+      if (changes && in_pieces && !edited) {
+        changes->batch += 1;
+        edited = true;
+      }
+    });
+    REQUIRE(edited);
+    CHECK_FALSE(reader.session);
+    CHECK(reader.closed_because ==
+          "malformed frame from relay: a changes frame of changeset 2 where changeset 1 was "
+          "unfinished");
+    CHECK(reader.replica->query("SELECT count(*) FROM todo").rows[0][0] ==
+          crdt::Value{std::int64_t{0}});
+    world.sync(reader);  // an honest connection then brings everything
+    CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+  }
 }
 
 }  // namespace

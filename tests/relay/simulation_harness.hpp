@@ -61,7 +61,8 @@ class Harness {
 
   // Half the connections are like TCP: delayed, in order, never duplicated; the other half
   // also reorder and duplicate frames, which no WebSocket does but which stresses merges. On
-  // those, changesets in pieces mostly arrive out of order: refused, the device reconnects.
+  // those, changesets in pieces mostly arrive out of order: refused (a piece names its offset
+  // and its changeset's number, and so does the last frame), the device reconnects.
   transport::LoopbackNetwork::Faults link_faults();
 
   // Opens a session for `d` to hub_ when it wants to be online and has none; without a relay,
