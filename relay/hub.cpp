@@ -941,17 +941,18 @@ void Hub::Impl::commit_pending(Namespace& space) {
   group.start = std::chrono::steady_clock::now();
   group.before = replica.version_vector();
   const std::uint64_t merged_before = counters.changes_merged;
+  std::optional<std::string> failure;
   try {
     replica.begin_group();
     for (PendingBatch& pending : group.batches)
       if (pending.peer->phase == Peer::Phase::kLive)
         if (auto done = merge_pending(space, pending)) group.committed.push_back(std::move(*done));
-    group.merged = counters.changes_merged - merged_before;
     if (!options.offload || !options.defer) replica.commit_group();
   } catch (const Error& e) {  // merge_pending rethrows only what ends the group
-    group.merged = counters.changes_merged - merged_before;
-    return abort_group(space, group, e.what());
+    failure = e.what();
   }
+  group.merged = counters.changes_merged - merged_before;
+  if (failure) return abort_group(space, group, *failure);
   if (!options.offload || !options.defer) return finish_group(space, group);
   // The disk sync runs on the offload thread; this one goes on with other frames. The task
   // holds the job, not the hub: a hub destroyed meanwhile abandons the job first (~Hub).

@@ -138,6 +138,12 @@ LeanTlsStream::error_code LeanTlsStream::ssl_error(int result) {
   return {static_cast<int>(error), net::error::get_ssl_category()};
 }
 
+std::size_t LeanTlsStream::buffered_bytes() const noexcept {
+  // A string's capacity within its own object (15 bytes in libstdc++) is no heap memory.
+  auto heap = [](const std::string& b) { return b.capacity() > 15 ? b.capacity() : 0; };
+  return heap(state_->in) + heap(state_->out) + heap(state_->sending);
+}
+
 void LeanTlsStream::release() {
   State& s = *state_;
   if (s.in_at == s.in.size()) {

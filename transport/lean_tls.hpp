@@ -35,6 +35,15 @@
 
 namespace lattice::transport {
 
+namespace detail {
+template <class MutableBuffers>
+class ReadOp;
+template <class ConstBuffers>
+class WriteOp;
+class HandshakeOp;
+struct DeferredCompletion;
+}  // namespace detail
+
 class LeanTlsStream {
  public:
   using next_layer_type = boost::beast::tcp_stream;
@@ -50,6 +59,9 @@ class LeanTlsStream {
   executor_type get_executor() noexcept { return next_.get_executor(); }
   next_layer_type& next_layer() noexcept { return next_; }
   SSL* native_handle() noexcept { return state_->ssl; }
+  // The heap memory the stream's own buffers hold: none between operations (OpenSSL's is not
+  // counted). For tests.
+  std::size_t buffered_bytes() const noexcept;
 
   // handler(error_code)
   template <class Handler>
@@ -65,7 +77,7 @@ class LeanTlsStream {
   auto async_write_some(const ConstBuffers& buffers, Handler&& handler);
 
   // What OpenSSL and the socket share; on the heap, so that the BIO's pointer to it survives
-  // moving the stream.
+  // moving the stream. (Public for the BIO's callbacks in lean_tls.cpp.)
   struct State {
     SSL* ssl = nullptr;
     std::string in;  // ciphertext received and not yet read by OpenSSL, from in_at
@@ -80,7 +92,14 @@ class LeanTlsStream {
     ~State();
   };
 
-  // The rest is for the operations (detail:: below), not for callers.
+  // The operations' steps, below.
+ private:
+  template <class MutableBuffers>
+  friend class detail::ReadOp;
+  template <class ConstBuffers>
+  friend class detail::WriteOp;
+  friend class detail::HandshakeOp;
+  friend struct detail::DeferredCompletion;
 
   // The read of State::peek completed with `n` bytes and `ec`; true if `ec` is an error (the
   // end of the stream is none: State::eof).
@@ -111,13 +130,14 @@ struct DeferredCompletion {
   boost::system::error_code ec;
   std::size_t bytes = 0;
 
-  template <class Self>
-  void finish(Self& self, LeanTlsStream& stream, boost::system::error_code e, std::size_t n) {
+  // `n`: the bytes a read or write transferred; a handshake completes with the error alone.
+  template <class Self, class... Bytes>
+  void finish(Self& self, LeanTlsStream& stream, boost::system::error_code e, Bytes... n) {
     stream.release();
-    if (waited || posted) return self.complete(e, n);
+    if (waited || posted) return self.complete(e, n...);
     posted = true;
     ec = e;
-    bytes = n;
+    ((bytes = n), ...);
     boost::asio::post(stream.get_executor(), std::move(self));
   }
 };
@@ -251,12 +271,7 @@ class HandshakeOp {
 
   template <class Self>
   void finish(Self& self, boost::system::error_code ec) {
-    if (!ec && failure_) ec = failure_;
-    stream_.release();
-    if (done_.waited) return self.complete(ec);
-    done_.posted = true;
-    done_.ec = ec;
-    boost::asio::post(stream_.get_executor(), std::move(self));
+    done_.finish(self, stream_, !ec && failure_ ? failure_ : ec);
   }
 
   LeanTlsStream& stream_;
