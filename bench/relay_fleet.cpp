@@ -395,9 +395,15 @@ void Fleet::on_frame(Device& device, std::string_view bytes) {
     if (stats.first_error.empty()) stats.first_error = e.what();
     return;
   }
-  if (auto* changes = std::get_if<transport::Changes>(&frame)) {
+  // A delta (protocol 5) is decoded as a changes frame is; one that follows the last carries
+  // only the vector entries that moved, which is what it saves a device.
+  const std::string* changeset_bytes = nullptr;
+  if (auto* changes = std::get_if<transport::Changes>(&frame))
+    changeset_bytes = &changes->changeset;
+  if (auto* delta = std::get_if<transport::Delta>(&frame)) changeset_bytes = &delta->changeset;
+  if (changeset_bytes) {
     const std::int64_t arrived = now_ns();
-    crdt::Changeset changeset = crdt::decode_changeset(changes->changeset);
+    crdt::Changeset changeset = crdt::decode_changeset(*changeset_bytes);
     std::optional<crdt::ColumnId> sent_column, writer_column;
     for (const auto& table : changeset.tables)
       if (table.name == "item")

@@ -116,6 +116,10 @@ struct Peer : std::enable_shared_from_this<Peer> {
   std::shared_ptr<const std::string> outgoing;
   std::size_t outgoing_at = 0;
   std::uint64_t outgoing_batch = 0;
+  // The last group (Namespace::last_delta) whose delta this connection carried, or whose
+  // acknowledgement told it the number, 0 for none: the next delta may follow it with only the
+  // vector entries that moved (protocol 5).
+  std::uint64_t delta_group = 0;
 };
 
 // A token bucket: up to `capacity` at once, refilled at `rate` per second.
@@ -246,6 +250,13 @@ struct Group {
   std::shared_ptr<CommitJob> job;  // the commit, when offloaded
 };
 
+// A group commit's number among those of its namespace that moved the relay's vector, and the
+// number of the one before when this one begins where that one ended (else 0).
+struct GroupNumber {
+  std::uint64_t group = 0;
+  std::uint64_t previous = 0;
+};
+
 struct Namespace {
   std::string name;
   std::unique_ptr<storage::Replica> replica;
@@ -256,6 +267,10 @@ struct Namespace {
   // The group whose commit runs on the offload thread: until it is settled, nothing else on
   // the hub's thread uses the replica, and the next group waits.
   std::optional<Group> committing;
+  // The namespace's group commits that moved its vector, numbered 1, 2, 3, ... (the numbers
+  // of their deltas): the last number given, and the vector that group ended at.
+  std::uint64_t last_delta = 0;
+  crdt::VersionVector last_delta_until;
   // The last snapshot written (Hub::snapshot) and when, by the steady clock.
   std::optional<SnapshotFile> snapshot;
   std::chrono::steady_clock::time_point snapshot_at;
@@ -312,8 +327,8 @@ struct Hub::Impl {
   std::optional<crdt::Changeset> receive_batch(Peer& peer, transport::Changes& changes);
   // Sends the live devices of the namespace what the group commit that moved the relay from
   // `before` to `after` added; not to `from` (null: none), the sender of all of it.
-  void fan_out(Namespace& space, const Peer* from, const crdt::VersionVector& before,
-               const crdt::VersionVector& after);
+  void fan_out(Namespace& space, const Peer* from, GroupNumber number,
+               const crdt::VersionVector& before, const crdt::VersionVector& after);
   // A device at the relay's head that is not sent the next merge whole: from now on, `known`
   // says what it holds (`held`, the relay's vector it had reached).
   void leave_head(Peer& peer, const crdt::VersionVector& held);
@@ -345,6 +360,20 @@ struct Hub::Impl {
                                                      std::size_t max);
   void send_changes(Peer& peer, const crdt::Changeset& changeset,
                     std::shared_ptr<const std::string> bytes);
+  GroupNumber number_group(Namespace& space, const crdt::VersionVector& before,
+                           const crdt::VersionVector& after);
+  // The group's delta for the devices at the head, extracted and encoded once: whole, and (with
+  // a previous group) as a delta frame's changeset that follows that group's.
+  struct HeadDelta {
+    GroupNumber number;
+    crdt::Changeset changeset;
+    std::shared_ptr<const std::string> whole;
+    std::string following;
+  };
+  HeadDelta head_delta(Namespace& space, GroupNumber number, const crdt::VersionVector& before);
+  // Sends a device at the head the group's delta: a delta frame from protocol 5 on (following
+  // the last one it got when it can), a changes frame before.
+  void send_head_delta(Peer& peer, const HeadDelta& delta);
   // Sends pieces of peer.outgoing until `sent` reaches a round; returns the new `sent`.
   std::size_t send_pieces(Peer& peer, std::size_t sent);
   // Sends the next round of a device's catch-up (HubLimits::catch_up_round_bytes).
@@ -1002,13 +1031,24 @@ void Hub::Impl::finish_group(Namespace& space, Group& group) {
   counters.grouped_batches += group.batches.size();
   // Nothing is acknowledged before it is durable.
   const crdt::VersionVector after = space.replica->version_vector();
-  const Peer* sole_sender = nullptr;
+  const bool moved = group.merged != 0 || !(after == group.before);
+  const GroupNumber number = moved ? number_group(space, group.before, after) : GroupNumber{};
+  // A group of one merge is all its sender's: it holds that already, and is sent nothing of it.
+  // Its acknowledgement says the group's number (protocol 5), so that the next delta it gets
+  // may follow this group's, whose `until` is the acknowledgement's vector.
+  Peer* sole_sender = nullptr;
   std::size_t merges = 0;
+  for (const Committed& c : group.committed)
+    if (c.merged) ++merges, sole_sender = c.peer.get();
+  if (merges != 1) sole_sender = nullptr;
   for (const Committed& c : group.committed) {
-    send(*c.peer, transport::Ack{c.batch, after});
+    if (c.peer.get() == sole_sender && moved && c.peer->at_head && c.peer->protocol >= 5) {
+      send(*c.peer, transport::Ack{c.batch, after, number.group});
+      c.peer->delta_group = number.group;
+    } else {
+      send(*c.peer, transport::Ack{c.batch, after});
+    }
     if (!c.merged) continue;
-    ++merges;
-    sole_sender = c.peer.get();
     // Another live copy of this device's replica file now lags a history that is not its own:
     // it must move its later transactions to a new site id before it writes over these.
     if (after.get(c.peer->site) > c.own_before)
@@ -1017,9 +1057,7 @@ void Hub::Impl::finish_group(Namespace& space, Group& group) {
         if (other != c.peer && other->phase == Peer::Phase::kLive && other->site == c.peer->site)
           rekey(*other, shared_prefix(*other));
   }
-  if (group.merged == 0 && after == group.before) return;
-  // A group of one merge is all its sender's: it holds that already.
-  fan_out(space, merges == 1 ? sole_sender : nullptr, group.before, after);
+  if (moved) fan_out(space, sole_sender, number, group.before, after);
 }
 
 std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch& pending) {
@@ -1074,26 +1112,22 @@ std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch
   return Committed{pending.peer, pending.batch, true, before.get(peer.site)};
 }
 
-void Hub::Impl::fan_out(Namespace& space, const Peer* from, const crdt::VersionVector& before,
-                        const crdt::VersionVector& after) {
+void Hub::Impl::fan_out(Namespace& space, const Peer* from, GroupNumber number,
+                        const crdt::VersionVector& before, const crdt::VersionVector& after) {
   // The relay's group commits of a namespace are totally ordered, and a device at the relay's
   // head held everything it held before this one: the same delta, extracted and encoded once,
   // serves every such device, with no vector compared (a namespace collects a site per device
   // that ever wrote, so a comparison per device per merge grows with both). A device still
   // catching up gets its own (continue_catch_up); one behind for another reason, its own here.
-  std::optional<crdt::Changeset> delta;
-  std::shared_ptr<const std::string> delta_bytes;
+  std::optional<HeadDelta> delta;
   for (const auto& other :
        std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end())) {
     if (other.get() == from || other->phase != Peer::Phase::kLive || other->catching_up) continue;
     if (other->at_head) {
-      if (!delta) {
-        delta = space.replica->changes_since(before);
-        delta_bytes = std::make_shared<const std::string>(crdt::encode_changeset(*delta));
-      }
+      if (!delta) delta = head_delta(space, number, before);
       // Rows or not: a device must also learn when the relay's vector moves. Should the delta
       // not reach it whole in one frame, the device leaves the head with its vector.
-      send_changes(*other, *delta, delta_bytes);
+      send_head_delta(*other, *delta);
       continue;
     }
     const crdt::Changeset own = space.replica->changes_since(other->known);
@@ -1102,6 +1136,49 @@ void Hub::Impl::fan_out(Namespace& space, const Peer* from, const crdt::VersionV
     if (other->phase == Peer::Phase::kLive && !other->catching_up && other->known.dominates(after))
       other->at_head = true;
   }
+}
+
+GroupNumber Hub::Impl::number_group(Namespace& space, const crdt::VersionVector& before,
+                                    const crdt::VersionVector& after) {
+  // Compared once per group, not per device.
+  GroupNumber number;
+  if (space.last_delta != 0 && space.last_delta_until == before) number.previous = space.last_delta;
+  number.group = ++space.last_delta;
+  space.last_delta_until = after;
+  return number;
+}
+
+Hub::Impl::HeadDelta Hub::Impl::head_delta(Namespace& space, GroupNumber number,
+                                           const crdt::VersionVector& before) {
+  HeadDelta delta;
+  delta.number = number;
+  delta.changeset = space.replica->changes_since(before);
+  delta.whole = std::make_shared<const std::string>(crdt::encode_changeset(delta.changeset));
+  if (number.previous != 0) {
+    // What a device that got the previous group's delta needs: no since (it is that one's
+    // until) and only the entries of until that moved.
+    crdt::Changeset following = delta.changeset;
+    following.since = crdt::VersionVector();
+    following.until = crdt::VersionVector();
+    for (const auto& [site, seq] : delta.changeset.until.entries())
+      if (seq > delta.changeset.since.get(site)) following.until.advance(site, seq);
+    delta.following = crdt::encode_changeset(following);
+  }
+  return delta;
+}
+
+void Hub::Impl::send_head_delta(Peer& peer, const HeadDelta& delta) {
+  if (peer.protocol < 5 || delta.whole->size() > options.limits.piece_bytes || expired(peer))
+    return send_changes(peer, delta.changeset, delta.whole);
+  counters.changes_sent += delta.changeset.change_count();
+  const GroupNumber& n = delta.number;
+  if (n.previous != 0 && peer.delta_group == n.previous) {
+    ++counters.following_deltas;
+    send(peer, transport::Delta{n.group, n.previous, delta.following});
+  } else {
+    send(peer, transport::Delta{n.group, 0, *delta.whole});
+  }
+  peer.delta_group = n.group;
 }
 
 bool Hub::Impl::spend(Peer& peer, Bucket TokenBudget::*which, double amount, double capacity,

@@ -114,6 +114,7 @@ struct HubCounters {
   std::uint64_t rekeys = 0;             // devices told to take a new site id (copied replica files)
   std::uint64_t pieced_batches_in = 0;  // device batches that arrived in pieces (protocol 3)
   std::uint64_t pieced_changesets_out = 0;  // changesets sent to devices in pieces
+  std::uint64_t following_deltas = 0;       // deltas that followed the last one (protocol 5)
   std::uint64_t schema_changes = 0;         // namespaces brought to an admin device's schema
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;

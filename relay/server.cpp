@@ -168,6 +168,9 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
   m.counter("lattice_relay_pieced_changesets_out_total",
             "Changesets too large for one frame sent to devices in pieces.",
             hc.pieced_changesets_out);
+  m.counter("lattice_relay_following_deltas_total",
+            "Deltas sent with only the version vector entries that moved since the last one.",
+            hc.following_deltas);
   m.counter("lattice_relay_bytes_in_total", "Bytes of frames received from devices.", hc.bytes_in);
   m.counter("lattice_relay_bytes_out_total", "Bytes of frames queued for devices.", hc.bytes_out);
   std::map<std::string, std::uint64_t> rejected = hc.rejected;

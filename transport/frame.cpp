@@ -60,7 +60,7 @@ constexpr Layout kLayouts[] = {
      5},
     {"welcome", 3, 3, {"type", "protocol_version", "held"}, 2},
     {"changes", 4, 4, {"type", "batch", "changeset", "origin_log"}, 0},
-    {"ack", 3, 3, {"type", "batch", "held"}, 2},
+    {"ack", 4, 3, {"type", "batch", "held", "group"}, 2},  // protocol 4 and before: no group
     {"error", 3, 3, {"type", "code", "message"}, 0},
     {"ping", 2, 2, {"type", "nonce"}, 0},
     {"pong", 2, 2, {"type", "nonce"}, 0},
@@ -68,6 +68,7 @@ constexpr Layout kLayouts[] = {
     {"digest_request", 2, 2, {"type", "nonce"}, 0},
     {"digest", 3, 3, {"type", "nonce", "summary"}, 0},
     {"changes_piece", 4, 4, {"type", "batch", "offset", "piece"}, 0},
+    {"delta", 4, 4, {"type", "group", "previous", "changeset"}, 0},
 };
 static_assert(std::size(kLayouts) == std::variant_size_v<Frame>);
 
@@ -126,8 +127,9 @@ static_assert(std::is_same_v<std::variant_alternative_t<0, Frame>, Hello> &&
 struct Encoder {
   Packer& pk;
 
-  void header(std::uint8_t type) {
-    pk.pack_array(static_cast<std::uint32_t>(kLayouts[type - 1].elements));
+  void header(std::uint8_t type, std::size_t elements = 0) {
+    pk.pack_array(
+        static_cast<std::uint32_t>(elements != 0 ? elements : kLayouts[type - 1].elements));
     pk.pack_uint8(type);
   }
 
@@ -159,9 +161,10 @@ struct Encoder {
     pack_log(pk, f.origin_log, "changes.origin_log");
   }
   void operator()(const Ack& f) {
-    header(4);
+    header(4, f.group != 0 ? 4 : 3);
     pk.pack_uint64(f.batch);
     pack_vector(pk, f.held);
+    if (f.group != 0) pk.pack_uint64(f.group);
   }
   void operator()(const ErrorFrame& f) {
     header(5);
@@ -195,6 +198,12 @@ struct Encoder {
     pk.pack_uint64(f.batch);
     pk.pack_uint64(f.offset);
     pack_bin(pk, f.piece, "changes_piece.piece");
+  }
+  void operator()(const Delta& f) {
+    header(12);
+    pk.pack_uint64(f.group);
+    pk.pack_uint64(f.previous);
+    pack_bin(pk, f.changeset, "delta.changeset");
   }
 };
 
@@ -560,6 +569,11 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       Ack a;
       a.batch = read_uint(f[1], at(1));
       a.held = read_vector(f[2], at(2));
+      if (root.via.array.size > 3) {
+        // Left out when 0 (the encoder's rule), so that every ack survives encoding again.
+        a.group = read_uint(f[3], at(3));
+        if (a.group == 0) fail_corrupt(at(3), "0 is not a group number (left out instead)");
+      }
       return a;
     }
     case 4: {
@@ -580,6 +594,14 @@ Frame read_frame(std::size_t index, const msgpack::object& root) {
       return Digest{read_uint(f[1], at(1)), read_str(f[2], at(2))};
     case 10:
       return ChangesPiece{read_uint(f[1], at(1)), read_uint(f[2], at(2)), read_bin(f[3], at(3))};
+    case 11: {
+      Delta d{read_uint(f[1], at(1)), read_uint(f[2], at(2)), read_bin(f[3], at(3))};
+      if (d.group == 0) fail_corrupt(at(1), "0 is not a group number (they count from 1)");
+      if (d.previous >= d.group)
+        fail_corrupt(at(2), std::to_string(d.previous) + " does not come before group " +
+                                std::to_string(d.group));
+      return d;
+    }
   }
   fail(ErrorCode::kInternal, "frame type index " + std::to_string(index) + " has no reader");
 }

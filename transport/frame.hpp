@@ -17,7 +17,7 @@ namespace lattice::transport {
 
 // Protocol versions this build speaks. A hello with another version is refused with an error
 // frame that names these.
-constexpr std::uint32_t kProtocolVersion = 4;
+constexpr std::uint32_t kProtocolVersion = 5;
 constexpr std::uint32_t kMinProtocolVersion = 2;
 
 // Codes of error frames. Stable numbers: clients switch on them.
@@ -81,6 +81,10 @@ struct Changes {
 struct Ack {
   std::uint64_t batch = 0;
   crdt::VersionVector held;
+  // Protocol 5 on, not 0 when the batch was all its group merged: the group's number. Its
+  // sender gets no delta of it (it holds all of it), but the next delta may follow this group's,
+  // whose `until` is `held` (see Delta). Not on the wire when 0.
+  std::uint64_t group = 0;
   bool operator==(const Ack&) const = default;
 };
 
@@ -137,8 +141,21 @@ struct ChangesPiece {
   bool operator==(const ChangesPiece&) const = default;
 };
 
+// Relay -> device, protocol 5 on: the delta of the relay's group commit number `group` (counted
+// per namespace), for a device at the relay's head (docs/protocol.md, "Deltas"). With
+// `previous` 0 the changeset is whole. Otherwise it follows the delta of group `previous`, the
+// last one this connection carried: its `since` is empty and stands for that delta's `until`,
+// and its `until` holds only the entries that moved. A namespace's vector has an entry per
+// device that ever wrote; a changes frame carries two of them whole.
+struct Delta {
+  std::uint64_t group = 0;
+  std::uint64_t previous = 0;
+  std::string changeset;
+  bool operator==(const Delta&) const = default;
+};
+
 using Frame = std::variant<Hello, Welcome, Changes, Ack, ErrorFrame, Ping, Pong, Rekey,
-                           DigestRequest, Digest, ChangesPiece>;
+                           DigestRequest, Digest, ChangesPiece, Delta>;
 
 constexpr std::size_t kDefaultMaxFrameBytes = 16u << 20;
 

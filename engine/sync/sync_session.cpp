@@ -179,23 +179,75 @@ void SyncSession::on_changes(transport::Changes& changes) {
     incoming_.clear();
   }
   try {
-    // The relay speaks for every site but ours: of our own it may tell us nothing we did not
-    // write, so no relay can move our sequence counter (docs/protocol.md).
-    const crdt::SiteId& own = replica_.site_id();
-    crdt::DecodeLimits limits;
-    limits.max_bytes = std::max(options_.max_transaction_bytes, transport::kDefaultMaxFrameBytes);
-    const crdt::Changeset changeset = transport::clamp_own_claims(
-        crdt::decode_changeset(changes.changeset, limits), own, replica_.version_vector().get(own));
-    replica_.apply(changeset);
-    // What the relay holds of our own site id is learnt from its welcome and its
-    // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
-    for (const auto& [site, seq] : changeset.until.entries())
-      if (site != own) relay_held_.advance(site, seq);
+    merge_from_relay(decode_from_relay(changes.changeset));
   } catch (const Error& e) {
-    send(transport::ErrorFrame{transport::WireError::kBadChangeset, e.what()});
-    return close(std::string("bad changeset from relay: ") + e.what());
+    return refuse_changeset(e.what());
   }
   set_state(SyncState::kLive);
+}
+
+void SyncSession::on_delta(transport::Delta& delta) {
+  if (!incoming_.empty())
+    return refuse_frame("a delta between the pieces of changeset " +
+                        std::to_string(incoming_batch_));
+  if (delta.previous != 0 && delta.previous != delta_group_)
+    return refuse_frame("a delta following group " + std::to_string(delta.previous) +
+                        " where the last delta was " +
+                        (delta_group_ == 0 ? std::string("none") : std::to_string(delta_group_)));
+  try {
+    crdt::Changeset changeset = decode_from_relay(delta.changeset);
+    if (delta.previous != 0) {
+      // It starts where the last delta ended, and lists only the entries that moved.
+      if (!changeset.since.entries().empty())
+        throw Error(ErrorCode::kCorrupt, "delta of group " + std::to_string(delta.group) +
+                                             ": a delta following another has no since");
+      crdt::VersionVector until = delta_until_;
+      for (const auto& [site, seq] : changeset.until.entries()) {
+        if (seq <= until.get(site))
+          throw Error(ErrorCode::kCorrupt, "delta of group " + std::to_string(delta.group) +
+                                               ": until[" + site.to_hex() +
+                                               "] = " + std::to_string(seq) + " does not move it");
+        until.advance(site, seq);
+      }
+      changeset.since = delta_until_;
+      changeset.until = std::move(until);
+    }
+    delta_until_ = changeset.until;
+    delta_group_ = delta.group;
+    merge_from_relay(std::move(changeset));
+  } catch (const Error& e) {
+    return refuse_changeset(e.what());
+  }
+  set_state(SyncState::kLive);
+}
+
+crdt::Changeset SyncSession::decode_from_relay(std::string_view bytes) {
+  crdt::DecodeLimits limits;
+  limits.max_bytes = std::max(options_.max_transaction_bytes, transport::kDefaultMaxFrameBytes);
+  return crdt::decode_changeset(bytes, limits);
+}
+
+void SyncSession::merge_from_relay(crdt::Changeset received) {
+  // The relay speaks for every site but ours: of our own it may tell us nothing we did not
+  // write, so no relay can move our sequence counter (docs/protocol.md).
+  const crdt::SiteId& own = replica_.site_id();
+  const crdt::Changeset changeset =
+      transport::clamp_own_claims(std::move(received), own, replica_.version_vector().get(own));
+  replica_.apply(changeset);
+  // What the relay holds of our own site id is learnt from its welcome and its
+  // acknowledgements only: a changeset's `until` may repeat what we told it we hold.
+  for (const auto& [site, seq] : changeset.until.entries())
+    if (site != own) relay_held_.advance(site, seq);
+}
+
+void SyncSession::refuse_changeset(const std::string& why) {
+  send(transport::ErrorFrame{transport::WireError::kBadChangeset, why});
+  close("bad changeset from relay: " + why);
+}
+
+void SyncSession::refuse_frame(const std::string& why) {
+  send(transport::ErrorFrame{transport::WireError::kMalformed, why});
+  close("malformed frame from relay: " + why);
 }
 
 bool SyncSession::in_sync() {
@@ -220,8 +272,7 @@ void SyncSession::on_frame(std::string_view bytes) {
   try {
     frame = transport::decode_frame(bytes);
   } catch (const Error& e) {
-    send(transport::ErrorFrame{transport::WireError::kMalformed, e.what()});
-    return close(std::string("malformed frame from relay: ") + e.what());
+    return refuse_frame(e.what());
   }
   if (auto* welcome = std::get_if<transport::Welcome>(&frame)) {
     const crdt::SiteId& own = replica_.site_id();
@@ -237,16 +288,13 @@ void SyncSession::on_frame(std::string_view bytes) {
     push_local_changes();
   } else if (auto* piece = std::get_if<transport::ChangesPiece>(&frame)) {
     if (incoming_.empty()) incoming_batch_ = piece->batch;
-    if (piece->offset != incoming_.size() || piece->batch != incoming_batch_) {
-      const std::string why = piece->batch != incoming_batch_
-                                  ? "a piece of changeset " + std::to_string(piece->batch) +
-                                        " where changeset " + std::to_string(incoming_batch_) +
-                                        " was unfinished"
-                                  : "a piece at offset " + std::to_string(piece->offset) +
-                                        " where " + std::to_string(incoming_.size()) + " was next";
-      send(transport::ErrorFrame{transport::WireError::kMalformed, why});
-      return close("malformed frame from relay: " + why);
-    }
+    if (piece->batch != incoming_batch_)
+      return refuse_frame("a piece of changeset " + std::to_string(piece->batch) +
+                          " where changeset " + std::to_string(incoming_batch_) +
+                          " was unfinished");
+    if (piece->offset != incoming_.size())
+      return refuse_frame("a piece at offset " + std::to_string(piece->offset) + " where " +
+                          std::to_string(incoming_.size()) + " was next");
     if (incoming_.size() + piece->piece.size() > options_.max_transaction_bytes) {
       const std::string why = "a changeset in pieces over the limit of " +
                               std::to_string(options_.max_transaction_bytes) + " bytes";
@@ -254,16 +302,15 @@ void SyncSession::on_frame(std::string_view bytes) {
       return close(why);
     }
     incoming_ += piece->piece;
+  } else if (auto* delta = std::get_if<transport::Delta>(&frame)) {
+    on_delta(*delta);
   } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
     // The last bytes of a changeset in pieces name it: joined to another's pieces, they could
     // decode into rows neither changeset holds.
-    if (!incoming_.empty() && changes->batch != incoming_batch_) {
-      const std::string why = "a changes frame of changeset " + std::to_string(changes->batch) +
-                              " where changeset " + std::to_string(incoming_batch_) +
-                              " was unfinished";
-      send(transport::ErrorFrame{transport::WireError::kMalformed, why});
-      return close("malformed frame from relay: " + why);
-    }
+    if (!incoming_.empty() && changes->batch != incoming_batch_)
+      return refuse_frame("a changes frame of changeset " + std::to_string(changes->batch) +
+                          " where changeset " + std::to_string(incoming_batch_) +
+                          " was unfinished");
     on_changes(*changes);
   } else if (auto* ack = std::get_if<transport::Ack>(&frame)) {
     // The relay's vector counts our site id's transactions that another copy of this file
@@ -276,6 +323,10 @@ void SyncSession::on_frame(std::string_view bytes) {
         held.advance(site, site == own ? std::min(seq, batch->second.get(own)) : seq);
       relay_held_.merge(held);
       in_flight_.erase(batch);
+      if (ack->group != 0) {  // the group this batch was all of: the next delta may follow it
+        delta_group_ = ack->group;
+        delta_until_ = std::move(ack->held);
+      }
     }
     acknowledge();
     // Changes written while the batch was in flight go now.

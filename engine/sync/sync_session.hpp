@@ -74,6 +74,13 @@ class SyncSession {
  private:
   void on_frame(std::string_view bytes);
   void on_changes(transport::Changes& changes);
+  void on_delta(transport::Delta& delta);
+  // A changeset from the relay, decoded: merged, and what it says the relay holds learnt.
+  // Throws Error, which the caller answers with bad_changeset.
+  crdt::Changeset decode_from_relay(std::string_view bytes);
+  void merge_from_relay(crdt::Changeset changeset);
+  void refuse_changeset(const std::string& why);  // bad_changeset
+  void refuse_frame(const std::string& why);      // malformed
   // Sends the next few pieces of outgoing_; after the last, what was written meanwhile.
   void send_pieces();
   void set_state(SyncState state);
@@ -99,6 +106,10 @@ class SyncSession {
   // relay that does not number them).
   std::string incoming_;
   std::uint64_t incoming_batch_ = 0;
+  // The last group whose delta came, or whose number came with the acknowledgement of the one
+  // batch it merged, and its `until` (protocol 5): the next delta may follow it.
+  std::uint64_t delta_group_ = 0;
+  crdt::VersionVector delta_until_;
   // Other sites' changes this replica holds beyond what the relay does (from changeset files):
   // never sent, stepped over when extracting what to send.
   crdt::VersionVector skipped_;

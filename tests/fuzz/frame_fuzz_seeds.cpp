@@ -37,6 +37,9 @@ std::vector<Frame> seeds() {
   out.push_back(Rekey{"another device presents this site id"});
   out.push_back(DigestRequest{7});
   out.push_back(Digest{7, "todo 2 9f86d081884c7d65"});
+  out.push_back(ChangesPiece{2, 0, "first bytes"});
+  out.push_back(Ack{2, held, 5});
+  out.push_back(Delta{6, 5, std::string("\x97\xaaLATTICE-CS\x01\x80\x80\x90\x90\x90", 18)});
   return out;
 }
 

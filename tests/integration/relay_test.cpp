@@ -848,9 +848,12 @@ TEST_CASE("a device's batch is acknowledged and fanned out to the other device, 
   const auto ack = a.device->expect<transport::Ack>();
   CHECK(ack.batch == batch);
   CHECK(ack.held.dominates(a.replica->version_vector()));
+  CHECK(ack.group == 1);  // all its group merged: a gets the number instead of the delta
 
-  const auto forwarded = b.device->expect<transport::Changes>();
-  CHECK(forwarded.batch == 0);
+  // b is at the relay's head: the group's delta, whole, since b got none before.
+  const auto forwarded = b.device->expect<transport::Delta>();
+  CHECK(forwarded.group == 1);
+  CHECK(forwarded.previous == 0);
   b.replica->apply(crdt::decode_changeset(forwarded.changeset));
   const auto row = b.replica->query("SELECT title FROM todo WHERE id = 't1'");
   REQUIRE(row.rows.size() == 1);
@@ -866,6 +869,24 @@ TEST_CASE("a device's batch is acknowledged and fanned out to the other device, 
   CHECK(metrics.find("lattice_relay_merge_seconds_count 1") != std::string::npos);
   CHECK(metrics.find("lattice_relay_group_commits_total 1") != std::string::npos);
   CHECK(metrics.find("lattice_relay_grouped_batches_total 1") != std::string::npos);
+
+  // A third device joins and writes: the devices at the head get a delta that follows group
+  // 1's, a too (it learnt that number from its acknowledgement): no since (it is group 1's
+  // until), and in its until only the entry that moved.
+  Peer c(relay.port(), "board", token);
+  c.replica->exec("INSERT INTO todo(id, title) VALUES ('t2', 'call the bank')");
+  c.push();
+  CHECK(c.device->expect<transport::Ack>().group == 2);
+  for (Peer* peer : {&a, &b}) {
+    const auto next = peer->device->expect<transport::Delta>();
+    CHECK(next.group == 2);
+    CHECK(next.previous == 1);
+    const crdt::Changeset following = crdt::decode_changeset(next.changeset);
+    CHECK(following.since.entries().empty());
+    CHECK(following.rows.size() == 1);
+    REQUIRE(following.until.entries().size() == 1);
+    CHECK(following.until.get(c.replica->site_id()) == 1);
+  }
 }
 
 TEST_CASE("malformed msgpack is refused as malformed and the relay serves on") {
@@ -911,7 +932,7 @@ TEST_CASE("an old protocol version is refused naming the versions the relay spea
   auto hello = good_hello(cli_token("board", "read,write"));
   hello.protocol_version = transport::kMinProtocolVersion - 1;
   const auto error = refused_hello(relay, hello, transport::WireError::kProtocolVersion);
-  CHECK(error.message.find("versions 2 to 4") != std::string::npos);
+  CHECK(error.message.find("versions 2 to 5") != std::string::npos);
   check_still_serves(relay);
 }
 

@@ -8,8 +8,10 @@
 #include <functional>
 #include <utility>
 
+#include "crdt/changeset_codec.hpp"
 #include "tests/relay/simulation_harness.hpp"
 #include "tests/storage/test_support.hpp"
+#include "transport/frame.hpp"
 
 namespace lattice {
 namespace {
@@ -178,6 +180,73 @@ TEST_CASE("a changeset the relay sends in pieces is numbered, and a device joins
     CHECK(reader.replica->query("SELECT count(*) FROM todo").rows[0][0] ==
           crdt::Value{std::int64_t{0}});
     world.sync(reader);  // an honest connection then brings everything
+    CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+  }
+}
+
+// A delta that follows another carries only the vector entries that moved: a device rebuilds
+// the whole from the last one it kept, and refuses one it cannot rebuild exactly.
+TEST_CASE("a device follows the relay's deltas, and refuses one that does not follow its last") {
+  CatchUp world;
+  sim::SimDevice& writer = world.device("writer");
+  sim::SimDevice& reader = world.device("reader");
+  world.sync(writer);
+  auto write = [&](int i) {
+    writer.replica->exec("INSERT INTO todo(id, title) VALUES ('w" + std::to_string(i) + "', 'x')");
+    world.sync(writer);
+  };
+
+  SUBCASE("deltas that follow each other bring every write") {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> deltas;  // (group, previous)
+    world.connect_through(reader, [&](transport::Frame& frame) {
+      if (auto* delta = std::get_if<transport::Delta>(&frame))
+        deltas.emplace_back(delta->group, delta->previous);
+    });
+    for (int i = 0; i < 5; ++i) write(i);
+    REQUIRE(reader.session);
+    CHECK(reader.session->in_sync());
+    CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+    // The first whole (the reader had none), then each following the one before.
+    REQUIRE(deltas.size() == 5);
+    CHECK(deltas[0].second == 0);
+    for (std::size_t i = 1; i < deltas.size(); ++i) CHECK(deltas[i].second == deltas[i - 1].first);
+    CHECK(world.counters().following_deltas == 4);
+  }
+
+  SUBCASE("a delta following another group than the last is refused as malformed") {
+    world.connect_through(reader, [&](transport::Frame& frame) {
+      if (auto* delta = std::get_if<transport::Delta>(&frame); delta && delta->previous >= 2)
+        delta->previous -= 1;  // as if the delta before had been lost on the way
+    });
+    write(0);
+    write(1);
+    REQUIRE(reader.session);
+    write(2);
+    CHECK_FALSE(reader.session);
+    CHECK(reader.closed_because ==
+          "malformed frame from relay: a delta following group 1 where the last delta was 2");
+    CHECK(reader.replica->query("SELECT count(*) FROM todo WHERE id = 'w2'").rows[0][0] ==
+          crdt::Value{std::int64_t{0}});
+    world.sync(reader);
+    CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
+  }
+
+  SUBCASE("a following delta with a since is refused as a bad changeset, nothing of it merged") {
+    world.connect_through(reader, [&](transport::Frame& frame) {
+      auto* delta = std::get_if<transport::Delta>(&frame);
+      if (!delta || delta->previous == 0) return;
+      crdt::Changeset changeset = crdt::decode_changeset(delta->changeset);
+      changeset.since = changeset.until;
+      delta->changeset = crdt::encode_changeset(changeset);
+    });
+    write(0);
+    write(1);
+    CHECK_FALSE(reader.session);
+    CHECK(reader.closed_because.find("a delta following another has no since") !=
+          std::string::npos);
+    CHECK(reader.replica->query("SELECT count(*) FROM todo WHERE id = 'w1'").rows[0][0] ==
+          crdt::Value{std::int64_t{0}});
+    world.sync(reader);
     CHECK(test::dump_table(*reader.replica, "todo") == test::dump_table(*writer.replica, "todo"));
   }
 }

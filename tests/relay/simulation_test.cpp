@@ -118,11 +118,12 @@ struct SeedStats {
   int gave_up = 0;                   // joiners that synced change by change instead
   std::size_t hostile_frames = 0;
   std::size_t hostile_refused = 0;
-  std::size_t refused_locally = 0;   // constrained seeds: writes SQLite refused on the device
-  std::size_t held = 0;              // constrained seeds: rows held back at the end
-  std::uint64_t pieced = 0;          // batches and changesets that travelled in pieces
-  std::uint64_t shared_commits = 0;  // changes frames that shared a group commit
-  int restarts_mid_commit = 0;       // relay restarts with a group commit not yet acknowledged
+  std::size_t refused_locally = 0;     // constrained seeds: writes SQLite refused on the device
+  std::size_t held = 0;                // constrained seeds: rows held back at the end
+  std::uint64_t pieced = 0;            // batches and changesets that travelled in pieces
+  std::uint64_t shared_commits = 0;    // changes frames that shared a group commit
+  std::uint64_t following_deltas = 0;  // deltas that carried only the vector entries that moved
+  int restarts_mid_commit = 0;         // relay restarts with a group commit not yet acknowledged
 
   SeedStats& operator+=(const SeedStats& o) {
     clones += o.clones;
@@ -142,6 +143,7 @@ struct SeedStats {
     held += o.held;
     pieced += o.pieced;
     shared_commits += o.shared_commits;
+    following_deltas += o.following_deltas;
     restarts_mid_commit += o.restarts_mid_commit;
     return *this;
   }
@@ -280,6 +282,7 @@ class World : sim::Harness {
     s.shared_commits =
         shared_commits_ +
         (hub_ ? hub_->counters().grouped_batches - hub_->counters().group_commits : 0);
+    s.following_deltas = following_deltas_ + (hub_ ? hub_->counters().following_deltas : 0);
     return s;
   }
   std::size_t held_at_end() {
@@ -326,6 +329,7 @@ class World : sim::Harness {
     if (hub_) {
       pieced_ += hub_->counters().pieced_batches_in + hub_->counters().pieced_changesets_out;
       shared_commits_ += hub_->counters().grouped_batches - hub_->counters().group_commits;
+      following_deltas_ += hub_->counters().following_deltas;
       if (hub_->commits_in_flight() > 0) ++counts_.restarts_mid_commit;
     }
     hub_.reset();
@@ -684,6 +688,9 @@ class World : sim::Harness {
             hostile_.live = true;
           } else if (auto* piece = std::get_if<transport::ChangesPiece>(&frame)) {
             hostile_.incoming += piece->piece;
+          } else if (auto* delta = std::get_if<transport::Delta>(&frame)) {
+            // A delta lists the entries that moved, or all of them.
+            hostile_.relay_held.merge(crdt::decode_changeset(delta->changeset).until);
           } else if (auto* changes = std::get_if<transport::Changes>(&frame)) {
             // It learns what the relay holds, to aim its lies just past it.
             const std::string bytes = std::move(hostile_.incoming) + changes->changeset;
@@ -792,6 +799,7 @@ class World : sim::Harness {
   SeedStats counts_;                  // what the World counts itself (stats() adds the rest)
   std::uint64_t pieced_ = 0;          // batches and changesets in pieces, by relays since restarted
   std::uint64_t shared_commits_ = 0;  // changes frames that shared a group commit, the same
+  std::uint64_t following_deltas_ = 0;  // the same
 };
 
 SeedStats run_seed(std::uint64_t seed, int steps) {
@@ -816,7 +824,8 @@ std::string describe(const SeedStats& t) {
       << " forged changes frames, " << t.hostile_refused << " refusals of the hostile device, "
       << t.refused_locally << " writes refused by a constraint, " << t.held
       << " rows held back at the end, " << t.pieced << " changesets in pieces, " << t.shared_commits
-      << " changes frames that shared a group commit, " << t.restarts_mid_commit
+      << " changes frames that shared a group commit, " << t.following_deltas
+      << " deltas that followed the last one, " << t.restarts_mid_commit
       << " relay restarts with a group commit unacknowledged";
   return out.str();
 }
@@ -852,6 +861,7 @@ TEST_CASE("after a storm of faults every device holds exactly the relay's rows")
     CHECK(total.held > 0);
     CHECK(total.pieced > 0);
     CHECK(total.shared_commits > 0);
+    CHECK(total.following_deltas > 0);
     CHECK(total.restarts_mid_commit > 0);
   }
 }

@@ -139,6 +139,10 @@ std::vector<Frame> sample_frames() {
   frames.push_back(Digest{kMax64, "todo 3 0a1b\nuser 0 e3b0"});
   frames.push_back(ChangesPiece{});
   frames.push_back(ChangesPiece{kMax64, kMax64, std::string("\x00\xff first bytes", 14)});
+  frames.push_back(Ack{1, {}, 1});
+  frames.push_back(Ack{kMax64, {}, kMax64});
+  frames.push_back(Delta{1, 0, ""});
+  frames.push_back(Delta{kMax64, kMax64 - 1, std::string("\x00\xff", 2)});
   return frames;
 }
 
@@ -154,7 +158,8 @@ std::vector<Frame> one_of_each() {
           Rekey{"duplicate site id"},
           DigestRequest{4},
           Digest{4, "todo 1 00ff"},
-          ChangesPiece{7, 1 << 20, "next bytes"}};
+          ChangesPiece{7, 1 << 20, "next bytes"},
+          Delta{9, 8, "changeset bytes"}};
 }
 
 }  // namespace
@@ -192,8 +197,10 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
                        std::string("\x03", 1));
   CHECK(encode_frame(ChangesPiece{2, 300, "ab"}) ==
         std::string("\x94\x0b\x02\xcd\x01\x2c\xc4\x02\x61\x62", 10));
+  CHECK(encode_frame(Delta{3, 2, "ab"}) == std::string("\x94\x0c\x03\x02\xc4\x02\x61\x62", 8));
   const std::string ack = encode_frame(Ack{4, {}});
   CHECK(ack == std::string("\x93\x04\x04\x80", 4));
+  CHECK(encode_frame(Ack{4, {}, 9}) == std::string("\x94\x04\x04\x80\x09", 5));
   Hello h;
   h.site = site(0);
   h.ns = "n";
@@ -201,7 +208,7 @@ TEST_CASE("frames are laid out as docs/protocol.md says") {
   h.schema_fingerprint = "f";
   h.acked_seq = 3;
   h.schema_version = 2;
-  CHECK(encode_frame(h) == std::string("\x9a\x01\x04\xc4\x10", 5) +
+  CHECK(encode_frame(h) == std::string("\x9a\x01\x05\xc4\x10", 5) +
                                std::string(site(0).as_bytes()) +
                                std::string("\xa1n\xa1t\x80\xa1"
                                            "f\x03\xc4\x00\x02",
@@ -424,7 +431,18 @@ TEST_CASE("an unknown frame type is refused naming the number") {
   CHECK(e.code() == ErrorCode::kCorrupt);
   CHECK(std::string(e.what()) == "unknown frame type 42");
   CHECK(std::string(decode_error(std::string("\x91\x00", 2)).what()) == "unknown frame type 0");
-  CHECK(std::string(decode_error(std::string("\x91\x0c", 2)).what()) == "unknown frame type 12");
+  CHECK(std::string(decode_error(std::string("\x91\x0d", 2)).what()) == "unknown frame type 13");
+}
+
+TEST_CASE("a delta's group counts from 1, and the delta it follows comes before it") {
+  CHECK(std::string(decode_error(encode_frame(Delta{0, 0, "x"})).what()) ==
+        "delta.group: 0 is not a group number (they count from 1)");
+  CHECK(std::string(decode_error(encode_frame(Delta{4, 4, "x"})).what()) ==
+        "delta.previous: 4 does not come before group 4");
+  CHECK(decode_frame(encode_frame(Delta{4, 0, "x"})) == Frame{Delta{4, 0, "x"}});
+  // An ack's group is left out when 0, so a 0 on the wire is no ack this build wrote.
+  CHECK(std::string(decode_error(std::string("\x94\x04\x04\x80\x00", 5)).what()) ==
+        "ack.group: 0 is not a group number (left out instead)");
 }
 
 TEST_CASE("trailing bytes after the frame are refused") {
