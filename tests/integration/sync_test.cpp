@@ -965,6 +965,34 @@ TEST_CASE(
   CHECK(relay_file->digest() == b_file->digest());
 }
 
+TEST_CASE("--verify on a device behind the namespace's schema version says why they differ") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string newer = device_at(relay, "newer", 1);
+  storage::Replica::open(newer)->exec(
+      "INSERT INTO todo(id, title, due) VALUES ('t1', 'pay rent', 'friday')");
+  sync_once(box, relay, newer, relay.token(kNamespace, "read,write,admin"));
+  const std::string older = device_at(relay, "older", 0);
+  const Result r =
+      lattice(box, {"sync", older, relay.url(), "--token-file", token_file(box, relay.token()),
+                    "--verify", "--ca-file", relay.ca_file(), "--timeout", "60"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("differs: table todo: 1 rows here, 1 there, contents differ") !=
+        std::string::npos);
+  CHECK(r.out.find("note: this replica holds tables or columns of a newer schema version than "
+                   "its own (0)") != std::string::npos);
+  // Once it migrates, they agree.
+  storage::Replica::open(older)->migrate(1, kTodoV1);
+  const Result after =
+      lattice(box, {"sync", older, relay.url(), "--token-file", token_file(box, relay.token()),
+                    "--verify", "--ca-file", relay.ca_file(), "--timeout", "60"});
+  INFO("after: " << after.out << after.err);
+  CHECK(after.status == 0);
+  CHECK(after.out.find("note:") == std::string::npos);
+}
+
 TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {
   Sandbox box;
   RelayFixture relay(box);
