@@ -71,15 +71,18 @@ check: build
 test-asan: build-asan
 	ctest --test-dir $(ASAN_DIR) --output-on-failure -j $(JOBS)
 
-# Sequential on purpose: the two trees would fight over 2 cores.
+# Sequential on purpose: the trees would fight over 2 cores. Each stage's time is printed, so
+# that what makes CI slow is measured, not guessed.
+TEST_STAGES := setup test-build test-asan test-tsan test-fuzz test-arm64 format-check
+
 test:
-	$(MAKE) --no-print-directory setup
-	$(MAKE) --no-print-directory test-build
-	$(MAKE) --no-print-directory test-asan
-	$(MAKE) --no-print-directory test-tsan
-	$(MAKE) --no-print-directory test-fuzz
-	$(MAKE) --no-print-directory test-arm64
-	$(MAKE) --no-print-directory format-check
+	@started=$$(date +%s); \
+	for stage in $(TEST_STAGES); do \
+	  at=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage; \
+	  echo "make test: $$stage took $$(( $$(date +%s) - at )) s"; \
+	done; \
+	echo "make test: every stage passed in $$(( $$(date +%s) - started )) s"
 
 # ThreadSanitizer over what runs on several threads: the relay (its disk thread; the relay
 # processes of the integration tests are built in this tree too), its TLS stream, and the
