@@ -220,8 +220,21 @@ int run_sync(const std::vector<std::string>& args) {
   if (once) {
     lattice::SyncClient client(db, url, token, options);
     client.start();
-    const bool in_sync =
-        client.wait_until_in_sync(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+    // Until in sync, the timeout, or an error that waiting within it would not cure: besides
+    // the fatal ones, schema_ahead (it takes an admin device or the operator to bring the
+    // version; a long-running sync waits for that, one sync does not).
+    bool in_sync = false;
+    for (;;) {
+      const auto left = timeout - (Clock::now() - started);
+      if (left <= Clock::duration::zero()) break;
+      in_sync = client.wait_until_in_sync(
+          std::min(std::chrono::duration_cast<std::chrono::milliseconds>(left),
+                   std::chrono::milliseconds(200)));
+      const lattice::SyncStatus now = client.status();
+      if (in_sync || now.fatal ||
+          now.last_wire_error == lattice::transport::WireError::kSchemaAhead)
+        break;
+    }
     const lattice::SyncStatus status = client.status();
     if (in_sync && verify) {
       const auto digests = client.digests(std::chrono::seconds(30));
@@ -255,7 +268,8 @@ int run_sync(const std::vector<std::string>& args) {
       std::printf("in sync\n");
       return 0;
     }
-    if (status.fatal) return fail_with_status(status);
+    if (status.fatal || status.last_wire_error == lattice::transport::WireError::kSchemaAhead)
+      return fail_with_status(status);
     std::fprintf(
         stderr, "lattice: timed_out: timed out after %g s, not in sync (%s, %llu pending%s%s)\n",
         timeout_seconds, lattice::sync_state_name(status.state),

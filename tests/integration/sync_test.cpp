@@ -993,6 +993,23 @@ TEST_CASE("--verify on a device behind the namespace's schema version says why t
   CHECK(after.out.find("note:") == std::string::npos);
 }
 
+TEST_CASE("lattice sync --once ends at once when the replica's schema is ahead of the namespace") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start();
+  const std::string ahead = device_at(relay, "ahead", 1);
+  storage::Replica::open(ahead)->exec("INSERT INTO todo(id, title, due) VALUES ('t1', 'a', 'b')");
+  const Result r =
+      lattice(box, {"sync", ahead, relay.url(), "--token-file", token_file(box, relay.token()),
+                    "--once", "--ca-file", relay.ca_file(), "--timeout", "60"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status == 1);
+  CHECK(r.err.rfind("lattice: schema_ahead: ", 0) == 0);
+  CHECK(r.seconds < 20);  // not the 60 s of the timeout
+  // The change waits in the replica, and goes once an admin device brings the version.
+  sync_once(box, relay, ahead, relay.token(kNamespace, "read,write,admin"));
+}
+
 TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certificate") {
   Sandbox box;
   RelayFixture relay(box);
