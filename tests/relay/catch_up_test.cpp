@@ -41,28 +41,13 @@ class Tap : public transport::Connection {
   Edit edit_;
 };
 
-class CatchUp : sim::Harness {
+class CatchUp : sim::SmallWorld {
  public:
-  CatchUp() : Harness(7), dir_(sim::seed_directory("lattice-catch-up", 7)) {
-    faults_ = transport::LoopbackNetwork::Faults{1, 1, 0, true};
-    std::filesystem::remove_all(dir_);
-    relay::HubOptions options = device_hub_options(dir_, test::kTodoSchema);
-    hub_ = std::make_unique<relay::Hub>(options);
-  }
-  ~CatchUp() override {
-    for (auto& d : devices_) d->session.reset();
-    hub_.reset();
-    std::filesystem::remove_all(dir_);
+  CatchUp() : SmallWorld(7, "lattice-catch-up") {
+    hub_ = std::make_unique<relay::Hub>(device_hub_options(dir_, test::kTodoSchema));
   }
 
-  sim::SimDevice& device(const std::string& name) {
-    auto d = std::make_unique<sim::SimDevice>();
-    d->name = name;
-    d->replica = storage::Replica::open(":memory:", replica_options());
-    d->replica->exec(test::kTodoSchema);
-    devices_.push_back(std::move(d));
-    return *devices_.back();
-  }
+  sim::SimDevice& device(const std::string& name) { return add_device(name, test::kTodoSchema); }
   void sync(sim::SimDevice& d) {
     if (d.session)
       d.session->push_local_changes();
@@ -90,10 +75,6 @@ class CatchUp : sim::Harness {
     REQUIRE(net_.run_until_idle(1'000'000));
   }
   const relay::HubCounters& counters() { return hub_->counters(); }
-
- private:
-  std::filesystem::path dir_;
-  std::vector<std::unique_ptr<sim::SimDevice>> devices_;
 };
 
 TEST_CASE("one transaction larger than a catch-up round is extracted once, then goes in pieces") {

@@ -18,17 +18,13 @@
 namespace lattice {
 namespace {
 
-class GroupCommit : sim::Harness {
+class GroupCommit : sim::SmallWorld {
  public:
-  GroupCommit() : Harness(11), dir_(sim::seed_directory("lattice-group-commit", 11)) {
-    faults_ = transport::LoopbackNetwork::Faults{1, 1, 0, true};
-    std::filesystem::remove_all(dir_);
-    start_relay();
-  }
+  GroupCommit() : SmallWorld(11, "lattice-group-commit") { start_relay(); }
   ~GroupCommit() override {
+    // As SmallWorld's, but before the queued syncs go: the hub abandons the one not started.
     for (auto& d : devices_) d->session.reset();
     hub_.reset();
-    std::filesystem::remove_all(dir_);
   }
 
   void start_relay() {
@@ -39,14 +35,10 @@ class GroupCommit : sim::Harness {
   void stop_relay() { hub_.reset(); }
 
   sim::SimDevice& device(const std::string& name) {
-    auto d = std::make_unique<sim::SimDevice>();
-    d->name = name;
-    d->replica = storage::Replica::open(":memory:", replica_options());
-    d->replica->exec(test::kTodoSchema);
-    devices_.push_back(std::move(d));
-    connect(*devices_.back());
+    sim::SimDevice& d = add_device(name, test::kTodoSchema);
+    connect(d);
     run();
-    return *devices_.back();
+    return d;
   }
   void write(sim::SimDevice& d, const std::string& id) {
     d.replica->exec("INSERT INTO todo(id, title) VALUES ('" + id + "', 'from " + d.name + "')");
@@ -79,9 +71,7 @@ class GroupCommit : sim::Harness {
   relay::Hub& hub() { return *hub_; }
 
  private:
-  std::filesystem::path dir_;
   std::deque<std::function<void()>> syncs_;
-  std::vector<std::unique_ptr<sim::SimDevice>> devices_;
 };
 
 std::string todo(sim::SimDevice& d) { return test::dump_table(*d.replica, "todo"); }

@@ -92,6 +92,27 @@ void Harness::schedule_reconnect(SimDevice& d) {
   });
 }
 
+SmallWorld::SmallWorld(std::uint64_t seed, const std::string& prefix)
+    : Harness(seed), dir_(seed_directory(prefix, seed)) {
+  faults_ = transport::LoopbackNetwork::Faults{1, 1, 0, true};
+  std::filesystem::remove_all(dir_);
+}
+
+SmallWorld::~SmallWorld() {
+  for (auto& d : devices_) d->session.reset();
+  hub_.reset();
+  std::filesystem::remove_all(dir_);
+}
+
+SimDevice& SmallWorld::add_device(const std::string& name, const std::string& schema_sql) {
+  auto d = std::make_unique<SimDevice>();
+  d->name = name;
+  d->replica = storage::Replica::open(":memory:", replica_options());
+  d->replica->exec(schema_sql);
+  devices_.push_back(std::move(d));
+  return *devices_.back();
+}
+
 std::optional<std::uint64_t> replayed_seed() {
   if (const char* replay = std::getenv("LATTICE_SIM_SEED"))
     return std::strtoull(replay, nullptr, 10);

@@ -84,6 +84,23 @@ class Harness {
   std::unique_ptr<relay::Hub> hub_;
 };
 
+// A hub and a few devices over clean links (1 ms, in order, never duplicated), for tests that
+// step a scenario by hand rather than storm it; the relay's files in a fresh directory, removed
+// at the end.
+class SmallWorld : public Harness {
+ public:
+  // `prefix` names the directory (seed_directory).
+  SmallWorld(std::uint64_t seed, const std::string& prefix);
+  ~SmallWorld() override;
+
+ protected:
+  // A device with an in-memory replica made by `schema_sql`, not connected yet.
+  SimDevice& add_device(const std::string& name, const std::string& schema_sql);
+
+  std::filesystem::path dir_;
+  std::vector<std::unique_ptr<SimDevice>> devices_;
+};
+
 // Which seeds a simulation runs: LATTICE_SIM_SEED=<seed> replays that one alone; otherwise
 // seeds 1 to LATTICE_SIM_SEEDS, or to `fallback` without it.
 std::optional<std::uint64_t> replayed_seed();
