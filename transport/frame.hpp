@@ -143,10 +143,10 @@ struct ChangesPiece {
 
 // Relay -> device, protocol 5 on: the delta of the relay's group commit number `group` (counted
 // per namespace), for a device at the relay's head (docs/protocol.md, "Deltas"). With
-// `previous` 0 the changeset is whole. Otherwise it follows the delta of group `previous`, the
-// last one this connection carried: its `since` is empty and stands for that delta's `until`,
-// and its `until` holds only the entries that moved. A namespace's vector has an entry per
-// device that ever wrote; a changes frame carries two of them whole.
+// `previous` 0 the changeset is whole. Otherwise it follows group `previous`, the last group
+// whose delta (or whose number, in an ack) this connection carried: its `since` is empty and
+// stands for that group's `until`, and its `until` holds only the entries that moved. A namespace's
+// vector has an entry per device that ever wrote; a changes frame carries two of them whole.
 struct Delta {
   std::uint64_t group = 0;
   std::uint64_t previous = 0;
