@@ -694,7 +694,8 @@ void Projection::note_superseded(
     const std::vector<std::pair<const ColumnInfo*, crdt::Value>>& incoming, bool incoming_wins,
     const crdt::Stamp& loser) {
   std::optional<Row> current = shown_row(t, pk);
-  if (!current) current = held_values(impl_, t, pk);
+  const bool held = !current;
+  if (held) current = held_values(impl_, t, pk);
   if (!current) return;
   Row lost = *current;
   bool same = true;
@@ -716,8 +717,13 @@ void Projection::note_superseded(
       .bind_blob(4, loser.site.as_bytes())
       .bind(5, key_json(key))
       .bind(6, row_json(t, lost))
-      .bind(7, describe_key(t, key) + " was inserted on two devices at once; the insert made by " +
-                   "site " + loser.site.to_hex() + " lost to the other, and these are its values")
+      .bind(7, describe_key(t, key) +
+                   // A held row's key inserted again is most often its resolution, made after
+                   // the insert it replaces: not two devices at once.
+                   (held ? " was held here and inserted again (a resolution, or the same id "
+                           "inserted elsewhere); the insert made by site "
+                         : " was inserted on two devices at once; the insert made by site ") +
+                   loser.site.to_hex() + " lost to the other, and these are its values")
       .bind(8, static_cast<std::int64_t>(now));
   s.run();
 }
