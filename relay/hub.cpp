@@ -1156,13 +1156,17 @@ Hub::Impl::HeadDelta Hub::Impl::head_delta(Namespace& space, GroupNumber number,
   delta.whole = std::make_shared<const std::string>(crdt::encode_changeset(delta.changeset));
   if (number.previous != 0) {
     // What a device that got the previous group's delta needs: no since (it is that one's
-    // until) and only the entries of until that moved.
-    crdt::Changeset following = delta.changeset;
-    following.since = crdt::VersionVector();
-    following.until = crdt::VersionVector();
-    for (const auto& [site, seq] : delta.changeset.until.entries())
-      if (seq > delta.changeset.since.get(site)) following.until.advance(site, seq);
-    delta.following = crdt::encode_changeset(following);
+    // until) and only the entries of until that moved. The same rows, encoded with those
+    // vectors in place of the whole ones (not a copy of the rows).
+    crdt::Changeset& c = delta.changeset;
+    crdt::VersionVector since = std::move(c.since), until = std::move(c.until);
+    c.since = crdt::VersionVector();
+    c.until = crdt::VersionVector();
+    for (const auto& [site, seq] : until.entries())
+      if (seq > since.get(site)) c.until.advance(site, seq);
+    delta.following = crdt::encode_changeset(c);
+    c.since = std::move(since);
+    c.until = std::move(until);
   }
   return delta;
 }

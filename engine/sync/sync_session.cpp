@@ -209,7 +209,7 @@ void SyncSession::on_delta(transport::Delta& delta) {
                                                "] = " + std::to_string(seq) + " does not move it");
         until.advance(site, seq);
       }
-      changeset.since = delta_until_;
+      changeset.since = std::move(delta_until_);  // kept again below, as the new until
       changeset.until = std::move(until);
     }
     delta_until_ = changeset.until;
