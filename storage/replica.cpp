@@ -342,6 +342,8 @@ Replica::Impl::~Impl() {
   merge_statements.clear();
   tables.clear();
   read_local = Statement();
+  read_schema_version = Statement();
+  read_data_version = Statement();
   insert_site = Statement();
   any_held = Statement();
   if (db) sqlite3_close_v2(db);
@@ -384,18 +386,34 @@ std::int64_t Replica::Impl::local_site_index(const crdt::SiteId& id) {
   insert_site.run();
   sites.push_back(id);
   site_index[id] = idx;
+  sites_stale = true;  // the transaction may yet roll back
   return idx;
 }
 
 void Replica::Impl::refresh() {
-  Statement version(db, "PRAGMA schema_version");
-  version.step();
-  const auto schema_version = version.column_int(0);
+  if (!read_schema_version) {
+    read_schema_version = Statement(db, "PRAGMA schema_version");
+    read_data_version = Statement(db, "PRAGMA data_version");
+  }
+  const auto read = [](Statement& pragma) {
+    pragma.reset();
+    pragma.step();
+    const auto value = pragma.column_int(0);
+    pragma.reset();
+    return value;
+  };
+  const auto schema_version = read(read_schema_version);
   if (schema_version != catalog_schema_version) {
     load_catalog();
     catalog_schema_version = schema_version;
   }
-  load_sites();
+  // PRAGMA data_version moves only when another connection commits.
+  const auto data_version = read(read_data_version);
+  if (sites_stale || data_version != sites_data_version) {
+    load_sites();
+    sites_stale = false;
+    sites_data_version = data_version;
+  }
 }
 
 TableInfo* Replica::Impl::table_by_name(std::string_view name) {

@@ -204,8 +204,14 @@ struct Replica::Impl {
   // The (seq, hlc) of the current write transaction, allocated at its first captured write.
   void ensure_transaction_clock();
 
-  // Reloads the catalog when another connection changed the schema, and the site table.
+  // Reloads the catalog when the schema changed, and the site table when another connection
+  // committed or this one added a site since it was read (a rollback may have undone the
+  // addition): a merge or an extraction on a file no one else writes reads neither, so its cost
+  // does not grow with the sites that ever wrote.
   void refresh();
+  Statement read_schema_version, read_data_version;  // prepared by the first refresh()
+  bool sites_stale = true;
+  std::int64_t sites_data_version = -1;
   void load_catalog();
   void load_sites();
   TableInfo* table_by_name(std::string_view name);

@@ -204,5 +204,41 @@ TEST_CASE("another connection to a rekeyed file sees the new site id") {
   CHECK(second->site_id() == first->site_id());
 }
 
+// Each connection keeps the file's sites in memory and reads them again only when another
+// connection has committed: a site one connection adds must be known to the other before it
+// adds sites of its own, or both would give the same index to different sites.
+TEST_CASE("two connections to one file merge changes of different sites") {
+  TempDir dir;
+  auto first = test::open_todo_replica(dir.file("r.db"));
+  auto second = Replica::open(dir.file("r.db"));
+  auto x = test::open_todo_replica(), y = test::open_todo_replica(), z = test::open_todo_replica();
+  x->exec("INSERT INTO todo(id, title, votes) VALUES ('x', 'from x', 1)");
+  y->exec("INSERT INTO todo(id, title, votes) VALUES ('y', 'from y', 2)");
+  z->exec("INSERT INTO todo(id, title, votes) VALUES ('z', 'from z', 3)");
+
+  pull(*x, *first);   // first learns site x
+  pull(*y, *second);  // second: y, after x
+  pull(*z, *first);   // first: z, after y
+  x->exec("UPDATE todo SET votes = votes + 10 WHERE id = 'x'");
+  pull(*x, *second);
+
+  for (Replica* r : {first.get(), second.get()}) {
+    const crdt::VersionVector held = r->version_vector();
+    CHECK(held.get(x->site_id()) == 2);
+    CHECK(held.get(y->site_id()) == 1);
+    CHECK(held.get(z->site_id()) == 1);
+    CHECK(votes(*r, "x") == 11);
+    CHECK(title(*r, "z") == "from z");
+  }
+  // What the file holds is attributed to the right sites: a fresh replica that pulls it
+  // holds each site's sequence as that site wrote it.
+  auto fresh = test::open_todo_replica();
+  pull(*first, *fresh);
+  CHECK(fresh->version_vector() == second->version_vector());
+  pull(*y, *x);
+  pull(*z, *x);
+  CHECK(fresh->digest() == x->digest());
+}
+
 }  // namespace
 }  // namespace lattice
