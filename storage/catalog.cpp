@@ -536,7 +536,8 @@ void Replica::Impl::recreate_triggers() {
 // become counters: that is how a migration adds a counter column.
 void Replica::Impl::update_kinds(TableInfo& t,
                                  const std::map<std::string, crdt::ColumnKind>& types) {
-  for (const auto& [column, kind] : types) {
+  for (const auto& entry : types) {
+    const std::string& column = entry.first;
     const bool known = std::any_of(t.columns.begin(), t.columns.end(), [&](const ColumnInfo& c) {
       return lower_case(c.name) == column;
     });

@@ -51,7 +51,8 @@ std::string Replica::digest() {
   for (const auto& [id, table] : impl_->tables)
     if (!table->future_table) by_name[lower_case(table->name)] = table.get();
   std::string out;
-  for (const auto& [name, table] : by_name) {
+  for (const auto& entry : by_name) {
+    const TableInfo* table = entry.second;
     // Rows in packed-key order, shown rows and held ones (docs/data-quality.md) merged: a
     // replica that holds a row back because of a constraint holds the same state as one that
     // shows it (a relay whose schema declares no constraints).
@@ -100,7 +101,7 @@ std::string Replica::digest() {
     unsigned char hash[EVP_MAX_MD_SIZE];
     unsigned size = 0;
     EVP_DigestFinal_ex(sha.get(), hash, &size);
-    out += name + ' ' + std::to_string(count) + ' ' + to_hex(hash, size) + '\n';
+    out += entry.first + ' ' + std::to_string(count) + ' ' + to_hex(hash, size) + '\n';
   }
   return out;
 }

@@ -243,7 +243,9 @@ class World : sim::Harness {
     // files are left out: when three copies share unacknowledged transactions and a third
     // history got in first, two copies move the same transactions to two new site ids and a
     // counter counts them twice (a limit of rekey, not of what the relay believes).
-    for (const auto& [key, votes] : ledger_votes_) {
+    for (const auto& entry : ledger_votes_) {
+      const auto& key = entry.first;
+      const auto votes = entry.second;
       if (uncheckable_.count(key)) continue;
       INFO("ledger row " << key);
       const auto row = relay.query("SELECT votes FROM todo WHERE id = ?", {key});
