@@ -26,10 +26,14 @@ TSAN_DIR  ?= build-tsan
 FUZZ_DIR  ?= build-fuzz
 JOBS      ?= 2
 
-# The sanitizer tree is Debug (asserts on) at -O1: fast enough to build and
-# run, still readable stack traces.
+# The sanitizer trees are Debug (asserts on) at -O1: fast enough to build and
+# run, still readable stack traces. They are built with clang, which compiles them in under half
+# GCC's time (the ASan tree: about 1,050 CPU-seconds against 2,200 for four fifths of it; Beast's
+# WebSocket client 141 s against 392 s), while build/ keeps GCC, so both compilers see every line.
+SANITIZER_COMPILERS := -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
 ASAN_CMAKE_FLAGS := -DLATTICE_SANITIZE=ON -DLATTICE_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug \
-                    -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"
+                    -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+                    $(SANITIZER_COMPILERS)
 
 export ASAN_OPTIONS  ?= halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
@@ -94,7 +98,8 @@ TSAN_TARGETS := lean_tls_tests relay_group_commit_tests relay_integration_tests 
 test-tsan:
 	@if [[ ! -f $(TSAN_DIR)/CMakeCache.txt ]]; then \
 	  cmake -S . -B $(TSAN_DIR) -G Ninja -DLATTICE_TSAN=ON -DLATTICE_BENCH=OFF \
-	    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"; \
+	    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+	    $(SANITIZER_COMPILERS); \
 	fi
 	cmake --build $(TSAN_DIR) -j $(JOBS) --target $(TSAN_TARGETS)
 	TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
@@ -113,7 +118,7 @@ test-fuzz:
 	    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLATTICE_FUZZ=ON; \
 	fi
 	cmake --build $(FUZZ_DIR) -j $(JOBS) --target $(FUZZ_TARGETS)
-	ctest --test-dir $(FUZZ_DIR) --output-on-failure -L fuzz
+	ctest --test-dir $(FUZZ_DIR) --output-on-failure -j $(JOBS) -L fuzz
 
 # The C API cross-built for arm64 with Debian's cross compiler, its tests run under qemu-aarch64
 # (cmake/toolchains/aarch64-linux-gnu.cmake): our stand-in for an Android device. Only what
