@@ -407,11 +407,13 @@ void Replica::Impl::refresh() {
     load_catalog();
     catalog_schema_version = schema_version;
   }
-  // PRAGMA data_version moves only when another connection commits.
+  // PRAGMA data_version moves only when another connection commits. What is read inside a
+  // transaction may yet be rolled back (a group's merges: Replica::begin_group), so only a
+  // reading outside one is taken as final.
   const auto data_version = read(read_data_version);
   if (sites_stale || data_version != sites_data_version) {
     load_sites();
-    sites_stale = false;
+    sites_stale = !sqlite3_get_autocommit(db);
     sites_data_version = data_version;
   }
 }

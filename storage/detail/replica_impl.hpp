@@ -205,9 +205,9 @@ struct Replica::Impl {
   void ensure_transaction_clock();
 
   // Reloads the catalog when the schema changed, and the site table when another connection
-  // committed or this one added a site since it was read (a rollback may have undone the
-  // addition): a merge or an extraction on a file no one else writes reads neither, so its cost
-  // does not grow with the sites that ever wrote.
+  // committed, or this one added a site or read them inside a transaction since it last read
+  // them outside one (a rollback may undo what it read): a merge or an extraction on a file no
+  // one else writes reads neither, so its cost does not grow with the sites that ever wrote.
   void refresh();
   Statement read_schema_version, read_data_version;  // prepared by the first refresh()
   bool sites_stale = true;

@@ -57,17 +57,22 @@ TEST_CASE("a group merges every batch in one commit, each seeing the merges befo
   CHECK(relay->digest() == one_by_one->digest());
 }
 
-TEST_CASE("a batch refused inside a group is undone alone; the others commit") {
-  Devices d;
+// A relay whose merge of c's batch fails halfway: the relay holds a's row, which c deletes, and
+// the application's trigger refuses deletes, so the merge fails after c's metadata was written,
+// at the delete of the row.
+std::unique_ptr<Replica> relay_refusing_c(Devices& d) {
   auto relay = test::open_todo_replica();
-  // A row the relay holds, which device c then deletes.
   d.c->apply(d.a->changes_since({}));
   relay->apply(d.a->changes_since({}));
   d.c->exec("DELETE FROM todo WHERE id = 'kettle'");
-  // The application's trigger refuses deletes, so merging c's batch fails halfway: after its
-  // metadata was written, at the delete of the row.
   relay->exec(
       "CREATE TRIGGER keep_todos BEFORE DELETE ON todo BEGIN SELECT RAISE(ABORT, 'kept'); END");
+  return relay;
+}
+
+TEST_CASE("a batch refused inside a group is undone alone; the others commit") {
+  Devices d;
+  auto relay = relay_refusing_c(d);
   auto expected = test::open_todo_replica();
   expected->apply(d.a->changes_since({}));
   expected->apply(d.b->changes_since({}));
@@ -124,6 +129,31 @@ TEST_CASE("a group rolled back, or never committed, leaves the file exactly as i
   CHECK(reopened->version_vector().get(d.c->site_id()) == 1);
   reopened.reset();
   std::filesystem::remove_all(dir);
+}
+
+// The replica keeps its sites in memory. A merge refused inside a group reads them again
+// there, sites of the group's earlier merges included: those must not outlive the group's
+// rollback.
+TEST_CASE("a site added by a rolled-back group is added again by the next merge of it") {
+  Devices d;
+  auto relay = relay_refusing_c(d);
+  relay->begin_group();
+  relay->merge_in_group(d.b->changes_since(relay->version_vector()), origin_of(*d.b));
+  CHECK_THROWS_AS(
+      relay->merge_in_group(d.c->changes_since(relay->version_vector()), origin_of(*d.c)), Error);
+  relay->rollback_group();
+  CHECK(relay->version_vector().get(d.b->site_id()) == 0);
+
+  relay->exec("DROP TRIGGER keep_todos");
+  relay->apply(d.b->changes_since(relay->version_vector()));
+  relay->apply(d.c->changes_since(relay->version_vector()));
+  CHECK(relay->version_vector().get(d.b->site_id()) == 1);
+  CHECK(relay->version_vector().get(d.c->site_id()) == d.c->version_vector().get(d.c->site_id()));
+  // What a new device pulls from it names each change's site as it was written.
+  auto fresh = test::open_todo_replica();
+  fresh->apply(relay->changes_since({}));
+  CHECK(fresh->version_vector() == relay->version_vector());
+  CHECK(fresh->digest() == relay->digest());
 }
 
 TEST_CASE("a group whose disk fills keeps the merges before the failure, or none of the group") {
