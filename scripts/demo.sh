@@ -390,5 +390,16 @@ bob:   $(state bob)"
 case "${mode}" in
   interactive) run_interactive ;;
   scripted) run_scripted ;;
-  exec) "$@" ;;
+  exec)
+    # A failed command shows what the relay and the devices said meanwhile.
+    rc=0
+    "$@" || rc=$?
+    if [[ "${rc}" != 0 ]]; then
+      for name in relay alice bob; do
+        echo "demo: the end of ${name}'s log:" >&2
+        tail -n 20 "${work}/${name}.err" >&2 || true
+      done
+    fi
+    exit "${rc}"
+    ;;
 esac

@@ -45,7 +45,17 @@ async function waitUntil(page, what, check, timeoutMs = kTimeoutMs) {
     if (await check(page)) return;
     if (Date.now() > deadline) {
       const name = await text(page, '#device');
+      // The device's own account, which the page shows only while it is not live.
+      const state = await page.evaluate(async () => {
+        try {
+          return await (await fetch('/api/state', {signal: AbortSignal.timeout(5_000)})).json();
+        } catch (e) {
+          return {last_error: `the app did not answer /api/state: ${e}`, pending: '?'};
+        }
+      });
       throw new Error(`${name}: timed out waiting for ${what}; state ${await text(page, '#sync-state')}, ` +
+                      `the app says ${state.state}, last error ${JSON.stringify(state.last_error)}, ` +
+                      `pending ${state.pending}, items ${JSON.stringify((state.items || []).map((i) => i.title))}, ` +
                       `board ${JSON.stringify(await readBoard(page))}`);
     }
     await page.waitForTimeout(50);
