@@ -13,6 +13,7 @@
 //   fanout_10, fanout_100, fanout_1000   latency from a write to its arrival on every other
 //                                       device, p50/p99/max, at a fixed write rate
 //   capacity_100, capacity_1000         the write rate raised step by step until p99 > 50 ms
+//   acks_1000                           1,000 devices all writing: acknowledged writes per second
 //   merge                               one device pushes batches of 50,000 changes
 //   idle_memory                         relay RSS per idle TLS connection
 //   catchup                             a new device receives a namespace of 1,000,000 changes
@@ -56,8 +57,9 @@ constexpr const char* kUsage =
     R"(usage: lattice-relay-bench [--quick] [--scenario NAME]... [--relay PATH] [--dir DIR]
                            [--tmpfs] [--writer-window N] [--seconds S]
   --quick            a smoke run: small counts, 2-second runs
-  --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000, merge,
-                     idle_memory, catchup, vector_cost (repeatable; default: all)
+  --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000,
+                     acks_1000, merge, idle_memory, catchup, vector_cost (repeatable;
+                     default: all)
   --relay PATH       the lattice-relay executable (default: the one built beside this program)
   --dir DIR          where to make the temporary directory (default $TMPDIR or /tmp)
   --tmpfs            put the relay's data directory in /dev/shm: fsync costs nothing there, to
@@ -125,9 +127,9 @@ bool scenario_ok(const std::string& line) {
          line.find("\"first_error\"") == std::string::npos;
 }
 
-const std::vector<std::string> kScenarios = {"fanout_10",    "fanout_100",    "fanout_1000",
-                                             "capacity_100", "capacity_1000", "merge",
-                                             "idle_memory",  "catchup",       "vector_cost"};
+const std::vector<std::string> kScenarios = {
+    "fanout_10", "fanout_100", "fanout_1000", "capacity_100", "capacity_1000",
+    "acks_1000", "merge",      "idle_memory", "catchup",      "vector_cost"};
 
 int run(Options options, const char* argv0) {
   if (options.relay.empty()) options.relay = find_relay(argv0);
@@ -197,6 +199,10 @@ int run(Options options, const char* argv0) {
         line = capacity(ctx, name, options.quick ? 200 : 1000, 10,
                         options.quick ? std::vector<double>{10, 20}
                                       : std::vector<double>{20, 50, 100, 150, 200, 250, 300, 400});
+      } else if (name == "acks_1000") {
+        line = acks(ctx, name, options.quick ? 200 : 1000,
+                    options.quick ? std::vector<double>{20, 50}
+                                  : std::vector<double>{100, 250, 500, 1000, 2500, 5000, 10000});
       } else if (name == "merge") {
         line = merge(ctx);
       } else if (name == "vector_cost") {

@@ -289,6 +289,7 @@ Json Fleet::run_load(Json json, double writes_per_second, double seconds, millis
   latency.insert(latency.end(), r.latency_ms.begin(), r.latency_ms.end());
   const std::uint64_t missing = expected > received ? expected - received : 0;
   const Percentiles lat = percentiles(std::move(latency), missing);
+  const std::uint64_t acked = w.ack_ms.size();
   const Percentiles ack = percentiles(std::move(w.ack_ms));
   const Percentiles lag = percentiles(lag_ms_);
   json.integer("devices", static_cast<std::int64_t>(devices_.size()))
@@ -300,6 +301,7 @@ Json Fleet::run_load(Json json, double writes_per_second, double seconds, millis
       .integer("deliveries", static_cast<std::int64_t>(received))
       .num("deliveries_per_s", static_cast<double>(received) / seconds, 0)
       .integer("missing", static_cast<std::int64_t>(missing))
+      .integer("acked", static_cast<std::int64_t>(acked))
       .raw("latency_ms", percentiles_json(lat))
       .raw("ack_ms", percentiles_json(ack))
       .raw("generator_lag_ms", percentiles_json(lag))
@@ -320,6 +322,8 @@ Json Fleet::run_load(Json json, double writes_per_second, double seconds, millis
     json.str("first_error", w.first_error.empty() ? r.first_error : w.first_error);
   last_p99_ = lat.p99;
   last_missing_ = missing;
+  last_ack_p99_ = ack.p99;
+  last_unacked_ = issued_ > acked ? issued_ - acked : 0;
   return json;
 }
 

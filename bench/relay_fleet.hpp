@@ -193,6 +193,10 @@ class Fleet {
                 const std::string& relay_pid);
 
   double last_p99() const { return last_p99_; }
+  // Of the last run_load: the writes' send-to-acknowledgement p99, and how many writes had no
+  // acknowledgement when it returned.
+  double last_ack_p99() const { return last_ack_p99_; }
+  std::uint64_t last_unacked() const { return last_unacked_; }
 
  private:
   void start_connecting(Lane& lane, std::vector<Device*> devices);
@@ -223,6 +227,8 @@ class Fleet {
   std::vector<double> lag_ms_;  // writers' lane only
   double last_p99_ = NAN;
   std::uint64_t last_missing_ = 0;
+  double last_ack_p99_ = NAN;
+  std::uint64_t last_unacked_ = 0;
 };
 
 }  // namespace lattice::bench

@@ -52,6 +52,12 @@ std::string fanout(Context& ctx, const std::string& name, int devices, int write
 std::string capacity(Context& ctx, const std::string& name, int devices, int writers,
                      std::vector<double> steps);
 
+// Acknowledged writes per second with every one of `devices` devices a writer: the write rate
+// raised through `steps` (writes per second in all) until a write is left unacknowledged or
+// the send-to-acknowledgement p99 passes 50 ms. What group commit is for: one fsync per frame
+// capped this at 250 to 300 per second.
+std::string acks(Context& ctx, const std::string& name, int devices, std::vector<double> steps);
+
 // The hub compares each device's version vector with the relay's on every fan-out. The same
 // load (500 devices, the same write rate) with 10 writing sites, then with every device a
 // writing site (each writes once before the measured run), shows what that costs as
