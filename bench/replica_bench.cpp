@@ -549,6 +549,43 @@ void measure(const Table& table, const std::vector<Row>& rows, const fs::path& d
   }
 }
 
+// A device of a namespace where `sites` devices write: one replica that knows them all merges
+// 2,000 single-row deltas, one after another, each from the next site, with since and until the
+// whole vectors, as a sync session hands a relay's delta on. Microseconds per merge.
+double delta_merge_us(const fs::path& dir, int sites) {
+  const char* schema = "CREATE TABLE s(id TEXT PRIMARY KEY, v INTEGER)";
+  auto device = open_replica(dir / ("sites" + std::to_string(sites) + ".db"), schema, "s");
+  std::vector<std::unique_ptr<lattice::Replica>> writers;
+  for (int i = 0; i < sites; ++i) {
+    writers.push_back(lattice::Replica::open(":memory:"));
+    writers.back()->exec(schema);
+    writers.back()->exec("SELECT lattice_replicate('s')");
+    writers.back()->exec("INSERT INTO s VALUES ('w" + std::to_string(i) + "', 0)");
+    device->apply(writers.back()->changes_since(device->version_vector()));
+  }
+  constexpr int kDeltas = 2'000;
+  std::vector<lattice::Changeset> deltas;
+  std::vector<lattice::VersionVector> sent(sites);
+  for (int i = 0; i < sites; ++i) sent[i] = writers[i]->version_vector();
+  lattice::VersionVector at = device->version_vector();
+  for (int d = 0; d < kDeltas; ++d) {
+    const int i = d % sites;
+    writers[i]->exec("UPDATE s SET v = v + 1 WHERE id = 'w" + std::to_string(i) + "'");
+    lattice::Changeset delta = writers[i]->changes_since(sent[i]);
+    sent[i] = writers[i]->version_vector();
+    delta.since = at;
+    at.merge(delta.until);
+    delta.until = at;
+    deltas.push_back(std::move(delta));
+  }
+  const auto start = Clock::now();
+  for (const auto& delta : deltas) device->apply(delta);
+  const double ms = ms_since(start);
+  if (!(device->version_vector() == at))
+    throw std::runtime_error("the device's vector is not the deltas' last until");
+  return ms * 1000 / kDeltas;
+}
+
 // The workload over `repeats` repetitions on fresh files: t, and with `full` also the constrained
 // merge and ti. A failure on ti goes to `ipk_refused` instead of ending the run.
 Samples measure_all(const Options& options, std::size_t n, bool full, std::string& ipk_refused) {
@@ -561,6 +598,12 @@ Samples measure_all(const Options& options, std::size_t n, bool full, std::strin
     std::fprintf(stderr, "lattice-bench: repetition %d of %d, %zu rows\n", rep + 1, options.repeats,
                  n);
     measure(kText, rows, dir, full, samples);
+    if (full) {
+      const double few = delta_merge_us(dir, 10), many = delta_merge_us(dir, 500);
+      samples["delta_merge_10_sites_us"].push_back(few);
+      samples["delta_merge_500_sites_us"].push_back(many);
+      samples["delta_merge_500_vs_10_sites_ratio"].push_back(many / few);
+    }
     if (!full || !ipk_refused.empty()) continue;
     try {
       measure(kIntegerKey, rows, dir, false, samples);
@@ -617,6 +660,9 @@ constexpr std::pair<const char*, int> kFigures[] = {
     {"size_after_updates_plain_bytes", 0},
     {"size_after_updates_replicated_bytes", 0},
     {"size_after_updates_ratio", 2},
+    {"delta_merge_10_sites_us", 1},
+    {"delta_merge_500_sites_us", 1},
+    {"delta_merge_500_vs_10_sites_ratio", 2},
 };
 
 // What --scale reports per row count.

@@ -676,12 +676,27 @@ void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
     result.applied += merger.merge(row);
   }
   // The changeset brings everything its sender held in `until`, provided we already held
-  // what it assumed we hold (`since`).
-  const crdt::VersionVector held = impl.version_vector();
-  if (held.dominates(changeset.since)) {
+  // what it assumed we hold (`since`). What we hold of other sites is what the site table said
+  // when it was read under this transaction's lock (Impl::remote_held), with this
+  // transaction's raises: a delta's vectors list every site, and reading the whole table for
+  // each would make every merge cost as much as the sites that ever wrote.
+  impl.read_local.reset();
+  const std::uint64_t own_seq =
+      impl.read_local.step() ? static_cast<std::uint64_t>(impl.read_local.column_int(0)) : 0;
+  impl.read_local.reset();
+  const auto held = [&](const crdt::SiteId& id) {
+    return id == impl.site ? own_seq : impl.remote_held.get(id);
+  };
+  bool holds_since = true;
+  for (const auto& [id, seq] : changeset.since.entries())
+    if (held(id) < seq) {
+      holds_since = false;
+      break;
+    }
+  if (holds_since) {
     Statement& raise_site = impl.cached("UPDATE lattice_sites SET seq = max(seq, ?) WHERE idx = ?");
     for (const auto& [id, seq] : changeset.until.entries()) {
-      if (seq <= held.get(id)) continue;
+      if (seq <= held(id)) continue;
       if (id == impl.site) {
         Statement& raise_local =
             impl.cached("UPDATE lattice_local SET seq = max(seq, ?) WHERE id = 0");
@@ -690,6 +705,8 @@ void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
         raise_site.reset();
         raise_site.bind(1, static_cast<std::int64_t>(seq)).bind(2, impl.local_site_index(id));
         raise_site.run();
+        impl.remote_held.advance(id, seq);
+        impl.seqs_raised = true;
       }
     }
   }
@@ -723,6 +740,7 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
   MergeMode mode(*this);
   exec_sql(db, "BEGIN IMMEDIATE");
   try {
+    sites_current_in_transaction();
     Projection projection(*this, events);
     for (std::size_t i = 0; i < count; ++i) {
       const crdt::Changeset& changeset = changeset_at(i);
@@ -738,6 +756,7 @@ ApplyResult Replica::Impl::apply_all(std::size_t count, const ChangesetSource& c
     Statement& keep_clock = cached("UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(newest.value)).run();
     exec_sql(db, "COMMIT");
+    seqs_raised = false;
   } catch (...) {
     sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
     load_sites();
@@ -767,6 +786,7 @@ void Replica::Impl::begin_group() {
   group.reset(new MergeGroup(*this));
   try {
     exec_sql(db, "BEGIN IMMEDIATE");
+    sites_current_in_transaction();
     group->projection = std::make_unique<Projection>(*this, group->events);
   } catch (...) {
     if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -799,6 +819,7 @@ ApplyResult Replica::Impl::merge_in_group(const crdt::Changeset& changeset,
     // rows, the sites it added and the catalog entries of a later version's columns. When
     // SQLite ended the whole transaction, the group ends with it.
     catalog_schema_version = -1;
+    sites_stale = true;  // the sites it added and the sequences it raised
     if (sqlite3_get_autocommit(db)) {
       group.reset();
     } else {
@@ -824,6 +845,7 @@ void Replica::Impl::commit_group() {
     Statement& keep_clock = cached("UPDATE lattice_local SET hlc = max(hlc, ?) WHERE id = 0");
     keep_clock.bind(1, static_cast<std::int64_t>(group->newest.value)).run();
     exec_sql(db, "COMMIT");
+    seqs_raised = false;
   } catch (...) {
     rollback_group();
     throw;
@@ -841,6 +863,7 @@ void Replica::Impl::rollback_group() {
   if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
   group.reset();
   catalog_schema_version = -1;
+  sites_stale = true;
   refresh();
 }
 

@@ -366,15 +366,21 @@ void Replica::Impl::ensure_transaction_clock() {
 void Replica::Impl::load_sites() {
   sites.clear();
   site_index.clear();
-  Statement select(db, "SELECT idx, site_id FROM lattice_sites ORDER BY idx");
+  remote_held = crdt::VersionVector();
+  Statement select(db, "SELECT idx, site_id, seq FROM lattice_sites ORDER BY idx");
   while (select.step()) {
     const auto idx = select.column_int(0);
     const crdt::SiteId id = crdt::SiteId::from_bytes(select.column_blob(1));
     if (static_cast<std::size_t>(idx) >= sites.size()) sites.resize(idx + 1);
     sites[idx] = id;
     site_index[id] = idx;
+    const auto seq = select.column_int(2);
+    if (idx > 0 && seq > 0) remote_held.advance(id, static_cast<std::uint64_t>(seq));
   }
   if (!sites.empty()) site = sites[0];
+  // Read inside a transaction, the raises are still its own: only a reading outside one is
+  // what was committed.
+  if (sqlite3_get_autocommit(db)) seqs_raised = false;
 }
 
 std::int64_t Replica::Impl::local_site_index(const crdt::SiteId& id) {
@@ -390,18 +396,28 @@ std::int64_t Replica::Impl::local_site_index(const crdt::SiteId& id) {
   return idx;
 }
 
-void Replica::Impl::refresh() {
+std::int64_t Replica::Impl::read_pragma(Statement& pragma) {
   if (!read_schema_version) {
     read_schema_version = Statement(db, "PRAGMA schema_version");
     read_data_version = Statement(db, "PRAGMA data_version");
   }
-  const auto read = [](Statement& pragma) {
-    pragma.reset();
-    pragma.step();
-    const auto value = pragma.column_int(0);
-    pragma.reset();
-    return value;
-  };
+  pragma.reset();
+  pragma.step();
+  const auto value = pragma.column_int(0);
+  pragma.reset();
+  return value;
+}
+
+void Replica::Impl::sites_current_in_transaction() {
+  const auto data_version = read_pragma(read_data_version);
+  if (data_version == sites_data_version) return;
+  load_sites();
+  sites_data_version = data_version;
+  sites_stale = true;  // read inside a transaction
+}
+
+void Replica::Impl::refresh() {
+  const auto read = [this](Statement& pragma) { return read_pragma(pragma); };
   const auto schema_version = read(read_schema_version);
   if (schema_version != catalog_schema_version) {
     load_catalog();
@@ -411,7 +427,10 @@ void Replica::Impl::refresh() {
   // transaction may yet be rolled back (a group's merges: Replica::begin_group), so only a
   // reading outside one is taken as final.
   const auto data_version = read(read_data_version);
-  if (sites_stale || data_version != sites_data_version) {
+  // A transaction that raised what remote_held holds and then ended without its commit being
+  // seen (a rollback) left it too high.
+  const bool rolled_back = seqs_raised && sqlite3_get_autocommit(db);
+  if (sites_stale || rolled_back || data_version != sites_data_version) {
     load_sites();
     sites_stale = !sqlite3_get_autocommit(db);
     sites_data_version = data_version;

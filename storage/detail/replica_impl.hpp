@@ -135,6 +135,12 @@ struct Replica::Impl {
 
   std::vector<crdt::SiteId> sites;  // by local index; 0 is this replica
   std::map<crdt::SiteId, std::int64_t> site_index;
+  // What lattice_sites says this replica holds of every other site (seq > 0), read with the
+  // site table and raised by this connection's merges: a merge compares a changeset's vectors
+  // with it instead of reading the whole table (merge.cpp, merge_changeset). `seqs_raised`:
+  // raised by a transaction not yet known to be committed.
+  crdt::VersionVector remote_held;
+  bool seqs_raised = false;
 
   std::map<crdt::TableId, std::unique_ptr<TableInfo>> tables;
   std::map<std::string, TableInfo*> tables_by_name;  // lower-case names
@@ -212,6 +218,10 @@ struct Replica::Impl {
   Statement read_schema_version, read_data_version;  // prepared by the first refresh()
   bool sites_stale = true;
   std::int64_t sites_data_version = -1;
+  // Inside a write transaction (BEGIN IMMEDIATE: no other connection can commit now), reads the
+  // site table again if another connection committed since refresh() looked.
+  void sites_current_in_transaction();
+  std::int64_t read_pragma(Statement& pragma);
   void load_catalog();
   void load_sites();
   TableInfo* table_by_name(std::string_view name);

@@ -13,6 +13,7 @@ namespace lattice {
 namespace {
 
 using storage::Replica;
+using test::TempDir;
 
 storage::OriginTxns origin_of(Replica& device) { return storage::OriginTxns{device.site_id(), {}}; }
 
@@ -154,6 +155,56 @@ TEST_CASE("a site added by a rolled-back group is added again by the next merge 
   fresh->apply(relay->changes_since({}));
   CHECK(fresh->version_vector() == relay->version_vector());
   CHECK(fresh->digest() == relay->digest());
+}
+
+// A merge compares a changeset's vectors with what the replica holds as kept in memory (the
+// site table's sequences, raised by its own merges). A rolled-back group's raises must go with
+// it: counted, they would let a later changeset that assumes them move the vector past changes
+// the replica never received, and no peer would send those again.
+TEST_CASE("what a rolled-back group merged of a site is not held by the next merge") {
+  Devices d;
+  auto relay = test::open_todo_replica();
+  relay->apply(d.b->changes_since({}));  // b is known, at 1
+  crdt::VersionVector held = d.b->version_vector();
+  d.b->exec("UPDATE todo SET votes = 5 WHERE id = 'plant'");
+  relay->begin_group();
+  relay->merge_in_group(d.b->changes_since(held), origin_of(*d.b));
+  CHECK(relay->version_vector().get(d.b->site_id()) == 2);
+  relay->rollback_group();
+  CHECK(relay->version_vector().get(d.b->site_id()) == 1);
+
+  // b's next transaction, as a peer that held b's second one would be sent it.
+  held = d.b->version_vector();
+  d.b->exec("INSERT INTO todo(id, title) VALUES ('fern', 'mist')");
+  const crdt::Changeset third = d.b->changes_since(held);
+  REQUIRE(third.since.get(d.b->site_id()) == 2);
+  relay->apply(third);
+  CHECK(relay->version_vector().get(d.b->site_id()) == 1);
+
+  // Asked again from what it holds, it gets everything.
+  relay->apply(d.b->changes_since(relay->version_vector()));
+  CHECK(relay->version_vector().get(d.b->site_id()) == 3);
+  CHECK(relay->digest() == d.b->digest());
+}
+
+// The same memory must follow what other connections to the file commit.
+TEST_CASE("a merge counts what another connection to the file merged of a site") {
+  Devices d;
+  TempDir dir;
+  auto first = test::open_todo_replica(dir.file("r.db"));
+  auto second = Replica::open(dir.file("r.db"));
+  first->apply(d.b->changes_since({}));  // first reads b at 1
+  crdt::VersionVector held = d.b->version_vector();
+  d.b->exec("UPDATE todo SET votes = 1 WHERE id = 'plant'");
+  second->apply(d.b->changes_since(held));  // b at 2, through the other connection
+  held = d.b->version_vector();
+  d.b->exec("UPDATE todo SET votes = 2 WHERE id = 'plant'");
+  const crdt::Changeset third = d.b->changes_since(held);
+  REQUIRE(third.since.get(d.b->site_id()) == 2);
+  first->apply(third);
+  CHECK(first->version_vector().get(d.b->site_id()) == 3);
+  CHECK(second->version_vector().get(d.b->site_id()) == 3);
+  CHECK(first->digest() == d.b->digest());
 }
 
 TEST_CASE("a group whose disk fills keeps the merges before the failure, or none of the group") {
