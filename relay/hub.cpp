@@ -1310,8 +1310,9 @@ storage::Replica& Hub::replica(const std::string& ns) {
   return *space.replica;
 }
 
-std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::uint64_t bytes,
-                                               std::uint64_t file_bytes) {
+std::optional<Hub::SnapshotRefusal> Hub::admit_snapshot(const std::string& token,
+                                                        std::uint64_t bytes,
+                                                        std::uint64_t file_bytes) {
   if (!impl_->options.now_seconds) return std::nullopt;
   const double rate = impl_->options.limits.max_catch_up_bytes_per_second;
   const double capacity = std::max(kCatchUpBurst, 4 * static_cast<double>(file_bytes));
@@ -1324,10 +1325,12 @@ std::optional<std::string> Hub::admit_snapshot(const std::string& token, std::ui
   if (bucket.take(static_cast<double>(bytes), capacity, rate, impl_->options.now_seconds()))
     return std::nullopt;
   const double wait = rate > 0 ? (static_cast<double>(bytes) - bucket.level) / rate : 0;
-  return "over this token's budget of snapshot bytes (" +
-         std::to_string(static_cast<std::uint64_t>(rate)) +
-         " per second after four snapshots at once); retry in " +
-         std::to_string(static_cast<std::uint64_t>(std::ceil(wait))) + " s";
+  const auto seconds = static_cast<std::uint64_t>(std::max(1.0, std::ceil(wait)));
+  return SnapshotRefusal{"over this token's budget of snapshot bytes (" +
+                             std::to_string(static_cast<std::uint64_t>(rate)) +
+                             " per second after four snapshots at once); retry in " +
+                             std::to_string(seconds) + " s",
+                         seconds};
 }
 
 SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {

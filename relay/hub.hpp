@@ -166,8 +166,12 @@ class Hub {
   // HubLimits::max_catch_up_bytes_per_second, so that a reader cannot make the relay send its
   // namespace faster than a catch-up would. Returns why not, with when to retry. Without
   // HubOptions::now_seconds: always.
-  std::optional<std::string> admit_snapshot(const std::string& token, std::uint64_t bytes,
-                                            std::uint64_t file_bytes);
+  struct SnapshotRefusal {
+    std::string message;                    // one line, naming the budget and the wait
+    std::uint64_t retry_after_seconds = 0;  // when the bytes asked for will be there
+  };
+  std::optional<SnapshotRefusal> admit_snapshot(const std::string& token, std::uint64_t bytes,
+                                                std::uint64_t file_bytes);
 
   // Tokens the hub keeps budgets for: those with open connections, and those that still owe
   // their budgets time (HubLimits); the others are forgotten as new ones come.

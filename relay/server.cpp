@@ -445,8 +445,13 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     try {
       const SnapshotFile file = hub.snapshot(ns, max_age);
       SnapshotAnswer answer{200, file.path, file.etag, "", {}};
-      answer.admit = [&hub, token](std::uint64_t bytes, std::uint64_t file_bytes) {
-        return hub.admit_snapshot(token, bytes, file_bytes);
+      answer.admit = [&hub, token](
+                         std::uint64_t bytes,
+                         std::uint64_t file_bytes) -> std::optional<transport::SnapshotRefusal> {
+        auto refusal = hub.admit_snapshot(token, bytes, file_bytes);
+        if (!refusal) return std::nullopt;
+        return transport::SnapshotRefusal{std::move(refusal->message),
+                                          refusal->retry_after_seconds};
       };
       return answer;
     } catch (const Error& e) {

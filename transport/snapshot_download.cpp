@@ -8,9 +8,11 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <string_view>
 #include <type_traits>
 
 #include "transport/client_tls.hpp"
@@ -38,6 +40,15 @@ std::string read_etag(const std::string& path) {
   std::string etag;
   std::getline(in, etag);
   return etag;
+}
+
+// A Retry-After of delta-seconds (RFC 9110 10.2.3), at most kMaxRetryAfterSeconds; 0 for none,
+// an HTTP date or anything else.
+std::uint64_t retry_after(std::string_view value) {
+  std::uint64_t seconds = 0;
+  const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), seconds);
+  if (value.empty() || error != std::errc() || end != value.data() + value.size()) return 0;
+  return std::min(seconds, kMaxRetryAfterSeconds);
 }
 
 // Bodies of refusals are a line of text; longer is not worth keeping.
@@ -179,6 +190,7 @@ class SnapshotDownloader : public std::enable_shared_from_this<SnapshotDownloade
     receiving_ = true;
     result_.answered = true;
     result_.http_status = header_->get().result_int();
+    result_.retry_after_seconds = retry_after(header_->get()[http::field::retry_after]);
     timer_.cancel();
     const auto& response = header_->get();
     const unsigned status = response.result_int();

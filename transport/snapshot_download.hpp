@@ -30,7 +30,11 @@ struct SnapshotDownloadResult {
   bool resumed = false;              // the relay sent the rest of a file begun earlier
   bool answered = false;             // the relay's response arrived (its header at least)
   unsigned http_status = 0;          // its status (0 before it came)
+  // A refusal's Retry-After (seconds; a relay sends it with 429, a token over its snapshot
+  // budget), 0 when it gave none. At most kMaxRetryAfterSeconds.
+  std::uint64_t retry_after_seconds = 0;
 };
+inline constexpr std::uint64_t kMaxRetryAfterSeconds = 3600;
 
 // Called once, on the io_context's thread: with an error (the result says how far it got), or
 // with the file complete.

@@ -622,7 +622,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
     if (answer.admit)
       if (auto refusal = answer.admit(size - from, size))
-        return respond(request, http::status::too_many_requests, *refusal + "\n");
+        return respond(request, http::status::too_many_requests, refusal->message + "\n",
+                       "text/plain; charset=utf-8", refusal->retry_after_seconds);
     if (from > 0) file.seek(from, ec);
     if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
@@ -691,10 +692,13 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   template <class Request>
   void respond(const Request& request, http::status status, std::string body,
-               const char* content_type = "text/plain; charset=utf-8") {
+               const char* content_type = "text/plain; charset=utf-8",
+               std::uint64_t retry_after_seconds = 0) {
     response_.emplace(status, request.version());
     response_->set(http::field::server, "lattice");
     response_->set(http::field::content_type, content_type);
+    if (retry_after_seconds > 0)
+      response_->set(http::field::retry_after, std::to_string(retry_after_seconds));
     response_->keep_alive(request.keep_alive() && !shared_->stopping);
     const bool head = request.method() == http::verb::head;
     response_->body() = std::move(body);

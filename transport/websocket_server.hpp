@@ -23,14 +23,22 @@
 namespace lattice::transport {
 
 // What `GET /snapshot/NAMESPACE` sends (docs/relay.md, "Snapshots"): a file, or a refusal.
+// Why a snapshot's bytes may not go now: 429 Too Many Requests with `message` as its body and
+// `retry_after_seconds` as its Retry-After header (none when 0).
+struct SnapshotRefusal {
+  std::string message;
+  std::uint64_t retry_after_seconds = 0;
+};
+
 struct SnapshotAnswer {
   int status = 404;     // 200: send the file at `path`; else the HTTP status of the refusal
   std::string path;     // the snapshot file
   std::string etag;     // names this file, quoted ("\"...\""): a resumed download must name it
   std::string message;  // a refusal's body, one line
   // Asked, once the request's range is known, whether `bytes` of the file's `file_bytes` may
-  // go; a message refuses them with 429 Too Many Requests. Empty: always.
-  std::function<std::optional<std::string>(std::uint64_t bytes, std::uint64_t file_bytes)> admit;
+  // go; a refusal is answered with 429 Too Many Requests. Empty: always.
+  std::function<std::optional<SnapshotRefusal>(std::uint64_t bytes, std::uint64_t file_bytes)>
+      admit;
 };
 
 struct WebSocketServerOptions {

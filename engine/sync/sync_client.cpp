@@ -20,6 +20,7 @@ namespace {
 
 namespace net = boost::asio;
 using std::chrono::milliseconds;
+using std::chrono::seconds;
 
 // Errors after which reconnecting repeats the refusal (docs/protocol.md, "Errors and closing").
 bool is_fatal(transport::WireError code) {
@@ -151,6 +152,9 @@ struct SyncClient::Impl {
           (!counts || ++snapshot_failures < options.snapshot_attempts)) {
         record_error(error->what());
         set_state(SyncState::kOffline);
+        // Told when the budget will be there: asking sooner only earns another 429.
+        if (result.http_status == 429 && result.retry_after_seconds > 0)
+          return retry_in(seconds(result.retry_after_seconds));
         return schedule_reconnect();
       }
       give_up_snapshot(error->what());
@@ -228,7 +232,19 @@ struct SyncClient::Impl {
     backoff = std::min(backoff * 2, options.max_backoff);
     // Between half the delay and the delay, so devices cut off together do not return together.
     std::uniform_int_distribution<std::int64_t> jitter(delay.count() / 2, delay.count());
-    retry_timer.expires_after(milliseconds(jitter(rng)));
+    start_retry_timer(milliseconds(jitter(rng)));
+  }
+
+  // Connects again once `wait` has passed, and up to a tenth later (devices told together do
+  // not return together); the backoff stays as it was.
+  void retry_in(milliseconds wait) {
+    if (stopping) return;
+    std::uniform_int_distribution<std::int64_t> jitter(0, wait.count() / 10);
+    start_retry_timer(wait + milliseconds(jitter(rng)));
+  }
+
+  void start_retry_timer(milliseconds delay) {
+    retry_timer.expires_after(delay);
     retry_timer.async_wait([this](boost::system::error_code ec) {
       if (!ec) connect();
     });

@@ -824,6 +824,10 @@ TEST_CASE("a token gets four snapshots at once, then snapshot bytes at the catch
   CHECK(refused.status == 429);
   CHECK(refused.body.find("snapshot bytes") != std::string::npos);
   CHECK(refused.body.find("retry in") != std::string::npos);
+  // The wait in the Retry-After header too, for clients that read headers, not messages.
+  REQUIRE(refused.headers.count("retry-after") == 1);
+  CHECK(refused.body.find("retry in " + refused.headers.at("retry-after") + " s") !=
+        std::string::npos);
   // Another token has its own budget.
   CHECK(get(token).status == 200);
 }

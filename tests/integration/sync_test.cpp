@@ -1048,8 +1048,10 @@ TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certifica
                                    token_file(box, relay.token()), "--once", "--timeout", "2"});
     INFO("stderr: " << r.err);
     CHECK(r.status == 1);
-    CHECK(r.err.rfind("lattice: timed_out: ", 0) == 0);
+    // While it retries it says why; its last line says it gave up.
+    CHECK(r.err.rfind("lattice: waiting: ", 0) == 0);
     CHECK(r.err.find("certificate verify failed") != std::string::npos);
+    CHECK(r.err.find("\nlattice: timed_out: ") != std::string::npos);
   }
   relay.stop();
 }
@@ -1386,6 +1388,51 @@ TEST_CASE("a snapshot download refused for an expired token goes on with a renew
   CHECK(client.status().snapshot_installed_bytes > 0);
   client.stop();
   CHECK(dump_todo(b) == dump_todo(a));
+  relay.stop();
+}
+
+TEST_CASE(
+    "a device told to wait for its token's snapshot budget asks again when told, not sooner") {
+  Sandbox box;
+  RelayFixture relay(box);
+  // Snapshot bytes refill at 500,000 per second: after four downloads of a file of over 4 MiB
+  // (the budget: four files, or 16 MiB if more), a fifth waits seconds for its budget.
+  relay.start(0, {"--max-catch-up-bytes-per-second", "500000", "--snapshot-max-age", "1h"});
+  const std::string token = relay.token();
+  const std::string a = relay.device("a");
+  must(lattice(box, {"exec", a,
+                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < "
+                     "600) INSERT INTO todo(id, title) SELECT 'task ' || i, printf('%08000d', i) "
+                     "FROM n"}),
+       "insert");
+  sync_once(box, relay, a, token);
+  for (int i = 0; i < 4; ++i)
+    sync_once(box, relay, relay.device("early" + std::to_string(i)), token);
+
+  std::mutex mutex;
+  std::vector<std::string> refusals;  // each 429 the client reported, as it reported it
+  engine::SyncClientOptions options;
+  options.ca_file = relay.ca_file();
+  options.on_status = [&](const engine::SyncStatus& status) {
+    std::lock_guard lock(mutex);
+    if (status.last_error.find("HTTP 429") != std::string::npos &&
+        (refusals.empty() || refusals.back() != status.last_error))
+      refusals.push_back(status.last_error);
+  };
+  const std::string late = relay.device("late");
+  engine::SyncClient client(late, relay.url(), token, options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(60)));
+  CHECK(client.status().snapshot_installed_bytes > 0);
+  client.stop();
+  std::lock_guard lock(mutex);
+  // Refused once, with the wait (Retry-After); then the download went through. Retrying on its
+  // own backoff (100 ms, 200 ms, ...) it would have been refused again and again meanwhile, each
+  // refusal naming a shorter wait.
+  INFO("refusals: " << refusals.size() << (refusals.empty() ? "" : "; first: " + refusals[0]));
+  REQUIRE(refusals.size() == 1);
+  CHECK(refusals[0].find("retry in") != std::string::npos);
+  CHECK(dump_todo(late) == dump_todo(a));
   relay.stop();
 }
 
