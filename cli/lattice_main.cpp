@@ -224,7 +224,6 @@ int run_sync(const std::vector<std::string>& args) {
     // the fatal ones, schema_ahead (it takes an admin device or the operator to bring the
     // version; a long-running sync waits for that, one sync does not).
     bool in_sync = false;
-    std::string told;  // the last error said while waiting
     for (;;) {
       const auto left = timeout - (Clock::now() - started);
       if (left <= Clock::duration::zero()) break;
@@ -235,11 +234,6 @@ int run_sync(const std::vector<std::string>& args) {
       if (in_sync || now.fatal ||
           now.last_wire_error == lattice::transport::WireError::kSchemaAhead)
         break;
-      // A retry can take a while (the backoff, a relay that asks to wait): say why meanwhile.
-      if (!now.last_error.empty() && now.last_error != told) {
-        std::fprintf(stderr, "lattice: waiting: %s\n", one_line(now.last_error).c_str());
-        told = now.last_error;
-      }
     }
     const lattice::SyncStatus status = client.status();
     if (in_sync && verify) {
