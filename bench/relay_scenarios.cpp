@@ -381,10 +381,13 @@ std::size_t build_namespace(const fs::path& data, const fs::path& work, int rows
   storage::ReplicaOptions options;
   options.synchronous = "OFF";
   const fs::path writer_file = work / "writer.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) {
-    std::error_code ignored;
-    fs::remove(writer_file.string() + suffix, ignored);
-  }
+  const auto remove_writer = [&] {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::error_code ignored;
+      fs::remove(writer_file.string() + suffix, ignored);
+    }
+  };
+  remove_writer();
   auto writer = storage::Replica::open(writer_file.string(), options);
   writer->exec(kSchema);
   sqlite3* db = writer->connection();
@@ -415,10 +418,7 @@ std::size_t build_namespace(const fs::path& data, const fs::path& work, int rows
     held.merge(part.until);
   }
   writer.reset();
-  for (const char* suffix : {"", "-wal", "-shm"}) {
-    std::error_code ignored;
-    fs::remove(writer_file.string() + suffix, ignored);
-  }
+  remove_writer();
   sqlite3_exec(relay->connection(), "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
   return static_cast<std::size_t>(rows);
 }

@@ -557,9 +557,7 @@ double delta_merge_us(const fs::path& dir, int sites) {
   auto device = open_replica(dir / ("sites" + std::to_string(sites) + ".db"), schema, "s");
   std::vector<std::unique_ptr<lattice::Replica>> writers;
   for (int i = 0; i < sites; ++i) {
-    writers.push_back(lattice::Replica::open(":memory:"));
-    writers.back()->exec(schema);
-    writers.back()->exec("SELECT lattice_replicate('s')");
+    writers.push_back(open_replica(":memory:", schema, "s"));
     writers.back()->exec("INSERT INTO s VALUES ('w" + std::to_string(i) + "', 0)");
     device->apply(writers.back()->changes_since(device->version_vector()));
   }

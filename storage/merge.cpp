@@ -680,10 +680,7 @@ void merge_changeset(Replica::Impl& impl, const crdt::Changeset& changeset,
   // when it was read under this transaction's lock (Impl::remote_held), with this
   // transaction's raises: a delta's vectors list every site, and reading the whole table for
   // each would make every merge cost as much as the sites that ever wrote.
-  impl.read_local.reset();
-  const std::uint64_t own_seq =
-      impl.read_local.step() ? static_cast<std::uint64_t>(impl.read_local.column_int(0)) : 0;
-  impl.read_local.reset();
+  const std::uint64_t own_seq = impl.local_seq();
   const auto held = [&](const crdt::SiteId& id) {
     return id == impl.site ? own_seq : impl.remote_held.get(id);
   };
@@ -863,8 +860,7 @@ void Replica::Impl::rollback_group() {
   if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
   group.reset();
   catalog_schema_version = -1;
-  sites_stale = true;
-  refresh();
+  refresh();  // reads the sites again if the group added one or raised a sequence
 }
 
 ApplyResult Replica::Impl::apply(const crdt::Changeset& changeset, const OriginTxns* origin) {

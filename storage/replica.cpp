@@ -417,8 +417,7 @@ void Replica::Impl::sites_current_in_transaction() {
 }
 
 void Replica::Impl::refresh() {
-  const auto read = [this](Statement& pragma) { return read_pragma(pragma); };
-  const auto schema_version = read(read_schema_version);
+  const auto schema_version = read_pragma(read_schema_version);
   if (schema_version != catalog_schema_version) {
     load_catalog();
     catalog_schema_version = schema_version;
@@ -426,7 +425,7 @@ void Replica::Impl::refresh() {
   // PRAGMA data_version moves only when another connection commits. What is read inside a
   // transaction may yet be rolled back (a group's merges: Replica::begin_group), so only a
   // reading outside one is taken as final.
-  const auto data_version = read(read_data_version);
+  const auto data_version = read_pragma(read_data_version);
   // A transaction that raised what remote_held holds and then ended without its commit being
   // seen (a rollback) left it too high.
   const bool rolled_back = seqs_raised && sqlite3_get_autocommit(db);
@@ -449,15 +448,21 @@ Statement& Replica::Impl::cached(const std::string& sql) {
   return it->second;
 }
 
+std::uint64_t Replica::Impl::local_seq() {
+  read_local.reset();
+  const std::uint64_t seq =
+      read_local.step() ? static_cast<std::uint64_t>(read_local.column_int(0)) : 0;
+  read_local.reset();
+  return seq;
+}
+
 crdt::VersionVector Replica::Impl::version_vector() {
   crdt::VersionVector vv;
   // Another connection to the file may have rekeyed it (Replica::rekey).
   Statement& own = cached("SELECT site_id FROM lattice_sites WHERE idx = 0");
   if (own.step()) site = crdt::SiteId::from_bytes(own.column_blob(0));
   own.reset();
-  read_local.reset();
-  if (read_local.step()) vv.advance(site, static_cast<std::uint64_t>(read_local.column_int(0)));
-  read_local.reset();
+  vv.advance(site, local_seq());
   Statement& select = cached("SELECT site_id, seq FROM lattice_sites WHERE idx > 0 AND seq > 0");
   while (select.step())
     vv.advance(crdt::SiteId::from_bytes(select.column_blob(0)),

@@ -230,6 +230,8 @@ struct Replica::Impl {
   std::int64_t local_site_index(const crdt::SiteId& site);
 
   crdt::VersionVector version_vector();
+  // This replica's own last sequence number (lattice_local), 0 before its first write.
+  std::uint64_t local_seq();
 
   void replicate(std::string_view table, std::string_view column_types_json);
   // Runs `run`, the application's ALTER TABLE of a replicated table, with the catalog and the
