@@ -55,7 +55,7 @@ using namespace lattice::bench;
 
 constexpr const char* kUsage =
     R"(usage: lattice-relay-bench [--quick] [--scenario NAME]... [--relay PATH] [--dir DIR]
-                           [--tmpfs] [--writer-window N] [--seconds S]
+                           [--tmpfs] [--writer-window N] [--seconds S] [--relay-threads N]
   --quick            a smoke run: small counts, 2-second runs
   --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000,
                      acks_1000, merge, idle_memory, catchup, vector_cost (repeatable;
@@ -66,6 +66,8 @@ constexpr const char* kUsage =
                      separate the relay's CPU cost from the disk's sync latency
   --writer-window N  at most N unacknowledged batches per writer; writes made meanwhile go
                      together in the next batch (default 0: one batch per write, at once)
+  --relay-threads N  the relay's network threads (lattice-relay serve --threads N; default: its
+                     own, one per core)
   --seconds S        measured seconds per fan-out run or capacity step (default 10; quick 2)
 Prints one JSON object per scenario on stdout, progress on stderr.
 )";
@@ -103,6 +105,8 @@ Options parse_options(int argc, char** argv) {
       options.dir = value();
     } else if (arg == "--tmpfs") {
       options.tmpfs = true;
+    } else if (arg == "--relay-threads") {
+      options.relay_threads = static_cast<unsigned>(std::stoul(value()));
     } else if (arg == "--writer-window") {
       options.writer_window = static_cast<std::size_t>(std::stoul(value()));
     } else if (arg == "--seconds") {
@@ -151,6 +155,8 @@ int run(Options options, const char* argv0) {
   if (options.tmpfs) shm.emplace("/dev/shm", "lattice-relay-bench-");
   Context ctx{options, make_setup(work.path(), options.relay), work.path(),
               shm ? shm->path() : work.path()};
+  if (options.relay_threads > 0)
+    ctx.setup.relay_flags = {"--threads", std::to_string(options.relay_threads)};
   // connect_websocket builds a TLS context per connection and loads the system's default
   // trust store into it (144 certificates on Debian: ~40 ms of CPU each time, measured). A
   // trust store holding only the relay's certificate keeps 1,000 connections from costing the
@@ -173,6 +179,7 @@ int run(Options options, const char* argv0) {
           .boolean("tls", true)
           .str("relay_data", options.tmpfs ? "tmpfs (/dev/shm)" : "disk (" + options.dir + ")")
           .integer("writer_window", static_cast<std::int64_t>(options.writer_window))
+          .integer("relay_threads", static_cast<std::int64_t>(options.relay_threads))
           .integer("open_files_limit", static_cast<std::int64_t>(files.rlim_cur))
           .boolean("quick", options.quick)
           .text()

@@ -54,7 +54,7 @@ void on_fatal_signal(int sig) {
 }
 
 Setup make_setup(const fs::path& dir, const std::string& relay) {
-  Setup setup{dir, relay, ""};
+  Setup setup{dir, relay, "", {}};
   if (run_program(
           {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
            "-nodes", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days",
@@ -104,6 +104,7 @@ RelayProcess::RelayProcess(const Setup& setup, const fs::path& data, std::vector
   } else {
     argv.push_back("--insecure");
   }
+  argv.insert(argv.end(), setup.relay_flags.begin(), setup.relay_flags.end());
   argv.insert(argv.end(), extra.begin(), extra.end());
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());

@@ -55,6 +55,7 @@ struct Setup {
   fs::path dir;
   std::string relay;
   std::string token;
+  std::vector<std::string> relay_flags;  // given to every `lattice-relay serve` (--relay-threads)
   fs::path cert() const { return dir / "cert.pem"; }
   fs::path key() const { return dir / "key.pem"; }
   fs::path keys() const { return dir / "relay.keys"; }

@@ -21,6 +21,7 @@ struct Options {
   std::string dir;
   bool tmpfs = false;
   std::size_t writer_window = 0;
+  unsigned relay_threads = 0;  // 0: the relay's default (one network thread per core)
   double seconds = 10;
 };
 

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -14,9 +16,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
+#include <mutex>
 #include <ostream>
 #include <sstream>
+#include <thread>
 
 #include "crdt/error.hpp"
 #include "relay/metrics.hpp"
@@ -135,6 +140,65 @@ std::size_t raise_open_files_limit() {
   return static_cast<std::size_t>(std::min<rlim_t>(limit.rlim_cur, rlim_t{1} << 20));
 }
 
+// A connection of the network threads as the hub sees it: its handlers run on the hub's thread
+// (posted there, in the order the connection's strand called them), and its calls go straight
+// to the connection, which carries them out on its strand. The frame is copied on the way.
+class HubThreadConnection final : public transport::Connection {
+ public:
+  HubThreadConnection(std::shared_ptr<transport::Connection> inner, boost::asio::io_context& hub)
+      : inner_(std::move(inner)), hub_(hub) {}
+
+  void set_handlers(Handlers handlers) override {
+    auto shared = std::make_shared<Handlers>(std::move(handlers));
+    boost::asio::io_context* hub = &hub_;
+    Handlers posted;
+    if (shared->on_frame)
+      posted.on_frame = [hub, shared](std::string_view frame) {
+        boost::asio::post(*hub, [shared, frame = std::string(frame)] { shared->on_frame(frame); });
+      };
+    if (shared->on_close)
+      posted.on_close = [hub, shared](const std::string& reason) {
+        boost::asio::post(*hub, [shared, reason] { shared->on_close(reason); });
+      };
+    // A drain is stale when frames the hub sent since had not reached the queue yet: the hub
+    // paces a catch-up by it, and would queue a round on top of the one still waiting.
+    if (shared->on_drained)
+      posted.on_drained = [hub, shared, weak = std::weak_ptr<transport::Connection>(inner_)] {
+        boost::asio::post(*hub, [shared, weak] {
+          const auto inner = weak.lock();
+          if (inner && inner->unsent_frames() == 0) shared->on_drained();
+        });
+      };
+    inner_->set_handlers(std::move(posted));
+  }
+  void send(std::string frame) override { inner_->send(std::move(frame)); }
+  void close(const std::string& reason) override { inner_->close(reason); }
+  std::string peer() const override { return inner_->peer(); }
+  void authenticated() override { inner_->authenticated(); }
+  std::size_t unsent_frames() const override { return inner_->unsent_frames(); }
+
+ private:
+  std::shared_ptr<transport::Connection> inner_;
+  boost::asio::io_context& hub_;
+};
+
+// Runs `task` on the hub's thread and waits for its result, at most `timeout`: for a network
+// thread's HTTP request that needs the hub (GET /metrics, GET /snapshot/NS). Throws
+// Error(kBusy) when the hub does not get to it in time (it is stopping, or busy); rethrows what
+// `task` throws. `task` may run after a timeout: it must own what it uses (captures by value,
+// or what outlives the hub's loop).
+template <class Task>
+auto on_hub_thread(boost::asio::io_context& hub, Task task,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(10))
+    -> decltype(task()) {
+  auto packaged = std::make_shared<std::packaged_task<decltype(task())()>>(std::move(task));
+  auto result = packaged->get_future();
+  boost::asio::post(hub, [packaged] { (*packaged)(); });
+  if (result.wait_for(timeout) != std::future_status::ready)
+    throw Error(ErrorCode::kBusy, "the relay is busy or stopping; try again");
+  return result.get();
+}
+
 std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
   const HubCounters& hc = hub.counters();
   const transport::WebSocketServerCounters& sc = server.counters();
@@ -246,7 +310,8 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "max-hellos-per-minute",
                           "max-catch-up-bytes-per-second",
                           "max-connects-per-source-per-second",
-                          "snapshot-max-age"},
+                          "snapshot-max-age",
+                          "threads"},
                          {"insecure"});
   ServeConfig config;
   parse_listen(flags.require("listen"), config);
@@ -307,6 +372,8 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                                                 1024, config.limits.max_frame_bytes);
   if (flags.has("hello-timeout"))
     config.hello_timeout_seconds = static_cast<int>(parse_duration(flags.get("hello-timeout")));
+  if (flags.has("threads"))
+    config.threads = static_cast<unsigned>(parse_count("threads", flags.get("threads"), 1, 256));
   if (flags.has("max-unauthenticated"))
     config.max_unauthenticated =
         parse_count("max-unauthenticated", flags.get("max-unauthenticated"), 1, 1u << 20);
@@ -365,7 +432,10 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     throw Error(ErrorCode::kIo, "cannot make the data directory '" + config.data_dir +
                                     "' private (0700): " + fs_error.message());
 
-  auto write_log = [&log](const std::string& line) {
+  // Log lines come from the hub's thread and from every network thread.
+  std::mutex log_mutex;
+  auto write_log = [&log, &log_mutex](const std::string& line) {
+    const std::lock_guard lock(log_mutex);
     log << "lattice-relay: " << line << std::endl;
   };
 
@@ -390,6 +460,13 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   // Merged changes are on disk, power loss included, before the ack that says so.
   hub_options.replica_options.synchronous = "FULL";
 
+  // The network threads' io_context: connections (TLS, WebSocket framing, socket reads and
+  // writes), each on its own strand. Declared before the hub, which holds connections to the
+  // end: their sockets belong to it.
+  const unsigned threads =
+      config.threads > 0 ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  boost::asio::io_context network(static_cast<int>(threads));
+  // The hub's thread (this one) runs `io`: merges, fan-out, and every handler of a connection.
   boost::asio::io_context io(1);
   // Group commit: the changes frames read before the posted task runs share its commit.
   hub_options.defer = [&io](std::function<void()> task) { boost::asio::post(io, std::move(task)); };
@@ -425,11 +502,18 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
             std::to_string(server_options.max_connections) + " connections, " +
             std::to_string(server_options.max_unauthenticated) + " of them unauthenticated");
   server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
-  server_options.on_connection = [&hub](std::shared_ptr<transport::Connection> connection,
-                                        std::string ns) { hub.accept(std::move(connection), ns); };
-  // GET /snapshot/NAMESPACE: the token of a device that may read the namespace.
-  server_options.snapshot = [&hub, &hub_authenticate, max_age = config.snapshot_max_age_seconds](
-                                const std::string& ns, const std::string& token) {
+  server_options.on_connection = [&hub, &io](std::shared_ptr<transport::Connection> connection,
+                                             std::string ns) {
+    auto on_hub = std::make_shared<HubThreadConnection>(std::move(connection), io);
+    boost::asio::post(io, [&hub, on_hub = std::move(on_hub), ns = std::move(ns)]() mutable {
+      hub.accept(std::move(on_hub), ns);
+    });
+  };
+  // GET /snapshot/NAMESPACE: the token of a device that may read the namespace. On a network
+  // thread; the token is checked there, the hub's part runs on the hub's thread.
+  server_options.snapshot = [&hub, &io, &hub_authenticate,
+                             max_age = config.snapshot_max_age_seconds](const std::string& ns,
+                                                                        const std::string& token) {
     using transport::SnapshotAnswer;
     if (token.empty())
       return SnapshotAnswer{
@@ -443,26 +527,38 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     if (auto refusal = read_refusal(grant, ns))
       return SnapshotAnswer{403, "", "", refusal->what(), {}};
     try {
-      const SnapshotFile file = hub.snapshot(ns, max_age);
+      // Writing a namespace's first snapshot can take a while: 30 s before a 503.
+      const SnapshotFile file = on_hub_thread(
+          io, [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
       SnapshotAnswer answer{200, file.path, file.etag, "", {}};
-      answer.admit = [&hub, token](
+      answer.admit = [&hub, &io, token](
                          std::uint64_t bytes,
                          std::uint64_t file_bytes) -> std::optional<transport::SnapshotRefusal> {
-        auto refusal = hub.admit_snapshot(token, bytes, file_bytes);
+        auto refusal = on_hub_thread(io, [&hub, token, bytes, file_bytes] {
+          return hub.admit_snapshot(token, bytes, file_bytes);
+        });
         if (!refusal) return std::nullopt;
         return transport::SnapshotRefusal{std::move(refusal->message),
                                           refusal->retry_after_seconds};
       };
       return answer;
     } catch (const Error& e) {
-      return SnapshotAnswer{
-          e.code() == ErrorCode::kInvalidArgument ? 404 : 500, "", "", e.what(), {}};
+      const int status = e.code() == ErrorCode::kInvalidArgument ? 404
+                         : e.code() == ErrorCode::kBusy          ? 503
+                                                                 : 500;
+      return SnapshotAnswer{status, "", "", e.what(), {}};
     }
   };
   const transport::WebSocketServer* server_view = nullptr;
-  server_options.metrics = [&hub, &server_view] { return render_metrics(hub, *server_view); };
+  server_options.metrics = [&hub, &io, &server_view] {
+    try {
+      return on_hub_thread(io, [&hub, &server_view] { return render_metrics(hub, *server_view); });
+    } catch (const Error& e) {
+      return std::string("# ") + e.what() + "\n";
+    }
+  };
   server_options.log = write_log;
-  transport::WebSocketServer server(io, std::move(server_options));
+  transport::WebSocketServer server(network, std::move(server_options));
   server_view = &server;
 
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -495,6 +591,29 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     wait_for_peers();
   });
 
+  // The network threads run until the hub's loop below is over. One that fails (an exception
+  // out of a handler: a bug) stops the relay, and serve() throws it.
+  auto network_work = boost::asio::make_work_guard(network);
+  std::atomic<unsigned> network_running = threads;
+  std::mutex failure_mutex;
+  std::exception_ptr failure;
+  std::vector<std::thread> network_threads;
+  for (unsigned i = 0; i < threads; ++i)
+    network_threads.emplace_back([&] {
+      try {
+        network.run();
+      } catch (...) {
+        {
+          const std::lock_guard lock(failure_mutex);
+          if (!failure) failure = std::current_exception();
+        }
+        network.stop();
+        io.stop();
+      }
+      --network_running;
+    });
+
+  write_log(std::to_string(threads) + (threads == 1 ? " network thread" : " network threads"));
   server.start();
   out << "listening on "
       << (config.host.find(':') != std::string::npos ? "[" + config.host + "]" : config.host) << ":"
@@ -502,6 +621,16 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       << std::flush;
   io.run();
   poll.cancel();
+  // The network threads may wait for the hub (an HTTP request in on_hub_thread): the hub keeps
+  // answering until they are gone.
+  network_work.reset();
+  network.stop();
+  while (network_running > 0) {
+    io.restart();
+    io.run_for(std::chrono::milliseconds(10));
+  }
+  for (auto& thread : network_threads) thread.join();
+  if (failure) std::rethrow_exception(failure);
   write_log("stopped");
   return 0;
 }

@@ -38,6 +38,10 @@ struct ServeConfig {
   std::size_t max_unauthenticated = 256;
   std::size_t max_unauthenticated_per_source = 32;
   double max_connects_per_source_per_second = 5;
+  // Threads that run the connections (TLS, WebSocket framing, socket reads and writes). The hub
+  // (merges, fan-out) has a thread of its own, and group commits' disk syncs another.
+  // 0: one per core (std::thread::hardware_concurrency()).
+  unsigned threads = 0;
 };
 
 // `lattice-relay token ...`

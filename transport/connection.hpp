@@ -3,6 +3,7 @@
 // arrived; the connection closed. WebSocket/TLS connections and the in-process loopback of the
 // simulation tests implement it, so the sync logic never sees a socket.
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,6 +34,11 @@ class Connection {
   virtual void close(const std::string& reason) = 0;
   // The peer's address, for logs ("127.0.0.1:52144", "loopback#3").
   virtual std::string peer() const = 0;
+  // Frames given to send() that have not yet left: queued, or on their way to the queue from
+  // another thread. May be called from any thread. An owner that receives on_drained on another
+  // thread than the connection's checks it: a drain reported before its latest frames reached
+  // the queue is stale. Default: 0 (send() queues at once).
+  virtual std::size_t unsent_frames() const { return 0; }
   // The peer proved who it is (the relay accepted its hello). Lifts what a connection is
   // limited to before that: the small frame limit, the deadline for the hello, its place among
   // the unauthenticated connections (transport/websocket_server.hpp). Default: nothing to lift.
@@ -59,6 +65,7 @@ class ObservedConnection : public Connection {
   void send(std::string frame) override { inner_->send(std::move(frame)); }
   void close(const std::string& reason) override { inner_->close(reason); }
   std::string peer() const override { return inner_->peer(); }
+  std::size_t unsent_frames() const override { return inner_->unsent_frames(); }
   void authenticated() override { inner_->authenticated(); }
 
  private:

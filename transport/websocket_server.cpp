@@ -1,9 +1,13 @@
 #include "transport/websocket_server.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
@@ -11,6 +15,7 @@
 #include <chrono>
 #include <deque>
 #include <list>
+#include <mutex>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -21,7 +26,9 @@
 
 // The shape follows Boost.Beast's server examples (docs/relay.md): a listener, a session per
 // connection owning its stream and buffer, handlers named on_<step>, at most one async_write in
-// flight with a bounded queue behind it.
+// flight with a bounded queue behind it. As in Beast's multi-threaded examples, every socket
+// lives on its own strand of the io_context, so any number of threads may run it; what the
+// sessions share (counters, the unauthenticated list) is behind Shared::mutex.
 
 namespace lattice::transport {
 
@@ -89,42 +96,70 @@ websocket::close_code close_code_for(const std::string& reason) {
   return websocket::close_code::normal;
 }
 
-// Sessions the server can reach to stop them.
+// Sessions the server can reach to stop them. Both may be called from any thread; the work is
+// done on the session's strand.
 class Session {
  public:
   virtual ~Session() = default;
   virtual void shutdown() = 0;
-  // Closes an unauthenticated connection at once to make room for a newer one; leaves the
-  // unauthenticated list before returning.
+  // Closes an unauthenticated connection at once to make room for a newer one (the server has
+  // already taken it off the unauthenticated list).
   virtual void evict() = 0;
 };
+
+class Admission;
 
 }  // namespace
 
 struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::Shared> {
   Shared(net::io_context& io_context, WebSocketServerOptions opts)
-      : io(io_context), options(std::move(opts)), acceptor(io_context), retry_timer(io_context) {}
+      : io(io_context),
+        options(std::move(opts)),
+        acceptor(net::make_strand(io_context)),
+        retry_timer(acceptor.get_executor()) {}
 
   net::io_context& io;
-  WebSocketServerOptions options;
+  const WebSocketServerOptions options;
   std::optional<ssl::context> tls;
+  // The acceptor, its retry timer, connect_rate and the throttled log live on the acceptor's
+  // strand; everything from `counters` to `open_sockets` is guarded by `mutex`.
   tcp::acceptor acceptor;
   net::steady_timer retry_timer;  // after an accept error such as EMFILE
   std::string host;
   std::uint16_t port = 0;
+  std::atomic<bool> stopping = false;
+
+  mutable std::mutex mutex;
   WebSocketServerCounters counters;
   std::map<Session*, std::weak_ptr<Session>> sessions;
   std::size_t open_websockets = 0;
-  bool stopping = false;
-
   // Unauthenticated connections, oldest first, and how many per source address.
   struct PreAuth {
     std::weak_ptr<Session> session;
-    std::string source;
+    Admission* admission;
   };
   std::list<PreAuth> preauth;
   std::map<std::string, std::size_t> preauth_per_source;
   std::size_t open_sockets = 0;  // accepted connections not yet closed, of any kind
+
+  // Adds `n` to one of the counters.
+  void count(std::uint64_t WebSocketServerCounters::*counter, std::uint64_t n = 1) {
+    const std::lock_guard lock(mutex);
+    counters.*counter += n;
+  }
+  void count_rejected(const char* name) {
+    const std::lock_guard lock(mutex);
+    ++counters.rejected[name];
+  }
+  void add_session(Session* raw, std::weak_ptr<Session> session) {
+    const std::lock_guard lock(mutex);
+    sessions[raw] = std::move(session);
+  }
+  void remove_session(Session* raw) {
+    const std::lock_guard lock(mutex);
+    sessions.erase(raw);
+  }
+
   // New connections per source address: a token bucket each (level, last refill).
   std::map<std::string, std::pair<double, std::chrono::steady_clock::time_point>> connect_rate;
 
@@ -181,27 +216,37 @@ using Shared = WebSocketServer::Shared;
 
 // A connection's place in the server's accounting, from TCP accept to close: one open socket,
 // and until authenticated, one entry among the unauthenticated. Moves from the HTTP session to
-// the WebSocket session at the upgrade.
+// the WebSocket session at the upgrade. Its state is guarded by Shared::mutex: the acceptor's
+// strand takes the oldest entry off the list to evict it.
 class Admission {
  public:
   Admission(std::shared_ptr<Shared> shared, std::string source)
       : shared_(std::move(shared)), source_(std::move(source)) {
+    const std::lock_guard lock(shared_->mutex);
     ++shared_->open_sockets;
     ++shared_->preauth_per_source[source_];
-    it_ = shared_->preauth.insert(shared_->preauth.end(), Shared::PreAuth{{}, source_});
+    it_ = shared_->preauth.insert(shared_->preauth.end(), Shared::PreAuth{{}, this});
   }
   ~Admission() {
-    authenticated();
+    const std::lock_guard lock(shared_->mutex);
+    leave_list();
     --shared_->open_sockets;
   }
   Admission(const Admission&) = delete;
   Admission& operator=(const Admission&) = delete;
 
+  // The session to evict for this entry (the HTTP session, then the WebSocket one).
   void bind(std::weak_ptr<Session> session) {
+    const std::lock_guard lock(shared_->mutex);
     if (unauthenticated_) it_->session = std::move(session);
   }
   // Leaves the unauthenticated list (idempotent).
   void authenticated() {
+    const std::lock_guard lock(shared_->mutex);
+    leave_list();
+  }
+  // authenticated() for a caller that holds Shared::mutex.
+  void leave_list() {
     if (!unauthenticated_) return;
     unauthenticated_ = false;
     shared_->preauth.erase(it_);
@@ -216,7 +261,8 @@ class Admission {
   bool unauthenticated_ = true;
 };
 
-// One WebSocket connection, the transport::Connection the hub talks to.
+// One WebSocket connection, the transport::Connection the hub talks to. Its Connection calls
+// may come from any thread: each is carried out on the session's strand, in the order made.
 template <class Stream>
 class WsSession final : public Connection,
                         public Session,
@@ -231,11 +277,12 @@ class WsSession final : public Connection,
         ns_(std::move(ns)),
         admission_(std::move(admission)) {}
 
-  ~WsSession() override { shared_->sessions.erase(this); }
+  ~WsSession() override { shared_->remove_session(this); }
 
+  // On the stream's strand.
   void run(http::request<http::empty_body> request) {
-    shared_->sessions[this] = this->shared_from_this();
-    admission_->bind(this->shared_from_this());
+    shared_->add_session(this, this->weak_from_this());
+    admission_->bind(this->weak_from_this());
     beast::get_lowest_layer(ws_).expires_never();  // the websocket's own timeouts take over
     auto timeouts = websocket::stream_base::timeout::suggested(beast::role_type::server);
     timeouts.handshake_timeout = std::chrono::seconds(shared_->options.handshake_timeout_seconds);
@@ -250,10 +297,61 @@ class WsSession final : public Connection,
   }
 
   // Connection
-  void set_handlers(Handlers handlers) override { handlers_ = std::move(handlers); }
+  void set_handlers(Handlers handlers) override {
+    net::dispatch(ws_.get_executor(),
+                  [self = this->shared_from_this(), handlers = std::move(handlers)]() mutable {
+                    self->handlers_ = std::move(handlers);
+                    self->handlers_set_ = true;
+                    self->start_reading();
+                  });
+  }
 
   void send(std::string frame) override {
-    if (state_ != State::kOpen) return;
+    ++unsent_;
+    net::dispatch(ws_.get_executor(),
+                  [self = this->shared_from_this(), frame = std::move(frame)]() mutable {
+                    self->enqueue(std::move(frame));
+                  });
+  }
+
+  void close(const std::string& reason) override {
+    net::dispatch(ws_.get_executor(),
+                  [self = this->shared_from_this(), reason] { self->start_close(reason); });
+  }
+
+  std::string peer() const override { return peer_; }
+
+  std::size_t unsent_frames() const override { return unsent_; }
+
+  void authenticated() override {
+    net::dispatch(ws_.get_executor(), [self = this->shared_from_this()] {
+      self->authenticated_ = true;
+      self->hello_timer_.cancel();
+      self->admission_->authenticated();
+    });
+  }
+
+  // Session
+  void shutdown() override {
+    net::dispatch(ws_.get_executor(), [self = this->shared_from_this()] {
+      if (self->state_ == State::kHandshaking) return self->close_socket();
+      self->start_close("shutting_down: the relay is stopping");
+    });
+  }
+
+  void evict() override {
+    net::dispatch(ws_.get_executor(), [self = this->shared_from_this()] { self->close_socket(); });
+  }
+
+ private:
+  enum class State { kHandshaking, kOpen, kClosing, kClosed };
+
+  // A frame counted in unsent_.
+  void enqueue(std::string frame) {
+    if (state_ != State::kOpen) {
+      --unsent_;
+      return;
+    }
     if (queued_bytes_ + frame.size() > shared_->options.max_outbound_bytes)
       return drop_slow_consumer();
     queued_bytes_ += frame.size();
@@ -261,53 +359,29 @@ class WsSession final : public Connection,
     if (!writing_) do_write();
   }
 
-  void close(const std::string& reason) override {
+  void start_close(const std::string& reason) {
     if (state_ != State::kOpen) return;
     state_ = State::kClosing;
     close_reason_ = reason;
     if (!writing_) do_close();
   }
 
-  std::string peer() const override { return peer_; }
-
-  void authenticated() override {
-    authenticated_ = true;
-    hello_timer_.cancel();
-    admission_->authenticated();
-  }
-
-  // Session
-  void shutdown() override {
-    if (state_ == State::kHandshaking) {
-      beast::error_code ignored;
-      beast::get_lowest_layer(ws_).socket().close(ignored);
-      return;
-    }
-    close("shutting_down: the relay is stopping");
-  }
-
-  void evict() override {
-    admission_->authenticated();  // out of the list now; the socket goes next
-    ++shared_->counters.evicted_unauthenticated;
-    close_socket();
-  }
-
- private:
-  enum class State { kHandshaking, kOpen, kClosing, kClosed };
-
   void on_accept(beast::error_code ec) {
     if (ec) {
-      ++shared_->counters.handshake_failures;
+      shared_->count(&WebSocketServerCounters::handshake_failures);
       shared_->fail(ec, peer_, "websocket accept");
       state_ = State::kClosed;
       return;
     }
     ws_.binary(true);
-    ++shared_->counters.websocket_accepted;
-    ++shared_->open_websockets;
+    {
+      const std::lock_guard lock(shared_->mutex);
+      ++shared_->counters.websocket_accepted;
+      ++shared_->open_websockets;
+    }
     state_ = State::kOpen;
     if (shared_->stopping)
-      close("shutting_down: the relay is stopping");
+      start_close("shutting_down: the relay is stopping");
     else
       shared_->options.on_connection(this->shared_from_this(), ns_);
     if (!authenticated_) {
@@ -315,6 +389,14 @@ class WsSession final : public Connection,
       hello_timer_.async_wait(
           beast::bind_front_handler(&WsSession::on_hello_timeout, this->shared_from_this()));
     }
+    start_reading();
+  }
+
+  // Frames are read once the owner has installed its handlers (set_handlers, possibly from
+  // another thread after on_connection returned), so that none arrives before it listens.
+  void start_reading() {
+    if (reading_ || !handlers_set_ || state_ != State::kOpen) return;
+    reading_ = true;
     do_read();
   }
 
@@ -322,7 +404,7 @@ class WsSession final : public Connection,
   // peer could drag out.
   void on_hello_timeout(beast::error_code ec) {
     if (ec || authenticated_ || state_ == State::kClosed) return;
-    ++shared_->counters.hello_timeouts;
+    shared_->count(&WebSocketServerCounters::hello_timeouts);
     close_reason_ = "hello_timeout: no hello accepted within " +
                     std::to_string(shared_->options.hello_timeout_seconds) + " s";
     close_socket();
@@ -387,13 +469,14 @@ class WsSession final : public Connection,
 
   // A frame refused before it reached the hub: an error frame, then close.
   void reject(WireError code, const std::string& message) {
-    ++shared_->counters.rejected[wire_error_name(code)];
-    send(encode_frame(ErrorFrame{code, message}));
-    close(std::string(wire_error_name(code)) + ": " + message);
+    shared_->count_rejected(wire_error_name(code));
+    ++unsent_;
+    enqueue(encode_frame(ErrorFrame{code, message}));
+    start_close(std::string(wire_error_name(code)) + ": " + message);
   }
 
   void drop_slow_consumer() {
-    ++shared_->counters.slow_consumers;
+    shared_->count(&WebSocketServerCounters::slow_consumers);
     const std::string message = "more than " + std::to_string(shared_->options.max_outbound_bytes) +
                                 " bytes queued for this connection; reconnect to catch up";
     shared_->log(peer_ + ": dropped: slow_consumer: " + message);
@@ -401,12 +484,14 @@ class WsSession final : public Connection,
     while (queue_.size() > (writing_ ? 1u : 0u)) {
       queued_bytes_ -= queue_.back().size();
       queue_.pop_back();
+      --unsent_;
     }
     std::string frame = encode_frame(ErrorFrame{WireError::kSlowConsumer, message});
+    ++unsent_;
     queued_bytes_ += frame.size();
     queue_.push_back(std::move(frame));
     if (!writing_) do_write();
-    close("slow_consumer: " + message);
+    start_close("slow_consumer: " + message);
   }
 
   void do_write() {
@@ -419,6 +504,7 @@ class WsSession final : public Connection,
     writing_ = false;
     if (ec) {
       shared_->fail(ec, peer_, "write");
+      unsent_ -= queue_.size();
       queue_.clear();
       queued_bytes_ = 0;
       close_socket();
@@ -426,6 +512,7 @@ class WsSession final : public Connection,
     }
     queued_bytes_ -= queue_.front().size();
     queue_.pop_front();
+    --unsent_;
     if (state_ == State::kClosed) return;
     if (!queue_.empty()) return do_write();
     if (state_ == State::kClosing) return do_close();
@@ -458,8 +545,12 @@ class WsSession final : public Connection,
     const bool was_open = state_ != State::kHandshaking;
     state_ = State::kClosed;
     hello_timer_.cancel();
-    if (was_open) --shared_->open_websockets;
+    if (was_open) {
+      const std::lock_guard lock(shared_->mutex);
+      --shared_->open_websockets;
+    }
     if (!writing_) {
+      unsent_ -= queue_.size();
       queue_.clear();
       queued_bytes_ = 0;
     }
@@ -477,9 +568,13 @@ class WsSession final : public Connection,
   std::unique_ptr<Admission> admission_;
   bool authenticated_ = false;
   Handlers handlers_;
+  bool handlers_set_ = false;
+  bool reading_ = false;
   State state_ = State::kHandshaking;
   std::deque<std::string> queue_;  // front() is being written while writing_
   std::size_t queued_bytes_ = 0;
+  // Frames in queue_, and those send() passed to the strand that have not reached it yet.
+  std::atomic<std::size_t> unsent_ = 0;
   bool writing_ = false;
   bool close_sent_ = false;
   std::string close_reason_;
@@ -494,14 +589,34 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
               std::unique_ptr<Admission> admission)
       : shared_(std::move(shared)),
         stream_(std::move(stream)),
+        strand_(stream_.get_executor()),
         peer_(std::move(peer)),
         admission_(std::move(admission)) {}
 
-  ~HttpSession() override { shared_->sessions.erase(this); }
+  ~HttpSession() override { shared_->remove_session(this); }
 
+  // Registers the session with the server, then starts it on its strand.
+  void start() {
+    shared_->add_session(this, this->weak_from_this());
+    admission_->bind(this->weak_from_this());
+    net::dispatch(strand_, [self = this->shared_from_this()] { self->run(); });
+  }
+
+  void shutdown() override {
+    net::dispatch(strand_, [self = this->shared_from_this()] {
+      if (!self->upgraded_) self->close_socket();
+    });
+  }
+
+  void evict() override {
+    net::dispatch(strand_, [self = this->shared_from_this()] {
+      if (!self->upgraded_) return self->close_socket();
+      if (auto session = self->upgraded_to_.lock()) session->evict();
+    });
+  }
+
+ private:
   void run() {
-    shared_->sessions[this] = this->shared_from_this();
-    admission_->bind(this->shared_from_this());
     if constexpr (kIsTls<Stream>) {
       expire_soon();
       stream_.async_handshake(
@@ -512,19 +627,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
   }
 
-  void shutdown() override {
-    if (upgraded_) return;
+  void close_socket() {
     beast::error_code ignored;
     beast::get_lowest_layer(stream_).socket().close(ignored);
   }
 
-  void evict() override {
-    if (admission_) admission_->authenticated();
-    ++shared_->counters.evicted_unauthenticated;
-    shutdown();
-  }
-
- private:
   void expire_soon() {
     beast::get_lowest_layer(stream_).expires_after(
         std::chrono::seconds(shared_->options.handshake_timeout_seconds));
@@ -532,7 +639,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void on_handshake(beast::error_code ec) {
     if (ec) {
-      ++shared_->counters.handshake_failures;
+      shared_->count(&WebSocketServerCounters::handshake_failures);
       return shared_->fail(ec, peer_, "tls handshake");
     }
     do_read();
@@ -560,10 +667,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       upgraded_ = true;
       auto session = std::make_shared<WsSession<Stream>>(
           std::move(stream_), shared_, std::move(peer_), std::move(ns), std::move(admission_));
+      upgraded_to_ = session;
       http::request<http::empty_body> header(std::move(request.base()));
       return session->run(std::move(header));
     }
-    ++shared_->counters.http_requests;
+    shared_->count(&WebSocketServerCounters::http_requests);
     if (request.method() != http::verb::get && request.method() != http::verb::head)
       return respond(request, http::status::method_not_allowed, "only GET is served\n");
     const std::string_view target(request.target().data(), request.target().size());
@@ -660,7 +768,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (n > 0) file_->read(file_chunk_.data(), n, ec);
     if (ec) return shared_->fail(ec, peer_, "snapshot read");
     file_left_ -= n;
-    shared_->counters.snapshot_bytes_sent += n;
+    shared_->count(&WebSocketServerCounters::snapshot_bytes_sent, n);
     auto& body = file_response_->body();
     body.data = n > 0 ? file_chunk_.data() : nullptr;
     body.size = n;
@@ -675,7 +783,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (ec == http::error::need_buffer) ec = {};
     if (ec) return shared_->fail(ec, peer_, "snapshot write");
     if (!file_serializer_->is_done()) return send_snapshot_chunk();
-    ++shared_->counters.snapshots_sent;
+    shared_->count(&WebSocketServerCounters::snapshots_sent);
     on_snapshot_sent({}, 0);
   }
 
@@ -732,6 +840,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   std::shared_ptr<Shared> shared_;
   Stream stream_;
+  // The stream's strand, kept: the stream is moved into the WebSocket session at the upgrade.
+  net::any_io_executor strand_;
   beast::flat_buffer buffer_;
   std::string peer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -744,12 +854,15 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::optional<http::response_serializer<http::buffer_body>> file_serializer_;
   std::unique_ptr<Admission> admission_;
   bool upgraded_ = false;
+  std::weak_ptr<Session> upgraded_to_;  // the WebSocket session this one became
 };
 
 }  // namespace
 
+// Each accepted socket gets a strand of its own; the handler runs on the acceptor's.
 void WebSocketServer::Shared::do_accept() {
-  acceptor.async_accept(io, beast::bind_front_handler(&Shared::on_accept, shared_from_this()));
+  acceptor.async_accept(net::make_strand(io),
+                        beast::bind_front_handler(&Shared::on_accept, shared_from_this()));
 }
 
 void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket) {
@@ -767,28 +880,38 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
   std::string source = address_text(socket);
   // What an unauthenticated connection may hold is bounded before it costs a TLS handshake.
   std::string refusal;
-  if (open_sockets >= options.max_connections)
-    refusal = std::to_string(open_sockets) + " connections are open, the most this relay takes";
-  else if (!admit_connect(source))
-    refusal = "more than " +
-              std::to_string(static_cast<int>(options.max_connects_per_source_per_second)) +
-              " new connections per second from this address";
-  else if (preauth_per_source[source] >= options.max_unauthenticated_per_source)
-    refusal = std::to_string(preauth_per_source[source]) +
-              " unauthenticated connections from this address already";
-  if (preauth_per_source[source] == 0) preauth_per_source.erase(source);
+  // A full list makes room by closing the oldest: a device that completes its hello promptly
+  // gets in whatever an attacker holds. Taken off the list here, closed on their own strands.
+  std::vector<std::shared_ptr<Session>> evicted;
+  {
+    const std::lock_guard lock(mutex);
+    const std::size_t from_source =
+        preauth_per_source.count(source) ? preauth_per_source[source] : 0;
+    if (open_sockets >= options.max_connections)
+      refusal = std::to_string(open_sockets) + " connections are open, the most this relay takes";
+    else if (!admit_connect(source))
+      refusal = "more than " +
+                std::to_string(static_cast<int>(options.max_connects_per_source_per_second)) +
+                " new connections per second from this address";
+    else if (from_source >= options.max_unauthenticated_per_source)
+      refusal =
+          std::to_string(from_source) + " unauthenticated connections from this address already";
+    if (!refusal.empty()) {
+      ++counters.refused_at_accept;
+    } else {
+      while (!preauth.empty() && preauth.size() >= options.max_unauthenticated) {
+        Shared::PreAuth oldest = preauth.front();
+        oldest.admission->leave_list();
+        ++counters.evicted_unauthenticated;
+        if (auto session = oldest.session.lock()) evicted.push_back(std::move(session));
+      }
+    }
+  }
+  for (const auto& session : evicted) session->evict();
   if (!refusal.empty()) {
-    ++counters.refused_at_accept;
     log_throttled("refused a connection from " + source + ": " + refusal);
     socket.close(ignored);
     return do_accept();
-  }
-  // A full list makes room by closing the oldest: a device that completes its hello promptly
-  // gets in whatever an attacker holds.
-  while (!preauth.empty() && preauth.size() >= options.max_unauthenticated) {
-    auto oldest = preauth.front().session.lock();
-    if (!oldest) break;  // every session binds as it starts: not reached
-    oldest->evict();
   }
   socket.set_option(tcp::no_delay(true), ignored);
   std::string peer = endpoint_text(socket);
@@ -796,11 +919,11 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
   if (tls) {
     std::make_shared<HttpSession<TlsStream>>(TlsStream(std::move(socket), *tls), shared_from_this(),
                                              std::move(peer), std::move(admission))
-        ->run();
+        ->start();
   } else {
     std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), shared_from_this(),
                                                std::move(peer), std::move(admission))
-        ->run();
+        ->start();
   }
   do_accept();
 }
@@ -872,24 +995,37 @@ const std::string& WebSocketServer::host() const { return shared_->host; }
 
 void WebSocketServer::start() {
   if (shared_->stopping) return;
-  shared_->do_accept();
+  net::dispatch(shared_->acceptor.get_executor(), [s = shared_] { s->do_accept(); });
 }
 
 void WebSocketServer::stop() {
   Shared& s = *shared_;
-  if (s.stopping) return;
-  s.stopping = true;
-  beast::error_code ignored;
-  s.acceptor.close(ignored);
-  s.retry_timer.cancel();
+  if (s.stopping.exchange(true)) return;
+  net::dispatch(s.acceptor.get_executor(), [shared = shared_] {
+    beast::error_code ignored;
+    shared->acceptor.close(ignored);
+    shared->retry_timer.cancel();
+  });
   std::vector<std::shared_ptr<Session>> sessions;
-  for (const auto& [raw, weak] : s.sessions)
-    if (auto session = weak.lock()) sessions.push_back(std::move(session));
+  {
+    const std::lock_guard lock(s.mutex);
+    for (const auto& [raw, weak] : s.sessions)
+      if (auto session = weak.lock()) sessions.push_back(std::move(session));
+  }
   for (const auto& session : sessions) session->shutdown();
 }
 
-std::size_t WebSocketServer::open_connections() const { return shared_->open_websockets; }
-std::size_t WebSocketServer::unauthenticated_connections() const { return shared_->preauth.size(); }
-const WebSocketServerCounters& WebSocketServer::counters() const { return shared_->counters; }
+std::size_t WebSocketServer::open_connections() const {
+  const std::lock_guard lock(shared_->mutex);
+  return shared_->open_websockets;
+}
+std::size_t WebSocketServer::unauthenticated_connections() const {
+  const std::lock_guard lock(shared_->mutex);
+  return shared_->preauth.size();
+}
+WebSocketServerCounters WebSocketServer::counters() const {
+  const std::lock_guard lock(shared_->mutex);
+  return shared_->counters;
+}
 
 }  // namespace lattice::transport

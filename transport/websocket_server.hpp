@@ -4,9 +4,14 @@
 // over TLS or, when configured insecure, in the clear. Each accepted WebSocket is handed out as a
 // transport::Connection; the sync logic never sees Beast.
 //
-// Threading: the server and every connection it hands out run on one io_context, driven by one
-// thread. Every member function, and every Connection call, must be made on that thread (or
-// before io_context::run() starts). Handlers and callbacks run on that thread too.
+// Threading: the server and every connection it hands out run on one io_context, which any
+// number of threads may drive: each connection lives on its own strand, the acceptor on
+// another. Member functions and Connection calls may be made from any thread; a Connection's
+// handlers run on its strand, one at a time, and its frames are read only once set_handlers()
+// has installed them (so an owner that installs them later, from another thread, misses none).
+// The callbacks of the options (on_connection, metrics, snapshot and its admit, log) run on
+// the strand of the connection they serve, so several at once on several threads: they must
+// be thread-safe.
 
 #include <boost/asio/io_context.hpp>
 #include <cstddef>
@@ -142,7 +147,8 @@ class WebSocketServer {
   std::size_t open_connections() const;
   // Connections not yet authenticated (TCP, TLS, HTTP or WebSocket awaiting the hello).
   std::size_t unauthenticated_connections() const;
-  const WebSocketServerCounters& counters() const;
+  // A copy, taken under the server's lock.
+  WebSocketServerCounters counters() const;
 
   struct Shared;
 

@@ -1366,6 +1366,61 @@ TEST_CASE("tokens are minted only for names the relay accepts") {
   }
 }
 
+TEST_CASE("on four network threads, devices writing at once are acknowledged in order, lose none") {
+  RelayProcess relay({"--threads", "4", "--max-connects-per-source-per-second", "100"});
+  CHECK(relay.log().find("4 network threads") != std::string::npos);
+  const std::string token = cli_token("board", "read,write");
+  constexpr int kDevices = 6, kWrites = 15;
+  std::vector<std::unique_ptr<Peer>> peers;
+  for (int i = 0; i < kDevices; ++i)
+    peers.push_back(std::make_unique<Peer>(relay.port(), "board", token));
+
+  // Each device on its own thread: write a row, push, and read until its acknowledgement,
+  // passing over the other devices' deltas that arrive meanwhile (not merged: a push sends all
+  // the replica has since welcome). Meanwhile this thread asks for /metrics, which the relay
+  // answers from its hub's thread.
+  std::vector<std::string> failures(kDevices);
+  std::vector<std::thread> writers;
+  for (int i = 0; i < kDevices; ++i)
+    writers.emplace_back([&, i] {
+      try {
+        Peer& peer = *peers[static_cast<std::size_t>(i)];
+        for (int k = 0; k < kWrites; ++k) {
+          peer.replica->query("INSERT INTO todo(id, title) VALUES (?, 'x')",
+                              {"d" + std::to_string(i) + "-" + std::to_string(k)});
+          const std::uint64_t batch = peer.push();
+          for (;;) {
+            auto frame = peer.device->receive();
+            if (!frame) throw std::runtime_error("the relay closed the connection");
+            if (std::holds_alternative<transport::Delta>(*frame)) {
+              continue;
+            } else if (auto* ack = std::get_if<transport::Ack>(&*frame)) {
+              if (ack->batch != batch)
+                throw std::runtime_error("ack of batch " + std::to_string(ack->batch) +
+                                         ", expected " + std::to_string(batch));
+              break;
+            } else {
+              throw std::runtime_error("unexpected frame type " + std::to_string(frame->index()));
+            }
+          }
+        }
+      } catch (const std::exception& e) {
+        failures[static_cast<std::size_t>(i)] = e.what();
+      }
+    });
+  for (int i = 0; i < 5; ++i) CHECK(https_get(relay.port(), "/metrics").status == 200);
+  for (auto& writer : writers) writer.join();
+  for (int i = 0; i < kDevices; ++i)
+    CHECK_MESSAGE(failures[i].empty(), "device ", i, ": ", failures[i]);
+
+  // A device that joins now gets every write; the relay counted every device.
+  Peer late(relay.port(), "board", token);
+  CHECK(late.rows() == kDevices * kWrites);
+  const auto metrics = https_get(relay.port(), "/metrics").body;
+  CHECK(metrics.find("lattice_relay_connections " + std::to_string(kDevices + 1)) !=
+        std::string::npos);
+}
+
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
   RelayProcess relay;
   Peer peer(relay.port(), "board", cli_token("board", "read,write"));
