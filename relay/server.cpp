@@ -182,22 +182,28 @@ class HubThreadConnection final : public transport::Connection {
   boost::asio::io_context& hub_;
 };
 
-// Runs `task` on the hub's thread and waits for its result, at most `timeout`: for a network
-// thread's HTTP request that needs the hub (GET /metrics, GET /snapshot/NS). Throws
+// Runs a task on the hub's thread for a network thread's HTTP request that needs the hub
+// (GET /metrics, GET /snapshot/NS), and waits for its result, at most `timeout`. Throws
 // Error(kBusy) when the hub does not get to it in time (it is stopping, or busy); rethrows what
-// `task` throws. `task` may run after a timeout: it must own what it uses (captures by value,
-// or what outlives the hub's loop).
-template <class Task>
-auto on_hub_thread(boost::asio::io_context& hub, Task task,
-                   std::chrono::milliseconds timeout = std::chrono::seconds(10))
-    -> decltype(task()) {
-  auto packaged = std::make_shared<std::packaged_task<decltype(task())()>>(std::move(task));
-  auto result = packaged->get_future();
-  boost::asio::post(hub, [packaged] { (*packaged)(); });
-  if (result.wait_for(timeout) != std::future_status::ready)
-    throw Error(ErrorCode::kBusy, "the relay is busy or stopping; try again");
-  return result.get();
-}
+// the task throws. A task may run after a timeout: it must own what it uses (captures by value,
+// or what outlives the hub's loop). When the hub shares the network's only thread, the task
+// runs at once.
+struct OnHubThread {
+  boost::asio::io_context& hub;
+  bool same_thread;
+
+  template <class Task>
+  auto operator()(Task task, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const
+      -> decltype(task()) {
+    if (same_thread) return task();
+    auto packaged = std::make_shared<std::packaged_task<decltype(task())()>>(std::move(task));
+    auto result = packaged->get_future();
+    boost::asio::post(hub, [packaged] { (*packaged)(); });
+    if (result.wait_for(timeout) != std::future_status::ready)
+      throw Error(ErrorCode::kBusy, "the relay is busy or stopping; try again");
+    return result.get();
+  }
+};
 
 std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
   const HubCounters& hc = hub.counters();
@@ -460,14 +466,17 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   // Merged changes are on disk, power loss included, before the ack that says so.
   hub_options.replica_options.synchronous = "FULL";
 
-  // The network threads' io_context: connections (TLS, WebSocket framing, socket reads and
-  // writes), each on its own strand. Declared before the hub, which holds connections to the
-  // end: their sockets belong to it.
-  const unsigned threads =
-      config.threads > 0 ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  boost::asio::io_context network(static_cast<int>(threads));
-  // The hub's thread (this one) runs `io`: merges, fan-out, and every handler of a connection.
+  // The connections (TLS, WebSocket framing, socket reads and writes) run on `network`. With
+  // one thread, that is the hub's `io`, run by this thread, as everything else: no hand-offs.
+  // With several, `network` has threads of its own, each connection on a strand, and the hub
+  // keeps this one: merges, fan-out, and every handler of a connection, posted here. Both are
+  // declared before the hub, which holds connections to the end: their sockets belong to them.
+  const unsigned threads = std::max(1u, config.threads);
+  const bool one_thread = threads == 1;
+  boost::asio::io_context network_threads_context(static_cast<int>(threads));
   boost::asio::io_context io(1);
+  boost::asio::io_context& network = one_thread ? io : network_threads_context;
+  const OnHubThread on_hub_thread{io, one_thread};
   // Group commit: the changes frames read before the posted task runs share its commit.
   hub_options.defer = [&io](std::function<void()> task) { boost::asio::post(io, std::move(task)); };
   // The commits' disk syncs run on their own thread, in order, so that the network is never
@@ -502,16 +511,18 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
             std::to_string(server_options.max_connections) + " connections, " +
             std::to_string(server_options.max_unauthenticated) + " of them unauthenticated");
   server_options.handshake_timeout_seconds = config.handshake_timeout_seconds;
-  server_options.on_connection = [&hub, &io](std::shared_ptr<transport::Connection> connection,
-                                             std::string ns) {
-    auto on_hub = std::make_shared<HubThreadConnection>(std::move(connection), io);
-    boost::asio::post(io, [&hub, on_hub = std::move(on_hub), ns = std::move(ns)]() mutable {
-      hub.accept(std::move(on_hub), ns);
-    });
-  };
+  server_options.threads = threads;
+  server_options.on_connection =
+      [&hub, &io, one_thread](std::shared_ptr<transport::Connection> connection, std::string ns) {
+        if (one_thread) return hub.accept(std::move(connection), ns);
+        auto on_hub = std::make_shared<HubThreadConnection>(std::move(connection), io);
+        boost::asio::post(io, [&hub, on_hub = std::move(on_hub), ns = std::move(ns)]() mutable {
+          hub.accept(std::move(on_hub), ns);
+        });
+      };
   // GET /snapshot/NAMESPACE: the token of a device that may read the namespace. On a network
   // thread; the token is checked there, the hub's part runs on the hub's thread.
-  server_options.snapshot = [&hub, &io, &hub_authenticate,
+  server_options.snapshot = [&hub, on_hub_thread, &hub_authenticate,
                              max_age = config.snapshot_max_age_seconds](const std::string& ns,
                                                                         const std::string& token) {
     using transport::SnapshotAnswer;
@@ -529,12 +540,12 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     try {
       // Writing a namespace's first snapshot can take a while: 30 s before a 503.
       const SnapshotFile file = on_hub_thread(
-          io, [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
+          [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
       SnapshotAnswer answer{200, file.path, file.etag, "", {}};
-      answer.admit = [&hub, &io, token](
+      answer.admit = [&hub, on_hub_thread, token](
                          std::uint64_t bytes,
                          std::uint64_t file_bytes) -> std::optional<transport::SnapshotRefusal> {
-        auto refusal = on_hub_thread(io, [&hub, token, bytes, file_bytes] {
+        auto refusal = on_hub_thread([&hub, token, bytes, file_bytes] {
           return hub.admit_snapshot(token, bytes, file_bytes);
         });
         if (!refusal) return std::nullopt;
@@ -550,9 +561,9 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     }
   };
   const transport::WebSocketServer* server_view = nullptr;
-  server_options.metrics = [&hub, &io, &server_view] {
+  server_options.metrics = [&hub, on_hub_thread, &server_view] {
     try {
-      return on_hub_thread(io, [&hub, &server_view] { return render_metrics(hub, *server_view); });
+      return on_hub_thread([&hub, &server_view] { return render_metrics(hub, *server_view); });
     } catch (const Error& e) {
       return std::string("# ") + e.what() + "\n";
     }
@@ -593,27 +604,29 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
 
   // The network threads run until the hub's loop below is over. One that fails (an exception
   // out of a handler: a bug) stops the relay, and serve() throws it.
-  auto network_work = boost::asio::make_work_guard(network);
-  std::atomic<unsigned> network_running = threads;
+  auto network_work = boost::asio::make_work_guard(network_threads_context);
+  const unsigned own_network_threads = one_thread ? 0 : threads;
+  std::atomic<unsigned> network_running = own_network_threads;
   std::mutex failure_mutex;
   std::exception_ptr failure;
   std::vector<std::thread> network_threads;
-  for (unsigned i = 0; i < threads; ++i)
+  for (unsigned i = 0; i < own_network_threads; ++i)
     network_threads.emplace_back([&] {
       try {
-        network.run();
+        network_threads_context.run();
       } catch (...) {
         {
           const std::lock_guard lock(failure_mutex);
           if (!failure) failure = std::current_exception();
         }
-        network.stop();
+        network_threads_context.stop();
         io.stop();
       }
       --network_running;
     });
 
-  write_log(std::to_string(threads) + (threads == 1 ? " network thread" : " network threads"));
+  write_log(one_thread ? std::string("1 thread for connections and the hub")
+                       : std::to_string(threads) + " network threads, and one for the hub");
   server.start();
   out << "listening on "
       << (config.host.find(':') != std::string::npos ? "[" + config.host + "]" : config.host) << ":"
@@ -624,7 +637,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   // The network threads may wait for the hub (an HTTP request in on_hub_thread): the hub keeps
   // answering until they are gone.
   network_work.reset();
-  network.stop();
+  network_threads_context.stop();
   while (network_running > 0) {
     io.restart();
     io.run_for(std::chrono::milliseconds(10));

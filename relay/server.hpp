@@ -38,10 +38,12 @@ struct ServeConfig {
   std::size_t max_unauthenticated = 256;
   std::size_t max_unauthenticated_per_source = 32;
   double max_connects_per_source_per_second = 5;
-  // Threads that run the connections (TLS, WebSocket framing, socket reads and writes). The hub
-  // (merges, fan-out) has a thread of its own, and group commits' disk syncs another.
-  // 0: one per core (std::thread::hardware_concurrency()).
-  unsigned threads = 0;
+  // Threads that run the connections (TLS, WebSocket framing, socket reads and writes). With
+  // 1, the hub (merges, fan-out) shares it; with more, the hub has a thread of its own. Group
+  // commits' disk syncs have another either way. 1 by default: on 2 cores shared with their
+  // load, more threads cost more CPU per delivery in hand-offs than they gained
+  // (docs/benchmarks.md, "Network threads").
+  unsigned threads = 1;
 };
 
 // `lattice-relay token ...`

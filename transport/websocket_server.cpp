@@ -115,8 +115,15 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
   Shared(net::io_context& io_context, WebSocketServerOptions opts)
       : io(io_context),
         options(std::move(opts)),
-        acceptor(net::make_strand(io_context)),
+        acceptor(executor_for_socket()),
         retry_timer(acceptor.get_executor()) {}
+
+  // A strand when several threads run the io_context; with one, the io_context's executor, so
+  // that a call made on its thread is carried out at once (no post, no strand).
+  net::any_io_executor executor_for_socket() {
+    if (options.threads > 1) return net::make_strand(io);
+    return io.get_executor();
+  }
 
   net::io_context& io;
   const WebSocketServerOptions options;
@@ -859,9 +866,10 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
 }  // namespace
 
-// Each accepted socket gets a strand of its own; the handler runs on the acceptor's.
+// Each accepted socket gets a strand of its own (several threads); the handler runs on the
+// acceptor's.
 void WebSocketServer::Shared::do_accept() {
-  acceptor.async_accept(net::make_strand(io),
+  acceptor.async_accept(executor_for_socket(),
                         beast::bind_front_handler(&Shared::on_accept, shared_from_this()));
 }
 

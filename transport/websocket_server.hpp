@@ -4,14 +4,16 @@
 // over TLS or, when configured insecure, in the clear. Each accepted WebSocket is handed out as a
 // transport::Connection; the sync logic never sees Beast.
 //
-// Threading: the server and every connection it hands out run on one io_context, which any
-// number of threads may drive: each connection lives on its own strand, the acceptor on
-// another. Member functions and Connection calls may be made from any thread; a Connection's
+// Threading: the server and every connection it hands out run on one io_context, driven by
+// WebSocketServerOptions::threads threads. With several, each connection lives on its own
+// strand, the acceptor on another. Member functions and Connection calls may be made from any
+// thread, and are carried out on the connection's strand in the order made; with one thread
+// there are no strands, and a call made on that thread is carried out at once. A Connection's
 // handlers run on its strand, one at a time, and its frames are read only once set_handlers()
 // has installed them (so an owner that installs them later, from another thread, misses none).
 // The callbacks of the options (on_connection, metrics, snapshot and its admit, log) run on
-// the strand of the connection they serve, so several at once on several threads: they must
-// be thread-safe.
+// the strand of the connection they serve, so, with several threads, several at once: they
+// must then be thread-safe.
 
 #include <boost/asio/io_context.hpp>
 #include <cstddef>
@@ -48,7 +50,9 @@ struct SnapshotAnswer {
 
 struct WebSocketServerOptions {
   std::string host = "127.0.0.1";  // a literal address to listen on ("0.0.0.0", "::1", ...)
-  std::uint16_t port = 0;          // 0: the OS picks one; see WebSocketServer::port()
+  // How many threads run the io_context (see Threading above).
+  unsigned threads = 1;
+  std::uint16_t port = 0;  // 0: the OS picks one; see WebSocketServer::port()
 
   // PEM files of the certificate chain and its private key. Both empty only with `insecure`.
   std::string tls_cert_file;

@@ -702,7 +702,11 @@ TEST_CASE("the relay answers healthz and metrics over HTTPS on its WebSocket por
 }
 
 TEST_CASE("GET /snapshot/NAMESPACE gives a reader the namespace as a snapshot, resumable") {
-  RelayProcess relay({"--max-connects-per-source-per-second", "100"});
+  // With network threads, the request waits for the hub's thread to write the snapshot.
+  std::string threads;
+  SUBCASE("one thread") { threads = "1"; }
+  SUBCASE("two network threads and the hub's") { threads = "2"; }
+  RelayProcess relay({"--max-connects-per-source-per-second", "100", "--threads", threads});
   const std::string token = cli_token("board", "read,write");
   std::unique_ptr<storage::Replica> source;  // the writer's replica: what the relay holds
   {
@@ -787,8 +791,8 @@ TEST_CASE("GET /snapshot/NAMESPACE gives a reader the namespace as a snapshot, r
 TEST_CASE("a token gets four snapshots at once, then snapshot bytes at the catch-up rate") {
   // A reader must not make the relay send its namespace over and over faster than a catch-up
   // would (HubLimits::max_catch_up_bytes_per_second; here 1 byte per second).
-  RelayProcess relay(
-      {"--max-catch-up-bytes-per-second", "1", "--max-connects-per-source-per-second", "100"});
+  RelayProcess relay({"--max-catch-up-bytes-per-second", "1",
+                      "--max-connects-per-source-per-second", "100", "--threads", "2"});
   const std::string token = cli_token("board", "read,write");
   {
     // Over 4 MiB, so that four files are more than the 16 MiB burst of a catch-up.
@@ -1368,7 +1372,7 @@ TEST_CASE("tokens are minted only for names the relay accepts") {
 
 TEST_CASE("on four network threads, devices writing at once are acknowledged in order, lose none") {
   RelayProcess relay({"--threads", "4", "--max-connects-per-source-per-second", "100"});
-  CHECK(relay.log().find("4 network threads") != std::string::npos);
+  CHECK(relay.log().find("4 network threads, and one for the hub") != std::string::npos);
   const std::string token = cli_token("board", "read,write");
   constexpr int kDevices = 6, kWrites = 15;
   std::vector<std::unique_ptr<Peer>> peers;
@@ -1422,7 +1426,10 @@ TEST_CASE("on four network threads, devices writing at once are acknowledged in 
 }
 
 TEST_CASE("SIGTERM closes every device's connection with a close frame and exits 0") {
-  RelayProcess relay;
+  std::string threads;
+  SUBCASE("one thread") { threads = "1"; }
+  SUBCASE("three network threads and the hub's") { threads = "3"; }
+  RelayProcess relay({"--threads", threads});
   Peer peer(relay.port(), "board", cli_token("board", "read,write"));
   const int status = [&] {
     // The relay's shutdown waits for our close reply, which needs our reads: stop it from a
