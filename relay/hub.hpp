@@ -19,6 +19,7 @@
 #include "crdt/error.hpp"
 #include "storage/replica.hpp"
 #include "transport/connection.hpp"
+#include "transport/snapshot_refusal.hpp"
 
 namespace lattice::relay {
 
@@ -166,10 +167,7 @@ class Hub {
   // HubLimits::max_catch_up_bytes_per_second, so that a reader cannot make the relay send its
   // namespace faster than a catch-up would. Returns why not, with when to retry. Without
   // HubOptions::now_seconds: always.
-  struct SnapshotRefusal {
-    std::string message;                    // one line, naming the budget and the wait
-    std::uint64_t retry_after_seconds = 0;  // when the bytes asked for will be there
-  };
+  using SnapshotRefusal = transport::SnapshotRefusal;
   std::optional<SnapshotRefusal> admit_snapshot(const std::string& token, std::uint64_t bytes,
                                                 std::uint64_t file_bytes);
 

@@ -542,15 +542,10 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       const SnapshotFile file = on_hub_thread(
           [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
       SnapshotAnswer answer{200, file.path, file.etag, "", {}};
-      answer.admit = [&hub, on_hub_thread, token](
-                         std::uint64_t bytes,
-                         std::uint64_t file_bytes) -> std::optional<transport::SnapshotRefusal> {
-        auto refusal = on_hub_thread([&hub, token, bytes, file_bytes] {
+      answer.admit = [&hub, on_hub_thread, token](std::uint64_t bytes, std::uint64_t file_bytes) {
+        return on_hub_thread([&hub, token, bytes, file_bytes] {
           return hub.admit_snapshot(token, bytes, file_bytes);
         });
-        if (!refusal) return std::nullopt;
-        return transport::SnapshotRefusal{std::move(refusal->message),
-                                          refusal->retry_after_seconds};
       };
       return answer;
     } catch (const Error& e) {

@@ -26,17 +26,11 @@
 
 #include "transport/connection.hpp"
 #include "transport/frame.hpp"
+#include "transport/snapshot_refusal.hpp"
 
 namespace lattice::transport {
 
 // What `GET /snapshot/NAMESPACE` sends (docs/relay.md, "Snapshots"): a file, or a refusal.
-// Why a snapshot's bytes may not go now: 429 Too Many Requests with `message` as its body and
-// `retry_after_seconds` as its Retry-After header (none when 0).
-struct SnapshotRefusal {
-  std::string message;
-  std::uint64_t retry_after_seconds = 0;
-};
-
 struct SnapshotAnswer {
   int status = 404;     // 200: send the file at `path`; else the HTTP status of the refusal
   std::string path;     // the snapshot file
