@@ -2,13 +2,13 @@
 //
 // One table, t(id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL), N rows, on files in a fresh
 // temporary directory; then the same steps on ti(id INTEGER PRIMARY KEY, ...), keys "ipk_...".
-// The plain database and the replica use the same pragmas (WAL, synchronous=NORMAL), the same
-// prepared statements and one transaction per step. Every step runs --repeats times on fresh
-// files; a figure is the median of its repetitions, and a ratio is the median of the
-// per-repetition ratios (each pair runs back to back, which cancels most of a shared machine's
-// drift). Prints one JSON object on stdout, progress on stderr. With --scale, also the main
-// ratios at 10,000 and 1,000,000 rows, under "scale".
-// docs/benchmarks.md explains the figures and the goals they are held to.
+// The plain database and the replica use the same pragmas (WAL, synchronous=NORMAL,
+// temp_store=MEMORY), the same prepared statements and one transaction per step. Every step
+// runs --repeats times on fresh files; a figure is the median of its repetitions, and a ratio is
+// the median of the per-repetition ratios (each pair runs back to back, which cancels most of a
+// shared machine's drift). Prints one JSON object on stdout, progress on stderr. With --scale, also
+// the main ratios at 10,000 and 1,000,000 rows, under "scale". docs/benchmarks.md explains the
+// figures and the goals they are held to.
 //
 // With --import, it measures instead import_file() of a CSV file of the same rows into a
 // replicated table against the sqlite3 shell's .import of the same file, in the same run.
@@ -64,6 +64,8 @@ constexpr const char* kUsage =
                   snapshot_install_vs_copy, snapshot_install_vs_apply
   --import        instead: `import_file` of a CSV file of the rows into a replicated table,
                   against `sqlite3 .import` of the same file into a plain table
+  --cache-kib N   a page cache of N KiB for both sides (the plain database and every replica)
+                  instead of SQLite's default 2,000 KiB (ReplicaOptions::cache_size_kib)
   --sqlite3 PATH  the sqlite3 shell for --import (default: sqlite3 on the PATH)
   --captured      with --import, also import through the captured statements (slow)
 Prints one JSON object on stdout; progress goes to stderr. Keys without a prefix are for
@@ -99,6 +101,7 @@ struct Options {
   bool import = false;
   bool captured = false;
   bool scale = false;
+  int cache_kib = 0;  // 0: SQLite's default page cache
   std::string sqlite3 = "sqlite3";
 };
 
@@ -163,6 +166,15 @@ class Stmt {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
+// --cache-kib: the page cache of every database the run opens, in KiB; 0 for SQLite's default.
+int g_cache_kib = 0;
+
+lattice::ReplicaOptions replica_options() {
+  lattice::ReplicaOptions options;
+  options.cache_size_kib = g_cache_kib;
+  return options;
+}
+
 // A plain database with the replica's pragmas (storage/replica.cpp: Replica::open).
 class PlainDb {
  public:
@@ -173,6 +185,8 @@ class PlainDb {
     sqlite3_busy_timeout(db_, 5000);
     exec(db_, "PRAGMA journal_mode=WAL");
     exec(db_, "PRAGMA synchronous=NORMAL");
+    exec(db_, "PRAGMA temp_store=MEMORY");
+    if (g_cache_kib > 0) exec(db_, "PRAGMA cache_size=-" + std::to_string(g_cache_kib));
   }
   ~PlainDb() { sqlite3_close_v2(db_); }
   PlainDb(const PlainDb&) = delete;
@@ -326,6 +340,8 @@ Options parse_options(int argc, char** argv) {
       options.dir = value();
     } else if (arg == "--import") {
       options.import = true;
+    } else if (arg == "--cache-kib") {
+      options.cache_kib = static_cast<int>(count(1));
     } else if (arg == "--scale") {
       options.scale = true;
     } else if (arg == "--captured") {
@@ -369,7 +385,7 @@ std::string run_facts() {
 // Opens a replica holding an empty replicated table (t unless `table` says otherwise).
 std::unique_ptr<lattice::Replica> open_replica(const fs::path& path, const char* schema = kSchema,
                                                const char* table = "t") {
-  auto replica = lattice::Replica::open(path.string());
+  auto replica = lattice::Replica::open(path.string(), replica_options());
   replica->exec(schema);
   replica->replicate(table);
   return replica;
@@ -693,6 +709,7 @@ int run(const Options& options) {
   out << "{\n";
   out << "  \"rows\": " << options.rows << ",\n";
   out << "  \"repeats\": " << options.repeats << ",\n";
+  out << "  \"cache_kib\": " << options.cache_kib << ",\n";
   for (const char* prefix : {kText.prefix, kIntegerKey.prefix}) {
     for (const auto& [name, decimals] : kFigures) {
       const auto found = samples.find(prefix + std::string(name));
@@ -841,6 +858,7 @@ int run_import(const Options& options) {
   out << "  \"mode\": \"import\",\n";
   out << "  \"rows\": " << options.rows << ",\n";
   out << "  \"repeats\": " << options.repeats << ",\n";
+  out << "  \"cache_kib\": " << options.cache_kib << ",\n";
   out << "  \"csv_bytes\": " << fs::file_size(csv) << ",\n";
   for (const auto& [key, values] : samples) {
     char buffer[64];
@@ -858,6 +876,7 @@ int run_import(const Options& options) {
 int main(int argc, char** argv) {
   try {
     const Options options = parse_options(argc, argv);
+    g_cache_kib = options.cache_kib;
     if (options.import) return run_import(options);
     return run(options);
   } catch (const std::invalid_argument& e) {

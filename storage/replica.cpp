@@ -497,6 +497,15 @@ std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions o
   sqlite3_busy_timeout(db, impl->options.busy_timeout_ms);
   exec_sql(db, "PRAGMA journal_mode=WAL");
   exec_sql(db, "PRAGMA synchronous=" + impl->options.synchronous);
+  const std::string& temp_store = impl->options.temp_store;
+  if (temp_store != "MEMORY" && temp_store != "FILE" && temp_store != "DEFAULT")
+    throw Error(ErrorCode::kInvalidArgument,
+                "ReplicaOptions::temp_store is '" + temp_store + "': MEMORY, FILE or DEFAULT");
+  exec_sql(db, "PRAGMA temp_store=" + temp_store);
+  if (impl->options.cache_size_kib < 0)
+    throw Error(ErrorCode::kInvalidArgument, "ReplicaOptions::cache_size_kib is negative");
+  if (impl->options.cache_size_kib > 0)
+    exec_sql(db, "PRAGMA cache_size=-" + std::to_string(impl->options.cache_size_kib));
   // recursive_triggers stays off, as in plain SQLite, so that an application's trigger that
   // updates its own table does not recurse; the rows REPLACE removes are captured by the
   // triggers lattice_replicate creates for tables with unique constraints (catalog.cpp).

@@ -29,6 +29,18 @@ struct ReplicaOptions {
   std::uint64_t max_clock_drift_ms = crdt::HybridClock::kDefaultMaxDriftMs;
   // PRAGMA synchronous: "FULL" survives power loss; "NORMAL" (WAL) survives process crashes.
   std::string synchronous = "NORMAL";
+  // PRAGMA temp_store: where SQLite keeps statement journals, temporary tables and sorts.
+  // "MEMORY" by default: every write to a replicated table runs capture triggers, which make
+  // SQLite keep a statement journal, and on disk ("FILE", or "DEFAULT") one that once outgrew
+  // 64 KiB went on being written to a temporary file for every statement of the transaction
+  // (about half the cost of a replicated write, docs/benchmarks.md). "FILE" suits a device
+  // that sorts more than it has memory for.
+  std::string temp_store = "MEMORY";
+  // SQLite's page cache for this connection, in KiB (PRAGMA cache_size=-N); 0 keeps SQLite's
+  // default, 2,000 KiB. A replicated table's metadata about doubles the pages a write touches,
+  // and an encrypted replica decrypts every page it reads past the cache, so a cache the size
+  // of the replicated tables' working set pays (docs/benchmarks.md, docs/encryption.md).
+  int cache_size_kib = 0;
   // How long a statement waits for another connection's write lock.
   int busy_timeout_ms = 5000;
   // Makes the site id of a new replica file. Empty: 128 bits from std::random_device.
