@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -28,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -70,7 +72,8 @@ constexpr const char* kUsage =
   --captured      with --import, also import through the captured statements (slow)
 Prints one JSON object on stdout; progress goes to stderr. Keys without a prefix are for
 t(id TEXT PRIMARY KEY, ...); keys "ipk_..." for the same steps on ti(id INTEGER PRIMARY KEY, ...)
-("ipk_refused" says why when a step on ti failed; its later steps are then missing).
+("ipk_refused" says why when a step on ti failed; its later steps are then missing); keys
+"encrypted_..." for a replica encrypted at rest against the same unencrypted.
 )";
 
 constexpr const char* kSchema = "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b INTEGER, c REAL)";
@@ -565,6 +568,52 @@ void measure(const Table& table, const std::vector<Row>& rows, const fs::path& d
   }
 }
 
+// Encryption at rest (ReplicaOptions::encryption_key, docs/encryption.md) against the same
+// replica unencrypted, both in the same run: inserting every row, a full scan of the table
+// with SQLite's page cache cold (both replicas closed and opened again; the operating system's
+// cache is warm for both), and updating one column of every row in random order.
+// "encrypted_<step>_ratio" is the encrypted replica's time over the unencrypted one's.
+void measure_encryption(const std::vector<Row>& rows, const fs::path& dir, Samples& samples) {
+  lattice::ReplicaOptions encrypted_options = replica_options();
+  encrypted_options.encryption_key = lattice::storage::parse_file_key(
+      "5f0e3c9a8b7d6e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091", "bench key");
+  const fs::path plain_path = dir / "unencrypted.db", encrypted_path = dir / "encrypted.db";
+  auto open = [&](bool encrypted) {
+    return lattice::Replica::open((encrypted ? encrypted_path : plain_path).string(),
+                                  encrypted ? encrypted_options : replica_options());
+  };
+  std::unique_ptr<lattice::Replica> replicas[2] = {open(false), open(true)};
+  for (auto& replica : replicas) {
+    replica->exec(kSchema);
+    replica->replicate("t");
+  }
+  auto compare = [&](const std::string& name, const std::function<double(sqlite3*)>& on) {
+    const double plain_ms = on(replicas[0]->connection());
+    const double encrypted_ms = on(replicas[1]->connection());
+    samples["encrypted_" + name + "_ms"].push_back(encrypted_ms);
+    samples["encrypted_" + name + "_ratio"].push_back(encrypted_ms / plain_ms);
+  };
+  compare("insert", [&](sqlite3* db) { return insert_rows(db, rows); });
+
+  for (int i = 0; i < 2; ++i) {
+    checkpointed_size(replicas[i]->connection(), i ? encrypted_path : plain_path);
+    replicas[i].reset();
+    replicas[i] = open(i == 1);
+  }
+  std::string sums[2];
+  compare("cold_scan", [&](sqlite3* db) {
+    const auto start = Clock::now();
+    sums[db == replicas[1]->connection()] = fingerprint(db);
+    return ms_since(start);
+  });
+  if (sums[0] != sums[1]) throw std::runtime_error("the encrypted replica's table differs");
+
+  std::vector<Row> shuffled = rows;
+  std::mt19937_64 random(7);
+  std::shuffle(shuffled.begin(), shuffled.end(), random);
+  compare("random_update", [&](sqlite3* db) { return update_one_column(db, shuffled, kText); });
+}
+
 // A device of a namespace where `sites` devices write: one replica that knows them all merges
 // 2,000 single-row deltas, one after another, each from the next site, with since and until the
 // whole vectors, as a sync session hands a relay's delta on. Microseconds per merge.
@@ -613,6 +662,7 @@ Samples measure_all(const Options& options, std::size_t n, bool full, std::strin
                  n);
     measure(kText, rows, dir, full, samples);
     if (full) {
+      measure_encryption(rows, dir, samples);
       const double few = delta_merge_us(dir, 10), many = delta_merge_us(dir, 500);
       samples["delta_merge_10_sites_us"].push_back(few);
       samples["delta_merge_500_sites_us"].push_back(many);
@@ -677,6 +727,12 @@ constexpr std::pair<const char*, int> kFigures[] = {
     {"delta_merge_10_sites_us", 1},
     {"delta_merge_500_sites_us", 1},
     {"delta_merge_500_vs_10_sites_ratio", 2},
+    {"encrypted_insert_ms", 1},
+    {"encrypted_insert_ratio", 2},
+    {"encrypted_cold_scan_ms", 1},
+    {"encrypted_cold_scan_ratio", 2},
+    {"encrypted_random_update_ms", 1},
+    {"encrypted_random_update_ratio", 2},
 };
 
 // What --scale reports per row count.

@@ -44,6 +44,8 @@ constexpr const char* kUsage = R"(usage:
                [--batch N] [--progress]        import a file's records as rows, by primary key
   lattice export DB TABLE|QUERY [--format csv|ndjson|json] [--out FILE]
                                                write a table's or a query's rows
+Every command takes --key-file FILE for a replica encrypted at rest: FILE holds its key, 64
+hexadecimal digits; `exec` creates a new replica encrypted under it.
 )";
 
 struct UsageError : std::runtime_error {
@@ -106,11 +108,35 @@ void write_file(const std::string& path, const std::string& bytes) {
                          "cannot rename '" + temporary + "' to '" + path + "'");
 }
 
+// The options every command opens replicas with: --key-file sets the encryption key.
+lattice::ReplicaOptions& replica_options() {
+  static lattice::ReplicaOptions options;
+  return options;
+}
+
+std::unique_ptr<lattice::Replica> open_replica(const std::string& path) {
+  return lattice::Replica::open(path, replica_options());
+}
+
 // Opens an existing replica: only `exec` creates one.
 std::unique_ptr<lattice::Replica> open_existing(const std::string& path) {
   if (!std::filesystem::exists(path))
     throw lattice::Error(lattice::ErrorCode::kIo, "no replica at '" + path + "'");
-  return lattice::Replica::open(path);
+  return open_replica(path);
+}
+
+// Takes `--key-file FILE` (anywhere among the arguments, every command accepts it) out of
+// `args` and reads the key into replica_options().
+void take_key_file(std::vector<std::string>& args) {
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] != "--key-file") continue;
+    if (i + 1 >= args.size()) throw UsageError("--key-file needs a FILE");
+    if (replica_options().encryption_key) throw UsageError("--key-file given twice");
+    replica_options().encryption_key = lattice::storage::read_file_key(args[i + 1]);
+    args.erase(args.begin() + static_cast<std::ptrdiff_t>(i),
+               args.begin() + static_cast<std::ptrdiff_t>(i + 2));
+    --i;
+  }
 }
 
 lattice::VersionVector read_version_vector(const std::string& path) {
@@ -158,6 +184,7 @@ int run_sync(const std::vector<std::string>& args) {
   bool once = false, verify = false, has_token = false;
   double timeout_seconds = -1;
   lattice::SyncClientOptions options;
+  options.replica_options = replica_options();
   std::string token_file;
   for (std::size_t i = 3; i < args.size(); ++i) {
     if (args[i] == "--token" && i + 1 < args.size()) {
@@ -249,7 +276,7 @@ int run_sync(const std::vector<std::string>& args) {
       }
       for (const auto& line : differences) std::printf("differs: %s\n", line.c_str());
       // Digests cover the tables and columns this replica has; the relay's, every version's.
-      auto replica = lattice::Replica::open(db);
+      auto replica = open_replica(db);
       const auto newer = replica->query(
           "SELECT (SELECT count(*) FROM lattice_tables WHERE future = 1) + "
           "(SELECT count(*) FROM lattice_columns WHERE future = 1)");
@@ -610,7 +637,7 @@ int run(const std::vector<std::string>& args) {
   if (command == "exec") {
     need(3);
     if (args.size() > 3) throw UsageError("'exec' takes DB and one SQL argument");
-    auto replica = lattice::Replica::open(args[1]);
+    auto replica = open_replica(args[1]);
     replica->exec(args[2], [](const auto&, const std::vector<lattice::Value>& row) {
       std::string line;
       for (std::size_t i = 0; i < row.size(); ++i) {
@@ -671,7 +698,7 @@ int run(const std::vector<std::string>& args) {
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
     if (ec != std::errc() || end != text.data() + text.size())
       throw UsageError("VERSION is a migration number, not '" + text + "'");
-    auto replica = lattice::Replica::open(args[1]);
+    auto replica = open_replica(args[1]);
     const bool ran = replica->migrate(version, args[3]);
     std::printf(ran ? "migrated to version %lld\n" : "already at version %lld\n",
                 static_cast<long long>(ran ? version : replica->schema_version()));
@@ -732,6 +759,7 @@ int run(const std::vector<std::string>& args) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
+    take_key_file(args);
     return run(args);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "lattice: usage: %s (run 'lattice help')\n", e.what());

@@ -40,6 +40,8 @@ const char* error_code_name(ErrorCode code) noexcept {
       return "forbidden";
     case ErrorCode::kCopiedReplica:
       return "copied_replica";
+    case ErrorCode::kKey:
+      return "key";
   }
   // A number from across the C ABI that this build does not know.
   return "unknown";

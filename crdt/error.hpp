@@ -26,6 +26,7 @@ enum class ErrorCode : int {
   kUnauthorized = 15,       // a missing, expired, badly signed or wrong-namespace token
   kForbidden = 16,          // a valid token without the right for the call
   kCopiedReplica = 17,      // a replica file and a copy of it (or a restored backup) both wrote
+  kKey = 18,                // an encrypted replica opened without its key or with another one
 };
 
 // Returns a short, stable name for `code` ("corrupt", "clock_drift", ...).

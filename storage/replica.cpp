@@ -480,21 +480,67 @@ void Replica::Impl::deliver_events() {
   for (auto& [handle, listener] : copy) listener(events);
 }
 
+namespace {
+
+Error wrong_key(const std::string& path) {
+  return Error(ErrorCode::kKey, "cannot open replica '" + path +
+                                    "': the key does not decrypt it (another key, or the file is "
+                                    "not encrypted)");
+}
+
+// Reads the file's first page, so that a key that does not fit it (or its absence) is told as
+// such rather than as a corrupt database; an encrypted file also keeps WAL mode, its page size
+// and its reserved bytes (encrypted_vfs.hpp).
+void open_with_key(sqlite3* db, const std::string& path, bool encrypted) {
+  if (encrypted) {
+    int reserve = kReservedBytes;  // taken by a new file only
+    sqlite3_file_control(db, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  }
+  const int rc = sqlite3_exec(db, "SELECT count(*) FROM sqlite_schema", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_IOERR_AUTH) throw wrong_key(path);
+  if (rc == SQLITE_NOTADB && !encrypted)
+    throw Error(ErrorCode::kKey, "cannot open replica '" + path +
+                                     "': not a database, or an encrypted replica opened without "
+                                     "its key");
+  if (rc != SQLITE_OK) throw_sqlite(db, rc, "cannot open replica '" + path + "'");
+  if (!encrypted) return;
+  exec_sql(db, "PRAGMA page_size=" + std::to_string(kEncryptedPageSize));  // a new file's
+  // A new file turns to WAL mode in a transaction of the rollback journal's mode, which for an
+  // encrypted file is in memory (the VFS refuses a journal file: it would hold plaintext pages).
+  Statement pages(db, "PRAGMA page_count");
+  pages.step();
+  if (pages.column_int(0) == 0) exec_sql(db, "PRAGMA journal_mode=MEMORY");
+  pages = Statement();
+  int reserve = -1;
+  sqlite3_file_control(db, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  Statement page_size(db, "PRAGMA page_size");
+  page_size.step();
+  if (reserve != kReservedBytes || page_size.column_int(0) != kEncryptedPageSize)
+    throw Error(ErrorCode::kKey, "cannot open replica '" + path +
+                                     "' with a key: the file is not an encrypted replica");
+}
+
+}  // namespace
+
 Replica::Replica(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Replica::~Replica() = default;
 
 std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &impl->db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const auto& key = impl->options.encryption_key;
+  if (key) impl->key_registration = std::make_unique<FileKeyRegistration>(path, *key);
+  const int rc = sqlite3_open_v2(path.c_str(), &impl->db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 key ? encrypted_vfs_name() : nullptr);
   if (rc != SQLITE_OK) {
+    if (impl->db && sqlite3_extended_errcode(impl->db) == SQLITE_IOERR_AUTH) throw wrong_key(path);
     std::string message = impl->db ? sqlite3_errmsg(impl->db) : sqlite3_errstr(rc);
     throw Error(ErrorCode::kIo, "cannot open replica '" + path + "': " + message);
   }
   sqlite3* db = impl->db;
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, impl->options.busy_timeout_ms);
+  open_with_key(db, path, key.has_value());
   exec_sql(db, "PRAGMA journal_mode=WAL");
   exec_sql(db, "PRAGMA synchronous=" + impl->options.synchronous);
   const std::string& temp_store = impl->options.temp_store;

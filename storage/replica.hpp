@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "crdt/txn_tag.hpp"
 #include "crdt/value.hpp"
 #include "crdt/version_vector.hpp"
+#include "storage/encrypted_vfs.hpp"
 #include "storage/schema_manifest.hpp"
 
 namespace lattice::storage {
@@ -49,6 +51,11 @@ struct ReplicaOptions {
   // PRAGMA foreign_keys on this connection. Merges enforce declared foreign keys whatever this
   // says (docs/data-quality.md); turning it off only lets this device's own writes break them.
   bool foreign_keys = true;
+  // Encrypts the file at rest under this 256-bit key (docs/encryption.md): every page of the
+  // database and of its write-ahead log, with AES-256-GCM. A new file is created encrypted; an
+  // existing one opens only under the key it was created with. Unset, the file is plain SQLite.
+  // Opening an encrypted file without its key, or a plain one with a key, fails with kKey.
+  std::optional<FileKey> encryption_key;
 };
 
 // One row touched by a committed transaction, local or merged.

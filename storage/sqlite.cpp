@@ -11,6 +11,11 @@ void throw_sqlite(sqlite3* db, int rc, std::string_view what) {
       primary == SQLITE_CORRUPT)
     code = ErrorCode::kIo;
   std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  // The encrypting VFS's answer for a page whose tag fails (encrypted_vfs.cpp).
+  if (rc == SQLITE_IOERR_AUTH || (db && sqlite3_extended_errcode(db) == SQLITE_IOERR_AUTH)) {
+    code = ErrorCode::kCorrupt;
+    message = "a page of the encrypted file fails to authenticate: the file was altered or damaged";
+  }
   if (!what.empty()) message += " (" + std::string(what) + ")";
   throw Error(code, message);
 }

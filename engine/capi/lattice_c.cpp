@@ -53,6 +53,7 @@ static_assert(LATTICE_ERR_INTERNAL == static_cast<int>(ErrorCode::kInternal));
 static_assert(LATTICE_ERR_UNAUTHORIZED == static_cast<int>(ErrorCode::kUnauthorized));
 static_assert(LATTICE_ERR_FORBIDDEN == static_cast<int>(ErrorCode::kForbidden));
 static_assert(LATTICE_ERR_COPIED_REPLICA == static_cast<int>(ErrorCode::kCopiedReplica));
+static_assert(LATTICE_ERR_KEY == static_cast<int>(ErrorCode::kKey));
 static_assert(static_cast<int>(lattice::engine::SyncState::kOffline) == LATTICE_SYNC_OFFLINE);
 static_assert(static_cast<int>(lattice::engine::SyncState::kConnecting) == LATTICE_SYNC_CONNECTING);
 static_assert(static_cast<int>(lattice::engine::SyncState::kSyncing) == LATTICE_SYNC_SYNCING);

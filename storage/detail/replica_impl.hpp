@@ -128,6 +128,8 @@ struct TableInfo {
 };
 
 struct Replica::Impl {
+  // Makes the encrypting VFS know the file's key while the connection is open.
+  std::unique_ptr<FileKeyRegistration> key_registration;
   sqlite3* db = nullptr;
   ReplicaOptions options;
   crdt::HybridClock clock;

@@ -158,13 +158,14 @@ static void test_names_and_version(void) {
                                        "internal",
                                        "unauthorized",
                                        "forbidden",
-                                       "copied_replica"};
-  for (int code = 0; code <= LATTICE_ERR_COPIED_REPLICA; ++code)
+                                       "copied_replica",
+                                       "key"};
+  for (int code = 0; code <= LATTICE_ERR_KEY; ++code)
     CHECK(strcmp(lattice_error_code_name(code), kNames[code]) == 0);
   CHECK(strcmp(lattice_error_code_name(LATTICE_ROW), "row") == 0);
   CHECK(strcmp(lattice_error_code_name(LATTICE_DONE), "done") == 0);
   CHECK(strcmp(lattice_error_code_name(-1), "unknown") == 0);
-  CHECK(strcmp(lattice_error_code_name(18), "unknown") == 0);
+  CHECK(strcmp(lattice_error_code_name(19), "unknown") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_OFFLINE), "offline") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_CONNECTING), "connecting") == 0);
   CHECK(strcmp(lattice_sync_state_name(LATTICE_SYNC_SYNCING), "syncing") == 0);

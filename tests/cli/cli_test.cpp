@@ -322,6 +322,38 @@ TEST_CASE("snapshot and install-snapshot give a new replica the rows, then it sy
                  "lattice: io: no replica"));
 }
 
+TEST_CASE("--key-file: every command opens an encrypted replica with its key, and only with it") {
+  Sandbox box;
+  const std::string db = box.path("secret.db"), key = box.path("k.key"), other = box.path("o.key");
+  write_all(key, "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n");
+  write_all(other, std::string(64, '7'));
+  box.ok({"exec", db, "--key-file", key,
+          std::string(kSchema) + "INSERT INTO todo(id, title) VALUES ('a', 'confidential')"});
+  CHECK(!contains(read_all(db), "confidential"));
+  CHECK(!contains(read_all(db), "SQLite format 3"));
+
+  // The option goes anywhere among a command's arguments.
+  CHECK(box.ok({"--key-file", key, "exec", db, "SELECT title FROM todo"}) == "confidential\n");
+  CHECK(contains(box.ok({"check", db, "--key-file", key}), "ok: metadata and tables agree"));
+  write_all(box.path("empty.vv"), "{}");
+  box.ok({"changes", db, "--key-file", key, "--since", box.path("empty.vv"), "--out",
+          box.path("c.cs")});
+  box.ok({"exec", box.path("plain.db"), kSchema});
+  box.ok({"apply", box.path("plain.db"), box.path("c.cs")});
+  CHECK(box.ok({"exec", box.path("plain.db"), "SELECT title FROM todo"}) == "confidential\n");
+
+  CHECK(contains(box.fails({"exec", db, "SELECT 1"}), "lattice: key: "));
+  CHECK(contains(box.fails({"exec", db, "SELECT 1", "--key-file", other}), "lattice: key: "));
+  CHECK(contains(box.fails({"exec", box.path("plain.db"), "SELECT 1", "--key-file", key}),
+                 "lattice: key: "));
+  write_all(box.path("short.key"), "abc");
+  const std::string bad = box.fails({"exec", db, "SELECT 1", "--key-file", box.path("short.key")});
+  CHECK(contains(bad, "lattice: invalid_argument: "));
+  CHECK(contains(bad, "short.key"));
+  CHECK(contains(box.fails({"exec", db, "SELECT 1", "--key-file"}), "--key-file needs a FILE"));
+  CHECK(box.ok({"exec", db, "SELECT count(*) FROM todo", "--key-file", key}) == "1\n");
+}
+
 TEST_CASE("check reports tables, conflicts and problems, and fails on a problem") {
   Sandbox box;
   const std::string a = box.path("a.db"), b = box.path("b.db");

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -1219,6 +1220,53 @@ TEST_CASE("a new device starts from the relay's snapshot, then receives what cha
   REQUIRE(writer.wait_until_in_sync(seconds(30)));
   writer.stop();
   CHECK(dump_todo(d) == dump_todo(a));
+  relay.stop();
+}
+
+TEST_CASE(
+    "an encrypted device syncs with --key-file, from the snapshot on, and its file stays sealed") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start(0, {"--snapshot-max-age", "1h"});
+  const std::string token = token_file(box, relay.token());
+  const std::string key = box.path("device.key");
+  std::ofstream(key) << "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n";
+  auto sync = [&](const std::string& db, std::vector<std::string> extra) {
+    std::vector<std::string> args{"sync", db,       relay.url(), "--token-file",
+                                  token,  "--once", "--ca-file", relay.ca_file()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return lattice(box, args);
+  };
+  const std::string plain = relay.device("plain");
+  insert_rows(box, plain, "p", 500);
+  must(sync(plain, {}), "sync plain");
+
+  // A new device, encrypted: its first sync installs the relay's snapshot into the sealed file.
+  const std::string sealed = box.path("sealed.db");
+  must(lattice(box, {"exec", sealed, kSchema, "--key-file", key}), "create sealed");
+  must(sync(sealed, {"--key-file", key}), "first sync of sealed");
+  CHECK(relay_snapshots(box) == 1);
+  must(lattice(box, {"exec", sealed, "--key-file", key,
+                     "INSERT INTO todo(id, title) VALUES ('s1', 'meet the informant at dawn')"}),
+       "write on sealed");
+  must(sync(sealed, {"--key-file", key}), "second sync of sealed");
+  must(sync(plain, {}), "sync plain again");
+  CHECK(has_row(plain, "s1"));
+  const std::string query = "SELECT id, title, done, votes FROM todo ORDER BY id";
+  CHECK(must(lattice(box, {"exec", sealed, query, "--key-file", key}), "read sealed") ==
+        must(lattice(box, {"exec", plain, query}), "read plain"));
+
+  for (const char* suffix : {"", "-wal"}) {
+    if (!fs::exists(sealed + suffix)) continue;
+    std::ifstream in(sealed + suffix, std::ios::binary);
+    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    CHECK(bytes.find("informant") == std::string::npos);
+    CHECK(bytes.find("task 17") == std::string::npos);
+    CHECK(bytes.find("todo") == std::string::npos);
+  }
+  const Result without_key = sync(sealed, {});
+  CHECK(without_key.status != 0);
+  CHECK(without_key.err.find("key") != std::string::npos);
   relay.stop();
 }
 

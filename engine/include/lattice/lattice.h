@@ -94,7 +94,8 @@ enum {
   LATTICE_ERR_INTERNAL = 14,           /* a bug in Lattice (or out of memory) */
   LATTICE_ERR_UNAUTHORIZED = 15,       /* a missing, expired or badly signed token */
   LATTICE_ERR_FORBIDDEN = 16,          /* a valid token without the right for the call */
-  LATTICE_ERR_COPIED_REPLICA = 17      /* a replica file and a copy of it both wrote: rekey one */
+  LATTICE_ERR_COPIED_REPLICA = 17,     /* a replica file and a copy of it both wrote: rekey one */
+  LATTICE_ERR_KEY = 18                 /* an encrypted replica opened without its key, or another */
 };
 
 /* Results of lattice_stmt_step() besides the error codes. */

@@ -29,6 +29,7 @@ public class LatticeException extends RuntimeException {
   public static final int UNAUTHORIZED = 15;
   public static final int FORBIDDEN = 16;
   public static final int COPIED_REPLICA = 17;
+  public static final int KEY = 18;
 
   private final int code;
 
