@@ -127,10 +127,6 @@ std::uint32_t read_be32(const unsigned char* p) {
          std::uint32_t{p[3]};
 }
 
-bool all_zero(const unsigned char* p, std::size_t n) {
-  return std::all_of(p, p + n, [](unsigned char c) { return c == 0; });
-}
-
 // Encrypts the page `plain` (kPage bytes; its reserved area is ignored) into `out`.
 bool seal_page(File* f, std::uint32_t page, const unsigned char* plain, unsigned char* out) {
   unsigned char* nonce = out + kBody;
@@ -152,9 +148,9 @@ bool seal_page(File* f, std::uint32_t page, const unsigned char* plain, unsigned
 }
 
 // Decrypts the page at `p` in place, zeroing its reserved area; false when it fails to
-// authenticate. A page of zeros (never written) stays zeros.
+// authenticate. A page of zeros fails too: SQLite writes every page inside its file, so zeros
+// there were put by someone else (and would otherwise cut a long value short unseen).
 bool open_page(File* f, std::uint32_t page, unsigned char* p) {
-  if (all_zero(p, kPage)) return true;
   unsigned char nonce[kNonce], tag[kTag];
   std::memcpy(nonce, p + kBody, kNonce);
   std::memcpy(tag, p + kBody + kNonce, kTag);
