@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -187,6 +188,14 @@ lattice_sync_status to_c_status(const lattice::engine::SyncStatus& status) {
   return out;
 }
 
+// The 32 bytes of an options struct's encryption_key, or none for NULL.
+std::optional<lattice::storage::FileKey> file_key(const std::uint8_t* bytes) {
+  if (!bytes) return std::nullopt;
+  lattice::storage::FileKey key;
+  std::memcpy(key.data(), bytes, key.size());
+  return key;
+}
+
 }  // namespace
 
 extern "C" {
@@ -231,6 +240,7 @@ lattice_replica* lattice_replica_open(const char* path, const lattice_replica_op
     if (given.busy_timeout_ms < 0)
       throw_error(ErrorCode::kInvalidArgument, "busy_timeout_ms is negative");
     if (given.busy_timeout_ms > 0) replica_options.busy_timeout_ms = given.busy_timeout_ms;
+    replica_options.encryption_key = file_key(given.encryption_key);
     auto state = std::make_shared<ReplicaState>();
     state->replica = lattice::storage::Replica::open(path, std::move(replica_options));
     result = new lattice_replica{std::move(state)};
@@ -673,6 +683,7 @@ lattice_sync* lattice_sync_start(const char* replica_path, const char* url, cons
     if (given.ca_file) client_options.ca_file = given.ca_file;
     client_options.allow_insecure_remote = given.allow_insecure_remote;
     client_options.bootstrap_from_snapshot = !given.no_snapshot;
+    client_options.replica_options.encryption_key = file_key(given.encryption_key);
     client_options.min_backoff = duration_option(given.min_backoff_ms, 100, "min_backoff_ms");
     client_options.max_backoff = duration_option(given.max_backoff_ms, 30'000, "max_backoff_ms");
     client_options.poll_interval = duration_option(given.poll_interval_ms, 50, "poll_interval_ms");

@@ -98,15 +98,20 @@ static const char* kSchema =
     "votes INTEGER NOT NULL DEFAULT 0, done REAL, icon BLOB)";
 
 /* A replica file in the test directory with the todo table replicated. */
-static lattice_replica* open_todo(const char* name) {
+/* The todo table in a replica at `name`, encrypted under `key` unless it is NULL. */
+static lattice_replica* open_todo_with_key(const char* name, const uint8_t* key) {
   char path[512];
-  lattice_replica* r = lattice_replica_open(path_in_dir(path, sizeof path, name), NULL, NULL);
+  lattice_replica_options options = LATTICE_REPLICA_OPTIONS_INIT;
+  options.encryption_key = key;
+  lattice_replica* r = lattice_replica_open(path_in_dir(path, sizeof path, name), &options, NULL);
   CHECK(r != NULL);
   if (!r) return NULL;
   CHECK(lattice_replica_exec(r, kSchema, NULL) == LATTICE_OK);
   CHECK(lattice_replica_replicate(r, "todo", "{\"votes\": \"counter\"}", NULL) == LATTICE_OK);
   return r;
 }
+
+static lattice_replica* open_todo(const char* name) { return open_todo_with_key(name, NULL); }
 
 /* The integer result of a one-row, one-column query, or -999 when there is none. */
 static int64_t query_int(lattice_replica* r, const char* sql) {
@@ -217,6 +222,50 @@ static void test_open(void) {
   CHECK(query_int(r, "SELECT 6 * 7") == 42);
   lattice_replica_free(r);
   lattice_replica_free(NULL);
+}
+
+/* A replica encrypted at rest: only its own key opens it; the file holds no plaintext. */
+static void test_encrypted(void) {
+  char path[4096];
+  lattice_error error;
+  uint8_t key[32], other[32];
+  for (int i = 0; i < 32; ++i) {
+    key[i] = (uint8_t)(i * 7 + 1);
+    other[i] = (uint8_t)(i * 7 + 2);
+  }
+  path_in_dir(path, sizeof path, "sealed.db");
+  lattice_replica_options options = LATTICE_REPLICA_OPTIONS_INIT;
+  options.encryption_key = key;
+  lattice_replica* r = lattice_replica_open(path, &options, &error);
+  CHECK(r != NULL);
+  CHECK(lattice_replica_exec(r,
+                             "CREATE TABLE diary(id TEXT PRIMARY KEY, entry TEXT);"
+                             "SELECT lattice_replicate('diary');"
+                             "INSERT INTO diary VALUES ('d1', 'the hidden orchard')",
+                             &error) == LATTICE_OK);
+  lattice_replica_free(r);
+
+  FILE* file = fopen(path, "rb");
+  CHECK(file != NULL);
+  static char bytes[1 << 20];
+  const size_t size = file ? fread(bytes, 1, sizeof bytes, file) : 0;
+  if (file) fclose(file);
+  CHECK(size > 0);
+  bool plaintext = false;
+  for (size_t i = 0; i + 7 <= size; ++i)
+    plaintext = plaintext || memcmp(bytes + i, "orchard", 7) == 0;
+  CHECK(!plaintext);
+
+  CHECK(lattice_replica_open(path, NULL, &error) == NULL);
+  CHECK(error.code == LATTICE_ERR_KEY && contains(error.message, "without its key"));
+  options.encryption_key = other;
+  CHECK(lattice_replica_open(path, &options, &error) == NULL);
+  CHECK(error.code == LATTICE_ERR_KEY && contains(error.message, "does not decrypt"));
+  options.encryption_key = key;
+  r = lattice_replica_open(path, &options, &error);
+  CHECK(r != NULL);
+  CHECK(query_int(r, "SELECT count(*) FROM diary WHERE entry LIKE '%orchard'") == 1);
+  lattice_replica_free(r);
 }
 
 static void test_statements(void) {
@@ -1026,9 +1075,11 @@ static void test_sync(const char* relay_path) {
   char url[128];
   snprintf(url, sizeof url, "ws://127.0.0.1:%d/board", relay.port);
 
-  /* Two devices: phone writes, laptop receives, both through the relay. */
+  /* Two devices: phone writes, laptop (encrypted at rest) receives, both through the relay. */
+  uint8_t laptop_key[32];
+  for (int i = 0; i < 32; ++i) laptop_key[i] = (uint8_t)(200 - i);
   lattice_replica* phone = open_todo("phone.db");
-  lattice_replica* laptop = open_todo("laptop.db");
+  lattice_replica* laptop = open_todo_with_key("laptop.db", laptop_key);
   CHECK_OK(
       lattice_replica_exec(phone, "INSERT INTO todo(id, title) VALUES ('p', 'offline edit')", E));
   char phone_path[512], laptop_path[512];
@@ -1052,7 +1103,9 @@ static void test_sync(const char* relay_path) {
   lattice_sync* phone_sync = lattice_sync_start(phone_path, url, token, &options, &error);
   CHECK(phone_sync != NULL);
   options.context = &laptop_seen;
+  options.encryption_key = laptop_key;
   lattice_sync* laptop_sync = lattice_sync_start(laptop_path, url, token, &options, &error);
+  options.encryption_key = NULL;
   CHECK(laptop_sync != NULL);
   if (!phone_sync || !laptop_sync) {
     fprintf(stderr, "lattice_sync_start: %s\n", error.message);
@@ -1209,6 +1262,7 @@ int main(int argc, char** argv) {
   const double start = now_seconds();
   test_names_and_version();
   test_open();
+  test_encrypted();
   test_statements();
   test_changesets_and_subscriptions();
   test_held_rows();

@@ -290,11 +290,29 @@ static void free_subscriptions(JNIEnv* env, JReplica* r) {
   }
 }
 
+/* A key for lattice_replica_options.encryption_key: NULL for none, else 32 bytes copied into
+ * `out`; false, with an exception pending, for another length. */
+static bool read_key(JNIEnv* env, jbyteArray key, uint8_t out[32], const uint8_t** result) {
+  *result = NULL;
+  if (!key) return true;
+  if ((*env)->GetArrayLength(env, key) != 32) {
+    throw_code(env, LATTICE_ERR_INVALID_ARGUMENT, "encryptionKey must be 32 bytes");
+    return false;
+  }
+  (*env)->GetByteArrayRegion(env, key, 0, 32, (jbyte*)out);
+  *result = out;
+  return true;
+}
+
 JNIEXPORT jlong JNICALL Java_dev_lattice_Native_replicaOpen(JNIEnv* env, jclass cls, jstring path,
                                                             jstring synchronous,
-                                                            jint busy_timeout_ms) {
+                                                            jint busy_timeout_ms,
+                                                            jbyteArray encryption_key) {
   (void)cls;
   char *c_path = NULL, *c_sync = NULL;
+  uint8_t key[32];
+  const uint8_t* key_or_null = NULL;
+  if (!read_key(env, encryption_key, key, &key_or_null)) return 0;
   if (!to_utf8(env, path, &c_path, NULL) || !to_utf8(env, synchronous, &c_sync, NULL)) {
     free(c_path);
     return 0;
@@ -309,8 +327,10 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_replicaOpen(JNIEnv* env, jclass 
   lattice_replica_options options = LATTICE_REPLICA_OPTIONS_INIT;
   options.synchronous = c_sync;
   options.busy_timeout_ms = busy_timeout_ms;
+  options.encryption_key = key_or_null;
   lattice_error error;
   r->replica = lattice_replica_open(c_path, &options, &error);
+  memset(key, 0, sizeof key);
   free(c_path);
   free(c_sync);
   if (!r->replica) {
@@ -733,10 +753,14 @@ static void on_status(void* context, const lattice_sync_status* status) {
 JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
     JNIEnv* env, jclass cls, jstring path, jstring url, jstring token, jstring ca_file,
     jboolean allow_insecure_remote, jint min_backoff_ms, jint max_backoff_ms, jint poll_interval_ms,
-    jint connect_timeout_ms, jobject listener, jobject renewer, jboolean no_snapshot) {
+    jint connect_timeout_ms, jobject listener, jobject renewer, jboolean no_snapshot,
+    jbyteArray encryption_key) {
   (void)cls;
   char *c_path = NULL, *c_url = NULL, *c_token = NULL, *c_ca = NULL;
   JSync* s = NULL;
+  uint8_t key[32];
+  const uint8_t* key_or_null = NULL;
+  if (!read_key(env, encryption_key, key, &key_or_null)) return 0;
   if (!to_utf8(env, path, &c_path, NULL) || !to_utf8(env, url, &c_url, NULL) ||
       !to_utf8(env, token, &c_token, NULL) || !to_utf8(env, ca_file, &c_ca, NULL))
     goto done;
@@ -752,6 +776,7 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
   options.poll_interval_ms = poll_interval_ms;
   options.connect_timeout_ms = connect_timeout_ms;
   options.no_snapshot = no_snapshot;
+  options.encryption_key = key_or_null;
   if (listener) {
     if (!(s->listener = (*env)->NewGlobalRef(env, listener))) {
       free(s);

@@ -66,7 +66,7 @@
 #define LATTICE_NOEXCEPT
 #endif
 
-#define LATTICE_API_VERSION 5
+#define LATTICE_API_VERSION 6
 
 #ifdef __cplusplus
 extern "C" {
@@ -157,14 +157,19 @@ typedef struct lattice_replica_options {
   size_t struct_size;      /* sizeof(lattice_replica_options) */
   const char* synchronous; /* PRAGMA synchronous: "FULL" or "NORMAL"; NULL: "NORMAL" */
   int busy_timeout_ms;     /* wait for another connection's write lock; 0: 5000 */
+  /* 32 bytes (BORROWED for the call): the file is encrypted at rest under this key
+   * (docs/encryption.md); a new file is created encrypted, an existing one opens only under its
+   * own key (LATTICE_ERR_KEY otherwise). NULL: a plain SQLite file. Added in API version 6. */
+  const uint8_t* encryption_key;
 } lattice_replica_options;
 #define LATTICE_REPLICA_OPTIONS_INIT \
-  { sizeof(lattice_replica_options), NULL, 0 }
+  { sizeof(lattice_replica_options), NULL, 0, NULL }
 
 /* Opens (creating when missing) the replica at `path` (":memory:" for a private in-memory one);
  * `options` may be NULL. Returns an OWNED handle, released with lattice_replica_free(), or NULL
  * on failure: LATTICE_ERR_IO (cannot open), LATTICE_ERR_UNSUPPORTED_VERSION (written by a newer
- * Lattice), LATTICE_ERR_INVALID_ARGUMENT. */
+ * Lattice), LATTICE_ERR_KEY (an encrypted file without its key or with another, a plain file with
+ * a key), LATTICE_ERR_INVALID_ARGUMENT. */
 LATTICE_API lattice_replica* lattice_replica_open(const char* path,
                                                   const lattice_replica_options* options,
                                                   lattice_error* error) LATTICE_NOEXCEPT;
@@ -471,9 +476,12 @@ typedef struct lattice_sync_options {
    * installed, then syncs what changed since; on any refusal it syncs change by change. True
    * turns this off: always change by change. Added in API version 5. */
   bool no_snapshot;
+  /* The replica file's key when it is encrypted at rest: 32 bytes, copied at the call (see
+   * lattice_replica_options). NULL: a plain file. Added in API version 6. */
+  const uint8_t* encryption_key;
 } lattice_sync_options;
 #define LATTICE_SYNC_OPTIONS_INIT \
-  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL, NULL, NULL, false }
+  { sizeof(lattice_sync_options), NULL, false, 0, 0, 0, 0, NULL, NULL, NULL, NULL, false, NULL }
 
 /* Starts keeping the replica file at `replica_path` in sync with the relay at `url`
  * (wss://HOST:PORT/NAMESPACE, or ws:// to loopback) using bearer `token`; `options` may be NULL.

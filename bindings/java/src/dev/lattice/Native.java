@@ -22,7 +22,8 @@ final class Native {
 
   static native String codeName(int code);
 
-  static native long replicaOpen(String path, String synchronous, int busyTimeoutMs);
+  static native long replicaOpen(
+      String path, String synchronous, int busyTimeoutMs, byte[] encryptionKey);
 
   static native void replicaFree(long replica);
 
@@ -76,7 +77,8 @@ final class Native {
 
   static native long syncStart(String replicaPath, String url, String token, String caFile,
       boolean allowInsecureRemote, int minBackoffMs, int maxBackoffMs, int pollIntervalMs,
-      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer, boolean noSnapshot);
+      int connectTimeoutMs, SyncListener listener, TokenRenewer renewer, boolean noSnapshot,
+      byte[] encryptionKey);
 
   static native void syncStop(long sync);
 

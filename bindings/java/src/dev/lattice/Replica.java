@@ -29,8 +29,19 @@ public final class Replica implements AutoCloseable {
    * to wait for another connection's write lock (0: 5000 ms). Throws IO, UNSUPPORTED_VERSION.
    */
   public static Replica open(String path, String synchronous, int busyTimeoutMs) {
+    return open(path, synchronous, busyTimeoutMs, null);
+  }
+
+  /**
+   * Opens a replica encrypted at rest under {@code encryptionKey} (32 bytes; null: a plain
+   * file), with the options above. A new file is created encrypted; an existing one opens only
+   * under its own key. Throws KEY for a missing or wrong key (or a key for a plain file),
+   * INVALID_ARGUMENT for a key that is not 32 bytes, and the errors above.
+   */
+  public static Replica open(
+      String path, String synchronous, int busyTimeoutMs, byte[] encryptionKey) {
     Objects.requireNonNull(path, "path");
-    return new Replica(Native.replicaOpen(path, synchronous, busyTimeoutMs));
+    return new Replica(Native.replicaOpen(path, synchronous, busyTimeoutMs, encryptionKey));
   }
 
   /** Runs one or more SQL statements, discarding rows. Throws SQL, SCHEMA. */

@@ -20,6 +20,7 @@ public final class SyncClient implements AutoCloseable {
     SyncListener listener;
     TokenRenewer tokenRenewer;
     boolean noSnapshot;
+    byte[] encryptionKey;
 
     /** PEM certificates to trust besides the system's (a self-signed relay). */
     public Options caFile(String path) {
@@ -64,6 +65,12 @@ public final class SyncClient implements AutoCloseable {
      */
     public Options noSnapshot(boolean off) {
       noSnapshot = off;
+      return this;
+    }
+
+    /** The replica file's key when it is encrypted at rest (32 bytes; see Replica.open). */
+    public Options encryptionKey(byte[] key) {
+      encryptionKey = key;
       return this;
     }
 
@@ -126,7 +133,7 @@ public final class SyncClient implements AutoCloseable {
     return new SyncClient(Native.syncStart(replicaPath, url, token, o.caFile,
                               o.allowInsecureRemote, o.minBackoffMs, o.maxBackoffMs,
                               o.pollIntervalMs, o.connectTimeoutMs, dispatcher, o.tokenRenewer,
-                              o.noSnapshot),
+                              o.noSnapshot, o.encryptionKey),
         dispatcher);
   }
 

@@ -220,6 +220,34 @@ public final class LatticeTest {
     }
   }
 
+  /** A replica encrypted at rest opens only under its key, and its file holds no plaintext. */
+  private static void testEncrypted() throws Exception {
+    currentCase = "encrypted";
+    byte[] key = new byte[32];
+    byte[] other = new byte[32];
+    for (int i = 0; i < 32; i++) {
+      key[i] = (byte) (i * 5 + 3);
+      other[i] = (byte) (i * 5 + 4);
+    }
+    String path = dir.resolve("vault.db").toString();
+    try (Replica vault = Replica.open(path, null, 0, key)) {
+      vault.exec("CREATE TABLE secret(id TEXT PRIMARY KEY, word TEXT);"
+          + "SELECT lattice_replicate('secret');"
+          + "INSERT INTO secret VALUES ('s1', 'marmalade')");
+    }
+    String bytes =
+        new String(Files.readAllBytes(dir.resolve("vault.db")), StandardCharsets.ISO_8859_1);
+    check(!bytes.contains("marmalade"), "no plaintext in the encrypted file");
+    checkThrows(LatticeException.KEY, () -> Replica.open(path), "no key");
+    checkThrows(LatticeException.KEY, () -> Replica.open(path, null, 0, other), "another key");
+    checkThrows(LatticeException.INVALID_ARGUMENT, () -> Replica.open(path, null, 0, new byte[31]),
+        "a short key");
+    try (Replica vault = Replica.open(path, null, 0, key)) {
+      checkEquals(1L, queryLong(vault, "SELECT count(*) FROM secret WHERE word = 'marmalade'"),
+          "the row, read under the key");
+    }
+  }
+
   /** One replica shared by several threads: the binding serializes their calls. */
   private static void testSnapshots() {
     currentCase = "snapshots";
@@ -469,6 +497,7 @@ public final class LatticeTest {
     try {
       testChangesets();
       testSnapshots();
+      testEncrypted();
       testThreads();
       if (args.length > 0) {
         testSync(args[0]);
