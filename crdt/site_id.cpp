@@ -3,16 +3,10 @@
 #include <algorithm>
 
 #include "crdt/error.hpp"
+#include "crdt/hex.hpp"
 
 namespace lattice::crdt {
 namespace {
-
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // The offending text, shortened so that a hostile input cannot make the message huge.
 std::string quoted(std::string_view text) {

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "crdt/error.hpp"
+#include "crdt/hex.hpp"
 
 namespace lattice::storage {
 
@@ -487,15 +488,9 @@ FileKey parse_file_key(std::string_view hex, const std::string& what) {
     hex.remove_prefix(1);
   while (!hex.empty() && std::isspace(static_cast<unsigned char>(hex.back()))) hex.remove_suffix(1);
   FileKey key{};
-  auto digit = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   bool ok = hex.size() == 2 * key.size();
   for (std::size_t i = 0; ok && i < key.size(); ++i) {
-    const int high = digit(hex[2 * i]), low = digit(hex[2 * i + 1]);
+    const int high = crdt::hex_digit(hex[2 * i]), low = crdt::hex_digit(hex[2 * i + 1]);
     ok = high >= 0 && low >= 0;
     key[i] = static_cast<std::uint8_t>(high * 16 + low);
   }

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "crdt/error.hpp"
+#include "crdt/hex.hpp"
 
 namespace lattice::storage {
 
@@ -23,11 +24,7 @@ long escape_at(std::string_view text, std::size_t s) {
   if (backslashes % 2 != 0) return -1;
   long code = 0;
   for (std::size_t i = s + 2; i < s + 6; ++i) {
-    const char c = text[i];
-    const int digit = c >= '0' && c <= '9'   ? c - '0'
-                      : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                      : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                             : -1;
+    const int digit = crdt::hex_digit(text[i]);
     if (digit < 0) return -1;
     code = code * 16 + digit;
   }

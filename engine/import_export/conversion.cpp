@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "crdt/hex.hpp"
 #include "crdt/json.hpp"
 
 namespace lattice::engine {
@@ -135,13 +136,6 @@ bool json_number_text(std::string_view t, bool& integral) {
   return i == t.size();
 }
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 std::optional<crdt::Blob> parse_hex(std::string_view text, std::string& error) {
   std::string_view t = trimmed(text);
   if (t.size() >= 2 &&
@@ -154,7 +148,7 @@ std::optional<crdt::Blob> parse_hex(std::string_view text, std::string& error) {
   crdt::Blob blob;
   blob.bytes.reserve(t.size() / 2);
   for (std::size_t i = 0; i < t.size(); i += 2) {
-    const int hi = hex_digit(t[i]), lo = hex_digit(t[i + 1]);
+    const int hi = crdt::hex_digit(t[i]), lo = crdt::hex_digit(t[i + 1]);
     if (hi < 0 || lo < 0) {
       error = shown(text) + " is not hex";
       return std::nullopt;
