@@ -128,6 +128,20 @@ std::uint32_t read_be32(const unsigned char* p) {
          std::uint32_t{p[3]};
 }
 
+// What a page's tag authenticates besides its bytes: its number, big-endian.
+std::array<unsigned char, 4> page_aad(std::uint32_t page) {
+  return {static_cast<unsigned char>(page >> 24), static_cast<unsigned char>(page >> 16),
+          static_cast<unsigned char>(page >> 8), static_cast<unsigned char>(page)};
+}
+
+// The page number in the WAL frame header at `header`, read from the file.
+int read_frame_page(File* f, sqlite3_int64 header, std::uint32_t& page) {
+  unsigned char bytes[4];
+  const int rc = f->real->pMethods->xRead(f->real, bytes, 4, header);
+  if (rc == SQLITE_OK) page = read_be32(bytes);
+  return rc;
+}
+
 // Encrypts the page `plain` (kPage bytes; its reserved area is ignored) into `out`.
 bool seal_page(File* f, std::uint32_t page, const unsigned char* plain, unsigned char* out) {
   unsigned char* nonce = out + kBody;
@@ -137,12 +151,10 @@ bool seal_page(File* f, std::uint32_t page, const unsigned char* plain, unsigned
   for (int i = 4; i < kNonce; ++i) low = (low << 8) | nonce[i];
   low += f->sealed++;
   for (int i = kNonce - 1; i >= 4; --i, low >>= 8) nonce[i] = static_cast<unsigned char>(low);
-  const unsigned char aad[4] = {
-      static_cast<unsigned char>(page >> 24), static_cast<unsigned char>(page >> 16),
-      static_cast<unsigned char>(page >> 8), static_cast<unsigned char>(page)};
+  const auto aad = page_aad(page);
   int n = 0;
   return EVP_EncryptInit_ex(f->encrypt, nullptr, nullptr, nullptr, nonce) == 1 &&
-         EVP_EncryptUpdate(f->encrypt, nullptr, &n, aad, sizeof aad) == 1 &&
+         EVP_EncryptUpdate(f->encrypt, nullptr, &n, aad.data(), aad.size()) == 1 &&
          EVP_EncryptUpdate(f->encrypt, out, &n, plain, kBody) == 1 && n == kBody &&
          EVP_EncryptFinal_ex(f->encrypt, out + n, &n) == 1 &&
          EVP_CIPHER_CTX_ctrl(f->encrypt, EVP_CTRL_GCM_GET_TAG, kTag, tag) == 1;
@@ -155,12 +167,10 @@ bool open_page(File* f, std::uint32_t page, unsigned char* p) {
   unsigned char nonce[kNonce], tag[kTag];
   std::memcpy(nonce, p + kBody, kNonce);
   std::memcpy(tag, p + kBody + kNonce, kTag);
-  const unsigned char aad[4] = {
-      static_cast<unsigned char>(page >> 24), static_cast<unsigned char>(page >> 16),
-      static_cast<unsigned char>(page >> 8), static_cast<unsigned char>(page)};
+  const auto aad = page_aad(page);
   int n = 0;
   const bool ok = EVP_DecryptInit_ex(f->decrypt, nullptr, nullptr, nullptr, nonce) == 1 &&
-                  EVP_DecryptUpdate(f->decrypt, nullptr, &n, aad, sizeof aad) == 1 &&
+                  EVP_DecryptUpdate(f->decrypt, nullptr, &n, aad.data(), aad.size()) == 1 &&
                   EVP_DecryptUpdate(f->decrypt, p, &n, p, kBody) == 1 &&
                   EVP_CIPHER_CTX_ctrl(f->decrypt, EVP_CTRL_GCM_SET_TAG, kTag, tag) == 1 &&
                   EVP_DecryptFinal_ex(f->decrypt, p + kBody, &n) == 1;
@@ -232,14 +242,12 @@ int wal_read(File* f, unsigned char* out, int amount, sqlite3_int64 offset) {
     if (data >= end) break;
     if (data + kPage <= offset) continue;
     const bool header_read = header >= offset;  // a read of whole frames: recovery
-    unsigned char page_number[4];
+    std::uint32_t page = 0;
     if (header_read) {
-      std::memcpy(page_number, out + (header - offset), 4);
-    } else {
-      const int prc = f->real->pMethods->xRead(f->real, page_number, 4, header);
-      if (prc != SQLITE_OK) return prc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_READ : prc;
+      page = read_be32(out + (header - offset));
+    } else if (const int prc = read_frame_page(f, header, page); prc != SQLITE_OK) {
+      return prc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_READ : prc;
     }
-    const std::uint32_t page = read_be32(page_number);
     bool ok;
     if (data >= offset && data + kPage <= end) {
       ok = open_page(f, page, out + (data - offset));
@@ -278,12 +286,9 @@ int wal_write(File* f, const unsigned char* in, int amount, sqlite3_int64 offset
   }
   if (within != kFrameHeader || amount != kPage) return SQLITE_IOERR_WRITE;
   std::uint32_t page = f->header_page;
-  if (f->header_offset != offset - kFrameHeader) {
-    unsigned char page_number[4];
-    const int rc = f->real->pMethods->xRead(f->real, page_number, 4, offset - kFrameHeader);
-    if (rc != SQLITE_OK) return SQLITE_IOERR_WRITE;
-    page = read_be32(page_number);
-  }
+  if (f->header_offset != offset - kFrameHeader &&
+      read_frame_page(f, offset - kFrameHeader, page) != SQLITE_OK)
+    return SQLITE_IOERR_WRITE;
   if (!seal_page(f, page, in, frame)) return SQLITE_IOERR_WRITE;
   return f->real->pMethods->xWrite(f->real, frame, kPage, offset);
 }
@@ -483,6 +488,8 @@ std::string full_name(const std::string& path) {
 
 }  // namespace
 
+constexpr const char* kNotAKey = " does not hold a key: 64 hexadecimal digits (256 bits) expected";
+
 FileKey parse_file_key(std::string_view hex, const std::string& what) {
   while (!hex.empty() && std::isspace(static_cast<unsigned char>(hex.front())))
     hex.remove_prefix(1);
@@ -496,8 +503,7 @@ FileKey parse_file_key(std::string_view hex, const std::string& what) {
   }
   if (!ok) {
     OPENSSL_cleanse(key.data(), key.size());
-    throw Error(ErrorCode::kInvalidArgument,
-                what + " does not hold a key: 64 hexadecimal digits (256 bits) expected");
+    throw Error(ErrorCode::kInvalidArgument, what + kNotAKey);
   }
   return key;
 }
@@ -508,17 +514,18 @@ FileKey read_file_key(const std::string& path) {
   std::string text(128, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  const bool longer = in.peek() != std::char_traits<char>::eof();
+  const std::string what = "key file '" + path + "'";
+  if (in.peek() != std::char_traits<char>::eof()) {  // more than a key and white space
+    OPENSSL_cleanse(text.data(), text.size());
+    throw Error(ErrorCode::kInvalidArgument, what + kNotAKey);
+  }
   try {
-    if (longer) throw Error(ErrorCode::kInvalidArgument, "");
-    FileKey key = parse_file_key(text, "key file '" + path + "'");
+    FileKey key = parse_file_key(text, what);
     OPENSSL_cleanse(text.data(), text.size());
     return key;
-  } catch (const Error&) {
+  } catch (...) {
     OPENSSL_cleanse(text.data(), text.size());
-    throw Error(
-        ErrorCode::kInvalidArgument,
-        "key file '" + path + "' does not hold a key: 64 hexadecimal digits (256 bits) expected");
+    throw;
   }
 }
 
