@@ -31,6 +31,9 @@ constexpr const char* kUsage = R"(usage:
   lattice vv DB                                print the replica's version vector as JSON
   lattice check DB                             check metadata against tables, list held rows
   lattice rekey DB [--keep-through N]          give a copied or restored replica a new site id
+  lattice rotate-key DB --key-file FILE --new-key-file NEW
+                                               re-encrypt an encrypted replica under the key
+                                               in NEW (no other connection may have it open)
   lattice snapshot DB FILE                     write DB's replicated state to a new file FILE
   lattice install-snapshot DB FILE             install snapshot FILE into DB, a replica whose
                                                schema is in place and that holds nothing yet
@@ -726,6 +729,18 @@ int run(const std::vector<std::string>& args) {
         "ones moved to the new id\n",
         replica->site_id().to_hex().c_str(), static_cast<unsigned long long>(keep_through),
         old_site.c_str(), static_cast<unsigned long long>(head - std::min(head, keep_through)));
+    return 0;
+  }
+  if (command == "rotate-key") {
+    need(2);
+    if (args.size() != 4 || args[2] != "--new-key-file")
+      throw UsageError("'rotate-key' takes DB, --key-file FILE and --new-key-file NEW");
+    if (!replica_options().encryption_key)
+      throw UsageError("'rotate-key' needs --key-file with the replica's current key");
+    const auto new_key = lattice::storage::read_file_key(args[3]);
+    open_existing(args[1])->rotate_key(new_key);
+    std::printf("rotated: '%s' is encrypted under the key in '%s'\n", args[1].c_str(),
+                args[3].c_str());
     return 0;
   }
   if (command == "snapshot" || command == "install-snapshot") {

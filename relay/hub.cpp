@@ -1349,7 +1349,8 @@ SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
   char id[33];
   std::snprintf(id, sizeof id, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
   SnapshotFile file{(dir / (ns + "." + id + ".snapshot")).string(), std::string("\"") + id + "\""};
-  space.replica->write_snapshot(file.path);
+  space.replica->write_snapshot(file.path,
+                                impl_->options.replica_options.encryption_key.has_value());
   // A download of the previous one keeps reading the file it opened.
   if (space.snapshot) std::filesystem::remove(space.snapshot->path, ec);
   space.snapshot = file;

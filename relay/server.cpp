@@ -13,6 +13,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -26,6 +27,7 @@
 #include "crdt/error.hpp"
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
+#include "storage/encrypted_vfs.hpp"
 #include "transport/frame.hpp"
 #include "transport/websocket_server.hpp"
 
@@ -288,6 +290,33 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
   return m.text();
 }
 
+// Refuses to start on namespace files the data key does not open (written under another key,
+// plain files with a key, encrypted ones without): the relay would otherwise fail every device
+// of those namespaces. Reads one page of each file.
+void check_namespace_files(const std::string& data_dir,
+                           const std::optional<storage::FileKey>& key) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(data_dir, ec)) {
+    std::error_code size_error;
+    if (!entry.is_regular_file(size_error) || entry.path().extension() != ".db" ||
+        entry.file_size(size_error) == 0 || size_error)
+      continue;
+    const std::string path = entry.path().string();
+    if (key && !storage::file_opens_under(path, *key))
+      throw Error(ErrorCode::kKey, "namespace file '" + path +
+                                       "' is not encrypted under the key of --data-key-file "
+                                       "(another key, or a plain file)");
+    if (!key) {
+      char header[16] = {};
+      std::ifstream(path, std::ios::binary).read(header, sizeof header);
+      if (std::memcmp(header, "SQLite format 3", sizeof header) != 0)
+        throw Error(ErrorCode::kKey, "namespace file '" + path +
+                                         "' is not a plain SQLite file: an encrypted one needs "
+                                         "--data-key-file");
+    }
+  }
+}
+
 }  // namespace
 
 ServeConfig parse_serve_args(const std::vector<std::string>& args) {
@@ -295,6 +324,7 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                          {"listen",
                           "data",
                           "key-file",
+                          "data-key-file",
                           "tls-cert",
                           "tls-key",
                           "schema",
@@ -323,6 +353,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   parse_listen(flags.require("listen"), config);
   config.data_dir = flags.require("data");
   config.key_file = flags.require("key-file");
+  config.data_key_file = flags.get("data-key-file");
+  if (flags.has("data-key-file") && config.data_key_file.empty())
+    throw usage_error("--data-key-file is empty");
   config.insecure = flags.has("insecure");
   config.tls_cert_file = flags.get("tls-cert");
   config.tls_key_file = flags.get("tls-key");
@@ -438,6 +471,10 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     throw Error(ErrorCode::kIo, "cannot make the data directory '" + config.data_dir +
                                     "' private (0700): " + fs_error.message());
 
+  std::optional<storage::FileKey> data_key;
+  if (!config.data_key_file.empty()) data_key = storage::read_file_key(config.data_key_file);
+  check_namespace_files(config.data_dir, data_key);
+
   // Log lines come from the hub's thread and from every network thread.
   std::mutex log_mutex;
   auto write_log = [&log, &log_mutex](const std::string& line) {
@@ -447,6 +484,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
 
   HubOptions hub_options;
   hub_options.data_dir = config.data_dir;
+  hub_options.replica_options.encryption_key = data_key;
   hub_options.schema_sql = schema_sql;
   hub_options.schema_dir = config.schema_dir;
   hub_options.limits = config.limits;
@@ -522,7 +560,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       };
   // GET /snapshot/NAMESPACE: the token of a device that may read the namespace. On a network
   // thread; the token is checked there, the hub's part runs on the hub's thread.
-  server_options.snapshot = [&hub, on_hub_thread, &hub_authenticate,
+  server_options.snapshot = [&hub, on_hub_thread, &hub_authenticate, data_key,
                              max_age = config.snapshot_max_age_seconds](const std::string& ns,
                                                                         const std::string& token) {
     using transport::SnapshotAnswer;
@@ -542,6 +580,14 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       const SnapshotFile file = on_hub_thread(
           [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
       SnapshotAnswer answer{200, file.path, file.etag, "", {}};
+      if (data_key) {
+        // Encrypted on disk like the namespace's file; sent decrypted (over TLS).
+        auto reader = std::make_shared<storage::EncryptedFileReader>(file.path, *data_key);
+        answer.source = SnapshotAnswer::Source{
+            reader->size(), [reader](std::uint64_t offset, unsigned char* out, std::size_t n) {
+              return reader->read(offset, out, n);
+            }};
+      }
       answer.admit = [&hub, on_hub_thread, token](std::uint64_t bytes, std::uint64_t file_bytes) {
         return on_hub_thread([&hub, token, bytes, file_bytes] {
           return hub.admit_snapshot(token, bytes, file_bytes);

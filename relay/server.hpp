@@ -18,6 +18,9 @@ struct ServeConfig {
   std::uint16_t port = 0;
   std::string data_dir;
   std::string key_file;
+  // Holds the key (64 hexadecimal digits) the namespace files and their snapshots are encrypted
+  // under at rest (docs/encryption.md); empty: plain SQLite files.
+  std::string data_key_file;
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure = false;

@@ -17,22 +17,31 @@
 // - Temporary files (statement journals, sorts, VACUUM's copy) have no page structure and live
 //   only while open: AES-256-CTR under a random key per file, the counter from the offset.
 // - Anything else (a file attached without a key) goes through unchanged.
+// - Key rotation (rotate_file_key) rewrites every page of the database file in place, after a
+//   journal of the pages as they were ("<file>-rotate"); opening the file puts that journal back
+//   while it exists, so a rotation cut short leaves the file under its old key.
 
 #include "storage/encrypted_vfs.hpp"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <new>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "crdt/error.hpp"
@@ -411,6 +420,103 @@ EVP_CIPHER_CTX* cipher(const EVP_CIPHER* type, const unsigned char* key, bool en
   return ctx;
 }
 
+// --- Key rotation's journal: "<file>-rotate", a header (magic, page count) and the file's pages as
+// they were, bytes unchanged.
+
+constexpr char kRotateMagic[16] = "lattice-rotate1";
+constexpr int kRotateHeader = 32;
+
+std::string rotate_journal(const std::string& name) { return name + "-rotate"; }
+
+bool pwrite_all(int fd, const unsigned char* p, std::size_t n, off_t at) {
+  while (n > 0) {
+    const ssize_t done = ::pwrite(fd, p, n, at);
+    if (done <= 0) return false;
+    p += done, n -= static_cast<std::size_t>(done), at += done;
+  }
+  return true;
+}
+
+bool pread_all(int fd, unsigned char* p, std::size_t n, off_t at) {
+  while (n > 0) {
+    const ssize_t done = ::pread(fd, p, n, at);
+    if (done <= 0) return false;
+    p += done, n -= static_cast<std::size_t>(done), at += done;
+  }
+  return true;
+}
+
+// Makes a rename or an unlink in the directory of `path` durable.
+bool sync_directory_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : path.substr(0, std::max<std::size_t>(slash, 1));
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Takes the exclusive lock on the database file `real` as SQLite's locking protocol has it,
+// waiting up to five seconds for other connections; SQLITE_BUSY after that.
+int lock_exclusive(sqlite3_file* real) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    int rc = real->pMethods->xLock(real, SQLITE_LOCK_SHARED);
+    if (rc == SQLITE_OK) rc = real->pMethods->xLock(real, SQLITE_LOCK_RESERVED);
+    if (rc == SQLITE_OK) rc = real->pMethods->xLock(real, SQLITE_LOCK_EXCLUSIVE);
+    if (rc == SQLITE_OK) return rc;
+    real->pMethods->xUnlock(real, SQLITE_LOCK_NONE);
+    if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() > deadline) return rc;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+// Copies the pages of a rotation's journal back into the database file `real` and removes the
+// journal. The caller holds the file's exclusive lock.
+int put_back_rotation(sqlite3_file* real, const std::string& journal) {
+  const int fd = ::open(journal.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? SQLITE_OK : SQLITE_IOERR_READ;  // another put it back
+  unsigned char header[kRotateHeader];
+  struct stat st {};
+  std::uint64_t pages = 0;
+  bool ok = pread_all(fd, header, sizeof header, 0) && ::fstat(fd, &st) == 0 &&
+            std::memcmp(header, kRotateMagic, sizeof kRotateMagic) == 0;
+  for (int i = 16; ok && i < 24; ++i) pages = (pages << 8) | header[i];
+  ok = ok && pages < (std::uint64_t{1} << 31) &&
+       static_cast<std::uint64_t>(st.st_size) == kRotateHeader + pages * kPage;
+  if (!ok) {
+    ::close(fd);
+    return SQLITE_CORRUPT;  // not a journal this VFS wrote whole: leave everything as it is
+  }
+  unsigned char page[kPage];
+  int rc = SQLITE_OK;
+  for (std::uint64_t i = 0; rc == SQLITE_OK && i < pages; ++i) {
+    const auto at = static_cast<sqlite3_int64>(i * kPage);
+    rc = pread_all(fd, page, kPage, kRotateHeader + at)
+             ? real->pMethods->xWrite(real, page, kPage, at)
+             : SQLITE_IOERR_READ;
+  }
+  ::close(fd);
+  if (rc == SQLITE_OK)
+    rc = real->pMethods->xTruncate(real, static_cast<sqlite3_int64>(pages * kPage));
+  if (rc == SQLITE_OK) rc = real->pMethods->xSync(real, SQLITE_SYNC_FULL);
+  if (rc == SQLITE_OK && (::unlink(journal.c_str()) != 0 || !sync_directory_of(journal)))
+    rc = SQLITE_IOERR_DELETE;
+  return rc;
+}
+
+// When a rotation of the database file `real` named `name` was cut short, puts its pages back.
+int recover_rotation(sqlite3_file* real, const std::string& name) {
+  const std::string journal = rotate_journal(name);
+  if (::access(journal.c_str(), F_OK) != 0) return SQLITE_OK;
+  int rc = lock_exclusive(real);
+  if (rc == SQLITE_OK) rc = put_back_rotation(real, journal);
+  real->pMethods->xUnlock(real, SQLITE_LOCK_NONE);
+  return rc;
+}
+
 constexpr int kTempFlags = SQLITE_OPEN_TEMP_DB | SQLITE_OPEN_TEMP_JOURNAL | SQLITE_OPEN_SUBJOURNAL |
                            SQLITE_OPEN_TRANSIENT_DB;
 
@@ -449,7 +555,11 @@ int x_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* file, int flags, i
       return SQLITE_CANTOPEN;
     }
   }
-  const int rc = real_vfs()->xOpen(real_vfs(), name, f->real, flags, out_flags);
+  int rc = real_vfs()->xOpen(real_vfs(), name, f->real, flags, out_flags);
+  if (rc == SQLITE_OK && (flags & SQLITE_OPEN_MAIN_DB) && name) {
+    rc = recover_rotation(f->real, name);
+    if (rc != SQLITE_OK) f->real->pMethods->xClose(f->real);
+  }
   if (rc != SQLITE_OK) {
     EVP_CIPHER_CTX_free(f->encrypt);
     EVP_CIPHER_CTX_free(f->decrypt);
@@ -484,6 +594,46 @@ std::string full_name(const std::string& path) {
       SQLITE_OK)
     throw Error(ErrorCode::kIo, "cannot resolve the path of '" + path + "'");
   return buffer.data();
+}
+
+// A page cipher of a database file or WAL: contexts for `key` and a fresh nonce base.
+struct PageCipher {
+  EVP_CIPHER_CTX* encrypt = nullptr;
+  EVP_CIPHER_CTX* decrypt = nullptr;
+  std::uint8_t nonce_base[12] = {};
+  std::uint64_t sealed = 0;
+
+  explicit PageCipher(const PageKey& key)
+      : encrypt(cipher(EVP_aes_256_gcm(), key.data(), true)),
+        decrypt(cipher(EVP_aes_256_gcm(), key.data(), false)) {
+    if (!encrypt || !decrypt || RAND_bytes(nonce_base, sizeof nonce_base) != 1)
+      throw Error(ErrorCode::kInternal, "cannot set up AES-256-GCM (OpenSSL failed)");
+  }
+  ~PageCipher() {
+    EVP_CIPHER_CTX_free(encrypt);
+    EVP_CIPHER_CTX_free(decrypt);
+  }
+  PageCipher(const PageCipher&) = delete;
+  PageCipher& operator=(const PageCipher&) = delete;
+
+  // Exchanges this cipher with the one `f` uses.
+  void swap_with(File* f) {
+    std::swap(encrypt, f->encrypt);
+    std::swap(decrypt, f->decrypt);
+    std::swap_ranges(nonce_base, nonce_base + sizeof nonce_base, f->nonce_base);
+    std::swap(sealed, f->sealed);
+  }
+};
+
+// The file of `db`'s main database (SQLITE_FCNTL_FILE_POINTER) or of its WAL
+// (SQLITE_FCNTL_JOURNAL_POINTER), when this VFS encrypts it.
+File* encrypted_file(sqlite3* db, int op, Kind kind) {
+  sqlite3_file* file = nullptr;
+  if (sqlite3_file_control(db, "main", op, &file) != SQLITE_OK || !file ||
+      file->pMethods != &kMethods)
+    return nullptr;
+  File* f = as_file(file);
+  return f->kind == kind ? f : nullptr;
 }
 
 }  // namespace
@@ -541,6 +691,150 @@ FileKeyRegistration::FileKeyRegistration(const std::string& path, const FileKey&
     throw Error(ErrorCode::kKey, "'" + path + "' is open in this process under another key");
   entry.key = page_key;
   ++entry.count;
+}
+
+void rotate_file_key(sqlite3* db, FileKeyRegistration& registration, const FileKey& new_key) {
+  const std::string& name = registration.name_;
+  File* f = encrypted_file(db, SQLITE_FCNTL_FILE_POINTER, Kind::kDatabase);
+  if (!f) throw Error(ErrorCode::kState, "'" + name + "' is not open as an encrypted file");
+  sqlite3_file* real = f->real;
+  sqlite3_int64 size = 0;
+  if (real->pMethods->xFileSize(real, &size) != SQLITE_OK || size % kPage != 0)
+    throw Error(ErrorCode::kCorrupt,
+                "'" + name + "' is not whole pages of " + std::to_string(kPage) + " bytes");
+  const auto pages = static_cast<std::uint64_t>(size / kPage);
+
+  // 1. The journal: every page as it is, each checked under the current key first.
+  const std::string journal = rotate_journal(name), temporary = journal + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw Error(ErrorCode::kIo, "cannot create '" + temporary + "'");
+  unsigned char header[kRotateHeader] = {};
+  std::memcpy(header, kRotateMagic, sizeof kRotateMagic);
+  for (int i = 0; i < 8; ++i) header[23 - i] = static_cast<unsigned char>(pages >> (8 * i));
+  bool ok = pwrite_all(fd, header, sizeof header, 0);
+  unsigned char page[kPage], plain[kPage];
+  for (std::uint64_t i = 0; ok && i < pages; ++i) {
+    const auto at = static_cast<sqlite3_int64>(i * kPage);
+    if (real->pMethods->xRead(real, page, kPage, at) != SQLITE_OK) {
+      ok = false;
+      break;
+    }
+    std::memcpy(plain, page, kPage);
+    if (!open_page(f, static_cast<std::uint32_t>(i + 1), plain)) {
+      ::close(fd);
+      ::unlink(temporary.c_str());
+      throw Error(ErrorCode::kCorrupt, "page " + std::to_string(i + 1) + " of '" + name +
+                                           "' fails to authenticate; its key was not rotated");
+    }
+    ok = pwrite_all(fd, page, kPage, kRotateHeader + at);
+  }
+  ok = ok && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(temporary.c_str(), journal.c_str()) != 0 || !sync_directory_of(journal)) {
+    ::unlink(temporary.c_str());
+    ::unlink(journal.c_str());
+    throw Error(ErrorCode::kIo, "cannot write the journal '" + journal + "'");
+  }
+
+  // 2. Every page opened under the old key and sealed under the new one, in place.
+  const PageKey page_key = derive_page_key(new_key);
+  PageCipher fresh(page_key);
+  int rc = SQLITE_OK;
+  for (std::uint64_t i = 0; rc == SQLITE_OK && i < pages; ++i) {
+    const auto at = static_cast<sqlite3_int64>(i * kPage);
+    const auto number = static_cast<std::uint32_t>(i + 1);
+    rc = real->pMethods->xRead(real, page, kPage, at);
+    if (rc != SQLITE_OK) break;
+    const bool opened = open_page(f, number, page);
+    fresh.swap_with(f);
+    const bool sealed = opened && seal_page(f, number, page, plain);
+    fresh.swap_with(f);
+    rc = sealed ? real->pMethods->xWrite(real, plain, kPage, at) : SQLITE_IOERR_WRITE;
+  }
+  if (rc == SQLITE_OK) rc = real->pMethods->xSync(real, SQLITE_SYNC_FULL);
+  if (rc != SQLITE_OK) {
+    put_back_rotation(real, journal);  // or the next open does
+    throw Error(ErrorCode::kIo, "cannot rewrite '" + name +
+                                    "' under the new key (SQLite I/O error " + std::to_string(rc) +
+                                    "); it keeps its old key");
+  }
+
+  // 3. The new key for every handle and the registration, then the journal goes: done.
+  fresh.swap_with(f);
+  if (File* wal = encrypted_file(db, SQLITE_FCNTL_JOURNAL_POINTER, Kind::kWal)) {
+    PageCipher for_wal(page_key);
+    for_wal.swap_with(wal);
+    wal->header_offset = -1;
+  }
+  {
+    std::lock_guard lock(registry_mutex());
+    registry()[name].key = page_key;
+  }
+  if (::unlink(journal.c_str()) != 0 || !sync_directory_of(journal))
+    throw Error(ErrorCode::kIo, "cannot remove the journal '" + journal +
+                                    "'; the file opens under its old key until it is gone");
+}
+
+namespace {
+
+// Opens page `number` (1-based) of an encrypted database file in place under `page_key`.
+bool open_page_under(const PageKey& page_key, std::uint32_t number, unsigned char* page) {
+  File scratch{};
+  scratch.decrypt = cipher(EVP_aes_256_gcm(), page_key.data(), false);
+  const bool ok = scratch.decrypt && open_page(&scratch, number, page);
+  EVP_CIPHER_CTX_free(scratch.decrypt);
+  return ok;
+}
+
+}  // namespace
+
+EncryptedFileReader::EncryptedFileReader(const std::string& path, const FileKey& key)
+    : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)), page_key_(derive_page_key(key)) {
+  struct stat st {};
+  if (fd_ < 0 || ::fstat(fd_, &st) != 0) {
+    if (fd_ >= 0) ::close(fd_);
+    OPENSSL_cleanse(page_key_.data(), page_key_.size());
+    throw Error(ErrorCode::kIo, "cannot read '" + path + "'");
+  }
+  size_ = static_cast<std::uint64_t>(st.st_size);
+}
+
+EncryptedFileReader::~EncryptedFileReader() {
+  ::close(fd_);
+  OPENSSL_cleanse(page_key_.data(), page_key_.size());
+}
+
+bool EncryptedFileReader::read(std::uint64_t offset, unsigned char* out, std::size_t n) {
+  if (offset > size_ || n > size_ - offset) return false;
+  EVP_CIPHER_CTX* decrypt = cipher(EVP_aes_256_gcm(), page_key_.data(), false);
+  if (!decrypt) return false;
+  File scratch{};
+  scratch.decrypt = decrypt;
+  unsigned char page[kPage];
+  bool ok = true;
+  for (std::uint64_t at = offset; ok && at < offset + n;) {
+    const std::uint64_t index = at / kPage, start = index * kPage;
+    const std::size_t skip = at - start;
+    const std::size_t take = std::min<std::uint64_t>(kPage - skip, offset + n - at);
+    ok = pread_all(fd_, page, kPage, static_cast<off_t>(start)) &&
+         open_page(&scratch, static_cast<std::uint32_t>(index + 1), page);
+    if (ok) std::memcpy(out + (at - offset), page + skip, take);
+    at += take;
+  }
+  EVP_CIPHER_CTX_free(decrypt);
+  OPENSSL_cleanse(page, sizeof page);
+  return ok;
+}
+
+bool file_opens_under(const std::string& path, const FileKey& key) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorCode::kIo, "cannot read '" + path + "'");
+  unsigned char page[kPage];
+  const bool whole = pread_all(fd, page, kPage, 0);
+  ::close(fd);
+  const bool ok = whole && open_page_under(derive_page_key(key), 1, page);
+  OPENSSL_cleanse(page, sizeof page);
+  return ok;
 }
 
 FileKeyRegistration::~FileKeyRegistration() {

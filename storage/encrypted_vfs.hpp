@@ -18,6 +18,8 @@
 #include <string>
 #include <string_view>
 
+struct sqlite3;
+
 namespace lattice::storage {
 
 // The key an application supplies for a replica file: 256 bits.
@@ -44,6 +46,9 @@ const char* encrypted_vfs_name();
 // another key throws Error(kKey); under the same key, registrations count.
 class FileKeyRegistration {
  public:
+  friend void rotate_file_key(sqlite3* db, FileKeyRegistration& registration,
+                              const FileKey& new_key);
+
   FileKeyRegistration(const std::string& path, const FileKey& key);
   ~FileKeyRegistration();
   FileKeyRegistration(const FileKeyRegistration&) = delete;
@@ -52,6 +57,48 @@ class FileKeyRegistration {
  private:
   std::string name_;  // the path as SQLite names the file
 };
+
+// A database file this VFS encrypted (a relay's snapshot file), read as its plaintext: the bytes
+// SQLite reads through the VFS, reserved areas zero. For sending it to a device over TLS.
+class EncryptedFileReader {
+ public:
+  // Opens the file at `path`, encrypted under `key`. Throws Error(kIo) when it cannot.
+  EncryptedFileReader(const std::string& path, const FileKey& key);
+  ~EncryptedFileReader();
+  EncryptedFileReader(const EncryptedFileReader&) = delete;
+  EncryptedFileReader& operator=(const EncryptedFileReader&) = delete;
+
+  // The file's size, the same in plaintext.
+  std::uint64_t size() const { return size_; }
+  // Reads `n` plaintext bytes from `offset` into `out`; false when they are not all in the file
+  // or a page they touch fails to authenticate.
+  bool read(std::uint64_t offset, unsigned char* out, std::size_t n);
+
+ private:
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+  std::array<std::uint8_t, 32> page_key_{};
+};
+
+// Whether the database file at `path` is encrypted under `key`: its first page authenticates.
+// False for a plain file or another key; throws Error(kIo) when it cannot be read. Reads one page
+// and needs no SQLite connection (a relay checks its files at start).
+bool file_opens_under(const std::string& path, const FileKey& key);
+
+// Re-encrypts, in place, the database file `db` has open through the encrypting VFS under
+// `registration`, with `new_key`, which the registration (and every handle `db` has on the file)
+// then holds. For Replica::rotate_key, which first takes the file's exclusive lock and empties
+// its write-ahead log: nothing else reads or writes the file meanwhile. Other registrations of
+// the file in this process follow the new key; a connection that opened the file under the old
+// one and had not read it yet fails its first read (kKey), writing nothing. Throws
+// Error(kCorrupt) when a page fails to authenticate (before anything is written), kIo when the
+// disk fails.
+//
+// Crash-safe: the file's pages as they were are first written to "<file>-rotate" and synced,
+// and the next opening of the file through the VFS (by any key, or none) puts them back while
+// that journal exists; it is removed once every page is rewritten and synced. So a file is
+// wholly under one key or the other, whenever the process stops.
+void rotate_file_key(sqlite3* db, FileKeyRegistration& registration, const FileKey& new_key);
 
 }  // namespace lattice::storage
 

@@ -525,6 +525,42 @@ void open_with_key(sqlite3* db, const std::string& path, bool encrypted) {
 Replica::Replica(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Replica::~Replica() = default;
 
+void Replica::rotate_key(const FileKey& new_key) {
+  sqlite3* db = impl_->db;
+  if (!impl_->key_registration)
+    throw Error(ErrorCode::kState, "this replica is not encrypted: there is no key to rotate");
+  if (!sqlite3_get_autocommit(db))
+    throw Error(ErrorCode::kState, "a key cannot be rotated inside an open transaction");
+  // In WAL mode every connection keeps a shared lock on the file while it is open, so the
+  // exclusive lock that locking_mode=EXCLUSIVE takes at the next write (and keeps) means no
+  // other connection has the file open. Then the WAL is emptied into the file, which the VFS
+  // rewrites page by page.
+  exec_sql(db, "PRAGMA locking_mode=EXCLUSIVE");
+  try {
+    const int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE; COMMIT", nullptr, nullptr, nullptr);
+    if ((rc & 0xff) == SQLITE_BUSY)
+      throw Error(ErrorCode::kBusy,
+                  "another connection has this replica open; close it (stop a SyncClient on the "
+                  "same file) and rotate the key again");
+    if (rc != SQLITE_OK) throw_sqlite(db, rc, "cannot lock the replica to rotate its key");
+    int log = -1, done = -1;
+    const int checkpoint =
+        sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+    if (checkpoint != SQLITE_OK)
+      throw_sqlite(db, checkpoint, "cannot empty the write-ahead log to rotate the key");
+    if (log != 0 || done != 0)
+      throw Error(ErrorCode::kBusy, "the write-ahead log could not be emptied to rotate the key");
+    rotate_file_key(db, *impl_->key_registration, new_key);
+    impl_->options.encryption_key = new_key;
+  } catch (...) {
+    sqlite3_exec(db, "PRAGMA locking_mode=NORMAL; SELECT count(*) FROM sqlite_schema", nullptr,
+                 nullptr, nullptr);
+    throw;
+  }
+  // Back to shared locking: the next read releases the exclusive lock.
+  exec_sql(db, "PRAGMA locking_mode=NORMAL; SELECT count(*) FROM sqlite_schema");
+}
+
 std::unique_ptr<Replica> Replica::open(const std::string& path, ReplicaOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
   const auto& key = impl->options.encryption_key;

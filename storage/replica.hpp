@@ -156,6 +156,16 @@ class Replica {
   Replica(const Replica&) = delete;
   Replica& operator=(const Replica&) = delete;
 
+  // Re-encrypts this replica's file (opened with ReplicaOptions::encryption_key) under
+  // `new_key`, in place (docs/encryption.md, "Rotating the key"). It needs the file to itself:
+  // it waits up to busy_timeout_ms for other connections to close it (a SyncClient on the same
+  // file: stop it first) and then fails with kBusy, changing nothing. Meanwhile other
+  // connections cannot read or write the file, so nothing written before or after is lost. A
+  // rotation cut short (a crash, a full disk) leaves the file under the old key: whoever opens
+  // it next puts the old pages back. Throws Error: kState when this replica is not encrypted or
+  // a transaction is open, kBusy, kCorrupt when a page fails to authenticate, kIo.
+  void rotate_key(const FileKey& new_key);
+
   // Runs one or more SQL statements (they may hold BEGIN and COMMIT). `on_row`, when given,
   // receives every result row of every statement. Throws Error(kSql) naming the statement.
   using RowCallback = std::function<void(const std::vector<std::string>& columns,
@@ -279,9 +289,12 @@ class Replica {
   // a later schema version. Not in it: non-replicated tables, the logs of own and of devices'
   // transactions, migrations, superseded inserts. Returns the version vector the snapshot
   // holds. Costs about as much as copying those tables (SQLite copies their records as they
-  // are). Throws Error: kIo when `path` exists or cannot be written (then it is removed),
-  // kState inside an open transaction or group.
-  crdt::VersionVector write_snapshot(const std::string& path);
+  // are). `encrypted`: the file is encrypted under this replica's key, as the replica is (a
+  // relay with --data-key-file keeps its snapshots so, and reads them back as plaintext with
+  // EncryptedFileReader to send them); otherwise it is plain SQLite whatever this replica is.
+  // Throws Error: kIo when `path` exists or cannot be written (then it is removed), kState
+  // inside an open transaction or group, or when `encrypted` and this replica is not.
+  crdt::VersionVector write_snapshot(const std::string& path, bool encrypted = false);
 
   // Installs the snapshot at `path` (write_snapshot) into this replica, which must have written
   // and merged nothing yet (a new device whose schema is in place). Afterwards it holds the

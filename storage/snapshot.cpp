@@ -167,20 +167,32 @@ Error stricter(const std::string& table, const std::string& what) {
 
 }  // namespace
 
-crdt::VersionVector Replica::write_snapshot(const std::string& path) {
+crdt::VersionVector Replica::write_snapshot(const std::string& path, bool encrypted) {
   Impl& impl = *impl_;
   if (!sqlite3_get_autocommit(impl.db) || impl.group)
     throw Error(ErrorCode::kState,
                 "write_snapshot cannot run inside an open transaction or group; commit first");
+  if (encrypted && !impl.options.encryption_key)
+    throw Error(ErrorCode::kState,
+                "write_snapshot: an encrypted snapshot needs an encrypted replica");
   std::error_code ec;
   if (std::filesystem::exists(path, ec))
     throw Error(ErrorCode::kIo, "write_snapshot: '" + path + "' exists; give a new file");
   crdt::VersionVector vector;
   try {
+    // Registered before it is attached: the VFS encrypts it under the replica's key.
+    std::optional<FileKeyRegistration> key;
+    if (encrypted) key.emplace(path, *impl.options.encryption_key);
     // No foreign keys in force on this connection: with them, SQLite copies a table that
     // declares one row by row.
     MergeMode mode(impl);
     Attached attached(impl.db, path, "");
+    if (encrypted) {
+      int reserve = kReservedBytes;
+      sqlite3_file_control(impl.db, kSchema, SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+      exec_sql(impl.db, "PRAGMA " + std::string(kSchema) +
+                            ".page_size = " + std::to_string(kEncryptedPageSize));
+    }
     exec_sql(impl.db, "PRAGMA " + std::string(kSchema) + ".journal_mode = OFF");
     exec_sql(impl.db, "PRAGMA " + std::string(kSchema) + ".synchronous = OFF");
     exec_sql(impl.db, "BEGIN");

@@ -710,11 +710,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
     if (answer.status != 200)
       return respond(request, static_cast<http::status>(answer.status), answer.message + "\n");
-    // Opened here, kept by the session (file_) only once it is to be sent.
+    // Opened here, kept by the session (file_ or source_) only once it is to be sent.
     beast::error_code ec;
     beast::file file;
-    file.open(answer.path.c_str(), beast::file_mode::scan, ec);
-    const std::uint64_t size = ec ? 0 : file.size(ec);
+    if (!answer.source) file.open(answer.path.c_str(), beast::file_mode::scan, ec);
+    const std::uint64_t size = answer.source ? answer.source->size : ec ? 0 : file.size(ec);
     if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
     // "Range: bytes=N-" resumes a download; with an If-Range naming another file, the whole
@@ -739,10 +739,14 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       if (auto refusal = answer.admit(size - from, size))
         return respond(request, http::status::too_many_requests, refusal->message + "\n",
                        "text/plain; charset=utf-8", refusal->retry_after_seconds);
-    if (from > 0) file.seek(from, ec);
+    if (from > 0 && !answer.source) file.seek(from, ec);
     if (ec)
       return respond(request, http::status::internal_server_error, "cannot read the snapshot\n");
-    file_.emplace(std::move(file));
+    if (answer.source)
+      source_ = std::move(answer.source->read);
+    else
+      file_.emplace(std::move(file));
+    file_offset_ = from;
     file_response_.emplace(from > 0 ? http::status::partial_content : http::status::ok,
                            request.version());
     auto& response = *file_response_;
@@ -772,9 +776,15 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     beast::error_code ec;
     const auto n =
         static_cast<std::size_t>(std::min<std::uint64_t>(file_left_, file_chunk_.size()));
-    if (n > 0) file_->read(file_chunk_.data(), n, ec);
+    if (n > 0 && source_) {
+      if (!source_(file_offset_, reinterpret_cast<unsigned char*>(file_chunk_.data()), n))
+        ec = beast::errc::make_error_code(beast::errc::io_error);
+    } else if (n > 0) {
+      file_->read(file_chunk_.data(), n, ec);
+    }
     if (ec) return shared_->fail(ec, peer_, "snapshot read");
     file_left_ -= n;
+    file_offset_ += n;
     shared_->count(&WebSocketServerCounters::snapshot_bytes_sent, n);
     auto& body = file_response_->body();
     body.data = n > 0 ? file_chunk_.data() : nullptr;
@@ -800,6 +810,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     file_serializer_.reset();
     file_response_.reset();
     file_.reset();
+    source_ = nullptr;
     file_chunk_ = {};
     if (!keep_alive) return do_eof();
     do_read();
@@ -853,8 +864,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::string peer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<http::response<http::string_body>> response_;
-  // A snapshot on its way out: the file, what is left of it, one chunk, the response.
+  // A snapshot on its way out: the file (or the source of its bytes), where it is and what is
+  // left of it, one chunk, the response.
   std::optional<beast::file> file_;
+  std::function<bool(std::uint64_t, unsigned char*, std::size_t)> source_;
+  std::uint64_t file_offset_ = 0;
   std::uint64_t file_left_ = 0;
   std::vector<char> file_chunk_;
   std::optional<http::response<http::buffer_body>> file_response_;

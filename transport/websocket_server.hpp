@@ -40,6 +40,14 @@ struct SnapshotAnswer {
   // go; a refusal is answered with 429 Too Many Requests. Empty: always.
   std::function<std::optional<SnapshotRefusal>(std::uint64_t bytes, std::uint64_t file_bytes)>
       admit;
+  // The bytes to send, when they are not the file's own (a relay that keeps its snapshots
+  // encrypted sends them decrypted): `size` bytes, read(offset, out, n) false when they cannot
+  // be read. Unset: the file at `path`, as it is.
+  struct Source {
+    std::uint64_t size = 0;
+    std::function<bool(std::uint64_t offset, unsigned char* out, std::size_t n)> read;
+  };
+  std::optional<Source> source;
 };
 
 struct WebSocketServerOptions {

@@ -265,6 +265,15 @@ void lattice_replica_free(lattice_replica* replica) noexcept {
   delete replica;
 }
 
+lattice_code lattice_replica_rotate_key(lattice_replica* replica, const uint8_t* new_key,
+                                        lattice_error* error) noexcept {
+  return guard(error, [&] {
+    auto& r = open_replica(replica);
+    require(new_key, "new_key");
+    r.rotate_key(*file_key(new_key));
+  });
+}
+
 lattice_code lattice_replica_exec(lattice_replica* replica, const char* sql,
                                   lattice_error* error) noexcept {
   return guard(error, [&] {

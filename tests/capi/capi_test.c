@@ -265,6 +265,23 @@ static void test_encrypted(void) {
   r = lattice_replica_open(path, &options, &error);
   CHECK(r != NULL);
   CHECK(query_int(r, "SELECT count(*) FROM diary WHERE entry LIKE '%orchard'") == 1);
+
+  /* Rotation: afterwards only the new key opens the file. */
+  CHECK(lattice_replica_rotate_key(r, NULL, &error) == LATTICE_ERR_INVALID_ARGUMENT);
+  CHECK(lattice_replica_rotate_key(r, other, &error) == LATTICE_OK);
+  CHECK(lattice_replica_exec(r, "INSERT INTO diary VALUES ('d2', 'after the rotation')", &error) ==
+        LATTICE_OK);
+  lattice_replica_free(r);
+  CHECK(lattice_replica_open(path, &options, &error) == NULL);
+  CHECK(error.code == LATTICE_ERR_KEY);
+  options.encryption_key = other;
+  r = lattice_replica_open(path, &options, &error);
+  CHECK(r != NULL);
+  if (r) CHECK(query_int(r, "SELECT count(*) FROM diary") == 2);
+  lattice_replica_free(r);
+  r = lattice_replica_open(":memory:", NULL, &error);
+  CHECK(r != NULL);
+  if (r) CHECK(lattice_replica_rotate_key(r, key, &error) == LATTICE_ERR_STATE);
   lattice_replica_free(r);
 }
 

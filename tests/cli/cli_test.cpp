@@ -352,6 +352,21 @@ TEST_CASE("--key-file: every command opens an encrypted replica with its key, an
   CHECK(contains(bad, "short.key"));
   CHECK(contains(box.fails({"exec", db, "SELECT 1", "--key-file"}), "--key-file needs a FILE"));
   CHECK(box.ok({"exec", db, "SELECT count(*) FROM todo", "--key-file", key}) == "1\n");
+
+  // rotate-key: afterwards only the new key opens the replica.
+  CHECK(contains(box.ok({"rotate-key", db, "--key-file", key, "--new-key-file", other}),
+                 "rotated: "));
+  CHECK(contains(box.fails({"exec", db, "SELECT 1", "--key-file", key}), "lattice: key: "));
+  CHECK(box.ok({"exec", db, "SELECT title FROM todo", "--key-file", other}) == "confidential\n");
+  CHECK(!contains(read_all(db), "confidential"));
+  CHECK(contains(box.fails({"rotate-key", db, "--new-key-file", key}), "needs --key-file"));
+  CHECK(contains(box.fails({"rotate-key", db, "--key-file", other}), "--new-key-file NEW"));
+  CHECK(contains(
+      box.fails({"rotate-key", db, "--key-file", other, "--new-key-file", box.path("short.key")}),
+      "lattice: invalid_argument: "));
+  CHECK(contains(
+      box.fails({"rotate-key", box.path("plain.db"), "--key-file", key, "--new-key-file", other}),
+      "lattice: key: "));
 }
 
 TEST_CASE("check reports tables, conflicts and problems, and fails on a problem") {

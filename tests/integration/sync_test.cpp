@@ -221,15 +221,7 @@ class RelayFixture {
     // Restarting on a fixed port may briefly find it busy; try a few times.
     for (int attempt = 0; attempt < 20; ++attempt) {
       const std::string tag = "relay" + std::to_string(++starts_);
-      std::vector<std::string> argv{LATTICE_RELAY_PATH, "serve",
-                                    "--listen",         "127.0.0.1:" + std::to_string(port),
-                                    "--data",           box_.path("data"),
-                                    "--key-file",       box_.path("keys"),
-                                    "--tls-cert",       box_.path("c.pem"),
-                                    "--tls-key",        box_.path("k.pem"),
-                                    "--schema",         box_.path("schema.sql")};
-      argv.insert(argv.end(), extra.begin(), extra.end());
-      process_ = std::make_unique<Process>(std::move(argv), box_.path(tag + ".out"),
+      process_ = std::make_unique<Process>(serve_args(port, extra), box_.path(tag + ".out"),
                                            box_.path(tag + ".err"));
       const auto line = process_->wait_for_line("listening on ", seconds(15));
       if (line) {
@@ -243,6 +235,10 @@ class RelayFixture {
     }
     FAIL("the relay could not listen on port " << port);
     return 0;
+  }
+  // Runs a relay that is expected to refuse to start, and what it said.
+  Result refused_start(const std::vector<std::string>& extra) {
+    return run(box_, serve_args(0, extra), seconds(20));
   }
   void kill9() {
     process_->signal(SIGKILL);
@@ -272,6 +268,18 @@ class RelayFixture {
   }
 
  private:
+  std::vector<std::string> serve_args(int port, const std::vector<std::string>& extra) const {
+    std::vector<std::string> argv{LATTICE_RELAY_PATH, "serve",
+                                  "--listen",         "127.0.0.1:" + std::to_string(port),
+                                  "--data",           box_.path("data"),
+                                  "--key-file",       box_.path("keys"),
+                                  "--tls-cert",       box_.path("c.pem"),
+                                  "--tls-key",        box_.path("k.pem"),
+                                  "--schema",         box_.path("schema.sql")};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  }
+
   Sandbox& box_;
   std::unique_ptr<Process> process_;
   int port_ = 0;
@@ -1267,6 +1275,94 @@ TEST_CASE(
   const Result without_key = sync(sealed, {});
   CHECK(without_key.status != 0);
   CHECK(without_key.err.find("key") != std::string::npos);
+  relay.stop();
+}
+
+// Every file under `dir` (recursively) with the words of `words` it holds.
+std::vector<std::string> words_in_files(const std::string& dir,
+                                        const std::vector<std::string>& words) {
+  std::vector<std::string> found;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string bytes = read_all(entry.path().string());
+    for (const auto& word : words)
+      if (bytes.find(word) != std::string::npos)
+        found.push_back(word + " in " + entry.path().string());
+  }
+  return found;
+}
+
+TEST_CASE("--data-key-file: the relay's files hold no plaintext; snapshots go out decrypted") {
+  Sandbox box;
+  RelayFixture relay(box);
+  const std::string data_key = box.path("data.key"), other_key = box.path("other.key");
+  std::ofstream(data_key) << "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90\n";
+  std::ofstream(other_key) << std::string(64, '3') << "\n";
+  relay.start(0, {"--snapshot-max-age", "1h", "--data-key-file", data_key});
+  const std::string token = relay.token();
+  const std::string a = relay.device("a");
+  insert_rows(box, a, "p", 800);
+  must(lattice(box, {"exec", a,
+                     "INSERT INTO todo(id, title) VALUES ('secret', 'the vault code is 8812')"}),
+       "write the secret");
+  sync_once(box, relay, a, token);
+
+  // A new device starts from the snapshot: the relay decrypts it on the way out.
+  const std::string b = relay.device("b");
+  sync_once(box, relay, b, token);
+  CHECK(relay_snapshots(box) == 1);
+  CHECK(dump_todo(b) == dump_todo(a));
+  const auto [file, etag] = relay_snapshot(box);
+  REQUIRE(!file.empty());
+
+  // A download resumed at an offset that is not a page boundary gets the same bytes.
+  auto download = [&](const std::string& path) {
+    boost::asio::io_context io;
+    transport::SnapshotDownloadOptions options;
+    options.client.ca_file = relay.ca_file();
+    std::optional<Error> error;
+    bool done = false;
+    transport::download_snapshot(io, relay.url(), token, path, options,
+                                 [&](std::optional<Error> e, transport::SnapshotDownloadResult) {
+                                   error = std::move(e);
+                                   done = true;
+                                 });
+    io.run_for(seconds(30));
+    REQUIRE(done);
+    REQUIRE_FALSE(error);
+  };
+  const std::string whole_path = box.path("whole.snapshot"), part = box.path("part.snapshot");
+  download(whole_path);
+  const std::string whole = read_all(whole_path);
+  CHECK(whole.rfind("SQLite format 3", 0) == 0);
+  CHECK(whole.size() == fs::file_size(file));
+  std::ofstream(part, std::ios::binary) << whole.substr(0, 5001);
+  std::ofstream(part + ".etag") << etag << "\n";
+  download(part);
+  CHECK(read_all(part) == whole);
+
+  // On the relay's disk: namespace file, WAL, snapshot hold no value, name or SQLite header.
+  CHECK(words_in_files(box.path("data"), {"vault code", "task 17", "todo", "SQLite format 3"})
+            .empty());
+  relay.stop();
+  CHECK(words_in_files(box.path("data"), {"vault code", "task 17", "todo", "SQLite format 3"})
+            .empty());
+
+  // The relay refuses to start on files its data key does not open.
+  const Result without = relay.refused_start({});
+  CHECK(without.status != 0);
+  CHECK(without.err.find("needs --data-key-file") != std::string::npos);
+  const Result other = relay.refused_start({"--data-key-file", other_key});
+  CHECK(other.status != 0);
+  CHECK(other.err.find("is not encrypted under the key of --data-key-file") != std::string::npos);
+
+  // Under its key again, it goes on where it stopped.
+  relay.start(0, {"--data-key-file", data_key});
+  must(lattice(box, {"exec", b, "UPDATE todo SET votes = 99 WHERE id = 'secret'"}), "write on b");
+  sync_once(box, relay, b, token);
+  sync_once(box, relay, a, token);
+  CHECK(dump_todo(b) == dump_todo(a));
+  CHECK(dump_todo(a).find("secret|the vault code is 8812|0|99") != std::string::npos);
   relay.stop();
 }
 

@@ -292,11 +292,14 @@ static void free_subscriptions(JNIEnv* env, JReplica* r) {
 
 /* A key for lattice_replica_options.encryption_key: NULL for none, else 32 bytes copied into
  * `out`; false, with an exception pending, for another length. */
-static bool read_key(JNIEnv* env, jbyteArray key, uint8_t out[32], const uint8_t** result) {
+static bool read_key(JNIEnv* env, jbyteArray key, const char* what, uint8_t out[32],
+                     const uint8_t** result) {
   *result = NULL;
   if (!key) return true;
   if ((*env)->GetArrayLength(env, key) != 32) {
-    throw_code(env, LATTICE_ERR_INVALID_ARGUMENT, "encryptionKey must be 32 bytes");
+    char message[64];
+    snprintf(message, sizeof message, "%s must be 32 bytes", what);
+    throw_code(env, LATTICE_ERR_INVALID_ARGUMENT, message);
     return false;
   }
   (*env)->GetByteArrayRegion(env, key, 0, 32, (jbyte*)out);
@@ -312,7 +315,7 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_replicaOpen(JNIEnv* env, jclass 
   char *c_path = NULL, *c_sync = NULL;
   uint8_t key[32];
   const uint8_t* key_or_null = NULL;
-  if (!read_key(env, encryption_key, key, &key_or_null)) return 0;
+  if (!read_key(env, encryption_key, "encryptionKey", key, &key_or_null)) return 0;
   if (!to_utf8(env, path, &c_path, NULL) || !to_utf8(env, synchronous, &c_sync, NULL)) {
     free(c_path);
     return 0;
@@ -360,6 +363,23 @@ JNIEXPORT void JNICALL Java_dev_lattice_Native_replicaExec(JNIEnv* env, jclass c
     throw_error(env, &error);
   free(c_sql);
   rethrow_listener_error(env);
+}
+
+JNIEXPORT void JNICALL Java_dev_lattice_Native_replicaRotateKey(JNIEnv* env, jclass cls, jlong h,
+                                                                jbyteArray new_key) {
+  (void)cls;
+  uint8_t key[32];
+  const uint8_t* key_or_null = NULL;
+  if (!new_key) {
+    throw_code(env, LATTICE_ERR_INVALID_ARGUMENT, "newKey is null");
+    return;
+  }
+  if (!read_key(env, new_key, "newKey", key, &key_or_null)) return;
+  lattice_error error;
+  const lattice_code code =
+      lattice_replica_rotate_key(HANDLE(JReplica, h)->replica, key_or_null, &error);
+  memset(key, 0, sizeof key);
+  if (code != LATTICE_OK) throw_error(env, &error);
 }
 
 JNIEXPORT void JNICALL Java_dev_lattice_Native_replicaReplicate(JNIEnv* env, jclass cls, jlong h,
@@ -760,7 +780,7 @@ JNIEXPORT jlong JNICALL Java_dev_lattice_Native_syncStart(
   JSync* s = NULL;
   uint8_t key[32];
   const uint8_t* key_or_null = NULL;
-  if (!read_key(env, encryption_key, key, &key_or_null)) return 0;
+  if (!read_key(env, encryption_key, "encryptionKey", key, &key_or_null)) return 0;
   if (!to_utf8(env, path, &c_path, NULL) || !to_utf8(env, url, &c_url, NULL) ||
       !to_utf8(env, token, &c_token, NULL) || !to_utf8(env, ca_file, &c_ca, NULL))
     goto done;

@@ -184,6 +184,16 @@ LATTICE_API lattice_code lattice_replica_close(lattice_replica* replica,
  * must still be finalized with lattice_stmt_finalize(). */
 LATTICE_API void lattice_replica_free(lattice_replica* replica) LATTICE_NOEXCEPT;
 
+/* Re-encrypts the file of a replica opened with an encryption_key under `new_key` (32 bytes,
+ * BORROWED for the call), in place (docs/encryption.md, "Rotating the key"). The replica needs
+ * the file to itself: other connections (a lattice_sync on the same file: stop it first) make
+ * it wait busy_timeout_ms and then fail with LATTICE_ERR_BUSY, changing nothing. A rotation cut
+ * short by a crash leaves the file under the old key. LATTICE_ERR_STATE for a plain replica or
+ * inside a transaction, LATTICE_ERR_CORRUPT, LATTICE_ERR_IO. Added in API version 6. */
+LATTICE_API lattice_code lattice_replica_rotate_key(lattice_replica* replica,
+                                                    const uint8_t* new_key,
+                                                    lattice_error* error) LATTICE_NOEXCEPT;
+
 /* Runs one or more SQL statements (BEGIN and COMMIT included), discarding result rows.
  * LATTICE_ERR_SQL names the failing statement; LATTICE_ERR_SCHEMA for a refused ALTER or DROP
  * of a replicated table. */

@@ -27,6 +27,8 @@ final class Native {
 
   static native void replicaFree(long replica);
 
+  static native void replicaRotateKey(long replica, byte[] newKey);
+
   static native void replicaExec(long replica, String sql);
 
   static native void replicaReplicate(long replica, String table, String columnTypesJson);

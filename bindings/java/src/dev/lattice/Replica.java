@@ -44,6 +44,17 @@ public final class Replica implements AutoCloseable {
     return new Replica(Native.replicaOpen(path, synchronous, busyTimeoutMs, encryptionKey));
   }
 
+  /**
+   * Re-encrypts the file of a replica opened with an encryption key under {@code newKey} (32
+   * bytes), in place. The replica needs the file to itself: other connections (a SyncClient on
+   * the same file: stop it first) make it wait the busy timeout and then fail with BUSY, changing
+   * nothing. A rotation cut short by a crash leaves the file under the old key. Throws STATE for
+   * a plain replica, INVALID_ARGUMENT for a key that is not 32 bytes, CORRUPT, IO.
+   */
+  public synchronized void rotateKey(byte[] newKey) {
+    Native.replicaRotateKey(live(), newKey);
+  }
+
   /** Runs one or more SQL statements, discarding rows. Throws SQL, SCHEMA. */
   public synchronized void exec(String sql) {
     Native.replicaExec(live(), Objects.requireNonNull(sql, "sql"));

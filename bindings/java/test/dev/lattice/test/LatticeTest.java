@@ -245,6 +245,14 @@ public final class LatticeTest {
     try (Replica vault = Replica.open(path, null, 0, key)) {
       checkEquals(1L, queryLong(vault, "SELECT count(*) FROM secret WHERE word = 'marmalade'"),
           "the row, read under the key");
+      checkThrows(LatticeException.INVALID_ARGUMENT, () -> vault.rotateKey(new byte[16]),
+          "a short new key");
+      vault.rotateKey(other);
+      vault.exec("INSERT INTO secret VALUES ('s2', 'quince')");
+    }
+    checkThrows(LatticeException.KEY, () -> Replica.open(path, null, 0, key), "the rotated-out key");
+    try (Replica vault = Replica.open(path, null, 0, other)) {
+      checkEquals(2L, queryLong(vault, "SELECT count(*) FROM secret"), "the rows, under the new key");
     }
   }
 
