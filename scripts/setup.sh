@@ -28,6 +28,8 @@ PACKAGES=(
   chromium      # the browser test (tests/browser), driven by playwright-core
   openjdk-17-jdk-headless  # the Java binding (bindings/java): javac, the JNI headers, java
   testssl.sh    # tests/relay/tls_scan.sh: the relay's TLS scanned in make test
+  libpq-dev     # the relay cluster's log in PostgreSQL (relay/cluster_log.*), through libpq
+  postgresql-15 # its tests run a real server: initdb and pg_ctl in a temporary directory
 )
 
 # `pkg` means the native (or Architecture: all) package, `pkg:arm64` the arm64 one. With

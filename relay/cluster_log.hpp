@@ -1,0 +1,81 @@
+// The durable, ordered log of a relay cluster (docs/cluster.md): every changes batch a relay of
+// the cluster accepted, per namespace, in PostgreSQL. Relays append a device's batch before they
+// acknowledge it, and apply the log, in order, to their own replicas of the namespace.
+//
+// Positions are 1, 2, 3, ... per namespace, assigned under a lock on the namespace's head row,
+// so position order is commit order: a reader that has seen position P never later finds a
+// smaller one committed (the "skipped sequences" of Sync Gateway, where a shared counter was
+// read out of commit order, cannot happen). A batch is logged once per (namespace, site, first
+// sequence), however often its append is retried after a lost answer.
+//
+// One ClusterLog is one libpq connection, used by one thread at a time; calls block. Errors of
+// the connection or of the server are Error(kIo) naming what failed; after one, the connection
+// may be gone: reconnect() opens it again.
+
+#ifndef LATTICE_RELAY_CLUSTER_LOG_HPP
+#define LATTICE_RELAY_CLUSTER_LOG_HPP
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "crdt/site_id.hpp"
+
+namespace lattice::relay {
+
+// One batch of the log.
+struct LogEntry {
+  std::int64_t position = 0;  // 1, 2, ... within its namespace
+  crdt::SiteId site;          // the device that wrote it
+  std::uint64_t first_seq = 0;
+  std::string batch;  // the changeset's bytes, as the device sent them
+};
+
+class ClusterLog {
+ public:
+  // Connects with `conninfo` (a libpq connection string, "host=... dbname=..." or a
+  // postgresql:// URI) and creates the log's tables and function when they are missing (the
+  // first relay of a cluster; several at once are fine). Throws Error(kIo).
+  explicit ClusterLog(const std::string& conninfo);
+  ~ClusterLog();
+  ClusterLog(const ClusterLog&) = delete;
+  ClusterLog& operator=(const ClusterLog&) = delete;
+
+  // Appends `batch`, written by `site` from sequence `first_seq` on, to the log of `ns`, and
+  // returns its position once PostgreSQL has committed it (durable when the server runs with
+  // fsync and synchronous_commit on, its defaults). A batch already logged under the same (ns,
+  // site, first_seq) is not logged again: its position is returned.
+  std::int64_t append(const std::string& ns, const crdt::SiteId& site, std::uint64_t first_seq,
+                      std::string_view batch);
+
+  // The last position of `ns` (0 when nothing is logged).
+  std::int64_t head(const std::string& ns);
+
+  // The entries of `ns` after position `after`, in order, at most `max`.
+  std::vector<LogEntry> read(const std::string& ns, std::int64_t after, std::size_t max);
+
+  // Asks PostgreSQL to tell this connection of every append (LISTEN). A notification is only a
+  // wake-up: it is lost with the connection, so after reconnect() and on a timer a reader
+  // compares head() with what it applied.
+  void listen();
+  // Waits up to `timeout` for notifications; returns the namespaces appended to (each once),
+  // empty when none came. Throws Error(kIo) when the connection is lost.
+  std::vector<std::string> wait_for_appends(std::chrono::milliseconds timeout);
+
+  // Opens the connection again (after an error); LISTEN again when listen() was called.
+  void reconnect();
+
+  // This connection's backend process id (pg_backend_pid()), for tests that terminate it.
+  int backend_pid() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lattice::relay
+
+#endif  // LATTICE_RELAY_CLUSTER_LOG_HPP

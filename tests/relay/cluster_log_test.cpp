@@ -1,0 +1,208 @@
+// The relay cluster's log (relay/cluster_log.hpp) against a real PostgreSQL: positions are
+// gapless and in commit order under concurrent appends from several connections, so a reader
+// never skips one; a batch is logged once however often it is appended; what was acknowledged
+// survives the server's crash; LISTEN wakes a reader, and one whose connection was terminated
+// catches up from the head after reconnecting.
+
+#include "relay/cluster_log.hpp"
+
+#include <doctest/doctest.h>
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crdt/error.hpp"
+#include "tests/relay/postgres_server.hpp"
+
+namespace lattice {
+namespace {
+
+using relay::ClusterLog;
+using relay::LogEntry;
+using std::chrono::milliseconds;
+
+crdt::SiteId site_number(int n) {
+  crdt::SiteId site;
+  site.bytes[0] = static_cast<std::uint8_t>(n);
+  site.bytes[15] = 0xA5;
+  return site;
+}
+
+// The bytes a test batch of `site` from `first_seq` holds: recognisable, of varying length, with
+// zeros and high bytes (bytea must keep them all).
+std::string batch_of(int site, std::uint64_t first_seq) {
+  std::string bytes = "batch " + std::to_string(site) + "/" + std::to_string(first_seq) + ":";
+  for (std::uint64_t i = 0; i < first_seq % 37; ++i) bytes += static_cast<char>(i * 7);
+  return bytes;
+}
+
+// Runs SQL on its own connection (what an operator or a test does beside the relays).
+std::string psql(const std::string& conninfo, const std::string& sql) {
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  REQUIRE(PQstatus(conn) == CONNECTION_OK);
+  PGresult* result = PQexec(conn, sql.c_str());
+  const auto status = PQresultStatus(result);
+  std::string value =
+      status == PGRES_TUPLES_OK && PQntuples(result) > 0 ? PQgetvalue(result, 0, 0) : "";
+  INFO(PQerrorMessage(conn));
+  CHECK((status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK));
+  PQclear(result);
+  PQfinish(conn);
+  return value;
+}
+
+TEST_CASE("appends from several relays take gapless positions in commit order") {
+  test::PostgresServer server;
+  constexpr int kWriters = 4, kPerWriter = 120;
+  std::atomic<int> writers_done{0};
+  std::vector<std::map<std::int64_t, std::uint64_t>> positions(kWriters);  // per writer
+  std::vector<std::thread> writers;
+  std::mutex failures_mutex;
+  std::vector<std::string> failures;
+  for (int w = 0; w < kWriters; ++w)
+    writers.emplace_back([&, w] {
+      try {
+        ClusterLog log(server.conninfo());
+        for (int i = 0; i < kPerWriter; ++i) {
+          const std::uint64_t first_seq = 1 + static_cast<std::uint64_t>(i) * 3;
+          const std::string ns = i % 4 == 3 ? "beta" : "alpha";
+          const auto position = log.append(ns, site_number(w), first_seq, batch_of(w, first_seq));
+          if (ns == "alpha") positions[static_cast<std::size_t>(w)][position] = first_seq;
+        }
+      } catch (const std::exception& e) {
+        const std::lock_guard lock(failures_mutex);
+        failures.push_back(e.what());
+      }
+      ++writers_done;
+    });
+
+  // A reader of "alpha" while they write: every read continues exactly where the last ended.
+  ClusterLog reader(server.conninfo());
+  std::int64_t last = 0;
+  int reads = 0, gaps = 0, wrong_bytes = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  for (;;) {
+    const bool finished = writers_done == kWriters;
+    for (const LogEntry& entry : reader.read("alpha", last, 25)) {
+      gaps += entry.position != last + 1;
+      const int site = entry.site.bytes[0];
+      wrong_bytes += entry.batch != batch_of(site, entry.first_seq);
+      last = entry.position;
+    }
+    ++reads;
+    if (finished && last == reader.head("alpha")) break;
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+  }
+  for (auto& t : writers) t.join();
+  CHECK(failures.empty());
+  CHECK(gaps == 0);
+  CHECK(wrong_bytes == 0);
+  const int alpha = kWriters * kPerWriter * 3 / 4, beta = kWriters * kPerWriter / 4;
+  CHECK(last == alpha);
+  CHECK(reader.head("beta") == beta);
+  CHECK(reader.head("gamma") == 0);
+  // The positions the appends were given are 1..alpha, each once.
+  std::set<std::int64_t> given;
+  for (const auto& writer : positions)
+    for (const auto& [position, first_seq] : writer) given.insert(position);
+  CHECK(given.size() == static_cast<std::size_t>(alpha));
+  CHECK(*given.begin() == 1);
+  CHECK(*given.rbegin() == alpha);
+  // Each writer's batches are in the log in the order it appended them.
+  for (const auto& writer : positions) {
+    std::uint64_t previous = 0;
+    for (const auto& [position, first_seq] : writer) {
+      CHECK(first_seq > previous);
+      previous = first_seq;
+    }
+  }
+  MESSAGE(reads << " reads of a log growing to " << alpha << " batches, no gap");
+}
+
+TEST_CASE("a batch appended again, by any relay, is logged once") {
+  test::PostgresServer server;
+  ClusterLog a(server.conninfo()), b(server.conninfo());
+  const auto first = a.append("alpha", site_number(1), 10, batch_of(1, 10));
+  a.append("alpha", site_number(2), 10, batch_of(2, 10));
+  CHECK(a.append("alpha", site_number(1), 10, batch_of(1, 10)) == first);
+  CHECK(b.append("alpha", site_number(1), 10, batch_of(1, 10)) == first);
+  // The same site and first sequence in another namespace is another batch.
+  CHECK(b.append("beta", site_number(1), 10, batch_of(1, 10)) == 1);
+  CHECK(a.head("alpha") == 2);
+  const auto entries = b.read("alpha", 0, 100);
+  REQUIRE(entries.size() == 2);
+  CHECK(entries[0].site == site_number(1));
+  CHECK(entries[0].first_seq == 10);
+  CHECK(entries[0].batch == batch_of(1, 10));
+  CHECK(psql(server.conninfo(), "SELECT count(*) FROM lattice_log") == "3");
+}
+
+TEST_CASE("what the log acknowledged survives PostgreSQL's crash") {
+  test::PostgresServer server;
+  ClusterLog log(server.conninfo());
+  for (std::uint64_t i = 1; i <= 100; ++i) log.append("alpha", site_number(3), i, batch_of(3, i));
+  server.kill();
+  try {
+    log.append("alpha", site_number(3), 101, batch_of(3, 101));
+    FAIL("appended while the server was down");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kIo);
+    CHECK(std::string(e.what()).find("PostgreSQL: cannot append to the log of 'alpha'") !=
+          std::string::npos);
+  }
+  server.start();
+  log.reconnect();
+  CHECK(log.head("alpha") == 100);
+  const auto entries = log.read("alpha", 0, 1000);
+  REQUIRE(entries.size() == 100);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    CHECK(entries[i].position == static_cast<std::int64_t>(i + 1));
+    CHECK(entries[i].batch == batch_of(3, i + 1));
+  }
+  // The append that failed is not there; made again, it takes the next position.
+  CHECK(log.append("alpha", site_number(3), 101, batch_of(3, 101)) == 101);
+}
+
+TEST_CASE("LISTEN wakes a reader; one whose connection was cut catches up from the head") {
+  test::PostgresServer server;
+  ClusterLog writer(server.conninfo()), reader(server.conninfo());
+  reader.listen();
+  CHECK(reader.wait_for_appends(milliseconds(50)).empty());
+  writer.append("alpha", site_number(4), 1, batch_of(4, 1));
+  writer.append("beta", site_number(4), 1, batch_of(4, 1));
+  std::set<std::string> woken;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (woken.size() < 2 && std::chrono::steady_clock::now() < deadline)
+    for (auto& ns : reader.wait_for_appends(milliseconds(500))) woken.insert(ns);
+  CHECK(woken == std::set<std::string>{"alpha", "beta"});
+
+  // The reader's connection is terminated (PowerSync's stale checkpoint came from a dead
+  // LISTEN connection nobody noticed): waiting says so, and after reconnecting the head tells
+  // what was appended meanwhile.
+  CHECK(psql(server.conninfo(),
+             "SELECT pg_terminate_backend(" + std::to_string(reader.backend_pid()) + ")") == "t");
+  for (std::uint64_t i = 2; i <= 6; ++i) writer.append("alpha", site_number(4), i, batch_of(4, i));
+  CHECK_THROWS_AS(
+      [&] {
+        for (int i = 0; i < 20; ++i) reader.wait_for_appends(milliseconds(100));
+      }(),
+      Error);
+  reader.reconnect();
+  CHECK(reader.head("alpha") == 6);
+  CHECK(reader.read("alpha", 1, 100).size() == 5);
+  writer.append("alpha", site_number(4), 7, batch_of(4, 7));
+  std::vector<std::string> after;
+  for (int i = 0; i < 10 && after.empty(); ++i) after = reader.wait_for_appends(milliseconds(500));
+  CHECK(after == std::vector<std::string>{"alpha"});
+}
+
+}  // namespace
+}  // namespace lattice

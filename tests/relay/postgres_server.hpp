@@ -1,0 +1,39 @@
+#pragma once
+// A real PostgreSQL 15 server for tests of the relay cluster: a new cluster made with initdb in a
+// temporary directory, started with pg_ctl on 127.0.0.1 and a free port, fsync and
+// synchronous_commit on (the defaults), trust authentication for the user "lattice". When the
+// tests run as root, PostgreSQL's programs run as the "postgres" user (initdb refuses root).
+
+#include <string>
+
+namespace lattice::test {
+
+class PostgresServer {
+ public:
+  // Makes the cluster and starts it. Fails the test (doctest REQUIRE) when it cannot.
+  PostgresServer();
+  // Stops the server (immediately) and removes its directory.
+  ~PostgresServer();
+  PostgresServer(const PostgresServer&) = delete;
+  PostgresServer& operator=(const PostgresServer&) = delete;
+
+  // A libpq connection string for database "postgres" as user "lattice".
+  std::string conninfo() const;
+  int port() const { return port_; }
+
+  // pg_ctl stop -m immediate: as a crash of the server (no checkpoint; recovery at the next
+  // start replays its WAL).
+  void kill();
+  // Starts it again on the same port.
+  void start();
+
+ private:
+  void pg_ctl(const std::string& action, const std::string& mode = "");
+
+  std::string dir_;
+  std::string bin_;
+  int port_ = 0;
+  bool running_ = false;
+};
+
+}  // namespace lattice::test
