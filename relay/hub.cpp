@@ -18,6 +18,7 @@
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
 #include "relay/namespace_rules.hpp"
+#include "storage/sqlite.hpp"
 #include "transport/claims.hpp"
 #include "transport/frame.hpp"
 
@@ -188,7 +189,10 @@ struct Committed {
 // offload runs on the hub's own thread, later, never waits at all.
 class CommitJob {
  public:
-  explicit CommitJob(storage::Replica& replica) : replica_(replica) {}
+  // `before_commit` (a relay of a cluster: the group's batches appended to the cluster's log)
+  // runs first; when it throws, the group is not committed.
+  CommitJob(storage::Replica& replica, std::function<void()> before_commit)
+      : replica_(replica), before_commit_(std::move(before_commit)) {}
 
   // Commits the group unless a thread claimed it already or the hub abandoned it.
   void run() {
@@ -199,6 +203,7 @@ class CommitJob {
     }
     std::optional<std::string> error;
     try {
+      if (before_commit_) before_commit_();
       replica_.commit_group();
     } catch (const std::exception& e) {
       error = e.what();
@@ -234,6 +239,7 @@ class CommitJob {
  private:
   enum class State { kQueued, kRunning, kFinished, kAbandoned };
   storage::Replica& replica_;
+  std::function<void()> before_commit_;
   std::mutex mutex_;
   std::condition_variable finished_;
   State state_ = State::kQueued;
@@ -257,6 +263,10 @@ struct GroupNumber {
   std::uint64_t previous = 0;
 };
 
+// The table in a namespace's replica that keeps the last position of the cluster's log merged
+// into it (a relay of a cluster; docs/cluster.md). Not replicated: it is this relay's.
+constexpr const char* kClusterPositionTable = "relay_cluster_position";
+
 struct Namespace {
   std::string name;
   std::unique_ptr<storage::Replica> replica;
@@ -271,6 +281,9 @@ struct Namespace {
   // of their deltas): the last number given, and the vector that group ended at.
   std::uint64_t last_delta = 0;
   crdt::VersionVector last_delta_until;
+  // A relay of a cluster: the last position of the cluster's log merged here
+  // (kClusterPositionTable in the replica).
+  std::int64_t cluster_applied = 0;
   // The last snapshot written (Hub::snapshot) and when, by the steady clock.
   std::optional<SnapshotFile> snapshot;
   std::chrono::steady_clock::time_point snapshot_at;
@@ -319,6 +332,11 @@ struct Hub::Impl {
   void settle(Namespace& space);
   // Everything received for the namespace so far is merged, durable and acknowledged.
   void commit_now(Namespace& space);
+  // A relay of a cluster: merges batches of the cluster's log past the namespace's applied
+  // position in one transaction with the new position, then fans out what they added.
+  void apply_cluster(Namespace& space, const std::vector<ClusterBatch>& batches);
+  // Reads and applies the cluster's log of the namespace up to its head (read_cluster).
+  void catch_up_from_cluster(Namespace& space);
   // One batch of a group: checked against what the relay holds so far (the group's earlier
   // merges included) and merged; nullopt after refusing or rekeying the peer.
   std::optional<Committed> merge_pending(Namespace& space, PendingBatch& pending);
@@ -420,6 +438,13 @@ Namespace& Hub::Impl::space(const std::string& ns) {
     }
   }
   space->schema = space->replica->schema_description();
+  if (options.log_to_cluster) {
+    sqlite3* db = space->replica->connection();
+    storage::exec_sql(db, std::string("CREATE TABLE IF NOT EXISTS ") + kClusterPositionTable +
+                              "(id INTEGER PRIMARY KEY CHECK (id = 0), position INTEGER NOT NULL)");
+    storage::Statement position(db, std::string("SELECT position FROM ") + kClusterPositionTable);
+    if (position.step()) space->cluster_applied = position.column_int(0);
+  }
   return *spaces.emplace(ns, std::move(space)).first->second;
 }
 
@@ -781,6 +806,15 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
         e.what());
   }
   settle(*space);  // what follows reads the replica, and the welcome says what it holds
+  if (options.read_cluster) {
+    // Every change another relay of the cluster acknowledged before this hello.
+    try {
+      catch_up_from_cluster(*space);
+    } catch (const Error& e) {
+      return fail(*peer, WireError::kInternal,
+                  std::string("the relay cannot read the cluster's log: ") + e.what());
+    }
+  }
   if (!check_schema(*peer, *space, hello)) return;
 
   // A copy of a replica file presents its site id with a history of its own; the first to
@@ -971,12 +1005,28 @@ void Hub::Impl::commit_pending(Namespace& space) {
   group.before = replica.version_vector();
   const std::uint64_t merged_before = counters.changes_merged;
   std::optional<std::string> failure;
+  // A relay of a cluster logs what it merged before it commits (and acknowledges) it.
+  std::vector<ClusterBatch> to_log;
+  std::function<void()> before_commit;
   try {
     replica.begin_group();
     for (PendingBatch& pending : group.batches)
       if (pending.peer->phase == Peer::Phase::kLive)
-        if (auto done = merge_pending(space, pending)) group.committed.push_back(std::move(*done));
-    if (!options.offload || !options.defer) replica.commit_group();
+        if (auto done = merge_pending(space, pending)) {
+          if (done->merged && options.log_to_cluster)
+            to_log.push_back(ClusterBatch{0, pending.peer->site,
+                                          pending.changeset.since.get(pending.peer->site) + 1,
+                                          crdt::encode_changeset(pending.changeset)});
+          group.committed.push_back(std::move(*done));
+        }
+    if (!to_log.empty())
+      before_commit = [log = options.log_to_cluster, ns = space.name, to_log = std::move(to_log)] {
+        log(ns, to_log);
+      };
+    if (!options.offload || !options.defer) {
+      if (before_commit) before_commit();
+      replica.commit_group();
+    }
   } catch (const Error& e) {  // merge_pending rethrows only what ends the group
     failure = e.what();
   }
@@ -985,7 +1035,7 @@ void Hub::Impl::commit_pending(Namespace& space) {
   if (!options.offload || !options.defer) return finish_group(space, group);
   // The disk sync runs on the offload thread; this one goes on with other frames. The task
   // holds the job, not the hub: a hub destroyed meanwhile abandons the job first (~Hub).
-  group.job = std::make_shared<CommitJob>(replica);
+  group.job = std::make_shared<CommitJob>(replica, std::move(before_commit));
   space.committing = std::move(group);
   options.offload([this, job = space.committing->job, defer = options.defer,
                    alive = std::weak_ptr<bool>(alive), ns = space.name] {
@@ -1058,6 +1108,59 @@ void Hub::Impl::finish_group(Namespace& space, Group& group) {
           rekey(*other, shared_prefix(*other));
   }
   if (moved) fan_out(space, sole_sender, number, group.before, after);
+}
+
+void Hub::Impl::apply_cluster(Namespace& space, const std::vector<ClusterBatch>& batches) {
+  settle(space);
+  storage::Replica& replica = *space.replica;
+  const crdt::VersionVector before = replica.version_vector();
+  std::int64_t applied = space.cluster_applied;
+  replica.begin_group();
+  try {
+    for (const ClusterBatch& batch : batches) {
+      if (batch.position <= applied) continue;
+      if (batch.position != applied + 1)
+        throw Error(ErrorCode::kInternal, "the cluster's log of '" + space.name + "' skips from " +
+                                              std::to_string(applied) + " to " +
+                                              std::to_string(batch.position));
+      // The relay that logged it checked it as it checks a device's. What the relay's disk or
+      // state refuses stops the namespace's log here until it is fixed; a batch this relay
+      // cannot merge (a table its schema lacks) is passed over, counted, so that the log does
+      // not stop for good.
+      try {
+        counters.changes_merged += replica
+                                       .merge_in_group(crdt::decode_changeset(batch.bytes),
+                                                       storage::OriginTxns{batch.site, {}})
+                                       .applied;
+      } catch (const Error& e) {
+        const bool relay_side = e.code() == ErrorCode::kIo || e.code() == ErrorCode::kBusy ||
+                                e.code() == ErrorCode::kState || e.code() == ErrorCode::kInternal;
+        if (relay_side || !replica.group_open()) throw;
+        ++counters.cluster_batches_skipped;
+      }
+      ++counters.cluster_batches_applied;
+      applied = batch.position;
+    }
+    storage::Statement position(replica.connection(), std::string("INSERT OR REPLACE INTO ") +
+                                                          kClusterPositionTable + " VALUES (0, ?)");
+    position.bind(1, applied).run();
+    replica.commit_group();
+  } catch (...) {
+    if (replica.group_open()) replica.rollback_group();
+    throw;
+  }
+  space.cluster_applied = applied;
+  const crdt::VersionVector after = replica.version_vector();
+  if (after == before) return;
+  fan_out(space, nullptr, number_group(space, before, after), before, after);
+}
+
+void Hub::Impl::catch_up_from_cluster(Namespace& space) {
+  for (;;) {
+    const auto batches = options.read_cluster(space.name, space.cluster_applied);
+    if (batches.empty()) return;
+    apply_cluster(space, batches);
+  }
 }
 
 std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch& pending) {
@@ -1331,6 +1434,20 @@ std::optional<Hub::SnapshotRefusal> Hub::admit_snapshot(const std::string& token
                              " per second after four snapshots at once); retry in " +
                              std::to_string(seconds) + " s",
                          seconds};
+}
+
+std::optional<std::int64_t> Hub::apply_from_cluster(const std::string& ns,
+                                                    const std::vector<ClusterBatch>& batches) {
+  auto it = impl_->spaces.find(ns);
+  if (it == impl_->spaces.end()) return std::nullopt;
+  impl_->apply_cluster(*it->second, batches);
+  return it->second->cluster_applied;
+}
+
+std::map<std::string, std::int64_t> Hub::cluster_positions() const {
+  std::map<std::string, std::int64_t> out;
+  for (const auto& [name, space] : impl_->spaces) out[name] = space->cluster_applied;
+  return out;
 }
 
 SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {

@@ -69,6 +69,15 @@ struct HubLimits {
   std::size_t piece_bytes = 1u << 20;
 };
 
+// A changes batch in the durable log of a relay cluster (docs/cluster.md): its position there
+// (0 until it has one), the device that wrote it, and the changeset's bytes as merged.
+struct ClusterBatch {
+  std::int64_t position = 0;
+  crdt::SiteId site;
+  std::uint64_t first_seq = 0;
+  std::string bytes;
+};
+
 struct HubOptions {
   std::string data_dir;  // one replica file per namespace: <data_dir>/<namespace>.db
   // Run once on a namespace's new replica to create its tables: <schema_dir>/<namespace>.sql
@@ -94,6 +103,17 @@ struct HubOptions {
   // defer). A hello, a digest, a catch-up round or a snapshot of the namespace waits for the
   // sync first. Empty: the commit runs on the hub's thread.
   std::function<void(std::function<void()>)> offload;
+
+  // A relay of a cluster (docs/cluster.md) sets both; a relay alone neither.
+  // Appends the batches a group merged to the cluster's log, before the group is committed and
+  // acknowledged; throws when it cannot, and the group then fails as one whose disk sync failed
+  // (nothing is acknowledged; devices send again). Runs where the commit runs (offload).
+  std::function<void(const std::string& ns, const std::vector<ClusterBatch>& batches)>
+      log_to_cluster;
+  // Reads the cluster's log of `ns` after position `after`, in order (at most a few thousand
+  // batches at once). The hub reads it before it answers a hello, so that a device sees every
+  // change another relay acknowledged before it connected. Runs on the hub's thread.
+  std::function<std::vector<ClusterBatch>(const std::string& ns, std::int64_t after)> read_cluster;
 };
 
 // Durations of the relay's merges, in seconds, for the merge latency histogram of /metrics:
@@ -125,6 +145,8 @@ struct HubCounters {
   std::uint64_t grouped_batches = 0;              // changes frames merged in them
   std::uint64_t snapshots_written = 0;            // namespace snapshots written (Hub::snapshot)
   std::uint64_t catch_up_extractions = 0;         // changes_since calls for devices catching up
+  std::uint64_t cluster_batches_applied = 0;      // batches of the cluster's log taken here
+  std::uint64_t cluster_batches_skipped = 0;      // of those, the ones it could not merge
 };
 
 // A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.
@@ -170,6 +192,16 @@ class Hub {
   using SnapshotRefusal = transport::SnapshotRefusal;
   std::optional<SnapshotRefusal> admit_snapshot(const std::string& token, std::uint64_t bytes,
                                                 std::uint64_t file_bytes);
+
+  // A relay of a cluster: merges `batches` of the cluster's log of `ns` (in order, from the
+  // namespace's applied position on; those before it are skipped), records the position
+  // reached in the namespace's replica in the same transaction, and fans out what they added to
+  // the devices here. Returns the applied position, or nothing when `ns` is not open here (it
+  // catches up from the log when it opens). Throws Error when the replica fails.
+  std::optional<std::int64_t> apply_from_cluster(const std::string& ns,
+                                                 const std::vector<ClusterBatch>& batches);
+  // The applied positions of the namespaces open here.
+  std::map<std::string, std::int64_t> cluster_positions() const;
 
   // Tokens the hub keeps budgets for: those with open connections, and those that still owe
   // their budgets time (HubLimits); the others are forgotten as new ones come.

@@ -21,10 +21,12 @@
 #include <map>
 #include <mutex>
 #include <ostream>
+#include <set>
 #include <sstream>
 #include <thread>
 
 #include "crdt/error.hpp"
+#include "relay/cluster_log.hpp"
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
 #include "storage/encrypted_vfs.hpp"
@@ -275,6 +277,13 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             hc.group_commits);
   m.counter("lattice_relay_grouped_batches_total", "Changes frames merged by those commits.",
             hc.grouped_batches);
+  m.counter("lattice_relay_cluster_batches_applied_total",
+            "Batches of the cluster's log (--cluster-db) taken into this relay's replicas.",
+            hc.cluster_batches_applied);
+  m.counter("lattice_relay_cluster_batches_skipped_total",
+            "Of those, batches this relay could not merge (a table its schema lacks) and passed "
+            "over.",
+            hc.cluster_batches_skipped);
   m.counter("lattice_relay_snapshots_written_total",
             "Namespace snapshots written for GET /snapshot/NAMESPACE (at most one per namespace "
             "per --snapshot-max-age).",
@@ -288,6 +297,44 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
               "meanwhile into its replica, durable commit included.",
               LatencyHistogram::kBounds, hc.merge_seconds.counts, hc.merge_seconds.sum);
   return m.text();
+}
+
+// Batches of the cluster's log read (and merged) at once.
+constexpr std::size_t kClusterReadBatches = 2000;
+
+// A connection to the cluster's log that opens again at the next use after a failure. One
+// caller at a time: a group's commit runs on the disk thread, or on the hub's when it settles
+// the group first (CommitJob).
+class ClusterConnection {
+ public:
+  explicit ClusterConnection(std::string conninfo) : conninfo_(std::move(conninfo)) {}
+
+  // Runs `use` with the log, connecting first if needed; after an error the connection is
+  // dropped (the next call reconnects) and the error goes on.
+  template <class Use>
+  auto with(Use use) -> decltype(use(std::declval<ClusterLog&>())) {
+    const std::lock_guard lock(mutex_);
+    try {
+      if (!log_) log_ = std::make_unique<ClusterLog>(conninfo_);
+      return use(*log_);
+    } catch (...) {
+      log_.reset();
+      throw;
+    }
+  }
+
+ private:
+  std::string conninfo_;
+  std::mutex mutex_;
+  std::unique_ptr<ClusterLog> log_;
+};
+
+std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
+  std::vector<ClusterBatch> out;
+  out.reserve(entries.size());
+  for (LogEntry& e : entries)
+    out.push_back(ClusterBatch{e.position, e.site, e.first_seq, std::move(e.batch)});
+  return out;
 }
 
 // Refuses to start on namespace files the data key does not open (written under another key,
@@ -325,6 +372,7 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "data",
                           "key-file",
                           "data-key-file",
+                          "cluster-db",
                           "tls-cert",
                           "tls-key",
                           "schema",
@@ -356,6 +404,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   config.data_key_file = flags.get("data-key-file");
   if (flags.has("data-key-file") && config.data_key_file.empty())
     throw usage_error("--data-key-file is empty");
+  config.cluster_db = flags.get("cluster-db");
+  if (flags.has("cluster-db") && config.cluster_db.empty())
+    throw usage_error("--cluster-db is empty");
   config.insecure = flags.has("insecure");
   config.tls_cert_file = flags.get("tls-cert");
   config.tls_key_file = flags.get("tls-key");
@@ -523,6 +574,26 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   hub_options.offload = [&disk](std::function<void()> task) {
     boost::asio::post(disk, std::move(task));
   };
+  // A relay of a cluster: batches are appended to the log on the disk thread, before their
+  // commit; the log is read on the hub's thread before a hello is answered, and by the
+  // follower below as other relays append.
+  auto append_connection = std::make_shared<ClusterConnection>(config.cluster_db);
+  auto read_connection = std::make_shared<ClusterConnection>(config.cluster_db);
+  if (!config.cluster_db.empty()) {
+    read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
+    hub_options.log_to_cluster = [append_connection](const std::string& ns,
+                                                     const std::vector<ClusterBatch>& batches) {
+      append_connection->with([&](ClusterLog& log) {
+        for (const ClusterBatch& b : batches) log.append(ns, b.site, b.first_seq, b.bytes);
+        return 0;
+      });
+    };
+    hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
+      return read_connection->with([&](ClusterLog& log) {
+        return cluster_batches(log.read(ns, after, kClusterReadBatches));
+      });
+    };
+  }
   Hub hub(std::move(hub_options));
 
   transport::WebSocketServerOptions server_options;
@@ -565,21 +636,21 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
                                                                         const std::string& token) {
     using transport::SnapshotAnswer;
     if (token.empty())
-      return SnapshotAnswer{
-          401, "", "", "a snapshot needs the header Authorization: Bearer TOKEN", {}};
+      return SnapshotAnswer{401, "", "", "a snapshot needs the header Authorization: Bearer TOKEN",
+                            {},  {}};
     Grant grant;
     try {
       grant = hub_authenticate(token);
     } catch (const Error& e) {
-      return SnapshotAnswer{401, "", "", e.what(), {}};
+      return SnapshotAnswer{401, "", "", e.what(), {}, {}};
     }
     if (auto refusal = read_refusal(grant, ns))
-      return SnapshotAnswer{403, "", "", refusal->what(), {}};
+      return SnapshotAnswer{403, "", "", refusal->what(), {}, {}};
     try {
       // Writing a namespace's first snapshot can take a while: 30 s before a 503.
       const SnapshotFile file = on_hub_thread(
           [&hub, ns, max_age] { return hub.snapshot(ns, max_age); }, std::chrono::seconds(30));
-      SnapshotAnswer answer{200, file.path, file.etag, "", {}};
+      SnapshotAnswer answer{200, file.path, file.etag, "", {}, {}};
       if (data_key) {
         // Encrypted on disk like the namespace's file; sent decrypted (over TLS).
         auto reader = std::make_shared<storage::EncryptedFileReader>(file.path, *data_key);
@@ -598,7 +669,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       const int status = e.code() == ErrorCode::kInvalidArgument ? 404
                          : e.code() == ErrorCode::kBusy          ? 503
                                                                  : 500;
-      return SnapshotAnswer{status, "", "", e.what(), {}};
+      return SnapshotAnswer{status, "", "", e.what(), {}, {}};
     }
   };
   const transport::WebSocketServer* server_view = nullptr;
@@ -613,6 +684,8 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   transport::WebSocketServer server(network, std::move(server_options));
   server_view = &server;
 
+  // The cluster log's follower (below) stops with the hub.
+  std::atomic<bool> follower_stop = false, follower_done = config.cluster_db.empty();
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   boost::asio::steady_timer grace(io);
   boost::asio::steady_timer poll(io);
@@ -632,6 +705,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
               ": stopping");
     // The hub's shutting_down error frames go out first, then the server closes what is left
     // (connections still in their handshake, HTTP clients) and stops accepting.
+    follower_stop = true;
     hub.shutdown();
     server.stop();
     grace.expires_after(std::chrono::seconds(config.shutdown_grace_seconds));
@@ -666,6 +740,54 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       --network_running;
     });
 
+  // The follower: woken by NOTIFY, and every second whatever came, it reads what other relays
+  // appended to the namespaces open here and hands it to the hub.
+  std::thread follower;
+  if (!config.cluster_db.empty())
+    follower = std::thread([&] {
+      const OnHubThread hub_call{io, false};
+      std::unique_ptr<ClusterLog> log;
+      auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+      while (!follower_stop) {
+        try {
+          if (!log) {
+            log = std::make_unique<ClusterLog>(config.cluster_db);
+            log->listen();
+            last_sweep -= std::chrono::hours(1);  // what came while not listening
+          }
+          std::set<std::string> woken;
+          for (auto& ns : log->wait_for_appends(std::chrono::milliseconds(250)))
+            woken.insert(std::move(ns));
+          const bool sweep =
+              std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(1);
+          if (woken.empty() && !sweep) continue;
+          if (sweep) last_sweep = std::chrono::steady_clock::now();
+          const auto positions = hub_call([&hub, &follower_stop] {
+            return follower_stop ? std::map<std::string, std::int64_t>{} : hub.cluster_positions();
+          });
+          for (auto [ns, position] : positions) {
+            if (!sweep && !woken.count(ns)) continue;
+            for (;;) {
+              auto batches = cluster_batches(log->read(ns, position, kClusterReadBatches));
+              if (batches.empty() || follower_stop) break;
+              const auto applied =
+                  hub_call([&hub, &follower_stop, ns = ns, batches = std::move(batches)] {
+                    return follower_stop ? std::nullopt : hub.apply_from_cluster(ns, batches);
+                  });
+              if (!applied || *applied == position) break;
+              position = *applied;
+            }
+          }
+        } catch (const std::exception& e) {
+          write_log(std::string("cluster log: ") + e.what() + "; reconnecting");
+          log.reset();
+          for (int i = 0; i < 20 && !follower_stop; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      }
+      follower_done = true;
+    });
+
   write_log(one_thread ? std::string("1 thread for connections and the hub")
                        : std::to_string(threads) + " network threads, and one for the hub");
   server.start();
@@ -684,6 +806,12 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     io.run_for(std::chrono::milliseconds(10));
   }
   for (auto& thread : network_threads) thread.join();
+  follower_stop = true;
+  while (!follower_done) {  // it may wait for the hub's thread
+    io.restart();
+    io.run_for(std::chrono::milliseconds(10));
+  }
+  if (follower.joinable()) follower.join();
   if (failure) std::rethrow_exception(failure);
   write_log("stopped");
   return 0;

@@ -21,6 +21,9 @@ struct ServeConfig {
   // Holds the key (64 hexadecimal digits) the namespace files and their snapshots are encrypted
   // under at rest (docs/encryption.md); empty: plain SQLite files.
   std::string data_key_file;
+  // A libpq connection string: the relay is one of a cluster whose log is in that PostgreSQL
+  // database (docs/cluster.md). Empty: a relay alone.
+  std::string cluster_db;
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure = false;

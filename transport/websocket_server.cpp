@@ -706,7 +706,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     try {
       answer = shared_->options.snapshot(ns, token);
     } catch (const std::exception& e) {
-      answer = SnapshotAnswer{500, "", "", e.what(), {}};
+      answer = SnapshotAnswer{500, "", "", e.what(), {}, {}};
     }
     if (answer.status != 200)
       return respond(request, static_cast<http::status>(answer.status), answer.message + "\n");

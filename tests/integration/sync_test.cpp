@@ -28,6 +28,9 @@
 
 #include "engine/sync/sync_client.hpp"
 #include "storage/replica.hpp"
+#if LATTICE_TEST_POSTGRES
+#include "tests/relay/postgres_server.hpp"
+#endif
 #include "transport/snapshot_download.hpp"
 #include "transport/websocket_client.hpp"
 
@@ -203,7 +206,9 @@ std::string must(const Result& r, const std::string& what) {
 // The relay, its certificate, key file and schema: everything a test needs to sync.
 class RelayFixture {
  public:
-  explicit RelayFixture(Sandbox& box) : box_(box) {
+  // `data`: the relay's data directory in the sandbox (two relays of a cluster have one each).
+  explicit RelayFixture(Sandbox& box, std::string data = "data")
+      : box_(box), data_(std::move(data)) {
     must(run(box_, {"/usr/bin/env", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-addext",
                     "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", box_.path("k.pem"),
@@ -213,7 +218,7 @@ class RelayFixture {
     std::filesystem::permissions(box_.path("keys"), std::filesystem::perms::owner_read |
                                                         std::filesystem::perms::owner_write);
     std::ofstream(box_.path("schema.sql")) << kSchema << "\n";
-    fs::create_directories(box_.path("data"));
+    fs::create_directories(box_.path(data_));
   }
 
   // Starts the relay on `port` (0: any), with `extra` flags, and returns the port it listens on.
@@ -251,7 +256,7 @@ class RelayFixture {
   int port() const { return port_; }
   std::string url() const { return "wss://127.0.0.1:" + std::to_string(port_) + "/" + kNamespace; }
   std::string ca_file() const { return box_.path("c.pem"); }
-  std::string relay_file() const { return box_.path(std::string("data/") + kNamespace + ".db"); }
+  std::string relay_file() const { return box_.path(data_ + "/" + kNamespace + ".db"); }
 
   std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write",
                     const std::string& ttl = "1h") {
@@ -271,7 +276,7 @@ class RelayFixture {
   std::vector<std::string> serve_args(int port, const std::vector<std::string>& extra) const {
     std::vector<std::string> argv{LATTICE_RELAY_PATH, "serve",
                                   "--listen",         "127.0.0.1:" + std::to_string(port),
-                                  "--data",           box_.path("data"),
+                                  "--data",           box_.path(data_),
                                   "--key-file",       box_.path("keys"),
                                   "--tls-cert",       box_.path("c.pem"),
                                   "--tls-key",        box_.path("k.pem"),
@@ -281,6 +286,7 @@ class RelayFixture {
   }
 
   Sandbox& box_;
+  std::string data_;
   std::unique_ptr<Process> process_;
   int port_ = 0;
   int starts_ = 0;
@@ -1365,6 +1371,66 @@ TEST_CASE("--data-key-file: the relay's files hold no plaintext; snapshots go ou
   CHECK(dump_todo(a).find("secret|the vault code is 8812|0|99") != std::string::npos);
   relay.stop();
 }
+
+#if LATTICE_TEST_POSTGRES
+TEST_CASE("two relays on one PostgreSQL: what one acknowledges reaches the other's devices") {
+  test::PostgresServer postgres;
+  Sandbox box;
+  RelayFixture a(box, "data-a"), b(box, "data-b");
+  const std::vector<std::string> cluster{"--cluster-db", postgres.conninfo()};
+  a.start(0, cluster);
+  b.start(0, cluster);
+  const std::string token = a.token();
+  const std::string d1 = a.device("d1"), d2 = b.device("d2");
+  insert_rows(box, d1, "a", 300);
+  sync_once(box, a, d1, token);
+  // A device that connects to the other relay right after gets it all in its first sync.
+  sync_once(box, b, d2, token);
+  CHECK(dump_todo(d2) == dump_todo(d1));
+
+  // Live: d2 stays connected to b; writes acknowledged by a arrive through the log.
+  engine::SyncClientOptions options;
+  options.ca_file = b.ca_file();
+  {
+    engine::SyncClient client(d2, b.url(), token, options);
+    client.start();
+    REQUIRE(client.wait_until_in_sync(seconds(20)));
+    std::vector<double> latencies_ms;
+    for (int i = 0; i < 5; ++i) {
+      const std::string id = "live" + std::to_string(i);
+      must(lattice(box, {"exec", d1, "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
+           "write on d1");
+      sync_once(box, a, d1, token);
+      const auto acknowledged = Clock::now();
+      REQUIRE_MESSAGE(eventually(seconds(5), [&] { return has_row(d2, id); }),
+                      "d2 (on relay b) did not receive " << id);
+      latencies_ms.push_back(
+          std::chrono::duration<double, std::milli>(Clock::now() - acknowledged).count());
+    }
+    std::sort(latencies_ms.begin(), latencies_ms.end());
+    MESSAGE("relay a -> relay b -> d2: median " << latencies_ms[2] << " ms, max "
+                                                << latencies_ms.back()
+                                                << " ms after d1's `lattice sync --once` exited");
+    client.stop();
+  }
+
+  // b stopped while a takes more; restarted, b catches up from its position in the log.
+  b.stop();
+  insert_rows(box, d1, "c", 40);
+  must(lattice(box, {"exec", d1, "UPDATE todo SET votes = votes + 1 WHERE id = 'a7'"}), "vote");
+  sync_once(box, a, d1, token);
+  b.start(0, cluster);
+  sync_once(box, b, d2, token);
+  CHECK(dump_todo(d2) == dump_todo(d1));
+  // d2's own writes, through b, reach d1 through a.
+  must(lattice(box, {"exec", d2, "INSERT INTO todo(id, title) VALUES ('from-b', 'y')"}), "d2");
+  sync_once(box, b, d2, token);
+  sync_once(box, a, d1, token);
+  CHECK(has_row(d1, "from-b"));
+  a.stop();
+  b.stop();
+}
+#endif  // LATTICE_TEST_POSTGRES
 
 TEST_CASE("a snapshot download cut off resumes where it stopped; a stale part starts over") {
   Sandbox box;
