@@ -1123,10 +1123,13 @@ void Hub::Impl::apply_cluster(Namespace& space, const std::vector<ClusterBatch>&
         throw Error(ErrorCode::kInternal, "the cluster's log of '" + space.name + "' skips from " +
                                               std::to_string(applied) + " to " +
                                               std::to_string(batch.position));
-      // The relay that logged it checked it as it checks a device's. What the relay's disk or
-      // state refuses stops the namespace's log here until it is fixed; a batch this relay
-      // cannot merge (a table its schema lacks) is passed over, counted, so that the log does
-      // not stop for good.
+      // The relay that logged it checked it as it checks a device's. What this relay's disk or
+      // state refuses stops the namespace's log here until it is fixed, and so does a clock
+      // ahead of this relay's by more than the drift allowed (the relay that took it had a
+      // clock ahead of this one: in a while the batch is taken). Tables and columns this relay
+      // does not have are kept for a later schema, as a device's are. What it cannot read at
+      // all (bytes that do not decode, a value of another type than the column's) is passed
+      // over and counted, so that the log does not stop for good.
       try {
         counters.changes_merged += replica
                                        .merge_in_group(crdt::decode_changeset(batch.bytes),
@@ -1134,7 +1137,8 @@ void Hub::Impl::apply_cluster(Namespace& space, const std::vector<ClusterBatch>&
                                        .applied;
       } catch (const Error& e) {
         const bool relay_side = e.code() == ErrorCode::kIo || e.code() == ErrorCode::kBusy ||
-                                e.code() == ErrorCode::kState || e.code() == ErrorCode::kInternal;
+                                e.code() == ErrorCode::kState || e.code() == ErrorCode::kInternal ||
+                                e.code() == ErrorCode::kClockDrift;
         if (relay_side || !replica.group_open()) throw;
         ++counters.cluster_batches_skipped;
       }

@@ -146,7 +146,7 @@ struct HubCounters {
   std::uint64_t snapshots_written = 0;            // namespace snapshots written (Hub::snapshot)
   std::uint64_t catch_up_extractions = 0;         // changes_since calls for devices catching up
   std::uint64_t cluster_batches_applied = 0;      // batches of the cluster's log taken here
-  std::uint64_t cluster_batches_skipped = 0;      // of those, the ones it could not merge
+  std::uint64_t cluster_batches_skipped = 0;      // of those, the ones it could not read
 };
 
 // A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.

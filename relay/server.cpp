@@ -281,8 +281,8 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
             "Batches of the cluster's log (--cluster-db) taken into this relay's replicas.",
             hc.cluster_batches_applied);
   m.counter("lattice_relay_cluster_batches_skipped_total",
-            "Of those, batches this relay could not merge (a table its schema lacks) and passed "
-            "over.",
+            "Of those, batches this relay could not read (bytes that do not decode, a value of "
+            "another type than its column's) and passed over.",
             hc.cluster_batches_skipped);
   m.counter("lattice_relay_snapshots_written_total",
             "Namespace snapshots written for GET /snapshot/NAMESPACE (at most one per namespace "

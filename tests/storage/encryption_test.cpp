@@ -369,6 +369,8 @@ TEST_CASE("a rotated key replaces the old one; the files stay free of plaintext"
 
   replica->rotate_key(*with_key('b').encryption_key);
   CHECK(test::dump_table(*replica, "patient_notes") == before);
+  // The rotation let go of the file: another connection opens it, under the new key.
+  CHECK(count_rows(*Replica::open(path, with_key('b')), "patient_notes") == 2001);
   // The same connection goes on writing, under the new key.
   storage::exec_sql(replica->connection(),
                     "INSERT INTO patient_notes(mrn, diagnosis) VALUES ('after', 'rotated')");
