@@ -26,7 +26,9 @@
 #include <thread>
 
 #include "crdt/error.hpp"
+#if LATTICE_RELAY_CLUSTER
 #include "relay/cluster_log.hpp"
+#endif
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
 #include "storage/encrypted_vfs.hpp"
@@ -299,6 +301,7 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
   return m.text();
 }
 
+#if LATTICE_RELAY_CLUSTER
 // Batches of the cluster's log read (and merged) at once.
 constexpr std::size_t kClusterReadBatches = 2000;
 
@@ -336,6 +339,71 @@ std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
     out.push_back(ClusterBatch{e.position, e.site, e.first_seq, std::move(e.batch)});
   return out;
 }
+
+// A relay of a cluster (docs/cluster.md): batches are appended to the log on the disk thread,
+// before their commit; the log is read on the hub's thread before a hello is answered.
+void join_cluster(HubOptions& hub_options, const std::string& conninfo) {
+  auto append_connection = std::make_shared<ClusterConnection>(conninfo);
+  auto read_connection = std::make_shared<ClusterConnection>(conninfo);
+  read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
+  hub_options.log_to_cluster = [append_connection](const std::string& ns,
+                                                   const std::vector<ClusterBatch>& batches) {
+    append_connection->with([&](ClusterLog& log) {
+      for (const ClusterBatch& b : batches) log.append(ns, b.site, b.first_seq, b.bytes);
+      return 0;
+    });
+  };
+  hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
+    return read_connection->with(
+        [&](ClusterLog& log) { return cluster_batches(log.read(ns, after, kClusterReadBatches)); });
+  };
+}
+
+// The follower, until `stop`: woken by NOTIFY, and every second whatever came, it reads what
+// other relays appended to the namespaces open here and hands it to the hub, on its thread.
+void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_context& io,
+                    const std::atomic<bool>& stop,
+                    const std::function<void(const std::string&)>& write_log) {
+  const OnHubThread hub_call{io, false};
+  std::unique_ptr<ClusterLog> log;
+  auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  while (!stop) {
+    try {
+      if (!log) {
+        log = std::make_unique<ClusterLog>(conninfo);
+        log->listen();
+        last_sweep -= std::chrono::hours(1);  // what came while not listening
+      }
+      std::set<std::string> woken;
+      for (auto& ns : log->wait_for_appends(std::chrono::milliseconds(250)))
+        woken.insert(std::move(ns));
+      const bool sweep = std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(1);
+      if (woken.empty() && !sweep) continue;
+      if (sweep) last_sweep = std::chrono::steady_clock::now();
+      const auto positions = hub_call([&hub, &stop] {
+        return stop ? std::map<std::string, std::int64_t>{} : hub.cluster_positions();
+      });
+      for (auto [ns, position] : positions) {
+        if (!sweep && !woken.count(ns)) continue;
+        for (;;) {
+          auto batches = cluster_batches(log->read(ns, position, kClusterReadBatches));
+          if (batches.empty() || stop) break;
+          const auto applied = hub_call([&hub, &stop, ns = ns, batches = std::move(batches)] {
+            return stop ? std::nullopt : hub.apply_from_cluster(ns, batches);
+          });
+          if (!applied || *applied == position) break;
+          position = *applied;
+        }
+      }
+    } catch (const std::exception& e) {
+      write_log(std::string("cluster log: ") + e.what() + "; reconnecting");
+      log.reset();
+      for (int i = 0; i < 20 && !stop; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+}
+#endif  // LATTICE_RELAY_CLUSTER
 
 // Refuses to start on namespace files the data key does not open (written under another key,
 // plain files with a key, encrypted ones without): the relay would otherwise fail every device
@@ -574,25 +642,14 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   hub_options.offload = [&disk](std::function<void()> task) {
     boost::asio::post(disk, std::move(task));
   };
-  // A relay of a cluster: batches are appended to the log on the disk thread, before their
-  // commit; the log is read on the hub's thread before a hello is answered, and by the
-  // follower below as other relays append.
-  auto append_connection = std::make_shared<ClusterConnection>(config.cluster_db);
-  auto read_connection = std::make_shared<ClusterConnection>(config.cluster_db);
   if (!config.cluster_db.empty()) {
-    read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
-    hub_options.log_to_cluster = [append_connection](const std::string& ns,
-                                                     const std::vector<ClusterBatch>& batches) {
-      append_connection->with([&](ClusterLog& log) {
-        for (const ClusterBatch& b : batches) log.append(ns, b.site, b.first_seq, b.bytes);
-        return 0;
-      });
-    };
-    hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
-      return read_connection->with([&](ClusterLog& log) {
-        return cluster_batches(log.read(ns, after, kClusterReadBatches));
-      });
-    };
+#if LATTICE_RELAY_CLUSTER
+    join_cluster(hub_options, config.cluster_db);
+#else
+    throw Error(ErrorCode::kInvalidArgument,
+                "--cluster-db: this lattice-relay was built without libpq (a cross build) and "
+                "cannot join a cluster");
+#endif
   }
   Hub hub(std::move(hub_options));
 
@@ -740,51 +797,13 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
       --network_running;
     });
 
-  // The follower: woken by NOTIFY, and every second whatever came, it reads what other relays
-  // appended to the namespaces open here and hands it to the hub.
+  // A relay of a cluster follows the log on a thread of its own.
   std::thread follower;
   if (!config.cluster_db.empty())
     follower = std::thread([&] {
-      const OnHubThread hub_call{io, false};
-      std::unique_ptr<ClusterLog> log;
-      auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
-      while (!follower_stop) {
-        try {
-          if (!log) {
-            log = std::make_unique<ClusterLog>(config.cluster_db);
-            log->listen();
-            last_sweep -= std::chrono::hours(1);  // what came while not listening
-          }
-          std::set<std::string> woken;
-          for (auto& ns : log->wait_for_appends(std::chrono::milliseconds(250)))
-            woken.insert(std::move(ns));
-          const bool sweep =
-              std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(1);
-          if (woken.empty() && !sweep) continue;
-          if (sweep) last_sweep = std::chrono::steady_clock::now();
-          const auto positions = hub_call([&hub, &follower_stop] {
-            return follower_stop ? std::map<std::string, std::int64_t>{} : hub.cluster_positions();
-          });
-          for (auto [ns, position] : positions) {
-            if (!sweep && !woken.count(ns)) continue;
-            for (;;) {
-              auto batches = cluster_batches(log->read(ns, position, kClusterReadBatches));
-              if (batches.empty() || follower_stop) break;
-              const auto applied =
-                  hub_call([&hub, &follower_stop, ns = ns, batches = std::move(batches)] {
-                    return follower_stop ? std::nullopt : hub.apply_from_cluster(ns, batches);
-                  });
-              if (!applied || *applied == position) break;
-              position = *applied;
-            }
-          }
-        } catch (const std::exception& e) {
-          write_log(std::string("cluster log: ") + e.what() + "; reconnecting");
-          log.reset();
-          for (int i = 0; i < 20 && !follower_stop; ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-      }
+#if LATTICE_RELAY_CLUSTER
+      follow_cluster(config.cluster_db, hub, io, follower_stop, write_log);
+#endif
       follower_done = true;
     });
 

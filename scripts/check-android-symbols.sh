@@ -41,6 +41,9 @@ ALLOWED="
 # Boost.Beast's file_body, which the snapshot download writes its file with
 # (transport/snapshot_download.cpp): open and fstat since always, posix_fadvise since 21
 21 fstat open posix_fadvise
+# The encrypted VFS's key rotation reads and writes its journal and pages at offsets
+# (storage/encrypted_vfs.cpp): in bionic's LIBC set from the start
+21 pread pwrite
 # SQLite's own calls, when it is compiled in from an amalgamation (-DLATTICE_SQLITE_AMALGAMATION)
 21 access fchmod fchown fstat64 fsync ftruncate64 getcwd getenv geteuid getpid localtime
 21 lstat64 mkdir mmap64 mremap munmap nanosleep open64 pread64 pthread_mutex_trylock
