@@ -775,19 +775,6 @@ void rotate_file_key(sqlite3* db, FileKeyRegistration& registration, const FileK
                                     "'; the file opens under its old key until it is gone");
 }
 
-namespace {
-
-// Opens page `number` (1-based) of an encrypted database file in place under `page_key`.
-bool open_page_under(const PageKey& page_key, std::uint32_t number, unsigned char* page) {
-  File scratch{};
-  scratch.decrypt = cipher(EVP_aes_256_gcm(), page_key.data(), false);
-  const bool ok = scratch.decrypt && open_page(&scratch, number, page);
-  EVP_CIPHER_CTX_free(scratch.decrypt);
-  return ok;
-}
-
-}  // namespace
-
 EncryptedFileReader::EncryptedFileReader(const std::string& path, const FileKey& key)
     : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)), page_key_(derive_page_key(key)) {
   struct stat st {};
@@ -827,12 +814,9 @@ bool EncryptedFileReader::read(std::uint64_t offset, unsigned char* out, std::si
 }
 
 bool file_opens_under(const std::string& path, const FileKey& key) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(ErrorCode::kIo, "cannot read '" + path + "'");
+  EncryptedFileReader reader(path, key);
   unsigned char page[kPage];
-  const bool whole = pread_all(fd, page, kPage, 0);
-  ::close(fd);
-  const bool ok = whole && open_page_under(derive_page_key(key), 1, page);
+  const bool ok = reader.size() >= kPage && reader.read(0, page, kPage);
   OPENSSL_cleanse(page, sizeof page);
   return ok;
 }
