@@ -7,6 +7,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "crdt/error.hpp"
@@ -111,7 +112,10 @@ struct ClusterLog::Impl {
 
   void connect() {
     if (conn) PQfinish(conn);
-    conn = PQconnectdb(conninfo.c_str());
+    // Later keywords win: the conninfo's own connect_timeout, if it has one, over ours.
+    const char* const keywords[] = {"connect_timeout", "dbname", nullptr};
+    const char* const values[] = {"5", conninfo.c_str(), nullptr};
+    conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
     if (!conn || PQstatus(conn) != CONNECTION_OK) fail("cannot connect");
     // The server's notices ("relation already exists, skipping") are not errors: not printed.
     PQsetNoticeProcessor(
@@ -189,6 +193,40 @@ std::int64_t ClusterLog::head(const std::string& ns) {
   Result result(impl_->query("SELECT head FROM lattice_log_heads WHERE ns = $1", params,
                              ("cannot read the head of '" + ns + "'").c_str()));
   return PQntuples(result.r) == 1 ? from_be64(PQgetvalue(result.r, 0, 0)) : 0;
+}
+
+std::map<std::string, std::int64_t> ClusterLog::heads(const std::vector<std::string>& namespaces) {
+  std::map<std::string, std::int64_t> out;
+  if (namespaces.empty()) return out;
+  // A text array literal of the names: {"a","b"}. Names are [A-Za-z0-9_-] (the hub checks), but
+  // quoting each keeps any name whole.
+  std::string array = "{";
+  for (const std::string& ns : namespaces) {
+    if (array.size() > 1) array += ',';
+    array += '"';
+    for (char c : ns) {
+      if (c == '"' || c == '\\') array += '\\';
+      array += c;
+    }
+    array += '"';
+  }
+  array += '}';
+  Params params;
+  params.text(std::move(array));
+  Result result(impl_->query("SELECT ns, head FROM lattice_log_heads WHERE ns = ANY($1::text[])",
+                             params, "cannot read the log's heads"));
+  for (int i = 0; i < PQntuples(result.r); ++i)
+    out[std::string(PQgetvalue(result.r, i, 0),
+                    static_cast<std::size_t>(PQgetlength(result.r, i, 0)))] =
+        from_be64(PQgetvalue(result.r, i, 1));
+  return out;
+}
+
+double ClusterLog::notification_queue_usage() {
+  Result result(impl_->query("SELECT pg_notification_queue_usage()::text", Params{},
+                             "cannot read pg_notification_queue_usage()"));
+  if (PQntuples(result.r) != 1) return 0;
+  return std::strtod(PQgetvalue(result.r, 0, 0), nullptr);
 }
 
 std::vector<LogEntry> ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t max) {

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -37,7 +38,8 @@ struct LogEntry {
 class ClusterLog {
  public:
   // Connects with `conninfo` (a libpq connection string, "host=... dbname=..." or a
-  // postgresql:// URI) and creates the log's tables and function when they are missing (the
+  // postgresql:// URI; a connection attempt gives up after 5 s unless it sets connect_timeout)
+  // and creates the log's tables and function when they are missing (the
   // first relay of a cluster; several at once are fine). Throws Error(kIo).
   explicit ClusterLog(const std::string& conninfo);
   ~ClusterLog();
@@ -53,6 +55,13 @@ class ClusterLog {
 
   // The last position of `ns` (0 when nothing is logged).
   std::int64_t head(const std::string& ns);
+  // The last positions of `namespaces`, in one query; those with nothing logged are absent.
+  std::map<std::string, std::int64_t> heads(const std::vector<std::string>& namespaces);
+
+  // How full PostgreSQL's queue of notifications not yet read by every listener is, 0 to 1
+  // (pg_notification_queue_usage()): a listener that stops reading fills it, and at 1 every
+  // append fails.
+  double notification_queue_usage();
 
   // The entries of `ns` after position `after`, in order, at most `max`.
   std::vector<LogEntry> read(const std::string& ns, std::int64_t after, std::size_t max);

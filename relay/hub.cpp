@@ -183,14 +183,36 @@ struct Committed {
   std::uint64_t own_before = 0;  // the relay's entry for the peer's site before the merge
 };
 
+// Why a group's commit failed: the cluster's log refused or could not be reached (the group
+// may be tried again), or the replica failed.
+struct CommitFailure {
+  std::string what;
+  bool cluster = false;
+};
+
+// A group's commit: `before_commit` (a relay of a cluster: the group's batches appended to the
+// cluster's log) first; when it throws, the group is not committed.
+std::optional<CommitFailure> commit_group(storage::Replica& replica,
+                                          const std::function<void()>& before_commit) {
+  try {
+    if (before_commit) before_commit();
+  } catch (const std::exception& e) {
+    return CommitFailure{e.what(), true};
+  }
+  try {
+    replica.commit_group();
+  } catch (const std::exception& e) {
+    return CommitFailure{e.what(), false};
+  }
+  return std::nullopt;
+}
+
 // A group's commit handed to HubOptions::offload. Whichever thread claims it first runs it: the
 // offload thread, or the hub's when something must see the namespace durable now (settle), so
 // that such a wait never queues behind the offload thread's other tasks, and a simulation whose
 // offload runs on the hub's own thread, later, never waits at all.
 class CommitJob {
  public:
-  // `before_commit` (a relay of a cluster: the group's batches appended to the cluster's log)
-  // runs first; when it throws, the group is not committed.
   CommitJob(storage::Replica& replica, std::function<void()> before_commit)
       : replica_(replica), before_commit_(std::move(before_commit)) {}
 
@@ -201,27 +223,21 @@ class CommitJob {
       if (state_ != State::kQueued) return;
       state_ = State::kRunning;
     }
-    std::optional<std::string> error;
-    try {
-      if (before_commit_) before_commit_();
-      replica_.commit_group();
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+    std::optional<CommitFailure> failure = commit_group(replica_, before_commit_);
     {
       std::lock_guard lock(mutex_);
-      error_ = std::move(error);
+      failure_ = std::move(failure);
       state_ = State::kFinished;
     }
     finished_.notify_all();
   }
 
   // Runs the commit, or waits for the thread running it; returns why it failed, if it did.
-  std::optional<std::string> wait() {
+  std::optional<CommitFailure> wait() {
     run();
     std::unique_lock lock(mutex_);
     finished_.wait(lock, [this] { return state_ == State::kFinished; });
-    return error_;
+    return failure_;
   }
 
   // For a hub going away: true if the commit never started and now never will (the caller
@@ -243,7 +259,15 @@ class CommitJob {
   std::mutex mutex_;
   std::condition_variable finished_;
   State state_ = State::kQueued;
-  std::optional<std::string> error_;  // what commit_group() threw
+  std::optional<CommitFailure> failure_;
+};
+
+// What merging a device's batch changes in its Peer, kept by a group of a relay of a cluster so
+// that a group the log failed can be undone and merged again later.
+struct PeerMergeState {
+  std::shared_ptr<Peer> peer;
+  std::uint64_t confirmed_own = 0;
+  std::map<std::uint64_t, std::uint64_t> own_history;
 };
 
 // A group commit from its merges to its acknowledgements.
@@ -254,6 +278,8 @@ struct Group {
   std::uint64_t merged = 0;          // column changes that won (HubCounters::changes_merged)
   std::chrono::steady_clock::time_point start;
   std::shared_ptr<CommitJob> job;  // the commit, when offloaded
+  // A relay of a cluster: each peer's state before its first merge in the group.
+  std::vector<PeerMergeState> peers_before;
 };
 
 // A group commit's number among those of its namespace that moved the relay's vector, and the
@@ -284,6 +310,11 @@ struct Namespace {
   // A relay of a cluster: the last position of the cluster's log merged here
   // (kClusterPositionTable in the replica).
   std::int64_t cluster_applied = 0;
+  // A relay of a cluster whose log failed the last group: the batches wait in `pending` (at
+  // most one per device) and no group is committed until the retry, `cluster_retry` after the
+  // failure (doubling from 100 ms to 1 s while the log keeps failing).
+  bool waiting_for_cluster = false;
+  std::chrono::milliseconds cluster_retry{0};
   // The last snapshot written (Hub::snapshot) and when, by the steady clock.
   std::optional<SnapshotFile> snapshot;
   std::chrono::steady_clock::time_point snapshot_at;
@@ -326,7 +357,13 @@ struct Hub::Impl {
   void finish_group(Namespace& space, Group& group);
   // The group is lost (the disk, not a device): rolls back what is left of it and fails each
   // of its devices with kInternal; they send their batches again when they reconnect.
-  void abort_group(Namespace& space, Group& group, const std::string& why);
+  void abort_group(Namespace& space, Group& group, const CommitFailure& failure);
+  // A group the cluster's log failed: its peers' merge state is restored and its batches wait
+  // in the namespace for the retry (Namespace::waiting_for_cluster).
+  void hold_group(Namespace& space, Group& group, const CommitFailure& failure);
+  // Merges the group's batches; returns what appends them to the cluster's log, if anything
+  // must be.
+  std::function<void()> merge_group(Namespace& space, Group& group);
   // Waits for the namespace's offloaded commit, if any, and finishes its group: afterwards the
   // replica is the hub thread's to use.
   void settle(Namespace& space);
@@ -980,9 +1017,18 @@ std::optional<crdt::Changeset> Hub::Impl::receive_batch(Peer& peer, transport::C
 }
 
 void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes& changes) {
+  Namespace& space = *peer->space;
+  // While the cluster's log is unreachable a device's batch waits; a device waits for its
+  // acknowledgement before it sends the next, and one that does not is not kept waiting too.
+  if (space.waiting_for_cluster &&
+      std::any_of(space.pending.begin(), space.pending.end(),
+                  [&](const PendingBatch& p) { return p.peer == peer; }))
+    return fail(*peer, WireError::kInternal,
+                "batch " + std::to_string(changes.batch) +
+                    " came before the relay could store the previous one (its cluster's log is "
+                    "unreachable); send it again after that one is acknowledged");
   std::optional<crdt::Changeset> received = receive_batch(*peer, changes);
   if (!received) return;
-  Namespace& space = *peer->space;
   space.pending.push_back(
       PendingBatch{peer, changes.batch, std::move(*received), std::move(changes.origin_log)});
   if (!options.defer) return commit_pending(space);
@@ -997,38 +1043,21 @@ void Hub::Impl::on_changes(const std::shared_ptr<Peer>& peer, transport::Changes
 
 void Hub::Impl::commit_pending(Namespace& space) {
   space.commit_scheduled = false;
-  if (space.committing || space.pending.empty()) return;
+  if (space.committing || space.pending.empty() || space.waiting_for_cluster) return;
   Group group;
   group.batches.swap(space.pending);
   storage::Replica& replica = *space.replica;
   group.start = std::chrono::steady_clock::now();
   group.before = replica.version_vector();
   const std::uint64_t merged_before = counters.changes_merged;
-  std::optional<std::string> failure;
-  // A relay of a cluster logs what it merged before it commits (and acknowledges) it.
-  std::vector<ClusterBatch> to_log;
+  std::optional<CommitFailure> failure;
   std::function<void()> before_commit;
   try {
     replica.begin_group();
-    for (PendingBatch& pending : group.batches)
-      if (pending.peer->phase == Peer::Phase::kLive)
-        if (auto done = merge_pending(space, pending)) {
-          if (done->merged && options.log_to_cluster)
-            to_log.push_back(ClusterBatch{0, pending.peer->site,
-                                          pending.changeset.since.get(pending.peer->site) + 1,
-                                          crdt::encode_changeset(pending.changeset)});
-          group.committed.push_back(std::move(*done));
-        }
-    if (!to_log.empty())
-      before_commit = [log = options.log_to_cluster, ns = space.name, to_log = std::move(to_log)] {
-        log(ns, to_log);
-      };
-    if (!options.offload || !options.defer) {
-      if (before_commit) before_commit();
-      replica.commit_group();
-    }
+    before_commit = merge_group(space, group);
+    if (!options.offload || !options.defer) failure = commit_group(replica, before_commit);
   } catch (const Error& e) {  // merge_pending rethrows only what ends the group
-    failure = e.what();
+    failure = CommitFailure{e.what()};
   }
   group.merged = counters.changes_merged - merged_before;
   if (failure) return abort_group(space, group, *failure);
@@ -1051,11 +1080,35 @@ void Hub::Impl::commit_pending(Namespace& space) {
   });
 }
 
+std::function<void()> Hub::Impl::merge_group(Namespace& space, Group& group) {
+  // A relay of a cluster logs what it merged before it commits (and acknowledges) it.
+  std::vector<ClusterBatch> to_log;
+  for (PendingBatch& pending : group.batches) {
+    if (pending.peer->phase != Peer::Phase::kLive) continue;
+    if (options.log_to_cluster &&
+        std::none_of(group.peers_before.begin(), group.peers_before.end(),
+                     [&](const PeerMergeState& s) { return s.peer == pending.peer; }))
+      group.peers_before.push_back(
+          PeerMergeState{pending.peer, pending.peer->confirmed_own, pending.peer->own_history});
+    if (auto done = merge_pending(space, pending)) {
+      if (done->merged && options.log_to_cluster)
+        to_log.push_back(ClusterBatch{0, pending.peer->site,
+                                      pending.changeset.since.get(pending.peer->site) + 1,
+                                      crdt::encode_changeset(pending.changeset)});
+      group.committed.push_back(std::move(*done));
+    }
+  }
+  if (to_log.empty()) return {};
+  return [log = options.log_to_cluster, ns = space.name, to_log = std::move(to_log)] {
+    log(ns, to_log);
+  };
+}
+
 void Hub::Impl::settle(Namespace& space) {
   if (!space.committing) return;
   Group group = std::move(*space.committing);
   space.committing.reset();
-  if (auto why = group.job->wait()) return abort_group(space, group, *why);
+  if (auto failure = group.job->wait()) return abort_group(space, group, *failure);
   finish_group(space, group);
 }
 
@@ -1065,13 +1118,39 @@ void Hub::Impl::commit_now(Namespace& space) {
   settle(space);
 }
 
-void Hub::Impl::abort_group(Namespace& space, Group& group, const std::string& why) {
+void Hub::Impl::abort_group(Namespace& space, Group& group, const CommitFailure& failure) {
   // Nothing of the group was kept and nothing of it is acknowledged.
   space.replica->rollback_group();
   counters.changes_merged -= group.merged;
+  if (failure.cluster && options.defer_for && !stopping) return hold_group(space, group, failure);
   for (const PendingBatch& pending : group.batches)
     fail(*pending.peer, WireError::kInternal,
-         "the relay could not store batch " + std::to_string(pending.batch) + ": " + why);
+         "the relay could not store batch " + std::to_string(pending.batch) + ": " + failure.what);
+}
+
+void Hub::Impl::hold_group(Namespace& space, Group& group, const CommitFailure&) {
+  ++counters.cluster_groups_held;
+  for (PeerMergeState& before : group.peers_before) {
+    before.peer->confirmed_own = before.confirmed_own;
+    before.peer->own_history = std::move(before.own_history);
+  }
+  // The group's batches go first again, before those that came meanwhile.
+  std::vector<PendingBatch> waiting;
+  for (PendingBatch& pending : group.batches)
+    if (pending.peer->phase == Peer::Phase::kLive) waiting.push_back(std::move(pending));
+  for (PendingBatch& pending : space.pending) waiting.push_back(std::move(pending));
+  space.pending = std::move(waiting);
+  space.cluster_retry = std::clamp(space.cluster_retry * 2, std::chrono::milliseconds(100),
+                                   std::chrono::milliseconds(1000));
+  space.waiting_for_cluster = true;
+  options.defer_for(space.cluster_retry,
+                    [this, alive = std::weak_ptr<bool>(alive), ns = space.name] {
+                      if (alive.expired()) return;
+                      auto it = spaces.find(ns);
+                      if (it == spaces.end()) return;
+                      it->second->waiting_for_cluster = false;
+                      commit_pending(*it->second);
+                    });
 }
 
 void Hub::Impl::finish_group(Namespace& space, Group& group) {
@@ -1079,6 +1158,7 @@ void Hub::Impl::finish_group(Namespace& space, Group& group) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - group.start).count());
   ++counters.group_commits;
   counters.grouped_batches += group.batches.size();
+  space.cluster_retry = {};
   // Nothing is acknowledged before it is durable.
   const crdt::VersionVector after = space.replica->version_vector();
   const bool moved = group.merged != 0 || !(after == group.before);
@@ -1486,6 +1566,12 @@ std::size_t Hub::connection_count() const { return impl_->peers.size(); }
 std::size_t Hub::commits_in_flight() const {
   std::size_t n = 0;
   for (const auto& [name, space] : impl_->spaces) n += space->committing.has_value();
+  return n;
+}
+std::size_t Hub::batches_waiting_for_cluster() const {
+  std::size_t n = 0;
+  for (const auto& [name, space] : impl_->spaces)
+    if (space->waiting_for_cluster) n += space->pending.size();
   return n;
 }
 std::size_t Hub::namespace_count() const { return impl_->spaces.size(); }

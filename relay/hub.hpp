@@ -8,6 +8,7 @@
 // only a group commit's disk sync may run on another (HubOptions::offload).
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -103,11 +104,17 @@ struct HubOptions {
   // defer). A hello, a digest, a catch-up round or a snapshot of the namespace waits for the
   // sync first. Empty: the commit runs on the hub's thread.
   std::function<void(std::function<void()>)> offload;
+  // Runs `task` on the hub's thread after `delay` (lattice-relay: an asio timer). Only what
+  // waits for the cluster's log uses it (log_to_cluster).
+  std::function<void(std::chrono::milliseconds delay, std::function<void()> task)> defer_for;
 
   // A relay of a cluster (docs/cluster.md) sets both; a relay alone neither.
   // Appends the batches a group merged to the cluster's log, before the group is committed and
-  // acknowledged; throws when it cannot, and the group then fails as one whose disk sync failed
-  // (nothing is acknowledged; devices send again). Runs where the commit runs (offload).
+  // acknowledged; throws when it cannot. Runs where the commit runs (offload). Nothing of a
+  // group it failed is kept or acknowledged: with defer_for, its batches wait in the namespace
+  // (their devices stay connected) and the group is tried again, 100 ms later, then at most a
+  // second apart, until the log takes it; without, the group fails as one whose disk sync failed
+  // (devices are told kInternal and send again when they reconnect).
   std::function<void(const std::string& ns, const std::vector<ClusterBatch>& batches)>
       log_to_cluster;
   // Reads the cluster's log of `ns` after position `after`, in order (at most a few thousand
@@ -147,6 +154,7 @@ struct HubCounters {
   std::uint64_t catch_up_extractions = 0;         // changes_since calls for devices catching up
   std::uint64_t cluster_batches_applied = 0;      // batches of the cluster's log taken here
   std::uint64_t cluster_batches_skipped = 0;      // of those, the ones it could not read
+  std::uint64_t cluster_groups_held = 0;  // group commits the cluster's log failed, to try again
 };
 
 // A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.
@@ -209,6 +217,8 @@ class Hub {
   std::size_t connection_count() const;
   // Namespaces whose last group commit runs on the offload thread, not yet acknowledged.
   std::size_t commits_in_flight() const;
+  // Device batches waiting for the cluster's log to take them (HubOptions::log_to_cluster).
+  std::size_t batches_waiting_for_cluster() const;
   std::size_t namespace_count() const;
   // Live device connections by the schema version their hello gave (0: none, or protocol 3).
   std::map<std::uint64_t, std::size_t> devices_by_schema_version() const;

@@ -20,6 +20,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <sstream>
@@ -211,7 +212,85 @@ struct OnHubThread {
   }
 };
 
-std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server) {
+// What a relay of a cluster last saw of its PostgreSQL, for /healthz, /metrics and the log:
+// written by the follower and by every use of the log (the disk thread's appends, the reads
+// before a hello), read on any thread. A change of reachability is logged once.
+class ClusterStatus {
+ public:
+  explicit ClusterStatus(std::function<void(const std::string&)> log) : log_(std::move(log)) {}
+
+  void reached() {
+    const std::lock_guard lock(mutex_);
+    if (!error_) return;
+    error_.reset();
+    log_("the cluster's log (PostgreSQL) is reachable again");
+  }
+  void lost(const std::string& why) {
+    const std::lock_guard lock(mutex_);
+    if (!error_)
+      log_(
+          "the cluster's log (PostgreSQL) is unreachable; nothing is acknowledged until it is "
+          "back: " +
+          why);
+    error_ = why;
+  }
+  void relistened() {
+    const std::lock_guard lock(mutex_);
+    ++relistens_;
+  }
+  void swept(std::map<std::string, std::int64_t> heads, double queue_usage) {
+    const std::lock_guard lock(mutex_);
+    heads_ = std::move(heads);
+    queue_usage_ = queue_usage;
+  }
+
+  // Why the relay is degraded, if it is.
+  std::optional<std::string> degraded() const {
+    const std::lock_guard lock(mutex_);
+    if (!error_) return std::nullopt;
+    return "degraded: the cluster's log (PostgreSQL) is unreachable: " + *error_;
+  }
+
+  void render(MetricsWriter& m, const Hub& hub) const {
+    const std::lock_guard lock(mutex_);
+    m.gauge("lattice_relay_cluster_reachable",
+            "1 while the cluster's log (PostgreSQL) answers, 0 after a failure until it does.",
+            error_ ? 0 : 1);
+    m.counter("lattice_relay_cluster_relistens_total",
+              "LISTEN connections opened again after one was lost.", relistens_);
+    m.gauge("lattice_relay_cluster_notification_queue_usage",
+            "pg_notification_queue_usage() at the last sweep (0 to 1; at 1 appends fail).",
+            queue_usage_);
+    std::map<std::string, double> heads, applied;
+    for (const auto& [ns, head] : heads_) heads[ns] = static_cast<double>(head);
+    for (const auto& [ns, position] : hub.cluster_positions())
+      applied[ns] = static_cast<double>(position);
+    m.labeled_gauge("lattice_relay_cluster_log_head",
+                    "The last position of each open namespace's log, at the last sweep.",
+                    "namespace", heads);
+    m.labeled_gauge("lattice_relay_cluster_applied_position",
+                    "The last position of each open namespace's log merged into this relay.",
+                    "namespace", applied);
+    m.counter("lattice_relay_cluster_groups_held_total",
+              "Group commits the cluster's log did not take; their batches waited, "
+              "unacknowledged, and were tried again.",
+              hub.counters().cluster_groups_held);
+    m.gauge("lattice_relay_cluster_batches_waiting",
+            "Device batches waiting, unacknowledged, for the cluster's log to take them.",
+            static_cast<double>(hub.batches_waiting_for_cluster()));
+  }
+
+ private:
+  std::function<void(const std::string&)> log_;
+  mutable std::mutex mutex_;
+  std::optional<std::string> error_;
+  std::uint64_t relistens_ = 0;
+  double queue_usage_ = 0;
+  std::map<std::string, std::int64_t> heads_;
+};
+
+std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server,
+                           const ClusterStatus* cluster) {
   const HubCounters& hc = hub.counters();
   const transport::WebSocketServerCounters& sc = server.counters();
   MetricsWriter m;
@@ -298,6 +377,7 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
               "Time of one group commit: merging the changes frames a namespace received "
               "meanwhile into its replica, durable commit included.",
               LatencyHistogram::kBounds, hc.merge_seconds.counts, hc.merge_seconds.sum);
+  if (cluster) cluster->render(m, hub);
   return m.text();
 }
 
@@ -310,24 +390,30 @@ constexpr std::size_t kClusterReadBatches = 2000;
 // the group first (CommitJob).
 class ClusterConnection {
  public:
-  explicit ClusterConnection(std::string conninfo) : conninfo_(std::move(conninfo)) {}
+  ClusterConnection(std::string conninfo, ClusterStatus& status)
+      : conninfo_(std::move(conninfo)), status_(status) {}
 
   // Runs `use` with the log, connecting first if needed; after an error the connection is
-  // dropped (the next call reconnects) and the error goes on.
+  // dropped (the next call reconnects), the status says PostgreSQL is unreachable, and the
+  // error goes on.
   template <class Use>
   auto with(Use use) -> decltype(use(std::declval<ClusterLog&>())) {
     const std::lock_guard lock(mutex_);
     try {
       if (!log_) log_ = std::make_unique<ClusterLog>(conninfo_);
-      return use(*log_);
-    } catch (...) {
+      auto result = use(*log_);
+      status_.reached();
+      return result;
+    } catch (const std::exception& e) {
       log_.reset();
+      status_.lost(e.what());
       throw;
     }
   }
 
  private:
   std::string conninfo_;
+  ClusterStatus& status_;
   std::mutex mutex_;
   std::unique_ptr<ClusterLog> log_;
 };
@@ -342,9 +428,9 @@ std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
 
 // A relay of a cluster (docs/cluster.md): batches are appended to the log on the disk thread,
 // before their commit; the log is read on the hub's thread before a hello is answered.
-void join_cluster(HubOptions& hub_options, const std::string& conninfo) {
-  auto append_connection = std::make_shared<ClusterConnection>(conninfo);
-  auto read_connection = std::make_shared<ClusterConnection>(conninfo);
+void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterStatus& status) {
+  auto append_connection = std::make_shared<ClusterConnection>(conninfo, status);
+  auto read_connection = std::make_shared<ClusterConnection>(conninfo, status);
   read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
   hub_options.log_to_cluster = [append_connection](const std::string& ns,
                                                    const std::vector<ClusterBatch>& batches) {
@@ -361,17 +447,23 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo) {
 
 // The follower, until `stop`: woken by NOTIFY, and every second whatever came, it reads what
 // other relays appended to the namespaces open here and hands it to the hub, on its thread.
+// The sweep reads the heads of those namespaces (and the notification queue's usage, for
+// /metrics) and reads the log only of those behind. After a failure it reconnects, 100 ms
+// later, then at most a second apart.
 void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_context& io,
-                    const std::atomic<bool>& stop,
-                    const std::function<void(const std::string&)>& write_log) {
+                    const std::atomic<bool>& stop, ClusterStatus& status) {
   const OnHubThread hub_call{io, false};
   std::unique_ptr<ClusterLog> log;
+  bool listened = false;
   auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  std::chrono::milliseconds backoff{0};
   while (!stop) {
     try {
       if (!log) {
         log = std::make_unique<ClusterLog>(conninfo);
         log->listen();
+        if (listened) status.relistened();
+        listened = true;
         last_sweep -= std::chrono::hours(1);  // what came while not listening
       }
       std::set<std::string> woken;
@@ -383,8 +475,15 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
       const auto positions = hub_call([&hub, &stop] {
         return stop ? std::map<std::string, std::int64_t>{} : hub.cluster_positions();
       });
+      std::map<std::string, std::int64_t> heads;
+      if (sweep) {
+        std::vector<std::string> names;
+        for (const auto& entry : positions) names.push_back(entry.first);
+        heads = log->heads(names);
+        status.swept(heads, log->notification_queue_usage());
+      }
       for (auto [ns, position] : positions) {
-        if (!sweep && !woken.count(ns)) continue;
+        if (sweep ? heads[ns] <= position : !woken.count(ns)) continue;
         for (;;) {
           auto batches = cluster_batches(log->read(ns, position, kClusterReadBatches));
           if (batches.empty() || stop) break;
@@ -395,10 +494,15 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
           position = *applied;
         }
       }
+      status.reached();
+      backoff = {};
     } catch (const std::exception& e) {
-      write_log(std::string("cluster log: ") + e.what() + "; reconnecting");
+      status.lost(e.what());
       log.reset();
-      for (int i = 0; i < 20 && !stop; ++i)
+      backoff =
+          std::clamp(backoff * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
+      for (auto waited = std::chrono::milliseconds(0); waited < backoff && !stop;
+           waited += std::chrono::milliseconds(10))
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
@@ -642,9 +746,18 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   hub_options.offload = [&disk](std::function<void()> task) {
     boost::asio::post(disk, std::move(task));
   };
+  // A group the cluster's log did not take is tried again on a timer of the hub's thread.
+  hub_options.defer_for = [&io](std::chrono::milliseconds delay, std::function<void()> task) {
+    auto timer = std::make_shared<boost::asio::steady_timer>(io, delay);
+    timer->async_wait([timer, task = std::move(task)](const boost::system::error_code& ec) {
+      if (!ec) task();
+    });
+  };
+  std::optional<ClusterStatus> cluster_status;
   if (!config.cluster_db.empty()) {
 #if LATTICE_RELAY_CLUSTER
-    join_cluster(hub_options, config.cluster_db);
+    cluster_status.emplace(write_log);
+    join_cluster(hub_options, config.cluster_db, *cluster_status);
 #else
     throw Error(ErrorCode::kInvalidArgument,
                 "--cluster-db: this lattice-relay was built without libpq (a cross build) and "
@@ -730,13 +843,17 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     }
   };
   const transport::WebSocketServer* server_view = nullptr;
-  server_options.metrics = [&hub, on_hub_thread, &server_view] {
+  const ClusterStatus* cluster_view = cluster_status ? &*cluster_status : nullptr;
+  server_options.metrics = [&hub, on_hub_thread, &server_view, cluster_view] {
     try {
-      return on_hub_thread([&hub, &server_view] { return render_metrics(hub, *server_view); });
+      return on_hub_thread([&hub, &server_view, cluster_view] {
+        return render_metrics(hub, *server_view, cluster_view);
+      });
     } catch (const Error& e) {
       return std::string("# ") + e.what() + "\n";
     }
   };
+  if (cluster_view) server_options.health = [cluster_view] { return cluster_view->degraded(); };
   server_options.log = write_log;
   transport::WebSocketServer server(network, std::move(server_options));
   server_view = &server;
@@ -802,7 +919,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   if (!config.cluster_db.empty())
     follower = std::thread([&] {
 #if LATTICE_RELAY_CLUSTER
-      follow_cluster(config.cluster_db, hub, io, follower_stop, write_log);
+      follow_cluster(config.cluster_db, hub, io, follower_stop, *cluster_status);
 #endif
       follower_done = true;
     });

@@ -682,7 +682,12 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (request.method() != http::verb::get && request.method() != http::verb::head)
       return respond(request, http::status::method_not_allowed, "only GET is served\n");
     const std::string_view target(request.target().data(), request.target().size());
-    if (target == "/healthz") return respond(request, http::status::ok, "ok\n");
+    if (target == "/healthz") {
+      if (shared_->options.health)
+        if (auto why = shared_->options.health())
+          return respond(request, http::status::service_unavailable, *why + "\n");
+      return respond(request, http::status::ok, "ok\n");
+    }
     if (target == "/metrics" && shared_->options.metrics)
       return respond(request, http::status::ok, shared_->options.metrics(),
                      "text/plain; version=0.0.4; charset=utf-8");

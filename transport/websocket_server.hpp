@@ -97,6 +97,9 @@ struct WebSocketServerOptions {
   std::function<void(std::shared_ptr<Connection> connection, std::string ns)> on_connection;
   // The body of `GET /metrics` (Prometheus text format). Empty function: 404.
   std::function<std::string()> metrics;
+  // Why the relay is degraded, if it is: `GET /healthz` then answers 503 with it (a load
+  // balancer sends new devices elsewhere); else 200 "ok". Empty function: always ok.
+  std::function<std::optional<std::string>()> health;
   // `GET /snapshot/NAMESPACE`: given the namespace (the path after /snapshot/, not validated)
   // and the token of an `Authorization: Bearer TOKEN` header (empty without one). A 200 answer's
   // file is sent whole, or from byte N with `Range: bytes=N-` (206; a `Range` with an

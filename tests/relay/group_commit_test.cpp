@@ -7,11 +7,14 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <chrono>
 #include <deque>
 #include <filesystem>
 #include <functional>
 #include <string>
 
+#include "crdt/error.hpp"
 #include "tests/relay/simulation_harness.hpp"
 #include "tests/storage/test_support.hpp"
 
@@ -20,7 +23,10 @@ namespace {
 
 class GroupCommit : sim::SmallWorld {
  public:
-  GroupCommit() : SmallWorld(11, "lattice-group-commit") { start_relay(); }
+  explicit GroupCommit(bool cluster = false)
+      : SmallWorld(11, "lattice-group-commit"), cluster_(cluster) {
+    start_relay();
+  }
   ~GroupCommit() override {
     // As SmallWorld's, but before the queued syncs go: the hub abandons the one not started.
     for (auto& d : devices_) d->session.reset();
@@ -30,6 +36,26 @@ class GroupCommit : sim::SmallWorld {
   void start_relay() {
     relay::HubOptions options = device_hub_options(dir_, test::kTodoSchema);
     options.offload = [this](std::function<void()> task) { syncs_.push_back(std::move(task)); };
+    if (cluster_) {
+      // A relay of a cluster whose log is a vector, unreachable while `log_down`.
+      options.log_to_cluster = [this](const std::string&,
+                                      const std::vector<relay::ClusterBatch>& batches) {
+        if (log_down) throw Error(ErrorCode::kIo, "PostgreSQL: cannot connect: refused");
+        for (const relay::ClusterBatch& b : batches)
+          if (std::none_of(log.begin(), log.end(), [&](const relay::ClusterBatch& l) {
+                return l.site == b.site && l.first_seq == b.first_seq;
+              }))
+            log.push_back(b);
+      };
+      options.read_cluster = [this](const std::string&, std::int64_t after) {
+        if (log_down) throw Error(ErrorCode::kIo, "PostgreSQL: cannot connect: refused");
+        (void)after;
+        return std::vector<relay::ClusterBatch>{};
+      };
+      options.defer_for = [this](std::chrono::milliseconds delay, std::function<void()> task) {
+        timers.emplace_back(delay, std::move(task));
+      };
+    }
     hub_ = std::make_unique<relay::Hub>(options);
   }
   void stop_relay() { hub_.reset(); }
@@ -70,7 +96,21 @@ class GroupCommit : sim::SmallWorld {
   const relay::HubCounters& counters() { return hub_->counters(); }
   relay::Hub& hub() { return *hub_; }
 
+  // A relay of a cluster: its log, whether the log fails, and the hub's timers (delay, task),
+  // which the test fires by hand.
+  bool log_down = false;
+  std::vector<relay::ClusterBatch> log;
+  std::deque<std::pair<std::chrono::milliseconds, std::function<void()>>> timers;
+  std::chrono::milliseconds fire_timer() {
+    REQUIRE_FALSE(timers.empty());
+    auto [delay, task] = std::move(timers.front());
+    timers.pop_front();
+    task();
+    return delay;
+  }
+
  private:
+  bool cluster_ = false;
   std::deque<std::function<void()>> syncs_;
 };
 
@@ -180,6 +220,79 @@ TEST_CASE("a relay stopped on either side of a disk sync loses nothing it acknow
   CHECK(alice.session->in_sync());
   CHECK(relay.counters().changes_merged == 0);
   CHECK(relay.syncs_waiting() == 0);
+}
+
+TEST_CASE("a relay of a cluster holds a group its log fails, unacknowledged, and tries again") {
+  GroupCommit relay(/*cluster=*/true);
+  sim::SimDevice& alice = relay.device("alice");
+  sim::SimDevice& bob = relay.device("bob");
+  relay.log_down = true;
+
+  relay.write(alice, "a1");
+  relay.run();
+  relay.run_sync();  // the append fails: nothing is committed
+  relay.run();
+  CHECK(relay.rows_on_disk() == 0);
+  CHECK(relay.counters().cluster_groups_held == 1);
+  CHECK(relay.hub().batches_waiting_for_cluster() == 1);
+  // Alice is still connected, unacknowledged; bob got nothing.
+  REQUIRE(alice.session);
+  CHECK(alice.session->state() == engine::SyncState::kLive);
+  CHECK(alice.session->pending() == 1);
+  CHECK(relay.hub().connection_count() == 2);
+  CHECK(todo(bob).find("a1") == std::string::npos);
+
+  // Bob's batch waits behind hers: no group is tried before the retry.
+  relay.write(bob, "b1");
+  relay.run();
+  CHECK(relay.syncs_waiting() == 0);
+  CHECK(relay.hub().batches_waiting_for_cluster() == 2);
+
+  // Retries while the log stays down come further apart, up to a second.
+  std::vector<long> delays;
+  for (int i = 0; i < 6; ++i) {
+    REQUIRE(relay.timers.size() == 1);
+    delays.push_back(static_cast<long>(relay.fire_timer().count()));
+    relay.run();
+    relay.run_sync();
+    relay.run();
+  }
+  CHECK(delays == std::vector<long>{100, 200, 400, 800, 1000, 1000});
+  CHECK(relay.rows_on_disk() == 0);
+  CHECK(alice.session->pending() == 1);
+  CHECK(bob.session->pending() == 1);
+  CHECK(relay.log.empty());
+
+  // Back: one group takes both, each logged once, acknowledged and sent on.
+  relay.log_down = false;
+  relay.fire_timer();
+  relay.run();
+  relay.run_sync();
+  relay.run();
+  CHECK(relay.timers.empty());
+  CHECK(relay.rows_on_disk() == 2);
+  CHECK(relay.log.size() == 2);
+  CHECK(relay.hub().batches_waiting_for_cluster() == 0);
+  CHECK(alice.session->in_sync());
+  CHECK(bob.session->in_sync());
+  CHECK(todo(alice) == todo(bob));
+  CHECK(todo(alice).find("b1") != std::string::npos);
+
+  // The next failure starts again from 100 ms.
+  relay.log_down = true;
+  relay.write(alice, "a2");
+  relay.run();
+  relay.run_sync();
+  relay.run();
+  REQUIRE(relay.timers.size() == 1);
+  relay.log_down = false;
+  CHECK(relay.fire_timer().count() == 100);
+  relay.run();
+  relay.run_sync();
+  relay.run();
+  CHECK(alice.session->in_sync());
+  CHECK(todo(bob).find("a2") != std::string::npos);
+  CHECK(relay.log.size() == 3);
 }
 
 }  // namespace
