@@ -100,6 +100,7 @@ struct Params {
 
 struct ClusterLog::Impl {
   std::string conninfo;
+  std::string application_name;
   PGconn* conn = nullptr;
   bool listening = false;
 
@@ -112,9 +113,9 @@ struct ClusterLog::Impl {
 
   void connect() {
     if (conn) PQfinish(conn);
-    // Later keywords win: the conninfo's own connect_timeout, if it has one, over ours.
-    const char* const keywords[] = {"connect_timeout", "dbname", nullptr};
-    const char* const values[] = {"5", conninfo.c_str(), nullptr};
+    // Later keywords win: the conninfo's own settings, if it has them, over ours.
+    const char* const keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
+    const char* const values[] = {"5", application_name.c_str(), conninfo.c_str(), nullptr};
     conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
     if (!conn || PQstatus(conn) != CONNECTION_OK) fail("cannot connect");
     // The server's notices ("relation already exists, skipping") are not errors: not printed.
@@ -157,8 +158,10 @@ struct ClusterLog::Impl {
   }
 };
 
-ClusterLog::ClusterLog(const std::string& conninfo) : impl_(std::make_unique<Impl>()) {
+ClusterLog::ClusterLog(const std::string& conninfo, const std::string& application_name)
+    : impl_(std::make_unique<Impl>()) {
   impl_->conninfo = conninfo;
+  impl_->application_name = application_name;
   try {
     impl_->connect();
   } catch (...) {

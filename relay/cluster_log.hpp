@@ -40,8 +40,10 @@ class ClusterLog {
   // Connects with `conninfo` (a libpq connection string, "host=... dbname=..." or a
   // postgresql:// URI; a connection attempt gives up after 5 s unless it sets connect_timeout)
   // and creates the log's tables and function when they are missing (the
-  // first relay of a cluster; several at once are fine). Throws Error(kIo).
-  explicit ClusterLog(const std::string& conninfo);
+  // first relay of a cluster; several at once are fine). `application_name` names the
+  // connection in pg_stat_activity unless the conninfo names it. Throws Error(kIo).
+  explicit ClusterLog(const std::string& conninfo,
+                      const std::string& application_name = "lattice-relay");
   ~ClusterLog();
   ClusterLog(const ClusterLog&) = delete;
   ClusterLog& operator=(const ClusterLog&) = delete;

@@ -390,8 +390,9 @@ constexpr std::size_t kClusterReadBatches = 2000;
 // the group first (CommitJob).
 class ClusterConnection {
  public:
-  ClusterConnection(std::string conninfo, ClusterStatus& status)
-      : conninfo_(std::move(conninfo)), status_(status) {}
+  // `name`: the connection's application_name in pg_stat_activity.
+  ClusterConnection(std::string conninfo, std::string name, ClusterStatus& status)
+      : conninfo_(std::move(conninfo)), name_(std::move(name)), status_(status) {}
 
   // Runs `use` with the log, connecting first if needed; after an error the connection is
   // dropped (the next call reconnects), the status says PostgreSQL is unreachable, and the
@@ -400,7 +401,7 @@ class ClusterConnection {
   auto with(Use use) -> decltype(use(std::declval<ClusterLog&>())) {
     const std::lock_guard lock(mutex_);
     try {
-      if (!log_) log_ = std::make_unique<ClusterLog>(conninfo_);
+      if (!log_) log_ = std::make_unique<ClusterLog>(conninfo_, name_);
       auto result = use(*log_);
       status_.reached();
       return result;
@@ -412,7 +413,7 @@ class ClusterConnection {
   }
 
  private:
-  std::string conninfo_;
+  std::string conninfo_, name_;
   ClusterStatus& status_;
   std::mutex mutex_;
   std::unique_ptr<ClusterLog> log_;
@@ -429,8 +430,10 @@ std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
 // A relay of a cluster (docs/cluster.md): batches are appended to the log on the disk thread,
 // before their commit; the log is read on the hub's thread before a hello is answered.
 void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterStatus& status) {
-  auto append_connection = std::make_shared<ClusterConnection>(conninfo, status);
-  auto read_connection = std::make_shared<ClusterConnection>(conninfo, status);
+  auto append_connection =
+      std::make_shared<ClusterConnection>(conninfo, "lattice-relay append", status);
+  auto read_connection =
+      std::make_shared<ClusterConnection>(conninfo, "lattice-relay read", status);
   read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
   hub_options.log_to_cluster = [append_connection](const std::string& ns,
                                                    const std::vector<ClusterBatch>& batches) {
@@ -460,7 +463,7 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
   while (!stop) {
     try {
       if (!log) {
-        log = std::make_unique<ClusterLog>(conninfo);
+        log = std::make_unique<ClusterLog>(conninfo, "lattice-relay listen");
         log->listen();
         if (listened) status.relistened();
         listened = true;

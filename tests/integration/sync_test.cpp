@@ -1578,6 +1578,55 @@ TEST_CASE(
   a.stop();
   b.stop();
 }
+TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing waits past 2 s") {
+  TwoRelays two;
+  Sandbox& box = two.box;
+  engine::SyncClientOptions options1, options2;
+  options1.ca_file = two.a.ca_file();
+  options2.ca_file = two.b.ca_file();
+  engine::SyncClient c1(two.d1, two.a.url(), two.token, options1);
+  engine::SyncClient c2(two.d2, two.b.url(), two.token, options2);
+  c1.start();
+  c2.start();
+  REQUIRE(c1.wait_until_in_sync(seconds(20)));
+  REQUIRE(c2.wait_until_in_sync(seconds(20)));
+  // Writes alternate between the devices, so each relay's follower has something to find; the
+  // LISTEN connections are killed twice, the notifications of what came meanwhile with them.
+  std::vector<double> latencies_ms;
+  for (int i = 0; i < 16; ++i) {
+    CAPTURE(i);
+    if (i == 4 || i == 10)
+      CHECK(two.postgres.query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE application_name = 'lattice-relay listen'") == "2");
+    const bool from_d1 = i % 2 == 0;
+    engine::SyncClient& writer = from_d1 ? c1 : c2;
+    const std::string& to = from_d1 ? two.d2 : two.d1;
+    const std::string id = "t" + std::to_string(i);
+    must(lattice(box, {"exec", from_d1 ? two.d1 : two.d2,
+                       "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
+         "write " + id);
+    REQUIRE(eventually(seconds(10), [&] { return writer.pending() == 0; }));
+    const auto acknowledged = Clock::now();
+    REQUIRE_MESSAGE(eventually(seconds(2), [&] { return has_row(to, id); }),
+                    id << " did not arrive within 2 s of its acknowledgement");
+    latencies_ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - acknowledged).count());
+  }
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  MESSAGE(
+      "from acknowledgement to the other relay's device, LISTEN connections killed twice: "
+      "median "
+      << latencies_ms[latencies_ms.size() / 2] << " ms, max " << latencies_ms.back() << " ms");
+  // Both followers listened again.
+  CHECK(two.postgres.query("SELECT count(*) FROM pg_stat_activity "
+                           "WHERE application_name = 'lattice-relay listen'") == "2");
+  c1.stop();
+  c2.stop();
+  CHECK(dump_todo(two.d1) == dump_todo(two.d2));
+  two.a.stop();
+  two.b.stop();
+}
+
 #endif  // LATTICE_TEST_POSTGRES
 
 TEST_CASE("a snapshot download cut off resumes where it stopped; a stale part starts over") {

@@ -45,20 +45,6 @@ std::string batch_of(int site, std::uint64_t first_seq) {
 }
 
 // Runs SQL on its own connection (what an operator or a test does beside the relays).
-std::string psql(const std::string& conninfo, const std::string& sql) {
-  PGconn* conn = PQconnectdb(conninfo.c_str());
-  REQUIRE(PQstatus(conn) == CONNECTION_OK);
-  PGresult* result = PQexec(conn, sql.c_str());
-  const auto status = PQresultStatus(result);
-  std::string value =
-      status == PGRES_TUPLES_OK && PQntuples(result) > 0 ? PQgetvalue(result, 0, 0) : "";
-  INFO(PQerrorMessage(conn));
-  CHECK((status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK));
-  PQclear(result);
-  PQfinish(conn);
-  return value;
-}
-
 TEST_CASE("appends from several relays take gapless positions in commit order") {
   test::PostgresServer server;
   constexpr int kWriters = 4, kPerWriter = 120;
@@ -142,7 +128,7 @@ TEST_CASE("a batch appended again, by any relay, is logged once") {
   CHECK(entries[0].site == site_number(1));
   CHECK(entries[0].first_seq == 10);
   CHECK(entries[0].batch == batch_of(1, 10));
-  CHECK(psql(server.conninfo(), "SELECT count(*) FROM lattice_log") == "3");
+  CHECK(server.query("SELECT count(*) FROM lattice_log") == "3");
 }
 
 TEST_CASE("what the log acknowledged survives PostgreSQL's crash") {
@@ -187,8 +173,8 @@ TEST_CASE("LISTEN wakes a reader; one whose connection was cut catches up from t
   // The reader's connection is terminated (PowerSync's stale checkpoint came from a dead
   // LISTEN connection nobody noticed): waiting says so, and after reconnecting the head tells
   // what was appended meanwhile.
-  CHECK(psql(server.conninfo(),
-             "SELECT pg_terminate_backend(" + std::to_string(reader.backend_pid()) + ")") == "t");
+  CHECK(server.query("SELECT pg_terminate_backend(" + std::to_string(reader.backend_pid()) + ")") ==
+        "t");
   for (std::uint64_t i = 2; i <= 6; ++i) writer.append("alpha", site_number(4), i, batch_of(4, i));
   CHECK_THROWS_AS(
       [&] {

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <spawn.h>
@@ -107,6 +108,20 @@ PostgresServer::~PostgresServer() {
 std::string PostgresServer::conninfo() const {
   return "host=127.0.0.1 port=" + std::to_string(port_) +
          " user=lattice dbname=postgres connect_timeout=5";
+}
+
+std::string PostgresServer::query(const std::string& sql) const {
+  PGconn* conn = PQconnectdb(conninfo().c_str());
+  REQUIRE_MESSAGE(PQstatus(conn) == CONNECTION_OK, PQerrorMessage(conn));
+  PGresult* result = PQexec(conn, sql.c_str());
+  const auto status = PQresultStatus(result);
+  std::string value =
+      status == PGRES_TUPLES_OK && PQntuples(result) > 0 ? PQgetvalue(result, 0, 0) : "";
+  CHECK_MESSAGE((status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK),
+                sql << ": " << PQerrorMessage(conn));
+  PQclear(result);
+  PQfinish(conn);
+  return value;
 }
 
 void PostgresServer::pg_ctl(const std::string& action, const std::string& mode) {

@@ -21,6 +21,10 @@ class PostgresServer {
   std::string conninfo() const;
   int port() const { return port_; }
 
+  // Runs `sql` on a new connection; the first column of its first row ("" when none). Fails
+  // the test (doctest CHECK) when the statement fails.
+  std::string query(const std::string& sql) const;
+
   // pg_ctl stop -m immediate: as a crash of the server (no checkpoint; recovery at the next
   // start replays its WAL).
   void kill();
