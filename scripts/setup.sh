@@ -30,6 +30,7 @@ PACKAGES=(
   testssl.sh    # tests/relay/tls_scan.sh: the relay's TLS scanned in make test
   libpq-dev     # the relay cluster's log in PostgreSQL (relay/cluster_log.*), through libpq
   postgresql-15 # its tests run a real server: initdb and pg_ctl in a temporary directory
+  haproxy       # in front of a cluster's relays (deploy/haproxy.cfg), tested as shipped
 )
 
 # `pkg` means the native (or Architecture: all) package, `pkg:arm64` the arm64 one. With

@@ -209,11 +209,13 @@ class RelayFixture {
   // `data`: the relay's data directory in the sandbox (two relays of a cluster have one each).
   explicit RelayFixture(Sandbox& box, std::string data = "data")
       : box_(box), data_(std::move(data)) {
-    must(run(box_, {"/usr/bin/env", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-addext",
-                    "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", box_.path("k.pem"),
-                    "-out", box_.path("c.pem")}),
-         "openssl req");
+    // Relays of one sandbox (a cluster) share the certificate, keys and schema.
+    if (!fs::exists(box_.path("c.pem")))
+      must(run(box_, {"/usr/bin/env", "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                      "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-addext",
+                      "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", box_.path("k.pem"),
+                      "-out", box_.path("c.pem")}),
+           "openssl req");
     std::ofstream(box_.path("keys")) << "k1 0123456789abcdef0123456789abcdef0123456789abcdef\n";
     std::filesystem::permissions(box_.path("keys"), std::filesystem::perms::owner_read |
                                                         std::filesystem::perms::owner_write);
@@ -1383,14 +1385,23 @@ struct TwoRelays {
   std::string token;
   std::string d1, d2;
 
-  TwoRelays() {
+  // `extra`: more flags for both relays.
+  explicit TwoRelays(std::vector<std::string> extra = {}) : extra_(std::move(extra)) {
     a.start(0, args());
     b.start(0, args());
     token = a.token();
     d1 = a.device("d1");
     d2 = b.device("d2");
   }
-  std::vector<std::string> args() const { return {"--cluster-db", postgres.conninfo()}; }
+  // The flags of a relay of this cluster.
+  std::vector<std::string> args() const {
+    std::vector<std::string> out{"--cluster-db", postgres.conninfo()};
+    out.insert(out.end(), extra_.begin(), extra_.end());
+    return out;
+  }
+
+ private:
+  std::vector<std::string> extra_;
 };
 
 TEST_CASE("two relays on one PostgreSQL: what one acknowledges reaches the other's devices") {
@@ -1625,6 +1636,92 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
   CHECK(dump_todo(two.d1) == dump_todo(two.d2));
   two.a.stop();
   two.b.stop();
+}
+
+// haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays.
+class Haproxy {
+ public:
+  Haproxy(Sandbox& box, const std::vector<const RelayFixture*>& relays) : port_(test::free_port()) {
+    std::ofstream(box.path("haproxy.pem"))
+        << read_all(box.path("c.pem")) << read_all(box.path("k.pem"));
+    std::vector<std::string> argv{
+        "/usr/bin/env", "LATTICE_HAPROXY_BIND=127.0.0.1:" + std::to_string(port_),
+        "LATTICE_HAPROXY_PEM=" + box.path("haproxy.pem"), "LATTICE_RELAY_CA=" + box.path("c.pem")};
+    for (std::size_t i = 0; i < relays.size(); ++i)
+      argv.push_back("LATTICE_RELAY" + std::to_string(i + 1) +
+                     "=127.0.0.1:" + std::to_string(relays[i]->port()));
+    argv.insert(argv.end(),
+                {"/usr/sbin/haproxy", "-db", "-f", LATTICE_SOURCE_DIR "/deploy/haproxy.cfg"});
+    process_ = std::make_unique<Process>(argv, box.path("haproxy.out"), box.path("haproxy.err"));
+  }
+  std::string url() const { return "wss://127.0.0.1:" + std::to_string(port_) + "/" + kNamespace; }
+  int port() const { return port_; }
+
+ private:
+  int port_;
+  std::unique_ptr<Process> process_;
+};
+
+TEST_CASE("three relays behind haproxy: a namespace sticks to one, and moves when it dies") {
+  // Devices reach the relays from haproxy's address: the per-source limits are haproxy's job
+  // (deploy/haproxy.cfg).
+  TwoRelays two(
+      {"--max-connects-per-source-per-second", "1000", "--max-unauthenticated-per-source", "1000"});
+  Sandbox& box = two.box;
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  Haproxy haproxy(box, {&two.a, &two.b, &c});
+  const std::vector<RelayFixture*> relays{&two.a, &two.b, &c};
+  // Connected devices per relay, from each relay's /metrics.
+  auto connections = [&] {
+    std::vector<double> out;
+    for (RelayFixture* relay : relays)
+      out.push_back(metric(https_get(box, *relay, "/metrics"), "lattice_relay_connections"));
+    return out;
+  };
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  options.min_backoff = milliseconds(100);
+  options.max_backoff = milliseconds(500);
+  auto c1 = std::make_unique<engine::SyncClient>(two.d1, haproxy.url(), two.token, options);
+  auto c2 = std::make_unique<engine::SyncClient>(two.d2, haproxy.url(), two.token, options);
+  // haproxy marks the relays up after two health checks (a second apart).
+  c1->start();
+  c2->start();
+  REQUIRE_MESSAGE(c1->wait_until_in_sync(seconds(20)), c1->last_error());
+  REQUIRE_MESSAGE(c2->wait_until_in_sync(seconds(20)), c2->last_error());
+  // Both devices of the namespace are on one relay.
+  std::vector<double> before = connections();
+  const auto home = std::find(before.begin(), before.end(), 2.0);
+  REQUIRE_MESSAGE(home != before.end(), before[0] << " " << before[1] << " " << before[2]);
+  CHECK(std::count(before.begin(), before.end(), 0.0) == 2);
+  RelayFixture& home_relay = *relays[static_cast<std::size_t>(home - before.begin())];
+
+  insert_rows(box, two.d1, "a", 50);
+  REQUIRE(eventually(seconds(10), [&] { return c1->pending() == 0 && has_row(two.d2, "a49"); }));
+
+  // The namespace's relay dies: its devices reconnect through haproxy to another one, which
+  // has everything acknowledged (PostgreSQL's log), and go on.
+  home_relay.kill9();
+  const auto killed = Clock::now();
+  insert_rows(box, two.d2, "b", 30);
+  REQUIRE_MESSAGE(eventually(seconds(20),
+                             [&] {
+                               return c2->pending() == 0 && has_row(two.d1, "b29") &&
+                                      c1->state() == engine::SyncState::kLive;
+                             }),
+                  c2->last_error());
+  const double moved_ms = std::chrono::duration<double, std::milli>(Clock::now() - killed).count();
+  c1->stop();
+  c2->stop();
+  CHECK(dump_todo(two.d1) == dump_todo(two.d2));
+  CHECK(has_row(two.d2, "a49"));
+  MESSAGE(
+      "a namespace's relay SIGKILLed behind haproxy: its devices wrote through another "
+      "relay and were in sync again after "
+      << moved_ms << " ms");
+  for (RelayFixture* relay : relays)
+    if (relay != &home_relay) relay->stop();
 }
 
 #endif  // LATTICE_TEST_POSTGRES

@@ -44,7 +44,8 @@ int run(std::vector<std::string> argv, const std::string& log) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-// A port no one listens on now.
+}  // namespace
+
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
@@ -57,6 +58,8 @@ int free_port() {
   REQUIRE(ok);
   return ntohs(address.sin_port);
 }
+
+namespace {
 
 // Where Debian keeps initdb and pg_ctl: `pg_config --bindir`, else PostgreSQL 15's directory.
 std::string postgres_bin() {

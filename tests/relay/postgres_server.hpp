@@ -8,6 +8,10 @@
 
 namespace lattice::test {
 
+// A port of 127.0.0.1 no one listens on now (bound, read and closed: another process may take
+// it before the caller does).
+int free_port();
+
 class PostgresServer {
  public:
   // Makes the cluster and starts it. Fails the test (doctest REQUIRE) when it cannot.
