@@ -233,7 +233,7 @@ TEST_CASE("replicas with constraints and triggers converge after 20,000 random o
   const std::uint64_t seed = test::seed_from_env(20261204);
   INFO("seed " << seed << " (replay with LATTICE_SEED=" << seed << ")");
   World world(seed, 4);
-  world.run(20000);
+  world.run(test::scaled(20000));
   check(world);
   const auto held = count(*world.replicas[0], "SELECT count(*) FROM lattice_held");
   MESSAGE(world.operations << " operations, " << world.refused_locally
@@ -244,7 +244,7 @@ TEST_CASE("a few rows fought over by many writers converge with their constraint
   for (std::uint64_t seed : {11u, 12u, 13u, 14u, 15u}) {
     INFO("seed " << seed);
     World world(test::seed_from_env(seed), 5);
-    world.run(1500);
+    world.run(test::scaled(1500));
     check(world);
   }
 }

@@ -152,7 +152,7 @@ void check_convergence(std::uint64_t seed, std::size_t replicas, int keys, std::
 
 TEST_CASE("replicas converge after 20,000 random writes exchanged late, duplicated and reordered") {
   const std::uint64_t seed = test::seed_from_env(20261126);
-  check_convergence(seed, 5, 40, 20000);
+  check_convergence(seed, 5, 40, test::scaled(20000));
 }
 
 TEST_CASE("replicas converge when a few keys are fought over by many writers") {

@@ -89,4 +89,10 @@ std::uint64_t seed_from_env(std::uint64_t fallback) {
   return text ? std::strtoull(text, nullptr, 10) : fallback;
 }
 
+std::size_t scaled(std::size_t n) {
+  const char* text = std::getenv("LATTICE_PROPERTY_SCALE");
+  const double factor = text && *text ? std::strtod(text, nullptr) : 1.0;
+  return std::max<std::size_t>(1, static_cast<std::size_t>(static_cast<double>(n) * factor));
+}
+
 }  // namespace lattice::test

@@ -50,4 +50,9 @@ struct TempDir {
 // The value of the environment variable LATTICE_SEED, or `fallback`.
 std::uint64_t seed_from_env(std::uint64_t fallback);
 
+// `n` operations of a random property test scaled by LATTICE_PROPERTY_SCALE (a factor, 1 when
+// unset; the sanitizer trees run a quarter: their memory checks need the code paths, not the
+// volume), at least 1.
+std::size_t scaled(std::size_t n);
+
 }  // namespace lattice::test
