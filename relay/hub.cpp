@@ -1528,9 +1528,10 @@ std::optional<std::int64_t> Hub::apply_from_cluster(const std::string& ns,
   return it->second->cluster_applied;
 }
 
-std::map<std::string, std::int64_t> Hub::cluster_positions() const {
+std::map<std::string, std::int64_t> Hub::cluster_positions(bool with_devices_only) const {
   std::map<std::string, std::int64_t> out;
-  for (const auto& [name, space] : impl_->spaces) out[name] = space->cluster_applied;
+  for (const auto& [name, space] : impl_->spaces)
+    if (!with_devices_only || !space->peers.empty()) out[name] = space->cluster_applied;
   return out;
 }
 

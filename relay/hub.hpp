@@ -208,8 +208,9 @@ class Hub {
   // catches up from the log when it opens). Throws Error when the replica fails.
   std::optional<std::int64_t> apply_from_cluster(const std::string& ns,
                                                  const std::vector<ClusterBatch>& batches);
-  // The applied positions of the namespaces open here.
-  std::map<std::string, std::int64_t> cluster_positions() const;
+  // The applied positions of the namespaces open here; with `with_devices_only`, of those with
+  // a device connected here (the others need not follow the log: a hello reads it first).
+  std::map<std::string, std::int64_t> cluster_positions(bool with_devices_only = false) const;
 
   // Tokens the hub keeps budgets for: those with open connections, and those that still owe
   // their budgets time (HubLimits); the others are forgotten as new ones come.

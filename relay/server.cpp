@@ -265,9 +265,10 @@ class ClusterStatus {
     for (const auto& [ns, head] : heads_) heads[ns] = static_cast<double>(head);
     for (const auto& [ns, position] : hub.cluster_positions())
       applied[ns] = static_cast<double>(position);
-    m.labeled_gauge("lattice_relay_cluster_log_head",
-                    "The last position of each open namespace's log, at the last sweep.",
-                    "namespace", heads);
+    m.labeled_gauge(
+        "lattice_relay_cluster_log_head",
+        "The last position of the log of each namespace with devices here, at the last sweep.",
+        "namespace", heads);
     m.labeled_gauge("lattice_relay_cluster_applied_position",
                     "The last position of each open namespace's log merged into this relay.",
                     "namespace", applied);
@@ -449,7 +450,8 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
 }
 
 // The follower, until `stop`: woken by NOTIFY, and every second whatever came, it reads what
-// other relays appended to the namespaces open here and hands it to the hub, on its thread.
+// other relays appended to the namespaces with devices here and hands it to the hub, on its
+// thread. A namespace without devices here costs nothing: a hello reads the log first.
 // The sweep reads the heads of those namespaces (and the notification queue's usage, for
 // /metrics) and reads the log only of those behind. After a failure it reconnects, 100 ms
 // later, then at most a second apart.
@@ -476,7 +478,8 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
       if (woken.empty() && !sweep) continue;
       if (sweep) last_sweep = std::chrono::steady_clock::now();
       const auto positions = hub_call([&hub, &stop] {
-        return stop ? std::map<std::string, std::int64_t>{} : hub.cluster_positions();
+        return stop ? std::map<std::string, std::int64_t>{}
+                    : hub.cluster_positions(/*with_devices_only=*/true);
       });
       std::map<std::string, std::int64_t> heads;
       if (sweep) {

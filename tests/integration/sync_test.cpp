@@ -1592,6 +1592,16 @@ TEST_CASE(
 TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing waits past 2 s") {
   TwoRelays two;
   Sandbox& box = two.box;
+  // A third relay has the namespace open (a device synced there once) and no device now: it
+  // follows nothing of the namespace until a device comes back.
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  const std::string d3 = c.device("d3");
+  sync_once(box, c, d3, two.token);
+  const auto applied_at_c = [&] {
+    return metric(https_get(box, c, "/metrics"), "lattice_relay_cluster_batches_applied_total");
+  };
+  const double applied_before = applied_at_c();
   engine::SyncClientOptions options1, options2;
   options1.ca_file = two.a.ca_file();
   options2.ca_file = two.b.ca_file();
@@ -1608,7 +1618,7 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
     CAPTURE(i);
     if (i == 4 || i == 10)
       CHECK(two.postgres.query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                               "WHERE application_name = 'lattice-relay listen'") == "2");
+                               "WHERE application_name = 'lattice-relay listen'") == "3");
     const bool from_d1 = i % 2 == 0;
     engine::SyncClient& writer = from_d1 ? c1 : c2;
     const std::string& to = from_d1 ? two.d2 : two.d1;
@@ -1628,14 +1638,20 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
       "from acknowledgement to the other relay's device, LISTEN connections killed twice: "
       "median "
       << latencies_ms[latencies_ms.size() / 2] << " ms, max " << latencies_ms.back() << " ms");
-  // Both followers listened again.
+  // Every follower listened again.
   CHECK(two.postgres.query("SELECT count(*) FROM pg_stat_activity "
-                           "WHERE application_name = 'lattice-relay listen'") == "2");
+                           "WHERE application_name = 'lattice-relay listen'") == "3");
   c1.stop();
   c2.stop();
   CHECK(dump_todo(two.d1) == dump_todo(two.d2));
+  // The relay without devices took nothing meanwhile; its next device gets everything.
+  CHECK(applied_at_c() == applied_before);
+  sync_once(box, c, d3, two.token);
+  CHECK(dump_todo(d3) == dump_todo(two.d1));
+  CHECK(applied_at_c() > applied_before);
   two.a.stop();
   two.b.stop();
+  c.stop();
 }
 
 // haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays.
