@@ -30,11 +30,14 @@ CREATE TABLE IF NOT EXISTS lattice_log (
   site bytea NOT NULL,
   first_seq bigint NOT NULL,
   batch bytea NOT NULL,
+  origin bytea NOT NULL DEFAULT ''::bytea,
   PRIMARY KEY (ns, position),
   UNIQUE (ns, site, first_seq)
 );
+ALTER TABLE lattice_log ADD COLUMN IF NOT EXISTS origin bytea NOT NULL DEFAULT ''::bytea;
+DROP FUNCTION IF EXISTS lattice_log_append(text, bytea, bigint, bytea);
 CREATE OR REPLACE FUNCTION lattice_log_append(p_ns text, p_site bytea, p_first bigint,
-                                              p_batch bytea) RETURNS bigint
+                                              p_batch bytea, p_origin bytea) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
   h bigint;
@@ -47,7 +50,7 @@ BEGIN
   IF FOUND THEN
     RETURN p;
   END IF;
-  INSERT INTO lattice_log VALUES (p_ns, h + 1, p_site, p_first, p_batch);
+  INSERT INTO lattice_log VALUES (p_ns, h + 1, p_site, p_first, p_batch, p_origin);
   UPDATE lattice_log_heads SET head = h + 1 WHERE ns = p_ns;
   PERFORM pg_notify('lattice_log', p_ns);
   RETURN h + 1;
@@ -69,6 +72,25 @@ std::int64_t from_be64(const char* p) {
   std::uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
   return static_cast<std::int64_t>(v);
+}
+
+// Transaction tags as bytea: 16 bytes each, sequence then tag, big-endian.
+std::string encode_tags(const std::vector<crdt::TxnTag>& tags) {
+  std::string out;
+  out.reserve(tags.size() * 16);
+  for (const crdt::TxnTag& t : tags)
+    out += be64(static_cast<std::int64_t>(t.seq)) + be64(static_cast<std::int64_t>(t.tag));
+  return out;
+}
+
+std::vector<crdt::TxnTag> decode_tags(const char* p, std::size_t n) {
+  if (n % 16 != 0) throw Error(ErrorCode::kIo, "PostgreSQL: a log entry's origin is malformed");
+  std::vector<crdt::TxnTag> tags;
+  tags.reserve(n / 16);
+  for (std::size_t i = 0; i < n; i += 16)
+    tags.push_back(crdt::TxnTag{static_cast<std::uint64_t>(from_be64(p + i)),
+                                static_cast<std::uint64_t>(from_be64(p + i + 8))});
+  return tags;
 }
 
 struct Result {
@@ -177,14 +199,17 @@ void ClusterLog::reconnect() { impl_->connect(); }
 int ClusterLog::backend_pid() const { return PQbackendPID(impl_->conn); }
 
 std::int64_t ClusterLog::append(const std::string& ns, const crdt::SiteId& site,
-                                std::uint64_t first_seq, std::string_view batch) {
+                                std::uint64_t first_seq, std::string_view batch,
+                                const std::vector<crdt::TxnTag>& origin_log) {
   Params params;
   params.text(ns)
       .binary(std::string(site.as_bytes()))
       .binary(be64(static_cast<std::int64_t>(first_seq)))
-      .binary(std::string(batch));
-  Result result(impl_->query("SELECT lattice_log_append($1, $2::bytea, $3::bigint, $4::bytea)",
-                             params, ("cannot append to the log of '" + ns + "'").c_str()));
+      .binary(std::string(batch))
+      .binary(encode_tags(origin_log));
+  Result result(
+      impl_->query("SELECT lattice_log_append($1, $2::bytea, $3::bigint, $4::bytea, $5::bytea)",
+                   params, ("cannot append to the log of '" + ns + "'").c_str()));
   if (PQntuples(result.r) != 1 || PQgetlength(result.r, 0, 0) != 8)
     throw Error(ErrorCode::kIo, "PostgreSQL: lattice_log_append returned no position");
   return from_be64(PQgetvalue(result.r, 0, 0));
@@ -238,8 +263,8 @@ std::vector<LogEntry> ClusterLog::read(const std::string& ns, std::int64_t after
       .binary(be64(after))
       .binary(be64(static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX))));
   Result result(
-      impl_->query("SELECT position, site, first_seq, batch FROM lattice_log WHERE ns = $1 AND "
-                   "position > $2::bigint ORDER BY position LIMIT $3::bigint",
+      impl_->query("SELECT position, site, first_seq, batch, origin FROM lattice_log "
+                   "WHERE ns = $1 AND position > $2::bigint ORDER BY position LIMIT $3::bigint",
                    params, ("cannot read the log of '" + ns + "'").c_str()));
   std::vector<LogEntry> out;
   const int rows = PQntuples(result.r);
@@ -252,6 +277,8 @@ std::vector<LogEntry> ClusterLog::read(const std::string& ns, std::int64_t after
     entry.first_seq = static_cast<std::uint64_t>(from_be64(PQgetvalue(result.r, i, 2)));
     entry.batch.assign(PQgetvalue(result.r, i, 3),
                        static_cast<std::size_t>(PQgetlength(result.r, i, 3)));
+    entry.origin_log = decode_tags(PQgetvalue(result.r, i, 4),
+                                   static_cast<std::size_t>(PQgetlength(result.r, i, 4)));
     out.push_back(std::move(entry));
   }
   return out;

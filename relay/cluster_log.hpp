@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "crdt/site_id.hpp"
+#include "crdt/txn_tag.hpp"
 
 namespace lattice::relay {
 
@@ -33,6 +34,8 @@ struct LogEntry {
   crdt::SiteId site;          // the device that wrote it
   std::uint64_t first_seq = 0;
   std::string batch;  // the changeset's bytes, as the device sent them
+  // The tags of the device's transactions the batch covers (its origin log).
+  std::vector<crdt::TxnTag> origin_log;
 };
 
 class ClusterLog {
@@ -48,12 +51,13 @@ class ClusterLog {
   ClusterLog(const ClusterLog&) = delete;
   ClusterLog& operator=(const ClusterLog&) = delete;
 
-  // Appends `batch`, written by `site` from sequence `first_seq` on, to the log of `ns`, and
+  // Appends `batch`, written by `site` from sequence `first_seq` on, with the tags of the
+  // transactions it covers, to the log of `ns`, and
   // returns its position once PostgreSQL has committed it (durable when the server runs with
   // fsync and synchronous_commit on, its defaults). A batch already logged under the same (ns,
   // site, first_seq) is not logged again: its position is returned.
   std::int64_t append(const std::string& ns, const crdt::SiteId& site, std::uint64_t first_seq,
-                      std::string_view batch);
+                      std::string_view batch, const std::vector<crdt::TxnTag>& origin_log = {});
 
   // The last position of `ns` (0 when nothing is logged).
   std::int64_t head(const std::string& ns);

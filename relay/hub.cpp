@@ -1090,13 +1090,16 @@ std::function<void()> Hub::Impl::merge_group(Namespace& space, Group& group) {
                      [&](const PeerMergeState& s) { return s.peer == pending.peer; }))
       group.peers_before.push_back(
           PeerMergeState{pending.peer, pending.peer->confirmed_own, pending.peer->own_history});
-    if (auto done = merge_pending(space, pending)) {
-      if (done->merged && options.log_to_cluster)
-        to_log.push_back(ClusterBatch{0, pending.peer->site,
-                                      pending.changeset.since.get(pending.peer->site) + 1,
-                                      crdt::encode_changeset(pending.changeset)});
-      group.committed.push_back(std::move(*done));
-    }
+    std::optional<Committed> done = merge_pending(space, pending);
+    if (!done) continue;
+    // Logged under the device's first transaction the relay did not hold: the same key for a
+    // retry of the batch, or for the batch sent again to another relay, whatever its `since`
+    // says (a vector may leave entries out). A batch bringing nothing new is not logged.
+    if (done->merged && options.log_to_cluster &&
+        pending.changeset.until.get(pending.peer->site) > done->own_before)
+      to_log.push_back(ClusterBatch{0, pending.peer->site, done->own_before + 1,
+                                    crdt::encode_changeset(pending.changeset), pending.origin_log});
+    group.committed.push_back(std::move(*done));
   }
   if (to_log.empty()) return {};
   return [log = options.log_to_cluster, ns = space.name, to_log = std::move(to_log)] {
@@ -1211,10 +1214,11 @@ void Hub::Impl::apply_cluster(Namespace& space, const std::vector<ClusterBatch>&
       // all (bytes that do not decode, a value of another type than the column's) is passed
       // over and counted, so that the log does not stop for good.
       try {
-        counters.changes_merged += replica
-                                       .merge_in_group(crdt::decode_changeset(batch.bytes),
-                                                       storage::OriginTxns{batch.site, {}})
-                                       .applied;
+        counters.changes_merged +=
+            replica
+                .merge_in_group(crdt::decode_changeset(batch.bytes),
+                                storage::OriginTxns{batch.site, batch.origin_log})
+                .applied;
       } catch (const Error& e) {
         const bool relay_side = e.code() == ErrorCode::kIo || e.code() == ErrorCode::kBusy ||
                                 e.code() == ErrorCode::kState || e.code() == ErrorCode::kInternal ||

@@ -71,12 +71,15 @@ struct HubLimits {
 };
 
 // A changes batch in the durable log of a relay cluster (docs/cluster.md): its position there
-// (0 until it has one), the device that wrote it, and the changeset's bytes as merged.
+// (0 until it has one), the device that wrote it, the changeset's bytes as merged, and the tags
+// of the device's transactions it covers (its changes frame's origin log): with them every relay
+// tells the device from a copy of its replica file, as the one that received the batch does.
 struct ClusterBatch {
   std::int64_t position = 0;
   crdt::SiteId site;
   std::uint64_t first_seq = 0;
   std::string bytes;
+  std::vector<crdt::TxnTag> origin_log;
 };
 
 struct HubOptions {

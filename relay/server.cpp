@@ -424,7 +424,8 @@ std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
   std::vector<ClusterBatch> out;
   out.reserve(entries.size());
   for (LogEntry& e : entries)
-    out.push_back(ClusterBatch{e.position, e.site, e.first_seq, std::move(e.batch)});
+    out.push_back(
+        ClusterBatch{e.position, e.site, e.first_seq, std::move(e.batch), std::move(e.origin_log)});
   return out;
 }
 
@@ -439,7 +440,8 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
   hub_options.log_to_cluster = [append_connection](const std::string& ns,
                                                    const std::vector<ClusterBatch>& batches) {
     append_connection->with([&](ClusterLog& log) {
-      for (const ClusterBatch& b : batches) log.append(ns, b.site, b.first_seq, b.bytes);
+      for (const ClusterBatch& b : batches)
+        log.append(ns, b.site, b.first_seq, b.bytes, b.origin_log);
       return 0;
     });
   };

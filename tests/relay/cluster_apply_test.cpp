@@ -112,5 +112,22 @@ TEST_CASE("a relay of a cluster takes the log in order from its applied position
   CHECK(relay.rows() == 4);
 }
 
+TEST_CASE("the transaction tags of a logged batch are this relay's too") {
+  // Without them a relay that took a device's batches from the log would take the device, when
+  // it connects here, for a copy of its own file, and have it move those transactions to a new
+  // site id: sent again, a counter's increments would count twice.
+  ClusterRelay relay;
+  relay.hub->replica("board");
+  auto device = test::open_todo_replica();
+  const crdt::VersionVector before = device->version_vector();
+  storage::exec_sql(device->connection(), "INSERT INTO todo(id, title) VALUES ('t1', 'tagged')");
+  storage::exec_sql(device->connection(), "UPDATE todo SET votes = votes + 1 WHERE id = 't1'");
+  relay::ClusterBatch batch = batch_at(1, *device, before);
+  batch.origin_log = device->local_log(1, 2);
+  REQUIRE(batch.origin_log.size() == 2);
+  CHECK(relay.hub->apply_from_cluster("board", {batch}) == 1);
+  CHECK(relay.hub->replica("board").origin_log(device->site_id(), 1, 10) == batch.origin_log);
+}
+
 }  // namespace
 }  // namespace lattice

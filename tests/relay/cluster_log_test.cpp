@@ -116,7 +116,9 @@ TEST_CASE("appends from several relays take gapless positions in commit order") 
 TEST_CASE("a batch appended again, by any relay, is logged once") {
   test::PostgresServer server;
   ClusterLog a(server.conninfo()), b(server.conninfo());
-  const auto first = a.append("alpha", site_number(1), 10, batch_of(1, 10));
+  // With the tags of the transactions the batch covers, which travel with it.
+  const std::vector<crdt::TxnTag> tags = {{10, 0xfeedface12345678ull}, {11, 0x8000000000000001ull}};
+  const auto first = a.append("alpha", site_number(1), 10, batch_of(1, 10), tags);
   a.append("alpha", site_number(2), 10, batch_of(2, 10));
   CHECK(a.append("alpha", site_number(1), 10, batch_of(1, 10)) == first);
   CHECK(b.append("alpha", site_number(1), 10, batch_of(1, 10)) == first);
@@ -128,6 +130,8 @@ TEST_CASE("a batch appended again, by any relay, is logged once") {
   CHECK(entries[0].site == site_number(1));
   CHECK(entries[0].first_seq == 10);
   CHECK(entries[0].batch == batch_of(1, 10));
+  CHECK(entries[0].origin_log == tags);
+  CHECK(entries[1].origin_log.empty());
   CHECK(server.query("SELECT count(*) FROM lattice_log") == "3");
 }
 

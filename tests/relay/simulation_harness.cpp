@@ -57,14 +57,15 @@ transport::LoopbackNetwork::Faults Harness::link_faults() {
 
 void Harness::connect(SimDevice& d) {
   if (d.session || !d.wants_online) return;
-  if (!hub_) {
+  relay::Hub* hub = relay_for(d);
+  if (!hub) {
     schedule_reconnect(d);
     return;
   }
   const transport::LoopbackNetwork::Faults faults = link_faults();
   d.link_in_order = faults.in_order;
   auto [client, server] = net_.connect(d.name, faults);
-  hub_->accept(server, kNamespace);
+  hub->accept(server, kNamespace);
   engine::SyncSession::Events events;
   events.on_rekey = [this, &d](const transport::Rekey&) { on_rekey(d); };
   events.on_closed = [this, &d](const std::string& reason) {

@@ -65,9 +65,14 @@ class Harness {
   // and its changeset's number, and so does the last frame), the device reconnects.
   transport::LoopbackNetwork::Faults link_faults();
 
-  // Opens a session for `d` to hub_ when it wants to be online and has none; without a relay,
-  // tries again later. After a close the device reconnects (reconnect_delay).
+  // Opens a session for `d` to relay_for(d) when it wants to be online and has none; without a
+  // relay, tries again later. After a close the device reconnects (reconnect_delay).
   void connect(SimDevice& d);
+  // The relay `d` connects to now: hub_, or one of a cluster's (null: none is up).
+  virtual relay::Hub* relay_for(SimDevice& d) {
+    (void)d;
+    return hub_.get();
+  }
   void schedule_reconnect(SimDevice& d);
 
   // Hooks: a session of `d` was told to rekey; how long `d` waits before reconnecting after
