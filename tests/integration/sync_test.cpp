@@ -1458,6 +1458,12 @@ TEST_CASE("two relays on one PostgreSQL: what one acknowledges reaches the other
   a.stop();
   b.stop();
 }
+// A count from the environment variable `name` (at least 1), or `fallback`.
+int env_count(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value && *value ? std::max(1, std::atoi(value)) : fallback;
+}
+
 // GET https://127.0.0.1:PORT/TARGET with curl: the body, a space, the status code.
 std::string https_get(Sandbox& box, const RelayFixture& relay, const std::string& target) {
   return must(
@@ -1479,10 +1485,6 @@ double metric(const std::string& text, const std::string& name) {
 TEST_CASE(
     "PostgreSQL down mid-stream: devices stay connected, nothing is acknowledged, and "
     "everything is within 5 s of its return") {
-  const auto env_count = [](const char* name, int fallback) {
-    const char* value = std::getenv(name);
-    return value && *value ? std::max(1, std::atoi(value)) : fallback;
-  };
   const int outages = env_count("LATTICE_PG_OUTAGES", 5);
   const auto outage = seconds(env_count("LATTICE_PG_OUTAGE_SECONDS", 3));
   TwoRelays two;
@@ -1652,6 +1654,82 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
   two.a.stop();
   two.b.stop();
   c.stop();
+}
+
+TEST_CASE(
+    "a cold relay serves exactly what a device lacks; a change acknowledged by one relay is "
+    "in the first sync through another, every time") {
+  // One address opens a hundred connections here: past the relays' default of 5 a second.
+  TwoRelays two({"--max-connects-per-source-per-second", "1000"});
+  Sandbox& box = two.box;
+  // d3 takes the first 5,000 rows, then is offline while 10,000 more arrive through relay a
+  // and 2,000 through relay b.
+  const std::string d3 = two.b.device("d3");
+  insert_rows(box, two.d1, "a", 5000);
+  sync_once(box, two.a, two.d1, two.token);
+  sync_once(box, two.b, d3, two.token);
+  insert_rows(box, two.d1, "b", 10000);
+  sync_once(box, two.a, two.d1, two.token);
+  insert_rows(box, two.d2, "c", 2000);
+  sync_once(box, two.b, two.d2, two.token);
+  sync_once(box, two.a, two.d1, two.token);
+  // What d3 lacks, by the writers' file.
+  std::size_t lacking = 0;
+  {
+    auto d3_replica = storage::Replica::open(d3);
+    auto d1_replica = storage::Replica::open(two.d1);
+    lacking = d1_replica->changes_since(d3_replica->version_vector()).change_count();
+  }
+  REQUIRE(lacking > 0);
+  // A relay that never ran before, with no file: it reads the log before it answers d3.
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  sync_once(box, c, d3, two.token);
+  CHECK(dump_todo(d3) == dump_todo(two.d1));
+  const std::string metrics = https_get(box, c, "/metrics");
+  CHECK(metric(metrics, "lattice_relay_changes_sent_total") == static_cast<double>(lacking));
+  CHECK(metric(metrics, "lattice_relay_cluster_batches_applied_total") > 0);
+  c.stop();
+
+  // A change acknowledged through a is in the very first sync of a device connecting to b.
+  const int rounds = env_count("LATTICE_FIRST_SYNC_ROUNDS", 100);
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  engine::SyncClient writer(two.d1, two.a.url(), two.token, options);
+  writer.start();
+  REQUIRE(writer.wait_until_in_sync(seconds(30)));
+  auto direct = storage::Replica::open(two.d1);
+  double write_ms = 0, connect_ms = 0, stop_ms = 0;
+  const auto since = [](Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+  };
+  // A token may say hello 64 times at once, then 30 a minute: the reader takes a new one (a
+  // new expiry makes another token) every 50 connections.
+  std::string reader_token;
+  for (int i = 0; i < rounds; ++i) {
+    CAPTURE(i);
+    if (i % 50 == 0)
+      reader_token = two.a.token(kNamespace, "read,write", std::to_string(60 + i) + "m");
+    const std::string id = "first" + std::to_string(i);
+    auto t = Clock::now();
+    direct->query("INSERT INTO todo(id, title) VALUES (?, 'x')", {id});
+    REQUIRE(writer.wait_until_in_sync(seconds(10)));  // acknowledged by a
+    write_ms += since(t);
+    t = Clock::now();
+    engine::SyncClient reader(two.d2, two.b.url(), reader_token, options);
+    reader.start();
+    REQUIRE(reader.wait_until_in_sync(seconds(10)));
+    CHECK(has_row(two.d2, id));
+    connect_ms += since(t);
+    t = Clock::now();
+    reader.stop();
+    stop_ms += since(t);
+  }
+  MESSAGE(rounds << " rounds: write " << write_ms / rounds << " ms, connect and sync "
+                 << connect_ms / rounds << " ms, stop " << stop_ms / rounds << " ms");
+  writer.stop();
+  two.a.stop();
+  two.b.stop();
 }
 
 // haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays.
