@@ -360,7 +360,7 @@ struct Hub::Impl {
   void abort_group(Namespace& space, Group& group, const CommitFailure& failure);
   // A group the cluster's log failed: its peers' merge state is restored and its batches wait
   // in the namespace for the retry (Namespace::waiting_for_cluster).
-  void hold_group(Namespace& space, Group& group, const CommitFailure& failure);
+  void hold_group(Namespace& space, Group& group);
   // Merges the group's batches; returns what appends them to the cluster's log, if anything
   // must be.
   std::function<void()> merge_group(Namespace& space, Group& group);
@@ -1125,13 +1125,13 @@ void Hub::Impl::abort_group(Namespace& space, Group& group, const CommitFailure&
   // Nothing of the group was kept and nothing of it is acknowledged.
   space.replica->rollback_group();
   counters.changes_merged -= group.merged;
-  if (failure.cluster && options.defer_for && !stopping) return hold_group(space, group, failure);
+  if (failure.cluster && options.defer_for && !stopping) return hold_group(space, group);
   for (const PendingBatch& pending : group.batches)
     fail(*pending.peer, WireError::kInternal,
          "the relay could not store batch " + std::to_string(pending.batch) + ": " + failure.what);
 }
 
-void Hub::Impl::hold_group(Namespace& space, Group& group, const CommitFailure&) {
+void Hub::Impl::hold_group(Namespace& space, Group& group) {
   ++counters.cluster_groups_held;
   for (PeerMergeState& before : group.peers_before) {
     before.peer->confirmed_own = before.confirmed_own;

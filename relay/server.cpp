@@ -238,8 +238,24 @@ class ClusterStatus {
     const std::lock_guard lock(mutex_);
     ++relistens_;
   }
-  void swept(std::map<std::string, std::int64_t> heads, double queue_usage) {
+  // The heads of the log at a sweep, against this relay's applied positions: a head behind a
+  // position means the log lost what this relay applied (restored from a backup), and the
+  // relay would pass over what is logged again at those positions.
+  void swept(std::map<std::string, std::int64_t> heads,
+             const std::map<std::string, std::int64_t>& applied, double queue_usage) {
     const std::lock_guard lock(mutex_);
+    std::optional<std::string> behind;
+    for (const auto& [ns, position] : applied) {
+      const auto head = heads.count(ns) ? heads.at(ns) : 0;
+      if (head < position) {
+        behind = "the cluster's log of '" + ns + "' ends at position " + std::to_string(head) +
+                 ", before this relay's " + std::to_string(position) +
+                 " (restored from a backup?): start this relay on an empty data directory";
+        break;
+      }
+    }
+    if (behind && !log_behind_) log_(*behind);
+    log_behind_ = std::move(behind);
     heads_ = std::move(heads);
     queue_usage_ = queue_usage;
   }
@@ -247,8 +263,9 @@ class ClusterStatus {
   // Why the relay is degraded, if it is.
   std::optional<std::string> degraded() const {
     const std::lock_guard lock(mutex_);
-    if (!error_) return std::nullopt;
-    return "degraded: the cluster's log (PostgreSQL) is unreachable: " + *error_;
+    if (error_) return "degraded: the cluster's log (PostgreSQL) is unreachable: " + *error_;
+    if (log_behind_) return "degraded: " + *log_behind_;
+    return std::nullopt;
   }
 
   void render(MetricsWriter& m, const Hub& hub) const {
@@ -285,6 +302,7 @@ class ClusterStatus {
   std::function<void(const std::string&)> log_;
   mutable std::mutex mutex_;
   std::optional<std::string> error_;
+  std::optional<std::string> log_behind_;  // swept()
   std::uint64_t relistens_ = 0;
   double queue_usage_ = 0;
   std::map<std::string, std::int64_t> heads_;
@@ -488,7 +506,7 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
         std::vector<std::string> names;
         for (const auto& entry : positions) names.push_back(entry.first);
         heads = log->heads(names);
-        status.swept(heads, log->notification_queue_usage());
+        status.swept(heads, positions, log->notification_queue_usage());
       }
       for (auto [ns, position] : positions) {
         if (sweep ? heads[ns] <= position : !woken.count(ns)) continue;

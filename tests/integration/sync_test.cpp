@@ -1732,6 +1732,37 @@ TEST_CASE(
   two.b.stop();
 }
 
+TEST_CASE("a relay whose cluster log was restored to an earlier point says it is degraded") {
+  TwoRelays two;
+  Sandbox& box = two.box;
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  engine::SyncClient client(two.d1, two.a.url(), two.token, options);
+  client.start();
+  REQUIRE(client.wait_until_in_sync(seconds(20)));
+  for (int i = 0; i < 3; ++i) {
+    must(lattice(box, {"exec", two.d1,
+                       "INSERT INTO todo(id, title) VALUES ('r" + std::to_string(i) + "', 'x')"}),
+         "write");
+    REQUIRE(eventually(seconds(10), [&] { return client.pending() == 0; }));
+  }
+  CHECK(https_get(box, two.a, "/healthz") == "ok\n 200");
+  // As if PostgreSQL were restored from a backup taken after the first batch.
+  two.postgres.query("DELETE FROM lattice_log WHERE position > 1");
+  two.postgres.query("UPDATE lattice_log_heads SET head = 1");
+  std::string health;
+  for (int i = 0; i < 10; ++i) {
+    std::this_thread::sleep_for(milliseconds(500));
+    health = https_get(box, two.a, "/healthz");
+    if (health.find("restored from a backup") != std::string::npos) break;
+  }
+  CHECK_MESSAGE(health.rfind(" 503") == health.size() - 4, health);
+  CHECK_MESSAGE(health.find("empty data directory") != std::string::npos, health);
+  client.stop();
+  two.a.stop();
+  two.b.stop();
+}
+
 // haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays.
 class Haproxy {
  public:
