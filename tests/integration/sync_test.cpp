@@ -1628,7 +1628,7 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
     must(lattice(box, {"exec", from_d1 ? two.d1 : two.d2,
                        "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
          "write " + id);
-    REQUIRE(eventually(seconds(10), [&] { return writer.pending() == 0; }));
+    REQUIRE(writer.wait_until_in_sync(seconds(10)));  // acknowledged
     const auto acknowledged = Clock::now();
     REQUIRE_MESSAGE(eventually(seconds(2), [&] { return has_row(to, id); }),
                     id << " did not arrive within 2 s of its acknowledgement");
@@ -1744,9 +1744,20 @@ TEST_CASE("a relay whose cluster log was restored to an earlier point says it is
     must(lattice(box, {"exec", two.d1,
                        "INSERT INTO todo(id, title) VALUES ('r" + std::to_string(i) + "', 'x')"}),
          "write");
-    REQUIRE(eventually(seconds(10), [&] { return client.pending() == 0; }));
+    REQUIRE(client.wait_until_in_sync(seconds(10)));  // one batch each
   }
+  REQUIRE(two.postgres.query("SELECT head FROM lattice_log_heads") == "3");
   CHECK(https_get(box, two.a, "/healthz") == "ok\n 200");
+  // The relay's follower takes its own batches from the log too (its applied position): wait
+  // until it has all three.
+  const std::string applied =
+      std::string("lattice_relay_cluster_applied_position{namespace=\"") + kNamespace + "\"}";
+  bool caught_up = false;
+  for (int i = 0; i < 20 && !caught_up; ++i) {
+    if (i) std::this_thread::sleep_for(milliseconds(500));
+    caught_up = metric(https_get(box, two.a, "/metrics"), applied) == 3;
+  }
+  REQUIRE(caught_up);
   // As if PostgreSQL were restored from a backup taken after the first batch.
   two.postgres.query("DELETE FROM lattice_log WHERE position > 1");
   two.postgres.query("UPDATE lattice_log_heads SET head = 1");
@@ -1787,16 +1798,27 @@ class Haproxy {
   std::unique_ptr<Process> process_;
 };
 
+// Three relays of a cluster (a, b and c) behind haproxy. Devices reach the relays from haproxy's
+// address: the per-source limits are haproxy's job (deploy/haproxy.cfg).
+struct BehindHaproxy {
+  TwoRelays two{
+      {"--max-connects-per-source-per-second", "1000", "--max-unauthenticated-per-source", "1000"}};
+  RelayFixture c{two.box, "data-c"};
+  std::optional<Haproxy> haproxy;
+  std::vector<RelayFixture*> relays{&two.a, &two.b, &c};
+
+  BehindHaproxy() {
+    c.start(0, two.args());
+    haproxy.emplace(two.box, std::vector<const RelayFixture*>{&two.a, &two.b, &c});
+  }
+};
+
 TEST_CASE("three relays behind haproxy: a namespace sticks to one, and moves when it dies") {
-  // Devices reach the relays from haproxy's address: the per-source limits are haproxy's job
-  // (deploy/haproxy.cfg).
-  TwoRelays two(
-      {"--max-connects-per-source-per-second", "1000", "--max-unauthenticated-per-source", "1000"});
+  BehindHaproxy cluster;
+  TwoRelays& two = cluster.two;
   Sandbox& box = two.box;
-  RelayFixture c(box, "data-c");
-  c.start(0, two.args());
-  Haproxy haproxy(box, {&two.a, &two.b, &c});
-  const std::vector<RelayFixture*> relays{&two.a, &two.b, &c};
+  Haproxy& haproxy = *cluster.haproxy;
+  const std::vector<RelayFixture*>& relays = cluster.relays;
   // Connected devices per relay, from each relay's /metrics.
   auto connections = [&] {
     std::vector<double> out;
@@ -1847,6 +1869,78 @@ TEST_CASE("three relays behind haproxy: a namespace sticks to one, and moves whe
       << moved_ms << " ms");
   for (RelayFixture* relay : relays)
     if (relay != &home_relay) relay->stop();
+}
+
+// Acceptance 2 of the cluster: LATTICE_CLUSTER_KILL_SECONDS of load (default 15; the acceptance
+// asks 60), a relay SIGKILLed every 5 s.
+TEST_CASE("relays SIGKILLed one after another under load behind haproxy: nothing is lost") {
+  const int duration = env_count("LATTICE_CLUSTER_KILL_SECONDS", 15);
+  BehindHaproxy cluster;
+  TwoRelays& two = cluster.two;
+  Haproxy& haproxy = *cluster.haproxy;
+  const std::vector<RelayFixture*>& relays = cluster.relays;
+  const std::vector<std::string> devices{two.d1, two.d2, two.a.device("d3"), two.a.device("d4")};
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  options.min_backoff = milliseconds(100);
+  options.max_backoff = milliseconds(500);
+  std::vector<std::unique_ptr<engine::SyncClient>> clients;
+  for (const auto& d : devices) {
+    clients.push_back(std::make_unique<engine::SyncClient>(d, haproxy.url(), two.token, options));
+    clients.back()->start();
+  }
+  for (auto& client : clients) REQUIRE(client->wait_until_in_sync(seconds(30)));
+
+  // 200 writes a second: each device one row every 20 ms, through a connection of its own.
+  std::atomic<bool> writing = true;
+  std::atomic<int> written = 0;
+  std::vector<std::thread> writers;
+  for (std::size_t i = 0; i < devices.size(); ++i)
+    writers.emplace_back([&, i] {
+      auto replica = storage::Replica::open(devices[i]);
+      for (int n = 0; writing; ++n) {
+        replica->query("INSERT INTO todo(id, title) VALUES (?, 'under fire')",
+                       {"w" + std::to_string(i) + "-" + std::to_string(n)});
+        ++written;
+        std::this_thread::sleep_for(milliseconds(20));
+      }
+    });
+  std::mt19937 rng(20261207);
+  int kills = 0;
+  const auto until = Clock::now() + seconds(duration);
+  while (Clock::now() < until) {
+    std::this_thread::sleep_for(seconds(5));
+    RelayFixture& victim = *relays[rng() % relays.size()];
+    const int port = victim.port();
+    victim.kill9();
+    ++kills;
+    victim.start(port, two.args());
+  }
+  writing = false;
+  for (auto& w : writers) w.join();
+
+  // Every write reaches every device; every device's digest is its relay's.
+  for (auto& client : clients) CHECK(client->wait_until_in_sync(seconds(60)));
+  const auto rows_of = [](const std::string& path) {
+    auto replica = storage::Replica::open(path);
+    return std::get<std::int64_t>(replica->query("SELECT count(*) FROM todo").rows.at(0).at(0));
+  };
+  for (const auto& d : devices) {
+    CAPTURE(d);
+    CHECK(eventually(seconds(30), [&] { return rows_of(d) == written; }));
+    CHECK(dump_todo(d) == dump_todo(devices[0]));
+  }
+  for (auto& client : clients) {
+    const auto digests = client->digests(seconds(10));
+    REQUIRE(digests);
+    CHECK(storage::compare_digests(digests->local, digests->relay).empty());
+  }
+  CHECK(two.postgres.query("SELECT count(*) FROM (SELECT 1 FROM lattice_log GROUP BY ns, site, "
+                           "first_seq HAVING count(*) > 1) AS twice") == "0");
+  MESSAGE(written.load() << " writes over " << duration << " s, " << kills
+                         << " relays SIGKILLed: all on every device, digests agree");
+  for (auto& client : clients) client->stop();
+  for (RelayFixture* relay : relays) relay->stop();
 }
 
 #endif  // LATTICE_TEST_POSTGRES

@@ -57,8 +57,11 @@ struct ClusterRelay {
 relay::ClusterBatch batch_at(std::int64_t position, storage::Replica& device,
                              const crdt::VersionVector& since) {
   const crdt::Changeset changes = device.changes_since(since);
-  return relay::ClusterBatch{position, device.site_id(), since.get(device.site_id()) + 1,
-                             crdt::encode_changeset(changes)};
+  return relay::ClusterBatch{position,
+                             device.site_id(),
+                             since.get(device.site_id()) + 1,
+                             crdt::encode_changeset(changes),
+                             {}};
 }
 
 TEST_CASE("a relay of a cluster takes the log in order from its applied position") {

@@ -170,11 +170,13 @@ class ClusterWorld : sim::Harness {
     }
     // Nothing a device wrote was lost or counted twice.
     for (auto& d : devices_)
-      for (const auto& [key, votes] : d->ledger) {
+      for (const auto& entry : d->ledger) {
+        // (A structured binding cannot be captured by INFO's lambda in clang 14.)
+        const std::string& key = entry.first;
         INFO("ledger row " << key);
         const auto row = first.query("SELECT votes FROM todo WHERE id = ?", {key});
         REQUIRE(row.rows.size() == 1);
-        REQUIRE(std::get<std::int64_t>(row.rows[0][0]) == votes);
+        REQUIRE(std::get<std::int64_t>(row.rows[0][0]) == entry.second);
       }
     // The log holds each batch once, at gapless positions.
     std::set<std::pair<std::string, std::uint64_t>> keys;
