@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "crdt/error.hpp"
@@ -22,7 +24,8 @@ namespace {
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS lattice_log_heads (
   ns text PRIMARY KEY,
-  head bigint NOT NULL
+  head bigint NOT NULL,
+  pruned bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS lattice_log (
   ns text NOT NULL,
@@ -34,7 +37,22 @@ CREATE TABLE IF NOT EXISTS lattice_log (
   PRIMARY KEY (ns, position),
   UNIQUE (ns, site, first_seq)
 );
-ALTER TABLE lattice_log ADD COLUMN IF NOT EXISTS origin bytea NOT NULL DEFAULT ''::bytea;
+-- Columns a later release added, only when missing: ALTER TABLE locks its table even when it
+-- changes nothing, and two of them in this transaction would deadlock with appends.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'lattice_log'
+                   AND column_name = 'origin') THEN
+    ALTER TABLE lattice_log ADD COLUMN origin bytea NOT NULL DEFAULT ''::bytea;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'lattice_log_heads'
+                   AND column_name = 'pruned') THEN
+    ALTER TABLE lattice_log_heads ADD COLUMN pruned bigint NOT NULL DEFAULT 0;
+  END IF;
+END
+$$;
 DROP FUNCTION IF EXISTS lattice_log_append(text, bytea, bigint, bytea);
 CREATE OR REPLACE FUNCTION lattice_log_append(p_ns text, p_site bytea, p_first bigint,
                                               p_batch bytea, p_origin bytea) RETURNS bigint
@@ -56,7 +74,64 @@ BEGIN
   RETURN h + 1;
 END
 $$;
+CREATE TABLE IF NOT EXISTS lattice_relay_positions (
+  relay text NOT NULL,
+  ns text NOT NULL,
+  position bigint NOT NULL,
+  seen_at timestamptz NOT NULL,
+  PRIMARY KEY (relay, ns)
+);
+CREATE TABLE IF NOT EXISTS lattice_snapshots (
+  ns text NOT NULL,
+  position bigint NOT NULL,
+  schema_version bigint NOT NULL,
+  manifest text NOT NULL,
+  bytes bigint NOT NULL,
+  pieces integer NOT NULL,
+  taken_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (ns, position)
+);
+CREATE TABLE IF NOT EXISTS lattice_snapshot_pieces (
+  ns text NOT NULL,
+  position bigint NOT NULL,
+  piece integer NOT NULL,
+  data bytea NOT NULL,
+  PRIMARY KEY (ns, position, piece)
+);
+CREATE OR REPLACE FUNCTION lattice_log_prune(p_ns text, p_grace double precision) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+  snapshot bigint;
+  applied bigint;
+  upto bigint;
+  done bigint;
+BEGIN
+  SELECT pruned INTO done FROM lattice_log_heads WHERE ns = p_ns FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM lattice_relay_positions
+    WHERE ns = p_ns AND seen_at < now() - make_interval(secs => 10 * p_grace);
+  SELECT max(position) INTO snapshot FROM lattice_snapshots WHERE ns = p_ns;
+  IF snapshot IS NULL THEN
+    RETURN done;
+  END IF;
+  SELECT min(position) INTO applied FROM lattice_relay_positions
+    WHERE ns = p_ns AND seen_at >= now() - make_interval(secs => p_grace);
+  upto := least(snapshot, coalesce(applied, snapshot));
+  IF upto <= done THEN
+    RETURN done;
+  END IF;
+  DELETE FROM lattice_log WHERE ns = p_ns AND position <= upto;
+  UPDATE lattice_log_heads SET pruned = upto WHERE ns = p_ns;
+  RETURN upto;
+END
+$$;
 )sql";
+
+// Snapshots travel in pieces of this size: no single value near bytea's 1 GB limit, and no
+// whole file in memory at once.
+constexpr std::size_t kSnapshotPiece = 4u << 20;
 
 // Relays of one cluster that start together create the schema one at a time (CREATE TABLE IF
 // NOT EXISTS is not safe against a concurrent CREATE of the same name).
@@ -93,6 +168,22 @@ std::vector<crdt::TxnTag> decode_tags(const char* p, std::size_t n) {
   return tags;
 }
 
+// A text array literal of `items`: {"a","b"}. Namespace names are [A-Za-z0-9_-] (the hub
+// checks), but quoting each keeps any text whole.
+std::string text_array(const std::vector<std::string>& items) {
+  std::string array = "{";
+  for (const std::string& item : items) {
+    if (array.size() > 1) array += ',';
+    array += '"';
+    for (char c : item) {
+      if (c == '"' || c == '\\') array += '\\';
+      array += c;
+    }
+    array += '"';
+  }
+  return array + '}';
+}
+
 struct Result {
   PGresult* r = nullptr;
   explicit Result(PGresult* result) : r(result) {}
@@ -117,6 +208,15 @@ struct Params {
     return *this;
   }
 };
+
+// (ns text, position bigint) rows, in binary, as a map.
+std::map<std::string, std::int64_t> positions_by_namespace(const PGresult* r) {
+  std::map<std::string, std::int64_t> out;
+  for (int i = 0; i < PQntuples(r); ++i)
+    out[std::string(PQgetvalue(r, i, 0), static_cast<std::size_t>(PQgetlength(r, i, 0)))] =
+        from_be64(PQgetvalue(r, i, 1));
+  return out;
+}
 
 }  // namespace
 
@@ -198,6 +298,8 @@ void ClusterLog::reconnect() { impl_->connect(); }
 
 int ClusterLog::backend_pid() const { return PQbackendPID(impl_->conn); }
 
+bool ClusterLog::connected() const { return impl_->conn && PQstatus(impl_->conn) == CONNECTION_OK; }
+
 std::int64_t ClusterLog::append(const std::string& ns, const crdt::SiteId& site,
                                 std::uint64_t first_seq, std::string_view batch,
                                 const std::vector<crdt::TxnTag>& origin_log) {
@@ -224,30 +326,12 @@ std::int64_t ClusterLog::head(const std::string& ns) {
 }
 
 std::map<std::string, std::int64_t> ClusterLog::heads(const std::vector<std::string>& namespaces) {
-  std::map<std::string, std::int64_t> out;
-  if (namespaces.empty()) return out;
-  // A text array literal of the names: {"a","b"}. Names are [A-Za-z0-9_-] (the hub checks), but
-  // quoting each keeps any name whole.
-  std::string array = "{";
-  for (const std::string& ns : namespaces) {
-    if (array.size() > 1) array += ',';
-    array += '"';
-    for (char c : ns) {
-      if (c == '"' || c == '\\') array += '\\';
-      array += c;
-    }
-    array += '"';
-  }
-  array += '}';
+  if (namespaces.empty()) return {};
   Params params;
-  params.text(std::move(array));
+  params.text(text_array(namespaces));
   Result result(impl_->query("SELECT ns, head FROM lattice_log_heads WHERE ns = ANY($1::text[])",
                              params, "cannot read the log's heads"));
-  for (int i = 0; i < PQntuples(result.r); ++i)
-    out[std::string(PQgetvalue(result.r, i, 0),
-                    static_cast<std::size_t>(PQgetlength(result.r, i, 0)))] =
-        from_be64(PQgetvalue(result.r, i, 1));
-  return out;
+  return positions_by_namespace(result.r);
 }
 
 double ClusterLog::notification_queue_usage() {
@@ -257,31 +341,201 @@ double ClusterLog::notification_queue_usage() {
   return std::strtod(PQgetvalue(result.r, 0, 0), nullptr);
 }
 
-std::vector<LogEntry> ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t max) {
+LogRead ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t max) {
   Params params;
   params.text(ns)
       .binary(be64(after))
       .binary(be64(static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX))));
-  Result result(
-      impl_->query("SELECT position, site, first_seq, batch, origin FROM lattice_log "
-                   "WHERE ns = $1 AND position > $2::bigint ORDER BY position LIMIT $3::bigint",
-                   params, ("cannot read the log of '" + ns + "'").c_str()));
-  std::vector<LogEntry> out;
+  // One statement: the pruned position and the entries as of one moment (prune() deletes and
+  // moves it in one transaction).
+  Result result(impl_->query(
+      "SELECT h.pruned, l.position, l.site, l.first_seq, l.batch, l.origin "
+      "FROM lattice_log_heads h LEFT JOIN LATERAL (SELECT * FROM lattice_log "
+      "WHERE ns = $1 AND position > $2::bigint ORDER BY position LIMIT $3::bigint) l ON true "
+      "WHERE h.ns = $1 ORDER BY l.position",
+      params, ("cannot read the log of '" + ns + "'").c_str()));
+  LogRead out;
   const int rows = PQntuples(result.r);
-  out.reserve(static_cast<std::size_t>(rows));
+  out.entries.reserve(static_cast<std::size_t>(rows));
   for (int i = 0; i < rows; ++i) {
+    out.pruned = from_be64(PQgetvalue(result.r, i, 0));
+    if (PQgetisnull(result.r, i, 1)) continue;  // nothing after `after`
     LogEntry entry;
-    entry.position = from_be64(PQgetvalue(result.r, i, 0));
+    entry.position = from_be64(PQgetvalue(result.r, i, 1));
     entry.site = crdt::SiteId::from_bytes(std::string_view(
-        PQgetvalue(result.r, i, 1), static_cast<std::size_t>(PQgetlength(result.r, i, 1))));
-    entry.first_seq = static_cast<std::uint64_t>(from_be64(PQgetvalue(result.r, i, 2)));
-    entry.batch.assign(PQgetvalue(result.r, i, 3),
-                       static_cast<std::size_t>(PQgetlength(result.r, i, 3)));
-    entry.origin_log = decode_tags(PQgetvalue(result.r, i, 4),
-                                   static_cast<std::size_t>(PQgetlength(result.r, i, 4)));
-    out.push_back(std::move(entry));
+        PQgetvalue(result.r, i, 2), static_cast<std::size_t>(PQgetlength(result.r, i, 2))));
+    entry.first_seq = static_cast<std::uint64_t>(from_be64(PQgetvalue(result.r, i, 3)));
+    entry.batch.assign(PQgetvalue(result.r, i, 4),
+                       static_cast<std::size_t>(PQgetlength(result.r, i, 4)));
+    entry.origin_log = decode_tags(PQgetvalue(result.r, i, 5),
+                                   static_cast<std::size_t>(PQgetlength(result.r, i, 5)));
+    out.entries.push_back(std::move(entry));
   }
   return out;
+}
+
+void ClusterLog::report_positions(const std::string& relay,
+                                  const std::map<std::string, std::int64_t>& positions) {
+  if (positions.empty()) return;
+  std::vector<std::string> names, values;
+  for (const auto& [ns, position] : positions) {
+    names.push_back(ns);
+    values.push_back(std::to_string(position));
+  }
+  Params params;
+  params.text(relay).text(text_array(names)).text(text_array(values));
+  Result result(impl_->query(
+      "INSERT INTO lattice_relay_positions "
+      "SELECT $1, n, p, now() FROM unnest($2::text[], $3::bigint[]) AS t(n, p) "
+      "ON CONFLICT (relay, ns) DO UPDATE SET position = excluded.position, seen_at = now() "
+      "RETURNING 1",
+      params, "cannot report the relay's positions"));
+}
+
+bool ClusterLog::put_snapshot(const std::string& ns, const LogSnapshot& snapshot,
+                              const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kIo, "cannot read the snapshot '" + path + "'");
+  impl_->run("BEGIN", PGRES_COMMAND_OK, "BEGIN");
+  try {
+    // One relay stores a snapshot of a namespace at a time; another that comes meanwhile
+    // stores nothing rather than wait (the first may be a relay stopped mid-transaction).
+    Params lock;
+    lock.text("lattice_snapshot:" + ns);
+    Result locked(impl_->query("SELECT pg_try_advisory_xact_lock(hashtext($1))::text", lock,
+                               "cannot take the snapshot lock"));
+    if (PQntuples(locked.r) != 1 || std::string(PQgetvalue(locked.r, 0, 0)) != "true") {
+      impl_->run("ROLLBACK", PGRES_COMMAND_OK, "ROLLBACK");
+      return false;
+    }
+    Params newest;
+    newest.text(ns).binary(be64(snapshot.position));
+    Result newer(
+        impl_->query("SELECT 1 FROM lattice_snapshots WHERE ns = $1 AND position >= $2::bigint",
+                     newest, ("cannot read the snapshots of '" + ns + "'").c_str()));
+    if (PQntuples(newer.r) > 0) {
+      impl_->run("ROLLBACK", PGRES_COMMAND_OK, "ROLLBACK");
+      return false;
+    }
+    std::string piece(kSnapshotPiece, '\0');
+    std::uint64_t bytes = 0;
+    int pieces = 0;
+    while (in) {
+      in.read(piece.data(), static_cast<std::streamsize>(piece.size()));
+      const auto n = static_cast<std::size_t>(in.gcount());
+      if (n == 0) break;
+      Params row;
+      row.text(ns).binary(be64(snapshot.position)).binary(be64(pieces)).binary(piece.substr(0, n));
+      Result inserted(impl_->query(
+          "INSERT INTO lattice_snapshot_pieces VALUES ($1, $2::bigint, $3::bigint::integer, "
+          "$4::bytea) RETURNING 1",
+          row, ("cannot store the snapshot of '" + ns + "'").c_str()));
+      bytes += n;
+      ++pieces;
+    }
+    if (in.bad()) throw Error(ErrorCode::kIo, "cannot read the snapshot '" + path + "'");
+    Params row;
+    row.text(ns)
+        .binary(be64(snapshot.position))
+        .binary(be64(snapshot.schema_version))
+        .text(snapshot.manifest)
+        .binary(be64(static_cast<std::int64_t>(bytes)))
+        .binary(be64(pieces));
+    Result inserted(impl_->query(
+        "INSERT INTO lattice_snapshots(ns, position, schema_version, manifest, bytes, pieces) "
+        "VALUES ($1, $2::bigint, $3::bigint, $4, $5::bigint, $6::bigint::integer) RETURNING 1",
+        row, ("cannot store the snapshot of '" + ns + "'").c_str()));
+    Params older;
+    older.text(ns).binary(be64(snapshot.position));
+    Result dropped(impl_->query(
+        "WITH gone AS (DELETE FROM lattice_snapshots WHERE ns = $1 AND position < $2::bigint "
+        "RETURNING position) DELETE FROM lattice_snapshot_pieces p USING gone "
+        "WHERE p.ns = $1 AND p.position = gone.position RETURNING 1",
+        older, ("cannot drop the older snapshots of '" + ns + "'").c_str()));
+    impl_->run("COMMIT", PGRES_COMMAND_OK, "cannot store the snapshot");
+    return true;
+  } catch (...) {
+    PQclear(PQexec(impl_->conn, "ROLLBACK"));
+    throw;
+  }
+}
+
+std::map<std::string, std::int64_t> ClusterLog::snapshot_positions(
+    const std::vector<std::string>& namespaces) {
+  if (namespaces.empty()) return {};
+  Params params;
+  params.text(text_array(namespaces));
+  Result result(
+      impl_->query("SELECT ns, max(position) FROM lattice_snapshots WHERE ns = ANY($1::text[]) "
+                   "GROUP BY ns",
+                   params, "cannot read the snapshots' positions"));
+  return positions_by_namespace(result.r);
+}
+
+std::optional<LogSnapshot> ClusterLog::fetch_snapshot(const std::string& ns,
+                                                      const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec))
+    throw Error(ErrorCode::kIo, "fetch_snapshot: '" + path + "' exists; give a new file");
+  // One snapshot of the database throughout: a newer snapshot stored meanwhile does not delete
+  // the pieces being read.
+  impl_->run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", PGRES_COMMAND_OK, "BEGIN");
+  try {
+    Params params;
+    params.text(ns);
+    Result newest(impl_->query(
+        "SELECT position, schema_version, manifest, bytes, pieces::bigint FROM lattice_snapshots "
+        "WHERE ns = $1 ORDER BY position DESC LIMIT 1",
+        params, ("cannot read the snapshots of '" + ns + "'").c_str()));
+    if (PQntuples(newest.r) == 0) {
+      impl_->run("COMMIT", PGRES_COMMAND_OK, "COMMIT");
+      return std::nullopt;
+    }
+    LogSnapshot snapshot;
+    snapshot.position = from_be64(PQgetvalue(newest.r, 0, 0));
+    snapshot.schema_version = from_be64(PQgetvalue(newest.r, 0, 1));
+    snapshot.manifest.assign(PQgetvalue(newest.r, 0, 2),
+                             static_cast<std::size_t>(PQgetlength(newest.r, 0, 2)));
+    snapshot.bytes = static_cast<std::uint64_t>(from_be64(PQgetvalue(newest.r, 0, 3)));
+    const std::int64_t pieces = from_be64(PQgetvalue(newest.r, 0, 4));
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(ErrorCode::kIo, "cannot create '" + path + "'");
+    std::uint64_t written = 0;
+    for (std::int64_t piece = 0; piece < pieces; ++piece) {
+      Params key;
+      key.text(ns).binary(be64(snapshot.position)).binary(be64(piece));
+      Result data(impl_->query(
+          "SELECT data FROM lattice_snapshot_pieces WHERE ns = $1 AND position = $2::bigint "
+          "AND piece = $3::bigint",
+          key, ("cannot read the snapshot of '" + ns + "'").c_str()));
+      if (PQntuples(data.r) != 1)
+        throw Error(ErrorCode::kIo, "PostgreSQL: the snapshot of '" + ns + "' at position " +
+                                        std::to_string(snapshot.position) + " lacks piece " +
+                                        std::to_string(piece));
+      const auto n = static_cast<std::size_t>(PQgetlength(data.r, 0, 0));
+      out.write(PQgetvalue(data.r, 0, 0), static_cast<std::streamsize>(n));
+      written += n;
+    }
+    out.close();
+    if (!out || written != snapshot.bytes)
+      throw Error(ErrorCode::kIo, "cannot write the snapshot of '" + ns + "' to '" + path + "'");
+    impl_->run("COMMIT", PGRES_COMMAND_OK, "COMMIT");
+    return snapshot;
+  } catch (...) {
+    PQclear(PQexec(impl_->conn, "ROLLBACK"));
+    std::filesystem::remove(path, ec);
+    throw;
+  }
+}
+
+std::int64_t ClusterLog::prune(const std::string& ns, std::chrono::seconds grace) {
+  Params params;
+  params.text(ns).text(std::to_string(grace.count()));
+  Result result(impl_->query("SELECT lattice_log_prune($1, $2::double precision)", params,
+                             ("cannot prune the log of '" + ns + "'").c_str()));
+  if (PQntuples(result.r) != 1 || PQgetlength(result.r, 0, 0) != 8)
+    throw Error(ErrorCode::kIo, "PostgreSQL: lattice_log_prune returned no position");
+  return from_be64(PQgetvalue(result.r, 0, 0));
 }
 
 void ClusterLog::listen() {

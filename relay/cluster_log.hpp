@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,24 @@ struct LogEntry {
   std::string batch;  // the changeset's bytes, as the device sent them
   // The tags of the device's transactions the batch covers (its origin log).
   std::vector<crdt::TxnTag> origin_log;
+};
+
+// What ClusterLog::read found: entries, and how far the log is pruned.
+struct LogRead {
+  std::vector<LogEntry> entries;
+  // The last position pruned (0: none). Entries up to it are gone: a reader that has applied
+  // less than it installs the namespace's snapshot (fetch_snapshot) first.
+  std::int64_t pruned = 0;
+};
+
+// A snapshot of a namespace in the log's database: a relay's replica of it (written with its
+// origin log, storage::Replica::write_snapshot) holding every entry up to `position`, and the
+// schema it was taken under, for a relay that must migrate an empty replica to it first.
+struct LogSnapshot {
+  std::int64_t position = 0;
+  std::int64_t schema_version = 0;
+  std::string manifest;  // storage::format_manifest of the replica's schema
+  std::uint64_t bytes = 0;
 };
 
 class ClusterLog {
@@ -69,8 +88,32 @@ class ClusterLog {
   // append fails.
   double notification_queue_usage();
 
-  // The entries of `ns` after position `after`, in order, at most `max`.
-  std::vector<LogEntry> read(const std::string& ns, std::int64_t after, std::size_t max);
+  // The entries of `ns` after position `after`, in order, at most `max`, and the last position
+  // pruned, both as of one moment. When `after` is below the pruned position, the entries
+  // returned start after it.
+  LogRead read(const std::string& ns, std::int64_t after, std::size_t max);
+
+  // --- Pruning (docs/cluster.md, "Pruning") ------------------------------------------------
+
+  // Records the positions `relay` (a name unique to the process) has applied, per namespace.
+  // prune() keeps every entry a relay that reported within its grace has not applied.
+  void report_positions(const std::string& relay,
+                        const std::map<std::string, std::int64_t>& positions);
+  // Stores the snapshot file at `path` as the newest of `ns`, in pieces of a few MiB, and
+  // drops the older ones; does nothing when one as new is there already or another connection
+  // is storing one of `ns`. Returns whether it stored it. A reader of the older one
+  // (fetch_snapshot) keeps reading what it began with.
+  bool put_snapshot(const std::string& ns, const LogSnapshot& snapshot, const std::string& path);
+  // The positions of the newest snapshots of `namespaces`; those without one are absent.
+  std::map<std::string, std::int64_t> snapshot_positions(
+      const std::vector<std::string>& namespaces);
+  // Writes the newest snapshot of `ns` to the new file `path` and describes it; nothing when
+  // `ns` has none.
+  std::optional<LogSnapshot> fetch_snapshot(const std::string& ns, const std::string& path);
+  // Deletes the entries of `ns` up to the newest snapshot's position or the lowest position a
+  // relay that reported within `grace` has applied, whichever is lower (nothing without a
+  // snapshot); forgets relays silent for ten graces. Returns the last position pruned.
+  std::int64_t prune(const std::string& ns, std::chrono::seconds grace);
 
   // Asks PostgreSQL to tell this connection of every append (LISTEN). A notification is only a
   // wake-up: it is lost with the connection, so after reconnect() and on a timer a reader
@@ -82,6 +125,9 @@ class ClusterLog {
 
   // Opens the connection again (after an error); LISTEN again when listen() was called.
   void reconnect();
+
+  // Whether the connection is open (false after it was lost: reconnect()).
+  bool connected() const;
 
   // This connection's backend process id (pg_backend_pid()), for tests that terminate it.
   int backend_pid() const;

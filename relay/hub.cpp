@@ -76,6 +76,14 @@ void run_operator_migrations(storage::Replica& replica, const std::filesystem::p
   }
 }
 
+// 32 random hexadecimal digits, for names of files no other may take.
+std::string random_id() {
+  std::random_device entropy;
+  char id[33];
+  std::snprintf(id, sizeof id, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
+  return id;
+}
+
 }  // namespace
 
 struct Namespace;
@@ -374,6 +382,16 @@ struct Hub::Impl {
   void apply_cluster(Namespace& space, const std::vector<ClusterBatch>& batches);
   // Reads and applies the cluster's log of the namespace up to its head (read_cluster).
   void catch_up_from_cluster(Namespace& space);
+  // The log is pruned past what the namespace's replica applied: disconnects its devices and
+  // rebuilds the replica from the namespace's snapshot (fetch_cluster_snapshot).
+  void hydrate_from_cluster(Namespace& space, std::int64_t pruned);
+  // Opens the namespace's replica file (replica_file) and reads its schema and applied position.
+  void open_replica(Namespace& space);
+  // Opens the replica file of namespace `ns` at `file`, creating its schema (schema_dir,
+  // schema_sql) and, in a cluster, its table of the applied position.
+  std::unique_ptr<storage::Replica> open_replica_file(const std::string& ns,
+                                                      const std::filesystem::path& file);
+  std::filesystem::path replica_file(const Namespace& space) const;
   // One batch of a group: checked against what the relay holds so far (the group's earlier
   // merges included) and merged; nullopt after refusing or rekeying the peer.
   std::optional<Committed> merge_pending(Namespace& space, PendingBatch& pending);
@@ -437,15 +455,38 @@ struct Hub::Impl {
 
 Namespace& Hub::Impl::space(const std::string& ns) {
   auto it = spaces.find(ns);
-  if (it != spaces.end()) return *it->second;
+  if (it != spaces.end()) {
+    if (!it->second->replica) open_replica(*it->second);  // a hydration failed to reopen it
+    return *it->second;
+  }
   if (!valid_namespace(ns))
     throw Error(ErrorCode::kInvalidArgument,
                 "namespace '" + ns + "' is not 1 to 64 letters, digits, '_' or '-'");
   std::filesystem::create_directories(options.data_dir);
   auto space = std::make_unique<Namespace>();
   space->name = ns;
-  const auto file = std::filesystem::path(options.data_dir) / (ns + ".db");
-  space->replica = storage::Replica::open(file.string(), options.replica_options);
+  open_replica(*space);
+  return *spaces.emplace(ns, std::move(space)).first->second;
+}
+
+std::filesystem::path Hub::Impl::replica_file(const Namespace& space) const {
+  return std::filesystem::path(options.data_dir) / (space.name + ".db");
+}
+
+void Hub::Impl::open_replica(Namespace& space) {
+  space.replica = open_replica_file(space.name, replica_file(space));
+  space.schema = space.replica->schema_description();
+  space.cluster_applied = 0;
+  if (options.log_to_cluster) {
+    storage::Statement position(space.replica->connection(),
+                                std::string("SELECT position FROM ") + kClusterPositionTable);
+    if (position.step()) space.cluster_applied = position.column_int(0);
+  }
+}
+
+std::unique_ptr<storage::Replica> Hub::Impl::open_replica_file(const std::string& ns,
+                                                               const std::filesystem::path& file) {
+  auto replica = storage::Replica::open(file.string(), options.replica_options);
   // Files made by an older relay or another umask become private too (SQLite gives the WAL and
   // shared-memory files the database file's mode when it creates them).
   for (const char* suffix : {"", "-wal", "-shm"}) {
@@ -457,11 +498,11 @@ Namespace& Hub::Impl::space(const std::string& ns) {
   const auto migrations = std::filesystem::path(options.schema_dir) / ns;
   if (!options.schema_dir.empty() && std::filesystem::is_directory(migrations)) {
     try {
-      run_operator_migrations(*space->replica, migrations);
+      run_operator_migrations(*replica, migrations);
     } catch (const Error& e) {
       throw Error(ErrorCode::kSchema, e.what());  // the operator's to fix, not the device's
     }
-  } else if (space->replica->schema_description().empty()) {
+  } else if (replica->schema_description().empty()) {
     const auto schema_file = std::filesystem::path(options.schema_dir) / (ns + ".sql");
     if (!options.schema_dir.empty() && std::filesystem::exists(schema_file)) {
       std::ifstream in(schema_file, std::ios::binary);
@@ -469,20 +510,16 @@ Namespace& Hub::Impl::space(const std::string& ns) {
       sql << in.rdbuf();
       if (!in)
         throw Error(ErrorCode::kIo, "cannot read the schema file '" + schema_file.string() + "'");
-      space->replica->exec(sql.str());
+      replica->exec(sql.str());
     } else if (!options.schema_sql.empty()) {
-      space->replica->exec(options.schema_sql);
+      replica->exec(options.schema_sql);
     }
   }
-  space->schema = space->replica->schema_description();
-  if (options.log_to_cluster) {
-    sqlite3* db = space->replica->connection();
-    storage::exec_sql(db, std::string("CREATE TABLE IF NOT EXISTS ") + kClusterPositionTable +
-                              "(id INTEGER PRIMARY KEY CHECK (id = 0), position INTEGER NOT NULL)");
-    storage::Statement position(db, std::string("SELECT position FROM ") + kClusterPositionTable);
-    if (position.step()) space->cluster_applied = position.column_int(0);
-  }
-  return *spaces.emplace(ns, std::move(space)).first->second;
+  if (options.log_to_cluster)
+    storage::exec_sql(replica->connection(),
+                      std::string("CREATE TABLE IF NOT EXISTS ") + kClusterPositionTable +
+                          "(id INTEGER PRIMARY KEY CHECK (id = 0), position INTEGER NOT NULL)");
+  return replica;
 }
 
 void Hub::Impl::send(Peer& peer, const transport::Frame& frame) {
@@ -1245,10 +1282,81 @@ void Hub::Impl::apply_cluster(Namespace& space, const std::vector<ClusterBatch>&
 
 void Hub::Impl::catch_up_from_cluster(Namespace& space) {
   for (;;) {
-    const auto batches = options.read_cluster(space.name, space.cluster_applied);
-    if (batches.empty()) return;
-    apply_cluster(space, batches);
+    const ClusterRead read = options.read_cluster(space.name, space.cluster_applied);
+    if (read.pruned > space.cluster_applied) {
+      hydrate_from_cluster(space, read.pruned);
+      continue;
+    }
+    if (read.batches.empty()) return;
+    apply_cluster(space, read.batches);
   }
+}
+
+void Hub::Impl::hydrate_from_cluster(Namespace& space, std::int64_t pruned) {
+  if (!options.fetch_cluster_snapshot)
+    throw Error(ErrorCode::kInternal, "the cluster's log of '" + space.name +
+                                          "' is pruned past what this relay applied, and the "
+                                          "relay has no way to fetch its snapshot");
+  settle(space);
+  // Its devices were told what the replica about to be replaced holds: they connect again and
+  // catch up by version vector, as from any relay.
+  for (const auto& peer :
+       std::vector<std::shared_ptr<Peer>>(space.peers.begin(), space.peers.end()))
+    fail(*peer, WireError::kInternal,
+         "the relay is rebuilding its replica of namespace '" + space.name +
+             "' from the cluster's snapshot (the log was pruned past it); connect again");
+  space.pending.clear();
+  space.waiting_for_cluster = false;
+
+  // The new replica is made beside the old one, which stays whole until it is replaced.
+  const auto file = replica_file(space);
+  const auto dir = std::filesystem::path(options.data_dir) / "snapshots";
+  std::filesystem::create_directories(dir);
+  const std::string id = random_id();
+  const std::string snapshot_path = (dir / (space.name + ".cluster." + id + ".snapshot")).string();
+  const std::filesystem::path fresh = file.string() + ".hydrating-" + id;
+  struct Cleanup {
+    std::vector<std::string> paths;
+    ~Cleanup() {
+      std::error_code ec;
+      for (const auto& p : paths) std::filesystem::remove(p, ec);
+    }
+  } cleanup{{snapshot_path, fresh.string(), fresh.string() + "-wal", fresh.string() + "-shm",
+             fresh.string() + "-journal"}};
+  const auto snapshot = options.fetch_cluster_snapshot(space.name, snapshot_path);
+  if (!snapshot || snapshot->position < pruned)
+    throw Error(ErrorCode::kInternal,
+                "the cluster's log of '" + space.name + "' is pruned through position " +
+                    std::to_string(pruned) + " but its newest snapshot " +
+                    (snapshot ? "ends at " + std::to_string(snapshot->position) : "is missing"));
+  {
+    auto replica = open_replica_file(space.name, fresh);
+    if (!snapshot->manifest.empty() && replica->schema_version() < snapshot->schema_version)
+      replica->migrate_to(snapshot->schema_version, storage::parse_manifest(snapshot->manifest));
+    replica->install_snapshot(snapshot_path);
+    storage::Statement position(
+        replica->connection(),
+        std::string("INSERT OR REPLACE INTO ") + kClusterPositionTable + " VALUES (0, ?)");
+    position.bind(1, snapshot->position).run();
+  }  // closed: its WAL is checkpointed into the file
+  space.replica.reset();
+  for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+    std::error_code ec;
+    std::filesystem::remove(file.string() + suffix, ec);
+  }
+  std::error_code renamed;
+  std::filesystem::rename(fresh, file, renamed);
+  open_replica(space);  // the new file, or the old one if the rename failed
+  if (renamed)
+    throw Error(ErrorCode::kIo, "cannot replace '" + file.string() + "': " + renamed.message());
+  if (space.snapshot) {
+    // A download in progress keeps reading the file it opened.
+    std::error_code ec;
+    std::filesystem::remove(space.snapshot->path, ec);
+    space.snapshot.reset();
+  }
+  space.last_delta = 0;
+  ++counters.cluster_hydrations;
 }
 
 std::optional<Committed> Hub::Impl::merge_pending(Namespace& space, PendingBatch& pending) {
@@ -1525,11 +1633,25 @@ std::optional<Hub::SnapshotRefusal> Hub::admit_snapshot(const std::string& token
 }
 
 std::optional<std::int64_t> Hub::apply_from_cluster(const std::string& ns,
-                                                    const std::vector<ClusterBatch>& batches) {
+                                                    const std::vector<ClusterBatch>& batches,
+                                                    std::int64_t pruned) {
   auto it = impl_->spaces.find(ns);
   if (it == impl_->spaces.end()) return std::nullopt;
-  impl_->apply_cluster(*it->second, batches);
-  return it->second->cluster_applied;
+  Namespace& space = *it->second;
+  if (!space.replica) impl_->open_replica(space);  // a hydration failed to reopen it
+  if (pruned > space.cluster_applied) impl_->hydrate_from_cluster(space, pruned);
+  impl_->apply_cluster(space, batches);
+  return space.cluster_applied;
+}
+
+ClusterSnapshot Hub::cluster_snapshot(const std::string& ns, const std::string& path) {
+  Namespace& space = impl_->space(ns);
+  // What devices were told is merged is in the snapshot too.
+  impl_->commit_now(space);
+  storage::Replica& replica = *space.replica;
+  replica.write_snapshot(path, /*encrypted=*/false, /*with_origin_log=*/true);
+  return ClusterSnapshot{space.cluster_applied, replica.schema_version(),
+                         storage::format_manifest(replica.schema_manifest())};
 }
 
 std::map<std::string, std::int64_t> Hub::cluster_positions(bool with_devices_only) const {
@@ -1551,10 +1673,8 @@ SnapshotFile Hub::snapshot(const std::string& ns, double max_age_seconds) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(ErrorCode::kIo, "cannot create '" + dir.string() + "': " + ec.message());
-  std::random_device entropy;
-  char id[33];
-  std::snprintf(id, sizeof id, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
-  SnapshotFile file{(dir / (ns + "." + id + ".snapshot")).string(), std::string("\"") + id + "\""};
+  const std::string id = random_id();
+  SnapshotFile file{(dir / (ns + "." + id + ".snapshot")).string(), "\"" + id + "\""};
   space.replica->write_snapshot(file.path,
                                 impl_->options.replica_options.encryption_key.has_value());
   // A download of the previous one keeps reading the file it opened.

@@ -82,6 +82,23 @@ struct ClusterBatch {
   std::vector<crdt::TxnTag> origin_log;
 };
 
+// What a read of the cluster's log found: batches after a position, and the last position
+// pruned from the log (entries up to it are gone; a relay that applied less hydrates from the
+// namespace's snapshot first).
+struct ClusterRead {
+  std::vector<ClusterBatch> batches;
+  std::int64_t pruned = 0;
+};
+
+// A snapshot of a namespace for another relay of a cluster (Hub::cluster_snapshot): it holds
+// every batch of the log up to `position`, under the schema `manifest` (storage::format_manifest)
+// of version `schema_version`.
+struct ClusterSnapshot {
+  std::int64_t position = 0;
+  std::int64_t schema_version = 0;
+  std::string manifest;
+};
+
 struct HubOptions {
   std::string data_dir;  // one replica file per namespace: <data_dir>/<namespace>.db
   // Run once on a namespace's new replica to create its tables: <schema_dir>/<namespace>.sql
@@ -123,7 +140,12 @@ struct HubOptions {
   // Reads the cluster's log of `ns` after position `after`, in order (at most a few thousand
   // batches at once). The hub reads it before it answers a hello, so that a device sees every
   // change another relay acknowledged before it connected. Runs on the hub's thread.
-  std::function<std::vector<ClusterBatch>(const std::string& ns, std::int64_t after)> read_cluster;
+  std::function<ClusterRead(const std::string& ns, std::int64_t after)> read_cluster;
+  // Writes the newest snapshot of `ns` (another relay's cluster_snapshot) to the new file
+  // `path` and describes it; nothing when there is none. The hub calls it when the log is
+  // pruned past what its replica of `ns` applied, then rebuilds that replica from it.
+  std::function<std::optional<ClusterSnapshot>(const std::string& ns, const std::string& path)>
+      fetch_cluster_snapshot;
 };
 
 // Durations of the relay's merges, in seconds, for the merge latency histogram of /metrics:
@@ -158,6 +180,7 @@ struct HubCounters {
   std::uint64_t cluster_batches_applied = 0;      // batches of the cluster's log taken here
   std::uint64_t cluster_batches_skipped = 0;      // of those, the ones it could not read
   std::uint64_t cluster_groups_held = 0;  // group commits the cluster's log failed, to try again
+  std::uint64_t cluster_hydrations = 0;   // replicas rebuilt from a snapshot of the cluster's log
 };
 
 // A namespace's snapshot as Hub::snapshot keeps it: its file and the ETag that names it.
@@ -209,8 +232,19 @@ class Hub {
   // reached in the namespace's replica in the same transaction, and fans out what they added to
   // the devices here. Returns the applied position, or nothing when `ns` is not open here (it
   // catches up from the log when it opens). Throws Error when the replica fails.
+  // `pruned`: the log's last pruned position as the read that found `batches` saw it; when the
+  // replica applied less, it is rebuilt from the namespace's snapshot first
+  // (HubOptions::fetch_cluster_snapshot), and the namespace's devices are disconnected (they
+  // catch up when they connect again).
   std::optional<std::int64_t> apply_from_cluster(const std::string& ns,
-                                                 const std::vector<ClusterBatch>& batches);
+                                                 const std::vector<ClusterBatch>& batches,
+                                                 std::int64_t pruned = 0);
+  // A relay of a cluster: writes a snapshot of `ns`, origin log included, to the new file
+  // `path` for another relay to hydrate from (docs/cluster.md, "Pruning"), after committing
+  // the batches awaiting their group commit. It holds every batch of the log up to the
+  // position it returns (and maybe later ones: merges are idempotent). Throws Error as
+  // replica() does, and kIo.
+  ClusterSnapshot cluster_snapshot(const std::string& ns, const std::string& path);
   // The applied positions of the namespaces open here; with `with_devices_only`, of those with
   // a device connected here (the others need not follow the log: a hello reads it first).
   std::map<std::string, std::int64_t> cluster_positions(bool with_devices_only = false) const;

@@ -16,6 +16,7 @@ constexpr const char* kUsage =
     "  lattice-relay serve --listen HOST:PORT --data DIR --key-file FILE\n"
     "                      (--tls-cert FILE --tls-key FILE | --insecure) [--schema FILE]\n"
     "                      [--schema-dir DIR] [--data-key-file FILE] [--cluster-db CONNINFO]\n"
+    "                      [--cluster-snapshot-every N] [--cluster-prune-grace 10m]\n"
     "                      [--max-frame-bytes N] [--max-batch-changes N]\n"
     "                      [--max-transaction-bytes N]\n"
     "                      [--max-changes-per-second N] [--max-connections-per-token N]\n"

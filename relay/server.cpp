@@ -22,6 +22,7 @@
 #include <mutex>
 #include <optional>
 #include <ostream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -260,6 +261,28 @@ class ClusterStatus {
     queue_usage_ = queue_usage;
   }
 
+  // Pruning (keep_up_cluster): a snapshot stored, a namespace's log pruned through `position`,
+  // a round done or failed (logged once until a round succeeds).
+  void snapshot_stored() {
+    const std::lock_guard lock(mutex_);
+    ++snapshots_stored_;
+  }
+  void pruned(const std::string& ns, std::int64_t position) {
+    const std::lock_guard lock(mutex_);
+    pruned_[ns] = position;
+  }
+  void upkeep_done() {
+    const std::lock_guard lock(mutex_);
+    if (upkeep_error_) log_("pruning the cluster's log works again");
+    upkeep_error_.reset();
+  }
+  void upkeep_failed(const std::string& why) {
+    const std::lock_guard lock(mutex_);
+    ++upkeep_failures_;
+    if (!upkeep_error_) log_("cannot snapshot or prune the cluster's log (tried again): " + why);
+    upkeep_error_ = why;
+  }
+
   // Why the relay is degraded, if it is.
   std::optional<std::string> degraded() const {
     const std::lock_guard lock(mutex_);
@@ -296,6 +319,22 @@ class ClusterStatus {
     m.gauge("lattice_relay_cluster_batches_waiting",
             "Device batches waiting, unacknowledged, for the cluster's log to take them.",
             static_cast<double>(hub.batches_waiting_for_cluster()));
+    m.counter("lattice_relay_cluster_snapshots_stored_total",
+              "Snapshots of namespaces this relay stored in the cluster's database.",
+              snapshots_stored_);
+    std::map<std::string, double> pruned;
+    for (const auto& [ns, position] : pruned_) pruned[ns] = static_cast<double>(position);
+    m.labeled_gauge("lattice_relay_cluster_log_pruned",
+                    "The last position pruned from each namespace's log, as this relay last "
+                    "pruned it.",
+                    "namespace", pruned);
+    m.counter("lattice_relay_cluster_upkeep_failures_total",
+              "Rounds of reporting, snapshotting and pruning that failed (tried again).",
+              upkeep_failures_);
+    m.counter("lattice_relay_cluster_hydrations_total",
+              "Replicas of a namespace rebuilt here from its snapshot because the log was pruned "
+              "past them.",
+              hub.counters().cluster_hydrations);
   }
 
  private:
@@ -306,6 +345,10 @@ class ClusterStatus {
   std::uint64_t relistens_ = 0;
   double queue_usage_ = 0;
   std::map<std::string, std::int64_t> heads_;
+  std::uint64_t snapshots_stored_ = 0;
+  std::uint64_t upkeep_failures_ = 0;
+  std::map<std::string, std::int64_t> pruned_;
+  std::optional<std::string> upkeep_error_;
 };
 
 std::string render_metrics(const Hub& hub, const transport::WebSocketServer& server,
@@ -401,6 +444,18 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
 }
 
 #if LATTICE_RELAY_CLUSTER
+// `bytes` random bytes as hexadecimal digits.
+std::string random_hex(std::size_t bytes) {
+  std::random_device entropy;
+  std::string out;
+  for (std::size_t i = 0; i < bytes; ++i) {
+    char digits[3];
+    std::snprintf(digits, sizeof digits, "%02x", entropy() & 0xff);
+    out += digits;
+  }
+  return out;
+}
+
 // Batches of the cluster's log read (and merged) at once.
 constexpr std::size_t kClusterReadBatches = 2000;
 
@@ -464,9 +519,72 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
     });
   };
   hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
-    return read_connection->with(
-        [&](ClusterLog& log) { return cluster_batches(log.read(ns, after, kClusterReadBatches)); });
+    return read_connection->with([&](ClusterLog& log) {
+      LogRead read = log.read(ns, after, kClusterReadBatches);
+      return ClusterRead{cluster_batches(std::move(read.entries)), read.pruned};
+    });
   };
+  hub_options.fetch_cluster_snapshot = [read_connection](const std::string& ns,
+                                                         const std::string& path) {
+    return read_connection->with([&](ClusterLog& log) -> std::optional<ClusterSnapshot> {
+      const auto snapshot = log.fetch_snapshot(ns, path);
+      if (!snapshot) return std::nullopt;
+      return ClusterSnapshot{snapshot->position, snapshot->schema_version, snapshot->manifest};
+    });
+  };
+}
+
+// How a relay of a cluster takes part in pruning its log (docs/cluster.md, "Pruning").
+struct ClusterUpkeep {
+  std::string relay;  // this process's name in lattice_relay_positions
+  std::int64_t snapshot_every = 10'000;
+  std::chrono::seconds grace{600};
+  std::string snapshot_dir;  // where a snapshot is written before it is stored
+};
+
+// Every so often (a quarter of the grace, at most 10 s): reports the positions this relay
+// applied in the namespaces with devices here, stores a snapshot of those whose log grew by
+// `snapshot_every` since the newest, and prunes their logs. A failure is logged and tried again
+// at the next round; it does not stop the follower.
+void keep_up_cluster(ClusterLog& log, Hub& hub, const OnHubThread& hub_call,
+                     const std::atomic<bool>& stop, ClusterStatus& status,
+                     const ClusterUpkeep& upkeep,
+                     const std::map<std::string, std::int64_t>& positions) {
+  log.report_positions(upkeep.relay, positions);
+  std::vector<std::string> names;
+  for (const auto& entry : positions) names.push_back(entry.first);
+  const auto snapshots = log.snapshot_positions(names);
+  for (const auto& [ns, position] : positions) {
+    if (stop) return;
+    const auto newest = snapshots.count(ns) ? snapshots.at(ns) : 0;
+    bool stored = false;
+    if (position - newest >= upkeep.snapshot_every) {
+      const std::string path = (std::filesystem::path(upkeep.snapshot_dir) /
+                                (ns + ".cluster-upload." + upkeep.relay + ".snapshot"))
+                                   .string();
+      std::error_code ec;
+      std::filesystem::create_directories(upkeep.snapshot_dir, ec);
+      std::filesystem::remove(path, ec);
+      try {
+        const auto snapshot = hub_call(
+            [&hub, &stop, ns = ns, path]() -> std::optional<ClusterSnapshot> {
+              if (stop) return std::nullopt;
+              return hub.cluster_snapshot(ns, path);
+            },
+            std::chrono::minutes(10));
+        if (snapshot)
+          stored = log.put_snapshot(
+              ns, LogSnapshot{snapshot->position, snapshot->schema_version, snapshot->manifest},
+              path);
+      } catch (...) {
+        std::filesystem::remove(path, ec);
+        throw;
+      }
+      std::filesystem::remove(path, ec);
+      if (stored) status.snapshot_stored();
+    }
+    if (stored || newest > 0) status.pruned(ns, log.prune(ns, upkeep.grace));
+  }
 }
 
 // The follower, until `stop`: woken by NOTIFY, and every second whatever came, it reads what
@@ -476,11 +594,15 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
 // /metrics) and reads the log only of those behind. After a failure it reconnects, 100 ms
 // later, then at most a second apart.
 void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_context& io,
-                    const std::atomic<bool>& stop, ClusterStatus& status) {
+                    const std::atomic<bool>& stop, ClusterStatus& status,
+                    const ClusterUpkeep& upkeep) {
   const OnHubThread hub_call{io, false};
   std::unique_ptr<ClusterLog> log;
   bool listened = false;
   auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  auto last_upkeep = std::chrono::steady_clock::now();
+  const auto upkeep_every = std::clamp<std::chrono::milliseconds>(
+      upkeep.grace / 4, std::chrono::milliseconds(250), std::chrono::seconds(10));
   std::chrono::milliseconds backoff{0};
   while (!stop) {
     try {
@@ -511,13 +633,26 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
       for (auto [ns, position] : positions) {
         if (sweep ? heads[ns] <= position : !woken.count(ns)) continue;
         for (;;) {
-          auto batches = cluster_batches(log->read(ns, position, kClusterReadBatches));
-          if (batches.empty() || stop) break;
-          const auto applied = hub_call([&hub, &stop, ns = ns, batches = std::move(batches)] {
-            return stop ? std::nullopt : hub.apply_from_cluster(ns, batches);
-          });
+          LogRead read = log->read(ns, position, kClusterReadBatches);
+          if ((read.entries.empty() && read.pruned <= position) || stop) break;
+          const auto applied = hub_call(
+              [&hub, &stop, ns = ns, pruned = read.pruned,
+               batches = cluster_batches(std::move(read.entries))] {
+                return stop ? std::nullopt : hub.apply_from_cluster(ns, batches, pruned);
+              },
+              std::chrono::minutes(10));
           if (!applied || *applied == position) break;
           position = *applied;
+        }
+      }
+      if (std::chrono::steady_clock::now() - last_upkeep >= upkeep_every) {
+        last_upkeep = std::chrono::steady_clock::now();
+        try {
+          keep_up_cluster(*log, hub, hub_call, stop, status, upkeep, positions);
+          status.upkeep_done();
+        } catch (const std::exception& e) {
+          if (!log->connected()) throw;  // PostgreSQL itself: reconnect as for any read
+          status.upkeep_failed(e.what());
         }
       }
       status.reached();
@@ -571,6 +706,8 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "key-file",
                           "data-key-file",
                           "cluster-db",
+                          "cluster-snapshot-every",
+                          "cluster-prune-grace",
                           "tls-cert",
                           "tls-key",
                           "schema",
@@ -605,6 +742,17 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   config.cluster_db = flags.get("cluster-db");
   if (flags.has("cluster-db") && config.cluster_db.empty())
     throw usage_error("--cluster-db is empty");
+  if (flags.has("cluster-snapshot-every"))
+    config.cluster_snapshot_every = static_cast<std::int64_t>(
+        parse_count("cluster-snapshot-every", flags.get("cluster-snapshot-every"), 1, 1ull << 40));
+  if (flags.has("cluster-prune-grace"))
+    config.cluster_prune_grace_seconds =
+        static_cast<int>(parse_duration(flags.get("cluster-prune-grace")));
+  if (config.cluster_prune_grace_seconds < 1)
+    throw usage_error("--cluster-prune-grace is under 1s");
+  if (config.cluster_db.empty() &&
+      (flags.has("cluster-snapshot-every") || flags.has("cluster-prune-grace")))
+    throw usage_error("--cluster-snapshot-every and --cluster-prune-grace need --cluster-db");
   config.insecure = flags.has("insecure");
   config.tls_cert_file = flags.get("tls-cert");
   config.tls_key_file = flags.get("tls-key");
@@ -942,10 +1090,17 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
 
   // A relay of a cluster follows the log on a thread of its own.
   std::thread follower;
+#if LATTICE_RELAY_CLUSTER
+  ClusterUpkeep upkeep;
+  upkeep.relay = random_hex(8);
+  upkeep.snapshot_every = config.cluster_snapshot_every;
+  upkeep.grace = std::chrono::seconds(config.cluster_prune_grace_seconds);
+  upkeep.snapshot_dir = (std::filesystem::path(config.data_dir) / "snapshots").string();
+#endif
   if (!config.cluster_db.empty())
     follower = std::thread([&] {
 #if LATTICE_RELAY_CLUSTER
-      follow_cluster(config.cluster_db, hub, io, follower_stop, *cluster_status);
+      follow_cluster(config.cluster_db, hub, io, follower_stop, *cluster_status, upkeep);
 #endif
       follower_done = true;
     });

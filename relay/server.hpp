@@ -24,6 +24,13 @@ struct ServeConfig {
   // A libpq connection string: the relay is one of a cluster whose log is in that PostgreSQL
   // database (docs/cluster.md). Empty: a relay alone.
   std::string cluster_db;
+  // A relay of a cluster stores a snapshot of a namespace with devices here once its log has
+  // grown by this many positions since the newest one, and prunes the log below it and what
+  // every relay reported applying within `cluster_prune_grace_seconds` (docs/cluster.md,
+  // "Pruning"). A relay silent longer than the grace holds nothing back: it rebuilds its replica
+  // from the snapshot when it returns.
+  std::int64_t cluster_snapshot_every = 10'000;
+  int cluster_prune_grace_seconds = 600;
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure = false;

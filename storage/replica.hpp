@@ -292,14 +292,19 @@ class Replica {
   // are). `encrypted`: the file is encrypted under this replica's key, as the replica is (a
   // relay with --data-key-file keeps its snapshots so, and reads them back as plaintext with
   // EncryptedFileReader to send them); otherwise it is plain SQLite whatever this replica is.
+  // `with_origin_log`: the snapshot also holds the origin log (origin_log()), which a relay
+  // needs to tell copies of a device's file apart: for another relay of a cluster
+  // (docs/cluster.md, "Pruning"), not for devices.
   // Throws Error: kIo when `path` exists or cannot be written (then it is removed), kState
   // inside an open transaction or group, or when `encrypted` and this replica is not.
-  crdt::VersionVector write_snapshot(const std::string& path, bool encrypted = false);
+  crdt::VersionVector write_snapshot(const std::string& path, bool encrypted = false,
+                                     bool with_origin_log = false);
 
   // Installs the snapshot at `path` (write_snapshot) into this replica, which must have written
   // and merged nothing yet (a new device whose schema is in place). Afterwards it holds the
-  // snapshot's rows, metadata and version vector, and keeps its own site id: its later writes
-  // are its own, and changes made after the snapshot merge as usual. Returns the new version
+  // snapshot's rows, metadata and version vector (and its origin log, when it has one), and
+  // keeps its own site id: its later writes are its own, and changes made after the snapshot
+  // merge as usual. Returns the new version
   // vector. In one transaction: on any error the replica is exactly as it was. Listeners are
   // not called for the rows installed; read the tables again. Throws Error: kState (not empty,
   // inside a transaction or group, or an application trigger deleted replicated rows during

@@ -167,7 +167,8 @@ Error stricter(const std::string& table, const std::string& what) {
 
 }  // namespace
 
-crdt::VersionVector Replica::write_snapshot(const std::string& path, bool encrypted) {
+crdt::VersionVector Replica::write_snapshot(const std::string& path, bool encrypted,
+                                            bool with_origin_log) {
   Impl& impl = *impl_;
   if (!sqlite3_get_autocommit(impl.db) || impl.group)
     throw Error(ErrorCode::kState,
@@ -200,6 +201,7 @@ crdt::VersionVector Replica::write_snapshot(const std::string& path, bool encryp
     vector = impl.version_vector();
 
     std::vector<std::string> tables(std::begin(kCatalogTables), std::end(kCatalogTables));
+    if (with_origin_log) tables.emplace_back("lattice_origin_log");
     for (const auto& [id, t] : impl.tables)
       for (auto& name : tables_of(*t)) tables.push_back(std::move(name));
     std::set<std::string> wanted;
@@ -364,6 +366,12 @@ crdt::VersionVector Replica::install_snapshot(const std::string& path) {
     exec_sql(db,
              "INSERT INTO main.lattice_future_values SELECT * FROM " + in("lattice_future_values"));
     exec_sql(db, "INSERT INTO main.lattice_held SELECT * FROM " + in("lattice_held"));
+    if (scalar(db, "SELECT count(*) FROM " + in("sqlite_schema") +
+                       " WHERE type = 'table' AND name = 'lattice_origin_log'") != 0)
+      exec_sql(db,
+               "INSERT OR IGNORE INTO main.lattice_origin_log(site, seq, tag) "
+               "SELECT site, seq, tag FROM " +
+                   in("lattice_origin_log"));
     if (!impl.side_deletes.empty())
       throw Error(ErrorCode::kState,
                   "install_snapshot: an application trigger deleted rows of a replicated table "

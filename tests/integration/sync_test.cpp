@@ -256,6 +256,7 @@ class RelayFixture {
     process_->signal(SIGTERM);
     if (!process_->wait(seconds(10))) kill9();
   }
+  void signal(int sig) { process_->signal(sig); }
   int port() const { return port_; }
   std::string url() const { return "wss://127.0.0.1:" + std::to_string(port_) + "/" + kNamespace; }
   std::string ca_file() const { return box_.path("c.pem"); }
@@ -1728,6 +1729,95 @@ TEST_CASE(
   MESSAGE(rounds << " rounds: write " << write_ms / rounds << " ms, connect and sync "
                  << connect_ms / rounds << " ms, stop " << stop_ms / rounds << " ms");
   writer.stop();
+  two.a.stop();
+  two.b.stop();
+}
+
+// Pruning (docs/cluster.md, "Pruning"): the log keeps what is above the newest snapshot and
+// what every relay that reported within the grace applied. A relay stopped (SIGSTOP) past the
+// grace while a device was connected, one restarted on an old file and one started with no file
+// each rebuild their replica from the snapshot, and their devices get every row.
+TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snapshot") {
+  TwoRelays two({"--cluster-snapshot-every", "40", "--cluster-prune-grace", "2s",
+                 "--max-connects-per-source-per-second", "1000"});
+  Sandbox& box = two.box;
+  test::PostgresServer& postgres = two.postgres;
+  // b takes the first rows, then stops: its file stays at that position.
+  insert_rows(box, two.d1, "early", 50);
+  sync_once(box, two.a, two.d1, two.token);
+  sync_once(box, two.b, two.d2, two.token);
+  two.b.stop();
+  // c has a device connected live.
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  const std::string d3 = c.device("d3");
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  engine::SyncClient on_c(d3, c.url(), two.token, options);
+  on_c.start();
+  REQUIRE(on_c.wait_until_in_sync(seconds(20)));
+
+  // d1 writes through a, one transaction at a time: a position of the log each.
+  engine::SyncClient writer(two.d1, two.a.url(), two.token, options);
+  writer.start();
+  REQUIRE(writer.wait_until_in_sync(seconds(20)));
+  auto direct = storage::Replica::open(two.d1);
+  const auto write = [&](const std::string& prefix, int n) {
+    for (int i = 0; i < n; ++i) {
+      direct->query("INSERT INTO todo(id, title) VALUES (?, 'x')", {prefix + std::to_string(i)});
+      REQUIRE(writer.wait_until_in_sync(seconds(10)));
+    }
+  };
+  write("live", 60);
+  REQUIRE(eventually(seconds(10), [&] { return has_row(d3, "live59"); }));
+  c.signal(SIGSTOP);
+  const std::int64_t head_at_stop =
+      std::stoll(postgres.query("SELECT max(head) FROM lattice_log_heads"));
+  write("while-stopped", 100);
+  // a stores snapshots and prunes: past c, silent longer than the grace.
+  const std::string pruned_metric =
+      std::string("lattice_relay_cluster_log_pruned{namespace=\"") + kNamespace + "\"}";
+  double pruned = 0;
+  const bool pruned_past_c = eventually(seconds(30), [&] {
+    pruned = metric(https_get(box, two.a, "/metrics"), pruned_metric);
+    return pruned > static_cast<double>(head_at_stop);
+  });
+  c.signal(SIGCONT);
+  REQUIRE_MESSAGE(pruned_past_c, "pruned through " << pruned << ", c stopped at " << head_at_stop);
+  MESSAGE("the log pruned through " << pruned << " while c, stopped at " << head_at_stop
+                                    << ", was silent");
+  const std::string through = std::to_string(static_cast<std::int64_t>(pruned));
+  CHECK(postgres.query("SELECT count(*) FROM lattice_log WHERE position <= " + through) == "0");
+  CHECK(postgres.query("SELECT bool_and(pruned >= " + through + ") FROM lattice_log_heads") == "t");
+  const std::string expected = dump_todo(two.d1);
+
+  // c finds the log pruned past its replica: it rebuilds it and drops d3, which connects again
+  // and catches up.
+  CHECK(eventually(seconds(30), [&] { return has_row(d3, "while-stopped99"); }));
+  REQUIRE(on_c.wait_until_in_sync(seconds(20)));
+  CHECK(dump_todo(d3) == expected);
+  CHECK(metric(https_get(box, c, "/metrics"), "lattice_relay_cluster_hydrations_total") == 1);
+  on_c.stop();
+
+  // b, restarted on its old file, and e, new, rebuild theirs at their first device's hello.
+  two.b.start(0, two.args());
+  sync_once(box, two.b, two.d2, two.token);
+  CHECK(dump_todo(two.d2) == expected);
+  CHECK(metric(https_get(box, two.b, "/metrics"), "lattice_relay_cluster_hydrations_total") == 1);
+  RelayFixture e(box, "data-e");
+  e.start(0, two.args());
+  const std::string d4 = e.device("d4");
+  sync_once(box, e, d4, two.token);
+  CHECK(dump_todo(d4) == expected);
+  const std::string e_metrics = https_get(box, e, "/metrics");
+  CHECK(metric(e_metrics, "lattice_relay_cluster_hydrations_total") == 1);
+  // It took the log only past the snapshot.
+  CHECK(metric(e_metrics, "lattice_relay_cluster_batches_applied_total") <
+        static_cast<double>(std::stoll(postgres.query("SELECT max(head) FROM lattice_log_heads"))) -
+            pruned + 1);
+  writer.stop();
+  c.stop();
+  e.stop();
   two.a.stop();
   two.b.stop();
 }

@@ -41,9 +41,7 @@ struct ClusterRelay {
     options.schema_sql = test::kTodoSchema;
     // Both set make the hub a relay of a cluster (it keeps its position in the file).
     options.log_to_cluster = [](const std::string&, const std::vector<relay::ClusterBatch>&) {};
-    options.read_cluster = [](const std::string&, std::int64_t) {
-      return std::vector<relay::ClusterBatch>{};
-    };
+    options.read_cluster = [](const std::string&, std::int64_t) { return relay::ClusterRead{}; };
     hub = std::make_unique<relay::Hub>(options);
   }
   std::int64_t rows() {

@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
@@ -21,6 +23,7 @@
 
 #include "crdt/error.hpp"
 #include "tests/relay/postgres_server.hpp"
+#include "tests/storage/test_support.hpp"
 
 namespace lattice {
 namespace {
@@ -77,7 +80,7 @@ TEST_CASE("appends from several relays take gapless positions in commit order") 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (;;) {
     const bool finished = writers_done == kWriters;
-    for (const LogEntry& entry : reader.read("alpha", last, 25)) {
+    for (const LogEntry& entry : reader.read("alpha", last, 25).entries) {
       gaps += entry.position != last + 1;
       const int site = entry.site.bytes[0];
       wrong_bytes += entry.batch != batch_of(site, entry.first_seq);
@@ -125,7 +128,7 @@ TEST_CASE("a batch appended again, by any relay, is logged once") {
   // The same site and first sequence in another namespace is another batch.
   CHECK(b.append("beta", site_number(1), 10, batch_of(1, 10)) == 1);
   CHECK(a.head("alpha") == 2);
-  const auto entries = b.read("alpha", 0, 100);
+  const auto entries = b.read("alpha", 0, 100).entries;
   REQUIRE(entries.size() == 2);
   CHECK(entries[0].site == site_number(1));
   CHECK(entries[0].first_seq == 10);
@@ -151,7 +154,7 @@ TEST_CASE("what the log acknowledged survives PostgreSQL's crash") {
   server.start();
   log.reconnect();
   CHECK(log.head("alpha") == 100);
-  const auto entries = log.read("alpha", 0, 1000);
+  const auto entries = log.read("alpha", 0, 1000).entries;
   REQUIRE(entries.size() == 100);
   for (std::size_t i = 0; i < entries.size(); ++i) {
     CHECK(entries[i].position == static_cast<std::int64_t>(i + 1));
@@ -187,11 +190,92 @@ TEST_CASE("LISTEN wakes a reader; one whose connection was cut catches up from t
       Error);
   reader.reconnect();
   CHECK(reader.head("alpha") == 6);
-  CHECK(reader.read("alpha", 1, 100).size() == 5);
+  CHECK(reader.read("alpha", 1, 100).entries.size() == 5);
   writer.append("alpha", site_number(4), 7, batch_of(4, 7));
   std::vector<std::string> after;
   for (int i = 0; i < 10 && after.empty(); ++i) after = reader.wait_for_appends(milliseconds(500));
   CHECK(after == std::vector<std::string>{"alpha"});
+}
+
+// Pruning (docs/cluster.md, "Pruning"): the log keeps everything above the newest snapshot and
+// above what any relay that reported within the grace applied; a reader below the pruned
+// position is told so in the same answer as the entries.
+TEST_CASE("the log is pruned below the newest snapshot and every live relay's position") {
+  test::PostgresServer server;
+  ClusterLog log(server.conninfo());
+  for (std::uint64_t i = 1; i <= 30; ++i) log.append("alpha", site_number(5), i, batch_of(5, i));
+  const std::chrono::seconds grace(60);
+  CHECK(log.prune("alpha", grace) == 0);  // no snapshot: nothing goes
+  CHECK(log.prune("gamma", grace) == 0);  // nothing logged
+  CHECK(log.read("alpha", 0, 100).entries.size() == 30);
+
+  // A snapshot of 10 MiB and a bit travels in three pieces and comes back byte for byte.
+  test::TempDir dir;
+  auto write_file = [&](const std::string& name, std::size_t size, unsigned seed) {
+    std::mt19937 random(seed);
+    std::string bytes(size, '\0');
+    for (char& c : bytes) c = static_cast<char>(random());
+    std::ofstream(dir.file(name), std::ios::binary) << bytes;
+    return bytes;
+  };
+  const std::string first = write_file("first", (10u << 20) + 123, 1);
+  {
+    // While another relay stores one (here: a transaction holding its lock), this one does not
+    // wait: it stores nothing.
+    PGconn* other = PQconnectdb(server.conninfo().c_str());
+    REQUIRE(PQstatus(other) == CONNECTION_OK);
+    PQclear(PQexec(other, "BEGIN"));
+    PQclear(PQexec(other, "SELECT pg_advisory_xact_lock(hashtext('lattice_snapshot:alpha'))"));
+    CHECK_FALSE(
+        log.put_snapshot("alpha", relay::LogSnapshot{20, 3, "{manifest}"}, dir.file("first")));
+    PQclear(PQexec(other, "ROLLBACK"));
+    PQfinish(other);
+  }
+  CHECK(log.put_snapshot("alpha", relay::LogSnapshot{20, 3, "{manifest}"}, dir.file("first")));
+  CHECK_FALSE(log.put_snapshot("alpha", relay::LogSnapshot{15, 3, "{}"}, dir.file("first")));
+  CHECK(log.snapshot_positions({"alpha", "beta"}) ==
+        std::map<std::string, std::int64_t>{{"alpha", 20}});
+
+  // Two relays report; the lower position holds the log back, then the snapshot does.
+  log.report_positions("r1", {{"alpha", 12}});
+  log.report_positions("r2", {{"alpha", 25}, {"beta", 0}});
+  CHECK(log.prune("alpha", grace) == 12);
+  relay::LogRead read = log.read("alpha", 0, 100);
+  CHECK(read.pruned == 12);
+  REQUIRE(read.entries.size() == 18);
+  CHECK(read.entries.front().position == 13);
+  CHECK(log.read("alpha", 20, 100).entries.front().position == 21);
+  log.report_positions("r1", {{"alpha", 28}});
+  CHECK(log.prune("alpha", grace) == 20);
+  CHECK(log.read("alpha", 0, 100).entries.front().position == 21);
+
+  // A relay silent past the grace holds nothing back, and after ten graces it is forgotten.
+  log.report_positions("r3", {{"alpha", 2}});
+  server.query(
+      "UPDATE lattice_relay_positions SET seen_at = now() - interval '1 hour' WHERE relay = "
+      "'r3'");
+  const std::string second = write_file("second", 5000, 2);
+  CHECK(log.put_snapshot("alpha", relay::LogSnapshot{28, 4, "{newer}"}, dir.file("second")));
+  CHECK(log.prune("alpha", grace) == 25);
+  CHECK(server.query("SELECT count(*) FROM lattice_relay_positions WHERE relay = 'r3'") == "0");
+
+  // Only the newest snapshot is kept, and it is what a fetch gives.
+  CHECK(server.query("SELECT count(*) FROM lattice_snapshot_pieces") == "1");
+  const auto fetched = log.fetch_snapshot("alpha", dir.file("fetched"));
+  REQUIRE(fetched);
+  CHECK(fetched->position == 28);
+  CHECK(fetched->schema_version == 4);
+  CHECK(fetched->manifest == "{newer}");
+  CHECK(fetched->bytes == second.size());
+  std::ifstream in(dir.file("fetched"), std::ios::binary);
+  CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == second);
+  CHECK_FALSE(log.fetch_snapshot("beta", dir.file("none")));
+  CHECK_THROWS_AS(log.fetch_snapshot("alpha", dir.file("fetched")), Error);  // exists
+
+  // Appends go on after the head, and a batch logged before stays logged once.
+  CHECK(log.append("alpha", site_number(5), 31, batch_of(5, 31)) == 31);
+  CHECK(log.append("alpha", site_number(5), 30, batch_of(5, 30)) == 30);
+  CHECK(log.head("alpha") == 31);
 }
 
 }  // namespace

@@ -10,6 +10,10 @@
 // offline, and reconnect to any relay. After the storm every device and every relay holds the
 // same rows and digests, every relay has applied the whole log, and nothing a device wrote is
 // lost: each row of its ledger (rows only it inserts and votes on) has all its votes everywhere.
+// Relays store snapshots of the namespace and prune the log as lattice-relay does (below the
+// newest snapshot and what every relay that reported within the grace applied), so a relay
+// killed or without devices for a while finds the log pruned past its replica and rebuilds it
+// from the snapshot, disconnecting its devices.
 // A failing seed is printed; LATTICE_SIM_SEED=<seed> replays it alone.
 
 #include <doctest/doctest.h>
@@ -43,6 +47,9 @@ struct ClusterStats {
   std::uint64_t batches_applied = 0;  // batches relays took from the log
   std::uint64_t refused_hellos = 0;   // hellos answered internal: the log was unreachable
   int rekeys = 0;                     // devices told to take a new site id
+  int snapshots = 0;                  // snapshots stored for the log
+  int prunes = 0;                     // prunings that deleted entries
+  std::uint64_t hydrations = 0;       // relays' replicas rebuilt from a snapshot
 
   ClusterStats& operator+=(const ClusterStats& o) {
     relay_kills += o.relay_kills;
@@ -55,6 +62,9 @@ struct ClusterStats {
     batches_applied += o.batches_applied;
     refused_hellos += o.refused_hellos;
     rekeys += o.rekeys;
+    snapshots += o.snapshots;
+    prunes += o.prunes;
+    hydrations += o.hydrations;
     return *this;
   }
 };
@@ -111,6 +121,8 @@ class ClusterWorld : sim::Harness {
         ++stats_.log_outages;
         log_down_ = true;
         net_.post(100 + static_cast<double>(pick(1500)), [this] { log_down_ = false; });
+      } else if (action < 82) {
+        keep_up(pick(kRelays));
       }
       net_.run_until(net_.now() + static_cast<double>(pick(15)));
     }
@@ -134,9 +146,10 @@ class ClusterWorld : sim::Harness {
     net_.run_until(net_.now() + 3000);
     // The periodic sweeps stop, so that the network can go idle; each relay then takes the
     // whole log, as it would for its next device's hello (a relay follows only the namespaces
-    // with devices connected to it).
+    // with devices connected to it), at least once: one rebuilt from a snapshot holds what a
+    // later position of the log brings, so it agrees before it has applied the whole log.
     sweeping_ = false;
-    for (int round = 0; round < 20 && !agreed(); ++round) {
+    for (int round = 0; round < 20 && (round == 0 || !agreed()); ++round) {
       for (std::size_t i = 0; i < kRelays; ++i) {
         relays_[i]->replica(kNamespace);
         follow(i, /*every_namespace=*/true);
@@ -158,6 +171,7 @@ class ClusterWorld : sim::Harness {
       REQUIRE(r.digest() == expected_digest);
       REQUIRE(relays_[i]->cluster_positions().at(kNamespace) ==
               static_cast<std::int64_t>(log_.size()));
+      REQUIRE(pruned_ <= static_cast<std::int64_t>(log_.size()));
       REQUIRE(relays_[i]->batches_waiting_for_cluster() == 0);
     }
     for (auto& d : devices_) {
@@ -219,6 +233,14 @@ class ClusterWorld : sim::Harness {
       if (log_down_) throw Error(ErrorCode::kIo, "PostgreSQL: cannot connect: refused");
       return read(after);
     };
+    options.fetch_cluster_snapshot =
+        [this](const std::string&,
+               const std::string& path) -> std::optional<relay::ClusterSnapshot> {
+      if (log_down_) throw Error(ErrorCode::kIo, "PostgreSQL: cannot connect: refused");
+      if (!snapshot_) return std::nullopt;
+      std::filesystem::copy_file(snapshot_file(), path);
+      return snapshot_;
+    };
     options.defer_for = [this](std::chrono::milliseconds delay, std::function<void()> task) {
       net_.post(static_cast<double>(delay.count()), std::move(task));
     };
@@ -229,6 +251,7 @@ class ClusterWorld : sim::Harness {
     if (!relays_[i]) return;
     ++stats_.relay_kills;
     add_counters(stats_, *relays_[i]);
+    reported_.erase(i);
     relays_[i].reset();
     const bool wipe = pick(3) == 0;
     net_.post(50 + static_cast<double>(pick(500)), [this, i, wipe] {
@@ -244,6 +267,7 @@ class ClusterWorld : sim::Harness {
   static void add_counters(ClusterStats& s, const relay::Hub& hub) {
     s.groups_held += hub.counters().cluster_groups_held;
     s.batches_applied += hub.counters().cluster_batches_applied;
+    s.hydrations += hub.counters().cluster_hydrations;
     const auto& rejected = hub.counters().rejected;
     if (auto it = rejected.find("internal"); it != rejected.end()) s.refused_hellos += it->second;
   }
@@ -268,12 +292,48 @@ class ClusterWorld : sim::Harness {
     }
   }
 
-  // At most 40 entries after `after`: a reader loops, as over PostgreSQL.
-  std::vector<relay::ClusterBatch> read(std::int64_t after) const {
-    std::vector<relay::ClusterBatch> out;
-    for (std::size_t i = static_cast<std::size_t>(after); i < log_.size() && out.size() < 40; ++i)
-      out.push_back(log_[i]);
+  // At most 40 entries after `after` (and after the pruned ones): a reader loops, as over
+  // PostgreSQL.
+  relay::ClusterRead read(std::int64_t after) const {
+    relay::ClusterRead out;
+    out.pruned = pruned_;
+    for (auto i = static_cast<std::size_t>(std::max(after, pruned_));
+         i < log_.size() && out.batches.size() < 40; ++i)
+      out.batches.push_back(log_[i]);
     return out;
+  }
+
+  std::filesystem::path snapshot_file() const { return dir_ / "newest.snapshot"; }
+
+  // What lattice-relay's keep_up_cluster does: reports the positions of the namespaces with
+  // devices here, stores a snapshot when the log grew by 10 since the newest, and prunes below
+  // it and every position reported within the grace (500 ms).
+  void keep_up(std::size_t i) {
+    relay::Hub* hub = relays_[i].get();
+    if (!hub || log_down_) return;
+    const auto positions = hub->cluster_positions(/*with_devices_only=*/true);
+    if (auto it = positions.find(kNamespace); it != positions.end())
+      reported_[i] = {it->second, net_.now()};
+    else
+      return;
+    if (positions.at(kNamespace) - (snapshot_ ? snapshot_->position : 0) >= 10) {
+      const auto fresh = dir_ / "fresh.snapshot";
+      std::filesystem::remove(fresh);
+      const relay::ClusterSnapshot taken = hub->cluster_snapshot(kNamespace, fresh.string());
+      if (!snapshot_ || taken.position > snapshot_->position) {
+        std::filesystem::rename(fresh, snapshot_file());
+        snapshot_ = taken;
+        ++stats_.snapshots;
+      }
+    }
+    if (!snapshot_) return;
+    std::int64_t upto = snapshot_->position;
+    for (const auto& [relay, report] : reported_)
+      if (net_.now() - report.second <= 500) upto = std::min(upto, report.first);
+    if (upto > pruned_) {
+      pruned_ = upto;
+      ++stats_.prunes;
+    }
   }
 
   // What a relay's follower does when woken: the namespaces with devices there (or all open
@@ -283,11 +343,11 @@ class ClusterWorld : sim::Harness {
     if (!hub || log_down_) return;
     for (auto [ns, position] : hub->cluster_positions(/*with_devices_only=*/!every_namespace)) {
       for (;;) {
-        const auto batches = read(position);
-        if (batches.empty()) break;
+        const relay::ClusterRead got = read(position);
+        if (got.batches.empty() && got.pruned <= position) break;
         std::optional<std::int64_t> applied;
         try {
-          applied = hub->apply_from_cluster(ns, batches);
+          applied = hub->apply_from_cluster(ns, got.batches, got.pruned);
         } catch (const Error& e) {
           break;  // a clock ahead of this relay's: the next sweep tries again
         }
@@ -300,6 +360,7 @@ class ClusterWorld : sim::Harness {
   void sweep(std::size_t i) {
     if (!sweeping_) return;
     follow(i);
+    keep_up(i);
     net_.post(1000, [this, i] { sweep(i); });
   }
 
@@ -358,6 +419,9 @@ class ClusterWorld : sim::Harness {
   std::vector<std::unique_ptr<Device>> devices_;
   std::vector<relay::ClusterBatch> log_;
   std::set<std::pair<std::string, std::uint64_t>> logged_;
+  std::int64_t pruned_ = 0;  // entries up to it are gone
+  std::optional<relay::ClusterSnapshot> snapshot_;
+  std::map<std::size_t, std::pair<std::int64_t, double>> reported_;  // relay -> (position, when)
   bool log_down_ = false;
   bool sweeping_ = true;
   ClusterStats stats_;
@@ -370,7 +434,8 @@ std::string describe(const ClusterStats& s) {
       << s.refused_hellos << " connections refused internal, " << s.lost_answers
       << " lost append answers, " << s.duplicate_appends << " duplicate appends, "
       << s.lost_notifications << " lost notifications, " << s.batches_applied
-      << " batches applied from the log, " << s.rekeys << " rekeys";
+      << " batches applied from the log, " << s.rekeys << " rekeys, " << s.snapshots
+      << " snapshots, " << s.prunes << " prunings, " << s.hydrations << " relays hydrated";
   return out.str();
 }
 
@@ -402,6 +467,9 @@ TEST_CASE("relays of a cluster over one log agree with every device after a stor
     CHECK(total.duplicate_appends > 0);
     CHECK(total.lost_notifications > 0);
     CHECK(total.batches_applied > 0);
+    CHECK(total.snapshots > 0);
+    CHECK(total.prunes > 0);
+    CHECK(total.hydrations > 0);
   }
 }
 

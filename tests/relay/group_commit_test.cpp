@@ -50,7 +50,7 @@ class GroupCommit : sim::SmallWorld {
       options.read_cluster = [this](const std::string&, std::int64_t after) {
         if (log_down) throw Error(ErrorCode::kIo, "PostgreSQL: cannot connect: refused");
         (void)after;
-        return std::vector<relay::ClusterBatch>{};
+        return relay::ClusterRead{};
       };
       options.defer_for = [this](std::chrono::milliseconds delay, std::function<void()> task) {
         timers.emplace_back(delay, std::move(task));

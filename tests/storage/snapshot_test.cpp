@@ -350,6 +350,38 @@ TEST_CASE("a snapshot holding this replica's own site id is a copy, refused") {
   check_refused(*copy, dir.file("s"), ErrorCode::kCopiedReplica, "site id");
 }
 
+// A relay of a cluster hydrates from another relay's snapshot: it must still tell a device's
+// file from a copy of it, so the origin log travels, and only when asked for.
+TEST_CASE("a relay's snapshot with its origin log gives another relay the same origin log") {
+  auto device = open_kitchen();
+  auto relay = open_kitchen();
+  device->exec("INSERT INTO cook(id, handle) VALUES (1, 'Ana')");
+  device->exec("INSERT INTO cook(id, handle) VALUES (2, 'Bo')");
+  device->exec("UPDATE cook SET stars = stars + 5 WHERE id = 2");
+  const std::vector<storage::TxnTag> tags = device->local_log(1, 3);
+  REQUIRE(tags.size() == 3);
+  relay->apply(device->changes_since(relay->version_vector()),
+               storage::OriginTxns{device->site_id(), tags});
+  REQUIRE(relay->origin_log(device->site_id(), 1, 10).size() == 3);
+
+  test::TempDir dir;
+  relay->write_snapshot(dir.file("with"), false, /*with_origin_log=*/true);
+  relay->write_snapshot(dir.file("without"));
+  auto hydrated = open_kitchen();
+  hydrated->install_snapshot(dir.file("with"));
+  const auto copied = hydrated->origin_log(device->site_id(), 1, 10);
+  REQUIRE(copied.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(copied[i].seq == tags[i].seq);
+    CHECK(copied[i].tag == tags[i].tag);
+  }
+  CHECK(hydrated->digest() == relay->digest());
+  auto plain = open_kitchen();
+  plain->install_snapshot(dir.file("without"));
+  CHECK(plain->origin_log(device->site_id(), 1, 10).empty());
+  CHECK(plain->digest() == relay->digest());
+}
+
 TEST_CASE("write_snapshot refuses a file that exists and a transaction in progress") {
   Kitchen k;
   test::TempDir dir;
