@@ -1822,6 +1822,77 @@ TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snap
   two.b.stop();
 }
 
+// Acceptance 8 of the cluster: one relay stopped with SIGSTOP for LATTICE_SIGSTOP_SECONDS
+// (default 8; the acceptance asks 60), a device connected to it, while a device on relay a
+// writes and one on relay b reads: the others' latency stays what it was, and the stopped relay's
+// device has everything soon after SIGCONT.
+TEST_CASE("a relay stopped with SIGSTOP: the others keep their latency; it catches up after") {
+  const auto stopped_for = seconds(env_count("LATTICE_SIGSTOP_SECONDS", 8));
+  TwoRelays two;
+  Sandbox& box = two.box;
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  const std::string d3 = c.device("d3");
+  engine::SyncClientOptions options;
+  options.ca_file = two.a.ca_file();
+  engine::SyncClient writer(two.d1, two.a.url(), two.token, options);
+  engine::SyncClient reader(two.d2, two.b.url(), two.token, options);
+  engine::SyncClient on_c(d3, c.url(), two.token, options);
+  for (engine::SyncClient* client : {&writer, &reader, &on_c}) {
+    client->start();
+    REQUIRE(client->wait_until_in_sync(seconds(20)));
+  }
+  auto direct = storage::Replica::open(two.d1);
+  // A write through a, timed from its acknowledgement to its arrival on d2 (through b), in ms.
+  int written = 0;
+  const auto one_write = [&] {
+    const std::string id = "w" + std::to_string(written++);
+    direct->query("INSERT INTO todo(id, title) VALUES (?, 'x')", {id});
+    REQUIRE(writer.wait_until_in_sync(seconds(10)));
+    const auto acknowledged = Clock::now();
+    REQUIRE_MESSAGE(eventually(seconds(5), [&] { return has_row(two.d2, id); }),
+                    id << " did not reach d2");
+    return std::chrono::duration<double, std::milli>(Clock::now() - acknowledged).count();
+  };
+  const auto percentile = [](std::vector<double> v, double p) {
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+  };
+  std::vector<double> before, during;
+  for (int i = 0; i < 20; ++i) {
+    before.push_back(one_write());
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  c.signal(SIGSTOP);
+  const auto stopped_at = Clock::now();
+  while (Clock::now() - stopped_at < stopped_for) {
+    during.push_back(one_write());
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  c.signal(SIGCONT);
+  const auto resumed = Clock::now();
+  const std::string last = "w" + std::to_string(written - 1);
+  CHECK(eventually(seconds(20), [&] { return has_row(d3, last); }));
+  const double catch_up_ms =
+      std::chrono::duration<double, std::milli>(Clock::now() - resumed).count();
+  REQUIRE(on_c.wait_until_in_sync(seconds(20)));
+  CHECK(dump_todo(d3) == dump_todo(two.d1));
+  MESSAGE("a -> b -> d2 before the stop: p50 "
+          << percentile(before, 0.5) << " ms, p99 " << percentile(before, 0.99) << " ms ("
+          << before.size() << " writes); while c was stopped " << stopped_for.count() << " s: p50 "
+          << percentile(during, 0.5) << " ms, p99 " << percentile(during, 0.99) << " ms ("
+          << during.size() << " writes); c's device had them " << catch_up_ms
+          << " ms after SIGCONT");
+  // The others do not wait for the stopped relay: the median stays within a few times what it
+  // was (noise on a shared machine), and nothing waits anywhere near the stop.
+  CHECK(percentile(during, 0.5) <= 3 * percentile(before, 0.5) + 20);
+  CHECK(percentile(during, 0.99) < 1000);
+  for (engine::SyncClient* client : {&writer, &reader, &on_c}) client->stop();
+  c.stop();
+  two.a.stop();
+  two.b.stop();
+}
+
 TEST_CASE("a relay whose cluster log was restored to an earlier point says it is degraded") {
   TwoRelays two;
   Sandbox& box = two.box;
