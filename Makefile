@@ -7,7 +7,8 @@
 #                      built tree)
 #   make build         configure and build build/ (RelWithDebInfo)
 #   make demo          setup, build, then scripts/demo.sh: a relay and two lattice-todo devices
-#                      in the browser until Ctrl-C (SCRIPTED=1: the scripted scenario, no browser)
+#                      in the browser until Ctrl-C (SCRIPTED=1: the scripted scenario, no browser;
+#                      CLUSTER=1: PostgreSQL, three relays of a cluster and haproxy instead)
 #   make bench         build, then run build/bench/lattice-bench if it exists
 #   make format        apply clang-format to every C/C++ file in the repo
 #   make format-check  fail if any C/C++ file is not clang-formatted
@@ -150,7 +151,8 @@ arm64-size:
 
 demo: setup
 	$(MAKE) --no-print-directory build
-	LATTICE_BUILD_DIR=$(BUILD_DIR) bash scripts/demo.sh $(if $(SCRIPTED),--scripted)
+	LATTICE_BUILD_DIR=$(BUILD_DIR) DEMO_CLUSTER=$(if $(CLUSTER),1,0) \
+	  bash scripts/demo.sh $(if $(SCRIPTED),--scripted)
 
 bench: build
 	@if [[ -x $(BUILD_DIR)/bench/lattice-bench ]]; then \

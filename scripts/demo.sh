@@ -19,6 +19,12 @@
 #   DEMO_RELAY_PORT, DEMO_ALICE_PORT, DEMO_BOB_PORT   fixed ports (default 0: the system picks)
 #   DEMO_ALICE_VERSION, DEMO_BOB_VERSION   each device's schema version, 1 or 2 (default 2, the
 #                       newest; --scripted plays its own versions)
+#   DEMO_CLUSTER=1      a cluster instead of one relay (`make demo CLUSTER=1`, docs/cluster.md):
+#                       PostgreSQL (initdb and pg_ctl in a temporary directory), three relays
+#                       with --cluster-db, and haproxy in front with deploy/haproxy.cfg; alice
+#                       syncs through the first relay and bob through the second, so each change
+#                       goes from one relay to the other through PostgreSQL. DEMO_RELAY_PORT is
+#                       then haproxy's.
 #
 # Every process it starts is stopped when it exits, however it exits; every wait is bounded.
 set -euo pipefail
@@ -48,12 +54,21 @@ done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/lattice-demo.XXXXXX")"
 pids=() names=()
+cluster="${DEMO_CLUSTER:-0}"
+pg_dir="" pg_stop=()  # the cluster's PostgreSQL: its directory, and how to stop it
 # Stops every process (SIGTERM, then SIGKILL after 5 s). Each must exit 0 after SIGTERM: a
 # non-zero status (a sanitizer's report, say) fails the demo, with the end of its log.
 cleanup() {
   local status=$? i n rc
   trap - EXIT INT TERM
-  for ((n = 0; n < ${#pids[@]}; n++)); do kill -TERM "${pids[n]}" 2>/dev/null || true; done
+  # (haproxy stops gracefully on SIGUSR1; on SIGTERM it exits 143.)
+  for ((n = 0; n < ${#pids[@]}; n++)); do
+    if [[ "${names[n]}" == haproxy ]]; then
+      kill -USR1 "${pids[n]}" 2>/dev/null || true
+    else
+      kill -TERM "${pids[n]}" 2>/dev/null || true
+    fi
+  done
   for ((n = 0; n < ${#pids[@]}; n++)); do
     for ((i = 0; i < 50; i++)); do kill -0 "${pids[n]}" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "${pids[n]}" 2>/dev/null || true
@@ -65,6 +80,8 @@ cleanup() {
       [[ "${status}" != 0 ]] || status=1
     fi
   done
+  if [[ ${#pg_stop[@]} -gt 0 ]]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; fi
+  [[ -z "${pg_dir}" ]] || rm -rf "${pg_dir}"
   rm -rf "${work}"
   exit "${status}"
 }
@@ -127,30 +144,103 @@ add_migration() {  # add_migration N
 add_migration 1
 [[ "${mode}" == scripted ]] || add_migration 2
 
-# start_relay HOST:PORT: the relay over TLS, its migrations run when it opens the namespace.
-start_relay() {
-  : >"${work}/relay.out"  # emptied here, not by the background job: a restart must not read the
-                          # previous "listening on" line
-  "${relay_bin}" serve --listen "$1" --data "${work}/relay-data" \
-    --key-file "${work}/relay.keys" --tls-cert "${work}/relay-cert.pem" \
-    --tls-key "${work}/relay-key.pem" --schema-dir "${work}/schema" \
-    >"${work}/relay.out" 2>>"${work}/relay.err" &
-  pids+=($!) names+=(relay)
-  relay_addr="$(wait_listening "${work}/relay.out" 20)" \
-    || die "the relay did not start: $(cat "${work}/relay.err")"
+# --- A cluster's PostgreSQL (DEMO_CLUSTER=1) ----------------------------------
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-start_relay "127.0.0.1:${DEMO_RELAY_PORT:-0}"
-relay_url="wss://${relay_addr}/board"
+cluster_args=()
+if [[ "${cluster}" == 1 ]]; then
+  pg_bin="$(pg_config --bindir 2>/dev/null || true)"
+  [[ -x "${pg_bin}/initdb" ]] || pg_bin=/usr/lib/postgresql/15/bin
+  [[ -x "${pg_bin}/initdb" ]] || die "PostgreSQL 15 is not installed; run 'make setup'"
+  [[ -x /usr/sbin/haproxy ]] || die "haproxy is not installed; run 'make setup'"
+  # Its own directory: as root, PostgreSQL runs as the user postgres, who cannot enter ${work}.
+  pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/lattice-demo-pg.XXXXXX")"
+  as_postgres=()
+  if [[ "$(id -u)" == 0 ]]; then
+    chown postgres "${pg_dir}"
+    as_postgres=(runuser -u postgres --)
+  fi
+  "${as_postgres[@]}" "${pg_bin}/initdb" -D "${pg_dir}/data" -U lattice --auth=trust -E UTF8 \
+    --no-instructions >"${work}/postgres.err" 2>&1 \
+    || die "initdb failed: $(cat "${work}/postgres.err")"
+  pg_port="$(free_port)"
+  "${as_postgres[@]}" "${pg_bin}/pg_ctl" -D "${pg_dir}/data" -w -l "${pg_dir}/server.log" \
+    -o "-p ${pg_port} -k ${pg_dir} -c listen_addresses=127.0.0.1" start \
+    >>"${work}/postgres.err" 2>&1 || die "PostgreSQL did not start: $(cat "${work}/postgres.err")"
+  pg_stop=("${as_postgres[@]}" "${pg_bin}/pg_ctl" -D "${pg_dir}/data" -w -m fast stop)
+  cluster_args=(--cluster-db "host=127.0.0.1 port=${pg_port} user=lattice dbname=postgres")
+  relay_names=(relay1 relay2 relay3)
+else
+  relay_names=(relay)
+fi
+
+# start_relay NAME HOST:PORT: relay NAME over TLS, its migrations run when it opens the
+# namespace; its address goes in ${NAME}_addr.
+start_relay() {
+  local name="$1" addr
+  : >"${work}/${name}.out"  # emptied here, not by the background job: a restart must not read
+                            # the previous "listening on" line
+  "${relay_bin}" serve --listen "$2" --data "${work}/${name}-data" \
+    --key-file "${work}/relay.keys" --tls-cert "${work}/relay-cert.pem" \
+    --tls-key "${work}/relay-key.pem" --schema-dir "${work}/schema" "${cluster_args[@]}" \
+    >"${work}/${name}.out" 2>>"${work}/${name}.err" &
+  pids+=($!) names+=("${name}")
+  addr="$(wait_listening "${work}/${name}.out" 20)" \
+    || die "${name} did not start: $(cat "${work}/${name}.err")"
+  printf -v "${name}_addr" '%s' "${addr}"
+}
+# restart_relays: each relay stopped and started again on its address, one after the other;
+# the device syncing through it (alice through the first) notices before it starts again.
+restart_relays() {
+  local name addr
+  for name in "${relay_names[@]}"; do
+    addr="${name}_addr"
+    addr="${!addr}"
+    stop_process "${name}"
+    case "${name}" in
+      relay | relay1) wait_for 5 is_not_live alice || true ;;
+      relay2) wait_for 5 is_not_live bob || true ;;
+    esac
+    start_relay "${name}" "${addr}"
+  done
+}
+if [[ "${cluster}" == 1 ]]; then
+  for name in "${relay_names[@]}"; do start_relay "${name}" 127.0.0.1:0; done
+  # haproxy in front, as deploy/haproxy.cfg ships: TLS both ways, a namespace's devices on one
+  # relay while it is up. alice and bob connect to relays directly; a third device would come
+  # through haproxy.
+  cat "${work}/relay-cert.pem" "${work}/relay-key.pem" >"${work}/haproxy.pem"
+  haproxy_addr="127.0.0.1:${DEMO_RELAY_PORT:-$(free_port)}"
+  env LATTICE_HAPROXY_BIND="${haproxy_addr}" LATTICE_HAPROXY_PEM="${work}/haproxy.pem" \
+    LATTICE_RELAY_CA="${work}/relay-cert.pem" LATTICE_RELAY1="${relay1_addr}" \
+    LATTICE_RELAY2="${relay2_addr}" LATTICE_RELAY3="${relay3_addr}" \
+    /usr/sbin/haproxy -db -f "$(dirname "$0")/../deploy/haproxy.cfg" \
+    >"${work}/haproxy.out" 2>>"${work}/haproxy.err" &
+  pids+=($!) names+=(haproxy)
+  for ((i = 0; i < 100; i++)); do
+    curl -fsS --max-time 2 --cacert "${work}/relay-cert.pem" "https://${haproxy_addr}/healthz" \
+      >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  ((i < 100)) || die "haproxy did not answer: $(cat "${work}/haproxy.err")"
+  relay_url="wss://${haproxy_addr}/board"
+  alice_relay_url="wss://${relay1_addr}/board" bob_relay_url="wss://${relay2_addr}/board"
+else
+  start_relay relay "127.0.0.1:${DEMO_RELAY_PORT:-0}"
+  relay_url="wss://${relay_addr}/board"
+  alice_relay_url="${relay_url}" bob_relay_url="${relay_url}"
+fi
 
 # --- The devices -------------------------------------------------------------
 start_device() {  # start_device WHO PORT SCHEMA_VERSION; again later: the same replica file
-  local who="$1" port="$2" version="$3" url
+  local who="$1" port="$2" version="$3" url relay="$1_relay_url"
   # read,write: no admin right. The relay has each version from its operator, before any device
   # runs it (docs/demo-app.md, "Two versions of the app").
   "${relay_bin}" token --key-file "${work}/relay.keys" --ns board --rights read,write \
     --ttl 12h --subject "${who}" >"${work}/${who}.token"
   : >"${work}/${who}.out"  # so that a restart waits for its own "listening on" line
-  "${todo_bin}" --name "${who}" --db "${work}/${who}.db" --relay "${relay_url}" \
+  "${todo_bin}" --name "${who}" --db "${work}/${who}.db" --relay "${!relay}" \
     --token-file "${work}/${who}.token" --ca-file "${work}/relay-cert.pem" \
     --schema-version "${version}" --listen "127.0.0.1:${port}" \
     >"${work}/${who}.out" 2>>"${work}/${who}.err" &
@@ -230,7 +320,14 @@ show_boards() {
 }
 
 run_interactive() {
-  printf '\nLattice demo: a relay at %s and two devices.\n\n' "${relay_url}"
+  if [[ "${cluster}" == 1 ]]; then
+    printf '\nLattice demo: three relays of a cluster (PostgreSQL on 127.0.0.1:%s), haproxy at %s,\n' \
+      "${pg_port}" "${relay_url}"
+    printf 'and two devices: alice through %s, bob through %s.\n\n' "${alice_relay_url}" \
+      "${bob_relay_url}"
+  else
+    printf '\nLattice demo: a relay at %s and two devices.\n\n' "${relay_url}"
+  fi
   printf '   alice   %s/   (schema version %s)\n   bob     %s/   (schema version %s)\n\n' \
     "${ALICE_URL}" "${DEMO_ALICE_VERSION:-2}" "${BOB_URL}" "${DEMO_BOB_VERSION:-2}"
   echo "Open both pages side by side. Add items, vote, tick, reorder: the other page follows."
@@ -243,7 +340,11 @@ run_interactive() {
 }
 
 run_scripted() {
-  say "a relay at ${relay_url}; alice at ${ALICE_URL}, bob at ${BOB_URL}"
+  if [[ "${cluster}" == 1 ]]; then
+    say "three relays of a cluster behind ${relay_url}; alice at ${ALICE_URL} through relay1, bob at ${BOB_URL} through relay2"
+  else
+    say "a relay at ${relay_url}; alice at ${ALICE_URL}, bob at ${BOB_URL}"
+  fi
   wait_for 30 is_live alice || die "alice did not reach the relay: $(cat "${work}/alice.err")"
   wait_for 30 is_live bob || die "bob did not reach the relay: $(cat "${work}/bob.err")"
   echo "   both devices are live"
@@ -309,9 +410,7 @@ run_two_versions() {
   say "version 2 of the board ships: a due date and an assignee per item, 'title' renamed 'summary'"
   echo "   the relay goes first: its operator adds migration 2 to --schema-dir and restarts it"
   add_migration 2
-  stop_process relay
-  wait_for 5 is_not_live alice || true
-  start_relay "${relay_addr}"
+  restart_relays
   wait_for 30 is_live alice || die "alice did not reconnect to the restarted relay"
   wait_for 30 is_live bob || die "bob did not reconnect to the restarted relay"
   echo "   both devices, still on version 1, reconnected by themselves"
@@ -395,7 +494,7 @@ case "${mode}" in
     rc=0
     "$@" || rc=$?
     if [[ "${rc}" != 0 ]]; then
-      for name in relay alice bob; do
+      for name in "${relay_names[@]}" alice bob; do
         echo "demo: the end of ${name}'s log:" >&2
         tail -n 20 "${work}/${name}.err" >&2 || true
       done
