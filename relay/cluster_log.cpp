@@ -53,6 +53,33 @@ BEGIN
   END IF;
 END
 $$;
+-- A relay's group: every batch under one lock of the head row, one notification.
+CREATE OR REPLACE FUNCTION lattice_log_append_all(p_ns text, p_sites bytea[], p_firsts bigint[],
+                                                  p_batches bytea[], p_origins bytea[])
+  RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  h bigint;
+  p bigint;
+  positions bigint[] := '{}';
+BEGIN
+  INSERT INTO lattice_log_heads VALUES (p_ns, 0) ON CONFLICT (ns) DO NOTHING;
+  SELECT head INTO h FROM lattice_log_heads WHERE ns = p_ns FOR UPDATE;
+  FOR i IN 1 .. coalesce(array_length(p_sites, 1), 0) LOOP
+    SELECT position INTO p FROM lattice_log
+      WHERE ns = p_ns AND site = p_sites[i] AND first_seq = p_firsts[i];
+    IF NOT FOUND THEN
+      h := h + 1;
+      p := h;
+      INSERT INTO lattice_log VALUES (p_ns, h, p_sites[i], p_firsts[i], p_batches[i], p_origins[i]);
+    END IF;
+    positions := positions || p;
+  END LOOP;
+  UPDATE lattice_log_heads SET head = h WHERE ns = p_ns;
+  PERFORM pg_notify('lattice_log', p_ns);
+  RETURN positions;
+END
+$$;
 DROP FUNCTION IF EXISTS lattice_log_append(text, bytea, bigint, bytea);
 CREATE OR REPLACE FUNCTION lattice_log_append(p_ns text, p_site bytea, p_first bigint,
                                               p_batch bytea, p_origin bytea) RETURNS bigint
@@ -147,6 +174,50 @@ std::int64_t from_be64(const char* p) {
   std::uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
   return static_cast<std::int64_t>(v);
+}
+
+std::string be32(std::int32_t v) {
+  std::string out(4, '\0');
+  for (int i = 3; i >= 0; --i, v >>= 8) out[static_cast<std::size_t>(i)] = static_cast<char>(v);
+  return out;
+}
+
+std::int32_t from_be32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return static_cast<std::int32_t>(v);
+}
+
+// Element types of the arrays passed in binary (pg_type's OIDs, fixed in every PostgreSQL).
+constexpr std::int32_t kByteaOid = 17;
+constexpr std::int32_t kInt8Oid = 20;
+
+// A one-dimensional array of `elements` (each already in its type's binary form) in
+// PostgreSQL's binary array format: dimensions, flags, element type, length and lower bound,
+// then each element's length and bytes.
+std::string binary_array(std::int32_t element_oid, const std::vector<std::string>& elements) {
+  std::string out = be32(1) + be32(0) + be32(element_oid) +
+                    be32(static_cast<std::int32_t>(elements.size())) + be32(1);
+  for (const std::string& e : elements) out += be32(static_cast<std::int32_t>(e.size())) + e;
+  return out;
+}
+
+// The elements of a one-dimensional bigint[] in binary form.
+std::vector<std::int64_t> int8_array(const char* p, std::size_t n) {
+  const auto bad = [] { return Error(ErrorCode::kIo, "PostgreSQL: a malformed bigint[] answer"); };
+  if (n < 12) throw bad();
+  const std::int32_t dims = from_be32(p);
+  if (dims == 0) return {};
+  if (dims != 1 || n < 20) throw bad();
+  const auto count = static_cast<std::size_t>(from_be32(p + 12));
+  std::vector<std::int64_t> out;
+  std::size_t at = 20;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (at + 12 > n || from_be32(p + at) != 8) throw bad();
+    out.push_back(from_be64(p + at + 4));
+    at += 12;
+  }
+  return out;
 }
 
 // Transaction tags as bytea: 16 bytes each, sequence then tag, big-endian.
@@ -315,6 +386,36 @@ std::int64_t ClusterLog::append(const std::string& ns, const crdt::SiteId& site,
   if (PQntuples(result.r) != 1 || PQgetlength(result.r, 0, 0) != 8)
     throw Error(ErrorCode::kIo, "PostgreSQL: lattice_log_append returned no position");
   return from_be64(PQgetvalue(result.r, 0, 0));
+}
+
+std::vector<std::int64_t> ClusterLog::append_all(const std::string& ns,
+                                                 const std::vector<LogEntry>& entries) {
+  if (entries.empty()) return {};
+  std::vector<std::string> sites, firsts, batches, origins;
+  for (const LogEntry& e : entries) {
+    sites.emplace_back(e.site.as_bytes());
+    firsts.push_back(be64(static_cast<std::int64_t>(e.first_seq)));
+    batches.push_back(e.batch);
+    origins.push_back(encode_tags(e.origin_log));
+  }
+  Params params;
+  params.text(ns)
+      .binary(binary_array(kByteaOid, sites))
+      .binary(binary_array(kInt8Oid, firsts))
+      .binary(binary_array(kByteaOid, batches))
+      .binary(binary_array(kByteaOid, origins));
+  Result result(impl_->query(
+      "SELECT lattice_log_append_all($1, $2::bytea[], $3::bigint[], $4::bytea[], $5::bytea[])",
+      params, ("cannot append to the log of '" + ns + "'").c_str()));
+  if (PQntuples(result.r) != 1)
+    throw Error(ErrorCode::kIo, "PostgreSQL: lattice_log_append_all returned no positions");
+  std::vector<std::int64_t> positions =
+      int8_array(PQgetvalue(result.r, 0, 0), static_cast<std::size_t>(PQgetlength(result.r, 0, 0)));
+  if (positions.size() != entries.size())
+    throw Error(ErrorCode::kIo, "PostgreSQL: lattice_log_append_all returned " +
+                                    std::to_string(positions.size()) + " positions for " +
+                                    std::to_string(entries.size()) + " entries");
+  return positions;
 }
 
 std::int64_t ClusterLog::head(const std::string& ns) {

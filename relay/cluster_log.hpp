@@ -78,6 +78,12 @@ class ClusterLog {
   std::int64_t append(const std::string& ns, const crdt::SiteId& site, std::uint64_t first_seq,
                       std::string_view batch, const std::vector<crdt::TxnTag>& origin_log = {});
 
+  // Appends `entries` (their positions ignored) to the log of `ns` in one statement and one
+  // transaction: one commit, one disk sync of PostgreSQL's WAL, one notification, however many
+  // there are. Returns their positions, in order; an entry already logged under the same (ns,
+  // site, first_seq), or given twice, keeps its first position. All or none are logged.
+  std::vector<std::int64_t> append_all(const std::string& ns, const std::vector<LogEntry>& entries);
+
   // The last position of `ns` (0 when nothing is logged).
   std::int64_t head(const std::string& ns);
   // The last positions of `namespaces`, in one query; those with nothing logged are absent.

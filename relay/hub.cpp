@@ -323,6 +323,9 @@ struct Namespace {
   // failure (doubling from 100 ms to 1 s while the log keeps failing).
   bool waiting_for_cluster = false;
   std::chrono::milliseconds cluster_retry{0};
+  // A relay of a cluster: batches of the log that came while a group's commit was in flight,
+  // merged once it is settled (Hub::apply_from_cluster does not wait for the disk).
+  std::vector<ClusterBatch> cluster_waiting;
   // The last snapshot written (Hub::snapshot) and when, by the steady clock.
   std::optional<SnapshotFile> snapshot;
   std::chrono::steady_clock::time_point snapshot_at;
@@ -1148,8 +1151,19 @@ void Hub::Impl::settle(Namespace& space) {
   if (!space.committing) return;
   Group group = std::move(*space.committing);
   space.committing.reset();
-  if (auto failure = group.job->wait()) return abort_group(space, group, *failure);
-  finish_group(space, group);
+  if (auto failure = group.job->wait())
+    abort_group(space, group, *failure);
+  else
+    finish_group(space, group);
+  if (space.cluster_waiting.empty()) return;
+  std::vector<ClusterBatch> waiting = std::move(space.cluster_waiting);
+  space.cluster_waiting.clear();
+  try {
+    apply_cluster(space, waiting);
+  } catch (const Error&) {
+    // As when the follower's apply fails: the next read of the log starts from the position
+    // the replica holds, and tries again.
+  }
 }
 
 void Hub::Impl::commit_now(Namespace& space) {
@@ -1639,6 +1653,18 @@ std::optional<std::int64_t> Hub::apply_from_cluster(const std::string& ns,
   if (it == impl_->spaces.end()) return std::nullopt;
   Namespace& space = *it->second;
   if (!space.replica) impl_->open_replica(space);  // a hydration failed to reopen it
+  if (space.committing && pruned <= space.cluster_applied) {
+    // A group's commit is in flight (on the disk thread, waiting for the log): the batches are
+    // merged when it is settled, rather than the hub's thread waiting for it here.
+    std::int64_t last = space.cluster_waiting.empty() ? space.cluster_applied
+                                                      : space.cluster_waiting.back().position;
+    for (const ClusterBatch& batch : batches)
+      if (batch.position > last) {
+        space.cluster_waiting.push_back(batch);
+        last = batch.position;
+      }
+    return last;
+  }
   if (pruned > space.cluster_applied) impl_->hydrate_from_cluster(space, pruned);
   impl_->apply_cluster(space, batches);
   return space.cluster_applied;

@@ -231,7 +231,10 @@ class Hub {
   // namespace's applied position on; those before it are skipped), records the position
   // reached in the namespace's replica in the same transaction, and fans out what they added to
   // the devices here. Returns the applied position, or nothing when `ns` is not open here (it
-  // catches up from the log when it opens). Throws Error when the replica fails.
+  // catches up from the log when it opens). While a group's commit of the namespace is in
+  // flight, the batches wait for it and are merged once it is settled: then it returns the
+  // last position taken, and a read that continues from there is right (one that finds the
+  // replica's position behind later reads the rest again). Throws Error when the replica fails.
   // `pruned`: the log's last pruned position as the read that found `batches` saw it; when the
   // replica applied less, it is rebuilt from the namespace's snapshot first
   // (HubOptions::fetch_cluster_snapshot), and the namespace's devices are disconnected (they

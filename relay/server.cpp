@@ -512,11 +512,13 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
   read_connection->with([](ClusterLog&) { return 0; });  // PostgreSQL reachable at start
   hub_options.log_to_cluster = [append_connection](const std::string& ns,
                                                    const std::vector<ClusterBatch>& batches) {
-    append_connection->with([&](ClusterLog& log) {
-      for (const ClusterBatch& b : batches)
-        log.append(ns, b.site, b.first_seq, b.bytes, b.origin_log);
-      return 0;
-    });
+    // One statement for the group: one commit (one sync of PostgreSQL's WAL) however many
+    // batches it merged, as the relay's own file has.
+    std::vector<LogEntry> entries;
+    entries.reserve(batches.size());
+    for (const ClusterBatch& b : batches)
+      entries.push_back(LogEntry{0, b.site, b.first_seq, b.bytes, b.origin_log});
+    append_connection->with([&](ClusterLog& log) { return log.append_all(ns, entries).size(); });
   };
   hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
     return read_connection->with([&](ClusterLog& log) {
@@ -898,8 +900,11 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
   };
-  // Merged changes are on disk, power loss included, before the ack that says so.
-  hub_options.replica_options.synchronous = "FULL";
+  // Merged changes are on disk, power loss included, before the ack that says so. A relay of a
+  // cluster acknowledges once PostgreSQL has committed instead: its file is a cache the log
+  // rebuilds (a transaction lost with the power rolls back with its applied position, and the
+  // next hello reads the log again), so its commits need not wait for the disk.
+  hub_options.replica_options.synchronous = config.cluster_db.empty() ? "FULL" : "NORMAL";
 
   // The connections (TLS, WebSocket framing, socket reads and writes) run on `network`. With
   // one thread, that is the hub's `io`, run by this thread, as everything else: no hand-offs.

@@ -278,5 +278,36 @@ TEST_CASE("the log is pruned below the newest snapshot and every live relay's po
   CHECK(log.head("alpha") == 31);
 }
 
+TEST_CASE("a group's batches are appended in one statement, each once") {
+  test::PostgresServer server;
+  ClusterLog log(server.conninfo());
+  const auto entry = [](int site, std::uint64_t first) {
+    return LogEntry{0, site_number(site), first, batch_of(site, first), {{first, 7 * first}}};
+  };
+  CHECK(log.append_all("alpha", {}).empty());
+  CHECK(log.append_all("alpha", {entry(6, 1), entry(7, 1), entry(6, 4)}) ==
+        std::vector<std::int64_t>{1, 2, 3});
+  // Retried after a lost answer, with a new one: the logged ones keep their positions; one
+  // given twice is logged once.
+  CHECK(log.append_all("alpha", {entry(7, 1), entry(6, 4), entry(6, 9), entry(6, 9)}) ==
+        std::vector<std::int64_t>{2, 3, 4, 4});
+  CHECK(log.head("alpha") == 4);
+  const auto entries = log.read("alpha", 0, 10).entries;
+  REQUIRE(entries.size() == 4);
+  CHECK(entries[3].site == site_number(6));
+  CHECK(entries[3].first_seq == 9);
+  CHECK(entries[3].batch == batch_of(6, 9));
+  REQUIRE(entries[3].origin_log.size() == 1);
+  CHECK(entries[3].origin_log[0].tag == 63);
+  // All or none: a batch PostgreSQL refuses (a namespace that is not UTF-8 here) logs none.
+  CHECK_THROWS_AS(log.append_all("not UTF-8 \xff", {entry(8, 1)}), Error);
+  CHECK(log.append_all("beta", {entry(8, 1)}) == std::vector<std::int64_t>{1});
+  // One big batch among small ones travels whole.
+  LogEntry big = entry(9, 1);
+  big.batch.assign(3u << 20, 'x');
+  CHECK(log.append_all("alpha", {entry(9, 5), big}) == std::vector<std::int64_t>{5, 6});
+  CHECK(log.read("alpha", 5, 1).entries.at(0).batch.size() == (3u << 20));
+}
+
 }  // namespace
 }  // namespace lattice
