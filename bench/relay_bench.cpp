@@ -20,6 +20,8 @@
 //                                       (engine::SyncSession into a replica file), against a
 //                                       copy of the relay's database file
 //   vector_cost                         the same load with 10 and with 500 writing sites
+//   cluster                             the same load on a relay alone and on 1, 2 and 3 relays
+//                                       of a cluster over PostgreSQL (started here)
 // The relay process is killed on every path (RAII, a signal handler, and PR_SET_PDEATHSIG).
 //
 // This file reads the options and runs the scenarios: the relay and the devices are in
@@ -58,8 +60,8 @@ constexpr const char* kUsage =
                            [--tmpfs] [--writer-window N] [--seconds S] [--relay-threads N]
   --quick            a smoke run: small counts, 2-second runs
   --scenario NAME    fanout_10, fanout_100, fanout_1000, capacity_100, capacity_1000,
-                     acks_1000, merge, idle_memory, catchup, vector_cost (repeatable;
-                     default: all)
+                     acks_1000, merge, idle_memory, catchup, vector_cost, cluster
+                     (repeatable; default: all)
   --relay PATH       the lattice-relay executable (default: the one built beside this program)
   --dir DIR          where to make the temporary directory (default $TMPDIR or /tmp)
   --tmpfs            put the relay's data directory in /dev/shm: fsync costs nothing there, to
@@ -132,8 +134,8 @@ bool scenario_ok(const std::string& line) {
 }
 
 const std::vector<std::string> kScenarios = {
-    "fanout_10", "fanout_100", "fanout_1000", "capacity_100", "capacity_1000",
-    "acks_1000", "merge",      "idle_memory", "catchup",      "vector_cost"};
+    "fanout_10", "fanout_100",  "fanout_1000", "capacity_100", "capacity_1000", "acks_1000",
+    "merge",     "idle_memory", "catchup",     "vector_cost",  "cluster"};
 
 int run(Options options, const char* argv0) {
   if (options.relay.empty()) options.relay = find_relay(argv0);
@@ -214,6 +216,8 @@ int run(Options options, const char* argv0) {
         line = merge(ctx);
       } else if (name == "vector_cost") {
         line = vector_cost(ctx);
+      } else if (name == "cluster") {
+        line = cluster(ctx);
       } else if (name == "idle_memory") {
         line = idle_memory(ctx);
       } else if (name == "catchup") {

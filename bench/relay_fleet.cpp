@@ -1,17 +1,24 @@
 #include "bench/relay_fleet.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <boost/asio/steady_timer.hpp>
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <variant>
 
@@ -26,6 +33,19 @@ namespace {
 // Children to kill if this process is interrupted (async-signal-safe access only).
 constexpr int kMaxChildren = 8;
 volatile sig_atomic_t g_children[kMaxChildren] = {};
+
+// Records a child to kill if this process is interrupted, and forgets it once it is reaped.
+void remember_child(pid_t pid) {
+  for (auto& slot : g_children)
+    if (slot == 0) {
+      slot = pid;
+      return;
+    }
+}
+void forget_child(pid_t pid) {
+  for (auto& slot : g_children)
+    if (slot == pid) slot = 0;
+}
 
 // Runs a program to completion with its output in `out_file`; returns its exit status.
 int run_program(std::vector<std::string> argv, const fs::path& out_file) {
@@ -43,6 +63,26 @@ int run_program(std::vector<std::string> argv, const fs::path& out_file) {
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+// Several processes' CPU, summed (CpuMeter's figures).
+class CpuMeters {
+ public:
+  explicit CpuMeters(const std::vector<std::string>& pids) {
+    for (const auto& pid : pids) meters_.emplace_back(pid);
+  }
+  double percent() const { return sum(&CpuMeter::percent); }
+  double wait_percent() const { return sum(&CpuMeter::wait_percent); }
+  double seconds() const { return sum(&CpuMeter::seconds); }
+
+ private:
+  // A process that exited meanwhile reads as no time at all: it counts nothing, not less.
+  double sum(double (CpuMeter::*figure)() const) const {
+    double total = 0;
+    for (const CpuMeter& m : meters_) total += std::max(0.0, (m.*figure)());
+    return total;
+  }
+  std::vector<CpuMeter> meters_;
+};
 
 }  // namespace
 
@@ -119,11 +159,7 @@ RelayProcess::RelayProcess(const Setup& setup, const fs::path& data, std::vector
     execv(args[0], args.data());
     _exit(127);
   }
-  for (auto& slot : g_children)
-    if (slot == 0) {
-      slot = pid_;
-      break;
-    }
+  remember_child(pid_);
   const auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
     const std::string out = read_file(out_);
@@ -157,8 +193,111 @@ void RelayProcess::stop() {
     std::this_thread::sleep_for(milliseconds(10));
   }
   reaped_ = true;
-  for (auto& slot : g_children)
-    if (slot == pid_) slot = 0;
+  forget_child(pid_);
+}
+
+PostgresProcess::PostgresProcess() {
+  std::string bin = "/usr/lib/postgresql/15/bin";
+  if (!fs::exists(bin + "/initdb"))
+    throw std::runtime_error("PostgreSQL 15 is not installed (" + bin + "): run make setup");
+  // A directory of its own: as root the server runs as postgres, who cannot enter the bench's.
+  const char* tmp = std::getenv("TMPDIR");
+  std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/lattice-bench-pg.XXXXXX";
+  if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
+  dir_ = pattern;
+  const passwd* postgres = geteuid() == 0 ? getpwnam("postgres") : nullptr;
+  if (geteuid() == 0) {
+    if (!postgres) throw std::runtime_error("running as root, PostgreSQL needs the user postgres");
+    if (chown(dir_.c_str(), postgres->pw_uid, postgres->pw_gid) != 0)
+      throw std::runtime_error("cannot give " + dir_.string() + " to postgres");
+  }
+  std::vector<std::string> initdb{bin + "/initdb",
+                                  "-D",
+                                  (dir_ / "data").string(),
+                                  "-U",
+                                  "lattice",
+                                  "--auth=trust",
+                                  "-E",
+                                  "UTF8",
+                                  "--no-instructions"};
+  if (postgres) initdb.insert(initdb.begin(), {"runuser", "-u", "postgres", "--"});
+  if (run_program(initdb, dir_ / "initdb.log") != 0)
+    throw std::runtime_error("initdb failed: " + read_file(dir_ / "initdb.log"));
+  {
+    // A free port: bound, read, closed.
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+      throw std::runtime_error("cannot find a free port");
+    ::close(fd);
+    port_ = ntohs(address.sin_port);
+  }
+  std::vector<std::string> argv{
+      bin + "/postgres", "-D", (dir_ / "data").string(),     "-p", std::to_string(port_), "-k",
+      dir_.string(),     "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"};
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  const std::string log = (dir_ / "server.log").string();
+  const pid_t parent = getpid();
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    if (postgres && (setgid(postgres->pw_gid) != 0 || setuid(postgres->pw_uid) != 0)) _exit(124);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // after setuid, which clears it
+    if (getppid() != parent) _exit(125);
+    if (!freopen("/dev/null", "r", stdin) || !freopen(log.c_str(), "w", stdout) ||
+        !freopen(log.c_str(), "a", stderr))
+      _exit(126);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  remember_child(pid_);
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (run_program({bin + "/pg_isready", "-q", "-h", "127.0.0.1", "-p", std::to_string(port_)},
+                     dir_ / "pg_isready.log") != 0) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("PostgreSQL exited at start: " + read_file(log));
+    }
+    if (Clock::now() > deadline) throw std::runtime_error("PostgreSQL did not start in 30 s");
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+}
+
+PostgresProcess::~PostgresProcess() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGQUIT);  // immediate shutdown
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  forget_child(pid_);
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+std::string PostgresProcess::conninfo() const {
+  return "host=127.0.0.1 port=" + std::to_string(port_) + " user=lattice dbname=postgres";
+}
+
+std::vector<std::string> PostgresProcess::pids() const {
+  std::vector<std::string> out{std::to_string(pid_)};
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    const std::string stat = read_file(entry.path() / "stat");
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string state, ppid;
+    if (fields >> state >> ppid && ppid == std::to_string(pid_)) out.push_back(name);
+  }
+  return out;
 }
 
 transport::Changes changes_frame(storage::Replica& replica, std::uint64_t batch,
@@ -173,7 +312,12 @@ transport::Changes changes_frame(storage::Replica& replica, std::uint64_t batch,
 
 Fleet::Fleet(const Setup& setup, const RelayProcess& relay, int devices, int writers,
              std::size_t writer_window, bool hello)
-    : setup_(setup), relay_(relay), writer_window_(writer_window), hello_(hello) {
+    : Fleet(setup, std::vector<const RelayProcess*>{&relay}, devices, writers, writer_window,
+            hello) {}
+
+Fleet::Fleet(const Setup& setup, std::vector<const RelayProcess*> relays, int devices, int writers,
+             std::size_t writer_window, bool hello)
+    : setup_(setup), relays_(std::move(relays)), writer_window_(writer_window), hello_(hello) {
   auto templ = storage::Replica::open(":memory:");
   templ->exec(kSchema);
   fingerprint_ = storage::format_manifest(templ->schema_manifest());
@@ -226,12 +370,19 @@ double Fleet::connect_all(milliseconds timeout) {
 
 Json Fleet::run_load(Json json, double writes_per_second, double seconds, milliseconds drain,
                      const std::string& relay_pid) {
+  return run_load(std::move(json), writes_per_second, seconds, drain,
+                  std::vector<std::string>{relay_pid});
+}
+
+Json Fleet::run_load(Json json, double writes_per_second, double seconds, milliseconds drain,
+                     const std::vector<std::string>& server_pids) {
   const int receivers = static_cast<int>(devices_.size()) - 1;
   writers_lane_.call([this] { writer_stats_ = {}; });
   readers_lane_.call([this] { reader_stats_ = {}; });
   issued_ = 0;
   lag_ms_.clear();
-  CpuMeter relay_cpu(relay_pid), bench_cpu("self");
+  CpuMeters relay_cpu(server_pids);
+  CpuMeter bench_cpu("self");
   const std::string load_before = loadavg();
   const std::int64_t start = now_ns();
   const std::int64_t end = start + static_cast<std::int64_t>(seconds * 1e9);
@@ -344,7 +495,8 @@ void Fleet::connect_next(const std::shared_ptr<std::vector<Device*>>& queue) {
   options.idle_timeout = std::chrono::seconds(120);
   options.max_frame_bytes = 64u << 20;
   transport::connect_websocket(
-      device->lane->io, relay_.url(), options,
+      device->lane->io, relays_[static_cast<std::size_t>(device->index) % relays_.size()]->url(),
+      options,
       [this, device, queue](std::optional<Error> error,
                             std::shared_ptr<transport::Connection> connection) {
         if (error) {

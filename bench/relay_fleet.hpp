@@ -99,6 +99,30 @@ class RelayProcess {
   bool reaped_ = false;
 };
 
+// A PostgreSQL 15 server for a cluster of relays (docs/cluster.md): initdb in a new temporary
+// directory (removed when it is destroyed), then the
+// server in the foreground on 127.0.0.1 and a free port, fsync and synchronous_commit on (its
+// defaults), as the user postgres when this process is root. It dies with the bench
+// (PR_SET_PDEATHSIG); stopped (immediate shutdown) when destroyed. Throws when it cannot start.
+class PostgresProcess {
+ public:
+  PostgresProcess();
+  ~PostgresProcess();
+  PostgresProcess(const PostgresProcess&) = delete;
+  PostgresProcess& operator=(const PostgresProcess&) = delete;
+
+  // A libpq connection string for --cluster-db.
+  std::string conninfo() const;
+  // The server's processes now: the postmaster and its children (the relays' backends among
+  // them), for their CPU.
+  std::vector<std::string> pids() const;
+
+ private:
+  fs::path dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
 // --- Devices --------------------------------------------------------------------------------
 
 // A device's changes frame, with the origin log that lists every own transaction it covers
@@ -182,6 +206,10 @@ class Fleet {
   // Without `hello`, devices stop after the WebSocket handshake: a bare TLS connection.
   Fleet(const Setup& setup, const RelayProcess& relay, int devices, int writers,
         std::size_t writer_window, bool hello = true);
+  // Devices spread over `relays`, device i on relay i modulo their number (relays of one
+  // cluster): the writers too, so that most deliveries cross from one relay to another.
+  Fleet(const Setup& setup, std::vector<const RelayProcess*> relays, int devices, int writers,
+        std::size_t writer_window, bool hello = true);
   ~Fleet();
 
   // Connects every device (at most 64 handshakes at once per lane) and sends its hello; waits
@@ -192,6 +220,10 @@ class Fleet {
   // waits for the deliveries to drain (at most `drain`). Returns the step's figures.
   Json run_load(Json json, double writes_per_second, double seconds, milliseconds drain,
                 const std::string& relay_pid);
+  // The same, with the CPU of every process in `server_pids` summed as the relay's (several
+  // relays and their PostgreSQL).
+  Json run_load(Json json, double writes_per_second, double seconds, milliseconds drain,
+                const std::vector<std::string>& server_pids);
 
   double last_p99() const { return last_p99_; }
   // Of the last run_load: the writes' send-to-acknowledgement p99, and how many writes had no
@@ -211,7 +243,7 @@ class Fleet {
   void push(Device& device);
 
   const Setup& setup_;
-  const RelayProcess& relay_;
+  std::vector<const RelayProcess*> relays_;
   std::size_t writer_window_;
   bool hello_;
   std::string fingerprint_;

@@ -63,8 +63,8 @@ namespace {
 // until `passed(fleet, step_json)` says one did not pass. Returns the last rate that passed
 // (0 if none) and the steps' JSON objects, comma-separated.
 std::pair<double, std::string> raise_rate(
-    Context& ctx, Fleet& fleet, const RelayProcess& relay, const std::string& name,
-    const std::vector<double>& steps,
+    Context& ctx, Fleet& fleet, const std::vector<std::string>& server_pids,
+    const std::string& name, const std::vector<double>& steps,
     const std::function<bool(const Fleet&, const std::string&)>& passed) {
   const double seconds = ctx.options.quick ? 2 : ctx.options.seconds;
   std::string step_lines;
@@ -72,7 +72,7 @@ std::pair<double, std::string> raise_rate(
   for (double writes : steps) {
     progress(name + ": " + fixed(writes, 0) + " writes/s for " + fixed(seconds, 0) + " s");
     const std::string text =
-        fleet.run_load(Json(), writes, seconds, std::chrono::seconds(10), relay.pid()).text();
+        fleet.run_load(Json(), writes, seconds, std::chrono::seconds(10), server_pids).text();
     step_lines += (step_lines.empty() ? "" : ", ") + text;
     progress(name + ": " + text);
     if (!passed(fleet, text)) break;
@@ -91,7 +91,7 @@ std::string capacity(Context& ctx, const std::string& name, int devices, int wri
   Fleet fleet(ctx.setup, relay, devices, writers, ctx.options.writer_window);
   fleet.connect_all(std::chrono::seconds(120));
   const auto [best_writes, step_lines] =
-      raise_rate(ctx, fleet, relay, name, steps, [](const Fleet&, const std::string& text) {
+      raise_rate(ctx, fleet, {relay.pid()}, name, steps, [](const Fleet&, const std::string& text) {
         return text.find("\"p99_under_50ms\": true") != std::string::npos;
       });
   const double best = best_writes * (devices - 1);
@@ -114,7 +114,7 @@ std::string acks(Context& ctx, const std::string& name, int devices, std::vector
   Fleet fleet(ctx.setup, relay, devices, devices, ctx.options.writer_window);
   fleet.connect_all(std::chrono::seconds(180));
   const auto [best, step_lines] =
-      raise_rate(ctx, fleet, relay, name, steps, [](const Fleet& f, const std::string&) {
+      raise_rate(ctx, fleet, {relay.pid()}, name, steps, [](const Fleet& f, const std::string&) {
         return f.last_unacked() == 0 && f.last_ack_p99() < kGoalP99Ms;
       });
   return Json()
@@ -124,6 +124,77 @@ std::string acks(Context& ctx, const std::string& name, int devices, std::vector
       .num("goal_acked_writes_per_s", 10000, 0)
       .boolean("goal_met", best >= 10000)
       .raw("steps", "[" + step_lines + "]")
+      .text();
+}
+
+std::string cluster(Context& ctx) {
+  const bool quick = ctx.options.quick;
+  const double seconds = quick ? 2 : ctx.options.seconds;
+  const int devices = quick ? 20 : 100, writers = 10;
+  const double rate = quick ? 200 : 1000;
+  const std::vector<double> steps =
+      quick ? std::vector<double>{500} : std::vector<double>{1000, 2000, 4000, 8000, 16000};
+  const auto acked = [](const Fleet& f, const std::string&) {
+    return f.last_unacked() == 0 && f.last_ack_p99() < kGoalP99Ms;
+  };
+  std::string runs;
+  const auto add = [&runs](const std::string& line) {
+    runs += (runs.empty() ? "" : ", ") + line;
+    progress("cluster: " + line);
+  };
+  // The same load on a relay alone and on 1, 2 and 3 relays of a cluster (each on a new
+  // PostgreSQL): fan-out latency, acknowledgements, CPU per delivery summed over every server
+  // process; then the highest write rate acknowledged within 50 ms, alone and on one relay of a
+  // cluster.
+  double embedded_max = 0, cluster_max = 0;
+  {
+    RelayProcess relay(ctx.setup, ctx.fresh_data(), {});
+    Fleet fleet(ctx.setup, relay, devices, writers, ctx.options.writer_window);
+    fleet.connect_all(std::chrono::seconds(120));
+    progress("cluster: a relay alone, " + fixed(rate, 0) + " writes/s");
+    add(fleet
+            .run_load(Json().str("mode", "embedded").integer("relays", 1), rate, seconds,
+                      std::chrono::seconds(10), relay.pid())
+            .text());
+    std::string steps_json;
+    std::tie(embedded_max, steps_json) =
+        raise_rate(ctx, fleet, {relay.pid()}, "cluster", steps, acked);
+  }
+  for (int n = 1; n <= 3; ++n) {
+    PostgresProcess postgres;
+    std::vector<std::unique_ptr<RelayProcess>> relays;
+    std::vector<const RelayProcess*> serving;
+    for (int i = 0; i < n; ++i) {
+      relays.push_back(std::make_unique<RelayProcess>(
+          ctx.setup, ctx.fresh_data(),
+          std::vector<std::string>{"--cluster-db", postgres.conninfo()}));
+      serving.push_back(relays.back().get());
+    }
+    Fleet fleet(ctx.setup, serving, devices, writers, ctx.options.writer_window);
+    fleet.connect_all(std::chrono::seconds(120));
+    std::vector<std::string> pids = postgres.pids();
+    for (const auto& relay : relays) pids.push_back(relay->pid());
+    progress("cluster: " + std::to_string(n) + " relay(s) over PostgreSQL, " + fixed(rate, 0) +
+             " writes/s");
+    add(fleet
+            .run_load(Json()
+                          .str("mode", "cluster")
+                          .integer("relays", n)
+                          .integer("server_processes", static_cast<std::int64_t>(pids.size())),
+                      rate, seconds, std::chrono::seconds(10), pids)
+            .text());
+    if (n == 1) {
+      std::string steps_json;
+      std::tie(cluster_max, steps_json) = raise_rate(ctx, fleet, pids, "cluster", steps, acked);
+    }
+  }
+  return Json()
+      .str("scenario", "cluster")
+      .integer("devices", devices)
+      .integer("writers", writers)
+      .num("embedded_max_acked_writes_per_s", embedded_max, 0)
+      .num("cluster_max_acked_writes_per_s", cluster_max, 0)
+      .raw("runs", "[" + runs + "]")
       .text();
 }
 

@@ -59,6 +59,13 @@ std::string capacity(Context& ctx, const std::string& name, int devices, int wri
 // capped this at 250 to 300 per second.
 std::string acks(Context& ctx, const std::string& name, int devices, std::vector<double> steps);
 
+// Relays of a cluster (docs/cluster.md) against a relay alone, in one run: the same load (100
+// devices, 10 writers, 1,000 writes a second; devices spread over the relays) on a relay alone
+// and on 1, 2 and 3 relays over one PostgreSQL, with delivery and acknowledgement latency and
+// CPU per delivery summed over every relay and PostgreSQL process; then the highest write rate
+// acknowledged within 50 ms p99, alone and on one relay of a cluster.
+std::string cluster(Context& ctx);
+
 // The hub compares each device's version vector with the relay's on every fan-out. The same
 // load (500 devices, the same write rate) with 10 writing sites, then with every device a
 // writing site (each writes once before the measured run), shows what that costs as
