@@ -463,13 +463,20 @@ LogRead ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t 
     if (PQgetisnull(result.r, i, 1)) continue;  // nothing after `after`
     LogEntry entry;
     entry.position = from_be64(PQgetvalue(result.r, i, 1));
-    entry.site = crdt::SiteId::from_bytes(std::string_view(
-        PQgetvalue(result.r, i, 2), static_cast<std::size_t>(PQgetlength(result.r, i, 2))));
-    entry.first_seq = static_cast<std::uint64_t>(from_be64(PQgetvalue(result.r, i, 3)));
-    entry.batch.assign(PQgetvalue(result.r, i, 4),
-                       static_cast<std::size_t>(PQgetlength(result.r, i, 4)));
-    entry.origin_log = decode_tags(PQgetvalue(result.r, i, 5),
-                                   static_cast<std::size_t>(PQgetlength(result.r, i, 5)));
+    try {
+      entry.site = crdt::SiteId::from_bytes(std::string_view(
+          PQgetvalue(result.r, i, 2), static_cast<std::size_t>(PQgetlength(result.r, i, 2))));
+      entry.first_seq = static_cast<std::uint64_t>(from_be64(PQgetvalue(result.r, i, 3)));
+      entry.batch.assign(PQgetvalue(result.r, i, 4),
+                         static_cast<std::size_t>(PQgetlength(result.r, i, 4)));
+      entry.origin_log = decode_tags(PQgetvalue(result.r, i, 5),
+                                     static_cast<std::size_t>(PQgetlength(result.r, i, 5)));
+    } catch (const Error&) {
+      // A row no relay wrote so (edited by hand, another program): it keeps its position, with
+      // nothing a relay could merge, so that the log goes on past it.
+      entry = LogEntry{};
+      entry.position = from_be64(PQgetvalue(result.r, i, 1));
+    }
     out.entries.push_back(std::move(entry));
   }
   return out;

@@ -96,7 +96,8 @@ class ClusterLog {
 
   // The entries of `ns` after position `after`, in order, at most `max`, and the last position
   // pruned, both as of one moment. When `after` is below the pruned position, the entries
-  // returned start after it.
+  // returned start after it. An entry whose row does not decode (a site id or origin of the
+  // wrong length) comes with its position and nothing else: no batch a relay could merge.
   LogRead read(const std::string& ns, std::int64_t after, std::size_t max);
 
   // --- Pruning (docs/cluster.md, "Pruning") ------------------------------------------------

@@ -302,6 +302,17 @@ TEST_CASE("a group's batches are appended in one statement, each once") {
   // All or none: a batch PostgreSQL refuses (a namespace that is not UTF-8 here) logs none.
   CHECK_THROWS_AS(log.append_all("not UTF-8 \xff", {entry(8, 1)}), Error);
   CHECK(log.append_all("beta", {entry(8, 1)}) == std::vector<std::int64_t>{1});
+  // A row no relay wrote so (origin and site of the wrong length) reads as a position without a
+  // batch; the entries after it read as they are.
+  server.query(
+      "INSERT INTO lattice_log VALUES ('beta', 2, '\\x01'::bytea, 1, 'x'::bytea, "
+      "'\\x010203'::bytea); UPDATE lattice_log_heads SET head = 2 WHERE ns = 'beta'");
+  CHECK(log.append_all("beta", {entry(8, 5)}) == std::vector<std::int64_t>{3});
+  const auto beta = log.read("beta", 0, 10).entries;
+  REQUIRE(beta.size() == 3);
+  CHECK(beta[1].position == 2);
+  CHECK(beta[1].batch.empty());
+  CHECK(beta[2].batch == batch_of(8, 5));
   // One big batch among small ones travels whole.
   LogEntry big = entry(9, 1);
   big.batch.assign(3u << 20, 'x');
