@@ -442,18 +442,23 @@ double ClusterLog::notification_queue_usage() {
   return std::strtod(PQgetvalue(result.r, 0, 0), nullptr);
 }
 
-LogRead ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t max) {
+LogRead ClusterLog::read(const std::string& ns, std::int64_t after, std::size_t max,
+                         std::size_t max_bytes) {
+  const auto bigint = [](std::size_t v) {
+    return be64(static_cast<std::int64_t>(std::min<std::size_t>(v, INT64_MAX)));
+  };
   Params params;
-  params.text(ns)
-      .binary(be64(after))
-      .binary(be64(static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX))));
+  params.text(ns).binary(be64(after)).binary(bigint(max)).binary(bigint(max_bytes));
   // One statement: the pruned position and the entries as of one moment (prune() deletes and
-  // moves it in one transaction).
+  // moves it in one transaction). The entries stop at `max`, or before the one that would pass
+  // `max_bytes` of batches (the first always comes).
   Result result(impl_->query(
       "SELECT h.pruned, l.position, l.site, l.first_seq, l.batch, l.origin "
-      "FROM lattice_log_heads h LEFT JOIN LATERAL (SELECT * FROM lattice_log "
-      "WHERE ns = $1 AND position > $2::bigint ORDER BY position LIMIT $3::bigint) l ON true "
-      "WHERE h.ns = $1 ORDER BY l.position",
+      "FROM lattice_log_heads h LEFT JOIN LATERAL (SELECT * FROM ("
+      "SELECT *, sum(octet_length(batch)) OVER (ORDER BY position) - octet_length(batch) AS "
+      "before FROM lattice_log WHERE ns = $1 AND position > $2::bigint ORDER BY position "
+      "LIMIT $3::bigint) w WHERE before = 0 OR before + octet_length(batch) <= $4::bigint) l "
+      "ON true WHERE h.ns = $1 ORDER BY l.position",
       params, ("cannot read the log of '" + ns + "'").c_str()));
   LogRead out;
   const int rows = PQntuples(result.r);

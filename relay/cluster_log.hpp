@@ -98,7 +98,9 @@ class ClusterLog {
   // pruned, both as of one moment. When `after` is below the pruned position, the entries
   // returned start after it. An entry whose row does not decode (a site id or origin of the
   // wrong length) comes with its position and nothing else: no batch a relay could merge.
-  LogRead read(const std::string& ns, std::int64_t after, std::size_t max);
+  // At most `max_bytes` of batches come at once, and always the first entry, however large.
+  LogRead read(const std::string& ns, std::int64_t after, std::size_t max,
+               std::size_t max_bytes = 64u << 20);
 
   // --- Pruning (docs/cluster.md, "Pruning") ------------------------------------------------
 

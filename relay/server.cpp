@@ -458,6 +458,8 @@ std::string random_hex(std::size_t bytes) {
 
 // Batches of the cluster's log read (and merged) at once.
 constexpr std::size_t kClusterReadBatches = 2000;
+// Bytes of batches appended to the cluster's log in one statement, at most (plus one batch).
+constexpr std::size_t kClusterAppendBytes = 64u << 20;
 
 // A connection to the cluster's log that opens again at the next use after a failure. One
 // caller at a time: a group's commit runs on the disk thread, or on the hub's when it settles
@@ -513,12 +515,24 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
   hub_options.log_to_cluster = [append_connection](const std::string& ns,
                                                    const std::vector<ClusterBatch>& batches) {
     // One statement for the group: one commit (one sync of PostgreSQL's WAL) however many
-    // batches it merged, as the relay's own file has.
-    std::vector<LogEntry> entries;
-    entries.reserve(batches.size());
-    for (const ClusterBatch& b : batches)
-      entries.push_back(LogEntry{0, b.site, b.first_seq, b.bytes, b.origin_log});
-    append_connection->with([&](ClusterLog& log) { return log.append_all(ns, entries).size(); });
+    // batches it merged, as the relay's own file has; several for a group of more than
+    // kClusterAppendBytes, far below PostgreSQL's limit of 1 GB for one value (a group that
+    // fails part-way is tried again whole, and what was logged keeps its positions).
+    append_connection->with([&](ClusterLog& log) {
+      std::vector<LogEntry> entries;
+      std::size_t bytes = 0;
+      for (std::size_t i = 0; i < batches.size(); ++i) {
+        const ClusterBatch& b = batches[i];
+        entries.push_back(LogEntry{0, b.site, b.first_seq, b.bytes, b.origin_log});
+        bytes += b.bytes.size();
+        if (bytes >= kClusterAppendBytes || i + 1 == batches.size()) {
+          log.append_all(ns, entries);
+          entries.clear();
+          bytes = 0;
+        }
+      }
+      return 0;
+    });
   };
   hub_options.read_cluster = [read_connection](const std::string& ns, std::int64_t after) {
     return read_connection->with([&](ClusterLog& log) {

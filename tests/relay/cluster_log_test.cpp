@@ -318,6 +318,12 @@ TEST_CASE("a group's batches are appended in one statement, each once") {
   big.batch.assign(3u << 20, 'x');
   CHECK(log.append_all("alpha", {entry(9, 5), big}) == std::vector<std::int64_t>{5, 6});
   CHECK(log.read("alpha", 5, 1).entries.at(0).batch.size() == (3u << 20));
+  // A read stops before the batch that would pass its byte budget, and always takes one.
+  CHECK(log.read("alpha", 0, 100, 1).entries.size() == 1);
+  const auto budgeted = log.read("alpha", 0, 100, 1u << 20).entries;
+  REQUIRE(budgeted.size() == 5);  // position 6 holds 3 MiB
+  CHECK(budgeted.back().position == 5);
+  CHECK(log.read("alpha", 5, 100, 1u << 20).entries.size() == 1);
 }
 
 }  // namespace
