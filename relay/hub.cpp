@@ -1649,10 +1649,8 @@ std::optional<Hub::SnapshotRefusal> Hub::admit_snapshot(const std::string& token
 std::optional<std::int64_t> Hub::apply_from_cluster(const std::string& ns,
                                                     const std::vector<ClusterBatch>& batches,
                                                     std::int64_t pruned) {
-  auto it = impl_->spaces.find(ns);
-  if (it == impl_->spaces.end()) return std::nullopt;
-  Namespace& space = *it->second;
-  if (!space.replica) impl_->open_replica(space);  // a hydration failed to reopen it
+  if (impl_->spaces.find(ns) == impl_->spaces.end()) return std::nullopt;
+  Namespace& space = impl_->space(ns);  // reopens its replica if a hydration could not
   if (space.committing && pruned <= space.cluster_applied) {
     // A group's commit is in flight (on the disk thread, waiting for the log): the batches are
     // merged when it is settled, rather than the hub's thread waiting for it here.
