@@ -147,6 +147,7 @@ std::string cluster(Context& ctx) {
   // process; then the highest write rate acknowledged within 50 ms, alone and on one relay of a
   // cluster.
   double embedded_max = 0, cluster_max = 0;
+  std::string embedded_steps, cluster_steps;
   {
     RelayProcess relay(ctx.setup, ctx.fresh_data(), {});
     Fleet fleet(ctx.setup, relay, devices, writers, ctx.options.writer_window);
@@ -156,8 +157,7 @@ std::string cluster(Context& ctx) {
             .run_load(Json().str("mode", "embedded").integer("relays", 1), rate, seconds,
                       std::chrono::seconds(10), relay.pid())
             .text());
-    std::string steps_json;
-    std::tie(embedded_max, steps_json) =
+    std::tie(embedded_max, embedded_steps) =
         raise_rate(ctx, fleet, {relay.pid()}, "cluster", steps, acked);
   }
   for (int n = 1; n <= 3; ++n) {
@@ -197,10 +197,8 @@ std::string cluster(Context& ctx) {
       run.num("idle_relay_cpu_pct", idle_cpu->percent(), 2)
           .num("changes_per_s", rate * kChangesPerRow, 0);
     add(run.text());
-    if (n == 1) {
-      std::string steps_json;
-      std::tie(cluster_max, steps_json) = raise_rate(ctx, fleet, pids, "cluster", steps, acked);
-    }
+    if (n == 1)
+      std::tie(cluster_max, cluster_steps) = raise_rate(ctx, fleet, pids, "cluster", steps, acked);
   }
   return Json()
       .str("scenario", "cluster")
@@ -208,6 +206,8 @@ std::string cluster(Context& ctx) {
       .integer("writers", writers)
       .num("embedded_max_acked_writes_per_s", embedded_max, 0)
       .num("cluster_max_acked_writes_per_s", cluster_max, 0)
+      .raw("embedded_steps", "[" + embedded_steps + "]")
+      .raw("cluster_steps", "[" + cluster_steps + "]")
       .raw("runs", "[" + runs + "]")
       .text();
 }
