@@ -761,11 +761,16 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   if (flags.has("cluster-snapshot-every"))
     config.cluster_snapshot_every = static_cast<std::int64_t>(
         parse_count("cluster-snapshot-every", flags.get("cluster-snapshot-every"), 1, 1ull << 40));
-  if (flags.has("cluster-prune-grace"))
-    config.cluster_prune_grace_seconds =
-        static_cast<int>(parse_duration(flags.get("cluster-prune-grace")));
-  if (config.cluster_prune_grace_seconds < 1)
-    throw usage_error("--cluster-prune-grace is under 1s");
+  if (flags.has("cluster-prune-grace")) {
+    std::int64_t grace = 0;
+    try {
+      grace = parse_duration(flags.get("cluster-prune-grace"));  // positive
+    } catch (const Error& e) {
+      throw usage_error(std::string("--cluster-prune-grace: ") + e.what());
+    }
+    if (grace > 30 * 86400) throw usage_error("--cluster-prune-grace is over 30d");
+    config.cluster_prune_grace_seconds = static_cast<int>(grace);
+  }
   if (config.cluster_db.empty() &&
       (flags.has("cluster-snapshot-every") || flags.has("cluster-prune-grace")))
     throw usage_error("--cluster-snapshot-every and --cluster-prune-grace need --cluster-db");

@@ -1822,6 +1822,35 @@ TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snap
   two.b.stop();
 }
 
+// The pruning flags refuse what they cannot mean, naming the flag, and the relay does not start.
+TEST_CASE("--cluster-snapshot-every and --cluster-prune-grace refuse bad values") {
+  TwoRelays two;
+  RelayFixture c(two.box, "data-c");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--cluster-db", two.postgres.conninfo(), "--cluster-snapshot-every", "0"},
+       "--cluster-snapshot-every must be a whole number from 1"},
+      {{"--cluster-db", two.postgres.conninfo(), "--cluster-snapshot-every", "-5"},
+       "--cluster-snapshot-every must be a whole number from 1"},
+      {{"--cluster-db", two.postgres.conninfo(), "--cluster-prune-grace", "0s"},
+       "--cluster-prune-grace: bad duration '0s'"},
+      {{"--cluster-db", two.postgres.conninfo(), "--cluster-prune-grace", "soon"},
+       "--cluster-prune-grace: bad duration 'soon'"},
+      {{"--cluster-db", two.postgres.conninfo(), "--cluster-prune-grace", "100000d"},
+       "--cluster-prune-grace is over 30d"},
+      {{"--cluster-snapshot-every", "10"}, "need --cluster-db"},
+      {{"--cluster-prune-grace", "1m"}, "need --cluster-db"},
+  };
+  for (const auto& entry : cases) {
+    const Result refused = c.refused_start(entry.first);
+    INFO(entry.first[entry.first.size() - 2] << " " << entry.first.back() << ": " << refused.err);
+    CHECK(refused.status == 2);
+    CHECK(refused.err.find(entry.second) != std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists(c.relay_file()));
+  two.a.stop();
+  two.b.stop();
+}
+
 // Acceptance 8 of the cluster: one relay stopped with SIGSTOP for LATTICE_SIGSTOP_SECONDS
 // (default 8; the acceptance asks 60), a device connected to it, while a device on relay a
 // writes and one on relay b reads: the others' latency stays what it was, and the stopped relay's
