@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 
 #include "crdt/error.hpp"
@@ -53,6 +54,24 @@ BEGIN
   END IF;
 END
 $$;
+-- Each namespace notifies a channel of its own, so that a relay is woken only by the
+-- namespaces it follows (those with devices there). Channel names are identifiers of at most
+-- 63 bytes and namespace names have up to 64: a digest of the name stands for it.
+CREATE OR REPLACE FUNCTION lattice_log_channel(p_ns text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'lattice_log_' || md5(p_ns) $$;
+CREATE OR REPLACE FUNCTION lattice_log_follow(p_listen text[], p_unlisten text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  n text;
+BEGIN
+  FOREACH n IN ARRAY p_unlisten LOOP
+    EXECUTE format('UNLISTEN %I', lattice_log_channel(n));
+  END LOOP;
+  FOREACH n IN ARRAY p_listen LOOP
+    EXECUTE format('LISTEN %I', lattice_log_channel(n));
+  END LOOP;
+END
+$$;
 -- A relay's group: every batch under one lock of the head row, one notification.
 CREATE OR REPLACE FUNCTION lattice_log_append_all(p_ns text, p_sites bytea[], p_firsts bigint[],
                                                   p_batches bytea[], p_origins bytea[])
@@ -76,7 +95,7 @@ BEGIN
     positions := positions || p;
   END LOOP;
   UPDATE lattice_log_heads SET head = h WHERE ns = p_ns;
-  PERFORM pg_notify('lattice_log', p_ns);
+  PERFORM pg_notify(lattice_log_channel(p_ns), p_ns);
   RETURN positions;
 END
 $$;
@@ -97,7 +116,7 @@ BEGIN
   END IF;
   INSERT INTO lattice_log VALUES (p_ns, h + 1, p_site, p_first, p_batch, p_origin);
   UPDATE lattice_log_heads SET head = h + 1 WHERE ns = p_ns;
-  PERFORM pg_notify('lattice_log', p_ns);
+  PERFORM pg_notify(lattice_log_channel(p_ns), p_ns);
   RETURN h + 1;
 END
 $$;
@@ -295,7 +314,7 @@ struct ClusterLog::Impl {
   std::string conninfo;
   std::string application_name;
   PGconn* conn = nullptr;
-  bool listening = false;
+  std::set<std::string> followed;  // LISTENed to on this connection, again after connect()
 
   [[noreturn]] void fail(const std::string& what) const {
     std::string message = conn ? PQerrorMessage(conn) : "out of memory";
@@ -323,7 +342,14 @@ struct ClusterLog::Impl {
       PQclear(PQexec(conn, "ROLLBACK"));
       throw;
     }
-    if (listening) run("LISTEN lattice_log", PGRES_COMMAND_OK, "LISTEN");
+    if (!followed.empty()) listen_to({followed.begin(), followed.end()}, {});
+  }
+
+  void listen_to(const std::vector<std::string>& listen, const std::vector<std::string>& unlisten) {
+    Params params;
+    params.text(text_array(listen)).text(text_array(unlisten));
+    const Result done(query("SELECT lattice_log_follow($1::text[], $2::text[])", params,
+                            "cannot LISTEN to the log's notifications"));
   }
 
   // Runs SQL without parameters (several statements allowed), expecting `status`.
@@ -651,12 +677,22 @@ std::int64_t ClusterLog::prune(const std::string& ns, std::chrono::seconds grace
   return from_be64(PQgetvalue(result.r, 0, 0));
 }
 
-void ClusterLog::listen() {
-  impl_->run("LISTEN lattice_log", PGRES_COMMAND_OK, "LISTEN");
-  impl_->listening = true;
+std::vector<std::string> ClusterLog::follow(const std::set<std::string>& namespaces) {
+  std::vector<std::string> listen, unlisten;
+  std::set_difference(namespaces.begin(), namespaces.end(), impl_->followed.begin(),
+                      impl_->followed.end(), std::back_inserter(listen));
+  std::set_difference(impl_->followed.begin(), impl_->followed.end(), namespaces.begin(),
+                      namespaces.end(), std::back_inserter(unlisten));
+  if (listen.empty() && unlisten.empty()) return {};
+  impl_->listen_to(listen, unlisten);
+  impl_->followed = namespaces;
+  return listen;
 }
 
-std::vector<std::string> ClusterLog::wait_for_appends(std::chrono::milliseconds timeout) {
+std::size_t ClusterLog::followed() const { return impl_->followed.size(); }
+
+std::vector<std::string> ClusterLog::wait_for_appends(std::chrono::milliseconds timeout,
+                                                      int wake_fd) {
   PGconn* conn = impl_->conn;
   std::set<std::string> namespaces;
   auto drain = [&] {
@@ -668,9 +704,11 @@ std::vector<std::string> ClusterLog::wait_for_appends(std::chrono::milliseconds 
   };
   drain();
   if (namespaces.empty()) {
-    pollfd fd{PQsocket(conn), POLLIN, 0};
-    if (fd.fd < 0) impl_->fail("the LISTEN connection is lost");
-    if (::poll(&fd, 1, static_cast<int>(timeout.count())) > 0) drain();
+    pollfd fds[2] = {{PQsocket(conn), POLLIN, 0}, {wake_fd, POLLIN, 0}};
+    if (fds[0].fd < 0) impl_->fail("the LISTEN connection is lost");
+    if (::poll(fds, wake_fd < 0 ? 1 : 2, static_cast<int>(timeout.count())) > 0 &&
+        fds[0].revents != 0)
+      drain();
   }
   return {namespaces.begin(), namespaces.end()};
 }

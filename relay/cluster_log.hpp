@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -124,15 +125,22 @@ class ClusterLog {
   // snapshot); forgets relays silent for ten graces. Returns the last position pruned.
   std::int64_t prune(const std::string& ns, std::chrono::seconds grace);
 
-  // Asks PostgreSQL to tell this connection of every append (LISTEN). A notification is only a
-  // wake-up: it is lost with the connection, so after reconnect() and on a timer a reader
+  // Asks PostgreSQL to tell this connection of the appends to `namespaces`, and of no others
+  // (LISTEN to one channel per namespace, UNLISTEN those no longer wanted), so that a relay is
+  // not woken by namespaces it has no devices in. Returns the namespaces newly followed: what
+  // was appended to them before their LISTEN took effect was not notified here, so a reader
+  // reads their logs once. A notification is only a wake-up: it is lost with the connection,
+  // so after reconnect() (which listens again to the same namespaces) and on a timer a reader
   // compares head() with what it applied.
-  void listen();
-  // Waits up to `timeout` for notifications; returns the namespaces appended to (each once),
-  // empty when none came. Throws Error(kIo) when the connection is lost.
-  std::vector<std::string> wait_for_appends(std::chrono::milliseconds timeout);
+  std::vector<std::string> follow(const std::set<std::string>& namespaces);
+  // How many namespaces follow() listens to.
+  std::size_t followed() const;
+  // Waits up to `timeout` for notifications, or until `wake_fd` (when not -1) is readable;
+  // returns the followed namespaces appended to (each once), empty when none came. Throws
+  // Error(kIo) when the connection is lost. Does not read from `wake_fd`.
+  std::vector<std::string> wait_for_appends(std::chrono::milliseconds timeout, int wake_fd = -1);
 
-  // Opens the connection again (after an error); LISTEN again when listen() was called.
+  // Opens the connection again (after an error), listening to what follow() asked for.
   void reconnect();
 
   // Whether the connection is open (false after it was lost: reconnect()).

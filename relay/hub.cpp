@@ -914,7 +914,9 @@ void Hub::Impl::on_hello(const std::shared_ptr<Peer>& peer, const transport::Hel
   peer->space = space;
   peer->phase = Peer::Phase::kLive;
   peer->known = hello.held;
+  const bool first_device = space->peers.empty();
   space->peers.insert(peer);
+  if (first_device && options.first_device) options.first_device(space->name);
   peer->connection->authenticated();
   peer->protocol = std::min(hello.protocol_version, transport::kProtocolVersion);
   peer->schema_version = hello.schema_version;

@@ -146,6 +146,9 @@ struct HubOptions {
   // pruned past what its replica of `ns` applied, then rebuilds that replica from it.
   std::function<std::optional<ClusterSnapshot>(const std::string& ns, const std::string& path)>
       fetch_cluster_snapshot;
+  // Called on the hub's thread when a namespace gains its first device (lattice-relay: wakes
+  // the follower of the cluster's log, which then listens to the namespace's appends).
+  std::function<void(const std::string& ns)> first_device;
 };
 
 // Durations of the relay's merges, in seconds, for the merge latency histogram of /metrics:

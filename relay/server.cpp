@@ -1,7 +1,9 @@
 #include "relay/server.hpp"
 
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -213,6 +215,33 @@ struct OnHubThread {
   }
 };
 
+// Wakes a thread waiting in poll() from another thread: an eventfd, readable after signal()
+// until take().
+class Wakeup {
+ public:
+  Wakeup() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd_ < 0)
+      throw Error(ErrorCode::kIo, std::string("cannot create an eventfd: ") + std::strerror(errno));
+  }
+  ~Wakeup() { ::close(fd_); }
+  Wakeup(const Wakeup&) = delete;
+  Wakeup& operator=(const Wakeup&) = delete;
+
+  void signal() const {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(fd_, &one, sizeof one);  // full: still readable
+  }
+  // Whether signal() was called since the last take().
+  bool take() const {
+    std::uint64_t count = 0;
+    return ::read(fd_, &count, sizeof count) == static_cast<ssize_t>(sizeof count) && count > 0;
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
 // What a relay of a cluster last saw of its PostgreSQL, for /healthz, /metrics and the log:
 // written by the follower and by every use of the log (the disk thread's appends, the reads
 // before a hello), read on any thread. A change of reachability is logged once.
@@ -238,6 +267,15 @@ class ClusterStatus {
   void relistened() {
     const std::lock_guard lock(mutex_);
     ++relistens_;
+  }
+  // The follower: notifications received, namespaces listened to.
+  void notified(std::size_t namespaces) {
+    const std::lock_guard lock(mutex_);
+    notifications_ += namespaces;
+  }
+  void following(std::size_t namespaces) {
+    const std::lock_guard lock(mutex_);
+    followed_ = namespaces;
   }
   // The heads of the log at a sweep, against this relay's applied positions: a head behind a
   // position means the log lost what this relay applied (restored from a backup), and the
@@ -298,6 +336,12 @@ class ClusterStatus {
             error_ ? 0 : 1);
     m.counter("lattice_relay_cluster_relistens_total",
               "LISTEN connections opened again after one was lost.", relistens_);
+    m.counter("lattice_relay_cluster_notifications_total",
+              "Namespaces the follower was notified of (LISTEN), counted once per wake-up.",
+              notifications_);
+    m.gauge("lattice_relay_cluster_followed_namespaces",
+            "Namespaces whose appends the follower listens to: those with devices here.",
+            static_cast<double>(followed_));
     m.gauge("lattice_relay_cluster_notification_queue_usage",
             "pg_notification_queue_usage() at the last sweep (0 to 1; at 1 appends fail).",
             queue_usage_);
@@ -343,6 +387,8 @@ class ClusterStatus {
   std::optional<std::string> error_;
   std::optional<std::string> log_behind_;  // swept()
   std::uint64_t relistens_ = 0;
+  std::uint64_t notifications_ = 0;
+  std::size_t followed_ = 0;
   double queue_usage_ = 0;
   std::map<std::string, std::int64_t> heads_;
   std::uint64_t snapshots_stored_ = 0;
@@ -506,7 +552,8 @@ std::vector<ClusterBatch> cluster_batches(std::vector<LogEntry> entries) {
 
 // A relay of a cluster (docs/cluster.md): batches are appended to the log on the disk thread,
 // before their commit; the log is read on the hub's thread before a hello is answered.
-void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterStatus& status) {
+void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterStatus& status,
+                  const Wakeup& follower) {
   auto append_connection =
       std::make_shared<ClusterConnection>(conninfo, "lattice-relay append", status);
   auto read_connection =
@@ -540,6 +587,8 @@ void join_cluster(HubOptions& hub_options, const std::string& conninfo, ClusterS
       return ClusterRead{cluster_batches(std::move(read.entries)), read.pruned};
     });
   };
+  // The follower listens to a namespace's appends from its first device on, at once.
+  hub_options.first_device = [&follower](const std::string&) { follower.signal(); };
   hub_options.fetch_cluster_snapshot = [read_connection](const std::string& ns,
                                                          const std::string& path) {
     return read_connection->with([&](ClusterLog& log) -> std::optional<ClusterSnapshot> {
@@ -605,16 +654,18 @@ void keep_up_cluster(ClusterLog& log, Hub& hub, const OnHubThread& hub_call,
 
 // The follower, until `stop`: woken by NOTIFY, and every second whatever came, it reads what
 // other relays appended to the namespaces with devices here and hands it to the hub, on its
-// thread. A namespace without devices here costs nothing: a hello reads the log first.
+// thread. It listens only to those namespaces (ClusterLog::follow), from the moment one gains
+// its first device (`wakeup`, signalled by the hub) until a sweep finds it without devices: a
+// namespace without devices here costs nothing, and a hello reads the log first.
 // The sweep reads the heads of those namespaces (and the notification queue's usage, for
 // /metrics) and reads the log only of those behind. After a failure it reconnects, 100 ms
 // later, then at most a second apart.
 void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_context& io,
                     const std::atomic<bool>& stop, ClusterStatus& status,
-                    const ClusterUpkeep& upkeep) {
+                    const ClusterUpkeep& upkeep, const Wakeup& wakeup) {
   const OnHubThread hub_call{io, false};
   std::unique_ptr<ClusterLog> log;
-  bool listened = false;
+  bool connected_before = false;
   auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
   auto last_upkeep = std::chrono::steady_clock::now();
   const auto upkeep_every = std::clamp<std::chrono::milliseconds>(
@@ -624,26 +675,30 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
     try {
       if (!log) {
         log = std::make_unique<ClusterLog>(conninfo, "lattice-relay listen");
-        log->listen();
-        if (listened) status.relistened();
-        listened = true;
+        if (connected_before) status.relistened();
+        connected_before = true;
         last_sweep -= std::chrono::hours(1);  // what came while not listening
       }
       std::set<std::string> woken;
-      for (auto& ns : log->wait_for_appends(std::chrono::milliseconds(250)))
+      for (auto& ns : log->wait_for_appends(std::chrono::milliseconds(250), wakeup.fd()))
         woken.insert(std::move(ns));
+      status.notified(woken.size());
+      const bool joined = wakeup.take();
       const bool sweep = std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(1);
-      if (woken.empty() && !sweep) continue;
+      if (woken.empty() && !sweep && !joined) continue;
       if (sweep) last_sweep = std::chrono::steady_clock::now();
       const auto positions = hub_call([&hub, &stop] {
         return stop ? std::map<std::string, std::int64_t>{}
                     : hub.cluster_positions(/*with_devices_only=*/true);
       });
+      std::set<std::string> names;
+      for (const auto& entry : positions) names.insert(entry.first);
+      // What was appended to a namespace before its LISTEN took effect: read once.
+      for (auto& ns : log->follow(names)) woken.insert(std::move(ns));
+      status.following(log->followed());
       std::map<std::string, std::int64_t> heads;
       if (sweep) {
-        std::vector<std::string> names;
-        for (const auto& entry : positions) names.push_back(entry.first);
-        heads = log->heads(names);
+        heads = log->heads({names.begin(), names.end()});
         status.swept(heads, positions, log->notification_queue_usage());
       }
       for (auto [ns, position] : positions) {
@@ -952,10 +1007,12 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     });
   };
   std::optional<ClusterStatus> cluster_status;
+  std::optional<Wakeup> follower_wakeup;
   if (!config.cluster_db.empty()) {
 #if LATTICE_RELAY_CLUSTER
     cluster_status.emplace(write_log);
-    join_cluster(hub_options, config.cluster_db, *cluster_status);
+    follower_wakeup.emplace();
+    join_cluster(hub_options, config.cluster_db, *cluster_status, *follower_wakeup);
 #else
     throw Error(ErrorCode::kInvalidArgument,
                 "--cluster-db: this lattice-relay was built without libpq (a cross build) and "
@@ -1124,7 +1181,8 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   if (!config.cluster_db.empty())
     follower = std::thread([&] {
 #if LATTICE_RELAY_CLUSTER
-      follow_cluster(config.cluster_db, hub, io, follower_stop, *cluster_status, upkeep);
+      follow_cluster(config.cluster_db, hub, io, follower_stop, *cluster_status, upkeep,
+                     *follower_wakeup);
 #endif
       follower_done = true;
     });

@@ -1605,6 +1605,13 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
     return metric(https_get(box, c, "/metrics"), "lattice_relay_cluster_batches_applied_total");
   };
   const double applied_before = applied_at_c();
+  // Once a sweep finds the namespace without devices there, C stops listening to it: the
+  // writes below do not even wake it.
+  const auto at_c = [&](const char* name) { return metric(https_get(box, c, "/metrics"), name); };
+  for (int i = 0; i < 20 && at_c("lattice_relay_cluster_followed_namespaces") != 0; ++i)
+    std::this_thread::sleep_for(milliseconds(250));  // a request at a time: not rate-limited
+  REQUIRE(at_c("lattice_relay_cluster_followed_namespaces") == 0);
+  const double notified_before = at_c("lattice_relay_cluster_notifications_total");
   engine::SyncClientOptions options1, options2;
   options1.ca_file = two.a.ca_file();
   options2.ca_file = two.b.ca_file();
@@ -1647,8 +1654,11 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
   c1.stop();
   c2.stop();
   CHECK(dump_todo(two.d1) == dump_todo(two.d2));
-  // The relay without devices took nothing meanwhile; its next device gets everything.
+  // The relay without devices took nothing meanwhile, nor was it woken; its next device gets
+  // everything.
   CHECK(applied_at_c() == applied_before);
+  CHECK(at_c("lattice_relay_cluster_notifications_total") == notified_before);
+  CHECK(metric(https_get(box, two.a, "/metrics"), "lattice_relay_cluster_notifications_total") > 0);
   sync_once(box, c, d3, two.token);
   CHECK(dump_todo(d3) == dump_todo(two.d1));
   CHECK(applied_at_c() > applied_before);

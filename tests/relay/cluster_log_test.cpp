@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -164,18 +165,39 @@ TEST_CASE("what the log acknowledged survives PostgreSQL's crash") {
   CHECK(log.append("alpha", site_number(3), 101, batch_of(3, 101)) == 101);
 }
 
-TEST_CASE("LISTEN wakes a reader; one whose connection was cut catches up from the head") {
+TEST_CASE("LISTEN wakes a reader of the namespaces it follows only; one cut catches up") {
   test::PostgresServer server;
   ClusterLog writer(server.conninfo()), reader(server.conninfo());
-  reader.listen();
+  CHECK(reader.follow({"alpha", "beta"}) == std::vector<std::string>{"alpha", "beta"});
+  CHECK(reader.follow({"alpha", "beta"}).empty());  // already followed
+  CHECK(reader.followed() == 2);
   CHECK(reader.wait_for_appends(milliseconds(50)).empty());
+  // A namespace name of the longest kind (64 characters) has a channel too; "gamma" is not
+  // followed and wakes nobody.
+  const std::string longest(64, 'z');
+  CHECK(reader.follow({"alpha", "beta", longest}) == std::vector<std::string>{longest});
+  writer.append("gamma", site_number(4), 1, batch_of(4, 1));
   writer.append("alpha", site_number(4), 1, batch_of(4, 1));
   writer.append("beta", site_number(4), 1, batch_of(4, 1));
+  writer.append(longest, site_number(4), 1, batch_of(4, 1));
   std::set<std::string> woken;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (woken.size() < 2 && std::chrono::steady_clock::now() < deadline)
+  while (woken.size() < 3 && std::chrono::steady_clock::now() < deadline)
     for (auto& ns : reader.wait_for_appends(milliseconds(500))) woken.insert(ns);
-  CHECK(woken == std::set<std::string>{"alpha", "beta"});
+  CHECK(woken == std::set<std::string>{"alpha", "beta", longest});
+  // A namespace no longer followed is not notified; the wait ends early for the wake-up file
+  // descriptor (the hub's "a namespace gained its first device").
+  CHECK(reader.follow({"alpha"}).empty());
+  writer.append("beta", site_number(4), 2, batch_of(4, 2));
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  REQUIRE(::write(pipe_fds[1], "x", 1) == 1);
+  const auto before = std::chrono::steady_clock::now();
+  CHECK(reader.wait_for_appends(milliseconds(5000), pipe_fds[0]).empty());
+  CHECK(std::chrono::steady_clock::now() - before < std::chrono::seconds(2));
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+  CHECK(reader.wait_for_appends(milliseconds(300)).empty());  // beta's append: not here
 
   // The reader's connection is terminated (PowerSync's stale checkpoint came from a dead
   // LISTEN connection nobody noticed): waiting says so, and after reconnecting the head tells
@@ -191,6 +213,9 @@ TEST_CASE("LISTEN wakes a reader; one whose connection was cut catches up from t
   reader.reconnect();
   CHECK(reader.head("alpha") == 6);
   CHECK(reader.read("alpha", 1, 100).entries.size() == 5);
+  // The new connection listens to what the old one followed.
+  CHECK(reader.followed() == 1);
+  writer.append("beta", site_number(4), 3, batch_of(4, 3));
   writer.append("alpha", site_number(4), 7, batch_of(4, 7));
   std::vector<std::string> after;
   for (int i = 0; i < 10 && after.empty(); ++i) after = reader.wait_for_appends(milliseconds(500));
