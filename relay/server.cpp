@@ -665,6 +665,7 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
                     const ClusterUpkeep& upkeep, const Wakeup& wakeup) {
   const OnHubThread hub_call{io, false};
   std::unique_ptr<ClusterLog> log;
+  std::map<std::string, std::int64_t> positions;  // the namespaces followed, and where
   bool connected_before = false;
   auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
   auto last_upkeep = std::chrono::steady_clock::now();
@@ -686,22 +687,27 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
       const bool joined = wakeup.take();
       const bool sweep = std::chrono::steady_clock::now() - last_sweep > std::chrono::seconds(1);
       if (woken.empty() && !sweep && !joined) continue;
-      if (sweep) last_sweep = std::chrono::steady_clock::now();
-      const auto positions = hub_call([&hub, &stop] {
-        return stop ? std::map<std::string, std::int64_t>{}
-                    : hub.cluster_positions(/*with_devices_only=*/true);
-      });
-      std::set<std::string> names;
-      for (const auto& entry : positions) names.insert(entry.first);
-      // What was appended to a namespace before its LISTEN took effect: read once.
-      for (auto& ns : log->follow(names)) woken.insert(std::move(ns));
-      status.following(log->followed());
       std::map<std::string, std::int64_t> heads;
-      if (sweep) {
-        heads = log->heads({names.begin(), names.end()});
-        status.swept(heads, positions, log->notification_queue_usage());
+      if (sweep || joined) {
+        // Which namespaces have devices here, and the positions they applied. Between these,
+        // a notification is followed from the position the last read reached, without a
+        // round trip through the hub's thread: one thread to wake less before a delivery.
+        positions = hub_call([&hub, &stop] {
+          return stop ? std::map<std::string, std::int64_t>{}
+                      : hub.cluster_positions(/*with_devices_only=*/true);
+        });
+        std::set<std::string> names;
+        for (const auto& entry : positions) names.insert(entry.first);
+        // What was appended to a namespace before its LISTEN took effect: read once.
+        for (auto& ns : log->follow(names)) woken.insert(std::move(ns));
+        status.following(log->followed());
+        if (sweep) {
+          last_sweep = std::chrono::steady_clock::now();
+          heads = log->heads({names.begin(), names.end()});
+          status.swept(heads, positions, log->notification_queue_usage());
+        }
       }
-      for (auto [ns, position] : positions) {
+      for (auto& [ns, position] : positions) {
         if (sweep ? heads[ns] <= position : !woken.count(ns)) continue;
         for (;;) {
           LogRead read = log->read(ns, position, kClusterReadBatches);
