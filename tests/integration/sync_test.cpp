@@ -1381,13 +1381,18 @@ TEST_CASE("--data-key-file: the relay's files hold no plaintext; snapshots go ou
 // (files made, not synced).
 struct TwoRelays {
   test::PostgresServer postgres;
+  std::unique_ptr<test::PostgresServer> standby;  // with_standby: postgres's synchronous one
   Sandbox box;
   RelayFixture a{box, "data-a"}, b{box, "data-b"};
   std::string token;
   std::string d1, d2;
+  std::unique_ptr<engine::SyncClient> c1, c2;  // go_live()
 
-  // `extra`: more flags for both relays.
-  explicit TwoRelays(std::vector<std::string> extra = {}) : extra_(std::move(extra)) {
+  // `extra`: more flags for both relays. `with_standby`: the relays are given both servers,
+  // and connect to the one that takes writes (docs/cluster.md, "Failover").
+  explicit TwoRelays(std::vector<std::string> extra = {}, bool with_standby = false)
+      : extra_(std::move(extra)) {
+    if (with_standby) standby = test::PostgresServer::standby_of(postgres);
     a.start(0, args());
     b.start(0, args());
     token = a.token();
@@ -1396,9 +1401,32 @@ struct TwoRelays {
   }
   // The flags of a relay of this cluster.
   std::vector<std::string> args() const {
-    std::vector<std::string> out{"--cluster-db", postgres.conninfo()};
+    const std::string conninfo =
+        standby ? "host=127.0.0.1,127.0.0.1 port=" + std::to_string(postgres.port()) + "," +
+                      std::to_string(standby->port()) +
+                      " user=lattice dbname=postgres connect_timeout=5 "
+                      "target_session_attrs=read-write"
+                : postgres.conninfo();
+    std::vector<std::string> out{"--cluster-db", conninfo};
     out.insert(out.end(), extra_.begin(), extra_.end());
     return out;
+  }
+  // Connects d1 to a and d2 to b for good (c1, c2); returns once both are in sync.
+  void go_live() {
+    engine::SyncClientOptions options1, options2;
+    options1.ca_file = a.ca_file();
+    options2.ca_file = b.ca_file();
+    c1 = std::make_unique<engine::SyncClient>(d1, a.url(), token, options1);
+    c2 = std::make_unique<engine::SyncClient>(d2, b.url(), token, options2);
+    c1->start();
+    c2->start();
+    REQUIRE(c1->wait_until_in_sync(seconds(20)));
+    REQUIRE(c2->wait_until_in_sync(seconds(20)));
+  }
+  // Inserts the todo row `id` on the device at `path`.
+  void write(const std::string& path, const std::string& id) {
+    must(lattice(box, {"exec", path, "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
+         "write " + id);
   }
 
  private:
@@ -1494,23 +1522,13 @@ TEST_CASE(
   RelayFixture &a = two.a, &b = two.b;
   const std::string token = two.token, d1 = two.d1, d2 = two.d2;
   const std::vector<std::string> cluster = two.args();
-  engine::SyncClientOptions options1, options2;
-  options1.ca_file = a.ca_file();
-  options2.ca_file = b.ca_file();
-  engine::SyncClient c1(d1, a.url(), token, options1), c2(d2, b.url(), token, options2);
-  c1.start();
-  c2.start();
-  REQUIRE(c1.wait_until_in_sync(seconds(20)));
-  REQUIRE(c2.wait_until_in_sync(seconds(20)));
-  auto write = [&](const std::string& path, const std::string& id) {
-    must(lattice(box, {"exec", path, "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
-         "write " + id);
-  };
+  two.go_live();
+  engine::SyncClient &c1 = *two.c1, &c2 = *two.c2;
   std::vector<double> recovery_ms;
   for (int round = 0; round < outages; ++round) {
     CAPTURE(round);
     const std::string r = "r" + std::to_string(round);
-    write(d1, r + "-before");
+    two.write(d1, r + "-before");
     REQUIRE(eventually(seconds(10), [&] { return has_row(d2, r + "-before"); }));
     REQUIRE(c1.wait_until_in_sync(seconds(10)));
     const crdt::VersionVector held1 = c1.status().relay_held;
@@ -1519,8 +1537,8 @@ TEST_CASE(
     postgres.kill();
     constexpr int kWrites = 3;
     for (int k = 0; k < kWrites; ++k) {
-      write(d1, r + "-d1-" + std::to_string(k));
-      write(d2, r + "-d2-" + std::to_string(k));
+      two.write(d1, r + "-d1-" + std::to_string(k));
+      two.write(d2, r + "-d2-" + std::to_string(k));
       std::this_thread::sleep_for(outage / kWrites);
     }
     // Nothing was acknowledged or delivered while PostgreSQL was down; both devices are still
@@ -1592,6 +1610,58 @@ TEST_CASE(
   a.stop();
   b.stop();
 }
+// Failover (docs/cluster.md, "Operating it"): with a synchronous standby, what the relays
+// acknowledged is on both servers. The primary killed, nothing is acknowledged until the standby
+// is promoted; then relays given both hosts go on with it, and its log alone rebuilds every row.
+TEST_CASE("PostgreSQL failed over to its synchronous standby: nothing acknowledged is lost") {
+  TwoRelays two({}, /*with_standby=*/true);
+  Sandbox& box = two.box;
+  const std::string d1 = two.d1, d2 = two.d2;
+  two.go_live();
+  engine::SyncClient &c1 = *two.c1, &c2 = *two.c2;
+  for (int i = 0; i < 10; ++i) two.write(i % 2 ? d2 : d1, "before-" + std::to_string(i));
+  REQUIRE(eventually(seconds(10), [&] {
+    return has_row(d2, "before-8") && has_row(d1, "before-9") && c1.status().pending == 0 &&
+           c2.status().pending == 0;
+  }));
+
+  two.postgres.kill();
+  two.write(d1, "between-d1");
+  two.write(d2, "between-d2");
+  std::this_thread::sleep_for(seconds(1));
+  // The standby takes no writes: nothing is acknowledged, the devices stay connected.
+  for (engine::SyncClient* client : {&c1, &c2}) {
+    const engine::SyncStatus status = client->status();
+    CHECK_MESSAGE(status.state == engine::SyncState::kLive, status.last_error);
+    CHECK(status.pending == 1);
+  }
+  two.standby->promote();
+  const auto promoted = Clock::now();
+  REQUIRE_MESSAGE(eventually(seconds(10),
+                             [&] {
+                               return has_row(d2, "between-d1") && has_row(d1, "between-d2") &&
+                                      c1.status().pending == 0 && c2.status().pending == 0;
+                             }),
+                  "not acknowledged and delivered within 10 s of the promotion");
+  MESSAGE("the standby promoted: what waited was acknowledged and delivered "
+          << std::chrono::duration<double, std::milli>(Clock::now() - promoted).count()
+          << " ms later");
+  two.write(d1, "after");
+  REQUIRE(eventually(seconds(5), [&] { return has_row(d2, "after"); }));
+  c1.stop();
+  c2.stop();
+  CHECK(dump_todo(d1) == dump_todo(d2));
+  // A relay on an empty data directory has only the promoted server's log to go by: a new
+  // device through it gets every row, those acknowledged by the old primary included.
+  RelayFixture c(box, "data-c");
+  c.start(0, two.args());
+  const std::string d3 = c.device("d3");
+  sync_once(box, c, d3, two.token);
+  CHECK(dump_todo(d3) == dump_todo(d1));
+  CHECK(has_row(d3, "before-0"));
+  c.stop();
+}
+
 TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing waits past 2 s") {
   TwoRelays two;
   Sandbox& box = two.box;
@@ -1612,15 +1682,8 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
     std::this_thread::sleep_for(milliseconds(250));  // a request at a time: not rate-limited
   REQUIRE(at_c("lattice_relay_cluster_followed_namespaces") == 0);
   const double notified_before = at_c("lattice_relay_cluster_notifications_total");
-  engine::SyncClientOptions options1, options2;
-  options1.ca_file = two.a.ca_file();
-  options2.ca_file = two.b.ca_file();
-  engine::SyncClient c1(two.d1, two.a.url(), two.token, options1);
-  engine::SyncClient c2(two.d2, two.b.url(), two.token, options2);
-  c1.start();
-  c2.start();
-  REQUIRE(c1.wait_until_in_sync(seconds(20)));
-  REQUIRE(c2.wait_until_in_sync(seconds(20)));
+  two.go_live();
+  engine::SyncClient &c1 = *two.c1, &c2 = *two.c2;
   // Writes alternate between the devices, so each relay's follower has something to find; the
   // LISTEN connections are killed twice, the notifications of what came meanwhile with them.
   std::vector<double> latencies_ms;
@@ -1633,9 +1696,7 @@ TEST_CASE("each relay's LISTEN connection terminated while writes flow: nothing 
     engine::SyncClient& writer = from_d1 ? c1 : c2;
     const std::string& to = from_d1 ? two.d2 : two.d1;
     const std::string id = "t" + std::to_string(i);
-    must(lattice(box, {"exec", from_d1 ? two.d1 : two.d2,
-                       "INSERT INTO todo(id, title) VALUES ('" + id + "', 'x')"}),
-         "write " + id);
+    two.write(from_d1 ? two.d1 : two.d2, id);
     REQUIRE(writer.wait_until_in_sync(seconds(10)));  // acknowledged
     const auto acknowledged = Clock::now();
     REQUIRE_MESSAGE(eventually(seconds(2), [&] { return has_row(to, id); }),

@@ -83,7 +83,16 @@ std::string read_log(const std::string& path) {
 
 }  // namespace
 
-PostgresServer::PostgresServer() : bin_(postgres_bin()) {
+PostgresServer::PostgresServer() : PostgresServer(Empty{}) {
+  const std::string log = dir_ + "/initdb.log";
+  const int rc = run({bin_ + "/initdb", "-D", dir_ + "/data", "-U", "lattice", "--auth=trust", "-E",
+                      "UTF8", "--no-instructions"},
+                     log);
+  REQUIRE_MESSAGE(rc == 0, "initdb failed: " << read_log(log));
+  start();
+}
+
+PostgresServer::PostgresServer(Empty) : bin_(postgres_bin()) {
   char pattern[] = "/tmp/lattice-pg.XXXXXX";
   REQUIRE(::mkdtemp(pattern) != nullptr);
   dir_ = pattern;
@@ -94,13 +103,39 @@ PostgresServer::PostgresServer() : bin_(postgres_bin()) {
                     "postgresql-15 package makes it)");
     REQUIRE(::chown(dir_.c_str(), postgres->pw_uid, postgres->pw_gid) == 0);
   }
-  const std::string log = dir_ + "/initdb.log";
-  const int rc = run({bin_ + "/initdb", "-D", dir_ + "/data", "-U", "lattice", "--auth=trust", "-E",
-                      "UTF8", "--no-instructions"},
-                     log);
-  REQUIRE_MESSAGE(rc == 0, "initdb failed: " << read_log(log));
-  start();
 }
+
+std::unique_ptr<PostgresServer> PostgresServer::standby_of(const PostgresServer& primary) {
+  std::unique_ptr<PostgresServer> standby(new PostgresServer(Empty{}));
+  const std::string log = standby->dir_ + "/basebackup.log";
+  const std::string primary_port = std::to_string(primary.port_);
+  // -R: standby.signal and primary_conninfo; the line appended names the walreceiver, which
+  // synchronous_standby_names refers to.
+  const int rc =
+      run({standby->bin_ + "/pg_basebackup", "-h", "127.0.0.1", "-p", primary_port, "-U", "lattice",
+           "-D", standby->dir_ + "/data", "-R", "-X", "stream", "--checkpoint=fast"},
+          log);
+  REQUIRE_MESSAGE(rc == 0, "pg_basebackup failed: " << read_log(log));
+  {
+    std::ofstream conf(standby->dir_ + "/data/postgresql.auto.conf", std::ios::app);
+    conf << "primary_conninfo = 'host=127.0.0.1 port=" << primary_port
+         << " user=lattice application_name=standby'\n";
+    REQUIRE(conf.good());
+  }
+  standby->start();
+  primary.query("ALTER SYSTEM SET synchronous_standby_names = 'standby'");
+  primary.query("SELECT pg_reload_conf()");
+  std::string state;
+  for (int i = 0; i < 300 && state != "sync"; ++i) {
+    if (i) ::usleep(100'000);
+    state = primary.query(
+        "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'");
+  }
+  REQUIRE_MESSAGE(state == "sync", "the standby did not become synchronous: " << state);
+  return standby;
+}
+
+void PostgresServer::promote() { pg_ctl("promote"); }
 
 PostgresServer::~PostgresServer() {
   if (running_) pg_ctl("stop", "immediate");

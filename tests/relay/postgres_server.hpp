@@ -4,6 +4,7 @@
 // synchronous_commit on (the defaults), trust authentication for the user "lattice". When the
 // tests run as root, PostgreSQL's programs run as the "postgres" user (initdb refuses root).
 
+#include <memory>
 #include <string>
 
 namespace lattice::test {
@@ -35,7 +36,16 @@ class PostgresServer {
   // Starts it again on the same port.
   void start();
 
+  // A hot standby of `primary` on a port of its own (pg_basebackup, then streaming replication
+  // as application "standby"), made synchronous: from then on each commit of the primary
+  // returns only once the standby has it on disk. Fails the test when it cannot.
+  static std::unique_ptr<PostgresServer> standby_of(const PostgresServer& primary);
+  // pg_ctl promote: a standby becomes a primary that takes writes; returns once it does.
+  void promote();
+
  private:
+  struct Empty {};
+  explicit PostgresServer(Empty);  // the directory only: no cluster, not started
   void pg_ctl(const std::string& action, const std::string& mode = "");
 
   std::string dir_;
