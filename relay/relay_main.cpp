@@ -26,7 +26,7 @@ constexpr const char* kUsage =
     "                      [--max-bytes-per-second N] [--max-digests-per-minute N]\n"
     "                      [--max-hellos-per-minute N] [--max-catch-up-bytes-per-second N]\n"
     "                      [--max-connects-per-source-per-second N] [--snapshot-max-age 60s]\n"
-    "                      [--threads N]\n"
+    "                      [--threads N] [--proxy-protocol-from ADDRESS[/BITS],...]\n"
     "  lattice-relay token --key-file FILE --ns NAME --rights read,write --ttl 1h\n"
     "                      [--subject NAME]\n"
     "see docs/relay.md\n";

@@ -37,6 +37,7 @@
 #include "relay/token.hpp"
 #include "storage/encrypted_vfs.hpp"
 #include "transport/frame.hpp"
+#include "transport/proxy_protocol.hpp"
 #include "transport/websocket_server.hpp"
 
 namespace lattice::relay {
@@ -460,6 +461,10 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
   m.counter("lattice_relay_hello_timeouts_total",
             "WebSocket connections closed for sending no accepted hello in time.",
             sc.hello_timeouts);
+  m.counter("lattice_relay_proxy_header_failures_total",
+            "Connections from a --proxy-protocol-from proxy closed for a missing, malformed or "
+            "late PROXY header.",
+            sc.proxy_header_failures);
   m.counter("lattice_relay_group_commits_total",
             "Commits of merged changes frames (each frame a namespace received meanwhile in "
             "one transaction and one disk sync).",
@@ -783,6 +788,7 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
                           "key-file",
                           "data-key-file",
                           "cluster-db",
+                          "proxy-protocol-from",
                           "cluster-snapshot-every",
                           "cluster-prune-grace",
                           "tls-cert",
@@ -816,6 +822,17 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   config.data_key_file = flags.get("data-key-file");
   if (flags.has("data-key-file") && config.data_key_file.empty())
     throw usage_error("--data-key-file is empty");
+  if (flags.has("proxy-protocol-from")) {
+    std::stringstream list(flags.get("proxy-protocol-from"));
+    for (std::string entry; std::getline(list, entry, ',');)
+      config.proxy_protocol_from.push_back(entry);
+    try {
+      if (config.proxy_protocol_from.empty()) throw usage_error("it is empty");
+      transport::proxy_protocol::TrustedProxies check(config.proxy_protocol_from);
+    } catch (const Error& e) {
+      throw usage_error(std::string("--proxy-protocol-from: ") + e.what());
+    }
+  }
   config.cluster_db = flags.get("cluster-db");
   if (flags.has("cluster-db") && config.cluster_db.empty())
     throw usage_error("--cluster-db is empty");
@@ -1039,6 +1056,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   server_options.hello_timeout_seconds = config.hello_timeout_seconds;
   server_options.max_unauthenticated_per_source = config.max_unauthenticated_per_source;
   server_options.max_connects_per_source_per_second = config.max_connects_per_source_per_second;
+  server_options.proxy_protocol_from = config.proxy_protocol_from;
   // The relay's own files (replicas, three per open namespace, the key and schema files) keep
   // a reserve of the open-files limit; of the rest, unauthenticated connections get a quarter
   // at most, so that devices still get in while an attacker holds its share.

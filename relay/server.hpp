@@ -34,6 +34,9 @@ struct ServeConfig {
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure = false;
+  // Addresses or networks of proxies (haproxy with send-proxy-v2) whose connections begin with
+  // a PROXY protocol v2 header naming the device (docs/cluster.md, "haproxy in front").
+  std::vector<std::string> proxy_protocol_from;
   std::string schema_file;  // empty: new namespaces start without tables
   // <schema_dir>/<namespace>.sql, when it exists, is the new namespace's schema instead.
   // Without either, a namespace adopts the first admin device's replicated schema.

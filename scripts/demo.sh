@@ -169,7 +169,10 @@ if [[ "${cluster}" == 1 ]]; then
     -o "-p ${pg_port} -k ${pg_dir} -c listen_addresses=127.0.0.1" start \
     >>"${work}/postgres.err" 2>&1 || die "PostgreSQL did not start: $(cat "${work}/postgres.err")"
   pg_stop=("${as_postgres[@]}" "${pg_bin}/pg_ctl" -D "${pg_dir}/data" -w -m fast stop)
-  cluster_args=(--cluster-db "host=127.0.0.1 port=${pg_port} user=lattice dbname=postgres")
+  # haproxy reaches the relays from 127.0.0.2 with a PROXY header naming the device; alice and
+  # bob, connected to relays directly from 127.0.0.1, send none.
+  cluster_args=(--cluster-db "host=127.0.0.1 port=${pg_port} user=lattice dbname=postgres"
+    --proxy-protocol-from 127.0.0.2)
   relay_names=(relay1 relay2 relay3)
 else
   relay_names=(relay)
@@ -213,7 +216,7 @@ if [[ "${cluster}" == 1 ]]; then
   cat "${work}/relay-cert.pem" "${work}/relay-key.pem" >"${work}/haproxy.pem"
   haproxy_addr="127.0.0.1:${DEMO_RELAY_PORT:-$(free_port)}"
   env LATTICE_HAPROXY_BIND="${haproxy_addr}" LATTICE_HAPROXY_PEM="${work}/haproxy.pem" \
-    LATTICE_RELAY_CA="${work}/relay-cert.pem" LATTICE_RELAY1="${relay1_addr}" \
+    LATTICE_HAPROXY_SOURCE=127.0.0.2 LATTICE_RELAY_CA="${work}/relay-cert.pem" LATTICE_RELAY1="${relay1_addr}" \
     LATTICE_RELAY2="${relay2_addr}" LATTICE_RELAY3="${relay3_addr}" \
     /usr/sbin/haproxy -db -f "$(dirname "$0")/../deploy/haproxy.cfg" \
     >"${work}/haproxy.out" 2>>"${work}/haproxy.err" &

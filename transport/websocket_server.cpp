@@ -5,6 +5,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -23,6 +24,7 @@
 
 #include "crdt/error.hpp"
 #include "transport/lean_tls.hpp"
+#include "transport/proxy_protocol.hpp"
 
 // The shape follows Boost.Beast's server examples (docs/relay.md): a listener, a session per
 // connection owning its stream and buffer, handlers named on_<step>, at most one async_write in
@@ -115,6 +117,7 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
   Shared(net::io_context& io_context, WebSocketServerOptions opts)
       : io(io_context),
         options(std::move(opts)),
+        proxies(options.proxy_protocol_from),
         acceptor(executor_for_socket()),
         retry_timer(acceptor.get_executor()) {}
 
@@ -127,6 +130,7 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
 
   net::io_context& io;
   const WebSocketServerOptions options;
+  const proxy_protocol::TrustedProxies proxies;
   std::optional<ssl::context> tls;
   // The acceptor, its retry timer, connect_rate and the throttled log live on the acceptor's
   // strand; everything from `counters` to `open_sockets` is guarded by `mutex`.
@@ -147,7 +151,8 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
   };
   std::list<PreAuth> preauth;
   std::map<std::string, std::size_t> preauth_per_source;
-  std::size_t open_sockets = 0;  // accepted connections not yet closed, of any kind
+  std::size_t open_sockets = 0;           // accepted connections not yet closed, of any kind
+  std::size_t proxy_headers_pending = 0;  // connections from proxies whose header is awaited
 
   // Adds `n` to one of the counters.
   void count(std::uint64_t WebSocketServerCounters::*counter, std::uint64_t n = 1) {
@@ -215,6 +220,9 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
 
   void do_accept();
   void on_accept(beast::error_code ec, tcp::socket socket);
+  // On the acceptor's strand: the per-source limits for `source` (the socket's address, or the
+  // client's a trusted proxy named), then the connection's HTTP session.
+  void admit(tcp::socket socket, std::string source, std::string peer);
 };
 
 namespace {
@@ -885,6 +893,88 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
 }  // namespace
 
+// The PROXY protocol header a trusted proxy sends first on a connection: read on the socket's
+// strand within the handshake timeout, then the connection is admitted, on the acceptor's
+// strand, as the client the header names. Anything else closes it.
+class ProxyHeaderRead : public std::enable_shared_from_this<ProxyHeaderRead> {
+ public:
+  ProxyHeaderRead(std::shared_ptr<Shared> shared, tcp::socket socket, std::string proxy)
+      : shared_(std::move(shared)),
+        socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        proxy_(std::move(proxy)) {}
+  ~ProxyHeaderRead() {
+    const std::lock_guard lock(shared_->mutex);
+    --shared_->proxy_headers_pending;
+  }
+  ProxyHeaderRead(const ProxyHeaderRead&) = delete;
+  ProxyHeaderRead& operator=(const ProxyHeaderRead&) = delete;
+
+  void start() {
+    timer_.expires_after(std::chrono::seconds(shared_->options.handshake_timeout_seconds));
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->fail("none within the handshake timeout");
+    });
+    bytes_.resize(proxy_protocol::kFixedBytes);
+    net::async_read(
+        socket_, net::buffer(bytes_),
+        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_fixed(ec); });
+  }
+
+ private:
+  void on_fixed(beast::error_code ec) {
+    if (ec) return fail(ec.message());
+    std::size_t rest = 0;
+    try {
+      rest = proxy_protocol::remaining_bytes(bytes_);
+    } catch (const Error& e) {
+      return fail(e.what());
+    }
+    bytes_.resize(proxy_protocol::kFixedBytes + rest);
+    net::async_read(socket_, net::buffer(bytes_.data() + proxy_protocol::kFixedBytes, rest),
+                    [self = shared_from_this()](beast::error_code read_ec, std::size_t) {
+                      self->on_rest(read_ec);
+                    });
+  }
+
+  void on_rest(beast::error_code ec) {
+    if (ec) return fail(ec.message());
+    proxy_protocol::Header header;
+    try {
+      header = proxy_protocol::parse(bytes_);
+    } catch (const Error& e) {
+      return fail(e.what());
+    }
+    timer_.cancel();
+    std::string source = address_text(socket_), peer = endpoint_text(socket_);
+    if (!header.local) {
+      source = header.address.to_string();
+      peer = (header.address.is_v6() ? "[" + source + "]" : source) + ":" +
+             std::to_string(header.port);
+    }
+    net::post(shared_->acceptor.get_executor(),
+              [shared = shared_, socket = std::move(socket_), source = std::move(source),
+               peer = std::move(peer)]() mutable {
+                shared->admit(std::move(socket), std::move(source), std::move(peer));
+              });
+  }
+
+  void fail(const std::string& why) {
+    if (!socket_.is_open()) return;
+    beast::error_code ignored;
+    socket_.close(ignored);
+    timer_.cancel();
+    shared_->count(&WebSocketServerCounters::proxy_header_failures);
+    shared_->log("PROXY header from " + proxy_ + ": " + why + "; connection closed");
+  }
+
+  std::shared_ptr<Shared> shared_;
+  tcp::socket socket_;
+  net::steady_timer timer_;
+  std::string proxy_;
+  std::string bytes_;
+};
+
 // Each accepted socket gets a strand of its own (several threads); the handler runs on the
 // acceptor's.
 void WebSocketServer::Shared::do_accept() {
@@ -903,8 +993,39 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
     });
     return;
   }
+  beast::error_code endpoint_ec;
+  const auto endpoint = socket.remote_endpoint(endpoint_ec);
+  if (!endpoint_ec && !proxies.empty() && proxies.contains(endpoint.address())) {
+    // A trusted proxy: who the client is comes in the header. Bounded as the unauthenticated
+    // are, and for as long as a handshake.
+    std::string proxy = endpoint_text(socket);
+    bool room = false;
+    {
+      const std::lock_guard lock(mutex);
+      room = open_sockets + proxy_headers_pending < options.max_connections &&
+             proxy_headers_pending < options.max_unauthenticated;
+      if (room) ++proxy_headers_pending;
+    }
+    if (room) {
+      std::make_shared<ProxyHeaderRead>(shared_from_this(), std::move(socket), std::move(proxy))
+          ->start();
+    } else {
+      count(&WebSocketServerCounters::refused_at_accept);
+      log_throttled("refused a connection from the proxy " + proxy + ": " +
+                    "too many connections waiting for their PROXY header");
+      beast::error_code ignored;
+      socket.close(ignored);
+    }
+    return do_accept();
+  }
+  std::string source = address_text(socket), peer = endpoint_text(socket);
+  admit(std::move(socket), std::move(source), std::move(peer));
+  do_accept();
+}
+
+void WebSocketServer::Shared::admit(tcp::socket socket, std::string source, std::string peer) {
+  if (stopping) return;
   beast::error_code ignored;
-  std::string source = address_text(socket);
   // What an unauthenticated connection may hold is bounded before it costs a TLS handshake.
   std::string refusal;
   // A full list makes room by closing the oldest: a device that completes its hello promptly
@@ -938,10 +1059,9 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
   if (!refusal.empty()) {
     log_throttled("refused a connection from " + source + ": " + refusal);
     socket.close(ignored);
-    return do_accept();
+    return;
   }
   socket.set_option(tcp::no_delay(true), ignored);
-  std::string peer = endpoint_text(socket);
   auto admission = std::make_unique<Admission>(shared_from_this(), std::move(source));
   if (tls) {
     std::make_shared<HttpSession<TlsStream>>(TlsStream(std::move(socket), *tls), shared_from_this(),
@@ -952,7 +1072,6 @@ void WebSocketServer::Shared::on_accept(beast::error_code ec, tcp::socket socket
                                                std::move(peer), std::move(admission))
         ->start();
   }
-  do_accept();
 }
 
 WebSocketServer::WebSocketServer(boost::asio::io_context& io, WebSocketServerOptions options) {

@@ -91,6 +91,13 @@ struct WebSocketServerOptions {
   // Open connections of any kind; past it, new ones are closed at once (lattice-relay sets it
   // from its open-files limit, less a reserve for its own files).
   std::size_t max_connections = 100'000;
+  // Connections from these addresses or networks ("127.0.0.1", "10.0.0.0/8": a proxy such as
+  // haproxy with send-proxy-v2) begin with a PROXY protocol version 2 header naming the client
+  // (transport/proxy_protocol.hpp), read within handshake_timeout_seconds; the client's address
+  // then stands for the connection in the per-source limits above, the logs and peer(). One
+  // from them without a valid header is closed. Connections from elsewhere send none. Empty:
+  // no proxy is trusted. The constructor throws kInvalidArgument naming a bad entry.
+  std::vector<std::string> proxy_protocol_from;
 
   // A WebSocket upgrade for `/NAMESPACE` was accepted. `ns` is the path without its '/',
   // not validated (the hub refuses bad names with an error frame). Required.
@@ -123,6 +130,8 @@ struct WebSocketServerCounters {
   std::uint64_t refused_at_accept = 0;
   std::uint64_t evicted_unauthenticated = 0;
   std::uint64_t hello_timeouts = 0;
+  // Connections from a trusted proxy closed for a missing, malformed or late PROXY header.
+  std::uint64_t proxy_header_failures = 0;
   // Frames refused before they reached the hub, by wire error name ("frame_too_large",
   // "malformed" for text messages).
   std::map<std::string, std::uint64_t> rejected;

@@ -261,6 +261,8 @@ class RelayFixture {
   std::string url() const { return "wss://127.0.0.1:" + std::to_string(port_) + "/" + kNamespace; }
   std::string ca_file() const { return box_.path("c.pem"); }
   std::string relay_file() const { return box_.path(data_ + "/" + kNamespace + ".db"); }
+  // What the relay wrote to standard error (its log) since its last start.
+  std::string err() const { return process_ ? process_->err() : ""; }
 
   std::string token(const std::string& ns = kNamespace, const std::string& rights = "read,write",
                     const std::string& ttl = "1h") {
@@ -1894,7 +1896,7 @@ TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snap
 }
 
 // The pruning flags refuse what they cannot mean, naming the flag, and the relay does not start.
-TEST_CASE("--cluster-snapshot-every and --cluster-prune-grace refuse bad values") {
+TEST_CASE("the flags of a relay behind haproxy or of a cluster refuse bad values by name") {
   TwoRelays two;
   RelayFixture c(two.box, "data-c");
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
@@ -1910,6 +1912,11 @@ TEST_CASE("--cluster-snapshot-every and --cluster-prune-grace refuse bad values"
        "--cluster-prune-grace is over 30d"},
       {{"--cluster-snapshot-every", "10"}, "need --cluster-db"},
       {{"--cluster-prune-grace", "1m"}, "need --cluster-db"},
+      {{"--proxy-protocol-from", "localhost"},
+       "--proxy-protocol-from: 'localhost' is neither an IP address nor a network"},
+      {{"--proxy-protocol-from", "10.0.0.0/8,,::1"}, "--proxy-protocol-from: '' is neither"},
+      {{"--proxy-protocol-from", "10.0.0.0/33"}, "--proxy-protocol-from: '10.0.0.0/33'"},
+      {{"--proxy-protocol-from", ""}, "--proxy-protocol-from: it is empty"},
   };
   for (const auto& entry : cases) {
     const Result refused = c.refused_start(entry.first);
@@ -2035,7 +2042,11 @@ TEST_CASE("a relay whose cluster log was restored to an earlier point says it is
   two.b.stop();
 }
 
-// haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays.
+// haproxy with the configuration shipped in deploy/haproxy.cfg, in front of three relays. It
+// reaches them from kHaproxySource with a PROXY header (the relays' --proxy-protocol-from), so
+// that the tests, from 127.0.0.1, reach them directly too.
+constexpr const char* kHaproxySource = "127.0.0.2";
+
 class Haproxy {
  public:
   Haproxy(Sandbox& box, const std::vector<const RelayFixture*>& relays) : port_(test::free_port()) {
@@ -2043,7 +2054,8 @@ class Haproxy {
         << read_all(box.path("c.pem")) << read_all(box.path("k.pem"));
     std::vector<std::string> argv{
         "/usr/bin/env", "LATTICE_HAPROXY_BIND=127.0.0.1:" + std::to_string(port_),
-        "LATTICE_HAPROXY_PEM=" + box.path("haproxy.pem"), "LATTICE_RELAY_CA=" + box.path("c.pem")};
+        "LATTICE_HAPROXY_PEM=" + box.path("haproxy.pem"), "LATTICE_RELAY_CA=" + box.path("c.pem"),
+        std::string("LATTICE_HAPROXY_SOURCE=") + kHaproxySource};
     for (std::size_t i = 0; i < relays.size(); ++i)
       argv.push_back("LATTICE_RELAY" + std::to_string(i + 1) +
                      "=127.0.0.1:" + std::to_string(relays[i]->port()));
@@ -2063,11 +2075,11 @@ class Haproxy {
   std::unique_ptr<Process> process_;
 };
 
-// Three relays of a cluster (a, b and c) behind haproxy. Devices reach the relays from haproxy's
-// address: the per-source limits are haproxy's job (deploy/haproxy.cfg).
+// Three relays of a cluster (a, b and c) behind haproxy. The relays see devices' addresses
+// (PROXY protocol), which here are all 127.0.0.1: their per-source limits are raised.
 struct BehindHaproxy {
-  TwoRelays two{
-      {"--max-connects-per-source-per-second", "1000", "--max-unauthenticated-per-source", "1000"}};
+  TwoRelays two{{"--max-connects-per-source-per-second", "1000", "--max-unauthenticated-per-source",
+                 "1000", "--proxy-protocol-from", kHaproxySource}};
   RelayFixture c{two.box, "data-c"};
   std::optional<Haproxy> haproxy;
   std::vector<RelayFixture*> relays{&two.a, &two.b, &c};
@@ -2077,6 +2089,49 @@ struct BehindHaproxy {
     haproxy.emplace(two.box, std::vector<const RelayFixture*>{&two.a, &two.b, &c});
   }
 };
+
+// The PROXY protocol (deploy/haproxy.cfg: send-proxy-v2): behind haproxy, a relay's per-source
+// limits count each device's address, not haproxy's, and name it in the log; a connection from
+// haproxy's address without the header is closed. Devices come from several loopback addresses
+// (every 127.x address is this machine's).
+TEST_CASE("behind haproxy, a relay's per-source limits count each device's own address") {
+  Sandbox box;
+  RelayFixture relay(box);
+  relay.start(
+      0, {"--proxy-protocol-from", kHaproxySource, "--max-connects-per-source-per-second", "2"});
+  Haproxy haproxy(box, {&relay, &relay, &relay});
+  const auto through = [&](const char* source) {
+    return run(box, {"/usr/bin/env", "curl", "-s", "--max-time", "5", "--interface", source,
+                     "--cacert", relay.ca_file(), "-o", "/dev/null", "-w", "%{http_code}",
+                     "https://127.0.0.1:" + std::to_string(haproxy.port()) + "/healthz"})
+        .out;
+  };
+  // haproxy marks the relay up after two health checks, a second apart.
+  std::string code;
+  for (int i = 0; i < 40 && code != "200"; ++i) {
+    if (i) std::this_thread::sleep_for(milliseconds(250));
+    code = through("127.0.0.9");
+  }
+  REQUIRE(code == "200");
+  // A burst from one address empties the relay's bucket for it (2 a second, 4 at once; haproxy
+  // retries a refused connection, so some requests still get through)...
+  for (int i = 0; i < 12; ++i) through("127.0.0.5");
+  CHECK(relay.err().find("refused a connection from 127.0.0.5: more than 2 new connections") !=
+        std::string::npos);
+  // ... and not another's, nor haproxy's own (its health checks).
+  CHECK(through("127.0.0.6") == "200");
+  CHECK(relay.err().find("refused a connection from 127.0.0.6") == std::string::npos);
+  CHECK(relay.err().find("refused a connection from 127.0.0.2") == std::string::npos);
+  // From haproxy's address, without a header: closed before TLS, and counted.
+  const Result direct =
+      run(box, {"/usr/bin/env", "curl", "-s", "--max-time", "5", "--interface", kHaproxySource,
+                "--cacert", relay.ca_file(), "-o", "/dev/null", "-w", "%{http_code}",
+                "https://127.0.0.1:" + std::to_string(relay.port()) + "/healthz"});
+  CHECK(direct.out == "000");
+  CHECK(metric(https_get(box, relay, "/metrics"), "lattice_relay_proxy_header_failures_total") ==
+        1);
+  CHECK(relay.err().find("PROXY header from 127.0.0.2:") != std::string::npos);
+}
 
 TEST_CASE("three relays behind haproxy: a namespace sticks to one, and moves when it dies") {
   BehindHaproxy cluster;
