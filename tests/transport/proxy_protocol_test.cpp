@@ -5,7 +5,9 @@
 
 #include <doctest/doctest.h>
 
+#include <random>
 #include <string>
+#include <vector>
 
 #include "crdt/error.hpp"
 
@@ -133,4 +135,31 @@ TEST_CASE("trusted proxies: addresses and networks, IPv4 seen through IPv6 inclu
     CHECK_THROWS_WITH_AS(pp::TrustedProxies({bad}),
                          doctest::Contains(("'" + std::string(bad) + "' is neither").c_str()),
                          Error);
+}
+
+TEST_CASE("any bytes after the signature are parsed or refused with an Error, never misread") {
+  // Seeded mutations of valid headers: each byte of the fixed part and the body, lengths cut
+  // and stretched. Whatever parses names TCP over IPv4 or IPv6, or no client.
+  std::mt19937 random(20261207);
+  const std::vector<std::string> valid = {header(0x1, 0x11, kIpv4Body),
+                                          header(0x1, 0x21, std::string(36, '\x01')),
+                                          header(0x0, 0x00, "")};
+  int parsed = 0, refused = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string input = valid[random() % valid.size()];
+    for (int flips = 1 + static_cast<int>(random() % 3); flips > 0; --flips)
+      input[12 + random() % (input.size() - 12)] = static_cast<char>(random());
+    if (random() % 4 == 0) input.resize(random() % (input.size() + 40), '\x07');
+    try {
+      const pp::Header h = pp::parse(input);
+      ++parsed;
+      const auto family = static_cast<unsigned char>(input[13]);
+      CHECK((h.local || family == 0x11 || family == 0x21));
+      CHECK(input.size() == pp::kFixedBytes + pp::remaining_bytes(input.substr(0, 16)));
+    } catch (const Error&) {
+      ++refused;
+    }
+  }
+  CHECK(parsed > 0);
+  CHECK(refused > 0);
 }
