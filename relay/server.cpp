@@ -839,16 +839,21 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   if (flags.has("cluster-snapshot-every"))
     config.cluster_snapshot_every = static_cast<std::int64_t>(
         parse_count("cluster-snapshot-every", flags.get("cluster-snapshot-every"), 1, 1ull << 40));
-  if (flags.has("cluster-prune-grace")) {
-    std::int64_t grace = 0;
+  // A duration flag in seconds (positive), at most `max_text`; errors name the flag.
+  const auto duration = [&flags](const char* flag, int& into, std::int64_t max_seconds,
+                                 const char* max_text) {
+    if (!flags.has(flag)) return;
+    std::int64_t seconds = 0;
     try {
-      grace = parse_duration(flags.get("cluster-prune-grace"));  // positive
+      seconds = parse_duration(flags.get(flag));
     } catch (const Error& e) {
-      throw usage_error(std::string("--cluster-prune-grace: ") + e.what());
+      throw usage_error(std::string("--") + flag + ": " + e.what());
     }
-    if (grace > 30 * 86400) throw usage_error("--cluster-prune-grace is over 30d");
-    config.cluster_prune_grace_seconds = static_cast<int>(grace);
-  }
+    if (seconds > max_seconds) throw usage_error(std::string("--") + flag + " is over " + max_text);
+    into = static_cast<int>(seconds);
+  };
+  constexpr std::int64_t kHour = 3600, kThirtyDays = 30 * 86400;
+  duration("cluster-prune-grace", config.cluster_prune_grace_seconds, kThirtyDays, "30d");
   if (config.cluster_db.empty() &&
       (flags.has("cluster-snapshot-every") || flags.has("cluster-prune-grace")))
     throw usage_error("--cluster-snapshot-every and --cluster-prune-grace need --cluster-db");
@@ -885,14 +890,9 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   if (flags.has("max-queue-bytes"))
     config.max_queue_bytes =
         parse_count("max-queue-bytes", flags.get("max-queue-bytes"), 1024, 1ull << 34);
-  if (flags.has("handshake-timeout"))
-    config.handshake_timeout_seconds =
-        static_cast<int>(parse_duration(flags.get("handshake-timeout")));
-  if (flags.has("shutdown-grace"))
-    config.shutdown_grace_seconds = static_cast<int>(parse_duration(flags.get("shutdown-grace")));
-  if (flags.has("snapshot-max-age"))
-    config.snapshot_max_age_seconds =
-        static_cast<int>(parse_duration(flags.get("snapshot-max-age")));
+  duration("handshake-timeout", config.handshake_timeout_seconds, kHour, "1h");
+  duration("shutdown-grace", config.shutdown_grace_seconds, kHour, "1h");
+  duration("snapshot-max-age", config.snapshot_max_age_seconds, kThirtyDays, "30d");
   auto rate = [&](const char* flag, double& into) {
     if (flags.has(flag))
       into = static_cast<double>(parse_count(flag, flags.get(flag), 1, 1ull << 40));
@@ -905,8 +905,7 @@ ServeConfig parse_serve_args(const std::vector<std::string>& args) {
   if (flags.has("max-hello-bytes"))
     config.limits.max_hello_bytes = parse_count("max-hello-bytes", flags.get("max-hello-bytes"),
                                                 1024, config.limits.max_frame_bytes);
-  if (flags.has("hello-timeout"))
-    config.hello_timeout_seconds = static_cast<int>(parse_duration(flags.get("hello-timeout")));
+  duration("hello-timeout", config.hello_timeout_seconds, kHour, "1h");
   if (flags.has("threads"))
     config.threads = static_cast<unsigned>(parse_count("threads", flags.get("threads"), 1, 256));
   if (flags.has("max-unauthenticated"))

@@ -1917,6 +1917,11 @@ TEST_CASE("the flags of a relay behind haproxy or of a cluster refuse bad values
       {{"--proxy-protocol-from", "10.0.0.0/8,,::1"}, "--proxy-protocol-from: '' is neither"},
       {{"--proxy-protocol-from", "10.0.0.0/33"}, "--proxy-protocol-from: '10.0.0.0/33'"},
       {{"--proxy-protocol-from", ""}, "--proxy-protocol-from: it is empty"},
+      // Durations in seconds that once wrapped around an int.
+      {{"--handshake-timeout", "30000d"}, "--handshake-timeout is over 1h"},
+      {{"--shutdown-grace", "2h"}, "--shutdown-grace is over 1h"},
+      {{"--hello-timeout", "soon"}, "--hello-timeout: bad duration 'soon'"},
+      {{"--snapshot-max-age", "99999999999999d"}, "--snapshot-max-age is over 30d"},
   };
   for (const auto& entry : cases) {
     const Result refused = c.refused_start(entry.first);
