@@ -29,6 +29,7 @@ constexpr const char* kUsage =
     "                      [--threads N] [--proxy-protocol-from ADDRESS[/BITS],...]\n"
     "  lattice-relay token --key-file FILE --ns NAME --rights read,write --ttl 1h\n"
     "                      [--subject NAME]\n"
+    "  lattice-relay rotate-data-key --data DIR --data-key-file OLD --new-data-key-file NEW\n"
     "see docs/relay.md\n";
 
 }  // namespace
@@ -68,7 +69,20 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    std::cerr << "lattice-relay: unknown command '" << command << "' (serve or token)\n";
+    if (command == "rotate-data-key") {
+      const auto config = lattice::relay::parse_rotate_data_key_args(args);
+      try {
+        const int rotated = lattice::relay::rotate_data_key(config, std::cout);
+        std::cout << rotated << " namespace file(s) re-encrypted under the key in '"
+                  << config.new_data_key_file << "'\n";
+        return 0;
+      } catch (const std::exception& e) {
+        std::cerr << "lattice-relay: " << e.what() << "\n";
+        return 1;
+      }
+    }
+    std::cerr << "lattice-relay: unknown command '" << command
+              << "' (serve, token or rotate-data-key)\n";
     return 2;
   } catch (const Error& e) {
     std::cerr << "lattice-relay: " << e.what() << "\n";

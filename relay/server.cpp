@@ -1,6 +1,8 @@
 #include "relay/server.hpp"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -752,6 +754,35 @@ void follow_cluster(const std::string& conninfo, Hub& hub, boost::asio::io_conte
 }
 #endif  // LATTICE_RELAY_CLUSTER
 
+// The data directory's lock (flock on <data>/lattice-relay.lock), held by a serving relay and by
+// a key rotation for as long as they run: two relays on one directory would write the same
+// files, and a rotation under a running relay would leave it reading pages under a key it no
+// longer has. Released with the process, however it ends.
+class DataDirLock {
+ public:
+  explicit DataDirLock(const std::string& data_dir) {
+    const std::string path = (std::filesystem::path(data_dir) / "lattice-relay.lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) throw Error(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      ::close(fd_);
+      if (error == EWOULDBLOCK)
+        throw Error(ErrorCode::kBusy,
+                    "another lattice-relay (serving, or rotating its data key) "
+                    "is using the data directory '" +
+                        data_dir + "'");
+      throw Error(ErrorCode::kIo, "cannot lock '" + path + "': " + std::strerror(error));
+    }
+  }
+  ~DataDirLock() { ::close(fd_); }
+  DataDirLock(const DataDirLock&) = delete;
+  DataDirLock& operator=(const DataDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // Refuses to start on namespace files the data key does not open (written under another key,
 // plain files with a key, encrypted ones without): the relay would otherwise fail every device
 // of those namespaces. Reads one page of each file.
@@ -938,6 +969,53 @@ TokenConfig parse_token_args(const std::vector<std::string>& args) {
   return config;
 }
 
+RotateDataKeyConfig parse_rotate_data_key_args(const std::vector<std::string>& args) {
+  const FlagReader flags(args, {"data", "data-key-file", "new-data-key-file"}, {});
+  RotateDataKeyConfig config;
+  config.data_dir = flags.require("data");
+  config.data_key_file = flags.require("data-key-file");
+  config.new_data_key_file = flags.require("new-data-key-file");
+  return config;
+}
+
+int rotate_data_key(const RotateDataKeyConfig& config, std::ostream& out) {
+  if (!std::filesystem::is_directory(config.data_dir))
+    throw Error(ErrorCode::kIo, "'" + config.data_dir + "' is not a directory");
+  const storage::FileKey old_key = storage::read_file_key(config.data_key_file);
+  const storage::FileKey new_key = storage::read_file_key(config.new_data_key_file);
+  const DataDirLock lock(config.data_dir);
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(config.data_dir, ec))
+    if (entry.is_regular_file(ec) && entry.path().extension() == ".db")
+      files.push_back(entry.path().string());
+  if (ec) throw Error(ErrorCode::kIo, "cannot list '" + config.data_dir + "': " + ec.message());
+  std::sort(files.begin(), files.end());
+  int rotated = 0;
+  for (const std::string& path : files) {
+    if (std::filesystem::file_size(path, ec) == 0 && !ec) continue;  // created, never written
+    if (storage::file_opens_under(path, new_key)) {
+      out << "already under the new key: " << path << "\n";
+      continue;
+    }
+    if (!storage::file_opens_under(path, old_key))
+      throw Error(ErrorCode::kKey, "namespace file '" + path +
+                                       "' is encrypted under neither --data-key-file nor "
+                                       "--new-data-key-file (or is a plain file); files after "
+                                       "it in name order are left as they are");
+    storage::ReplicaOptions options;
+    options.encryption_key = old_key;
+    storage::Replica::open(path, options)->rotate_key(new_key);
+    out << "rotated: " << path << "\n" << std::flush;
+    ++rotated;
+  }
+  // Snapshots under the old key: the relay writes new ones when devices ask.
+  const auto snapshots = std::filesystem::path(config.data_dir) / "snapshots";
+  for (const auto& entry : std::filesystem::directory_iterator(snapshots, ec))
+    if (entry.is_regular_file(ec)) std::filesystem::remove(entry.path(), ec);
+  return rotated;
+}
+
 std::string make_token(const TokenConfig& config, std::int64_t now_unix) {
   const KeyRing ring = KeyRing::load(config.key_file);
   TokenClaims claims;
@@ -966,6 +1044,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
     throw Error(ErrorCode::kIo, "cannot make the data directory '" + config.data_dir +
                                     "' private (0700): " + fs_error.message());
 
+  const DataDirLock data_dir_lock(config.data_dir);
   std::optional<storage::FileKey> data_key;
   if (!config.data_key_file.empty()) data_key = storage::read_file_key(config.data_key_file);
   check_namespace_files(config.data_dir, data_key);

@@ -71,19 +71,37 @@ struct TokenConfig {
   std::string ttl;     // as given: "1h"
 };
 
+// `lattice-relay rotate-data-key ...`
+struct RotateDataKeyConfig {
+  std::string data_dir;
+  std::string data_key_file;      // the key the namespace files are encrypted under now
+  std::string new_data_key_file;  // the key they are to be encrypted under
+};
+
 // Parse the arguments after the command name. Throw Error(kInvalidArgument) naming the flag
 // that is unknown, missing, repeated, without its value or with a bad one.
 ServeConfig parse_serve_args(const std::vector<std::string>& args);
 TokenConfig parse_token_args(const std::vector<std::string>& args);
+RotateDataKeyConfig parse_rotate_data_key_args(const std::vector<std::string>& args);
 
 // Loads the key file, then signs a token issued now for `ttl`. Throws Error (kIo for the key
 // file, kInvalidArgument for the rest).
 std::string make_token(const TokenConfig& config, std::int64_t now_unix);
 
+// Re-encrypts every namespace file of the data directory under the new key (each crash-safe,
+// storage::Replica::rotate_key) and deletes the snapshot files written under the old one
+// (caches: the relay writes them again). Runs only while no relay serves the directory (both
+// take its lock, `lattice-relay.lock`). A file already under the new key is left as it is, so
+// that running it again finishes an interrupted rotation. Writes one line per file to `out`;
+// returns how many it re-encrypted. Throws Error: kBusy while a relay serves the directory,
+// kKey naming a file that neither key opens (nothing after it is touched), kIo.
+int rotate_data_key(const RotateDataKeyConfig& config, std::ostream& out);
+
 // Serves until SIGTERM or SIGINT, then shuts down gracefully (docs/relay.md) and returns 0.
 // Writes exactly one line, `listening on HOST:PORT`, to `out` (flushed) once accepting; log lines
 // go to `log`. Throws Error for a failure to start (unreadable key, schema or TLS files, an
-// address that cannot be bound, a data directory that cannot be created).
+// address that cannot be bound, a data directory that cannot be created, one another relay or
+// a key rotation is using: kBusy).
 int serve(const ServeConfig& config, std::ostream& out, std::ostream& log);
 
 }  // namespace lattice::relay

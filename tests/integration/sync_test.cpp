@@ -1304,7 +1304,9 @@ std::vector<std::string> words_in_files(const std::string& dir,
   return found;
 }
 
-TEST_CASE("--data-key-file: the relay's files hold no plaintext; snapshots go out decrypted") {
+TEST_CASE(
+    "--data-key-file: the relay's files hold no plaintext; snapshots go out decrypted; "
+    "rotate-data-key re-encrypts them") {
   Sandbox box;
   RelayFixture relay(box);
   const std::string data_key = box.path("data.key"), other_key = box.path("other.key");
@@ -1375,6 +1377,42 @@ TEST_CASE("--data-key-file: the relay's files hold no plaintext; snapshots go ou
   sync_once(box, relay, a, token);
   CHECK(dump_todo(b) == dump_todo(a));
   CHECK(dump_todo(a).find("secret|the vault code is 8812|0|99") != std::string::npos);
+
+  // A second relay on the same data directory is refused.
+  const Result second = relay.refused_start({"--data-key-file", data_key});
+  CHECK(second.status == 1);
+  CHECK(second.err.find("is using the data directory") != std::string::npos);
+
+  // The data key rotated: refused while the relay serves the directory; once it is stopped,
+  // every namespace file is re-encrypted and the old key's snapshots are gone. The relay then
+  // starts under the new key only, and a second run finds nothing left to do.
+  const auto rotate = [&] {
+    return run(box, {LATTICE_RELAY_PATH, "rotate-data-key", "--data", box.path("data"),
+                     "--data-key-file", data_key, "--new-data-key-file", other_key});
+  };
+  const Result busy = rotate();
+  CHECK(busy.status == 1);
+  CHECK(busy.err.find("is using the data directory") != std::string::npos);
+  download(box.path("before-rotation.snapshot"));  // one on the relay's disk, under the old key
+  relay.stop();
+  REQUIRE(relay_snapshots(box) > 0);
+  const Result rotated = rotate();
+  INFO("rotate-data-key: " << rotated.out << rotated.err);
+  CHECK(rotated.status == 0);
+  CHECK(rotated.out.find("1 namespace file(s) re-encrypted") != std::string::npos);
+  CHECK(relay_snapshots(box) == 0);
+  CHECK(words_in_files(box.path("data"), {"vault code", "task 17", "todo", "SQLite format 3"})
+            .empty());
+  CHECK(relay.refused_start({"--data-key-file", data_key}).err.find("is not encrypted under") !=
+        std::string::npos);
+  const Result again = rotate();
+  CHECK(again.status == 0);
+  CHECK(again.out.find("already under the new key") != std::string::npos);
+  CHECK(again.out.find("0 namespace file(s) re-encrypted") != std::string::npos);
+  relay.start(0, {"--data-key-file", other_key});
+  const std::string c = relay.device("c");
+  sync_once(box, relay, c, token);
+  CHECK(dump_todo(c) == dump_todo(a));
   relay.stop();
 }
 
