@@ -239,6 +239,7 @@ int run_sync(const std::vector<std::string>& args) {
                              db + " SCHEMA_SQL), then the relay's snapshot fills it");
 
   using Clock = std::chrono::steady_clock;
+  constexpr auto kQuietWait = std::chrono::seconds(3);  // `--once`: silent this long
   const auto started = Clock::now();
   const auto timeout =
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
@@ -253,7 +254,11 @@ int run_sync(const std::vector<std::string>& args) {
     // Until in sync, the timeout, or an error that waiting within it would not cure: besides
     // the fatal ones, schema_ahead (it takes an admin device or the operator to bring the
     // version; a long-running sync waits for that, one sync does not).
+    // Past the first seconds, what keeps it from syncing is said on stderr (each new error,
+    // at most every 5 s), rather than a silent wait until the timeout.
     bool in_sync = false;
+    std::string said;
+    auto said_at = started;
     for (;;) {
       const auto left = timeout - (Clock::now() - started);
       if (left <= Clock::duration::zero()) break;
@@ -264,6 +269,15 @@ int run_sync(const std::vector<std::string>& args) {
       if (in_sync || now.fatal ||
           now.last_wire_error == lattice::transport::WireError::kSchemaAhead)
         break;
+      const auto at = Clock::now();
+      if (!now.last_error.empty() && now.last_error != said && at - started >= kQuietWait &&
+          (said.empty() || at - said_at >= std::chrono::seconds(5))) {
+        std::fprintf(stderr, "lattice: not in sync yet, trying again (%.0f s left): %s\n",
+                     std::chrono::duration<double>(timeout - (at - started)).count(),
+                     one_line(now.last_error).c_str());
+        said = now.last_error;
+        said_at = at;
+      }
     }
     const lattice::SyncStatus status = client.status();
     if (in_sync && verify) {

@@ -1064,6 +1064,16 @@ TEST_CASE("refusals: ws:// to a remote host, a bad token, an untrusted certifica
     CHECK(r.status == 1);
     CHECK(r.err.rfind("lattice: unauthorized: ", 0) == 0);
   }
+  SUBCASE("a relay that does not answer: said while waiting, then timed out") {
+    const Result r = lattice(
+        box, {"sync", db, "wss://127.0.0.1:" + std::to_string(test::free_port()) + "/" + kNamespace,
+              "--token-file", token_file(box, relay.token()), "--once", "--timeout", "4"});
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("lattice: not in sync yet, trying again (", 0) == 0);
+    CHECK(r.err.find("Connection refused") != std::string::npos);
+    CHECK(r.err.find("\nlattice: timed_out: timed out after 4 s") != std::string::npos);
+  }
   SUBCASE("without --ca-file the self-signed certificate is not trusted") {
     const Result r = lattice(box, {"sync", db, relay.url(), "--token-file",
                                    token_file(box, relay.token()), "--once", "--timeout", "2"});
