@@ -17,6 +17,7 @@
 
 #include "crdt/changeset_codec.hpp"
 #include "crdt/error.hpp"
+#include "relay/detail/random_hex.hpp"
 #include "relay/namespace_rules.hpp"
 #include "storage/sqlite.hpp"
 #include "transport/claims.hpp"
@@ -77,12 +78,7 @@ void run_operator_migrations(storage::Replica& replica, const std::filesystem::p
 }
 
 // 32 random hexadecimal digits, for names of files no other may take.
-std::string random_id() {
-  std::random_device entropy;
-  char id[33];
-  std::snprintf(id, sizeof id, "%08x%08x%08x%08x", entropy(), entropy(), entropy(), entropy());
-  return id;
-}
+std::string random_id() { return detail::random_hex(16); }
 
 }  // namespace
 

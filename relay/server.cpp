@@ -34,6 +34,7 @@
 #include "crdt/error.hpp"
 #if LATTICE_RELAY_CLUSTER
 #include "relay/cluster_log.hpp"
+#include "relay/detail/random_hex.hpp"
 #endif
 #include "relay/metrics.hpp"
 #include "relay/token.hpp"
@@ -497,18 +498,6 @@ std::string render_metrics(const Hub& hub, const transport::WebSocketServer& ser
 }
 
 #if LATTICE_RELAY_CLUSTER
-// `bytes` random bytes as hexadecimal digits.
-std::string random_hex(std::size_t bytes) {
-  std::random_device entropy;
-  std::string out;
-  for (std::size_t i = 0; i < bytes; ++i) {
-    char digits[3];
-    std::snprintf(digits, sizeof digits, "%02x", entropy() & 0xff);
-    out += digits;
-  }
-  return out;
-}
-
 // Batches of the cluster's log read (and merged) at once.
 constexpr std::size_t kClusterReadBatches = 2000;
 // Bytes of batches appended to the cluster's log in one statement, at most (plus one batch).
@@ -1275,7 +1264,7 @@ int serve(const ServeConfig& config, std::ostream& out, std::ostream& log) {
   std::thread follower;
 #if LATTICE_RELAY_CLUSTER
   ClusterUpkeep upkeep;
-  upkeep.relay = random_hex(8);
+  upkeep.relay = detail::random_hex(8);
   upkeep.snapshot_every = config.cluster_snapshot_every;
   upkeep.grace = std::chrono::seconds(config.cluster_prune_grace_seconds);
   upkeep.snapshot_dir = (std::filesystem::path(config.data_dir) / "snapshots").string();
