@@ -196,14 +196,17 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
     return true;
   }
   // Refusals and accept failures are logged at most once per kLogEvery, with a count.
+  static constexpr auto kLogEvery = std::chrono::seconds(10);
   std::chrono::steady_clock::time_point last_throttled_log{};
   std::uint64_t unlogged = 0;
+  // The same for PROXY header failures (on the sockets' strands): guarded by `mutex`.
+  std::chrono::steady_clock::time_point last_proxy_log{};
+  std::uint64_t unlogged_proxy = 0;
 
   void log(const std::string& line) const {
     if (options.log) options.log(line);
   }
   void log_throttled(const std::string& line) {
-    constexpr auto kLogEvery = std::chrono::seconds(10);
     const auto now = std::chrono::steady_clock::now();
     if (now - last_throttled_log < kLogEvery) {
       ++unlogged;
@@ -213,6 +216,26 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
                          : std::string()));
     unlogged = 0;
     last_throttled_log = now;
+  }
+  // Counts a connection from a trusted proxy closed for its header, and logs `line` unless one
+  // was logged within kLogEvery. From any strand.
+  void proxy_header_failed(const std::string& line) {
+    std::string out;
+    {
+      const std::lock_guard lock(mutex);
+      ++counters.proxy_header_failures;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_proxy_log < kLogEvery) {
+        ++unlogged_proxy;
+        return;
+      }
+      out = line + (unlogged_proxy
+                        ? " (and " + std::to_string(unlogged_proxy) + " more since the last line)"
+                        : std::string());
+      unlogged_proxy = 0;
+      last_proxy_log = now;
+    }
+    log(out);
   }
   void fail(beast::error_code ec, const std::string& peer, const char* what) const {
     if (!is_benign(ec)) log(peer + ": " + what + ": " + ec.message());
@@ -964,8 +987,8 @@ class ProxyHeaderRead : public std::enable_shared_from_this<ProxyHeaderRead> {
     beast::error_code ignored;
     socket_.close(ignored);
     timer_.cancel();
-    shared_->count(&WebSocketServerCounters::proxy_header_failures);
-    shared_->log("PROXY header from " + proxy_ + ": " + why + "; connection closed");
+    shared_->proxy_header_failed("PROXY header from " + proxy_ + ": " + why +
+                                 "; connection closed");
   }
 
   std::shared_ptr<Shared> shared_;
