@@ -315,6 +315,9 @@ struct ClusterLog::Impl {
   std::string application_name;
   PGconn* conn = nullptr;
   std::set<std::string> followed;  // LISTENed to on this connection, again after connect()
+  // The statements query() prepared on this connection, by SQL text: each is parsed and
+  // planned by PostgreSQL once per connection rather than at every call.
+  std::map<std::string, std::string, std::less<>> prepared;
 
   [[noreturn]] void fail(const std::string& what) const {
     std::string message = conn ? PQerrorMessage(conn) : "out of memory";
@@ -325,6 +328,7 @@ struct ClusterLog::Impl {
 
   void connect() {
     if (conn) PQfinish(conn);
+    prepared.clear();
     // Later keywords win: the conninfo's own settings, if it has them, over ours.
     const char* const keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
     const char* const values[] = {"5", application_name.c_str(), conninfo.c_str(), nullptr};
@@ -358,7 +362,7 @@ struct ClusterLog::Impl {
     if (PQresultStatus(result.r) != status) fail(what);
   }
 
-  // Runs one statement with parameters; results in binary.
+  // Runs one statement with parameters, prepared on first use; results in binary.
   PGresult* query(const char* sql, const Params& params, const char* what) {
     std::vector<const char*> values;
     std::vector<int> lengths;
@@ -366,9 +370,16 @@ struct ClusterLog::Impl {
       values.push_back(v.data());
       lengths.push_back(static_cast<int>(v.size()));
     }
+    auto statement = prepared.find(std::string_view(sql));
+    if (statement == prepared.end()) {
+      const std::string name = "lattice_" + std::to_string(prepared.size() + 1);
+      Result made(PQprepare(conn, name.c_str(), sql, static_cast<int>(values.size()), nullptr));
+      if (PQresultStatus(made.r) != PGRES_COMMAND_OK) fail(what);
+      statement = prepared.emplace(sql, name).first;
+    }
     PGresult* result =
-        PQexecParams(conn, sql, static_cast<int>(values.size()), nullptr, values.data(),
-                     lengths.data(), params.formats.data(), /*resultFormat=*/1);
+        PQexecPrepared(conn, statement->second.c_str(), static_cast<int>(values.size()),
+                       values.data(), lengths.data(), params.formats.data(), /*resultFormat=*/1);
     if (PQresultStatus(result) != PGRES_TUPLES_OK) {
       PQclear(result);
       fail(what);
