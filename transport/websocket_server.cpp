@@ -72,14 +72,42 @@ std::string address_text(const tcp::socket& socket) {
   return ec ? "?" : endpoint.address().to_string();
 }
 
+// "a.b.c.d:port", "[v6]:port".
+std::string endpoint_text(const net::ip::address& address, std::uint16_t port) {
+  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" +
+         std::to_string(port);
+}
+
 std::string endpoint_text(const tcp::socket& socket) {
   beast::error_code ec;
   const auto endpoint = socket.remote_endpoint(ec);
-  if (ec) return "?";
-  const auto address = endpoint.address();
-  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" +
-         std::to_string(endpoint.port());
+  return ec ? "?" : endpoint_text(endpoint.address(), endpoint.port());
 }
+
+// Lines logged at most once per period, the next saying how many were left out meanwhile.
+// Not thread-safe: its owner serializes calls.
+class LogThrottle {
+ public:
+  // `line` as it should be logged now, or nothing when one was logged within the period.
+  std::optional<std::string> admit(const std::string& line) {
+    constexpr auto kLogEvery = std::chrono::seconds(10);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < kLogEvery) {
+      ++unlogged_;
+      return std::nullopt;
+    }
+    std::string out =
+        line + (unlogged_ ? " (and " + std::to_string(unlogged_) + " more since the last line)"
+                          : std::string());
+    unlogged_ = 0;
+    last_ = now;
+    return out;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_{};
+  std::uint64_t unlogged_ = 0;
+};
 
 // A WebSocket close reason holds at most 123 bytes of UTF-8; cut at a character boundary.
 std::string close_reason_text(const std::string& reason) {
@@ -195,47 +223,27 @@ struct WebSocketServer::Shared : std::enable_shared_from_this<WebSocketServer::S
     it->second.first -= 1;
     return true;
   }
-  // Refusals and accept failures are logged at most once per kLogEvery, with a count.
-  static constexpr auto kLogEvery = std::chrono::seconds(10);
-  std::chrono::steady_clock::time_point last_throttled_log{};
-  std::uint64_t unlogged = 0;
-  // The same for PROXY header failures (on the sockets' strands): guarded by `mutex`.
-  std::chrono::steady_clock::time_point last_proxy_log{};
-  std::uint64_t unlogged_proxy = 0;
+  // Refusals and accept failures are logged at most once per 10 s, with a count (on the
+  // acceptor's strand); PROXY header failures apart (from any strand, under `mutex`).
+  LogThrottle refusals_log;
+  LogThrottle proxy_failures_log;
 
   void log(const std::string& line) const {
     if (options.log) options.log(line);
   }
   void log_throttled(const std::string& line) {
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_throttled_log < kLogEvery) {
-      ++unlogged;
-      return;
-    }
-    log(line + (unlogged ? " (and " + std::to_string(unlogged) + " more since the last line)"
-                         : std::string()));
-    unlogged = 0;
-    last_throttled_log = now;
+    if (auto out = refusals_log.admit(line)) log(*out);
   }
   // Counts a connection from a trusted proxy closed for its header, and logs `line` unless one
-  // was logged within kLogEvery. From any strand.
+  // was logged within the throttle's period. From any strand.
   void proxy_header_failed(const std::string& line) {
-    std::string out;
+    std::optional<std::string> out;
     {
       const std::lock_guard lock(mutex);
       ++counters.proxy_header_failures;
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last_proxy_log < kLogEvery) {
-        ++unlogged_proxy;
-        return;
-      }
-      out = line + (unlogged_proxy
-                        ? " (and " + std::to_string(unlogged_proxy) + " more since the last line)"
-                        : std::string());
-      unlogged_proxy = 0;
-      last_proxy_log = now;
+      out = proxy_failures_log.admit(line);
     }
-    log(out);
+    if (out) log(*out);
   }
   void fail(beast::error_code ec, const std::string& peer, const char* what) const {
     if (!is_benign(ec)) log(peer + ": " + what + ": " + ec.message());
