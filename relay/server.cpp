@@ -772,18 +772,28 @@ class DataDirLock {
   int fd_ = -1;
 };
 
+// The namespace files of a data directory (`*.db`; not the empty ones, created and never
+// written), in name order. Throws Error(kIo) when the directory cannot be listed.
+std::vector<std::string> namespace_files(const std::string& data_dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(data_dir, ec)) {
+    std::error_code entry_error;
+    if (entry.is_regular_file(entry_error) && entry.path().extension() == ".db" &&
+        entry.file_size(entry_error) != 0 && !entry_error)
+      files.push_back(entry.path().string());
+  }
+  if (ec) throw Error(ErrorCode::kIo, "cannot list '" + data_dir + "': " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 // Refuses to start on namespace files the data key does not open (written under another key,
 // plain files with a key, encrypted ones without): the relay would otherwise fail every device
 // of those namespaces. Reads one page of each file.
 void check_namespace_files(const std::string& data_dir,
                            const std::optional<storage::FileKey>& key) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(data_dir, ec)) {
-    std::error_code size_error;
-    if (!entry.is_regular_file(size_error) || entry.path().extension() != ".db" ||
-        entry.file_size(size_error) == 0 || size_error)
-      continue;
-    const std::string path = entry.path().string();
+  for (const std::string& path : namespace_files(data_dir)) {
     if (key && !storage::file_opens_under(path, *key))
       throw Error(ErrorCode::kKey, "namespace file '" + path +
                                        "' is not encrypted under the key of --data-key-file "
@@ -973,16 +983,8 @@ int rotate_data_key(const RotateDataKeyConfig& config, std::ostream& out) {
   const storage::FileKey old_key = storage::read_file_key(config.data_key_file);
   const storage::FileKey new_key = storage::read_file_key(config.new_data_key_file);
   const DataDirLock lock(config.data_dir);
-  std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(config.data_dir, ec))
-    if (entry.is_regular_file(ec) && entry.path().extension() == ".db")
-      files.push_back(entry.path().string());
-  if (ec) throw Error(ErrorCode::kIo, "cannot list '" + config.data_dir + "': " + ec.message());
-  std::sort(files.begin(), files.end());
   int rotated = 0;
-  for (const std::string& path : files) {
-    if (std::filesystem::file_size(path, ec) == 0 && !ec) continue;  // created, never written
+  for (const std::string& path : namespace_files(config.data_dir)) {
     if (storage::file_opens_under(path, new_key)) {
       out << "already under the new key: " << path << "\n";
       continue;
@@ -1000,6 +1002,7 @@ int rotate_data_key(const RotateDataKeyConfig& config, std::ostream& out) {
   }
   // Snapshots under the old key: the relay writes new ones when devices ask.
   const auto snapshots = std::filesystem::path(config.data_dir) / "snapshots";
+  std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(snapshots, ec))
     if (entry.is_regular_file(ec)) std::filesystem::remove(entry.path(), ec);
   return rotated;
