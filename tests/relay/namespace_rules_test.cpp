@@ -107,8 +107,8 @@ std::unique_ptr<storage::Replica> at_version(int version) {
   const char* steps[] = {
       "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b INTEGER); SELECT lattice_replicate('t')",
       "ALTER TABLE t RENAME COLUMN a TO aa; ALTER TABLE t ADD COLUMN c REAL",
-      "ALTER TABLE t DROP COLUMN b; CREATE TABLE u(k INTEGER PRIMARY KEY);"
-      "SELECT lattice_replicate('u')"};
+      ("ALTER TABLE t DROP COLUMN b; CREATE TABLE u(k INTEGER PRIMARY KEY);"
+       "SELECT lattice_replicate('u')")};
   auto r = storage::Replica::open(":memory:");
   for (int v = 1; v <= version; ++v) r->migrate(v, steps[v - 1]);
   return r;
