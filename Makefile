@@ -76,16 +76,29 @@ check: build
 test-asan: build-asan
 	ctest --test-dir $(ASAN_DIR) --output-on-failure -j $(JOBS)
 
-# Sequential on purpose: the trees would fight over 2 cores. Each stage's time is printed, so
-# that what makes CI slow is measured, not guessed.
+# Sequential on purpose: the trees would fight over 2 cores. Each stage's time and the disk
+# space left after it are printed, so that what makes CI slow or full is measured, not guessed.
+# PRUNE_TREES=1 (.ci/run sets it) removes each stage's build tree once its tests have passed:
+# the five trees together take several GiB, more than a CI machine may have free (a run failed
+# on "No space left on device" linking the ASan tree); one tree at a time fits.
 TEST_STAGES := setup test-build test-asan test-tsan test-fuzz test-arm64 format-check
+PRUNE_TREES ?= 0
 
 test:
 	@started=$$(date +%s); \
 	for stage in $(TEST_STAGES); do \
 	  at=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage; \
-	  echo "make test: $$stage took $$(( $$(date +%s) - at )) s"; \
+	  case $$stage in \
+	    test-build) tree=$(BUILD_DIR) ;; test-asan) tree=$(ASAN_DIR) ;; \
+	    test-tsan) tree=$(TSAN_DIR) ;; test-fuzz) tree=$(FUZZ_DIR) ;; \
+	    test-arm64) tree=$(ARM64_DIR) ;; *) tree= ;; \
+	  esac; \
+	  size=; \
+	  if [[ -n "$$tree" && -d "$$tree" ]]; then size=", its tree $$(du -sh "$$tree" | cut -f1)"; fi; \
+	  if [[ "$(PRUNE_TREES)" == 1 && -n "$$tree" ]]; then rm -rf "$$tree"; size="$$size (removed)"; fi; \
+	  echo "make test: $$stage took $$(( $$(date +%s) - at )) s$$size;" \
+	       "$$(df -h --output=avail . | tail -1 | tr -d ' ') free"; \
 	done; \
 	echo "make test: every stage passed in $$(( $$(date +%s) - started )) s"
 
