@@ -72,7 +72,11 @@ BEGIN
   END LOOP;
 END
 $$;
--- A relay's group: every batch under one lock of the head row, one notification.
+-- A relay's group: every batch under one lock of the head row, one notification. When the
+-- entries it logged fit (payloads are under 8,000 bytes: 3,900 bytes as hex), the notification
+-- carries them after the namespace's name and a space, so that a follower need not read them
+-- back: per entry its position, first sequence, then site, batch and origin, each after its
+-- length (int8send and int4send: big-endian). Otherwise it carries the name alone.
 CREATE OR REPLACE FUNCTION lattice_log_append_all(p_ns text, p_sites bytea[], p_firsts bigint[],
                                                   p_batches bytea[], p_origins bytea[])
   RETURNS bigint[]
@@ -81,6 +85,7 @@ DECLARE
   h bigint;
   p bigint;
   positions bigint[] := '{}';
+  carried bytea := ''::bytea;
 BEGIN
   INSERT INTO lattice_log_heads VALUES (p_ns, 0) ON CONFLICT (ns) DO NOTHING;
   SELECT head INTO h FROM lattice_log_heads WHERE ns = p_ns FOR UPDATE;
@@ -91,11 +96,23 @@ BEGIN
       h := h + 1;
       p := h;
       INSERT INTO lattice_log VALUES (p_ns, h, p_sites[i], p_firsts[i], p_batches[i], p_origins[i]);
+      IF octet_length(p_batches[i]) > 3900 THEN
+        carried := NULL;  -- too large to carry: not copied only to be dropped
+      END IF;
+      carried := carried || int8send(h) || int8send(p_firsts[i])
+                 || int4send(octet_length(p_sites[i])) || p_sites[i]
+                 || int4send(octet_length(p_batches[i])) || p_batches[i]
+                 || int4send(octet_length(p_origins[i])) || p_origins[i];
+      IF octet_length(carried) > 3900 THEN
+        carried := NULL;  -- and stays NULL: NULL || x is NULL
+      END IF;
     END IF;
     positions := positions || p;
   END LOOP;
   UPDATE lattice_log_heads SET head = h WHERE ns = p_ns;
-  PERFORM pg_notify(lattice_log_channel(p_ns), p_ns);
+  PERFORM pg_notify(lattice_log_channel(p_ns),
+                    CASE WHEN octet_length(carried) > 0 THEN p_ns || ' ' || encode(carried, 'hex')
+                         ELSE p_ns END);
   RETURN positions;
 END
 $$;
@@ -702,26 +719,93 @@ std::vector<std::string> ClusterLog::follow(const std::set<std::string>& namespa
 
 std::size_t ClusterLog::followed() const { return impl_->followed.size(); }
 
-std::vector<std::string> ClusterLog::wait_for_appends(std::chrono::milliseconds timeout,
+namespace {
+
+// The entries a notification's payload carried after the namespace's name and a space
+// (lattice_log_append_all), or nothing when it carried none or they do not decode.
+std::optional<std::vector<LogEntry>> carried_entries(std::string_view hex) {
+  const auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  if (hex.empty() || hex.size() % 2 != 0) return std::nullopt;
+  std::string bytes(hex.size() / 2, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const int high = nibble(hex[2 * i]), low = nibble(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return std::nullopt;
+    bytes[i] = static_cast<char>(high << 4 | low);
+  }
+  std::vector<LogEntry> entries;
+  std::size_t at = 0;
+  const auto take = [&](std::size_t n) -> std::optional<std::string_view> {
+    if (bytes.size() - at < n) return std::nullopt;
+    at += n;
+    return std::string_view(bytes).substr(at - n, n);
+  };
+  const auto sized = [&]() -> std::optional<std::string_view> {
+    const auto length = take(4);
+    if (!length) return std::nullopt;
+    const std::int32_t n = from_be32(length->data());
+    if (n < 0) return std::nullopt;
+    return take(static_cast<std::size_t>(n));
+  };
+  try {
+    while (at < bytes.size()) {
+      LogEntry entry;
+      const auto position = take(8), first = take(8);
+      const auto site = sized(), batch = sized(), origin = sized();
+      if (!position || !first || !site || !batch || !origin) return std::nullopt;
+      entry.position = from_be64(position->data());
+      entry.first_seq = static_cast<std::uint64_t>(from_be64(first->data()));
+      entry.site = crdt::SiteId::from_bytes(*site);
+      entry.batch = std::string(*batch);
+      entry.origin_log = decode_tags(origin->data(), origin->size());
+      if (!entries.empty() && entry.position != entries.back().position + 1) return std::nullopt;
+      entries.push_back(std::move(entry));
+    }
+  } catch (const Error&) {
+    return std::nullopt;  // a site id or origin of the wrong length: read() tells
+  }
+  return entries;
+}
+
+}  // namespace
+
+std::vector<LogAppended> ClusterLog::wait_for_appends(std::chrono::milliseconds timeout,
                                                       int wake_fd) {
   PGconn* conn = impl_->conn;
-  std::set<std::string> namespaces;
+  // Per namespace, what its notifications carried so far; nullopt once one carried nothing.
+  std::map<std::string, std::optional<std::vector<LogEntry>>> appended;
   auto drain = [&] {
     if (!PQconsumeInput(conn)) impl_->fail("the LISTEN connection is lost");
     while (PGnotify* notify = PQnotifies(conn)) {
-      namespaces.insert(notify->extra);
+      const std::string_view payload(notify->extra);
+      const std::size_t space = payload.find(' ');
+      auto carried = space == std::string_view::npos ? std::nullopt
+                                                     : carried_entries(payload.substr(space + 1));
+      auto [it, first] = appended.try_emplace(std::string(payload.substr(0, space)));
+      if (first)
+        it->second = std::move(carried);
+      else if (!it->second || !carried)
+        it->second.reset();
+      else
+        std::move(carried->begin(), carried->end(), std::back_inserter(*it->second));
       PQfreemem(notify);
     }
   };
   drain();
-  if (namespaces.empty()) {
+  if (appended.empty()) {
     pollfd fds[2] = {{PQsocket(conn), POLLIN, 0}, {wake_fd, POLLIN, 0}};
     if (fds[0].fd < 0) impl_->fail("the LISTEN connection is lost");
     if (::poll(fds, wake_fd < 0 ? 1 : 2, static_cast<int>(timeout.count())) > 0 &&
         fds[0].revents != 0)
       drain();
   }
-  return {namespaces.begin(), namespaces.end()};
+  std::vector<LogAppended> out;
+  for (auto& [ns, entries] : appended)
+    out.push_back(LogAppended{ns, entries ? std::move(*entries) : std::vector<LogEntry>{}});
+  return out;
 }
 
 }  // namespace lattice::relay

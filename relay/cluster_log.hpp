@@ -58,6 +58,15 @@ struct LogSnapshot {
   std::uint64_t bytes = 0;
 };
 
+// What the notifications of one namespace said during a wait (ClusterLog::wait_for_appends).
+struct LogAppended {
+  std::string ns;
+  // The entries they carried, in position order: every entry appended by each notifying
+  // transaction when all of them were small enough to travel in their notifications; empty
+  // when any one was not (or came from a release whose notifications carry none): read() them.
+  std::vector<LogEntry> entries;
+};
+
 class ClusterLog {
  public:
   // Connects with `conninfo` (a libpq connection string, "host=... dbname=..." or a
@@ -81,8 +90,9 @@ class ClusterLog {
 
   // Appends `entries` (their positions ignored) to the log of `ns` in one statement and one
   // transaction: one commit, one disk sync of PostgreSQL's WAL, one notification, however many
-  // there are. Returns their positions, in order; an entry already logged under the same (ns,
-  // site, first_seq), or given twice, keeps its first position. All or none are logged.
+  // there are; the notification carries the entries logged when they fit (wait_for_appends).
+  // Returns their positions, in order; an entry already logged under the same (ns, site,
+  // first_seq), or given twice, keeps its first position. All or none are logged.
   std::vector<std::int64_t> append_all(const std::string& ns, const std::vector<LogEntry>& entries);
 
   // The last position of `ns` (0 when nothing is logged).
@@ -136,9 +146,12 @@ class ClusterLog {
   // How many namespaces follow() listens to.
   std::size_t followed() const;
   // Waits up to `timeout` for notifications, or until `wake_fd` (when not -1) is readable;
-  // returns the followed namespaces appended to (each once), empty when none came. Throws
-  // Error(kIo) when the connection is lost. Does not read from `wake_fd`.
-  std::vector<std::string> wait_for_appends(std::chrono::milliseconds timeout, int wake_fd = -1);
+  // returns the followed namespaces appended to (each once, in name order), with the entries
+  // the notifications carried; empty when none came. A notification is a hint: entries it
+  // carried are those the log holds at their positions, but a reader that lacks the positions
+  // before them, or got none, reads the log. Throws Error(kIo) when the connection is lost.
+  // Does not read from `wake_fd`.
+  std::vector<LogAppended> wait_for_appends(std::chrono::milliseconds timeout, int wake_fd = -1);
 
   // Opens the connection again (after an error), listening to what follow() asked for.
   void reconnect();

@@ -2,7 +2,8 @@
 // gapless and in commit order under concurrent appends from several connections, so a reader
 // never skips one; a batch is logged once however often it is appended; what was acknowledged
 // survives the server's crash; LISTEN wakes a reader, and one whose connection was terminated
-// catches up from the head after reconnecting.
+// catches up from the head after reconnecting; a small group's notification carries its
+// entries, exactly as the log holds them.
 
 #include "relay/cluster_log.hpp"
 
@@ -183,7 +184,7 @@ TEST_CASE("LISTEN wakes a reader of the namespaces it follows only; one cut catc
   std::set<std::string> woken;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (woken.size() < 3 && std::chrono::steady_clock::now() < deadline)
-    for (auto& ns : reader.wait_for_appends(milliseconds(500))) woken.insert(ns);
+    for (auto& appended : reader.wait_for_appends(milliseconds(500))) woken.insert(appended.ns);
   CHECK(woken == std::set<std::string>{"alpha", "beta", longest});
   // A namespace no longer followed is not notified; the wait ends early for the wake-up file
   // descriptor (the hub's "a namespace gained its first device").
@@ -217,9 +218,11 @@ TEST_CASE("LISTEN wakes a reader of the namespaces it follows only; one cut catc
   CHECK(reader.followed() == 1);
   writer.append("beta", site_number(4), 3, batch_of(4, 3));
   writer.append("alpha", site_number(4), 7, batch_of(4, 7));
-  std::vector<std::string> after;
+  std::vector<relay::LogAppended> after;
   for (int i = 0; i < 10 && after.empty(); ++i) after = reader.wait_for_appends(milliseconds(500));
-  CHECK(after == std::vector<std::string>{"alpha"});
+  REQUIRE(after.size() == 1);
+  CHECK(after[0].ns == "alpha");
+  CHECK(after[0].entries.empty());  // lattice_log_append's notifications carry none
 }
 
 // Pruning (docs/cluster.md, "Pruning"): the log keeps everything above the newest snapshot and
@@ -349,6 +352,68 @@ TEST_CASE("a group's batches are appended in one statement, each once") {
   REQUIRE(budgeted.size() == 5);  // position 6 holds 3 MiB
   CHECK(budgeted.back().position == 5);
   CHECK(log.read("alpha", 5, 100, 1u << 20).entries.size() == 1);
+}
+
+TEST_CASE("a group's notification carries the entries it logged when they fit in one") {
+  test::PostgresServer server;
+  ClusterLog writer(server.conninfo()), reader(server.conninfo());
+  reader.follow({"alpha"});
+  const auto entry = [](int site, std::uint64_t first) {
+    return LogEntry{0, site_number(site), first, batch_of(site, first), {{first, 7 * first}}};
+  };
+  // The entries the notifications of the next appends carried, once `positions` of them came
+  // (in as many waits as it takes); "none" when a notification carried none.
+  const auto carried = [&](std::size_t positions) {
+    std::vector<LogEntry> got;
+    bool none = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (got.size() < positions && !none && std::chrono::steady_clock::now() < deadline)
+      for (auto& appended : reader.wait_for_appends(milliseconds(250))) {
+        CHECK(appended.ns == "alpha");
+        none = none || appended.entries.empty();
+        std::move(appended.entries.begin(), appended.entries.end(), std::back_inserter(got));
+      }
+    if (none) got.clear();
+    return got;
+  };
+  const auto same = [](const LogEntry& a, const LogEntry& b) {
+    return a.position == b.position && a.site == b.site && a.first_seq == b.first_seq &&
+           a.batch == b.batch && a.origin_log == b.origin_log;
+  };
+
+  writer.append_all("alpha", {entry(6, 1), entry(7, 1), entry(6, 36)});  // 36: 35 bytes of 7*i
+  auto got = carried(3);
+  const auto logged = reader.read("alpha", 0, 10).entries;
+  REQUIRE(got.size() == 3);
+  REQUIRE(logged.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) CHECK(same(got[i], logged[i]));
+  // A retried group: only what it logged anew travels (position 4).
+  writer.append_all("alpha", {entry(7, 1), entry(6, 40)});
+  got = carried(1);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].position == 4);
+  CHECK(got[0].batch == batch_of(6, 40));
+  // Two groups before the reader looks: both, in order.
+  writer.append_all("alpha", {entry(8, 1)});
+  writer.append_all("alpha", {entry(8, 2), entry(8, 3)});
+  got = carried(3);
+  REQUIRE(got.size() == 3);
+  CHECK(got[0].position == 5);
+  CHECK(got[2].position == 7);
+  // Over 3,900 bytes (PostgreSQL's payloads stay under 8,000 bytes, as hex): the namespace alone,
+  // whether one batch is too large or the group is; the reader reads them.
+  LogEntry big = entry(9, 1);
+  big.batch.assign(4000, 'x');
+  writer.append_all("alpha", {big});
+  CHECK(carried(1).empty());
+  std::vector<LogEntry> many;
+  for (std::uint64_t i = 1; i <= 40; ++i) {
+    many.push_back(entry(10, i));
+    many.back().batch.assign(100, static_cast<char>('a' + i % 26));  // 160 bytes to carry each
+  }
+  writer.append_all("alpha", many);
+  CHECK(carried(40).empty());
+  CHECK(reader.read("alpha", 8, 100).entries.size() == 40);
 }
 
 }  // namespace
