@@ -343,6 +343,8 @@ struct Hub::Impl {
 
   Namespace& space(const std::string& ns);
   void send(Peer& peer, const transport::Frame& frame);
+  // Sends a frame already encoded (the same bytes for several devices).
+  void send_encoded(Peer& peer, std::string bytes);
   void fail(Peer& peer, WireError code, const std::string& message);
   void on_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
   void on_first_frame(const std::shared_ptr<Peer>& peer, std::string_view bytes);
@@ -434,13 +436,15 @@ struct Hub::Impl {
                     std::shared_ptr<const std::string> bytes);
   GroupNumber number_group(Namespace& space, const crdt::VersionVector& before,
                            const crdt::VersionVector& after);
-  // The group's delta for the devices at the head, extracted and encoded once: whole, and (with
-  // a previous group) as a delta frame's changeset that follows that group's.
+  // The group's delta for the devices at the head, extracted and encoded once: the changeset's
+  // bytes, and the delta frames every device of protocol 5 at the head gets, one with the whole
+  // changeset and (with a previous group) one that follows that group's.
   struct HeadDelta {
     GroupNumber number;
     crdt::Changeset changeset;
     std::shared_ptr<const std::string> whole;
-    std::string following;
+    std::string whole_frame;
+    std::string following_frame;
   };
   HeadDelta head_delta(Namespace& space, GroupNumber number, const crdt::VersionVector& before);
   // Sends a device at the head the group's delta: a delta frame from protocol 5 on (following
@@ -523,7 +527,11 @@ std::unique_ptr<storage::Replica> Hub::Impl::open_replica_file(const std::string
 
 void Hub::Impl::send(Peer& peer, const transport::Frame& frame) {
   if (peer.phase == Peer::Phase::kClosed) return;
-  std::string bytes = transport::encode_frame(frame);
+  send_encoded(peer, transport::encode_frame(frame));
+}
+
+void Hub::Impl::send_encoded(Peer& peer, std::string bytes) {
+  if (peer.phase == Peer::Phase::kClosed) return;
   counters.bytes_out += bytes.size();
   peer.connection->send(std::move(bytes));
 }
@@ -1465,6 +1473,7 @@ Hub::Impl::HeadDelta Hub::Impl::head_delta(Namespace& space, GroupNumber number,
   delta.number = number;
   delta.changeset = space.replica->changes_since(before);
   delta.whole = std::make_shared<const std::string>(crdt::encode_changeset(delta.changeset));
+  delta.whole_frame = transport::encode_frame(transport::Delta{number.group, 0, *delta.whole});
   if (number.previous != 0) {
     // What a device that got the previous group's delta needs: no since (it is that one's
     // until) and only the entries of until that moved. The same rows, encoded with those
@@ -1475,7 +1484,8 @@ Hub::Impl::HeadDelta Hub::Impl::head_delta(Namespace& space, GroupNumber number,
     c.until = crdt::VersionVector();
     for (const auto& [site, seq] : until.entries())
       if (seq > since.get(site)) c.until.advance(site, seq);
-    delta.following = crdt::encode_changeset(c);
+    delta.following_frame = transport::encode_frame(
+        transport::Delta{number.group, number.previous, crdt::encode_changeset(c)});
     c.since = std::move(since);
     c.until = std::move(until);
   }
@@ -1489,9 +1499,9 @@ void Hub::Impl::send_head_delta(Peer& peer, const HeadDelta& delta) {
   const GroupNumber& n = delta.number;
   if (n.previous != 0 && peer.delta_group == n.previous) {
     ++counters.following_deltas;
-    send(peer, transport::Delta{n.group, n.previous, delta.following});
+    send_encoded(peer, delta.following_frame);
   } else {
-    send(peer, transport::Delta{n.group, 0, *delta.whole});
+    send_encoded(peer, delta.whole_frame);
   }
   peer.delta_group = n.group;
 }
