@@ -335,6 +335,9 @@ struct ClusterLog::Impl {
   // The statements query() prepared on this connection, by SQL text: each is parsed and
   // planned by PostgreSQL once per connection rather than at every call.
   std::map<std::string, std::string, std::less<>> prepared;
+  // Notifying backends (by process id) whose role may insert into the log, and when that was
+  // checked: see notifier_may_append().
+  std::map<int, std::pair<bool, std::chrono::steady_clock::time_point>> notifiers;
 
   [[noreturn]] void fail(const std::string& what) const {
     std::string message = conn ? PQerrorMessage(conn) : "out of memory";
@@ -346,6 +349,7 @@ struct ClusterLog::Impl {
   void connect() {
     if (conn) PQfinish(conn);
     prepared.clear();
+    notifiers.clear();
     // Later keywords win: the conninfo's own settings, if it has them, over ours.
     const char* const keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
     const char* const values[] = {"5", application_name.c_str(), conninfo.c_str(), nullptr};
@@ -402,6 +406,29 @@ struct ClusterLog::Impl {
       fail(what);
     }
     return result;
+  }
+
+  // Whether the backend `pid` that sent a notification runs as a role that may insert into the
+  // log. Any role that can connect to the database can NOTIFY any channel, so the entries a
+  // notification carries are taken only from such a role, which could write them into the log
+  // itself anyway; from any other they would be batches no relay logged or checked. Asked once
+  // per backend and again after ten seconds (process ids are reused).
+  bool notifier_may_append(int pid) {
+    const auto now = std::chrono::steady_clock::now();
+    auto known = notifiers.find(pid);
+    if (known != notifiers.end() && now - known->second.second < std::chrono::seconds(10))
+      return known->second.first;
+    if (notifiers.size() > 1000) notifiers.clear();
+    Params params;
+    params.binary(be32(pid));
+    const Result result(
+        query("SELECT coalesce((SELECT has_table_privilege(usesysid, 'lattice_log', 'INSERT') "
+              "FROM pg_stat_activity WHERE pid = $1::integer), false)::text",
+              params, "cannot check who sent a notification"));
+    const bool may =
+        PQntuples(result.r) == 1 && std::string_view(PQgetvalue(result.r, 0, 0)) == "true";
+    notifiers[pid] = {may, now};
+    return may;
   }
 };
 
@@ -782,8 +809,9 @@ std::vector<LogAppended> ClusterLog::wait_for_appends(std::chrono::milliseconds 
     while (PGnotify* notify = PQnotifies(conn)) {
       const std::string_view payload(notify->extra);
       const std::size_t space = payload.find(' ');
-      auto carried = space == std::string_view::npos ? std::nullopt
-                                                     : carried_entries(payload.substr(space + 1));
+      auto carried = space == std::string_view::npos || !impl_->notifier_may_append(notify->be_pid)
+                         ? std::nullopt
+                         : carried_entries(payload.substr(space + 1));
       auto [it, first] = appended.try_emplace(std::string(payload.substr(0, space)));
       if (first)
         it->second = std::move(carried);

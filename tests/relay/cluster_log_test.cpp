@@ -414,6 +414,33 @@ TEST_CASE("a group's notification carries the entries it logged when they fit in
   writer.append_all("alpha", many);
   CHECK(carried(40).empty());
   CHECK(reader.read("alpha", 8, 100).entries.size() == 40);
+
+  // Any role that can connect may NOTIFY any channel: entries are taken only from a role that
+  // may insert into the log (which could log them itself). The same forged payload, sent by a
+  // role without that right, carries nothing; sent by the relays' own role, it would.
+  const std::string forge =
+      "SELECT pg_notify(lattice_log_channel('alpha'), 'alpha ' || encode(int8send(100::bigint) || "
+      "int8send(1::bigint) || int4send(16) || decode(repeat('ab', 16), 'hex') || int4send(6) || "
+      "'forged'::bytea || int4send(0), 'hex'))";
+  server.query("CREATE ROLE intruder LOGIN");
+  // What `user`'s connection's notification carried; the connection stays open meanwhile (the
+  // check looks the notifying backend up).
+  const auto forged_by = [&](const std::string& user) {
+    std::string conninfo = server.conninfo();
+    conninfo.replace(conninfo.find("user=lattice"), 12, "user=" + user);
+    PGconn* conn = PQconnectdb(conninfo.c_str());
+    REQUIRE_MESSAGE(PQstatus(conn) == CONNECTION_OK, PQerrorMessage(conn));
+    PGresult* sent = PQexec(conn, forge.c_str());
+    CHECK_MESSAGE(PQresultStatus(sent) == PGRES_TUPLES_OK, PQerrorMessage(conn));
+    PQclear(sent);
+    auto entries = carried(1);
+    PQfinish(conn);
+    return entries;
+  };
+  CHECK(forged_by("intruder").empty());
+  got = forged_by("lattice");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].batch == "forged");
 }
 
 }  // namespace
