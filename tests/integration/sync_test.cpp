@@ -1886,9 +1886,10 @@ TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snap
   writer.start();
   REQUIRE(writer.wait_until_in_sync(seconds(20)));
   auto direct = storage::Replica::open(two.d1);
-  const auto write = [&](const std::string& prefix, int n) {
+  const auto write = [&](const std::string& prefix, int n, const std::string& title = "x") {
     for (int i = 0; i < n; ++i) {
-      direct->query("INSERT INTO todo(id, title) VALUES (?, 'x')", {prefix + std::to_string(i)});
+      direct->query("INSERT INTO todo(id, title) VALUES (?, ?)",
+                    {prefix + std::to_string(i), title});
       REQUIRE(writer.wait_until_in_sync(seconds(10)));
     }
   };
@@ -1897,7 +1898,10 @@ TEST_CASE("a pruned log: stopped, restarted and new relays rebuild from the snap
   c.signal(SIGSTOP);
   const std::int64_t head_at_stop =
       std::stoll(postgres.query("SELECT max(head) FROM lattice_log_heads"));
-  write("while-stopped", 100);
+  // Titles of 4,000 characters: too large for a notification to carry them, so that c, woken by
+  // the notifications queued for it, must read the log (a small group's notification would have
+  // given c every entry it lacks, with no rebuild needed).
+  write("while-stopped", 100, std::string(4000, 't'));
   // a stores snapshots and prunes: past c, silent longer than the grace.
   const std::string pruned_metric =
       std::string("lattice_relay_cluster_log_pruned{namespace=\"") + kNamespace + "\"}";
